@@ -1,0 +1,238 @@
+"""Struct-only decoding for list views: millions of messages without building Scapy packets.
+
+Each Scapy struct class compiles once into a `struct.Struct` (nested structs flattened as
+`attr.size`), and messages are walked with the same plans `layouts.py` gives the Scapy
+decoder, so both paths agree by construction. Only fixed structs, names, data lengths and
+list counts are read; `Brief.text()` formats a field only when it is shown.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any, Callable
+
+from scapy.fields import (
+    Field,
+    FieldLenField,
+    FlagsField,
+    PacketField,
+    StrFixedLenField,
+)
+from scapy.packet import Packet
+
+from .constants import IN_HEADER_SIZE, OUT_HEADER_SIZE, NotifyCode, Opcode
+from .context import DEFAULT_CONTEXT, FuseContext
+from .fields import ErrnoField, ModeField, OpenFlagsField, errno_name, flags_repr, mode_repr, open_flags_repr
+from .layouts import notify_plan, reply_plan, request_plan
+from .structs import (
+    FuseData,
+    FuseDirentList,
+    FuseDirentplusList,
+    FuseName,
+    FuseNames,
+    FuseStruct,
+)
+
+_IN = struct.Struct("<IIQQIIIHH")
+_OUT = struct.Struct("<IiQ")
+_DIRENT = struct.Struct("<QQII")
+_CODES = {1: "B", 2: "H", 4: "I", 8: "Q"}
+
+Formatter = Callable[[Any], str]
+
+
+@dataclass(frozen=True)
+class Compiled:
+    """A struct class as one `struct.Struct` with flattened member names."""
+
+    cls: type[Packet]
+    st: struct.Struct
+    names: tuple[str, ...]
+    formatters: tuple[Formatter | None, ...]
+    index: dict[str, int]
+
+
+def _formatter(fld: Field) -> Formatter | None:
+    if isinstance(fld, ModeField):
+        return mode_repr
+    if isinstance(fld, OpenFlagsField):
+        return open_flags_repr
+    if isinstance(fld, ErrnoField):
+        return lambda v: f"{v} ({errno_name(v)})" if v < 0 else str(v)
+    if isinstance(fld, FlagsField):
+        table = {1 << i: n for i, n in enumerate(fld.names) if not n.startswith("bit")}
+        return lambda v: flags_repr(v, table)
+    if type(fld).__name__.startswith("X"):
+        return hex
+    enum = getattr(fld, "i2s", None)
+    if enum:
+        return lambda v: enum.get(v, str(v))
+    return None
+
+
+def _flatten(cls: type[Packet], prefix: str = "") -> list[tuple[str, str, Formatter | None]]:
+    out: list[tuple[str, str, Formatter | None]] = []
+    for fld in cls.fields_desc:
+        name = prefix + fld.name
+        if isinstance(fld, PacketField):
+            out += _flatten(fld.cls, name + ".")
+        elif isinstance(fld, StrFixedLenField):
+            out.append((name, f"{fld.length_from(None)}s", None))
+        elif isinstance(fld, FlagsField):
+            out.append((name, _CODES[abs(fld.size) // 8], _formatter(fld)))
+        elif isinstance(fld, FieldLenField) or hasattr(fld, "fmt"):
+            out.append((name, fld.fmt.lstrip("<!>"), _formatter(fld)))
+        else:
+            raise TypeError(f"{cls.__name__}.{fld.name}: not a fixed-size field")
+    return out
+
+
+@lru_cache(maxsize=None)
+def compiled(cls: type[Packet]) -> Compiled:
+    parts = _flatten(cls)
+    return Compiled(
+        cls=cls,
+        st=struct.Struct("<" + "".join(code for _, code, _ in parts)),
+        names=tuple(name for name, _, _ in parts),
+        formatters=tuple(fmt for _, _, fmt in parts),
+        index={name: i for i, (name, _, _) in enumerate(parts)},
+    )
+
+
+@dataclass
+class Brief:
+    """What one message says at a glance: header fields and the body's fixed structs."""
+
+    direction: str  # "request", "reply" or "notify"
+    length: int
+    unique: int
+    opcode: int | None = None  # for replies, the opcode of the request answered
+    nodeid: int = 0
+    error: int = 0  # replies: negated errno; notifications: the notify code
+    pid: int = 0
+    layers: list[tuple[Compiled, tuple[Any, ...]]] = field(default_factory=list)
+    extras: dict[str, Any] = field(default_factory=dict)
+    reason: str = ""  # why (part of) the body was left raw
+
+    def get(self, name: str, default: Any = None) -> Any:
+        for comp, values in self.layers:
+            i = comp.index.get(name)
+            if i is not None:
+                return values[i]
+        return self.extras.get(name, default)
+
+    def text(self, name: str) -> str | None:
+        for comp, values in self.layers:
+            i = comp.index.get(name)
+            if i is not None:
+                fmt = comp.formatters[i]
+                return fmt(values[i]) if fmt else str(values[i])
+        value = self.extras.get(name)
+        if value is None:
+            return None
+        return repr(value.decode("utf-8", "backslashreplace")) if isinstance(value, bytes) else str(value)
+
+
+def _walk(brief: Brief, plan: list[Any], body: bytes) -> None:
+    """Read the plan's fixed structs and cheap facts of its variable parts."""
+    off = 0
+    for entry in plan:
+        if isinstance(entry, type) and issubclass(entry, FuseStruct):
+            comp = compiled(entry)
+            brief.layers.append((comp, comp.st.unpack_from(body, off)))
+            off += comp.st.size
+        elif entry is FuseName or entry is FuseNames:
+            for key in ("name", "name2")[: 1 if entry is FuseName else 2]:
+                end = body.find(b"\0", off)
+                if end < 0:
+                    brief.extras[key] = body[off:]
+                    brief.reason = brief.reason or f"{key} without its NUL terminator"
+                    return
+                brief.extras[key] = body[off:end]
+                off = end + 1
+        elif entry is FuseData:
+            brief.extras["data_len"] = len(body) - off
+            return
+        elif entry is FuseDirentList or entry is FuseDirentplusList:
+            brief.extras["entries"] = _count_dirents(body, off, entry is FuseDirentplusList)
+            return
+        else:
+            return
+
+
+def _count_dirents(body: bytes, off: int, plus: bool) -> int:
+    count, skip = 0, 128 if plus else 0
+    while off + skip + _DIRENT.size <= len(body):
+        namelen = _DIRENT.unpack_from(body, off + skip)[2]
+        off += skip + ((_DIRENT.size + namelen + 7) & ~7)
+        count += 1
+    return count
+
+
+def brief_request(raw: bytes, ctx: FuseContext = DEFAULT_CONTEXT) -> Brief:
+    if len(raw) < IN_HEADER_SIZE:
+        return Brief("request", len(raw), 0, reason=f"short fuse_in_header: {len(raw)} bytes")
+    length, opcode, unique, nodeid, _uid, _gid, pid, extlen, _pad = _IN.unpack_from(raw)
+    brief = Brief("request", length, unique, opcode, nodeid, pid=pid)
+    body = raw[IN_HEADER_SIZE:length]
+    plan, reason = request_plan(ctx, opcode, extlen, body)
+    brief.reason = reason
+    if not reason:
+        _walk(brief, plan, body)
+    return brief
+
+
+def brief_reply(raw: bytes, ctx: FuseContext = DEFAULT_CONTEXT) -> Brief:
+    if len(raw) < OUT_HEADER_SIZE:
+        return Brief("reply", len(raw), 0, reason=f"short fuse_out_header: {len(raw)} bytes")
+    length, error, unique = _OUT.unpack_from(raw)
+    body = raw[OUT_HEADER_SIZE:length]
+    if unique == 0:
+        brief = Brief("notify", length, 0, error=error)
+        plan, reason = notify_plan(error, body)
+    else:
+        brief = Brief("reply", length, unique, ctx.opcode, error=error)
+        plan, reason = reply_plan(ctx, error, body)
+    brief.reason = reason
+    if not reason:
+        _walk(brief, plan, body)
+    return brief
+
+
+def peek_request(raw: bytes) -> tuple[int, int, int]:
+    """(opcode, unique, nodeid) of a request, or zeros when the header is cut."""
+    if len(raw) < IN_HEADER_SIZE:
+        return 0, 0, 0
+    _len, opcode, unique, nodeid = _IN.unpack_from(raw)[:4]
+    return opcode, unique, nodeid
+
+
+def peek_reply(raw: bytes) -> tuple[int, int]:
+    """(error, unique) of a reply or notification (unique 0, error = notify code)."""
+    if len(raw) < OUT_HEADER_SIZE:
+        return 0, 0
+    _len, error, unique = _OUT.unpack_from(raw)
+    return error, unique
+
+
+#: Requests and replies whose tail is file data, and where that data starts.
+_DATA_REQUESTS = {Opcode.WRITE: IN_HEADER_SIZE + 40, Opcode.NOTIFY_REPLY: IN_HEADER_SIZE + 40}
+_DATA_REPLIES = {Opcode.READ: OUT_HEADER_SIZE}
+_DATA_NOTIFY = {NotifyCode.STORE: OUT_HEADER_SIZE + 24}
+
+
+def data_offset(raw: bytes, is_request: bool, opcode: int | None) -> int | None:
+    """Where file data begins in a message, for the snap length to cut; None if it has none.
+
+    Replies need the opcode of the request they answer; notifications are recognised by
+    their zero `unique`.
+    """
+    if is_request:
+        op = peek_request(raw)[0]
+        return _DATA_REQUESTS.get(op)
+    error, unique = peek_reply(raw)
+    if unique == 0:
+        return _DATA_NOTIFY.get(error)
+    return _DATA_REPLIES.get(opcode) if opcode is not None and error == 0 else None
