@@ -28,6 +28,27 @@ _OPEN_FLAGS.pop(getattr(os, "O_TMPFILE", 0), None)
 _OPEN_FLAGS[0o20000000] = "__O_TMPFILE"
 _OPEN_FLAGS[0o4000000] = "__O_SYNC"
 
+
+def _kernel_o_largefile() -> int:
+    """The kernel's O_LARGEFILE, which FUSE puts in every open's flags (force_o_largefile).
+
+    glibc defines O_LARGEFILE as 0 on 64-bit hosts, so `os` cannot tell us; the arch's other
+    flag values can (include/uapi/asm-generic/fcntl.h and the arch overrides).
+    """
+    if getattr(os, "O_LARGEFILE", 0):
+        return os.O_LARGEFILE
+    if getattr(os, "O_DIRECTORY", 0) == 0o200000:
+        return 0o100000  # asm-generic: x86, riscv, s390, loongarch ...
+    if getattr(os, "O_DIRECT", 0) == 0o200000:
+        return 0o400000  # arm, arm64
+    if getattr(os, "O_DIRECT", 0) == 0o400000:
+        return 0o200000  # powerpc
+    return 0
+
+
+if _kernel_o_largefile():
+    _OPEN_FLAGS[_kernel_o_largefile()] = "O_LARGEFILE"
+
 _FILE_TYPES = {
     stat.S_IFREG: "S_IFREG", stat.S_IFDIR: "S_IFDIR", stat.S_IFLNK: "S_IFLNK",
     stat.S_IFCHR: "S_IFCHR", stat.S_IFBLK: "S_IFBLK", stat.S_IFIFO: "S_IFIFO",
@@ -78,12 +99,23 @@ class LEFlags(FlagsField):
         super().__init__(name, default, -bits, bit_names(table, bits))
 
     def i2repr(self, pkt: Any, x: Any) -> str:
-        return "0" if not x else super().i2repr(pkt, x)
+        # strace style, like the one-line summaries: `A|B`, unknown bits in hex.
+        if x is None:
+            return "None"
+        table = {1 << i: n for i, n in enumerate(self.names) if not n.startswith("bit")}
+        return flags_repr(int(x), table)
 
 
 class ModeField(LEIntField):
     def i2repr(self, pkt: Any, x: int | None) -> str:
         return "None" if x is None else mode_repr(x)
+
+
+class ModeShortField(ModeField):
+    """A 16-bit mode (`fuse_statx.mode`, as in statx(2))."""
+
+    def __init__(self, name: str, default: int | None) -> None:
+        Field.__init__(self, name, default, "<H")
 
 
 class OpenFlagsField(LEIntField):
@@ -119,16 +151,19 @@ class CStringField(StrField):
     """A NUL-terminated name; the NUL is added when building and dropped when parsing.
 
     A name without its NUL is kept (the bytes are there) and flagged by `missing_nul`
-    on the layer, so a decoder never invents the terminator.
+    on the layer (the set of such fields), so a decoder never invents the terminator,
+    not even when the layer is built again.
     """
 
     def addfield(self, pkt: Any, s: bytes, val: Any) -> bytes:
-        return s + self.i2m(pkt, val) + b"\0"
+        nul = b"" if self.name in (getattr(pkt, "missing_nul", None) or ()) else b"\0"
+        return s + self.i2m(pkt, val) + nul
 
     def getfield(self, pkt: Any, s: bytes) -> tuple[bytes, bytes]:
         end = s.find(b"\0")
         if end < 0:
-            object.__setattr__(pkt, "missing_nul", True)
+            missing = getattr(pkt, "missing_nul", None) or frozenset()
+            object.__setattr__(pkt, "missing_nul", missing | {self.name})
             return b"", s
         return s[end + 1:], s[:end]
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 from functools import lru_cache
+from types import SimpleNamespace
 from typing import Any, Callable
 
 from scapy.fields import (
@@ -139,6 +140,10 @@ def _walk(brief: Brief, plan: list[Any], body: bytes) -> None:
     """Read the plan's fixed structs and cheap facts of its variable parts."""
     off = 0
     for entry in plan:
+        if not isinstance(entry, type) and callable(entry) and brief.layers:
+            # A plan function of the previous layer (IOCTL reply: iovecs or data by flags).
+            comp, values = brief.layers[-1]
+            entry = entry(SimpleNamespace(**dict(zip(comp.names, values))), body[off:])
         if isinstance(entry, type) and issubclass(entry, FuseStruct):
             comp = compiled(entry)
             brief.layers.append((comp, comp.st.unpack_from(body, off)))

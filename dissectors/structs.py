@@ -33,6 +33,7 @@ from scapy.fields import (
     StrLenField,
     XLELongField,
 )
+from scapy.config import conf
 from scapy.packet import Packet
 
 from .constants import (
@@ -55,7 +56,15 @@ from .constants import (
     WRITE_FLAGS,
     Opcode,
 )
-from .fields import CStringField, ErrnoField, LEFlags, ModeField, NoteField, OpenFlagsField
+from .fields import (
+    CStringField,
+    ErrnoField,
+    LEFlags,
+    ModeField,
+    ModeShortField,
+    NoteField,
+    OpenFlagsField,
+)
 
 if TYPE_CHECKING:
     from .context import FuseContext
@@ -73,10 +82,44 @@ def struct_name(cls: type[Packet]) -> str:
     return getattr(cls, "_name", cls.__name__)
 
 
+#: Scapy stops lists at 100 items by default (conf.max_list_count); a READDIR reply or a
+#: BATCH_FORGET holds thousands. Every element is at least 8 bytes of a bounded message.
+MAX_LIST_ITEMS = 1 << 20
+
+
 class FuseLayer(Packet):
     """Base of every FUSE layer: asks the message header's plan what comes next."""
 
+    __slots__ = ["note"]  # why the rest of the body is raw, found while dissecting a list
+
+    def post_dissect(self, s: bytes) -> bytes:
+        """A list that ends in a cut element, or holds fewer than its count, says so.
+
+        Scapy turns an element that fails to dissect into a bare `Raw` item; its bytes go
+        back to the body so they end up in a `FuseRaw` layer with the reason.
+        """
+        for fld in self.fields_desc:
+            if not isinstance(fld, (PacketListField, FieldListField)):
+                continue
+            items = self.getfieldval(fld.name)
+            if items and isinstance(items[-1], conf.raw_layer):
+                cut = items.pop()
+                s = cut.load + s
+                object.__setattr__(self, "note", f"{len(cut.load)} bytes of an incomplete "
+                                                 f"{struct_name(fld.cls)}")
+                continue
+            count = fld.count_from(self) if fld.count_from is not None else None
+            if count is not None and len(items) < count:
+                object.__setattr__(self, "note", f"count is {count}, the body holds {len(items)}")
+        return s
+
     def do_dissect_payload(self, s: bytes) -> None:
+        note = getattr(self, "note", None)
+        if note:  # even with no bytes left: the reason must show
+            layer = FuseRaw(s, _internal=1, _underlayer=self)
+            layer.setfieldval("reason", note)
+            self.add_payload(layer)
+            return
         if not s:
             return
         owner, depth = self, 0
@@ -93,6 +136,9 @@ class FuseLayer(Packet):
         self.add_payload(layer)
 
     def extract_padding(self, s: bytes) -> tuple[bytes, bytes]:
+        if self.underlayer is None and self.parent is not None:
+            # Nested in a PacketField (fuse_direntplus.entry_out): the rest is the parent's.
+            return b"", s
         return s, b""
 
 
@@ -101,10 +147,38 @@ class FuseStruct(FuseLayer):
 
 
 class FuseElement(Packet):
-    """A struct repeated in a list (dirents, forget_one …): hands the rest to the next."""
+    """A struct repeated in a list (dirents, forget_one …): hands the rest to the next.
+
+    An element cut short raises, so the list shows it as incomplete instead of filling the
+    missing fields with defaults (Scapy stops quietly when the bytes run out).
+    """
+
+    def do_dissect(self, s: bytes) -> bytes:
+        need = _min_size(type(self))
+        if len(s) < need:
+            raise ValueError(f"{struct_name(type(self))} needs {need} bytes, got {len(s)}")
+        rest = super().do_dissect(s)
+        want = self.wire_size()
+        if want is not None and len(s) - len(rest) != want:
+            raise ValueError(f"{struct_name(type(self))} of {want} bytes cut at {len(s) - len(rest)}")
+        return rest
+
+    def wire_size(self) -> int | None:
+        """The size this element claims (variable elements), to catch a cut tail."""
+        return None
 
     def extract_padding(self, s: bytes) -> tuple[bytes, bytes]:
         return b"", s
+
+
+_MIN_SIZES: dict[type, int] = {}
+
+
+def _min_size(cls: type[Packet]) -> int:
+    """Bytes of the element built from its defaults: its fixed part."""
+    if cls not in _MIN_SIZES:
+        _MIN_SIZES[cls] = len(bytes(cls()))
+    return _MIN_SIZES[cls]
 
 
 class FuseRaw(FuseLayer):
@@ -262,7 +336,7 @@ class FuseStatx(FuseElement):
         LEIntField("nlink", 0),
         LEIntField("uid", 0),
         LEIntField("gid", 0),
-        LEShortField("mode", 0),
+        ModeShortField("mode", 0),
         StrFixedLenField("__spare0", b"", 2),
         LELongField("ino", 0),
         LELongField("size", 0),
@@ -801,7 +875,10 @@ class FuseFallocateIn(FuseStruct):
 class FuseDirent(FuseElement):
     """One READDIR entry; the name is padded to an 8-byte boundary (FUSE_DIRENT_ALIGN)."""
 
-    name = "fuse_dirent"
+    # `_name`, not `name`: with a field called `name`, Scapy's metaclass would take a class
+    # attribute `name` for that field's default (and drop the PadField around it). Read the
+    # field with `getfieldval("name")`: `.name` is Scapy's layer-name slot.
+    _name = "fuse_dirent"
     fields_desc = [
         LELongField("ino", 0),
         LELongField("off", 0),
@@ -809,6 +886,9 @@ class FuseDirent(FuseElement):
         LEIntField("type", 0),  # DT_* (the mode's type bits >> 12)
         PadField(StrLenField("name", b"", length_from=lambda p: p.namelen), 8, padwith=b"\0"),
     ]
+
+    def wire_size(self) -> int | None:
+        return 24 + ((self.namelen + 7) & ~7) if self.namelen is not None else None
 
     def mysummary(self) -> str:
         return self.sprintf("%name% ino=%ino% off=%off%")
@@ -990,6 +1070,11 @@ class FuseExtHeader(FuseElement):
         StrLenField("data", b"", length_from=lambda p: max((p.size or 8) - 8, 0)),
     ]
 
+    def wire_size(self) -> int | None:
+        if self.size is not None and self.size < 8:
+            raise ValueError(f"fuse_ext_header size {self.size} is smaller than the header")
+        return self.size
+
     def post_build(self, p: bytes, pay: bytes) -> bytes:
         if self.size is None:
             p = len(p).to_bytes(4, "little") + p[4:]
@@ -1009,7 +1094,7 @@ class FuseName(FuseLayer):
     """One NUL-terminated name (LOOKUP, MKDIR, UNLINK, xattr names …)."""
 
     __slots__ = ["missing_nul"]
-    name = "name"
+    _name = "name"  # see FuseDirent: a `name` field needs `_name`
     fields_desc = [CStringField("name", b"")]
 
 
@@ -1017,7 +1102,7 @@ class FuseNames(FuseLayer):
     """Two NUL-terminated names: RENAME(2) old/new, SYMLINK name/target."""
 
     __slots__ = ["missing_nul"]
-    name = "names"
+    _name = "names"  # see FuseDirent
     fields_desc = [CStringField("name", b""), CStringField("name2", b"")]
 
 
@@ -1033,36 +1118,37 @@ class FuseData(FuseLayer):
 
 class FuseDirentList(FuseLayer):
     name = "fuse_dirent[]"
-    fields_desc = [PacketListField("dirents", [], FuseDirent)]
+    fields_desc = [PacketListField("dirents", [], FuseDirent, max_count=MAX_LIST_ITEMS)]
 
 
 class FuseDirentplusList(FuseLayer):
     name = "fuse_direntplus[]"
-    fields_desc = [PacketListField("direntplus", [], FuseDirentplus)]
+    fields_desc = [PacketListField("direntplus", [], FuseDirentplus,
+                                   max_count=MAX_LIST_ITEMS)]
 
 
 class FuseForgetList(FuseLayer):
     name = "fuse_forget_one[]"
-    fields_desc = [PacketListField("forgets", [], FuseForgetOne,
+    fields_desc = [PacketListField("forgets", [], FuseForgetOne, max_count=MAX_LIST_ITEMS,
                                    count_from=lambda p: _count_of(p))]
 
 
 class FuseRemovemappingList(FuseLayer):
     name = "fuse_removemapping_one[]"
-    fields_desc = [PacketListField("mappings", [], FuseRemovemappingOne,
+    fields_desc = [PacketListField("mappings", [], FuseRemovemappingOne, max_count=MAX_LIST_ITEMS,
                                    count_from=lambda p: _count_of(p))]
 
 
 class FuseIoctlIovecList(FuseLayer):
     name = "fuse_ioctl_iovec[]"
-    fields_desc = [PacketListField("iovecs", [], FuseIoctlIovec)]
+    fields_desc = [PacketListField("iovecs", [], FuseIoctlIovec, max_count=MAX_LIST_ITEMS)]
 
 
 class FuseNodeidList(FuseLayer):
     """NOTIFY_PRUNE's node ids."""
 
     name = "nodeid[]"
-    fields_desc = [FieldListField("nodeids", [], LELongField("", 0),
+    fields_desc = [FieldListField("nodeids", [], LELongField("", 0), max_count=MAX_LIST_ITEMS,
                                   count_from=lambda p: _count_of(p))]
 
 
@@ -1070,7 +1156,7 @@ class FuseExtensionList(FuseLayer):
     """Request extensions (security contexts, supplementary groups) after the args."""
 
     name = "fuse_ext_header[]"
-    fields_desc = [PacketListField("extensions", [], FuseExtHeader)]
+    fields_desc = [PacketListField("extensions", [], FuseExtHeader, max_count=MAX_LIST_ITEMS)]
 
 
 class CuseInitInfo(FuseLayer):
@@ -1088,6 +1174,6 @@ def _count_of(layer: Packet) -> int | None:
 
 def _fill_namelen(layer: Packet, p: bytes, at: int) -> bytes:
     if layer.namelen is None and isinstance(layer.payload, FuseName):
-        return p[:at] + len(layer.payload.name).to_bytes(4, "little") + p[at + 4:]
+        return p[:at] + len(layer.payload.getfieldval("name")).to_bytes(4, "little") + p[at + 4:]
     return p
 

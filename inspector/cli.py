@@ -1,0 +1,87 @@
+"""The `fusetrace` command line: one subcommand per job, errors as one line and exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from typing import Callable, Sequence
+
+from traces import TraceReadError, TraceReader
+
+from . import __version__
+
+
+def _show(args: argparse.Namespace) -> int:
+    from .show import write_show
+
+    reader = TraceReader(args.trace)
+    write_show(reader, sys.stdout, args.verbose, args.hex, args.count)
+    sys.stdout.flush()
+    if reader.tail:
+        print(f"fusetrace: {args.trace}: {reader.tail}", file=sys.stderr)
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from .show import write_jsonl
+
+    write_jsonl(TraceReader(args.trace), sys.stdout)
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(args.write, args.no_passthrough)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fusetrace", description="Record, decode and inspect Linux FUSE sessions.")
+    parser.add_argument("--version", action="version", version=f"fusetrace {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    show = sub.add_parser("show", help="print a trace, one line per message (tcpdump style)")
+    show.add_argument("trace", help="trace file (.fzt)")
+    show.add_argument("-v", "--verbose", action="store_true", help="full decoded tree of each message")
+    show.add_argument("-x", "--hex", action="store_true", help="hex dump of each message")
+    show.add_argument("-c", "--count", type=int, metavar="N", help="stop after N records")
+    show.set_defaults(run=_show)
+
+    export = sub.add_parser("export", help="write a trace as JSON lines for scripts")
+    export.add_argument("--jsonl", action="store_true", default=True,
+                        help="one JSON object per record (the default and only format)")
+    export.add_argument("trace", help="trace file (.fzt)")
+    export.set_defaults(run=_export)
+
+    demo = sub.add_parser("demo", help="mount the bundled passthrough filesystem, use it, show its trace")
+    demo.add_argument("-w", "--write", default="fusetrace-demo.fzt", metavar="TRACE",
+                      help="where to write the trace (default: %(default)s)")
+    demo.add_argument("--no-passthrough", action="store_true", help="serve reads and writes in Python")
+    demo.set_defaults(run=_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    run: Callable[[argparse.Namespace], int] = args.run
+    try:
+        return run(args)
+    except TraceReadError as exc:
+        print(f"fusetrace: error: {exc}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        # `fusetrace show | head`: stop quietly, and keep Python from complaining at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except KeyboardInterrupt:
+        return 128 + signal.SIGINT
+    except OSError as exc:
+        print(f"fusetrace: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,123 @@
+"""`python -m inspector.passthroughfs SOURCE MOUNTPOINT [...]`: argument parsing, logging,
+and the one place that sets up and tears down a session (mount, serve, unmount once)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from typing import Sequence
+
+from .attrs import Timeouts
+from .backing import BackingFiles
+from .misbehave import SWITCHES, Misbehaviour, parse
+from .mounting import Connection, MountOptions
+from .ops import Operations
+from .server import Server
+from .tracing import Tracer
+
+log = logging.getLogger("inspector.passthroughfs")
+
+_FLAG_OPTIONS = ("allow_other", "default_permissions")
+_VALUE_OPTIONS = ("max_read", "entry_timeout", "attr_timeout", "max_stack_depth")
+
+
+def _mount_options(values: list[str], parser: argparse.ArgumentParser) -> dict[str, str]:
+    """`-o a,b=1 -o c` → {"a": "", "b": "1", "c": ""}; unknown names are an error."""
+    options: dict[str, str] = {}
+    for value in values:
+        for item in filter(None, value.split(",")):
+            name, sep, arg = item.partition("=")
+            if name in _FLAG_OPTIONS and not sep or name in _VALUE_OPTIONS and sep and arg:
+                options[name] = arg
+            else:
+                parser.error(f"unknown or malformed mount option {item!r} (known: "
+                             f"{', '.join(_FLAG_OPTIONS)}, {'=, '.join(_VALUE_OPTIONS)}=)")
+    return options
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m inspector.passthroughfs",
+        description="Mirror SOURCE at MOUNTPOINT over the raw FUSE protocol, with FUSE "
+                    "passthrough for regular files. MOUNTPOINT /dev/fd/N serves an "
+                    "already-mounted connection on descriptor N.",
+        epilog="misbehaviours: " + "; ".join(f"{k}: {v}" for k, v in SWITCHES.items()))
+    parser.add_argument("source", metavar="SOURCE")
+    parser.add_argument("mountpoint", metavar="MOUNTPOINT")
+    parser.add_argument("-o", dest="options", action="append", default=[], metavar="OPTS",
+                        help="allow_other, default_permissions, max_read=N, entry_timeout=S, "
+                             "attr_timeout=S (default 1), max_stack_depth=N (default 1)")
+    parser.add_argument("--no-passthrough", dest="passthrough", action="store_false",
+                        help="serve READ/WRITE here instead of passing them through")
+    parser.add_argument("--trace", metavar="FILE", help="record this server's own conversation")
+    parser.add_argument("--misbehave", action="append", default=[], metavar="SWITCH",
+                        help="get passthrough wrong on purpose (repeatable), see below")
+    parser.add_argument("--threads", type=int, default=4, metavar="N",
+                        help="worker threads (default 4)")
+    parser.add_argument("-d", "--debug", action="store_true", help="log every request")
+    args = parser.parse_args(argv)
+    args.options = _mount_options(args.options, parser)
+    try:
+        args.misbehave = parse(args.misbehave)
+        args.timeouts = Timeouts(float(args.options.get("entry_timeout", 1.0)),
+                                 float(args.options.get("attr_timeout", 1.0)))
+        args.max_stack_depth = int(args.options.get("max_stack_depth", 1))
+        max_read = args.options.get("max_read")
+        args.mount_options = MountOptions("allow_other" in args.options,
+                                          "default_permissions" in args.options,
+                                          int(max_read) if max_read else None)
+    except ValueError as exc:
+        parser.error(str(exc))
+    if args.threads < 1:
+        parser.error("--threads must be at least 1")
+    if not 1 <= args.max_stack_depth <= 2:
+        parser.error("max_stack_depth must be 1 or 2 (FILESYSTEM_MAX_STACK_DEPTH)")
+    if not os.path.isdir(args.source):
+        parser.error(f"SOURCE {args.source!r} is not a directory")
+    args.source = os.path.abspath(args.source)
+    return args
+
+
+def setup_logging(debug: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if debug else logging.INFO,
+                        format="passthroughfs %(levelname)s %(threadName)s: %(message)s")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    setup_logging(args.debug)
+    os.umask(0)  # the kernel already applied the caller's umask to the modes it sends
+    misbehave: Misbehaviour = args.misbehave
+    tracer = Tracer()
+    conn: Connection | None = None
+    status = 1
+    try:
+        if args.trace:
+            tracer = Tracer.create(args.trace, {
+                "source": "passthroughfs", "argv": [sys.argv[0], *argv],
+                "mountpoint": args.mountpoint, "kernel": os.uname().release,
+                "source_dir": args.source, "passthrough": args.passthrough,
+                "misbehave": sorted(misbehave.flags) + [
+                    f"stall={op}:{s}" for op, s in misbehave.stalls.items()]})
+        conn = Connection(args.mountpoint, args.mount_options)
+        ops = Operations(args.source, BackingFiles(conn.fd, tracer, misbehave),
+                         args.timeouts, misbehave)
+        server = Server(conn.fd, ops, tracer, misbehave, passthrough=args.passthrough,
+                        threads=args.threads, max_stack_depth=args.max_stack_depth)
+        server.install_signal_handlers()
+        conn.mount()
+        status = server.serve()
+        conn.unmount()
+        server.join(2.0)
+    except OSError as exc:
+        log.error("%s", exc)
+    finally:
+        # Workers may still sit in read(): the descriptor closes with the process.
+        if conn is not None:
+            conn.unmount()  # does nothing when already unmounted
+        tracer.event("server_exit", status=status)
+        tracer.close()
+    return status

@@ -1,0 +1,217 @@
+"""The request loop: worker threads reading /dev/fuse, INIT negotiation, replies.
+
+Like libfuse's multi-threaded loop, every worker does read → handle → write on the same
+descriptor; the kernel hands each request to exactly one reader. Workers stop when the
+read says ENODEV (unmounted), EOF (the recorder's socket closed) or after DESTROY; the
+main thread waits for that or for SIGTERM/SIGINT, and the caller unmounts.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import signal
+import threading
+import time
+from typing import Any
+
+from scapy.packet import Packet
+
+from dissectors.constants import (
+    FUSE_INIT_EXT,
+    FUSE_KERNEL_MINOR_VERSION,
+    FUSE_MAX_PAGES,
+    FUSE_PASSTHROUGH,
+    FUSE_WRITEBACK_CACHE,
+    Opcode,
+)
+from dissectors.context import DEFAULT_CONTEXT, FuseContext, dialect_of
+from dissectors.quick import brief_request
+from dissectors.structs import FuseInitOut, FuseOutHeader
+from dissectors.summary import line
+
+from .misbehave import Misbehaviour
+from .ops import NO_REPLY, Operations, Request
+from .tracing import Tracer
+
+log = logging.getLogger(__name__)
+
+MAX_WRITE = 1 << 20
+MAX_PAGES = 256
+BUFFER_SIZE = MAX_WRITE + 8192  # a WRITE of max_write bytes plus its headers
+FUSE_ASYNC_READ = 1 << 0
+FUSE_BIG_WRITES = 1 << 5
+FUSE_DO_READDIRPLUS = 1 << 13
+FUSE_READDIRPLUS_AUTO = 1 << 14
+FUSE_PARALLEL_DIROPS = 1 << 18
+#: INIT flags this server asks for whenever the kernel offers them.
+WANTED_FLAGS = (FUSE_ASYNC_READ | FUSE_BIG_WRITES | FUSE_MAX_PAGES | FUSE_INIT_EXT
+                | FUSE_PARALLEL_DIROPS | FUSE_DO_READDIRPLUS | FUSE_READDIRPLUS_AUTO)
+#: read() errors that only mean "no request for you this time".
+_RETRY = {errno.EINTR, errno.EAGAIN, errno.ENOENT}
+
+
+class Server:
+    """Serves one connection with `threads` workers until it ends or a signal arrives."""
+
+    def __init__(self, fd: int, ops: Operations, tracer: Tracer, misbehave: Misbehaviour,
+                 *, passthrough: bool = True, threads: int = 4, max_stack_depth: int = 1) -> None:
+        self.fd = fd
+        self.ops = ops
+        self.tracer = tracer
+        self.misbehave = misbehave
+        self.want_passthrough = passthrough
+        self.threads = threads
+        self.max_stack_depth = max_stack_depth
+        self.ctx: FuseContext = DEFAULT_CONTEXT
+        self.status = 0
+        self.stop_reason: str | None = None
+        self._stopped = threading.Event()
+        self._signal: int | None = None
+
+    # --- lifecycle ------------------------------------------------------------------
+
+    def install_signal_handlers(self) -> None:
+        """Only note the signal: the handler runs between bytecodes of the main thread,
+        which may hold locks, so the main loop acts on it."""
+        def note(signum: int, frame: Any) -> None:
+            self._signal = signum
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, note)
+
+    def serve(self) -> int:
+        """Run the workers until the connection ends or a signal; returns the exit status."""
+        workers = [threading.Thread(target=self._work, name=f"fuse-worker-{i}", daemon=True)
+                   for i in range(self.threads)]
+        for worker in workers:
+            worker.start()
+        while not self._stopped.wait(0.2):
+            if self._signal is not None:
+                self.stop(f"signal {signal.Signals(self._signal).name}")
+        log.info("stopping: %s", self.stop_reason)
+        return self.status
+
+    def join(self, timeout: float) -> None:
+        """Give workers still finishing a request a moment, after the unmount."""
+        deadline = time.monotonic() + timeout
+        for worker in threading.enumerate():
+            if worker.name.startswith("fuse-worker-"):
+                worker.join(max(deadline - time.monotonic(), 0))
+
+    def stop(self, reason: str, status: int = 0) -> None:
+        if self.stop_reason is None:
+            self.stop_reason, self.status = reason, status
+        self._stopped.set()
+
+    # --- workers --------------------------------------------------------------------
+
+    def _work(self) -> None:
+        while not self._stopped.is_set():
+            try:
+                raw = os.read(self.fd, BUFFER_SIZE)
+            except OSError as exc:
+                if exc.errno in _RETRY:
+                    continue
+                if exc.errno == errno.ENODEV:
+                    self.stop("unmounted (ENODEV)")
+                else:
+                    log.error("reading requests: %s", exc)
+                    self.stop(f"read error: {exc}", 1)
+                return
+            if not raw:
+                self.stop("end of file on the connection")
+                return
+            try:
+                self._serve_one(raw)
+            except Exception:  # a bug in a handler must not kill the worker
+                log.exception("handling a request")
+
+    def _serve_one(self, raw: bytes) -> None:
+        self.tracer.request(raw)
+        req = Request(raw, brief_request(raw, self.ctx))
+        log.debug("-> %s", line(req.brief))
+        reply = self._handle(req)
+        if reply is None:
+            return
+        stall = self.misbehave.stall(req.opcode)
+        if stall:
+            time.sleep(stall)
+        err = self.tracer.send(self.fd, reply)
+        if err:
+            log.log(logging.DEBUG if err == errno.ENOENT else logging.WARNING,
+                    "reply to %s #%d: %s", _name(req.opcode), req.unique, os.strerror(err))
+            self._unsent(req, reply)
+        if req.opcode == Opcode.DESTROY:
+            self.stop("DESTROY")
+
+    def _handle(self, req: Request) -> bytes | None:
+        """The reply bytes for a request, or None when none is due."""
+        body: Any = None
+        try:
+            if req.opcode == Opcode.INIT:
+                body = self._init(req)
+            elif req.opcode == Opcode.DESTROY:
+                body = None
+            elif req.opcode not in self.ops.handlers:
+                raise OSError(errno.ENOSYS, "not implemented")
+            elif req.brief.reason:
+                log.warning("malformed %s: %s", _name(req.opcode), req.brief.reason)
+                raise OSError(errno.EIO, req.brief.reason)
+            else:
+                body = self.ops.handlers[req.opcode](req)
+        except OSError as exc:
+            log.debug("<- %s #%d: %s", _name(req.opcode), req.unique, exc)
+            return bytes(FuseOutHeader(unique=req.unique, error=-(exc.errno or errno.EIO)))
+        except Exception:
+            log.exception("%s #%d failed", _name(req.opcode), req.unique)
+            return bytes(FuseOutHeader(unique=req.unique, error=-errno.EIO))
+        if body is NO_REPLY:
+            return None
+        header = FuseOutHeader(unique=req.unique)
+        return bytes(header / body if isinstance(body, Packet) else header)
+
+    def _unsent(self, req: Request, reply: bytes) -> None:
+        """An open whose reply the kernel refused (interrupted) will never be released."""
+        if req.opcode in (Opcode.OPEN, Opcode.CREATE, Opcode.OPENDIR) and len(reply) > 16:
+            fh = int.from_bytes(reply[-16:-8], "little")  # fuse_open_out ends the reply
+            try:
+                self.ops.close_handle(fh)
+            except OSError:
+                pass
+
+    # --- INIT -------------------------------------------------------------------------
+
+    def _init(self, req: Request) -> Packet:
+        """Answer with our minor and what we want of what the kernel offered."""
+        if req.get("major") != 7:
+            raise OSError(errno.EPROTO, f"kernel speaks FUSE {req.get('major')}")
+        offered = req.get("flags") or 0
+        if offered & FUSE_INIT_EXT:
+            offered |= (req.get("flags2") or 0) << 32
+        wanted = WANTED_FLAGS
+        if self.want_passthrough:
+            wanted |= FUSE_PASSTHROUGH
+        if "writeback-cache" in self.misbehave:
+            wanted |= FUSE_WRITEBACK_CACHE
+        flags = offered & wanted
+        minor = min(FUSE_KERNEL_MINOR_VERSION, req.get("minor"))
+        passthrough = bool(flags & FUSE_PASSTHROUGH)
+        self.ops.passthrough = passthrough
+        self.ops.writeback = bool(flags & FUSE_WRITEBACK_CACHE)
+        self.ctx = FuseContext(minor=minor, flags=flags, dialect=dialect_of(minor, flags),
+                               minor_known=True)
+        log.info("INIT: kernel 7.%d offers %#x, we take %#x (passthrough %s)",
+                 req.get("minor"), offered, flags, "on" if passthrough else "off")
+        return FuseInitOut(
+            major=7, minor=minor, max_readahead=req.get("max_readahead"),
+            flags=flags & 0xFFFFFFFF, flags2=flags >> 32, max_write=MAX_WRITE, time_gran=1,
+            max_pages=MAX_PAGES, max_stack_depth=self.max_stack_depth if passthrough else 0)
+
+
+def _name(opcode: int) -> str:
+    try:
+        return Opcode(opcode).name
+    except ValueError:
+        return str(opcode)

@@ -1,0 +1,67 @@
+"""The few system calls Python's `os` module lacks, through ctypes.
+
+mount(2)/umount2(2) because the server mounts itself (no fusermount3), renameat2(2) for
+RENAME2 flags, utimensat(2)/futimens(3) for UTIME_NOW/UTIME_OMIT, fallocate(2) for modes
+other than 0. Each raises `OSError` with the C errno, like `os` does.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+MS_NOSUID = 2
+MS_NODEV = 4
+MNT_DETACH = 2
+AT_FDCWD = -100
+AT_SYMLINK_NOFOLLOW = 0x100
+UTIME_NOW = (1 << 30) - 1
+UTIME_OMIT = (1 << 30) - 2
+
+
+class _Timespec(ctypes.Structure):
+    _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+
+
+def _check(result: int, what: str, path: str | None = None) -> None:
+    if result < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}", path)
+
+
+def mount(source: str, target: str, fstype: str, flags: int, data: str) -> None:
+    _check(_libc.mount(os.fsencode(source), os.fsencode(target), os.fsencode(fstype),
+                       ctypes.c_ulong(flags), os.fsencode(data)), "mount", target)
+
+
+def umount2(target: str, flags: int = 0) -> None:
+    _check(_libc.umount2(os.fsencode(target), flags), "umount2", target)
+
+
+def renameat2(old: str, new: str, flags: int) -> None:
+    _check(_libc.renameat2(AT_FDCWD, os.fsencode(old), AT_FDCWD, os.fsencode(new),
+                           ctypes.c_uint(flags)), "renameat2", old)
+
+
+def _times(atime: tuple[int, int], mtime: tuple[int, int]) -> ctypes.Array[_Timespec]:
+    return (_Timespec * 2)(_Timespec(*atime), _Timespec(*mtime))
+
+
+def utimensat(path: str, atime: tuple[int, int], mtime: tuple[int, int]) -> None:
+    """Set times of `path` (not following symlinks); a tv_nsec may be UTIME_NOW/UTIME_OMIT."""
+    _check(_libc.utimensat(AT_FDCWD, os.fsencode(path), _times(atime, mtime),
+                           AT_SYMLINK_NOFOLLOW), "utimensat", path)
+
+
+def futimens(fd: int, atime: tuple[int, int], mtime: tuple[int, int]) -> None:
+    _check(_libc.futimens(fd, _times(atime, mtime)), "futimens")
+
+
+def fallocate(fd: int, mode: int, offset: int, length: int) -> None:
+    _check(_libc.fallocate(fd, mode, ctypes.c_long(offset), ctypes.c_long(length)), "fallocate")
+
+
+def syncfs(fd: int) -> None:
+    _check(_libc.syncfs(fd), "syncfs")

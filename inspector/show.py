@@ -1,0 +1,103 @@
+"""`fusetrace show` and `fusetrace export`: a trace as text lines or JSON lines."""
+
+from __future__ import annotations
+
+import json
+from typing import IO, Any, Iterator
+
+from scapy.utils import hexdump
+
+from traces import TraceReader
+
+from .timeline import Entry, entries
+
+
+def _latency(ns: int | None) -> str:
+    if ns is None:
+        return ""
+    if ns < 1_000_000:
+        return f" (+{ns / 1000:.0f}us)"
+    return f" (+{ns / 1_000_000:.2f}ms)"
+
+
+def show_lines(reader: TraceReader, verbose: bool = False, hexa: bool = False) -> Iterator[str]:
+    """tcpdump-style lines: record number, seconds since the first record, arrow, message."""
+    start: int | None = None
+    for entry in entries(reader):
+        rec = entry.record
+        start = rec.ts if start is None else start
+        yield f"{rec.index:>7} {(rec.ts - start) / 1e9:11.6f} {entry.arrow} {entry.text}{_latency(entry.latency_ns)}"
+        if verbose:
+            yield from _indent(_detail(entry))
+        if hexa and rec.raw:
+            yield from _indent(hexdump(rec.raw, dump=True))
+
+
+def _detail(entry: Entry) -> str:
+    if entry.message is not None:
+        return entry.message.packet().show(dump=True)
+    if entry.ioctl is not None:
+        return entry.ioctl.packet().show(dump=True)
+    return ""
+
+
+def _indent(text: str) -> Iterator[str]:
+    for line in text.rstrip("\n").splitlines():
+        yield "        " + line
+
+
+def write_show(reader: TraceReader, out: IO[str], verbose: bool, hexa: bool,
+               limit: int | None) -> None:
+    batch: list[str] = []
+    for n, line in enumerate(show_lines(reader, verbose, hexa)):
+        if limit is not None and n >= limit and not line.startswith(" "):
+            break
+        batch.append(line)
+        if len(batch) >= 4096:
+            out.write("\n".join(batch) + "\n")
+            batch.clear()
+    if batch:
+        out.write("\n".join(batch) + "\n")
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def export_object(entry: Entry) -> dict[str, Any]:
+    """One record as a JSON-able dict: raw bytes in hex, decoded fields by name."""
+    rec = entry.record
+    obj: dict[str, Any] = {"n": rec.index, "ts_ns": rec.ts, "kind": rec.kind.name.lower(),
+                           "summary": entry.text}
+    if entry.message is not None:
+        brief = entry.message.brief
+        obj.update(direction=brief.direction, opcode=brief.opcode, unique=brief.unique,
+                   nodeid=brief.nodeid, error=brief.error, latency_ns=entry.latency_ns,
+                   request=entry.request_index)
+        fields = {name: val for comp, vals in brief.layers for name, val in zip(comp.names, vals)}
+        fields.update(brief.extras)
+        obj["fields"] = _jsonable(fields)
+        if brief.reason:
+            obj["raw_reason"] = brief.reason
+    elif entry.ioctl is not None:
+        obj.update(ioctl=entry.ioctl.name, args=entry.ioctl.fields)
+    if rec.raw is not None:
+        obj["raw"] = rec.raw.hex()
+    if rec.meta:
+        obj["meta"] = _jsonable(rec.meta)
+    return obj
+
+
+def write_jsonl(reader: TraceReader, out: IO[str]) -> None:
+    out.write(json.dumps({"header": _jsonable(reader.header)}) + "\n")
+    for entry in entries(reader):
+        out.write(json.dumps(export_object(entry)) + "\n")
+    if reader.tail:
+        out.write(json.dumps({"tail": reader.tail}) + "\n")
+

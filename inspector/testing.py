@@ -1,0 +1,151 @@
+"""Helpers for tests that mount real FUSE filesystems (this project's and its users').
+
+- `fuse_available()` says why mounting cannot work here, or None.
+- `wait_for_mount()` polls /proc/self/mountinfo with a deadline and fails early, with the
+  server's stderr, when the server died.
+- `cleanup_mount()` undoes everything whatever state it is in: unmount (plain, then lazy),
+  then SIGTERM, wait, SIGKILL. It never raises, so it belongs in a `finally`.
+- `mounted_server()` combines them around a server command line.
+
+Mount points are compared the way mountinfo shows them, without stat()ing the mount
+point itself: that would hang on a mount whose server stopped answering.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Iterator, Sequence
+
+from inspector.passthroughfs.mounting import mounts_at
+
+log = logging.getLogger(__name__)
+
+_UMOUNT_TIMEOUT = 10.0
+
+
+def fuse_available() -> str | None:
+    """Why FUSE mounts cannot be tested here, or None when they can."""
+    if not os.path.exists("/dev/fuse"):
+        return "/dev/fuse is missing"
+    if os.geteuid() != 0:
+        return "mounting FUSE with mount(2) needs root"
+    try:
+        os.close(os.open("/dev/fuse", os.O_RDWR))
+    except OSError as exc:
+        return f"cannot open /dev/fuse: {exc.strerror}"
+    return None
+
+
+def is_mounted(mountpoint: str | os.PathLike[str]) -> bool:
+    return bool(mounts_at(os.fspath(mountpoint)))
+
+
+def _stderr_of(proc: subprocess.Popen[bytes], log_file: IO[bytes] | None) -> str:
+    """What a finished server wrote to stderr (a pipe, or the file it was given)."""
+    data = b""
+    try:
+        if log_file is not None:
+            log_file.flush()
+            data = Path(log_file.name).read_bytes()
+        elif proc.stderr is not None:
+            data = proc.stderr.read() or b""
+    except (OSError, ValueError):
+        pass
+    return data.decode(errors="replace").strip()
+
+
+def wait_for_mount(mountpoint: str | os.PathLike[str], proc: subprocess.Popen[bytes],
+                   timeout: float = 10.0, log_file: IO[bytes] | None = None) -> None:
+    """Return once `mountpoint` is mounted; raise RuntimeError if `proc` exits first or
+    the deadline passes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if is_mounted(mountpoint):
+            return
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with status {proc.returncode} before mounting "
+                               f"{mountpoint}:\n{_stderr_of(proc, log_file)}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{mountpoint} not mounted after {timeout:g} s")
+        time.sleep(0.05)
+
+
+def _umount(mountpoint: str, *options: str) -> bool:
+    try:
+        return subprocess.run(["umount", *options, mountpoint], capture_output=True,
+                              timeout=_UMOUNT_TIMEOUT).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def unmount(mountpoint: str | os.PathLike[str]) -> None:
+    """Unmount everything at `mountpoint`: plainly, or lazily when busy. Never raises."""
+    path = os.fspath(mountpoint)
+    for _ in range(8):  # mounts can be stacked
+        if not is_mounted(path):
+            return
+        if not _umount(path) and not _umount(path, "-l"):
+            log.warning("cannot unmount %s", path)
+            return
+
+
+def stop_process(proc: subprocess.Popen[bytes] | None, timeout: float = 5.0) -> None:
+    """SIGTERM, wait, SIGKILL, wait; quiet about a process that is already gone."""
+    if proc is None:
+        return
+    for sig in (proc.terminate, proc.kill):
+        if proc.poll() is not None:
+            break
+        try:
+            sig()
+            proc.wait(timeout)
+        except ProcessLookupError:
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout)  # reap it, even after SIGKILL
+
+
+def cleanup_mount(mountpoint: str | os.PathLike[str],
+                  proc: subprocess.Popen[bytes] | None = None) -> None:
+    """Unmount first (a FUSE server then exits by itself), then stop the process."""
+    unmount(mountpoint)
+    stop_process(proc)
+    unmount(mountpoint)  # a process may have mounted again meanwhile
+
+
+@dataclass
+class MountedServer:
+    """A running server: its process and its stderr so far."""
+
+    proc: subprocess.Popen[bytes]
+    mountpoint: Path
+    log_file: IO[bytes]
+
+    def stderr(self) -> str:
+        self.log_file.flush()
+        return Path(self.log_file.name).read_text(errors="replace")
+
+
+@contextlib.contextmanager
+def mounted_server(argv: Sequence[str], mountpoint: str | os.PathLike[str],
+                   timeout: float = 10.0, **popen: object) -> Iterator[MountedServer]:
+    """Start `argv` (a server that mounts `mountpoint` itself), wait for the mount, and
+    undo it all on exit. stderr goes to a temporary file: a pipe nobody reads would fill
+    up and block a chatty server."""
+    with tempfile.NamedTemporaryFile(prefix="server-", suffix=".log") as log_file:
+        proc = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=log_file,
+                                stderr=log_file, **popen)  # type: ignore[call-overload]
+        try:
+            wait_for_mount(mountpoint, proc, timeout, log_file)
+            yield MountedServer(proc, Path(mountpoint), log_file)
+        finally:
+            cleanup_mount(mountpoint, proc)

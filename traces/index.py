@@ -1,0 +1,296 @@
+"""Random access to a trace: a packed row per record, cached beside the trace.
+
+Each row holds what a list view shows without decoding: offset, ts, kind, opcode,
+unique, nodeid, error. For a reply, `opcode` is the opcode of the request it answers
+(paired by `unique` while building; 0 if unknown) and `error` its error; for a
+notification (unique 0) `error` is the notify code. IOCTL and EVENT rows carry only
+offset, ts and kind: read them with `record(i)`.
+
+The cache (`<trace>.idx`, else under `~/.cache/fusetrace/`) stores the trace size and
+mtime it was built from plus a digest of the header and the last indexed bytes: it is
+used as is when they match, extended from the last indexed record when the trace only
+grew, and rebuilt otherwise. A broken cache is rebuilt silently; the trace is the truth.
+"""
+
+from __future__ import annotations
+
+import array
+import hashlib
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import msgpack
+
+from dissectors.constants import NO_REPLY_OPCODES
+from dissectors.quick import peek_reply, peek_request
+
+from .errors import TraceReadError
+from .records import Kind, Record, cut_note, decode, problem
+from .stream import LIMITS, Progress, Scan, TraceFile, open_trace
+
+CACHE_MAGIC = "fusetrace-index"
+CACHE_VERSION = 1
+_ANCHOR_SPAN = 4096
+_COLUMNS = {"offset": "Q", "ts": "q", "kind": "B", "opcode": "I", "unique": "Q",
+            "nodeid": "Q", "error": "i"}
+_NO_REPLY = frozenset(int(op) for op in NO_REPLY_OPCODES)
+
+
+class Row(NamedTuple):
+    offset: int
+    ts: int
+    kind: int
+    opcode: int
+    unique: int
+    nodeid: int
+    error: int
+
+
+def cache_home() -> Path:
+    """Where caches go when the trace's own directory is not writable."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "fusetrace"
+
+
+class TraceIndex:
+    """Rows of one trace; `source` says whether this open used the cache, extended or built it."""
+
+    def __init__(self, trace: TraceFile, cache_paths: list[Path]) -> None:
+        self._file = trace
+        self._cache_paths = cache_paths
+        self.path = trace.path
+        self.header: dict[str, Any] = trace.header
+        self.tail: str | None = None
+        self.source = "built"
+        self.cache_path: Path | None = None
+        self._cols = {name: array.array(code) for name, code in _COLUMNS.items()}
+        self._pending: dict[int, int] = {}  # unique → opcode of requests not yet answered
+        self._end = trace.start  # just past the last indexed record
+        self._size = 0  # trace size when last scanned
+        self._mtime = 0
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str], progress: Progress | None = None, *,
+             cache_dir: str | os.PathLike[str] | None = None) -> TraceIndex:
+        """Index `path`, from its cache when that is still valid; progress(done, total bytes)."""
+        trace = open_trace(path)
+        try:
+            real = os.path.realpath(trace.path)
+            fallback = Path(cache_dir) if cache_dir is not None else cache_home()
+            key = hashlib.sha256(real.encode()).hexdigest()[:16]
+            idx = cls(trace, [Path(real + ".idx"), fallback / f"{key}-{os.path.basename(real)}.idx"])
+            idx._load_or_build(progress)
+            return idx
+        except BaseException:
+            trace.close()
+            raise
+
+    def __enter__(self) -> TraceIndex:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._file.close()
+
+    # --- access ---------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self._cols["offset"])
+
+    def _pos(self, i: int) -> int:
+        n = len(self._cols["offset"])
+        if i < 0:
+            i += n
+        if not 0 <= i < n:
+            raise IndexError(f"record {i} out of range ({n} records)")
+        return i
+
+    def record(self, i: int) -> Record:
+        """The i-th record, read with one pread."""
+        i = self._pos(i)
+        offsets = self._cols["offset"]
+        start = offsets[i]
+        end = offsets[i + 1] if i + 1 < len(offsets) else self._end
+        data = self._file.pread(end - start, start)
+        try:
+            obj = msgpack.unpackb(data, use_list=True, raw=False, **LIMITS)
+            if self._file.upgrade is not None:
+                obj = self._file.upgrade(obj)
+        except Exception as exc:
+            raise TraceReadError(f"{self.path}: record {i} at byte {start} is unreadable "
+                                 f"(trace changed since it was indexed?): {exc}") from None
+        if problem(obj) is not None:
+            raise TraceReadError(f"{self.path}: record {i} at byte {start} changed since it was indexed")
+        return decode(obj, i, start)
+
+    def row(self, i: int) -> Row:
+        i = self._pos(i)
+        c = self._cols
+        return Row(c["offset"][i], c["ts"][i], c["kind"][i], c["opcode"][i], c["unique"][i],
+                   c["nodeid"][i], c["error"][i])
+
+    def offset(self, i: int) -> int:
+        return self._cols["offset"][i]
+
+    def ts(self, i: int) -> int:
+        return self._cols["ts"][i]
+
+    def kind(self, i: int) -> Kind:
+        return Kind(self._cols["kind"][i])
+
+    def opcode(self, i: int) -> int:
+        return self._cols["opcode"][i]
+
+    def unique(self, i: int) -> int:
+        return self._cols["unique"][i]
+
+    def nodeid(self, i: int) -> int:
+        return self._cols["nodeid"][i]
+
+    def error(self, i: int) -> int:
+        return self._cols["error"][i]
+
+    def column(self, name: str, start: int = 0, stop: int | None = None) -> array.array[int]:
+        """A copy of one column's slice, for scans and filters over many rows."""
+        return self._cols[name][start:stop]
+
+    # --- building -------------------------------------------------------------------
+
+    def refresh(self) -> int:
+        """Index records appended since the last scan; returns how many were added."""
+        st = self._file.stat()
+        if st.st_size < self._size:
+            raise TraceReadError(f"{self.path}: trace shrank from {self._size} to "
+                                 f"{st.st_size} bytes since it was indexed; reopen it")
+        if st.st_size == self._size:
+            return 0
+        before = len(self)
+        self._scan(st, None)
+        return len(self) - before
+
+    def _scan(self, st: os.stat_result, progress: Progress | None) -> None:
+        """Add rows from `_end` to the end of file, pairing replies with requests."""
+        self._size, self._mtime = st.st_size, st.st_mtime_ns
+        self.tail = None
+        c = self._cols
+        add_offset, add_ts, add_kind = c["offset"].append, c["ts"].append, c["kind"].append
+        add_opcode, add_unique = c["opcode"].append, c["unique"].append
+        add_nodeid, add_error = c["nodeid"].append, c["error"].append
+        pending, no_reply = self._pending, _NO_REPLY
+        scan = Scan(self._file, self._end, chunk=1 << 20, use_list=False, progress=progress)
+        for offset, obj in scan:
+            why = problem(obj)
+            if why is not None:
+                self.tail = cut_note(offset, len(c["offset"]), f"bad record: {why}")
+                self._end = offset
+                break
+            kind = obj[0]
+            add_offset(offset)
+            add_ts(obj[1])
+            add_kind(kind)
+            if kind == 1:
+                opcode, unique, nodeid = peek_request(obj[2])
+                if unique and opcode not in no_reply:
+                    pending[unique] = opcode
+                add_opcode(opcode)
+                add_unique(unique)
+                add_nodeid(nodeid)
+                add_error(0)
+            elif kind == 2:
+                error, unique = peek_reply(obj[2])
+                add_opcode(pending.pop(unique, 0) if unique else 0)
+                add_unique(unique)
+                add_nodeid(0)
+                add_error(error)
+            else:
+                add_opcode(0)
+                add_unique(0)
+                add_nodeid(0)
+                add_error(0)
+        else:
+            self._end = scan.end
+            if scan.stop is not None:
+                self.tail = cut_note(scan.end, len(c["offset"]), scan.stop)
+
+    def _anchor(self, end: int) -> bytes:
+        """Digest of the header and the bytes before `end`: a cheap "same trace" check."""
+        start = self._file.start
+        low = max(start, end - _ANCHOR_SPAN)
+        data = self._file.pread(start, 0) + self._file.pread(end - low, low)
+        return hashlib.blake2b(data, digest_size=16).digest()
+
+    # --- cache ----------------------------------------------------------------------
+
+    def _load_or_build(self, progress: Progress | None) -> None:
+        st = self._file.stat()
+        grown: tuple[Path, dict[str, Any]] | None = None
+        for path in self._cache_paths:
+            cache = self._read_cache(path)
+            if cache is None:
+                continue
+            if cache["size"] == st.st_size and cache["mtime"] == st.st_mtime_ns:
+                self._adopt(cache)
+                self.source, self.cache_path = "cache", path
+                return
+            if grown is None and cache["size"] < st.st_size:
+                grown = path, cache
+        if grown is not None:
+            self._adopt(grown[1])
+            self.source = "extended"
+        self._scan(st, progress)
+        self.cache_path = self._save()
+
+    def _read_cache(self, path: Path) -> dict[str, Any] | None:
+        """A cache that belongs to this trace, or None."""
+        try:
+            cache = msgpack.unpackb(path.read_bytes(), raw=False)
+            ok = (cache["magic"] == CACHE_MAGIC and cache["version"] == CACHE_VERSION
+                  and cache["byteorder"] == sys.byteorder and cache["start"] == self._file.start
+                  and all(len(cache["columns"][n]) == cache["rows"] * array.array(t).itemsize
+                          for n, t in _COLUMNS.items()))
+            if not ok:
+                return None
+            return cache if self._anchor(cache["end"]) == cache["anchor"] else None
+        except Exception:  # missing, unreadable or not ours: build instead
+            return None
+
+    def _adopt(self, cache: dict[str, Any]) -> None:
+        for name, col in self._cols.items():
+            col.frombytes(cache["columns"][name])
+        uniques, opcodes = array.array("Q"), array.array("I")
+        uniques.frombytes(cache["pending"][0])
+        opcodes.frombytes(cache["pending"][1])
+        self._pending = dict(zip(uniques, opcodes))
+        self._end, self._size, self._mtime = cache["end"], cache["size"], cache["mtime"]
+        self.tail = cache["tail"]
+
+    def _save(self) -> Path | None:
+        """Write the cache beside the trace, else in the cache home; None if neither works."""
+        data = msgpack.packb({
+            "magic": CACHE_MAGIC, "version": CACHE_VERSION, "byteorder": sys.byteorder,
+            "size": self._size, "mtime": self._mtime, "start": self._file.start,
+            "end": self._end, "rows": len(self), "tail": self.tail, "anchor": self._anchor(self._end),
+            "pending": [array.array("Q", self._pending.keys()).tobytes(),
+                        array.array("I", self._pending.values()).tobytes()],
+            "columns": {name: col.tobytes() for name, col in self._cols.items()},
+        }, use_bin_type=True)
+        for path in self._cache_paths:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+                fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+                try:
+                    with os.fdopen(fd, "wb") as f:
+                        f.write(data)
+                    os.replace(tmp, path)
+                except BaseException:
+                    os.unlink(tmp)
+                    raise
+                return path
+            except OSError:
+                continue
+        return None

@@ -1,0 +1,178 @@
+"""Trace writer: every record reaches the file before the call returns.
+
+Each record is one `os.write` on an `O_APPEND` descriptor with no userspace buffer, so a
+proxy that records a message and then forwards it loses nothing if it is killed right
+after. `batch()` groups records a caller forwards together into one write. A write that
+fails half-way is cut back off the file, so the trace stays a clean prefix. Files are
+mode 0600 whatever the umask: they can hold file contents.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import threading
+import time
+from types import TracebackType
+from typing import Any
+
+import msgpack
+
+from .compat import FORMAT_VERSION, MAGIC
+from .records import TS_LIMIT, Kind
+
+_RESERVED = frozenset({"magic", "format"})
+
+
+def tool_version() -> str:
+    """The fusetrace release writing the file (the header's "tool")."""
+    try:
+        return importlib.metadata.version("fusetrace")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+class _Recorder:
+    """The record-building methods shared by the writer and its batches."""
+
+    def _emit(self, obj: list[Any]) -> None:
+        raise NotImplementedError
+
+    @staticmethod
+    def _ts(ts: int | None) -> int:
+        if ts is None:
+            return time.monotonic_ns()
+        if type(ts) is not int or not 0 <= ts < TS_LIMIT:
+            raise ValueError(f"timestamp must be an int in [0, 2**63): {ts!r}")
+        return ts
+
+    def _message(self, kind: Kind, raw: bytes, ts: int | None, meta: dict[str, Any]) -> None:
+        if not isinstance(raw, (bytes, bytearray, memoryview)):
+            raise TypeError(f"message must be bytes, not {type(raw).__name__}")
+        obj: list[Any] = [kind, self._ts(ts), raw]
+        if meta:
+            obj.append(meta)
+        self._emit(obj)
+
+    def request(self, raw: bytes, *, ts: int | None = None, **meta: Any) -> None:
+        """kernel → server bytes. meta: len, original, reason (see records.py)."""
+        self._message(Kind.REQUEST, raw, ts, meta)
+
+    def reply(self, raw: bytes, *, ts: int | None = None, **meta: Any) -> None:
+        """server → kernel bytes (a notification when unique is 0). meta as for requests,
+        plus write_errno when the kernel rejected it."""
+        self._message(Kind.REPLY, raw, ts, meta)
+
+    def ioctl(self, *, cmd: int, arg: bytes, result: int = 0, errno: int = 0, tid: int = 0,
+              pid: int = 0, fd: int | None = None, path: str | None = None,
+              out: bytes | None = None, ts: int | None = None, **extra: Any) -> None:
+        """A /dev/fuse ioctl the server made: `path` is what `fd` pointed to at call time,
+        `out` the argument after the call."""
+        meta = {"cmd": cmd, "arg": arg, "result": result, "errno": errno, "tid": tid,
+                "pid": pid, "fd": fd, "path": path, "out": out, **extra}
+        self._emit([Kind.IOCTL, self._ts(ts), meta])
+
+    def event(self, name: str, *, ts: int | None = None, **data: Any) -> None:
+        """A session event: server_exit, unmount, proxy_error, note, session_end."""
+        if "event" in data:
+            raise ValueError("event data cannot hold a key named 'event'")
+        self._emit([Kind.EVENT, self._ts(ts), {"event": name, **data}])
+
+
+class TraceWriter(_Recorder):
+    """Appends records to a new trace file (an existing file is replaced)."""
+
+    def __init__(self, path: str | os.PathLike[str], header: dict[str, Any] | None = None) -> None:
+        fields = dict(header or {})
+        if _RESERVED & fields.keys():
+            raise ValueError(f"header fields {sorted(_RESERVED & fields.keys())} are the writer's")
+        self.path = os.fspath(path)
+        self.header = {"magic": MAGIC, "format": FORMAT_VERSION, "tool": tool_version(),
+                       "created": time.time_ns(), **fields}
+        self._lock = threading.Lock()
+        self._packer = msgpack.Packer(use_bin_type=True)
+        head = self._packer.pack(self.header)
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+                           | os.O_CLOEXEC, 0o600)
+        self.records = 0
+        self.bytes_written = 0
+        try:
+            os.fchmod(self._fd, 0o600)
+            self._write(head, 0)
+        except BaseException:
+            self.close()
+            raise
+
+    def __enter__(self) -> TraceWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._fd < 0
+
+    def close(self) -> None:
+        with self._lock:
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
+
+    def batch(self) -> Batch:
+        """Collect records and write them in one go when the `with` block ends."""
+        return Batch(self)
+
+    def _pack(self, obj: list[Any]) -> bytes:
+        with self._lock:
+            return self._packer.pack(obj)
+
+    def _emit(self, obj: list[Any]) -> None:
+        with self._lock:
+            self._write_locked(self._packer.pack(obj), 1)
+
+    def _write(self, data: bytes, count: int) -> None:
+        with self._lock:
+            self._write_locked(data, count)
+
+    def _write_locked(self, data: bytes, count: int) -> None:
+        if self._fd < 0:
+            raise ValueError(f"{self.path}: trace writer is closed")
+        view, done = memoryview(data), 0
+        try:
+            while done < len(view):
+                done += os.write(self._fd, view[done:])
+        except BaseException:
+            if done:  # keep the file a clean prefix of whole records
+                os.ftruncate(self._fd, self.bytes_written)
+            raise
+        self.records += count
+        self.bytes_written += len(data)
+
+
+class Batch(_Recorder):
+    """Records collected in memory; written by one `os.write` when the block exits.
+
+    They are written even when the block raises: they describe messages already sent.
+    """
+
+    def __init__(self, writer: TraceWriter) -> None:
+        self._writer = writer
+        self._parts: list[bytes] = []
+
+    def __enter__(self) -> Batch:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.flush()
+
+    def _emit(self, obj: list[Any]) -> None:
+        self._parts.append(self._writer._pack(obj))
+
+    def flush(self) -> None:
+        """Write what was collected so far."""
+        if self._parts:
+            data, count = b"".join(self._parts), len(self._parts)
+            self._parts = []
+            self._writer._write(data, count)

@@ -1,0 +1,1 @@
+"""Textual browser for fusetrace traces (see issue: browse)."""
