@@ -34,6 +34,7 @@ from .structs import (
     FuseName,
     FuseNames,
     FuseStruct,
+    struct_name,
 )
 
 _IN = struct.Struct("<IIQQIIIHH")
@@ -136,9 +137,9 @@ class Brief:
         return repr(value.decode("utf-8", "backslashreplace")) if isinstance(value, bytes) else str(value)
 
 
-def _walk(brief: Brief, plan: list[Any], body: bytes) -> None:
+def _walk(brief: Brief, plan: list[Any], body: bytes, header: str) -> None:
     """Read the plan's fixed structs and cheap facts of its variable parts."""
-    off = 0
+    off, prev = 0, header
     for entry in plan:
         if not isinstance(entry, type) and callable(entry) and brief.layers:
             # A plan function of the previous layer (IOCTL reply: iovecs or data by flags).
@@ -148,6 +149,7 @@ def _walk(brief: Brief, plan: list[Any], body: bytes) -> None:
             comp = compiled(entry)
             brief.layers.append((comp, comp.st.unpack_from(body, off)))
             off += comp.st.size
+            prev = struct_name(entry)
         elif entry is FuseName or entry is FuseNames:
             for key in ("name", "name2")[: 1 if entry is FuseName else 2]:
                 end = body.find(b"\0", off)
@@ -157,23 +159,33 @@ def _walk(brief: Brief, plan: list[Any], body: bytes) -> None:
                     return
                 brief.extras[key] = body[off:end]
                 off = end + 1
+            prev = struct_name(entry)
         elif entry is FuseData:
             brief.extras["data_len"] = len(body) - off
             return
         elif entry is FuseDirentList or entry is FuseDirentplusList:
-            brief.extras["entries"] = _count_dirents(body, off, entry is FuseDirentplusList)
+            plus = entry is FuseDirentplusList
+            brief.extras["entries"], left = _count_dirents(body, off, plus)
+            if left:  # the same words as the Scapy list's note
+                kind = "fuse_direntplus" if plus else "fuse_dirent"
+                brief.reason = brief.reason or f"{left} bytes of an incomplete {kind}"
             return
         else:
             return
+    if off < len(body):  # the same words as the Scapy decoder's raw layer
+        brief.reason = brief.reason or f"{len(body) - off} unexpected bytes after {prev}"
 
 
-def _count_dirents(body: bytes, off: int, plus: bool) -> int:
+def _count_dirents(body: bytes, off: int, plus: bool) -> tuple[int, int]:
+    """(complete entries, bytes left over after them)."""
     count, skip = 0, 128 if plus else 0
     while off + skip + _DIRENT.size <= len(body):
         namelen = _DIRENT.unpack_from(body, off + skip)[2]
-        off += skip + ((_DIRENT.size + namelen + 7) & ~7)
-        count += 1
-    return count
+        end = off + skip + ((_DIRENT.size + namelen + 7) & ~7)
+        if end > len(body):
+            break
+        off, count = end, count + 1
+    return count, len(body) - off
 
 
 def brief_request(raw: bytes, ctx: FuseContext = DEFAULT_CONTEXT) -> Brief:
@@ -185,7 +197,7 @@ def brief_request(raw: bytes, ctx: FuseContext = DEFAULT_CONTEXT) -> Brief:
     plan, reason = request_plan(ctx, opcode, extlen, body)
     brief.reason = reason
     if not reason:
-        _walk(brief, plan, body)
+        _walk(brief, plan, body, "fuse_in_header")
     return brief
 
 
@@ -202,7 +214,7 @@ def brief_reply(raw: bytes, ctx: FuseContext = DEFAULT_CONTEXT) -> Brief:
         plan, reason = reply_plan(ctx, error, body)
     brief.reason = reason
     if not reason:
-        _walk(brief, plan, body)
+        _walk(brief, plan, body, "fuse_out_header")
     return brief
 
 

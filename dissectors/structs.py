@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Callable
 
+from scapy.config import conf
 from scapy.fields import (
     FieldListField,
     XLEIntField,
@@ -33,7 +34,6 @@ from scapy.fields import (
     StrLenField,
     XLELongField,
 )
-from scapy.config import conf
 from scapy.packet import Packet
 
 from .constants import (
@@ -121,6 +121,14 @@ class FuseLayer(Packet):
             self.add_payload(layer)
             return
         if not s:
+            if isinstance(self, FuseHeader) and type(self).planner is not None:
+                # An empty body can be wrong too (a GETATTR reply needs fuse_attr_out).
+                plan, reason = type(self).planner(self, s)
+                object.__setattr__(self, "plan", plan)
+                if reason:
+                    layer = FuseRaw(b"", _internal=1, _underlayer=self)
+                    layer.setfieldval("reason", reason)
+                    self.add_payload(layer)
             return
         owner, depth = self, 0
         while not isinstance(owner, FuseHeader) and owner.underlayer is not None:
@@ -134,6 +142,14 @@ class FuseLayer(Packet):
         if reason:
             layer.setfieldval("reason", reason)
         self.add_payload(layer)
+
+    def copy(self) -> "FuseLayer":
+        """Scapy's copy drops our slots (`note`, `missing_nul`, a header's `ctx`): keep them."""
+        clone = super().copy()
+        for attr in type(self).__all_slots__ - set(Packet.__slots__):
+            if hasattr(self, attr):
+                object.__setattr__(clone, attr, getattr(self, attr))
+        return clone
 
     def extract_padding(self, s: bytes) -> tuple[bytes, bytes]:
         if self.underlayer is None and self.parent is not None:

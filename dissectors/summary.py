@@ -56,7 +56,7 @@ REQUEST_FIELDS: dict[int, tuple[str, ...]] = {
     O.ACCESS: ("mask",),
     O.CREATE: ("name", "flags", "mode"),
     O.TMPFILE: ("name", "flags", "mode"),
-    O.INTERRUPT: ("unique",),
+    O.INTERRUPT: ("unique:interrupts",),
     O.BMAP: ("block", "blocksize"),
     O.IOCTL: ("fh", "cmd", "in_size", "out_size"),
     O.POLL: ("fh", "kh", "events"),
@@ -129,10 +129,11 @@ def notify_name(code: int) -> str:
 
 def _fields(brief: "Brief", names: tuple[str, ...]) -> str:
     parts = []
-    for name in names:
+    for spec in names:
+        name, _, label = spec.partition(":")
         text = brief.text(name)
         if text is not None:
-            parts.append(f"{name}={text}")
+            parts.append(f"{label or name}={text}")
     return " ".join(parts)
 
 

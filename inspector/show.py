@@ -20,10 +20,13 @@ def _latency(ns: int | None) -> str:
     return f" (+{ns / 1_000_000:.2f}ms)"
 
 
-def show_lines(reader: TraceReader, verbose: bool = False, hexa: bool = False) -> Iterator[str]:
+def show_lines(reader: TraceReader, verbose: bool = False, hexa: bool = False,
+               limit: int | None = None) -> Iterator[str]:
     """tcpdump-style lines: record number, seconds since the first record, arrow, message."""
     start: int | None = None
-    for entry in entries(reader):
+    for n, entry in enumerate(entries(reader)):
+        if limit is not None and n >= limit:
+            return
         rec = entry.record
         start = rec.ts if start is None else start
         yield f"{rec.index:>7} {(rec.ts - start) / 1e9:11.6f} {entry.arrow} {entry.text}{_latency(entry.latency_ns)}"
@@ -49,9 +52,7 @@ def _indent(text: str) -> Iterator[str]:
 def write_show(reader: TraceReader, out: IO[str], verbose: bool, hexa: bool,
                limit: int | None) -> None:
     batch: list[str] = []
-    for n, line in enumerate(show_lines(reader, verbose, hexa)):
-        if limit is not None and n >= limit and not line.startswith(" "):
-            break
+    for line in show_lines(reader, verbose, hexa, limit):
         batch.append(line)
         if len(batch) >= 4096:
             out.write("\n".join(batch) + "\n")

@@ -6,6 +6,7 @@
 - `cleanup_mount()` undoes everything whatever state it is in: unmount (plain, then lazy),
   then SIGTERM, wait, SIGKILL. It never raises, so it belongs in a `finally`.
 - `mounted_server()` combines them around a server command line.
+- `decode_trace()` reads a trace and decodes every record in order, for assertions.
 
 Mount points are compared the way mountinfo shows them, without stat()ing the mount
 point itself: that would hang on a mount whose server stopped answering.
@@ -21,9 +22,13 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Iterator, Sequence
+from typing import IO, TYPE_CHECKING, Any, Iterator, Sequence
 
 from inspector.passthroughfs.mounting import mounts_at
+
+if TYPE_CHECKING:
+    from dissectors import IoctlCall, Message
+    from traces import Record
 
 log = logging.getLogger(__name__)
 
@@ -96,10 +101,14 @@ def unmount(mountpoint: str | os.PathLike[str]) -> None:
             return
 
 
-def stop_process(proc: subprocess.Popen[bytes] | None, timeout: float = 5.0) -> None:
-    """SIGTERM, wait, SIGKILL, wait; quiet about a process that is already gone."""
+def stop_process(proc: subprocess.Popen[bytes] | None, timeout: float = 5.0,
+                 grace: float = 0.0) -> None:
+    """Wait `grace` seconds for it to exit by itself, then SIGTERM, wait, SIGKILL, wait;
+    quiet about a process that is already gone."""
     if proc is None:
         return
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(grace)
     for sig in (proc.terminate, proc.kill):
         if proc.poll() is not None:
             break
@@ -115,10 +124,11 @@ def stop_process(proc: subprocess.Popen[bytes] | None, timeout: float = 5.0) -> 
 
 
 def cleanup_mount(mountpoint: str | os.PathLike[str],
-                  proc: subprocess.Popen[bytes] | None = None) -> None:
-    """Unmount first (a FUSE server then exits by itself), then stop the process."""
+                  proc: subprocess.Popen[bytes] | None = None, timeout: float = 5.0) -> None:
+    """Unmount first (a FUSE server then exits by itself, given a moment), then stop the
+    process."""
     unmount(mountpoint)
-    stop_process(proc)
+    stop_process(proc, timeout, grace=2.0)
     unmount(mountpoint)  # a process may have mounted again meanwhile
 
 
@@ -149,3 +159,40 @@ def mounted_server(argv: Sequence[str], mountpoint: str | os.PathLike[str],
             yield MountedServer(proc, Path(mountpoint), log_file)
         finally:
             cleanup_mount(mountpoint, proc)
+
+
+@dataclass
+class Decoded:
+    """One trace record and what the session decoder made of it (None for events)."""
+
+    record: Record
+    decoded: Message | IoctlCall | None
+
+
+@dataclass
+class DecodedTrace:
+    header: dict[str, Any]
+    entries: list[Decoded]
+    tail: str | None  # why reading stopped early, if it did
+
+
+def decode_trace(path: str | os.PathLike[str]) -> DecodedTrace:
+    """Feed every record of a trace to one `SessionDecoder`, in recorded order."""
+    from dissectors import SessionDecoder
+    from traces import TraceReader
+
+    decoder = SessionDecoder()
+    entries: list[Decoded] = []
+    with TraceReader(path) as reader:
+        for record in reader:
+            decoded: Message | IoctlCall | None = None
+            if record.is_request and record.raw is not None:
+                decoded = decoder.feed_request(record.raw)
+            elif record.is_reply and record.raw is not None:
+                decoded = decoder.feed_reply(record.raw)
+            elif record.is_ioctl:
+                meta = record.meta
+                decoded = decoder.feed_ioctl(meta["cmd"], meta["arg"], meta["result"],
+                                             meta["errno"])
+            entries.append(Decoded(record, decoded))
+        return DecodedTrace(reader.header, entries, reader.tail)

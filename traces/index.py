@@ -17,6 +17,7 @@ from __future__ import annotations
 import array
 import hashlib
 import os
+import struct
 import sys
 import tempfile
 from pathlib import Path
@@ -28,7 +29,7 @@ from dissectors.constants import NO_REPLY_OPCODES
 from dissectors.quick import peek_reply, peek_request
 
 from .errors import TraceReadError
-from .records import Kind, Record, cut_note, decode, problem
+from .records import TS_LIMIT, Kind, Record, cut_note, decode, problem
 from .stream import LIMITS, Progress, Scan, TraceFile, open_trace
 
 CACHE_MAGIC = "fusetrace-index"
@@ -36,10 +37,14 @@ CACHE_VERSION = 1
 _ANCHOR_SPAN = 4096
 _COLUMNS = {"offset": "Q", "ts": "q", "kind": "B", "opcode": "I", "unique": "Q",
             "nodeid": "Q", "error": "i"}
+_ROW_BYTES = sum(array.array(code).itemsize for code in _COLUMNS.values())
+_HEAD_LEN = struct.Struct("<I")
 _NO_REPLY = frozenset(int(op) for op in NO_REPLY_OPCODES)
 
 
 class Row(NamedTuple):
+    """One record's columns (`kind` as a plain int, like the other columns)."""
+
     offset: int
     ts: int
     kind: int
@@ -56,7 +61,11 @@ def cache_home() -> Path:
 
 
 class TraceIndex:
-    """Rows of one trace; `source` says whether this open used the cache, extended or built it."""
+    """Rows of one trace; `source` says whether this open used the cache, extended or built it.
+
+    One thread may `refresh()` while others read: the `error` column is appended last, so
+    `len()` never counts a half-added row.
+    """
 
     def __init__(self, trace: TraceFile, cache_paths: list[Path]) -> None:
         self._file = trace
@@ -100,10 +109,10 @@ class TraceIndex:
     # --- access ---------------------------------------------------------------------
 
     def __len__(self) -> int:
-        return len(self._cols["offset"])
+        return len(self._cols["error"])
 
     def _pos(self, i: int) -> int:
-        n = len(self._cols["offset"])
+        n = len(self)
         if i < 0:
             i += n
         if not 0 <= i < n:
@@ -174,48 +183,63 @@ class TraceIndex:
         return len(self) - before
 
     def _scan(self, st: os.stat_result, progress: Progress | None) -> None:
-        """Add rows from `_end` to the end of file, pairing replies with requests."""
+        """Add rows from `_end` to the end of file, pairing replies with requests.
+
+        The hot loop checks REQUEST and REPLY records inline with exactly the rules of
+        `problem()`, which judges every other shape.
+        """
         self._size, self._mtime = st.st_size, st.st_mtime_ns
         self.tail = None
         c = self._cols
         add_offset, add_ts, add_kind = c["offset"].append, c["ts"].append, c["kind"].append
         add_opcode, add_unique = c["opcode"].append, c["unique"].append
         add_nodeid, add_error = c["nodeid"].append, c["error"].append
-        pending, no_reply = self._pending, _NO_REPLY
-        scan = Scan(self._file, self._end, chunk=1 << 20, use_list=False, progress=progress)
-        for offset, obj in scan:
-            why = problem(obj)
-            if why is not None:
-                self.tail = cut_note(offset, len(c["offset"]), f"bad record: {why}")
-                self._end = offset
-                break
-            kind = obj[0]
-            add_offset(offset)
-            add_ts(obj[1])
-            add_kind(kind)
-            if kind == 1:
-                opcode, unique, nodeid = peek_request(obj[2])
-                if unique and opcode not in no_reply:
-                    pending[unique] = opcode
-                add_opcode(opcode)
-                add_unique(unique)
-                add_nodeid(nodeid)
-                add_error(0)
-            elif kind == 2:
-                error, unique = peek_reply(obj[2])
-                add_opcode(pending.pop(unique, 0) if unique else 0)
-                add_unique(unique)
-                add_nodeid(0)
-                add_error(error)
-            else:
-                add_opcode(0)
-                add_unique(0)
-                add_nodeid(0)
-                add_error(0)
-        else:
-            self._end = scan.end
-            if scan.stop is not None:
-                self.tail = cut_note(scan.end, len(c["offset"]), scan.stop)
+        pending, no_reply, ts_limit = self._pending, _NO_REPLY, TS_LIMIT
+        offset = self._end
+        scan = Scan(self._file, offset, chunk=1 << 20, use_list=False, progress=progress)
+        for objs, ends in scan.batches():
+            for obj, end in zip(objs, ends):
+                if not (type(obj) is tuple
+                        and (len(obj) == 3 or len(obj) == 4 and type(obj[3]) is dict)
+                        and type(raw := obj[2]) is bytes and type(kind := obj[0]) is int
+                        and (kind == 1 or kind == 2)
+                        and type(ts := obj[1]) is int and 0 <= ts < ts_limit):
+                    why = problem(obj)
+                    if why is not None:
+                        self.tail = cut_note(offset, len(c["offset"]), f"bad record: {why}")
+                        self._end = offset
+                        return
+                    add_offset(offset)  # an IOCTL or EVENT: no message columns
+                    add_ts(obj[1])
+                    add_kind(obj[0])
+                    add_opcode(0)
+                    add_unique(0)
+                    add_nodeid(0)
+                    add_error(0)
+                elif kind == 1:
+                    opcode, unique, nodeid = peek_request(raw)
+                    if unique and opcode not in no_reply:
+                        pending[unique] = opcode
+                    add_offset(offset)
+                    add_ts(ts)
+                    add_kind(1)
+                    add_opcode(opcode)
+                    add_unique(unique)
+                    add_nodeid(nodeid)
+                    add_error(0)
+                else:
+                    error, unique = peek_reply(raw)
+                    add_offset(offset)
+                    add_ts(ts)
+                    add_kind(2)
+                    add_opcode(pending.pop(unique, 0) if unique else 0)
+                    add_unique(unique)
+                    add_nodeid(0)
+                    add_error(error)
+                offset = end
+        self._end = offset
+        if scan.stop is not None:
+            self.tail = cut_note(offset, len(c["offset"]), scan.stop)
 
     def _anchor(self, end: int) -> bytes:
         """Digest of the header and the bytes before `end`: a cheap "same trace" check."""
@@ -230,54 +254,65 @@ class TraceIndex:
         st = self._file.stat()
         grown: tuple[Path, dict[str, Any]] | None = None
         for path in self._cache_paths:
-            cache = self._read_cache(path)
-            if cache is None:
+            head = self._cache_head(path)
+            if head is None:
                 continue
-            if cache["size"] == st.st_size and cache["mtime"] == st.st_mtime_ns:
-                self._adopt(cache)
-                self.source, self.cache_path = "cache", path
-                return
-            if grown is None and cache["size"] < st.st_size:
-                grown = path, cache
-        if grown is not None:
-            self._adopt(grown[1])
+            if head["size"] == st.st_size and head["mtime"] == st.st_mtime_ns:
+                if self._adopt(path, head):
+                    self.source, self.cache_path = "cache", path
+                    return
+            elif grown is None and head["size"] < st.st_size:
+                grown = path, head
+        if grown is not None and self._adopt(*grown):
             self.source = "extended"
         self._scan(st, progress)
         self.cache_path = self._save()
 
-    def _read_cache(self, path: Path) -> dict[str, Any] | None:
-        """A cache that belongs to this trace, or None."""
+    def _cache_head(self, path: Path) -> dict[str, Any] | None:
+        """The head of a cache that belongs to this trace, or None."""
         try:
-            cache = msgpack.unpackb(path.read_bytes(), raw=False)
-            ok = (cache["magic"] == CACHE_MAGIC and cache["version"] == CACHE_VERSION
-                  and cache["byteorder"] == sys.byteorder and cache["start"] == self._file.start
-                  and all(len(cache["columns"][n]) == cache["rows"] * array.array(t).itemsize
-                          for n, t in _COLUMNS.items()))
+            with open(path, "rb") as f:
+                (size,) = _HEAD_LEN.unpack(f.read(_HEAD_LEN.size))
+                head = msgpack.unpackb(f.read(size), raw=False) if size < 1 << 20 else None
+                total = os.fstat(f.fileno()).st_size
+            ok = (type(head) is dict and head.get("magic") == CACHE_MAGIC
+                  and head["version"] == CACHE_VERSION and head["byteorder"] == sys.byteorder
+                  and head["start"] == self._file.start
+                  and total == _HEAD_LEN.size + size + head["rows"] * _ROW_BYTES)
             if not ok:
                 return None
-            return cache if self._anchor(cache["end"]) == cache["anchor"] else None
+            head["data_at"] = _HEAD_LEN.size + size
+            return head if self._anchor(head["end"]) == head["anchor"] else None
         except Exception:  # missing, unreadable or not ours: build instead
             return None
 
-    def _adopt(self, cache: dict[str, Any]) -> None:
-        for name, col in self._cols.items():
-            col.frombytes(cache["columns"][name])
-        uniques, opcodes = array.array("Q"), array.array("I")
-        uniques.frombytes(cache["pending"][0])
-        opcodes.frombytes(cache["pending"][1])
+    def _adopt(self, path: Path, head: dict[str, Any]) -> bool:
+        """Load the cached rows; False (and nothing loaded) if the file let us down."""
+        try:
+            with open(path, "rb") as f:
+                f.seek(head["data_at"])
+                for col in self._cols.values():
+                    col.fromfile(f, head["rows"])
+            uniques, opcodes = array.array("Q"), array.array("I")
+            uniques.frombytes(head["pending"][0])
+            opcodes.frombytes(head["pending"][1])
+        except (OSError, EOFError, ValueError):
+            for col in self._cols.values():
+                del col[:]
+            return False
         self._pending = dict(zip(uniques, opcodes))
-        self._end, self._size, self._mtime = cache["end"], cache["size"], cache["mtime"]
-        self.tail = cache["tail"]
+        self._end, self._size, self._mtime = head["end"], head["size"], head["mtime"]
+        self.tail = head["tail"]
+        return True
 
     def _save(self) -> Path | None:
         """Write the cache beside the trace, else in the cache home; None if neither works."""
-        data = msgpack.packb({
+        head = msgpack.packb({
             "magic": CACHE_MAGIC, "version": CACHE_VERSION, "byteorder": sys.byteorder,
             "size": self._size, "mtime": self._mtime, "start": self._file.start,
             "end": self._end, "rows": len(self), "tail": self.tail, "anchor": self._anchor(self._end),
             "pending": [array.array("Q", self._pending.keys()).tobytes(),
                         array.array("I", self._pending.values()).tobytes()],
-            "columns": {name: col.tobytes() for name, col in self._cols.items()},
         }, use_bin_type=True)
         for path in self._cache_paths:
             try:
@@ -285,7 +320,9 @@ class TraceIndex:
                 fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
                 try:
                     with os.fdopen(fd, "wb") as f:
-                        f.write(data)
+                        f.write(_HEAD_LEN.pack(len(head)) + head)
+                        for col in self._cols.values():
+                            col.tofile(f)
                     os.replace(tmp, path)
                 except BaseException:
                     os.unlink(tmp)

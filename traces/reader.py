@@ -46,14 +46,15 @@ class TraceReader:
         """Records after the last one read, up to the current end of file."""
         self.tail = None
         scan = Scan(self._file, self.good_bytes, chunk=self._chunk, use_list=True)
-        for offset, obj in scan:
-            why = problem(obj)
-            if why is not None:
-                self.tail = cut_note(offset, self.good_records, f"bad record: {why}")
-                return
-            record = decode(obj, self.good_records, offset)
-            self.good_records += 1
-            self.good_bytes = scan.end
-            yield record
+        for objs, ends in scan.batches():
+            for obj, end in zip(objs, ends):
+                why = problem(obj)
+                if why is not None:
+                    self.tail = cut_note(self.good_bytes, self.good_records, f"bad record: {why}")
+                    return
+                record = decode(obj, self.good_records, self.good_bytes)
+                self.good_records += 1
+                self.good_bytes = end
+                yield record
         if scan.stop is not None:
-            self.tail = cut_note(scan.end, self.good_records, scan.stop)
+            self.tail = cut_note(self.good_bytes, self.good_records, scan.stop)

@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Iterator
 
-from dissectors.constants import FOPEN_PASSTHROUGH, FUSE_OVER_IO_URING, FUSE_PASSTHROUGH
+from dissectors.constants import (FOPEN_PASSTHROUGH, FUSE_INIT_EXT, FUSE_OVER_IO_URING,
+                                  FUSE_PASSTHROUGH)
 from dissectors.constants import NotifyCode, Opcode
 from dissectors.ioctls import DevIoctl, FuseBackingMap, FuseIoctlU32
 from dissectors.structs import (
@@ -75,7 +76,7 @@ def _templates() -> _Templates:
     forwarded = offered & ~FUSE_OVER_IO_URING
     init_fwd = FuseInitIn(max_readahead=131072, flags=forwarded & 0xFFFFFFFF,
                           flags2=forwarded >> 32)
-    agreed = 0x1 | 0x8 | 0x40000000 | FUSE_PASSTHROUGH  # ASYNC_READ, ATOMIC_O_TRUNC, INIT_EXT
+    agreed = 0x1 | 0x8 | FUSE_INIT_EXT | FUSE_PASSTHROUGH  # 0x1 ASYNC_READ, 0x8 ATOMIC_O_TRUNC
     return _Templates(
         lookup=[req(Opcode.LOOKUP, FuseName(name=f"file{i}".encode())) for i in range(NAMES)],
         entry=bytes(FuseOutHeader() / FuseEntryOut(entry_valid=1, attr_valid=1, attr=attr)),
@@ -104,7 +105,11 @@ def _templates() -> _Templates:
 
 
 def _patch(template: bytes, *fields: tuple[struct.Struct, int, int], cut: int | None = None) -> bytes:
-    """A copy of `template` (first `cut` bytes) with (struct, offset, value) fields set."""
+    """A copy of `template` (first `cut` bytes) with (struct, offset, value) fields set.
+
+    Offsets are the kernel's: fuse_in_header len @0, unique @8, nodeid @16, body @40;
+    fuse_out_header len @0, error @4, unique @8, body @16.
+    """
     buf = bytearray(template[:cut])
     for st, offset, value in fields:
         st.pack_into(buf, offset, value)

@@ -9,6 +9,7 @@ mode 0600 whatever the umask: they can hold file contents.
 
 from __future__ import annotations
 
+import abc
 import importlib.metadata
 import os
 import threading
@@ -32,11 +33,12 @@ def tool_version() -> str:
         return "unknown"
 
 
-class _Recorder:
+class _Recorder(abc.ABC):
     """The record-building methods shared by the writer and its batches."""
 
+    @abc.abstractmethod
     def _emit(self, obj: list[Any]) -> None:
-        raise NotImplementedError
+        """Store one record object."""
 
     @staticmethod
     def _ts(ts: int | None) -> int:
@@ -80,7 +82,11 @@ class _Recorder:
 
 
 class TraceWriter(_Recorder):
-    """Appends records to a new trace file (an existing file is replaced)."""
+    """Appends records to a new trace file (an existing file is replaced).
+
+    `header` holds the caller's fields (kernel, argv, mountpoint, options, snaplen, source
+    …); it may also set "tool" and "created", e.g. when rewriting an older capture.
+    """
 
     def __init__(self, path: str | os.PathLike[str], header: dict[str, Any] | None = None) -> None:
         fields = dict(header or {})

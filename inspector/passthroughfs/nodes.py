@@ -1,14 +1,17 @@
 """Node ids ↔ paths in SOURCE, with the kernel's lookup counts.
 
 A node is keyed by its source inode (st_dev, st_ino), so hard links share a node id the
-way the kernel expects from LINK. Each node remembers the path it was last reached by;
-renames rewrite the paths below them. Every reply that hands the kernel an entry (LOOKUP,
+way the kernel expects from LINK. Each node remembers every name it was reached by (the
+latest is the one used); renames rewrite the names below them, and unlinking a name
+falls back to another one of the same inode. Every reply that hands the kernel an entry (LOOKUP,
 CREATE, MKNOD, MKDIR, SYMLINK, LINK, each READDIRPLUS entry but `.` and `..`) counts one
 lookup; FORGET and BATCH_FORGET take them back and a node at zero is dropped.
 
-Caveats: the path is a name, not a handle (libfuse's passthrough_hp pins inodes with
-O_PATH fds instead), so unlinking the one name a node was reached by leaves it pointing
-nowhere even if other hard links remain; operations on it then fail with ENOENT.
+Caveats: names are not handles (libfuse's passthrough_hp pins inodes with O_PATH fds
+instead): when the last name this server knows for an inode goes, the node points
+nowhere (operations on it fail with ENOENT) even if links made behind its back remain;
+the kernel finds those again by LOOKUP, under a new node id. Changes made directly in
+SOURCE while mounted are seen only through new lookups.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import os
 import stat
 import threading
 from dataclasses import dataclass
+from typing import Callable
 
 from dissectors.constants import FUSE_ROOT_ID
 
@@ -31,9 +35,18 @@ def key_of(st: os.stat_result) -> Key:
 @dataclass
 class Node:
     nodeid: int
-    path: str
     key: Key
+    names: list[str]  # paths known to lead to this inode, most recent last
     nlookup: int = 0
+
+    @property
+    def path(self) -> str:
+        return self.names[-1]
+
+    def named(self, path: str) -> None:
+        if path in self.names:
+            self.names.remove(path)
+        self.names.append(path)
 
 
 class NodeTable:
@@ -41,7 +54,7 @@ class NodeTable:
 
     def __init__(self, root: str) -> None:
         self._lock = threading.Lock()
-        root_node = Node(FUSE_ROOT_ID, root, key_of(os.lstat(root)), 1)
+        root_node = Node(FUSE_ROOT_ID, key_of(os.lstat(root)), [root], 1)
         self._nodes: dict[int, Node] = {FUSE_ROOT_ID: root_node}
         self._by_key: dict[Key, int] = {root_node.key: FUSE_ROOT_ID}
         self._next = FUSE_ROOT_ID + 1
@@ -63,11 +76,11 @@ class NodeTable:
             nodeid = self._by_key.get(key)
             if nodeid is None:
                 nodeid, self._next = self._next, self._next + 1
-                self._nodes[nodeid] = Node(nodeid, path, key)
+                self._nodes[nodeid] = Node(nodeid, key, [path])
                 self._by_key[key] = nodeid
             node = self._nodes[nodeid]
             if nodeid != FUSE_ROOT_ID:
-                node.path = path
+                node.named(path)
             node.nlookup += 1
             return nodeid
 
@@ -82,26 +95,32 @@ class NodeTable:
                 if self._by_key.get(node.key) == nodeid:
                     del self._by_key[node.key]
 
-    def gone(self, st: os.stat_result) -> None:
-        """The inode `st` lost its last name: a new file may reuse its number, and must
-        not be mistaken for it."""
-        if stat.S_ISDIR(st.st_mode) or st.st_nlink <= 1:
-            with self._lock:
-                self._by_key.pop(key_of(st), None)
+    def unlinked(self, path: str, st: os.stat_result) -> None:
+        """`path`, a name of inode `st`, was removed (unlink, rmdir, or overwritten by a
+        rename). Once the inode has no name left, its number may be reused by a new file,
+        which must not be mistaken for it."""
+        key = key_of(st)
+        with self._lock:
+            node = self._nodes.get(self._by_key.get(key, 0))
+            known = node is not None and path in node.names
+            if known and len(node.names) > 1:
+                node.names.remove(path)
+            elif known or stat.S_ISDIR(st.st_mode) or st.st_nlink <= 1:
+                self._by_key.pop(key, None)
 
     def moved(self, old: str, new: str) -> None:
-        """`old` was renamed to `new`: rewrite it and every path below it."""
-        with self._lock:
-            for node in self._nodes.values():
-                if node.nodeid != FUSE_ROOT_ID:
-                    node.path = _rebase(node.path, old, new) or node.path
+        """`old` was renamed to `new`: rewrite it and every name below it."""
+        self._rewrite(lambda path: _rebase(path, old, new))
 
     def swapped(self, a: str, b: str) -> None:
         """RENAME_EXCHANGE of `a` and `b`."""
+        self._rewrite(lambda path: _rebase(path, a, b) or _rebase(path, b, a))
+
+    def _rewrite(self, change: Callable[[str], str | None]) -> None:
         with self._lock:
             for node in self._nodes.values():
                 if node.nodeid != FUSE_ROOT_ID:
-                    node.path = _rebase(node.path, a, b) or _rebase(node.path, b, a) or node.path
+                    node.names = [change(name) or name for name in node.names]
 
     def __len__(self) -> int:
         with self._lock:

@@ -235,13 +235,13 @@ class Operations:
         path = self.nodes.child(req.nodeid, req.name)
         st = os.lstat(path)
         os.unlink(path)
-        self.nodes.gone(st)
+        self.nodes.unlinked(path, st)
 
     def rmdir(self, req: Request) -> None:
         path = self.nodes.child(req.nodeid, req.name)
         st = os.lstat(path)
         os.rmdir(path)
-        self.nodes.gone(st)
+        self.nodes.unlinked(path, st)
 
     def rename(self, req: Request) -> None:
         self._rename(req, 0)
@@ -265,7 +265,7 @@ class Operations:
             self.nodes.swapped(old, new)
         elif victim is None or key_of(victim) != key_of(moving):  # same inode: a no-op
             if victim is not None:
-                self.nodes.gone(victim)
+                self.nodes.unlinked(new, victim)
             self.nodes.moved(old, new)
 
     def link(self, req: Request) -> Packet:

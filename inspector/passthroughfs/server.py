@@ -27,7 +27,7 @@ from dissectors.constants import (
     Opcode,
 )
 from dissectors.context import DEFAULT_CONTEXT, FuseContext, dialect_of
-from dissectors.quick import brief_request
+from dissectors.quick import brief_reply, brief_request
 from dissectors.structs import FuseInitOut, FuseOutHeader
 from dissectors.summary import line
 
@@ -90,7 +90,8 @@ class Server:
         while not self._stopped.wait(0.2):
             if self._signal is not None:
                 self.stop(f"signal {signal.Signals(self._signal).name}")
-        log.info("stopping: %s", self.stop_reason)
+        log.info("stopping: %s (%d nodes known, %d handles open)", self.stop_reason,
+                 len(self.ops.nodes), len(self.ops.handles))
         return self.status
 
     def join(self, timeout: float) -> None:
@@ -135,6 +136,9 @@ class Server:
         reply = self._handle(req)
         if reply is None:
             return
+        if log.isEnabledFor(logging.DEBUG):
+            answered = self.ctx.for_reply(req.opcode, {"size": req.get("size")})
+            log.debug("<- %s", line(brief_reply(reply, answered)))
         stall = self.misbehave.stall(req.opcode)
         if stall:
             time.sleep(stall)
@@ -162,7 +166,6 @@ class Server:
             else:
                 body = self.ops.handlers[req.opcode](req)
         except OSError as exc:
-            log.debug("<- %s #%d: %s", _name(req.opcode), req.unique, exc)
             return bytes(FuseOutHeader(unique=req.unique, error=-(exc.errno or errno.EIO)))
         except Exception:
             log.exception("%s #%d failed", _name(req.opcode), req.unique)

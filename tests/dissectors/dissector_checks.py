@@ -55,4 +55,7 @@ def assert_roundtrip(case: Case) -> Packet:
     assert_same_fields(case.pkt, decoded)
     assert bytes(decoded) == raw
     assert bytes(decode(bytes(decoded), case.kind, case.ctx)) == raw
+    rebuilt = decoded.copy()
+    rebuilt.clear_cache()  # built again from the decoded fields, not from Scapy's byte cache
+    assert bytes(rebuilt) == raw
     return decoded

@@ -32,7 +32,6 @@ from dissectors.structs import (
     FuseEntryOutCompat,
     FuseInitIn,
     FuseInitInCompat,
-    FuseInitOut,
     FuseInitOutCompat,
     FuseInitOutCompat22,
     FuseKstatfsCompat,

@@ -100,6 +100,7 @@ def test_android_minor_36_flags2_bit_31() -> None:
     assert dec.ctx.dialect is Dialect.ANDROID
     msg = open_exchange(dec, 2, FuseOpenOutAndroid(fh=3, passthrough_fh=9))
     assert msg.brief.get("passthrough_fh") == 9
+    assert dec.feed_ioctl(BACKING_OPEN, bytes(16), 9).name == "FUSE_DEV_IOC_PASSTHROUGH_OPEN_V0"
 
 
 def test_android_bit_in_low_word_does_not_count_from_36() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import os
 import subprocess
 import sys
@@ -43,7 +44,7 @@ def test_show_verbose_and_hex(trace: Path) -> None:
     assert res.returncode == 0, res.stderr
     assert "###[ fuse_in_header ]###" in res.stdout
     assert "0000  " in res.stdout  # scapy hexdump rows
-    headlines = [line for line in res.stdout.splitlines() if not line.startswith(" ")]
+    headlines = [line for line in res.stdout.splitlines() if re.match(r"^ *\d+ ", line)]
     assert len(headlines) == 5
 
 

@@ -1,0 +1,50 @@
+"""Shared fixtures: FUSE availability, and fresh source/mountpoint directories."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator, NamedTuple
+
+import pytest
+
+from inspector.testing import cleanup_mount, fuse_available, is_mounted
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "requires_fuse: skip (saying why) unless FUSE mounts work here (root, /dev/fuse)")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    marked = [item for item in items if item.get_closest_marker("requires_fuse")]
+    reason = fuse_available() if marked else None
+    if reason:
+        skip = pytest.mark.skip(reason=f"FUSE mounts unavailable: {reason}")
+        for item in marked:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def requires_fuse() -> None:
+    """For tests that cannot carry the marker (e.g. a fixture needing a mount)."""
+    reason = fuse_available()
+    if reason:
+        pytest.skip(f"FUSE mounts unavailable: {reason}")
+
+
+class FsDirs(NamedTuple):
+    source: Path
+    mountpoint: Path
+
+
+@pytest.fixture
+def fs_dirs(tmp_path: Path) -> Iterator[FsDirs]:
+    """An empty SOURCE and MOUNTPOINT; whatever ends up mounted there is undone after the
+    test, and the test fails if anything still is."""
+    dirs = FsDirs(tmp_path / "source", tmp_path / "mnt")
+    dirs.source.mkdir()
+    dirs.mountpoint.mkdir()
+    yield dirs
+    leftover = is_mounted(dirs.mountpoint)
+    cleanup_mount(dirs.mountpoint)
+    assert not leftover, f"{dirs.mountpoint} was still mounted after the test"
