@@ -169,3 +169,26 @@ class CStringField(StrField):
 
     def i2repr(self, pkt: Any, x: Any) -> str:
         return repr(x.decode("utf-8", "backslashreplace")) if isinstance(x, bytes) else repr(x)
+
+
+class AlignPadField(StrField):
+    """Alignment bytes after a variable field (FUSE_DIRENT_ALIGN): zeros when building,
+    kept as sent when parsing, so junk in the padding is shown rather than lost."""
+
+    __slots__ = ["align", "fixed", "after"]
+
+    def __init__(self, name: str, align: int, fixed: int, after: str) -> None:
+        super().__init__(name, None)
+        self.align, self.fixed, self.after = align, fixed, after
+
+    def _size(self, pkt: Any) -> int:
+        used = self.fixed + len(pkt.getfieldval(self.after) or b"")
+        return -used % self.align
+
+    def addfield(self, pkt: Any, s: bytes, val: Any) -> bytes:
+        size = self._size(pkt)
+        return s + (val if isinstance(val, bytes) and len(val) == size else b"\0" * size)
+
+    def getfield(self, pkt: Any, s: bytes) -> tuple[bytes, bytes]:
+        size = self._size(pkt)
+        return s[size:], s[:size]

@@ -40,6 +40,8 @@ from .structs import (
 _IN = struct.Struct("<IIQQIIIHH")
 _OUT = struct.Struct("<IiQ")
 _DIRENT = struct.Struct("<QQII")
+_IN_PEEK = struct.Struct("<4xIQQ")  # opcode, unique, nodeid: what indexes need, nothing more
+_OUT_PEEK = struct.Struct("<4xiQ")
 _CODES = {1: "B", 2: "H", 4: "I", 8: "Q"}
 
 Formatter = Callable[[Any], str]
@@ -222,16 +224,14 @@ def peek_request(raw: bytes) -> tuple[int, int, int]:
     """(opcode, unique, nodeid) of a request, or zeros when the header is cut."""
     if len(raw) < IN_HEADER_SIZE:
         return 0, 0, 0
-    _len, opcode, unique, nodeid = _IN.unpack_from(raw)[:4]
-    return opcode, unique, nodeid
+    return _IN_PEEK.unpack_from(raw)
 
 
 def peek_reply(raw: bytes) -> tuple[int, int]:
     """(error, unique) of a reply or notification (unique 0, error = notify code)."""
     if len(raw) < OUT_HEADER_SIZE:
         return 0, 0
-    _len, error, unique = _OUT.unpack_from(raw)
-    return error, unique
+    return _OUT_PEEK.unpack_from(raw)
 
 
 #: Requests and replies whose tail is file data, and where that data starts.

@@ -28,7 +28,6 @@ from scapy.fields import (
     LESignedLongField,
     PacketField,
     PacketListField,
-    PadField,
     StrField,
     StrFixedLenField,
     StrLenField,
@@ -57,6 +56,7 @@ from .constants import (
     Opcode,
 )
 from .fields import (
+    AlignPadField,
     CStringField,
     ErrnoField,
     LEFlags,
@@ -892,7 +892,7 @@ class FuseDirent(FuseElement):
     """One READDIR entry; the name is padded to an 8-byte boundary (FUSE_DIRENT_ALIGN)."""
 
     # `_name`, not `name`: with a field called `name`, Scapy's metaclass would take a class
-    # attribute `name` for that field's default (and drop the PadField around it). Read the
+    # attribute `name` for that field's default. Read the
     # field with `getfieldval("name")`: `.name` is Scapy's layer-name slot.
     _name = "fuse_dirent"
     fields_desc = [
@@ -900,7 +900,8 @@ class FuseDirent(FuseElement):
         LELongField("off", 0),
         FieldLenField("namelen", None, length_of="name", fmt="<I"),
         LEIntField("type", 0),  # DT_* (the mode's type bits >> 12)
-        PadField(StrLenField("name", b"", length_from=lambda p: p.namelen), 8, padwith=b"\0"),
+        StrLenField("name", b"", length_from=lambda p: p.namelen),
+        AlignPadField("padding", 8, 24, "name"),
     ]
 
     def wire_size(self) -> int | None:

@@ -134,13 +134,16 @@ def cleanup_mount(mountpoint: str | os.PathLike[str],
 
 @dataclass
 class MountedServer:
-    """A running server: its process and its stderr so far."""
+    """A running server: its process and what it wrote so far (kept after it ends)."""
 
     proc: subprocess.Popen[bytes]
     mountpoint: Path
     log_file: IO[bytes]
+    final_log: str | None = None
 
     def stderr(self) -> str:
+        if self.final_log is not None:
+            return self.final_log
         self.log_file.flush()
         return Path(self.log_file.name).read_text(errors="replace")
 
@@ -149,16 +152,18 @@ class MountedServer:
 def mounted_server(argv: Sequence[str], mountpoint: str | os.PathLike[str],
                    timeout: float = 10.0, **popen: object) -> Iterator[MountedServer]:
     """Start `argv` (a server that mounts `mountpoint` itself), wait for the mount, and
-    undo it all on exit. stderr goes to a temporary file: a pipe nobody reads would fill
-    up and block a chatty server."""
+    undo it all on exit. Output goes to a temporary file (a pipe nobody reads would fill
+    up and block a chatty server); `stderr()` still answers after the exit."""
     with tempfile.NamedTemporaryFile(prefix="server-", suffix=".log") as log_file:
         proc = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=log_file,
                                 stderr=log_file, **popen)  # type: ignore[call-overload]
+        server = MountedServer(proc, Path(mountpoint), log_file)
         try:
             wait_for_mount(mountpoint, proc, timeout, log_file)
-            yield MountedServer(proc, Path(mountpoint), log_file)
+            yield server
         finally:
             cleanup_mount(mountpoint, proc)
+            server.final_log = server.stderr()
 
 
 @dataclass

@@ -90,7 +90,8 @@ class TraceIndex:
             real = os.path.realpath(trace.path)
             fallback = Path(cache_dir) if cache_dir is not None else cache_home()
             key = hashlib.sha256(real.encode()).hexdigest()[:16]
-            idx = cls(trace, [Path(real + ".idx"), fallback / f"{key}-{os.path.basename(real)}.idx"])
+            elsewhere = fallback / f"{key}-{os.path.basename(real)}.idx"
+            idx = cls(trace, [Path(real + ".idx"), elsewhere])
             idx._load_or_build(progress)
             return idx
         except BaseException:
@@ -127,14 +128,15 @@ class TraceIndex:
         end = offsets[i + 1] if i + 1 < len(offsets) else self._end
         data = self._file.pread(end - start, start)
         try:
-            obj = msgpack.unpackb(data, use_list=True, raw=False, **LIMITS)
+            obj = msgpack.unpackb(data, raw=False, **LIMITS)
             if self._file.upgrade is not None:
                 obj = self._file.upgrade(obj)
         except Exception as exc:
             raise TraceReadError(f"{self.path}: record {i} at byte {start} is unreadable "
                                  f"(trace changed since it was indexed?): {exc}") from None
         if problem(obj) is not None:
-            raise TraceReadError(f"{self.path}: record {i} at byte {start} changed since it was indexed")
+            raise TraceReadError(
+                f"{self.path}: record {i} at byte {start} changed since it was indexed")
         return decode(obj, i, start)
 
     def row(self, i: int) -> Row:
@@ -196,10 +198,10 @@ class TraceIndex:
         add_nodeid, add_error = c["nodeid"].append, c["error"].append
         pending, no_reply, ts_limit = self._pending, _NO_REPLY, TS_LIMIT
         offset = self._end
-        scan = Scan(self._file, offset, chunk=1 << 20, use_list=False, progress=progress)
+        scan = Scan(self._file, offset, chunk=1 << 20, progress=progress)
         for objs, ends in scan.batches():
             for obj, end in zip(objs, ends):
-                if not (type(obj) is tuple
+                if not (type(obj) is list
                         and (len(obj) == 3 or len(obj) == 4 and type(obj[3]) is dict)
                         and type(raw := obj[2]) is bytes and type(kind := obj[0]) is int
                         and (kind == 1 or kind == 2)
@@ -310,7 +312,8 @@ class TraceIndex:
         head = msgpack.packb({
             "magic": CACHE_MAGIC, "version": CACHE_VERSION, "byteorder": sys.byteorder,
             "size": self._size, "mtime": self._mtime, "start": self._file.start,
-            "end": self._end, "rows": len(self), "tail": self.tail, "anchor": self._anchor(self._end),
+            "end": self._end, "rows": len(self), "tail": self.tail,
+            "anchor": self._anchor(self._end),
             "pending": [array.array("Q", self._pending.keys()).tobytes(),
                         array.array("I", self._pending.values()).tobytes()],
         }, use_bin_type=True)

@@ -45,7 +45,7 @@ class TraceReader:
     def poll(self) -> Iterator[Record]:
         """Records after the last one read, up to the current end of file."""
         self.tail = None
-        scan = Scan(self._file, self.good_bytes, chunk=self._chunk, use_list=True)
+        scan = Scan(self._file, self.good_bytes, chunk=self._chunk)
         for objs, ends in scan.batches():
             for obj, end in zip(objs, ends):
                 why = problem(obj)

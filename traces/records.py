@@ -19,6 +19,8 @@ TS_LIMIT = 1 << 63  # timestamps are stored as int64 in the index
 
 
 class Kind(enum.IntEnum):
+    """The first item of every record array."""
+
     REQUEST = 1
     REPLY = 2
     IOCTL = 3
@@ -66,7 +68,8 @@ class Record:
         """Length of the message as sent, even when the snap length cut `raw` (0 if none)."""
         if self.raw is None:
             return 0
-        return self.meta.get("len", len(self.raw))
+        length = self.meta.get("len")
+        return length if type(length) is int else len(self.raw)
 
     @property
     def truncated(self) -> bool:
@@ -86,7 +89,7 @@ def _short(value: Any) -> str:
 
 def problem(obj: Any) -> str | None:
     """Why a decoded msgpack object is not a valid record, or None when it is."""
-    if type(obj) is not list and type(obj) is not tuple:
+    if type(obj) is not list:
         return f"expected a record array, found {type(obj).__name__} {_short(obj)}"
     n = len(obj)
     if n != 3 and n != 4:

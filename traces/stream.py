@@ -24,6 +24,8 @@ from .errors import TraceReadError
 
 MAX_RECORD = 64 << 20
 #: Limits for `msgpack.unpackb` (one record); `Unpacker` also takes `max_buffer_size`.
+#: Arrays decode as lists everywhere (msgpack's default), so every reader sees the same
+#: objects and reports the same errors.
 LIMITS: dict[str, int] = {
     "max_bin_len": MAX_RECORD,
     "max_str_len": MAX_RECORD,
@@ -57,7 +59,8 @@ class TraceFile:
         try:
             return os.pread(self.fd, size, offset)
         except OSError as exc:
-            raise TraceReadError(f"{self.path}: read error at byte {offset}: {exc.strerror}") from None
+            raise TraceReadError(
+                f"{self.path}: read error at byte {offset}: {exc.strerror}") from None
 
     def stat(self) -> os.stat_result:
         return os.fstat(self.fd)
@@ -87,7 +90,7 @@ def open_trace(path: str | os.PathLike[str]) -> TraceFile:
 
 
 def _read_header(fd: int, where: str) -> tuple[Any, int]:
-    unpacker = msgpack.Unpacker(use_list=True, raw=False, max_buffer_size=MAX_RECORD, **LIMITS)
+    unpacker = msgpack.Unpacker(raw=False, max_buffer_size=MAX_RECORD, **LIMITS)
     pos = 0
     while True:
         try:
@@ -122,18 +125,16 @@ class Scan:
     Batches keep per-record overhead out of the index build's hot loop.
     """
 
-    def __init__(self, trace: TraceFile, start: int, *, chunk: int, use_list: bool,
+    def __init__(self, trace: TraceFile, start: int, *, chunk: int,
                  progress: Progress | None = None) -> None:
         self.trace = trace
         self.start = self.end = start
         self.chunk = chunk
-        self.use_list = use_list
         self.progress = progress
         self.stop: str | None = None
 
     def batches(self) -> Iterator[tuple[list[Any], list[int]]]:
-        unpacker = msgpack.Unpacker(use_list=self.use_list, raw=False, max_buffer_size=MAX_RECORD,
-                                     **LIMITS)
+        unpacker = msgpack.Unpacker(raw=False, max_buffer_size=MAX_RECORD, **LIMITS)
         tell, upgrade, start = unpacker.tell, self.trace.upgrade, self.start
         total = self.trace.stat().st_size if self.progress else 0
         read_at = start

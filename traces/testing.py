@@ -104,7 +104,8 @@ def _templates() -> _Templates:
     )
 
 
-def _patch(template: bytes, *fields: tuple[struct.Struct, int, int], cut: int | None = None) -> bytes:
+def _patch(template: bytes, *fields: tuple[struct.Struct, int, int],
+           cut: int | None = None) -> bytes:
     """A copy of `template` (first `cut` bytes) with (struct, offset, value) fields set.
 
     Offsets are the kernel's: fuse_in_header len @0, unique @8, nodeid @16, body @40;
@@ -164,7 +165,8 @@ class _Session:
             self.next_node += 1
         self.nodes[node] = self.nodes.get(node, 0) + 1
         size = self.rng.randrange(1 << 20)
-        return [req, self.reply(self.t.entry, u, (_U64, 16, node), (_U64, 56, node), (_U64, 64, size))]
+        return [req, self.reply(self.t.entry, u, (_U64, 16, node), (_U64, 56, node),
+                                (_U64, 64, size))]
 
     def getattr(self) -> list[Item]:
         node = self._some_node()
@@ -214,8 +216,8 @@ class _Session:
         fh, node = picked
         size = self.rng.choice((4096, 16384, 131072))
         got = self.rng.choice((size, size, size // 2, 0))
-        u, req = self.request(self.t.read, node, (_U64, 40, fh), (_U64, 48, 4096 * self.rng.randrange(64)),
-                              (_U32, 56, size))
+        u, req = self.request(self.t.read, node, (_U64, 40, fh),
+                              (_U64, 48, 4096 * self.rng.randrange(64)), (_U32, 56, size))
         snap = 16 + min(got, SNAPLEN)
         reply = self.reply(self.t.data_reply, u, (_U32, 0, 16 + got), cut=snap)
         if got > SNAPLEN:
@@ -243,7 +245,8 @@ class _Session:
         items = [req, self.reply(self.t.error, u)]
         if backing:
             items.append((Kind.IOCTL, None, {
-                "cmd": int(DevIoctl.BACKING_CLOSE), "arg": _patch(self.t.backing_id, (_U32, 0, backing)),
+                "cmd": int(DevIoctl.BACKING_CLOSE),
+                "arg": _patch(self.t.backing_id, (_U32, 0, backing)),
                 "result": 0, "errno": 0, "tid": 4243, "pid": 4243, "fd": None, "path": None,
                 "out": None}))
         return items

@@ -42,11 +42,18 @@ as measured by tests/inspector/test_passthroughfs.py:
 - `no-release-reply`: never answer RELEASE. close() does not wait for it, so nothing
   shows at first; but RELEASE is a background request, and after 12 unanswered ones
   (the default max_background) every background request queues behind them: with
-  `--no-passthrough` the 13th buffered read hangs (its readahead READ never leaves the
-  kernel) until the mount goes away, which then fails it with ENOTCONN. With
+  `--no-passthrough` the 13th buffered read of a file larger than a page hangs (its
+  readahead READ never leaves the kernel; a one-page read is synchronous and still
+  works) until the mount goes away, which then fails it with ENOTCONN. With
   passthrough, reads bypass the server and keep working. Unmounting still works.
 - `stall=OPCODE:SECONDS`: every reply to OPCODE waits SECONDS before it is written
   (other workers keep serving); the application's call takes that much longer.
+
+Also measured: a passthrough file open while the server exits keeps reading from its
+backing file; only its close() fails (ENOTCONN, from FLUSH). On a `/dev/fd/N` socket
+without the recorder's ioctl interception, BACKING_OPEN fails with ENOTTY and opens
+fall back to non-passthrough, as with `writeback-cache`. Python's open() sends FUSE_IOCTL
+(TCGETS, for isatty) on every open: answered ENOSYS, the application sees ENOTTY.
 
 Caveats: node ids map to paths, not pinned inodes (see `nodes`); requests run with the
 server's credentials (root), as libfuse's passthrough examples do; STATX answers ENOSYS

@@ -111,7 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         conn.mount()
         status = server.serve()
         conn.unmount()
-        server.join(2.0)
+        server.join(1.0)
     except OSError as exc:
         log.error("%s", exc)
     finally:

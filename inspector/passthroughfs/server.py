@@ -21,9 +21,9 @@ from scapy.packet import Packet
 from dissectors.constants import (
     FUSE_INIT_EXT,
     FUSE_KERNEL_MINOR_VERSION,
-    FUSE_MAX_PAGES,
     FUSE_PASSTHROUGH,
     FUSE_WRITEBACK_CACHE,
+    INIT_FLAGS,
     Opcode,
 )
 from dissectors.context import DEFAULT_CONTEXT, FuseContext, dialect_of
@@ -40,14 +40,11 @@ log = logging.getLogger(__name__)
 MAX_WRITE = 1 << 20
 MAX_PAGES = 256
 BUFFER_SIZE = MAX_WRITE + 8192  # a WRITE of max_write bytes plus its headers
-FUSE_ASYNC_READ = 1 << 0
-FUSE_BIG_WRITES = 1 << 5
-FUSE_DO_READDIRPLUS = 1 << 13
-FUSE_READDIRPLUS_AUTO = 1 << 14
-FUSE_PARALLEL_DIROPS = 1 << 18
+_INIT_BITS = {name: bit for bit, name in INIT_FLAGS.items()}
 #: INIT flags this server asks for whenever the kernel offers them.
-WANTED_FLAGS = (FUSE_ASYNC_READ | FUSE_BIG_WRITES | FUSE_MAX_PAGES | FUSE_INIT_EXT
-                | FUSE_PARALLEL_DIROPS | FUSE_DO_READDIRPLUS | FUSE_READDIRPLUS_AUTO)
+WANTED_FLAGS = sum(_INIT_BITS[name] for name in (
+    "ASYNC_READ", "BIG_WRITES", "MAX_PAGES", "INIT_EXT", "PARALLEL_DIROPS",
+    "DO_READDIRPLUS", "READDIRPLUS_AUTO"))
 #: read() errors that only mean "no request for you this time".
 _RETRY = {errno.EINTR, errno.EAGAIN, errno.ENOENT}
 
@@ -69,6 +66,7 @@ class Server:
         self.stop_reason: str | None = None
         self._stopped = threading.Event()
         self._signal: int | None = None
+        self._workers: list[threading.Thread] = []
 
     # --- lifecycle ------------------------------------------------------------------
 
@@ -83,9 +81,9 @@ class Server:
 
     def serve(self) -> int:
         """Run the workers until the connection ends or a signal; returns the exit status."""
-        workers = [threading.Thread(target=self._work, name=f"fuse-worker-{i}", daemon=True)
-                   for i in range(self.threads)]
-        for worker in workers:
+        self._workers = [threading.Thread(target=self._work, name=f"fuse-worker-{i}",
+                                          daemon=True) for i in range(self.threads)]
+        for worker in self._workers:
             worker.start()
         while not self._stopped.wait(0.2):
             if self._signal is not None:
@@ -97,9 +95,8 @@ class Server:
     def join(self, timeout: float) -> None:
         """Give workers still finishing a request a moment, after the unmount."""
         deadline = time.monotonic() + timeout
-        for worker in threading.enumerate():
-            if worker.name.startswith("fuse-worker-"):
-                worker.join(max(deadline - time.monotonic(), 0))
+        for worker in self._workers:
+            worker.join(max(deadline - time.monotonic(), 0))
 
     def stop(self, reason: str, status: int = 0) -> None:
         if self.stop_reason is None:

@@ -7,15 +7,21 @@ can never appear before that reply. The write's errno goes into the reply record
 (`write_errno`), which is why the record is made right after the write, with the
 timestamp taken before it.
 
-Without `--trace` every method is a cheap no-op.
+Without `--trace`, `send` only writes and everything else does nothing. A trace that
+cannot be written (disk full …) is given up with an error in the log, rather than
+leaving the kernel waiting for replies.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
 from typing import Any
+
+log = logging.getLogger(__name__)
+
 
 def _write(fd: int, raw: bytes) -> int:
     try:
@@ -37,10 +43,6 @@ class Tracer:
         from traces import TraceWriter
 
         return cls(TraceWriter(path, header=header))
-
-    @property
-    def enabled(self) -> bool:
-        return self._writer is not None
 
     def request(self, raw: bytes) -> None:
         if self._writer is not None:
@@ -87,5 +89,11 @@ class Tracer:
 
     def _record(self, method: str, *args: Any, **kwargs: Any) -> None:
         """Call the writer unless it was closed meanwhile (workers outlive shutdown)."""
-        if self._writer is not None:
+        if self._writer is None:
+            return
+        try:
             getattr(self._writer, method)(*args, **kwargs)
+        except (OSError, ValueError) as exc:
+            log.error("trace %s: %s; no longer tracing", self._writer.path, exc)
+            writer, self._writer = self._writer, None
+            writer.close()

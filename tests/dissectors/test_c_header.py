@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from scapy.fields import PadField
+from dissectors.fields import AlignPadField
 from scapy.packet import Packet
 
 import dissectors.ioctls
@@ -66,14 +66,14 @@ def _field_size(pkt: Packet, fld) -> int:
 def dissector_layout(cls: type[Packet]) -> tuple[int, list[Member]]:
     """(size of the default packet, members) with offsets from building field by field.
 
-    A variable field (a PadField around a length-from string, a StrLenField) built from its
+    A variable field (alignment padding, a length-from string, a StrLenField) built from its
     empty default takes 0 bytes; it is reported with size None, like a C flexible member.
     """
     pkt = cls()
     members, offset = [], 0
     for fld in cls.fields_desc:
         size = _field_size(pkt, fld)
-        variable = isinstance(fld, PadField) or (
+        variable = isinstance(fld, AlignPadField) or (
             type(fld).__name__ in {"StrLenField", "StrField"} and size == 0)
         members.append(Member(fld.name, offset, None if variable else size))
         offset += size
@@ -101,7 +101,7 @@ def test_kernel_names_are_set_on_every_struct_class() -> None:
     assert struct_name(FuseDirent) == "fuse_dirent"
     assert struct_name(FuseName) == "name" and struct_name(FuseNames) == "names"
     assert FuseDirent().getfieldval("name") == b""
-    assert isinstance(FuseDirent.fields_desc[-1], PadField)  # FUSE_DIRENT_ALIGN survives
+    assert isinstance(FuseDirent.fields_desc[-1], AlignPadField)  # FUSE_DIRENT_ALIGN survives
 
 
 # --- what the installed header says ------------------------------------------------------
@@ -118,6 +118,7 @@ RENAMED_SINCE: dict[tuple[str, str], str] = {
 #: C members the dissector class has no field for, or fields with no C member.
 DISSECTOR_EXTRAS: dict[tuple[str, str], str] = {
     ("fuse_ext_header", "data"): "the extension's payload (size - 8 bytes) follows the header",
+    ("fuse_dirent", "padding"): "FUSE_DIRENT_ALIGN bytes after name[], kept as sent",
 }
 
 

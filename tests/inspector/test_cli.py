@@ -44,7 +44,7 @@ def test_show_verbose_and_hex(trace: Path) -> None:
     assert res.returncode == 0, res.stderr
     assert "###[ fuse_in_header ]###" in res.stdout
     assert "0000  " in res.stdout  # scapy hexdump rows
-    headlines = [line for line in res.stdout.splitlines() if re.match(r"^ *\d+ ", line)]
+    headlines = [line for line in res.stdout.splitlines() if re.match(r"^ *\d+ +\d+\.\d{6} ", line)]
     assert len(headlines) == 5
 
 

@@ -56,7 +56,11 @@ ABORTED_BY_UNMOUNT = {Opcode.RELEASE, Opcode.RELEASEDIR}
 MiB = 1 << 20
 RENAME_NOREPLACE, RENAME_EXCHANGE = 1, 2
 
-mount_test = [pytest.mark.requires_fuse, pytest.mark.timeout(60)]
+
+
+def mount_test(test: Callable[..., None]) -> Callable[..., None]:
+    """A test that mounts: skipped without FUSE, and bounded in time."""
+    return pytest.mark.requires_fuse(pytest.mark.timeout(60)(test))
 
 
 # --- a server session and its trace --------------------------------------------------
@@ -273,8 +277,7 @@ def workload(root: Path) -> dict[str, Any]:
     return seen
 
 
-@pytest.mark.requires_fuse
-@pytest.mark.timeout(60)
+@mount_test
 def test_workload_mirrors_source_and_trace_decodes(session: Session, tmp_path: Path) -> None:
     reference = tmp_path / "reference"
     reference.mkdir()
@@ -310,8 +313,7 @@ def _passthrough_open(trace: Trace, name: str) -> tuple[int, int, int]:
     return call.result, reply.brief.get("fh"), i_reply
 
 
-@pytest.mark.requires_fuse
-@pytest.mark.timeout(60)
+@mount_test
 def test_passthrough_read_bypasses_the_server(session: Session) -> None:
     data = os.urandom(MiB)
     (session.src / "big").write_bytes(data)
@@ -332,8 +334,7 @@ def test_passthrough_read_bypasses_the_server(session: Session) -> None:
     assert i_close > i_release
 
 
-@pytest.mark.requires_fuse
-@pytest.mark.timeout(60)
+@mount_test
 def test_passthrough_write_bypasses_the_server(session: Session) -> None:
     data = os.urandom(MiB)
     session.start()
@@ -348,8 +349,7 @@ def test_passthrough_write_bypasses_the_server(session: Session) -> None:
     assert len(trace.ioctls(DevIoctl.BACKING_OPEN)) == len(trace.ioctls(DevIoctl.BACKING_CLOSE)) == 1
 
 
-@pytest.mark.requires_fuse
-@pytest.mark.timeout(60)
+@mount_test
 def test_no_passthrough_serves_reads_itself(session: Session) -> None:
     data = os.urandom(MiB)
     (session.src / "big").write_bytes(data)
@@ -364,8 +364,7 @@ def test_no_passthrough_serves_reads_itself(session: Session) -> None:
     assert not [e for e in trace.entries if e.record.is_ioctl]
 
 
-@pytest.mark.requires_fuse
-@pytest.mark.timeout(60)
+@mount_test
 def test_serves_a_connection_passed_as_dev_fd(requires_fuse: None, fs_dirs: FsDirs,
                                               tmp_path: Path) -> None:
     """`/dev/fd/N`: the caller mounted; the server neither mounts nor unmounts."""
@@ -392,8 +391,7 @@ def test_serves_a_connection_passed_as_dev_fd(requires_fuse: None, fs_dirs: FsDi
     _passthrough_open(trace, "f")
 
 
-@pytest.mark.requires_fuse
-@pytest.mark.timeout(60)
+@mount_test
 def test_sigterm_unmounts_even_when_busy(session: Session) -> None:
     """...and a passthrough file open across the server's exit still reads, from its
     backing file; only its close() notices (the FLUSH finds no server)."""
@@ -420,8 +418,7 @@ def _misbehaving(session: Session, switch: str, *args: str, size: int = MiB) -> 
     return data
 
 
-@pytest.mark.requires_fuse
-@pytest.mark.timeout(60)
+@mount_test
 def test_leak_backing_id_never_closes(session: Session) -> None:
     data = _misbehaving(session, "leak-backing-id")
     (session.src / "g").write_bytes(data)
@@ -434,8 +431,7 @@ def test_leak_backing_id_never_closes(session: Session) -> None:
     assert not trace.ioctls(DevIoctl.BACKING_CLOSE)
 
 
-@pytest.mark.requires_fuse
-@pytest.mark.timeout(60)
+@mount_test
 def test_close_twice_gets_enoent(session: Session) -> None:
     data = _misbehaving(session, "close-twice")
     assert (session.mnt / "f").read_bytes() == data
@@ -447,24 +443,25 @@ def test_close_twice_gets_enoent(session: Session) -> None:
     assert [(c.result, c.errno) for c in closes] == [(0, 0), (-1, errno.ENOENT)]
 
 
-@pytest.mark.requires_fuse
-@pytest.mark.timeout(60)
+@mount_test
 def test_unknown_backing_id_fails_open_with_eio(session: Session) -> None:
     _misbehaving(session, "unknown-backing-id")
-    with pytest.raises(OSError) as exc:
-        open(session.mnt / "f", "rb")
-    assert exc.value.errno == errno.EIO
+    for path, mode in ((session.mnt / "f", "rb"), (session.mnt / "new", "wb")):
+        with pytest.raises(OSError) as exc:
+            open(path, mode)
+        assert exc.value.errno == errno.EIO
+    assert (session.src / "new").exists()  # the CREATE itself happened
     trace = session.stop()
     trace.check()
-    [reply] = trace.replies(Opcode.OPEN)
-    assert reply.brief.get("backing_id") == 4242
-    assert reply.brief.get("open_flags") & FOPEN_PASSTHROUGH
+    replies = trace.replies(Opcode.OPEN) + trace.replies(Opcode.CREATE)
+    assert [(r.brief.get("backing_id"), r.brief.get("open_flags") & FOPEN_PASSTHROUGH)
+            for r in replies] == [(4242, FOPEN_PASSTHROUGH)] * 2
     assert not [e for e in trace.entries if e.record.is_ioctl]
-    assert [m.brief.get("fh") for _, m in trace.requests(Opcode.RELEASE)] == [reply.brief.get("fh")]
+    assert sorted(m.brief.get("fh") for _, m in trace.requests(Opcode.RELEASE)) == \
+        sorted(r.brief.get("fh") for r in replies)
 
 
-@pytest.mark.requires_fuse
-@pytest.mark.timeout(60)
+@mount_test
 def test_passthrough_no_flag_is_an_ordinary_open(session: Session) -> None:
     data = _misbehaving(session, "passthrough-no-flag")
     assert (session.mnt / "f").read_bytes() == data
@@ -478,8 +475,7 @@ def test_passthrough_no_flag_is_an_ordinary_open(session: Session) -> None:
     assert len(trace.ioctls(DevIoctl.BACKING_CLOSE)) == 1
 
 
-@pytest.mark.requires_fuse
-@pytest.mark.timeout(60)
+@mount_test
 def test_direct_io_overrides_passthrough(session: Session) -> None:
     data = _misbehaving(session, "direct-io-passthrough")
     assert (session.mnt / "f").read_bytes() == data
@@ -492,8 +488,7 @@ def test_direct_io_overrides_passthrough(session: Session) -> None:
     assert reads and reads[0].brief.get("size") > 128 * 1024  # the app's size, no readahead
 
 
-@pytest.mark.requires_fuse
-@pytest.mark.timeout(60)
+@mount_test
 def test_writeback_cache_silently_disables_passthrough(session: Session) -> None:
     data = _misbehaving(session, "writeback-cache")
     assert (session.mnt / "f").read_bytes() == data
@@ -509,8 +504,7 @@ def test_writeback_cache_silently_disables_passthrough(session: Session) -> None
     assert trace.requests(Opcode.READ)
 
 
-@pytest.mark.requires_fuse
-@pytest.mark.timeout(60)
+@mount_test
 def test_per_open_backing_id_fails_a_concurrent_open(session: Session) -> None:
     data = _misbehaving(session, "per-open-backing-id")
     assert (session.mnt / "f").read_bytes() == data  # alone: fine
@@ -526,8 +520,7 @@ def test_per_open_backing_id_fails_a_concurrent_open(session: Session) -> None:
     assert sorted(c.fields["backing_id"] for _, c, _ in trace.ioctls(DevIoctl.BACKING_CLOSE)) == ids
 
 
-@pytest.mark.requires_fuse
-@pytest.mark.timeout(60)
+@mount_test
 def test_no_release_reply_blocks_background_requests(session: Session) -> None:
     """12 unanswered RELEASEs fill max_background: the next readahead never leaves.
     (A one-page file would still read: the kernel then reads synchronously.)"""
@@ -558,8 +551,7 @@ def test_no_release_reply_blocks_background_requests(session: Session) -> None:
                 if rec.is_reply and m.brief.opcode == Opcode.RELEASE]
 
 
-@pytest.mark.requires_fuse
-@pytest.mark.timeout(60)
+@mount_test
 def test_stall_delays_the_reply(session: Session) -> None:
     _misbehaving(session, "stall=GETATTR:2", "-o", "attr_timeout=0", size=10)
     started = time.monotonic()
@@ -641,8 +633,7 @@ def test_wait_for_mount_times_out(tmp_path: Path) -> None:
         stop_process(proc)
 
 
-@pytest.mark.requires_fuse
-@pytest.mark.timeout(60)
+@mount_test
 def test_cleanup_unmounts_after_the_server_died(requires_fuse: None, fs_dirs: FsDirs) -> None:
     argv = [*SERVER, str(fs_dirs.source), str(fs_dirs.mountpoint)]
     with mounted_server(argv, fs_dirs.mountpoint, cwd=REPO) as server:
@@ -656,8 +647,7 @@ def test_cleanup_unmounts_after_the_server_died(requires_fuse: None, fs_dirs: Fs
         assert not is_mounted(fs_dirs.mountpoint)
 
 
-@pytest.mark.requires_fuse
-@pytest.mark.timeout(60)
+@mount_test
 def test_cleanup_lazily_unmounts_a_busy_mount(requires_fuse: None, fs_dirs: FsDirs) -> None:
     (fs_dirs.source / "f").write_bytes(b"x")
     argv = [*SERVER, str(fs_dirs.source), str(fs_dirs.mountpoint)]

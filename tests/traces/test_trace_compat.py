@@ -30,7 +30,7 @@ def test_frozen_v1_trace_reads() -> None:
     assert reader.tail is None and reader.file_format == 1
     header = reader.header
     assert (header["magic"], header["format"], header["tool"]) == ("fusetrace", 1, "0.1.0")
-    assert header["seed"] == 18 and header["snaplen"] == 64 and header["argv"][0] == "passthrough_hp"
+    assert (header["seed"], header["snaplen"], header["argv"][0]) == (18, 64, "passthrough_hp")
     assert Counter(r.kind for r in records) == {Kind.REQUEST: 147, Kind.REPLY: 147,
                                                 Kind.IOCTL: 5, Kind.EVENT: 1}
     first, last = records[0], records[-1]

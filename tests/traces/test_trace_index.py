@@ -172,7 +172,8 @@ def test_falls_back_to_cache_home(small: Small, private_cache_home: Path) -> Non
     path, spans = small
     Path(str(path.resolve()) + ".idx").mkdir()  # the beside location cannot be written
     with TraceIndex.open(path) as idx:
-        assert idx.cache_path is not None and idx.cache_path.parent == private_cache_home / "fusetrace"
+        assert idx.cache_path is not None
+        assert idx.cache_path.parent == private_cache_home / "fusetrace"
         assert idx.cache_path.name.endswith("-small.fzt.idx")
     with TraceIndex.open(path) as again:
         assert again.source == "cache" and again.cache_path == idx.cache_path

@@ -34,7 +34,8 @@ def write_small(path: Path) -> list[tuple[int, int]]:
         def mark(_: None) -> None:
             ends.append(w.bytes_written)
 
-        mark(w.request(in_header(26, 2, 0, bytes(64)), ts=100, original=in_header(26, 2, 0, b"\xff" * 64),
+        mark(w.request(in_header(26, 2, 0, bytes(64)), ts=100,
+                       original=in_header(26, 2, 0, b"\xff" * 64),
                        reason="masked FUSE_OVER_IO_URING"))
         mark(w.reply(out_header(2, 0, bytes(64)), ts=110))
         for i in range(4, 30, 2):
