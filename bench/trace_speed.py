@@ -1,7 +1,7 @@
-"""Trace file speed: synthetic generation, index build, cached open, random access, streaming.
+"""Trace file speed: generation, index build, cached open, random access, streaming, show.
 
 Figures are printed, not asserted (targets: index build ≥ 500k records/s, random access
-< 1 ms). Run: .venv/bin/python bench/trace_speed.py [records]
+< 1 ms, `fusetrace show` ≥ 100k lines/s). Run: .venv/bin/python bench/trace_speed.py [records]
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from traces import TraceIndex, TraceReader  # noqa: E402
 from traces.testing import synthetic_trace  # noqa: E402
+from inspector.show import write_show  # noqa: E402
 
 
 def main(argv: list[str]) -> None:
@@ -63,6 +64,12 @@ def main(argv: list[str]) -> None:
         stream = time.perf_counter() - t0
         assert count == n
         print(f"reader streaming  {stream:.2f} s  {n / stream:,.0f} records/s")
+
+        t0 = time.perf_counter()
+        with open(os.devnull, "w") as out, TraceReader(path) as reader:
+            write_show(reader, out, verbose=False, hexa=False, limit=None)
+        show = time.perf_counter() - t0
+        print(f"fusetrace show    {show:.2f} s  {n / show:,.0f} lines/s (decoded summaries)")
 
 
 if __name__ == "__main__":

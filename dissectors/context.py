@@ -8,7 +8,7 @@ passthrough dialect, and for a reply the request it answers.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .constants import (
@@ -53,6 +53,9 @@ class FuseContext:
     #: For replies: the opcode of the request answered, and that request's body fields.
     opcode: int | None = None
     request: Any = None
+    #: Resolved layouts by (direction, opcode): a per-context cache for `layouts.py`.
+    plans: dict[Any, Any] = field(default_factory=dict, init=False, compare=False,
+                                  hash=False, repr=False)
 
     def for_reply(self, opcode: int | None, request: Any = None) -> "FuseContext":
         return replace(self, opcode=opcode, request=request)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+from functools import lru_cache
 from typing import Any
 
 from scapy.fields import Field, FlagsField, LEIntField, LESignedIntField, StrField
@@ -61,6 +62,7 @@ def errno_name(err: int) -> str:
     return errno.errorcode.get(abs(err), str(abs(err))) if err else "OK"
 
 
+@lru_cache(maxsize=4096)
 def mode_repr(mode: int) -> str:
     """`0o100644` → `S_IFREG|0644`, as strace prints modes."""
     kind = _FILE_TYPES.get(stat.S_IFMT(mode))
@@ -68,6 +70,7 @@ def mode_repr(mode: int) -> str:
     return f"{kind}|{perms}" if kind else perms
 
 
+@lru_cache(maxsize=4096)
 def open_flags_repr(flags: int) -> str:
     """`0o100102` → `O_RDWR|O_CREAT|O_LARGEFILE`."""
     parts = [_OPEN_ACCMODE.get(flags & os.O_ACCMODE, f"{flags & os.O_ACCMODE:#o}")]

@@ -22,6 +22,7 @@ from scapy.packet import Packet, Raw
 
 from .context import Dialect
 from .fields import NoteField
+from .quick import compiled
 
 FUSE_DEV_IOC_MAGIC = 229
 
@@ -95,32 +96,42 @@ def ioctl_name(cmd: int, dialect: Dialect = Dialect.NONE) -> str:
 _ARG_FIELDS = {"BACKING_CLOSE": "backing_id", "CLONE": "session_fd", "PASSTHROUGH_OPEN_V2": "fd"}
 
 
-def dissect_ioctl_arg(cmd: int, arg: bytes, dialect: Dialect = Dialect.NONE) -> Packet:
-    """Decode a recorded ioctl argument; anything unexpected stays raw with a reason."""
+def _arg_class(cmd: int, arg: bytes, dialect: Dialect) -> tuple[type[Packet] | None, str]:
+    """The argument's struct class, or None and the reason it stays raw."""
     try:
         kind = DevIoctl(cmd)
     except ValueError:
-        return FuseIoctlRaw(load=arg, reason=f"unknown /dev/fuse ioctl {cmd:#x}")
+        return None, f"unknown /dev/fuse ioctl {cmd:#x}"
     size = (cmd >> 16) & 0x3FFF
     if len(arg) != size:
-        return FuseIoctlRaw(load=arg, reason=f"{ioctl_name(cmd, dialect)} takes {size} bytes, got {len(arg)}")
+        return None, f"{ioctl_name(cmd, dialect)} takes {size} bytes, got {len(arg)}"
     if kind is DevIoctl.SYNC_INIT:
-        return FuseIoctlRaw(load=b"", reason="no argument")
+        return None, "no argument"
     if kind is DevIoctl.BACKING_OPEN:
-        return FusePassthroughOut(arg) if dialect is Dialect.ANDROID else FuseBackingMap(arg)
+        return (FusePassthroughOut if dialect is Dialect.ANDROID else FuseBackingMap), ""
     if kind is DevIoctl.PASSTHROUGH_OPEN_V1:
-        return FusePassthroughOut(arg)
-    return FuseIoctlU32(arg)
+        return FusePassthroughOut, ""
+    return FuseIoctlU32, ""
+
+
+def dissect_ioctl_arg(cmd: int, arg: bytes, dialect: Dialect = Dialect.NONE) -> Packet:
+    """Decode a recorded ioctl argument; anything unexpected stays raw with a reason."""
+    cls, reason = _arg_class(cmd, arg, dialect)
+    if cls is None:
+        return FuseIoctlRaw(load=arg if reason != "no argument" else b"", reason=reason)
+    return cls(arg)
 
 
 def ioctl_arg_fields(cmd: int, arg: bytes, dialect: Dialect = Dialect.NONE) -> dict[str, int]:
-    """The argument's fields as a dict (`fd`, `backing_id` …) for lists and lifecycles."""
-    pkt = dissect_ioctl_arg(cmd, arg, dialect)
-    if isinstance(pkt, FuseIoctlRaw):
+    """The argument's fields as a dict (`fd`, `backing_id` …) for lists and lifecycles.
+
+    Struct-only (no Scapy packet): lists and lifecycle scans call this per ioctl record.
+    """
+    cls, _ = _arg_class(cmd, arg, dialect)
+    if cls is None:
         return {}
-    if isinstance(pkt, FuseIoctlU32):
-        try:
-            return {_ARG_FIELDS[DevIoctl(cmd).name]: pkt.value}
-        except KeyError:
-            return {"value": pkt.value}
-    return {f.name: pkt.getfieldval(f.name) for f in pkt.fields_desc}
+    comp = compiled(cls)
+    values = comp.st.unpack(arg)
+    if cls is FuseIoctlU32:
+        return {_ARG_FIELDS.get(DevIoctl(cmd).name, "value"): values[0]}
+    return dict(zip(comp.names, values))

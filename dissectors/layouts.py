@@ -286,52 +286,75 @@ def _resolve(entry: Any, ctx: FuseContext, body: bytes) -> PlanResult:
     return result if isinstance(result, tuple) else (result, "")
 
 
-def _check_fixed(plan: Plan, body: bytes, what: str) -> PlanResult:
-    """The fixed structs leading a plan must fit in the body."""
+@lru_cache(maxsize=None)
+def _fixed_need(plan: tuple[Any, ...]) -> int:
+    """Bytes the fixed structs leading a plan take."""
     need = 0
     for entry in plan:
         if not (isinstance(entry, type) and issubclass(entry, FuseStruct)):
             break
         need += struct_size(entry)
+    return need
+
+
+def _check_fixed(plan: Plan, body: bytes, what: Callable[[], str]) -> PlanResult:
+    """The fixed structs leading a plan must fit in the body."""
+    need = _fixed_need(tuple(plan))
     if len(body) < need:
         names = " + ".join(struct_name(e) for e in plan if isinstance(e, type) and struct_size(e))
-        return [], f"short {what}: {names} needs {need} bytes, got {len(body)}"
+        return [], f"short {what()}: {names} needs {need} bytes, got {len(body)}"
     return plan, ""
 
 
+#: Plans that depend only on the opcode and the connection, not on the body or the
+#: request's fields, are resolved once per context (the list path's hot spot).
+_BODY_DEPENDENT = frozenset({O.INIT, O.GETXATTR, O.LISTXATTR})
+
+
+def _plan_for(table: dict[int, Any], direction: str, ctx: FuseContext, opcode: int,
+              body: bytes) -> PlanResult:
+    entry = table[opcode]
+    if opcode in _BODY_DEPENDENT:
+        return _resolve(entry, ctx, body)
+    key = (direction, opcode)
+    found = ctx.plans.get(key)
+    if found is None:
+        found = ctx.plans[key] = _resolve(entry, ctx, body)
+    return found
+
+
 def request_plan(ctx: FuseContext, opcode: int, total_extlen: int, body: bytes) -> PlanResult:
-    entry = REQUESTS.get(opcode)
-    if entry is None:
+    if opcode not in REQUESTS:
         return [], f"unknown opcode {opcode}"
-    plan, reason = _resolve(entry, ctx, body)
+    plan, reason = _plan_for(REQUESTS, "request", ctx, opcode, body)
     if reason:
         return [], reason
     if total_extlen:
         plan = [*plan, FuseExtensionList]
-    return _check_fixed(plan, body, f"{_op_name(opcode)} request")
+    return _check_fixed(plan, body, lambda: f"{_op_name(opcode)} request")
 
 
 def reply_plan(ctx: FuseContext, error: int, body: bytes) -> PlanResult:
     if error:
         return [], ""  # an error reply is the header alone; extra bytes are flagged
-    if ctx.opcode is None:
+    opcode = ctx.opcode
+    if opcode is None:
         return [], "reply to an unknown request: layout depends on its opcode"
-    if ctx.opcode in NO_REPLY_OPCODES:
-        return [], f"the kernel expects no reply to {_op_name(ctx.opcode)}"
-    entry = REPLIES.get(ctx.opcode)
-    if entry is None:
-        return [], f"reply to unknown opcode {ctx.opcode}"
-    plan, reason = _resolve(entry, ctx, body)
+    if opcode in NO_REPLY_OPCODES:
+        return [], f"the kernel expects no reply to {_op_name(opcode)}"
+    if opcode not in REPLIES:
+        return [], f"reply to unknown opcode {opcode}"
+    plan, reason = _plan_for(REPLIES, "reply", ctx, opcode, body)
     if reason:
         return [], reason
-    return _check_fixed(plan, body, f"{_op_name(ctx.opcode)} reply")
+    return _check_fixed(plan, body, lambda: f"{_op_name(opcode)} reply")
 
 
 def notify_plan(code: int, body: bytes) -> PlanResult:
     plan = NOTIFICATIONS.get(code)
     if plan is None:
         return [], f"unknown notify code {code}"
-    return _check_fixed(plan, body, f"{_notify_name(code)} notification")
+    return _check_fixed(plan, body, lambda: f"{_notify_name(code)} notification")
 
 
 def _op_name(opcode: int) -> str:

@@ -9,7 +9,7 @@ list counts are read; `Brief.text()` formats a field only when it is shown.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from types import SimpleNamespace
 from typing import Any, Callable
@@ -47,7 +47,7 @@ _CODES = {1: "B", 2: "H", 4: "I", 8: "Q"}
 Formatter = Callable[[Any], str]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # one instance per class: identity is equality
 class Compiled:
     """A struct class as one `struct.Struct` with flattened member names."""
 
@@ -67,7 +67,7 @@ def _formatter(fld: Field) -> Formatter | None:
         return lambda v: f"{v} ({errno_name(v)})" if v < 0 else str(v)
     if isinstance(fld, FlagsField):
         table = {1 << i: n for i, n in enumerate(fld.names) if not n.startswith("bit")}
-        return lambda v: flags_repr(v, table)
+        return lru_cache(maxsize=1024)(lambda v: flags_repr(v, table))
     if type(fld).__name__.startswith("X"):
         return hex
     enum = getattr(fld, "i2s", None)
@@ -105,20 +105,27 @@ def compiled(cls: type[Packet]) -> Compiled:
     )
 
 
-@dataclass
 class Brief:
     """What one message says at a glance: header fields and the body's fixed structs."""
 
-    direction: str  # "request", "reply" or "notify"
-    length: int
-    unique: int
-    opcode: int | None = None  # for replies, the opcode of the request answered
-    nodeid: int = 0
-    error: int = 0  # replies: negated errno; notifications: the notify code
-    pid: int = 0
-    layers: list[tuple[Compiled, tuple[Any, ...]]] = field(default_factory=list)
-    extras: dict[str, Any] = field(default_factory=dict)
-    reason: str = ""  # why (part of) the body was left raw
+    __slots__ = ("direction", "length", "unique", "opcode", "nodeid", "error", "pid",
+                 "layers", "extras", "reason")
+
+    def __init__(self, direction: str, length: int, unique: int, opcode: int | None = None,
+                 nodeid: int = 0, error: int = 0, pid: int = 0, reason: str = "") -> None:
+        self.direction = direction  # "request", "reply" or "notify"
+        self.length = length  # the header's len (the true size, even when the trace cut it)
+        self.unique = unique
+        self.opcode = opcode  # for replies, the opcode of the request answered
+        self.nodeid = nodeid
+        self.error = error  # replies: negated errno; notifications: the notify code
+        self.pid = pid
+        self.layers: list[tuple[Compiled, tuple[Any, ...]]] = []
+        self.extras: dict[str, Any] = {}
+        self.reason = reason  # why (part of) the body was left raw
+
+    def __repr__(self) -> str:
+        return f"Brief({self.direction} opcode={self.opcode} unique={self.unique} reason={self.reason!r})"
 
     def get(self, name: str, default: Any = None) -> Any:
         for comp, values in self.layers:
@@ -139,55 +146,82 @@ class Brief:
         return repr(value.decode("utf-8", "backslashreplace")) if isinstance(value, bytes) else str(value)
 
 
-def _walk(brief: Brief, plan: list[Any], body: bytes, header: str) -> None:
-    """Read the plan's fixed structs and cheap facts of its variable parts."""
-    off, prev = 0, header
+# Steps a plan compiles to, so walking a message does no class tests.
+_STRUCT, _NAMES, _DATA, _DIRENTS, _CALL, _STOP = range(6)
+
+
+@lru_cache(maxsize=None)
+def _steps(plan: tuple[Any, ...]) -> tuple[tuple[Any, ...], ...]:
+    steps: list[tuple[Any, ...]] = []
     for entry in plan:
-        if not isinstance(entry, type) and callable(entry) and brief.layers:
+        if not isinstance(entry, type):
+            steps.append((_CALL, entry))
+        elif issubclass(entry, FuseStruct):
+            steps.append((_STRUCT, compiled(entry), struct_name(entry)))
+        elif entry is FuseName or entry is FuseNames:
+            keys = ("name",) if entry is FuseName else ("name", "name2")
+            steps.append((_NAMES, keys, struct_name(entry)))
+        elif entry is FuseData:
+            steps.append((_DATA,))
+        elif entry is FuseDirentList or entry is FuseDirentplusList:
+            steps.append((_DIRENTS, entry is FuseDirentplusList))
+        else:
+            steps.append((_STOP,))
+    return tuple(steps)
+
+
+def _walk(brief: Brief, plan: list[Any], raw: bytes, start: int, end: int, header: str) -> None:
+    """Read the plan's fixed structs and cheap facts of its variable parts from raw[start:end]."""
+    off, prev = start, header
+    for step in _steps(tuple(plan)):
+        kind = step[0]
+        if kind == _CALL and brief.layers:
             # A plan function of the previous layer (IOCTL reply: iovecs or data by flags).
             comp, values = brief.layers[-1]
-            entry = entry(SimpleNamespace(**dict(zip(comp.names, values))), body[off:])
-        if isinstance(entry, type) and issubclass(entry, FuseStruct):
-            comp = compiled(entry)
-            brief.layers.append((comp, comp.st.unpack_from(body, off)))
+            entry = step[1](SimpleNamespace(**dict(zip(comp.names, values))), raw[off:end])
+            step = _steps((entry,))[0] if isinstance(entry, type) else (_STOP,)
+            kind = step[0]
+        if kind == _STRUCT:
+            comp = step[1]
+            brief.layers.append((comp, comp.st.unpack_from(raw, off)))
             off += comp.st.size
-            prev = struct_name(entry)
-        elif entry is FuseName or entry is FuseNames:
-            for key in ("name", "name2")[: 1 if entry is FuseName else 2]:
-                end = body.find(b"\0", off)
-                if end < 0:
-                    brief.extras[key] = body[off:]
+            prev = step[2]
+        elif kind == _NAMES:
+            for key in step[1]:
+                nul = raw.find(b"\0", off, end)
+                if nul < 0:
+                    brief.extras[key] = raw[off:end]
                     brief.reason = brief.reason or f"{key} without its NUL terminator"
                     return
-                brief.extras[key] = body[off:end]
-                off = end + 1
-            prev = struct_name(entry)
-        elif entry is FuseData:
-            brief.extras["data_len"] = len(body) - off
+                brief.extras[key] = raw[off:nul]
+                off = nul + 1
+            prev = step[2]
+        elif kind == _DATA:
+            brief.extras["data_len"] = end - off
             return
-        elif entry is FuseDirentList or entry is FuseDirentplusList:
-            plus = entry is FuseDirentplusList
-            brief.extras["entries"], left = _count_dirents(body, off, plus)
+        elif kind == _DIRENTS:
+            plus = step[1]
+            brief.extras["entries"], left = _count_dirents(raw, off, end, plus)
             if left:  # the same words as the Scapy list's note
-                kind = "fuse_direntplus" if plus else "fuse_dirent"
-                brief.reason = brief.reason or f"{left} bytes of an incomplete {kind}"
+                what = "fuse_direntplus" if plus else "fuse_dirent"
+                brief.reason = brief.reason or f"{left} bytes of an incomplete {what}"
             return
         else:
             return
-    if off < len(body):  # the same words as the Scapy decoder's raw layer
-        brief.reason = brief.reason or f"{len(body) - off} unexpected bytes after {prev}"
+    if off < end:  # the same words as the Scapy decoder's raw layer
+        brief.reason = brief.reason or f"{end - off} unexpected bytes after {prev}"
 
 
-def _count_dirents(body: bytes, off: int, plus: bool) -> tuple[int, int]:
+def _count_dirents(raw: bytes, off: int, end: int, plus: bool) -> tuple[int, int]:
     """(complete entries, bytes left over after them)."""
     count, skip = 0, 128 if plus else 0
-    while off + skip + _DIRENT.size <= len(body):
-        namelen = _DIRENT.unpack_from(body, off + skip)[2]
-        end = off + skip + ((_DIRENT.size + namelen + 7) & ~7)
-        if end > len(body):
+    while off + skip + _DIRENT.size <= end:
+        namelen = _DIRENT.unpack_from(raw, off + skip)[2]
+        stop = off + skip + ((_DIRENT.size + namelen + 7) & ~7)
+        if stop > end:
             break
-        off, count = end, count + 1
-    return count, len(body) - off
+        off, count = stop, count + 1
+    return count, end - off
 
 
 def brief_request(raw: bytes, ctx: FuseContext = DEFAULT_CONTEXT) -> Brief:
@@ -195,11 +229,12 @@ def brief_request(raw: bytes, ctx: FuseContext = DEFAULT_CONTEXT) -> Brief:
         return Brief("request", len(raw), 0, reason=f"short fuse_in_header: {len(raw)} bytes")
     length, opcode, unique, nodeid, _uid, _gid, pid, extlen, _pad = _IN.unpack_from(raw)
     brief = Brief("request", length, unique, opcode, nodeid, pid=pid)
-    body = raw[IN_HEADER_SIZE:length]
+    end = min(length, len(raw))
+    body = memoryview(raw)[IN_HEADER_SIZE:end]
     plan, reason = request_plan(ctx, opcode, extlen, body)
     brief.reason = reason
     if not reason:
-        _walk(brief, plan, body, "fuse_in_header")
+        _walk(brief, plan, raw, IN_HEADER_SIZE, max(end, IN_HEADER_SIZE), "fuse_in_header")
     return brief
 
 
@@ -207,7 +242,8 @@ def brief_reply(raw: bytes, ctx: FuseContext = DEFAULT_CONTEXT) -> Brief:
     if len(raw) < OUT_HEADER_SIZE:
         return Brief("reply", len(raw), 0, reason=f"short fuse_out_header: {len(raw)} bytes")
     length, error, unique = _OUT.unpack_from(raw)
-    body = raw[OUT_HEADER_SIZE:length]
+    end = min(length, len(raw))
+    body = memoryview(raw)[OUT_HEADER_SIZE:end]
     if unique == 0:
         brief = Brief("notify", length, 0, error=error)
         plan, reason = notify_plan(error, body)
@@ -216,7 +252,7 @@ def brief_reply(raw: bytes, ctx: FuseContext = DEFAULT_CONTEXT) -> Brief:
         plan, reason = reply_plan(ctx, error, body)
     brief.reason = reason
     if not reason:
-        _walk(brief, plan, body, "fuse_out_header")
+        _walk(brief, plan, raw, OUT_HEADER_SIZE, max(end, OUT_HEADER_SIZE), "fuse_out_header")
     return brief
 
 

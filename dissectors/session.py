@@ -8,6 +8,7 @@ the full Scapy packet only when asked.
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,7 +19,7 @@ from .context import DEFAULT_CONTEXT, Dialect, FuseContext, dialect_of
 from .ioctls import dissect_ioctl_arg, ioctl_arg_fields, ioctl_name
 from .quick import Brief, brief_reply, brief_request
 from .structs import FuseInHeader, FuseOutHeader, FuseRaw, struct_name
-from .summary import line
+from .summary import compile_line, line
 
 
 def decode_request(raw: bytes, ctx: FuseContext = DEFAULT_CONTEXT) -> Packet:
@@ -93,10 +94,16 @@ def _errno(err: int) -> str:
     return errno_name(err)
 
 
+_OP_UNIQUE = struct.Struct("<IQ")  # fuse_in_header.opcode, .unique
+
+#: Replies whose layout depends on the request's fields, not only on its opcode.
+_NEEDS_REQUEST = frozenset({Opcode.GETXATTR, Opcode.LISTXATTR})
+
+
 @dataclass
 class _Pending:
     opcode: int
-    request: dict[str, Any]
+    request: dict[str, Any] | None
 
 
 @dataclass
@@ -107,6 +114,7 @@ class SessionDecoder:
     pending: dict[int, _Pending] = field(default_factory=dict)
     kernel_minor: int | None = None
     kernel_flags: int | None = None
+    _reply_ctx: dict[int | None, FuseContext] = field(default_factory=dict, repr=False)
 
     def feed_request(self, raw: bytes) -> Message:
         brief = brief_request(raw, self.ctx)
@@ -114,17 +122,52 @@ class SessionDecoder:
             self.kernel_minor = brief.get("minor")
             self.kernel_flags = _flags64(brief)
         if brief.opcode is not None and brief.opcode not in NO_REPLY_OPCODES and brief.unique:
-            self.pending[brief.unique] = _Pending(brief.opcode, {"size": brief.get("size")})
+            wanted = {"size": brief.get("size")} if brief.opcode in _NEEDS_REQUEST else None
+            self.pending[brief.unique] = _Pending(brief.opcode, wanted)
         return Message(raw, brief, self.ctx)
 
     def feed_reply(self, raw: bytes) -> Message:
         unique = int.from_bytes(raw[8:16], "little") if len(raw) >= 16 else 0
         pending = self.pending.pop(unique, None) if unique else None
-        ctx = self.ctx.for_reply(pending.opcode, pending.request) if pending else self.ctx.for_reply(None)
+        ctx = self._context_for(pending)
         brief = brief_reply(raw, ctx)
         if pending and pending.opcode == Opcode.INIT and not brief.error and not brief.reason:
             self._negotiated(brief)
         return Message(raw, brief, ctx)
+
+    def request_text(self, raw: bytes) -> str:
+        """`feed_request(raw).text`, straight from the bytes when the layout allows."""
+        if len(raw) >= 16:
+            opcode, unique = _OP_UNIQUE.unpack_from(raw, 4)
+            fn = compile_line("request", opcode, self.ctx)
+            text = fn(raw) if fn is not None else None
+            if text is not None:
+                if opcode not in NO_REPLY_OPCODES and unique:
+                    self.pending[unique] = _Pending(opcode, None)
+                return text
+        return self.feed_request(raw).text
+
+    def reply_text(self, raw: bytes) -> str:
+        """`feed_reply(raw).text`, straight from the bytes when the layout allows."""
+        unique = int.from_bytes(raw[8:16], "little") if len(raw) >= 16 else 0
+        pending = self.pending.get(unique) if unique else None
+        if pending is not None and pending.request is None and pending.opcode != Opcode.INIT:
+            fn = compile_line("reply", pending.opcode, self.ctx)
+            text = fn(raw) if fn is not None else None
+            if text is not None:
+                del self.pending[unique]
+                return text
+        return self.feed_reply(raw).text
+
+    def _context_for(self, pending: _Pending | None) -> FuseContext:
+        """The reply's context; shared per opcode while the connection state holds."""
+        if pending is not None and pending.request is not None:
+            return self.ctx.for_reply(pending.opcode, pending.request)
+        opcode = pending.opcode if pending else None
+        ctx = self._reply_ctx.get(opcode)
+        if ctx is None:
+            ctx = self._reply_ctx[opcode] = self.ctx.for_reply(opcode)
+        return ctx
 
     def feed_ioctl(self, cmd: int, arg: bytes, result: int, errno: int = 0) -> IoctlCall:
         return IoctlCall(cmd, arg, result, errno, self.ctx.dialect)
@@ -138,6 +181,7 @@ class SessionDecoder:
             flags &= self.kernel_flags
         self.ctx = FuseContext(minor=minor, flags=flags, dialect=dialect_of(minor, flags),
                                minor_known=True)
+        self._reply_ctx.clear()
 
 
 def _flags64(brief: Brief) -> int:

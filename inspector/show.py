@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import struct
 from typing import IO, Any, Iterator
 
 from scapy.utils import hexdump
 
-from traces import TraceReader
+from dissectors import SessionDecoder
+from traces import Kind, TraceReader
 
-from .timeline import Entry, entries
+from .timeline import ARROWS, Entry, annotate, entries, event_text, feed_ioctl, ioctl_text
 
 
 def _latency(ns: int | None) -> str:
@@ -20,9 +22,41 @@ def _latency(ns: int | None) -> str:
     return f" (+{ns / 1_000_000:.2f}ms)"
 
 
+_UNIQUE = struct.Struct("<Q")  # `unique` sits at byte 8 of both headers
+
+
 def show_lines(reader: TraceReader, verbose: bool = False, hexa: bool = False,
                limit: int | None = None) -> Iterator[str]:
     """tcpdump-style lines: record number, seconds since the first record, arrow, message."""
+    if verbose or hexa:
+        yield from _detailed_lines(reader, verbose, hexa, limit)
+        return
+    # The plain listing is the hot path (millions of lines): lines straight from bytes.
+    dec = SessionDecoder()
+    asked: dict[int, int] = {}  # unique -> ts of the request
+    start: int | None = None
+    for n, rec in enumerate(reader):
+        if limit is not None and n >= limit:
+            return
+        start = rec.ts if start is None else start
+        kind, raw, latency = rec.kind, rec.raw or b"", ""
+        if kind is Kind.REQUEST:
+            text = annotate(dec.request_text(raw), rec)
+            if len(raw) >= 16:
+                asked[_UNIQUE.unpack_from(raw, 8)[0]] = rec.ts
+        elif kind is Kind.REPLY:
+            text = annotate(dec.reply_text(raw), rec)
+            asked_ts = asked.pop(_UNIQUE.unpack_from(raw, 8)[0], None) if len(raw) >= 16 else None
+            latency = _latency(rec.ts - asked_ts) if asked_ts is not None else ""
+        elif kind is Kind.IOCTL:
+            text = ioctl_text(feed_ioctl(dec, rec), rec)
+        else:
+            text = event_text(rec)
+        yield f"{rec.index:>7} {(rec.ts - start) / 1e9:11.6f} {ARROWS[kind]} {text}{latency}"
+
+
+def _detailed_lines(reader: TraceReader, verbose: bool, hexa: bool,
+                    limit: int | None) -> Iterator[str]:
     start: int | None = None
     for n, entry in enumerate(entries(reader)):
         if limit is not None and n >= limit:

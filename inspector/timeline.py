@@ -32,21 +32,43 @@ class Entry:
 
     @property
     def text(self) -> str:
-        meta = self.record.meta or {}
         if self.message is not None:
-            parts = [self.message.text]
-            if "len" in meta:
-                parts.append(f"[snap: {len(self.record.raw or b'')} of {meta['len']} bytes kept]")
-            if meta.get("write_errno"):
-                parts.append(f"[kernel rejected the write: {errno_name(meta['write_errno'])}]")
-            if "original" in meta:
-                parts.append(f"[altered by fusetrace: {meta.get('reason', 'no reason given')}]")
-            return " ".join(parts)
+            return annotate(self.message.text, self.record)
         if self.ioctl is not None:
-            where = f" path={meta['path']}" if meta.get("path") else ""
-            return f"{self.ioctl.text} tid={meta.get('tid', '?')}{where}"
-        details = " ".join(f"{k}={v}" for k, v in meta.items() if k != "event")
-        return f"{meta.get('event', 'event')} {details}".rstrip()
+            return ioctl_text(self.ioctl, self.record)
+        return event_text(self.record)
+
+
+def annotate(text: str, rec: Record) -> str:
+    """A message's line plus what the recorder noted about it (cut, rejected, altered)."""
+    meta = rec.meta
+    if not meta:
+        return text
+    parts = [text]
+    if "len" in meta:
+        parts.append(f"[snap: {len(rec.raw or b'')} of {meta['len']} bytes kept]")
+    if meta.get("write_errno"):
+        parts.append(f"[kernel rejected the write: {errno_name(meta['write_errno'])}]")
+    if "original" in meta:
+        parts.append(f"[altered by fusetrace: {meta.get('reason', 'no reason given')}]")
+    return " ".join(parts)
+
+
+def ioctl_text(call: IoctlCall, rec: Record) -> str:
+    meta = rec.meta or {}
+    where = f" path={meta['path']}" if meta.get("path") else ""
+    return f"{call.text} tid={meta.get('tid', '?')}{where}"
+
+
+def event_text(rec: Record) -> str:
+    meta = rec.meta or {}
+    details = " ".join(f"{k}={v}" for k, v in meta.items() if k != "event")
+    return f"{meta.get('event', 'event')} {details}".rstrip()
+
+
+def feed_ioctl(dec: SessionDecoder, rec: Record) -> IoctlCall:
+    m = rec.meta
+    return dec.feed_ioctl(m.get("cmd", 0), m.get("arg") or b"", m.get("result", -1), m.get("errno", 0))
 
 
 def entries(records: Iterable[Record], decoder: SessionDecoder | None = None) -> Iterator[Entry]:
@@ -66,9 +88,6 @@ def entries(records: Iterable[Record], decoder: SessionDecoder | None = None) ->
                         latency_ns=rec.ts - req[1] if req else None,
                         request_index=req[0] if req else None)
         elif rec.kind is Kind.IOCTL:
-            m = rec.meta
-            call = dec.feed_ioctl(m.get("cmd", 0), m.get("arg") or b"", m.get("result", -1),
-                                  m.get("errno", 0))
-            yield Entry(rec, ioctl=call)
+            yield Entry(rec, ioctl=feed_ioctl(dec, rec))
         else:
             yield Entry(rec)
