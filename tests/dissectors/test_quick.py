@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scapy.packet import Packet
 
 from dissector_checks import decode, layers
 from dissector_corpus import Case, all_cases
-from dissectors import brief_reply, brief_request
+from dissectors import SessionDecoder, brief_reply, brief_request
+from dissectors.session import _Pending
 from dissectors.quick import Brief, compiled, peek_reply, peek_request
 from dissectors.structs import (
     FuseData,
@@ -95,3 +99,37 @@ def test_compiled_is_cached_and_exact() -> None:
     assert compiled(FuseEntryOut) is compiled(FuseEntryOut)
     assert compiled(FuseEntryOut).st.size == 128 and compiled(FuseInitOut).st.size == 64
     assert compiled(FuseEntryOut).names[-1] == "attr.flags"
+
+
+def _decoders(case: Case) -> tuple[SessionDecoder, SessionDecoder]:
+    """Two decoders in the case's connection state, a reply's request already pending."""
+    pair = []
+    for _ in range(2):
+        dec = SessionDecoder(ctx=replace(case.ctx, opcode=None, request=None))
+        if case.kind == "reply" and case.ctx.opcode is not None:
+            unique = int.from_bytes(case.raw[8:16], "little")
+            dec.pending[unique] = _Pending(case.ctx.opcode, case.ctx.request)
+        pair.append(dec)
+    return pair[0], pair[1]
+
+
+def _texts(case: Case, raw: bytes) -> tuple[str, str]:
+    slow, fast = _decoders(case)
+    if case.kind == "request":
+        return slow.feed_request(raw).text, fast.request_text(raw)
+    return slow.feed_reply(raw).text, fast.reply_text(raw)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_line_from_bytes_equals_line_from_brief(case: Case) -> None:
+    """The list hot path (`compile_line`) prints exactly what the Brief path prints."""
+    slow, fast = _texts(case, case.raw)
+    assert fast == slow
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(CASES), st.integers(0, 400), st.binary(max_size=8))
+def test_line_paths_agree_on_damaged_messages(case: Case, cut: int, junk: bytes) -> None:
+    raw = case.raw[:cut] + junk
+    slow, fast = _texts(case, raw)
+    assert fast == slow
