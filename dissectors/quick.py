@@ -289,3 +289,15 @@ def data_offset(raw: bytes, is_request: bool, opcode: int | None) -> int | None:
     if unique == 0:
         return _DATA_NOTIFY.get(error)
     return _DATA_REPLIES.get(opcode) if opcode is not None and error == 0 else None
+
+
+def snap(raw: bytes, is_request: bool, opcode: int | None, snaplen: int) -> tuple[bytes, int | None]:
+    """Cut a message's file data to `snaplen` bytes, like tcpdump -s: (kept bytes, true
+    length or None when nothing was cut). Headers and structs are always kept whole;
+    `snaplen` 0 keeps everything."""
+    if not snaplen:
+        return raw, None
+    start = data_offset(raw, is_request, opcode)
+    if start is None or len(raw) <= start + snaplen:
+        return raw, None
+    return raw[:start + snaplen], len(raw)

@@ -52,6 +52,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-passthrough", dest="passthrough", action="store_false",
                         help="serve READ/WRITE here instead of passing them through")
     parser.add_argument("--trace", metavar="FILE", help="record this server's own conversation")
+    parser.add_argument("-s", "--snaplen", type=int, default=4096, metavar="N",
+                        help="keep at most N bytes of file data per READ/WRITE in the trace, "
+                             "recording the true length (0: keep all; default %(default)s)")
     parser.add_argument("--misbehave", action="append", default=[], metavar="SWITCH",
                         help="get passthrough wrong on purpose (repeatable), see below")
     parser.add_argument("--threads", type=int, default=4, metavar="N",
@@ -101,7 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "mountpoint": args.mountpoint, "kernel": os.uname().release,
                 "source_dir": args.source, "passthrough": args.passthrough,
                 "misbehave": sorted(misbehave.flags) + [
-                    f"stall={op}:{s}" for op, s in misbehave.stalls.items()]})
+                    f"stall={op}:{s}" for op, s in misbehave.stalls.items()]}, args.snaplen)
         conn = Connection(args.mountpoint, args.mount_options)
         ops = Operations(args.source, BackingFiles(conn.fd, tracer, misbehave),
                          args.timeouts, misbehave)

@@ -139,7 +139,7 @@ class Server:
         stall = self.misbehave.stall(req.opcode)
         if stall:
             time.sleep(stall)
-        err = self.tracer.send(self.fd, reply)
+        err = self.tracer.send(self.fd, reply, req.opcode)
         if err:
             log.log(logging.DEBUG if err == errno.ENOENT else logging.WARNING,
                     "reply to %s #%d: %s", _name(req.opcode), req.unique, os.strerror(err))

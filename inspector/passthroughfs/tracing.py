@@ -20,6 +20,8 @@ import threading
 import time
 from typing import Any
 
+from dissectors.quick import snap
+
 log = logging.getLogger(__name__)
 
 
@@ -31,35 +33,41 @@ def _write(fd: int, raw: bytes) -> int:
     return 0
 
 
+def _cut(true_len: int | None) -> dict[str, int]:
+    return {"len": true_len} if true_len is not None else {}
+
+
 class Tracer:
     """Thread-safe front of a TraceWriter; a no-op when `writer` is None."""
 
-    def __init__(self, writer: Any = None) -> None:
+    def __init__(self, writer: Any = None, snaplen: int = 0) -> None:
         self._writer = writer
+        self._snaplen = snaplen
         self._lock = threading.Lock()
 
     @classmethod
-    def create(cls, path: str, header: dict[str, Any]) -> Tracer:
+    def create(cls, path: str, header: dict[str, Any], snaplen: int) -> Tracer:
         from traces import TraceWriter
 
-        return cls(TraceWriter(path, header=header))
+        return cls(TraceWriter(path, header={**header, "snaplen": snaplen}), snaplen)
 
     def request(self, raw: bytes) -> None:
         if self._writer is not None:
+            kept, true_len = snap(raw, True, None, self._snaplen)
             with self._lock:
-                self._record("request", raw)
+                self._record("request", kept, **_cut(true_len))
 
-    def send(self, fd: int, raw: bytes) -> int:
-        """Write one reply to /dev/fuse and record it; returns the write's errno (0 = ok)."""
+    def send(self, fd: int, raw: bytes, opcode: int | None = None) -> int:
+        """Write one reply (to a request of `opcode`) to /dev/fuse and record it; returns
+        the write's errno (0 = ok)."""
         if self._writer is None:
             return _write(fd, raw)
+        kept, true_len = snap(raw, False, opcode, self._snaplen)
         with self._lock:
             ts = time.monotonic_ns()
             err = _write(fd, raw)
-            if err:
-                self._record("reply", raw, ts=ts, write_errno=err)
-            else:
-                self._record("reply", raw, ts=ts)
+            extra = {"write_errno": err} if err else {}
+            self._record("reply", kept, ts=ts, **_cut(true_len), **extra)
             return err
 
     def ioctl(self, cmd: int, arg: bytes, result: int, errno: int, fd: int | None) -> None:

@@ -353,7 +353,7 @@ def test_passthrough_write_bypasses_the_server(session: Session) -> None:
 def test_no_passthrough_serves_reads_itself(session: Session) -> None:
     data = os.urandom(MiB)
     (session.src / "big").write_bytes(data)
-    session.start("--no-passthrough")
+    session.start("--no-passthrough", "--snaplen", "0")
     assert (session.mnt / "big").read_bytes() == data
     trace = session.stop()
 
@@ -362,6 +362,26 @@ def test_no_passthrough_serves_reads_itself(session: Session) -> None:
     assert not init.brief.get("flags2") << 32 & FUSE_PASSTHROUGH
     assert sum(m.brief.extras["data_len"] for m in trace.replies(Opcode.READ)) == MiB
     assert not [e for e in trace.entries if e.record.is_ioctl]
+
+
+@mount_test
+def test_snaplen_cuts_file_data_and_keeps_true_lengths(session: Session) -> None:
+    data = os.urandom(MiB)
+    (session.src / "big").write_bytes(data)
+    session.start("--no-passthrough", "-s", "100")
+    assert (session.mnt / "big").read_bytes() == data
+    (session.mnt / "copy").write_bytes(data[:200_000])
+    trace = session.stop()
+
+    trace.check()  # cut messages still decode with no raw layer
+    reads = [e.record for e in trace.entries
+             if e.record.is_reply and isinstance(e.decoded, Message)
+             and e.decoded.brief.opcode == Opcode.READ]
+    assert reads and all(len(r.raw) <= 16 + 100 for r in reads)
+    assert sum(r.true_len - 16 for r in reads) == MiB
+    writes = [m for _, m in trace.requests(Opcode.WRITE)]
+    assert sum(m.brief.get("size") for m in writes) == 200_000
+    assert all(m.brief.extras["data_len"] <= 100 for m in writes)
 
 
 @mount_test
