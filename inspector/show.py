@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import struct
-from typing import IO, Any, Iterator
+from typing import IO, Any, Iterable, Iterator
 
 from scapy.utils import hexdump
 
 from dissectors import SessionDecoder
-from traces import Kind, TraceReader
+from traces import Kind, Record, TraceReader
 
 from .timeline import ARROWS, Entry, annotate, entries, event_text, feed_ioctl, ioctl_text
 
@@ -25,17 +25,19 @@ def _latency(ns: int | None) -> str:
 _UNIQUE = struct.Struct("<Q")  # `unique` sits at byte 8 of both headers
 
 
-def show_lines(reader: TraceReader, verbose: bool = False, hexa: bool = False,
-               limit: int | None = None) -> Iterator[str]:
-    """tcpdump-style lines: record number, seconds since the first record, arrow, message."""
+def show_lines(records: Iterable[Record], verbose: bool = False, hexa: bool = False,
+               limit: int | None = None, decoder: SessionDecoder | None = None,
+               t0: int | None = None) -> Iterator[str]:
+    """tcpdump-style lines: record number, seconds since the first record (or `t0`),
+    arrow, message. `decoder` carries connection state when `records` start mid-trace."""
+    dec = decoder or SessionDecoder()
     if verbose or hexa:
-        yield from _detailed_lines(reader, verbose, hexa, limit)
+        yield from _detailed_lines(records, verbose, hexa, limit, dec, t0)
         return
     # The plain listing is the hot path (millions of lines): lines straight from bytes.
-    dec = SessionDecoder()
     asked: dict[int, int] = {}  # unique -> ts of the request
-    start: int | None = None
-    for n, rec in enumerate(reader):
+    start = t0
+    for n, rec in enumerate(records):
         if limit is not None and n >= limit:
             return
         start = rec.ts if start is None else start
@@ -55,10 +57,10 @@ def show_lines(reader: TraceReader, verbose: bool = False, hexa: bool = False,
         yield f"{rec.index:>7} {(rec.ts - start) / 1e9:11.6f} {ARROWS[kind]} {text}{latency}"
 
 
-def _detailed_lines(reader: TraceReader, verbose: bool, hexa: bool,
-                    limit: int | None) -> Iterator[str]:
-    start: int | None = None
-    for n, entry in enumerate(entries(reader)):
+def _detailed_lines(records: Iterable[Record], verbose: bool, hexa: bool, limit: int | None,
+                    dec: SessionDecoder, t0: int | None) -> Iterator[str]:
+    start = t0
+    for n, entry in enumerate(entries(records, dec)):
         if limit is not None and n >= limit:
             return
         rec = entry.record
@@ -83,10 +85,11 @@ def _indent(text: str) -> Iterator[str]:
         yield "        " + line
 
 
-def write_show(reader: TraceReader, out: IO[str], verbose: bool, hexa: bool,
-               limit: int | None) -> None:
+def write_show(records: Iterable[Record], out: IO[str], verbose: bool, hexa: bool,
+               limit: int | None, decoder: SessionDecoder | None = None,
+               t0: int | None = None) -> None:
     batch: list[str] = []
-    for line in show_lines(reader, verbose, hexa, limit):
+    for line in show_lines(records, verbose, hexa, limit, decoder, t0):
         batch.append(line)
         if len(batch) >= 4096:
             out.write("\n".join(batch) + "\n")

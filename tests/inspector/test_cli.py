@@ -108,3 +108,24 @@ def test_ctrl_c_ends_quietly(tmp_path: Path) -> None:
     out, err = show.communicate(timeout=60)
     assert show.returncode == 130
     assert b"Traceback" not in err
+
+
+def _no_latency(line: str) -> str:
+    return re.sub(r" \(\+[\d.]+(us|ms)\)$", "", line)
+
+
+@pytest.mark.parametrize("spec, rows", [("100:110", range(100, 110)), ("=-5:", range(395, 400)),
+                                        ("0:3", range(0, 3))])
+def test_records_range_matches_the_full_listing(trace: Path, spec: str, rows: range) -> None:
+    """A slice decodes exactly as in the full listing (replies whose request lies before
+    the slice get their opcode from the index; only their latency is unknown)."""
+    full = run("show", str(trace)).stdout.splitlines()
+    res = run("show", f"-r{spec}", str(trace))
+    assert res.returncode == 0, res.stderr
+    assert [_no_latency(x) for x in res.stdout.splitlines()] == [_no_latency(full[i]) for i in rows]
+    assert Path(f"{trace}.idx").exists(), "the index is cached beside the trace"
+
+
+def test_records_range_rejects_nonsense(trace: Path) -> None:
+    res = run("show", "-r", "abc", str(trace))
+    assert res.returncode == 2 and "START:STOP" in res.stderr
