@@ -9,6 +9,7 @@ from typing import IO, Any, Iterable, Iterator
 from scapy.utils import hexdump
 
 from dissectors import SessionDecoder
+from dissectors.constants import NO_REPLY_OPCODES
 from traces import Kind, Record, TraceReader
 
 from .timeline import ARROWS, Entry, annotate, entries, event_text, feed_ioctl, ioctl_text
@@ -23,6 +24,7 @@ def _latency(ns: int | None) -> str:
 
 
 _UNIQUE = struct.Struct("<Q")  # `unique` sits at byte 8 of both headers
+_OP_UNIQUE = struct.Struct("<IQ")  # fuse_in_header.opcode, .unique
 
 
 def show_lines(records: Iterable[Record], verbose: bool = False, hexa: bool = False,
@@ -43,11 +45,17 @@ def show_lines(records: Iterable[Record], verbose: bool = False, hexa: bool = Fa
         start = rec.ts if start is None else start
         kind, raw, latency = rec.kind, rec.raw or b"", ""
         if kind is Kind.REQUEST:
-            text = annotate(dec.request_text(raw), rec)
+            text = dec.request_text(raw)
+            if rec.meta:
+                text = annotate(text, rec)
             if len(raw) >= 16:
-                asked[_UNIQUE.unpack_from(raw, 8)[0]] = rec.ts
+                opcode, unique = _OP_UNIQUE.unpack_from(raw, 4)
+                if opcode not in NO_REPLY_OPCODES:  # FORGETs would pile up here forever
+                    asked[unique] = rec.ts
         elif kind is Kind.REPLY:
-            text = annotate(dec.reply_text(raw), rec)
+            text = dec.reply_text(raw)
+            if rec.meta:
+                text = annotate(text, rec)
             asked_ts = asked.pop(_UNIQUE.unpack_from(raw, 8)[0], None) if len(raw) >= 16 else None
             latency = _latency(rec.ts - asked_ts) if asked_ts is not None else ""
         elif kind is Kind.IOCTL:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Iterable, Iterator
 
 from dissectors import IoctlCall, Message, SessionDecoder
+from dissectors.constants import NO_REPLY_OPCODES
 from dissectors.fields import errno_name
 from traces import Kind, Record
 
@@ -78,7 +79,7 @@ def entries(records: Iterable[Record], decoder: SessionDecoder | None = None) ->
     for rec in records:
         if rec.kind is Kind.REQUEST:
             msg = dec.feed_request(rec.raw or b"")
-            if msg.brief.unique:
+            if msg.brief.unique and msg.brief.opcode not in NO_REPLY_OPCODES:
                 asked[msg.brief.unique] = (rec.index, rec.ts)
             yield Entry(rec, message=msg)
         elif rec.kind is Kind.REPLY:
