@@ -26,11 +26,6 @@ class Dialect(enum.Enum):
     MAINLINE = "mainline"  # FUSE_PASSTHROUGH, fuse_backing_map, backing_id (Linux 6.9+)
     ANDROID = "android"  # INIT bit 31, fuse_passthrough_out, passthrough_fh
 
-    @property
-    def id_field(self) -> str:
-        """The name the open reply's id field goes by in this dialect."""
-        return "passthrough_fh" if self is Dialect.ANDROID else "backing_id"
-
 
 def dialect_of(minor: int, flags: int) -> Dialect:
     """Detect the dialect from INIT reply flags (64-bit: flags | flags2 << 32)."""

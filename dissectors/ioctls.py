@@ -52,10 +52,6 @@ FUSE_DEV_IOC_PASSTHROUGH_OPEN_V0 = DevIoctl.BACKING_OPEN
 FUSE_DEV_IOC_PASSTHROUGH_OPEN_V1 = DevIoctl.PASSTHROUGH_OPEN_V1
 FUSE_DEV_IOC_PASSTHROUGH_OPEN_V2 = DevIoctl.PASSTHROUGH_OPEN_V2
 
-#: Ioctls that register a passthrough file and return its id.
-OPENS_ID = frozenset({DevIoctl.BACKING_OPEN, DevIoctl.PASSTHROUGH_OPEN_V1,
-                      DevIoctl.PASSTHROUGH_OPEN_V2})
-
 
 class FuseBackingMap(Packet):
     """Mainline BACKING_OPEN argument. `flags` and `padding` must be 0 (else EINVAL)."""
