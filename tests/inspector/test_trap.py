@@ -1,0 +1,102 @@
+"""The seccomp ioctl trap on its own: a real child process, real seccomp, real /dev/fuse.
+
+End-to-end passthrough through the recorder is tested in test_record.py; here the trap's
+plumbing is pinned down: which ioctls it takes over, what the caller gets back, what is
+recorded, and that everything else runs untouched.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dissectors.ioctls import DevIoctl
+from inspector.record.trap import IoctlTrap
+from traces import Kind, TraceReader, TraceWriter
+
+CHILD = r"""
+import fcntl, json, os, struct, sys
+relay = int(sys.argv[1])
+backing = os.open(sys.argv[2], os.O_RDONLY)
+out = {}
+def call(name, fd, cmd, arg):
+    try:
+        out[name] = fcntl.ioctl(fd, cmd, arg)
+    except OSError as exc:
+        out[name] = -exc.errno
+call("backing_open", relay, 0x4010e501, bytearray(struct.pack("<iIQ", backing, 0, 0)))
+call("backing_close", relay, 0x4004e502, bytearray(struct.pack("<I", 7)))
+call("clone", relay, 0x8004e500, bytearray(4))
+call("sync_init", relay, 0xe503, 0)
+null = os.open("/dev/null", os.O_RDONLY)
+call("not_the_relay", null, 0x4004e502, bytearray(4))
+call("not_fuse", relay, 0x5401, bytearray(64))  # TCGETS: not trapped at all
+print(json.dumps({"out": out, "backing_fd": backing}))
+"""
+
+
+@pytest.fixture
+def skip_without_seccomp() -> None:
+    reason = IoctlTrap.available()
+    if reason:
+        pytest.skip(reason)
+    if not os.path.exists("/dev/fuse"):
+        pytest.skip("no /dev/fuse")
+
+
+@pytest.mark.timeout(30)
+def test_trap_takes_over_fuse_ioctls_on_the_relay_only(skip_without_seccomp: None,
+                                                      tmp_path: Path) -> None:
+    trace = tmp_path / "trap.fzt"
+    backing = tmp_path / "backing.bin"
+    backing.write_bytes(b"x" * 10)
+    relay, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    device = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)  # no mount: the kernel says EPERM
+    try:
+        with TraceWriter(str(trace), {"source": "test"}) as writer:
+            trap = IoctlTrap(child_end.fileno(), device, writer)
+            proc = subprocess.Popen(
+                [sys.executable, "-c", CHILD, str(child_end.fileno()), str(backing)],
+                pass_fds=[child_end.fileno()], preexec_fn=trap.child_setup,
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            trap.start(proc)
+            out, err = proc.communicate(timeout=20)
+            trap.stop()
+        assert proc.returncode == 0, err.decode()
+    finally:
+        os.close(device)
+        relay.close()
+        child_end.close()
+    result = json.loads(out)
+    got = result["out"]
+    # Performed on the real device (an unmounted one refuses with EPERM), not the socket
+    # (which would have said ENOTTY):
+    assert got["backing_open"] == -errno.EPERM
+    assert got["backing_close"] == -errno.EPERM
+    assert got["clone"] == -errno.EINVAL  # refused on purpose: libfuse falls back
+    assert got["sync_init"] == -errno.ENOTTY
+    assert got["not_the_relay"] == -errno.ENOTTY  # /dev/null's own answer: continued untouched
+    assert got["not_fuse"] == -errno.ENOTTY  # a socket's answer to TCGETS: never trapped
+
+    records = [r for r in TraceReader(str(trace)) if r.kind is Kind.IOCTL]
+    assert [r.meta["cmd"] for r in records] == [
+        DevIoctl.BACKING_OPEN, DevIoctl.BACKING_CLOSE, DevIoctl.CLONE, DevIoctl.SYNC_INIT]
+    opened = records[0].meta
+    assert opened["errno"] == errno.EPERM and opened["result"] == -1
+    assert opened["fd"] == result["backing_fd"]  # the server's fd number, as the server passed it
+    assert opened["path"] == str(backing)  # the path behind it, read at call time
+    assert opened["arg"][:4] == result["backing_fd"].to_bytes(4, "little")  # as the server wrote it
+    assert opened["tid"] == opened["pid"] == proc.pid
+    assert "note" in records[2].meta and "note" in records[3].meta
+
+
+def test_available_says_why_not() -> None:
+    reason = IoctlTrap.available()
+    assert reason is None or isinstance(reason, str) and reason
