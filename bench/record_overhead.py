@@ -1,0 +1,148 @@
+"""What recording costs: each workload on the same server, direct and under `fusetrace record`
+(and under `strace -f`, what users reach for today), side by side in one run, as ratios.
+
+Figures are printed, never asserted. Run as root: .venv/bin/python bench/record_overhead.py
+[--seconds S] [--only NAME]. The server is the bundled passthrough filesystem, with
+attribute and entry caching off so every stat reaches it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from inspector.testing import fuse_available, mounted_server  # noqa: E402
+
+SERVER = [sys.executable, "-m", "inspector.passthroughfs"]
+FUSETRACE = [sys.executable, "-m", "inspector.cli"]
+NO_CACHE = ["-o", "attr_timeout=0,entry_timeout=0"]
+BIG = 512 << 20
+
+
+def stat_loop(mnt: Path, stop: float) -> int:
+    n, path = 0, mnt / "small"
+    while time.perf_counter() < stop:
+        os.stat(path)
+        n += 1
+    return n
+
+
+def open_close(mnt: Path, stop: float) -> int:
+    n, path = 0, mnt / "small"
+    while time.perf_counter() < stop:
+        os.close(os.open(path, os.O_RDONLY))
+        n += 1
+    return n
+
+
+def mixed_4_clients(mnt: Path, stop: float) -> int:
+    counts = [0] * 4
+
+    def client(i: int) -> None:
+        path = mnt / f"small{i}"
+        while time.perf_counter() < stop:
+            os.stat(path)
+            os.close(os.open(path, os.O_RDONLY))
+            os.listdir(mnt)
+            counts[i] += 3
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sum(counts)
+
+
+def sequential_read(mnt: Path, stop: float) -> int:
+    """MiB read from a 512 MiB file, in 1 MiB reads, page cache dropped before each pass."""
+    done = 0
+    while time.perf_counter() < stop:
+        fd = os.open(mnt / "big", os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            while os.read(fd, 1 << 20):
+                done += 1
+        finally:
+            os.close(fd)
+    return done
+
+
+WORKLOADS: dict[str, tuple[Callable[[Path, float], int], list[str], str]] = {
+    "stat loop, attr caching off": (stat_loop, NO_CACHE, "stat/s"),
+    "open+close, passthrough": (open_close, NO_CACHE, "opens/s"),
+    "open+close, no passthrough": (open_close, [*NO_CACHE, "--no-passthrough"], "opens/s"),
+    "4 clients, mixed metadata": (mixed_4_clients, NO_CACHE, "ops/s"),
+    "sequential read, passthrough": (sequential_read, [], "MiB/s"),
+    "sequential read, no passthrough": (sequential_read, ["--no-passthrough"], "MiB/s"),
+}
+
+
+def prepare(src: Path) -> None:
+    (src / "small").write_bytes(b"x" * 100)
+    for i in range(4):
+        (src / f"small{i}").write_bytes(b"y" * 100)
+    with open(src / "big", "wb") as f:
+        block = os.urandom(1 << 20)
+        for _ in range(BIG >> 20):
+            f.write(block)
+
+
+def measure(wrapper: list[str], server_args: list[str], src: Path, mnt: Path,
+            workload: Callable[[Path, float], int], seconds: float) -> float:
+    argv = [*wrapper, *SERVER, str(src), str(mnt), *server_args]
+    with mounted_server(argv, mnt, timeout=30):
+        workload(mnt, time.perf_counter() + min(0.5, seconds / 4))  # warm up
+        start = time.perf_counter()
+        count = workload(mnt, start + seconds)
+        return count / (time.perf_counter() - start)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--only", help="run workloads whose name contains this")
+    parser.add_argument("--direct-only", action="store_true", help="skip the recorder")
+    args = parser.parse_args()
+    reason = fuse_available()
+    if reason:
+        print(f"record_overhead: {reason}", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory(prefix="fusetrace-bench-") as tmp:
+        src, mnt = Path(tmp, "src"), Path(tmp, "mnt")
+        src.mkdir()
+        mnt.mkdir()
+        prepare(src)
+        trace = Path(tmp, "bench.fzt")
+        modes = {"direct": []}
+        if not args.direct_only:
+            modes["fusetrace record"] = [*FUSETRACE, "record", "-q", "-w", str(trace), "--"]
+        if shutil.which("strace"):
+            modes["strace -f"] = ["strace", "-f", "-qq", "-o", "/dev/null"]
+        print(f"{os.cpu_count()} cores, {args.seconds:.0f} s per run; ratio = rate / direct rate")
+        print(f"{'workload':34} {'mode':18} {'rate':>14} {'ratio':>7}")
+        for name, (workload, server_args, unit) in WORKLOADS.items():
+            if args.only and args.only not in name:
+                continue
+            base = None
+            for mode, wrapper in modes.items():
+                if "read" in name and mode == "strace -f":
+                    continue  # strace on a 512 MiB read only measures strace
+                rate = measure(wrapper, server_args, src, mnt, workload, args.seconds)
+                base = base or rate
+                print(f"{name:34} {mode:18} {rate:10.0f} {unit:>6} {rate / base:6.2f}")
+                sys.stdout.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
