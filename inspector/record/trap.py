@@ -18,6 +18,12 @@ FUSE_DEV_IOC_CLONE is refused with EINVAL (libfuse then carries on without clone
 cloning the real device would let the clone steal requests from the relay), and
 FUSE_DEV_IOC_SYNC_INIT gets ENOTTY (what kernels without it say). Both are recorded.
 
+Servers that get the device another way (libfuse 2 as root, e.g. bindfs; hand-written
+servers) are caught with `on_mount`: the filter also traps opens for O_RDWR (the path is
+checked here: only /dev/fuse is taken over) and mount(2). Their open of /dev/fuse returns a
+copy of the relay socket (SECCOMP_IOCTL_NOTIF_ADDFD), and their mount(2) of it goes to the
+recorder, which mounts the real device at the same place with the same options.
+
 Caveats: x86-64 and arm64 only; the supervisor needs CAP_SYS_PTRACE-equivalent access to
 the server (root here) for /proc/TID/mem and pidfd_getfd; an ioctl blocked in the
 supervisor blocks only the calling server thread.
@@ -31,12 +37,14 @@ import fcntl
 import logging
 import os
 import platform
+import re
 import select
 import socket
 import struct
 import subprocess
 import threading
 from dataclasses import dataclass
+from typing import Callable
 
 from dissectors.ioctls import DevIoctl
 from traces import TraceWriter
@@ -57,11 +65,31 @@ _RESP = struct.Struct("<QqiI")  # struct seccomp_notif_resp: id, val, error, fla
 SECCOMP_IOCTL_NOTIF_RECV = (3 << 30) | (_NOTIF.size << 16) | (ord("!") << 8) | 0
 SECCOMP_IOCTL_NOTIF_SEND = (3 << 30) | (_RESP.size << 16) | (ord("!") << 8) | 1
 SECCOMP_IOCTL_NOTIF_ID_VALID = (1 << 30) | (8 << 16) | (ord("!") << 8) | 2
+_ADDFD = struct.Struct("<QIIII")  # struct seccomp_notif_addfd: id, flags, srcfd, newfd, newfd_flags
+SECCOMP_IOCTL_NOTIF_ADDFD = (1 << 30) | (_ADDFD.size << 16) | (ord("!") << 8) | 3
+SECCOMP_ADDFD_FLAG_SEND = 1 << 1  # add the fd and answer the call with its number, atomically
 
-# name: (AUDIT_ARCH_*, __NR_ioctl, __NR_seccomp)
-_ARCHES = {"x86_64": (0xC000003E, 16, 317), "aarch64": (0xC00000B7, 29, 277)}
+@dataclass(frozen=True)
+class Arch:
+    """Syscall numbers the filter needs, per architecture."""
+
+    audit: int  # AUDIT_ARCH_*
+    ioctl: int
+    seccomp: int
+    openat: int
+    mount: int
+    open: int | None  # legacy open(2); arm64 has none
+
+
+_ARCHES = {
+    "x86_64": Arch(0xC000003E, ioctl=16, seccomp=317, openat=257, mount=165, open=2),
+    "aarch64": Arch(0xC00000B7, ioctl=29, seccomp=277, openat=56, mount=40, open=None),
+}
 NR_PIDFD_GETFD = 438  # the same on every architecture (added in 5.6)
 FUSE_IOCTL_TYPE = 229 << 8
+O_RDWR = os.O_RDWR
+#: Flags that don't change what "an open of /dev/fuse" is: O_CLOEXEC, O_LARGEFILE.
+_OPEN_FLAGS_MASK = ~(0o2000000 | 0o100000) & 0xFFFFFFFF
 
 # classic BPF opcodes
 _LD_W_ABS, _JEQ_K, _AND_K, _RET_K = 0x20, 0x15, 0x54, 0x06
@@ -76,19 +104,46 @@ class _SockFprog(ctypes.Structure):
     _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(_SockFilter))]
 
 
-def _filter_program(arch: int, nr_ioctl: int) -> list[tuple[int, int, int, int]]:
-    """ioctl(_, cmd, _) with cmd's type byte 229 → notify; everything else → allow."""
-    return [
-        (_LD_W_ABS, 0, 0, 4),  # seccomp_data.arch
-        (_JEQ_K, 0, 5, arch),  # another ABI (e.g. x32/ia32 syscalls): allow
-        (_LD_W_ABS, 0, 0, 0),  # seccomp_data.nr
-        (_JEQ_K, 0, 3, nr_ioctl),
-        (_LD_W_ABS, 0, 0, 16 + 8),  # args[1], low 32 bits: the ioctl command
-        (_AND_K, 0, 0, 0xFF00),
-        (_JEQ_K, 1, 0, FUSE_IOCTL_TYPE),
-        (_RET_K, 0, 0, SECCOMP_RET_ALLOW),
-        (_RET_K, 0, 0, SECCOMP_RET_USER_NOTIF),
-    ]
+@dataclass(frozen=True)
+class Rule:
+    """Notify on syscall `nr` when (low 32 bits of args[arg]) & mask == value; always when
+    `arg` is None."""
+
+    nr: int
+    arg: int | None = None
+    mask: int = 0xFFFFFFFF
+    value: int = 0
+
+
+def filter_program(audit_arch: int, rules: list[Rule]) -> list[tuple[int, int, int, int]]:
+    """Classic BPF: the rules' calls → USER_NOTIF, everything else (other ABIs too) → ALLOW.
+
+    Each rule is a block that falls through to the next when it does not match:
+    `ld nr; jeq nr ? check : next; [ld arg; and mask; jeq value ? notify : next;] ret notify`.
+    """
+    body: list[tuple[int, int, int, int]] = []
+    for rule in rules:
+        if rule.arg is None:
+            body += [(_LD_W_ABS, 0, 0, 0), (_JEQ_K, 0, 1, rule.nr),
+                     (_RET_K, 0, 0, SECCOMP_RET_USER_NOTIF)]
+        else:
+            body += [(_LD_W_ABS, 0, 0, 0), (_JEQ_K, 0, 4, rule.nr),
+                     (_LD_W_ABS, 0, 0, 16 + 8 * rule.arg), (_AND_K, 0, 0, rule.mask),
+                     (_JEQ_K, 0, 1, rule.value), (_RET_K, 0, 0, SECCOMP_RET_USER_NOTIF)]
+    return [(_LD_W_ABS, 0, 0, 4), (_JEQ_K, 0, len(body), audit_arch), *body,
+            (_RET_K, 0, 0, SECCOMP_RET_ALLOW)]
+
+
+def rules_for(arch: Arch, device_open: bool) -> list[Rule]:
+    """FUSE ioctls always; with `device_open`, also opens of a file for O_RDWR (how
+    servers open /dev/fuse; the path is checked in user space) and mount(2)."""
+    rules = [Rule(arch.ioctl, arg=1, mask=0xFF00, value=FUSE_IOCTL_TYPE)]
+    if device_open:
+        rules.append(Rule(arch.openat, arg=2, mask=_OPEN_FLAGS_MASK, value=O_RDWR))
+        if arch.open is not None:
+            rules.append(Rule(arch.open, arg=1, mask=_OPEN_FLAGS_MASK, value=O_RDWR))
+        rules.append(Rule(arch.mount))
+    return rules
 
 
 def _syscall_check(result: int, what: str) -> int:
@@ -121,6 +176,44 @@ class Notification:
     @property
     def arg_address(self) -> int:
         return self.args[2]
+
+
+@dataclass(frozen=True)
+class ServerMount:
+    """A mount(2) the server made on the relay: what the recorder must do for real."""
+
+    source: str
+    target: str  # absolute
+    fstype: str
+    flags: int
+    data: str  # the server's options with its `fd=N` removed
+
+
+#: The recorder's answer to a ServerMount: 0 or an errno.
+MountHandler = Callable[[ServerMount], int]
+_FD_OPTION = re.compile(r"(?:^|,)fd=(\d+)(?=,|$)")
+
+
+def _read_string(tid: int, address: int, limit: int = 4096) -> str | None:
+    """A NUL-terminated string from a thread's memory, read page by page."""
+    if not address:
+        return None
+    out = bytearray()
+    fd = os.open(f"/proc/{tid}/mem", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        while len(out) < limit:
+            chunk = os.pread(fd, 4096 - (address + len(out)) % 4096, address + len(out))
+            if not chunk:
+                break
+            end = chunk.find(b"\0")
+            if end >= 0:
+                return os.fsdecode(bytes(out + chunk[:end]))
+            out += chunk
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return None
 
 
 def _tgid(tid: int) -> int:
@@ -164,20 +257,28 @@ class IoctlTrap:
             return "the kernel has no seccomp"
         return None
 
-    def __init__(self, relay_fd_in_child: int, device_fd: int, writer: TraceWriter) -> None:
+    def __init__(self, relay_fd_in_child: int, device_fd: int, writer: TraceWriter,
+                 on_mount: MountHandler | None = None) -> None:
         """`relay_fd_in_child` is the server's socket end, open here under the same number
-        (subprocess's pass_fds keeps numbers); its inode is how the relay is recognised."""
+        (subprocess's pass_fds keeps numbers); its inode is how the relay is recognised.
+
+        With `on_mount`, servers that open /dev/fuse and mount(2) it themselves (libfuse 2
+        as root, hand-written servers) are caught too: their open of /dev/fuse returns a
+        copy of the relay socket, and their mount(2) of it is handed to `on_mount`."""
         self.relay_fd_in_child = relay_fd_in_child
         self.device_fd = device_fd
         self.writer = writer
         self.relay_inode = os.fstat(relay_fd_in_child).st_ino
+        self.on_mount = on_mount
+        self._inject: int | None = os.dup(relay_fd_in_child) if on_mount else None
         self.open_backing_ids = 0
         self._parent_end, self._child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._listener: int | None = None
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
-        arch, self._nr_ioctl, self._nr_seccomp = _ARCHES[platform.machine()]
-        program = _filter_program(arch, self._nr_ioctl)
+        self._arch = _ARCHES[platform.machine()]
+        self._nr_ioctl, self._nr_seccomp = self._arch.ioctl, self._arch.seccomp
+        program = filter_program(self._arch.audit, rules_for(self._arch, on_mount is not None))
         self._filters = (_SockFilter * len(program))(*[_SockFilter(*ins) for ins in program])
         self._prog = _SockFprog(len(program), self._filters)
 
@@ -214,6 +315,7 @@ class IoctlTrap:
 
     def stop(self) -> None:
         self._stopping.set()
+        self._drop_inject()
         if self._thread is not None:
             self._thread.join(timeout=5)
         if self._listener is not None:
@@ -243,9 +345,10 @@ class IoctlTrap:
             try:
                 val, err, cont = self._handle(note)
             except Exception:  # never leave a server thread blocked on our bug
-                log.exception("handling ioctl %#x", note.cmd)
+                log.exception("handling syscall %d", note.nr)
                 val, err, cont = -1, errno.EIO, False
-            self._respond(note, val, err, cont)
+            if cont is not None:  # None: already answered (ADDFD with FLAG_SEND)
+                self._respond(note, val, err, cont)
 
     def _respond(self, note: Notification, val: int, err: int, cont: bool) -> None:
         flags = SECCOMP_USER_NOTIF_FLAG_CONTINUE if cont else 0
@@ -266,9 +369,68 @@ class IoctlTrap:
     def _is_relay(self, tid: int, fd: int) -> bool:
         return _fd_path(tid, fd) == f"socket:[{self.relay_inode}]"
 
-    def _handle(self, note: Notification) -> tuple[int, int, bool]:
-        """(return value, errno, continue-untouched) for one trapped ioctl."""
-        if note.nr != self._nr_ioctl or not self._is_relay(note.tid, note.fd):
+    def _drop_inject(self) -> None:
+        """Our copy of the server's socket end must go once handed out: while we hold it,
+        the relay would never see the server's side close."""
+        fd, self._inject = self._inject, None
+        if fd is not None:
+            os.close(fd)
+
+    def _handle(self, note: Notification) -> tuple[int, int, bool | None]:
+        """(return value, errno, continue-untouched) for one trapped call; None for
+        "already answered"."""
+        if note.nr == self._arch.mount:
+            return self._handle_mount(note)
+        if note.nr in (self._arch.openat, self._arch.open):
+            return self._handle_open(note)
+        return self._handle_ioctl(note)
+
+    def _handle_open(self, note: Notification) -> tuple[int, int, bool | None]:
+        """An open of /dev/fuse gets a copy of the relay socket instead."""
+        path_arg = note.args[1] if note.nr == self._arch.openat else note.args[0]
+        path = _read_string(note.tid, path_arg)
+        if path != "/dev/fuse" or self._inject is None or not self._still_valid(note):
+            return 0, 0, True
+        flags = note.args[2 if note.nr == self._arch.openat else 1]
+        cloexec = os.O_CLOEXEC if flags & os.O_CLOEXEC else 0
+        addfd = _ADDFD.pack(note.id, SECCOMP_ADDFD_FLAG_SEND, self._inject, 0, cloexec)
+        try:
+            newfd = fcntl.ioctl(self._listener, SECCOMP_IOCTL_NOTIF_ADDFD, bytearray(addfd))
+        except OSError as exc:
+            log.warning("handing the relay to the server's open of /dev/fuse: %s", exc)
+            return -1, exc.errno or errno.EIO, False
+        pid = _tgid(note.tid)
+        self.writer.event("device_open", pid=pid, tid=note.tid, fd=newfd,
+                          note="the server opened /dev/fuse itself and got the relay socket")
+        return newfd, 0, None  # answered by ADDFD_FLAG_SEND
+
+    def _handle_mount(self, note: Notification) -> tuple[int, int, bool | None]:
+        """The server's mount(2) of the relay is done for real on /dev/fuse by the recorder."""
+        fstype = _read_string(note.tid, note.args[2]) or ""
+        data = _read_string(note.tid, note.args[4]) or ""
+        match = _FD_OPTION.search(data)
+        if not fstype.startswith("fuse") or not match or self.on_mount is None:
+            return 0, 0, True
+        pid = _tgid(note.tid)
+        if not self._is_relay(pid, int(match.group(1))):
+            return 0, 0, True  # a real /dev/fuse of its own: let it mount
+        target = _read_string(note.tid, note.args[1]) or ""
+        if not target.startswith("/"):
+            target = os.path.join(os.readlink(f"/proc/{pid}/cwd"), target)
+        request = ServerMount(_read_string(note.tid, note.args[0]) or fstype, target, fstype,
+                              note.args[3] & 0xFFFFFFFF,
+                              _FD_OPTION.sub("", data).strip(","))
+        if not self._still_valid(note):
+            return 0, 0, True
+        err = self.on_mount(request)
+        self.writer.event("server_mount", pid=pid, source=request.source, target=target,
+                          fstype=fstype, flags=request.flags, options=request.data, errno=err)
+        if err == 0:
+            self._drop_inject()
+        return (0 if err == 0 else -1), err, False
+
+    def _handle_ioctl(self, note: Notification) -> tuple[int, int, bool | None]:
+        if not self._is_relay(note.tid, note.fd):
             return 0, 0, True  # a real /dev/fuse or another device: not ours to touch
         cmd = note.cmd
         size = (cmd >> 16) & 0x3FFF

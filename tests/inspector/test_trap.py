@@ -100,3 +100,63 @@ def test_trap_takes_over_fuse_ioctls_on_the_relay_only(skip_without_seccomp: Non
 def test_available_says_why_not() -> None:
     reason = IoctlTrap.available()
     assert reason is None or isinstance(reason, str) and reason
+
+
+DEVICE_OPENER = r"""
+import ctypes, json, os, stat, sys
+libc = ctypes.CDLL(None, use_errno=True)
+fd = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)   # what libfuse 2 / bindfs do as root
+is_socket = stat.S_ISSOCK(os.fstat(fd).st_mode)
+data = f"fd={fd},rootmode=40000,user_id=0,group_id=0,default_permissions"
+res = libc.mount(b"devopen", sys.argv[1].encode(), b"fuse.devopen", 6, data.encode())
+print(json.dumps({"socket": is_socket, "mount": res, "errno": ctypes.get_errno()}))
+"""
+
+
+@pytest.mark.timeout(30)
+def test_server_that_opens_dev_fuse_and_mounts_itself(skip_without_seccomp: None,
+                                                     tmp_path: Path) -> None:
+    """Its open of /dev/fuse returns the relay socket; its mount(2) is done for real."""
+    from inspector import syscalls
+    from inspector.record.trap import ServerMount
+
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    seen: list[ServerMount] = []
+    relay, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    device = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
+
+    def mount_for_real(req: ServerMount) -> int:
+        seen.append(req)
+        try:
+            syscalls.mount(req.source, req.target, req.fstype, req.flags,
+                           f"fd={device},{req.data}")
+        except OSError as exc:
+            return exc.errno or errno.EIO
+        return 0
+
+    try:
+        with TraceWriter(str(tmp_path / "t.fzt"), {"source": "test"}) as writer:
+            trap = IoctlTrap(child_end.fileno(), device, writer, on_mount=mount_for_real)
+            proc = subprocess.Popen([sys.executable, "-c", DEVICE_OPENER, str(mnt)],
+                                    pass_fds=[child_end.fileno()], preexec_fn=trap.child_setup,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            trap.start(proc)
+            out, err = proc.communicate(timeout=20)
+            trap.stop()
+        assert proc.returncode == 0, err.decode()
+        got = json.loads(out)
+        assert got == {"socket": True, "mount": 0, "errno": got["errno"]}
+        mounted = [line.split() for line in Path("/proc/self/mountinfo").read_text().splitlines()
+                   if f" {mnt} " in line]
+        assert mounted and "fuse.devopen" in mounted[0]
+        assert seen[0].target == str(mnt) and "fd=" not in seen[0].data
+        assert "default_permissions" in seen[0].data
+    finally:
+        if any(f" {mnt} " in line for line in Path("/proc/self/mountinfo").read_text().splitlines()):
+            syscalls.umount2(str(mnt), syscalls.MNT_DETACH)
+        os.close(device)
+        relay.close()
+        child_end.close()
+    events = [r.meta for r in TraceReader(str(tmp_path / "t.fzt")) if r.kind is Kind.EVENT]
+    assert [e["event"] for e in events] == ["device_open", "server_mount"]
