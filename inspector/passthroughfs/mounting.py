@@ -18,7 +18,7 @@ import os
 import re
 from dataclasses import dataclass
 
-from . import syscalls
+from .. import syscalls
 
 log = logging.getLogger(__name__)
 

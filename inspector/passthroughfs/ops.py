@@ -50,7 +50,7 @@ from dissectors.structs import (
     FuseWriteOut,
 )
 
-from . import syscalls
+from .. import syscalls
 from .attrs import Timeouts, decode_dev
 from .backing import BackingFiles
 from .handles import DirHandle, FileHandle, Handles

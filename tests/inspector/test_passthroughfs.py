@@ -29,7 +29,7 @@ from dissectors.constants import (
     Opcode,
 )
 from dissectors.ioctls import DevIoctl
-from inspector.passthroughfs import syscalls
+from inspector import syscalls
 from inspector.passthroughfs.cli import parse_args
 from inspector.passthroughfs.misbehave import parse
 from inspector.passthroughfs.mounting import MountOptions
