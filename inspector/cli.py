@@ -6,6 +6,7 @@ import argparse
 import os
 import signal
 import sys
+import time
 from typing import Callable, Sequence
 
 from traces import TraceReadError, TraceReader
@@ -59,6 +60,21 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo(args.write, args.no_passthrough)
 
 
+def _record(args: argparse.Namespace) -> int:
+    from .record import RecordConfig, record
+
+    trace = args.write or time.strftime("fusetrace-%Y%m%d-%H%M%S.fzt")
+    return record(RecordConfig(server=args.server, trace=trace, snaplen=args.snaplen,
+                               quiet=args.quiet, options=args.options,
+                               mountpoint=args.mountpoint, grace=args.grace))
+
+
+def _cleanup(args: argparse.Namespace) -> int:
+    from .record.cleanup import cleanup
+
+    return cleanup(args.mountpoint, sys.stdout, sys.stderr)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fusetrace", description="Record, decode and inspect Linux FUSE sessions.")
@@ -81,7 +97,45 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("trace", help="trace file (.fzt)")
     export.set_defaults(run=_export)
 
-    demo = sub.add_parser("demo", help="mount the bundled passthrough filesystem, use it, show its trace")
+    rec = sub.add_parser(
+        "record", help="run a FUSE server behind a recording proxy",
+        usage="fusetrace record [-w TRACE] [-s SNAPLEN] [-q] [-o OPTS] [--mountpoint PATH] "
+              "-- SERVER [ARGS...]",
+        description="Run SERVER as you would, mountpoint included: fusetrace mounts the "
+                    "mountpoint itself (root), hands SERVER a socket as /dev/fd/N in its "
+                    "place (libfuse >= 3.3 servers accept that) and records every message "
+                    "between the kernel and SERVER. Ends when the mount is unmounted, the "
+                    "server exits, or on Ctrl-C (twice to force).",
+        epilog="The mountpoint is the last of SERVER's arguments naming an existing "
+               "directory; its -o options allow_other, default_permissions, ro, fsname=, "
+               "subtype=, max_read= and mount flags (nosuid, noatime ...) apply to the mount.")
+    rec.add_argument("-w", "--write", metavar="TRACE",
+                     help="trace file to write (default: fusetrace-DATE-TIME.fzt)")
+    rec.add_argument("-s", "--snaplen", type=int, default=4096, metavar="N",
+                     help="keep at most N bytes of file data per READ/WRITE message, "
+                          "recording the true length (0: keep all; default %(default)s)")
+    rec.add_argument("-q", "--quiet", action="store_true",
+                     help="no progress line and no summary on stderr")
+    rec.add_argument("-o", dest="options", action="append", default=[], metavar="OPTS",
+                     help="more mount options, on top of SERVER's own -o")
+    rec.add_argument("--mountpoint", metavar="PATH",
+                     help="which of SERVER's arguments is the mountpoint, when the guess is wrong")
+    rec.add_argument("--grace", type=float, default=5.0, metavar="SECONDS",
+                     help="how long the server gets after SIGTERM before SIGKILL (default %(default)s)")
+    rec.add_argument("server", nargs=argparse.REMAINDER, metavar="SERVER [ARGS...]",
+                     help=argparse.SUPPRESS)
+    rec.set_defaults(run=_record)
+
+    clean = sub.add_parser("cleanup", help="unmount mounts left by a recorder that died",
+                           description="Lazily unmount FUSE mounts whose fusetrace recorder "
+                                       "died (they answer ENOTCONN: disconnected).")
+    clean.add_argument("mountpoint", nargs="?", metavar="MOUNTPOINT",
+                       help="only this mount (also one fusetrace has no note of, if it is "
+                            "disconnected)")
+    clean.set_defaults(run=_cleanup)
+
+    demo = sub.add_parser("demo", help="record the bundled passthrough filesystem through the proxy, "
+                                       "use it, show its trace")
     demo.add_argument("-w", "--write", default="fusetrace-demo.fzt", metavar="TRACE",
                       help="where to write the trace (default: %(default)s)")
     demo.add_argument("--no-passthrough", action="store_true", help="serve reads and writes in Python")

@@ -1,8 +1,9 @@
 """The few system calls Python's `os` module lacks, through ctypes.
 
-mount(2)/umount2(2) because the server mounts itself (no fusermount3), renameat2(2) for
-RENAME2 flags, utimensat(2)/futimens(3) for UTIME_NOW/UTIME_OMIT, fallocate(2) for modes
-other than 0. Each raises `OSError` with the C errno, like `os` does.
+mount(2)/umount2(2) because fusetrace and the bundled server mount FUSE themselves (no
+fusermount3), renameat2(2) for RENAME2 flags, utimensat(2)/futimens(3) for
+UTIME_NOW/UTIME_OMIT, fallocate(2) for modes other than 0, prctl(2) for
+PR_SET_CHILD_SUBREAPER. Each raises `OSError` with the C errno, like `os` does.
 """
 
 from __future__ import annotations
@@ -12,9 +13,20 @@ import os
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
+MS_RDONLY = 1
 MS_NOSUID = 2
 MS_NODEV = 4
+MS_NOEXEC = 8
+MS_SYNCHRONOUS = 16
+MS_DIRSYNC = 128
+MS_NOATIME = 1024
+MS_NODIRATIME = 2048
+MS_RELATIME = 1 << 21
+MS_STRICTATIME = 1 << 24
+MS_LAZYTIME = 1 << 25
+MNT_FORCE = 1
 MNT_DETACH = 2
+PR_SET_CHILD_SUBREAPER = 36
 AT_FDCWD = -100
 AT_SYMLINK_NOFOLLOW = 0x100
 UTIME_NOW = (1 << 30) - 1
@@ -38,6 +50,12 @@ def mount(source: str, target: str, fstype: str, flags: int, data: str) -> None:
 
 def umount2(target: str, flags: int = 0) -> None:
     _check(_libc.umount2(os.fsencode(target), flags), "umount2", target)
+
+
+def set_child_subreaper() -> None:
+    """Orphaned descendants (a server that daemonized) become our children to reap."""
+    _check(_libc.prctl(PR_SET_CHILD_SUBREAPER, ctypes.c_ulong(1), ctypes.c_ulong(0),
+                       ctypes.c_ulong(0), ctypes.c_ulong(0)), "prctl")
 
 
 def renameat2(old: str, new: str, flags: int) -> None:

@@ -6,6 +6,7 @@
 - `cleanup_mount()` undoes everything whatever state it is in: unmount (plain, then lazy),
   then SIGTERM, wait, SIGKILL. It never raises, so it belongs in a `finally`.
 - `mounted_server()` combines them around a server command line.
+- `recorded_server()` runs a server under `fusetrace record` instead, mountpoint included.
 - `decode_trace()` reads a trace and decodes every record in order, for assertions.
 
 Mount points are compared the way mountinfo shows them, without stat()ing the mount
@@ -17,14 +18,16 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Iterator, Sequence
 
-from inspector.passthroughfs.mounting import mounts_at
+from inspector.mounts import mounts_at
 
 if TYPE_CHECKING:
     from dissectors import IoctlCall, Message
@@ -164,6 +167,82 @@ def mounted_server(argv: Sequence[str], mountpoint: str | os.PathLike[str],
         finally:
             cleanup_mount(mountpoint, proc)
             server.final_log = server.stderr()
+
+
+@dataclass
+class Recording:
+    """A `fusetrace record` process, its mount and its trace."""
+
+    proc: subprocess.Popen[bytes]
+    mountpoint: Path
+    trace: Path
+    log_file: IO[bytes]
+    final_log: str | None = None
+
+    def output(self) -> str:
+        """What fusetrace and the server wrote to stdout/stderr so far."""
+        if self.final_log is not None:
+            return self.final_log
+        self.log_file.flush()
+        return Path(self.log_file.name).read_text(errors="replace")
+
+    def server_pids(self) -> list[int]:
+        """Pids of the server processes the trace names so far: the one started, then
+        any that exited (a daemonized server's daemon shows up only when it exits).
+        Waits a little for the first: the mount appears just before the server starts."""
+        from traces import TraceReader
+
+        deadline = time.monotonic() + 10
+        while True:
+            pids: list[int] = []
+            with TraceReader(self.trace) as reader:
+                for rec in reader:
+                    if rec.event in ("server_start", "server_exit") and rec.meta["pid"] not in pids:
+                        pids.append(rec.meta["pid"])
+            if pids or time.monotonic() > deadline or self.proc.poll() is not None:
+                return pids
+            time.sleep(0.02)
+
+    def unmount_and_wait(self, timeout: float = 20.0) -> int:
+        """What a user does: unmount, then fusetrace ends by itself. Returns its status."""
+        subprocess.run(["umount", str(self.mountpoint)], check=True, capture_output=True,
+                       timeout=_UMOUNT_TIMEOUT)
+        return self.proc.wait(timeout)
+
+    def interrupt(self, timeout: float = 20.0) -> int:
+        """Ctrl-C: SIGINT to fusetrace alone. Returns its status."""
+        self.proc.send_signal(signal.SIGINT)
+        return self.proc.wait(timeout)
+
+
+def record_command(server_argv: Sequence[str], trace: str | os.PathLike[str],
+                   *options: str) -> list[str]:
+    """The `fusetrace record` command line for `server_argv` (this interpreter's copy)."""
+    return [sys.executable, "-m", "inspector.cli", "record", "-q", "-w", os.fspath(trace),
+            *options, "--", *server_argv]
+
+
+@contextlib.contextmanager
+def recorded_server(server_argv: Sequence[str], mountpoint: str | os.PathLike[str],
+                    trace: str | os.PathLike[str], *options: str, timeout: float = 10.0,
+                    **popen: Any) -> Iterator[Recording]:
+    """Run `server_argv` (mountpoint included) under `fusetrace record -w trace`, wait
+    for the mount, and undo it all on exit: fusetrace still running is interrupted
+    (SIGINT), then killed; whatever is left mounted is unmounted."""
+    with tempfile.NamedTemporaryFile(prefix="record-", suffix=".log") as log_file:
+        proc = subprocess.Popen(record_command(server_argv, trace, *options),
+                                stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file,
+                                **popen)
+        rec = Recording(proc, Path(mountpoint), Path(trace), log_file)
+        try:
+            wait_for_mount(mountpoint, proc, timeout, log_file)
+            yield rec
+        finally:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+            stop_process(proc, timeout=5.0, grace=20.0)
+            cleanup_mount(mountpoint)
+            rec.final_log = rec.output()
 
 
 @dataclass

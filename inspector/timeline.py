@@ -52,6 +52,8 @@ def annotate(text: str, rec: Record) -> str:
         parts.append(f"[kernel rejected the write: {errno_name(meta['write_errno'])}]")
     if "original" in meta:
         parts.append(f"[altered by fusetrace: {meta.get('reason', 'no reason given')}]")
+    if meta.get("fragments"):
+        parts.append(f"[spliced: reassembled from {len(meta['fragments'])} socket messages]")
     return " ".join(parts)
 
 

@@ -11,10 +11,10 @@ decoder uses.
 MOUNTPOINT `/dev/fd/N` serves an already-mounted connection on descriptor N (libfuse's
 convention; the recorder's proxy uses it) and never mounts or unmounts.
 
-Modules: `cli` (arguments, logging, session set-up and tear-down), `mounting` (/dev/fuse,
-mount(2), mountinfo), `server` (worker threads, INIT), `ops` (one handler per opcode),
-`nodes` and `handles` (tables), `backing` (passthrough ids), `attrs`, `tracing`
-(`--trace`), `misbehave`, `syscalls` (ctypes).
+Modules: `cli` (arguments, logging, session set-up and tear-down), `mounting` (/dev/fuse
+and mount(2), on the shared `inspector.mounts` and `inspector.syscalls`), `server`
+(worker threads, INIT), `ops` (one handler per opcode), `nodes` and `handles` (tables),
+`backing` (passthrough ids), `attrs`, `tracing` (`--trace`), `misbehave`.
 
 Misbehaviour switches (`--misbehave`) and what Linux 6.18 (FUSE 7.45) does about them,
 as measured by tests/inspector/test_passthroughfs.py:

@@ -170,7 +170,9 @@ class Server:
         if body is NO_REPLY:
             return None
         header = FuseOutHeader(unique=req.unique)
-        return bytes(header / body if isinstance(body, Packet) else header)
+        if isinstance(body, Packet):
+            header.add_payload(body)  # not `/`: that copies both packets, per reply
+        return bytes(header)
 
     def _unsent(self, req: Request, reply: bytes) -> None:
         """An open whose reply the kernel refused (interrupted) will never be released."""

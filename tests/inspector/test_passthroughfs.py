@@ -32,7 +32,7 @@ from dissectors.ioctls import DevIoctl
 from inspector import syscalls
 from inspector.passthroughfs.cli import parse_args
 from inspector.passthroughfs.misbehave import parse
-from inspector.passthroughfs.mounting import MountOptions
+from inspector.mounts import MountOptions
 from inspector.testing import (
     DecodedTrace,
     MountedServer,

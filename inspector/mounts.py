@@ -1,0 +1,152 @@
+"""Mounts as the kernel lists them, FUSE mount data, and FUSE connections in sysfs.
+
+Shared by the recorder (`inspector.record`), the bundled server and the test helpers.
+Nothing here stat()s a mount point: on a FUSE mount whose server stopped answering that
+would hang, so paths are compared the way /proc/self/mountinfo shows them and a mount is
+named by its device number ("0:52"), whose minor is also the connection's number under
+/sys/fs/fuse/connections/.
+
+Caveats: mountinfo escapes only space, tab, newline and backslash; a mount point reached
+through a symlinked last component is compared by the link's own path (`canonical`
+resolves the parent directory only, for the reason above).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+from dataclasses import dataclass
+
+from . import syscalls
+
+FUSE_CONNECTIONS = "/sys/fs/fuse/connections"
+ROOTMODE_DIR = 0o40000
+
+
+@dataclass(frozen=True)
+class MountEntry:
+    """One line of /proc/self/mountinfo, the fields this project needs."""
+
+    device: str  # "major:minor"
+    mountpoint: str
+    fstype: str
+    source: str
+
+    @property
+    def is_fuse(self) -> bool:
+        return self.fstype == "fuse" or self.fstype.startswith("fuse.")
+
+
+def _unescape(field: str) -> str:
+    """mountinfo escapes space, tab, newline and backslash as octal (`\\040`)."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+def mount_entries() -> list[MountEntry]:
+    entries = []
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
+        for line in f:
+            left, _, right = line.partition(" - ")
+            fields, tail = left.split(), right.split()
+            if len(fields) < 5 or len(tail) < 2:
+                continue
+            entries.append(MountEntry(fields[2], _unescape(fields[4]), tail[0], _unescape(tail[1])))
+    return entries
+
+
+def canonical(path: str | os.PathLike[str]) -> str:
+    """The path mountinfo shows, without stat()ing `path` itself: that could hang on a
+    FUSE mount whose server stopped answering."""
+    path = os.path.abspath(path)
+    return os.path.join(os.path.realpath(os.path.dirname(path)), os.path.basename(path))
+
+
+def mounts_at(mountpoint: str | os.PathLike[str]) -> list[MountEntry]:
+    """Mounts on `mountpoint`, oldest first (the last one is the visible one)."""
+    path = canonical(mountpoint)
+    return [e for e in mount_entries() if e.mountpoint == path]
+
+
+def mounted_device(mountpoint: str | os.PathLike[str], device: str) -> bool:
+    """Whether the mount with `device` is still on `mountpoint`."""
+    return any(e.device == device for e in mounts_at(mountpoint))
+
+
+@dataclass
+class MountOptions:
+    """The parts of a FUSE mount that `-o` options choose.
+
+    `flags` are mount(2) flags (libfuse's defaults: nosuid, nodev); `fsname` is the mount
+    source, `subtype` makes the type `fuse.SUBTYPE`; the rest goes into the mount data.
+    """
+
+    allow_other: bool = False
+    default_permissions: bool = False
+    max_read: int | None = None
+    flags: int = syscalls.MS_NOSUID | syscalls.MS_NODEV
+    fsname: str | None = None
+    subtype: str | None = None
+
+    def data(self, fd: int, rootmode: int = ROOTMODE_DIR) -> str:
+        parts = [f"fd={fd}", f"rootmode={rootmode:o}", f"user_id={os.getuid()}",
+                 f"group_id={os.getgid()}"]
+        if self.allow_other:
+            parts.append("allow_other")
+        if self.default_permissions:
+            parts.append("default_permissions")
+        if self.max_read is not None:
+            parts.append(f"max_read={self.max_read}")
+        return ",".join(parts)
+
+    @property
+    def fstype(self) -> str:
+        return f"fuse.{self.subtype}" if self.subtype else "fuse"
+
+
+def connection_dir(device: str) -> str:
+    """/sys/fs/fuse/connections/N of the FUSE mount with device "0:N"."""
+    return os.path.join(FUSE_CONNECTIONS, device.partition(":")[2])
+
+
+def ensure_fusectl() -> bool:
+    """Mount the fusectl filesystem on /sys/fs/fuse/connections if nobody did (systemd
+    usually does; minimal systems and containers often do not). True when it is there."""
+    if any(e.fstype == "fusectl" and e.mountpoint == FUSE_CONNECTIONS for e in mount_entries()):
+        return True
+    try:
+        syscalls.mount("fusectl", FUSE_CONNECTIONS, "fusectl", 0, "")
+    except OSError:
+        return False
+    return True
+
+
+def abort_connection(device: str) -> bool:
+    """Abort the FUSE connection of the mount with `device`: every waiting and future
+    request fails with ENOTCONN and the device reads ENODEV. Mounts fusectl when needed.
+    False if the connection is gone already (or fusectl cannot be had)."""
+    if not ensure_fusectl():
+        return False
+    try:
+        with open(os.path.join(connection_dir(device), "abort"), "w") as f:
+            f.write("1")
+    except OSError:
+        return False
+    return True
+
+
+def unmount(target: str, device: str | None = None) -> str | None:
+    """Unmount `target` (only if `device` is the mount there, when given): plainly, or
+    lazily when busy. Returns "unmounted", "detached" (lazily), or None when there was
+    nothing of ours to unmount. Other errors raise OSError."""
+    found = mounts_at(target)
+    if not found or (device is not None and found[-1].device != device):
+        return None
+    try:
+        syscalls.umount2(target)
+        return "unmounted"
+    except OSError as exc:
+        if exc.errno != errno.EBUSY:
+            raise
+    syscalls.umount2(target, syscalls.MNT_DETACH)
+    return "detached"

@@ -1,0 +1,38 @@
+"""How a server gets its /dev/fuse connection, guessed from the binary it runs.
+
+libfuse 3.3+ takes `/dev/fd/N` as its mountpoint and never opens the device: the cheapest
+way to interpose (nothing of the server's is trapped but its FUSE ioctls). libfuse 2
+(bindfs, sshfs of old …) does not know that convention: as root it opens /dev/fuse and
+calls mount(2) itself, so the recorder leaves its argv alone and catches that open and
+mount instead (the trap's `on_mount` mode), at the price of looking at each O_RDWR open.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import shutil
+
+#: How much of a binary to read looking for its dynamic library names.
+_SCAN_BYTES = 16 << 20
+
+
+class Flavour(enum.Enum):
+    DEV_FD = "dev-fd"  # hand the server /dev/fd/N in place of its mountpoint
+    DEVICE_OPEN = "device-open"  # let it open /dev/fuse and mount(2); catch both
+
+
+def guess(argv: list[str]) -> Flavour:
+    """DEVICE_OPEN for ELF binaries that need libfuse.so.2; DEV_FD for everything else
+    (libfuse 3 binaries, scripts such as pyfuse3 filesystems and our own server)."""
+    path = shutil.which(argv[0]) if argv else None
+    if path is None:
+        return Flavour.DEV_FD
+    try:
+        with open(os.path.realpath(path), "rb") as f:
+            head = f.read(_SCAN_BYTES)
+    except OSError:
+        return Flavour.DEV_FD
+    if head[:4] == b"\x7fELF" and b"libfuse.so.2\0" in head and b"libfuse3.so" not in head:
+        return Flavour.DEVICE_OPEN
+    return Flavour.DEV_FD

@@ -1,0 +1,362 @@
+"""The two message pumps between /dev/fuse and the server's socket, recording every message.
+
+- kernel → server (`_requests`): one read of /dev/fuse (the buffer fits the largest
+  request a server may negotiate: a 4 MiB WRITE plus headers; smaller gives EINVAL),
+  record, then one `send` on the SOCK_SEQPACKET socket: one request, one message.
+- server → kernel (`_replies`): one `recv` (one message, whatever the server's threads
+  do), record, then one `write` to /dev/fuse.
+
+Order and durability: every message is recorded *before* it is forwarded, and the writer
+has it on disk when the call returns. So a `kill -9` of fusetrace loses nothing the kernel
+or the server saw, and a request the kernel sends *because of* a reply (RELEASE after an
+OPEN reply, NOTIFY_REPLY after a RETRIEVE notification) is always recorded after that
+reply, without a lock held across any forwarding. The price of recording first: the
+kernel's verdict on a reply is not known yet. When its write fails (EINVAL for a malformed
+reply, ENOENT for a request that was interrupted or aborted, ENODEV after the unmount), a
+`reply_rejected` event follows the reply record with its `unique` and `write_errno`.
+(The bundled server's own `--trace` writes first and records after, with the errno in the
+reply's meta; it can afford the lock that keeps that ordered, being the only writer.)
+
+The INIT request is the one message altered: `mask_init` clears the flags a relay cannot
+carry, and the record keeps what was forwarded as `raw`, what the kernel sent as
+`original`, and why as `reason`. Masking SPLICE_* does not stop libfuse 3 from splicing,
+though: it takes splice support from its own build, not from the kernel's INIT flags, and
+splices a reply onto its fd whenever the filesystem asked for FUSE_CAP_SPLICE_WRITE
+(fuse-overlayfs does). A splice onto a SEQPACKET socket arrives as several messages (up
+to 16 pipe buffers each), so `Reassembler` puts a reply whose header says it is longer
+than what arrived back together from the messages that follow, and the record notes the
+pieces (`fragments`). That is exact when one server thread splices at a time (another
+thread's whole reply between two pieces is recognised by its header and passed on); two
+spliced replies cut into each other cannot be told apart and end the session with an
+error. The cure is trapping the server's splice(2), which makes each reply one message
+again; with it in place `Reassembler` never sees a piece.
+
+Replies carry no opcode, so the pumps share a unique → opcode map (entered before the
+request leaves, popped by its reply) for the snap length, which needs to know a READ reply
+when it sees one, and for telling a reply's header from file data.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import select
+import socket
+import struct
+import threading
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from dissectors.constants import (
+    FUSE_INIT_EXT,
+    FUSE_OVER_IO_URING,
+    IN_HEADER_SIZE,
+    INIT_FLAGS,
+    NO_REPLY_OPCODES,
+    OUT_HEADER_SIZE,
+    Opcode,
+)
+from dissectors.quick import peek_reply, peek_request, snap
+from traces import TraceWriter
+
+log = logging.getLogger(__name__)
+
+#: The largest message either way: max_write 4 MiB (max_pages 1024) plus headers, with room.
+BUFFER_SIZE = (4 << 20) + (64 << 10)
+
+FUSE_SPLICE_FLAGS = (1 << 7) | (1 << 8) | (1 << 9)  # SPLICE_WRITE | SPLICE_MOVE | SPLICE_READ
+#: INIT flags the relay cannot carry, and why (the reason recorded with the alteration).
+UNRELAYABLE: dict[int, str] = {
+    FUSE_SPLICE_FLAGS: "a server that honours the kernel's splice offer must not splice "
+                       "replies onto the relay's SEQPACKET socket, which cuts them into "
+                       "several messages",
+    FUSE_OVER_IO_URING: "FUSE-over-io_uring bypasses the /dev/fuse reads and writes the "
+                        "proxy relays",
+}
+_INIT_FLAGS = struct.Struct("<II")  # fuse_init_in.flags, .flags2
+_FLAGS_AT = IN_HEADER_SIZE + 12  # after major, minor, max_readahead
+_NO_REPLY = NO_REPLY_OPCODES | {Opcode.INTERRUPT}
+
+
+def mask_init(raw: bytes | memoryview, mask: int) -> tuple[bytes, str] | None:
+    """INIT request bytes with the `mask` flags the kernel offered cleared, and the reason;
+    None when it offered none of them. flags2 (bits 32..63) counts only with INIT_EXT."""
+    if len(raw) < _FLAGS_AT + 4:
+        return None
+    has_flags2 = len(raw) >= _FLAGS_AT + 8
+    flags, flags2 = _INIT_FLAGS.unpack_from(raw, _FLAGS_AT) if has_flags2 else (
+        struct.unpack_from("<I", raw, _FLAGS_AT)[0], 0)
+    offered = flags | (flags2 << 32 if flags & FUSE_INIT_EXT else 0)
+    dropped = offered & mask
+    if not dropped:
+        return None
+    kept = offered & ~dropped
+    out = bytearray(raw)
+    struct.pack_into("<I", out, _FLAGS_AT, kept & 0xFFFFFFFF)
+    if has_flags2 and flags & FUSE_INIT_EXT:
+        struct.pack_into("<I", out, _FLAGS_AT + 4, kept >> 32)
+    names = "|".join(name for bit, name in INIT_FLAGS.items() if dropped & bit)
+    why = "; ".join(text for bits, text in UNRELAYABLE.items() if dropped & bits)
+    return bytes(out), f"masked {names} in INIT: {why}"
+
+
+_OUT = struct.Struct("<IiQ")  # fuse_out_header: len, error, unique
+PIECE_WAIT_MS = 200  # the pieces of one splice arrive back to back; longer means no more come
+_MAX_NOTIFY_CODE = 64  # notification codes are small (7.45 ends at 9); room to grow
+
+
+class Interleaved(Exception):
+    """Two spliced replies arrived cut into each other."""
+
+
+class Reassembler:
+    """Whole replies from the socket's messages (see the module docstring).
+
+    `pending(unique)` says whether a request with that unique awaits a reply: with it a
+    fragment of file data is told from the header of a new message, which a multi-threaded
+    server may send while another thread's spliced reply is still arriving.
+    """
+
+    def __init__(self, pending: Callable[[int], bool]) -> None:
+        self.pending = pending
+        self.partial: bytearray | None = None
+        self.want = 0
+        self.sizes: list[int] = []
+
+    def _header(self, raw: memoryview | bytes) -> tuple[int, int] | None:
+        """(len, size received) of a plausible fuse_out_header starting `raw`, else None."""
+        if len(raw) < OUT_HEADER_SIZE:
+            return None
+        length, error, unique = _OUT.unpack_from(raw)
+        if not OUT_HEADER_SIZE <= length <= BUFFER_SIZE:
+            return None
+        if unique == 0:
+            ok = 0 < error < _MAX_NOTIFY_CODE
+        else:
+            ok = -4096 < error <= 0 and (self.pending(unique) or
+                                          bool(unique & 1) and self.pending(unique & ~1))
+        return (length, len(raw)) if ok else None
+
+    def feed(self, raw: memoryview) -> tuple[memoryview | bytearray, list[int] | None] | None:
+        """The next whole message and, if it was put together, the sizes of its pieces;
+        None while a reply is still incomplete."""
+        header = self._header(raw)
+        if self.partial is None:
+            if header is not None and header[1] < header[0]:
+                self.partial, self.want, self.sizes = bytearray(raw), header[0], [len(raw)]
+                return None
+            return raw, None
+        if header is not None and header[0] == header[1]:
+            return raw, None  # another thread's whole reply, between two pieces
+        if header is not None and header[1] < header[0]:
+            self.partial = None
+            raise Interleaved("two spliced replies arrived cut into each other")
+        self.partial += raw
+        self.sizes.append(len(raw))
+        if len(self.partial) < self.want:
+            return None
+        whole, self.partial = self.partial, None
+        return whole, self.sizes
+
+    def flush(self) -> tuple[bytearray, list[int]] | None:
+        """Give up waiting: what arrived of an incomplete reply, as it is. A server that
+        sends a header longer than its message gets that message forwarded (and refused
+        by the kernel) as it would without the relay, once no more pieces come."""
+        if self.partial is None:
+            return None
+        whole, self.partial = self.partial, None
+        return whole, self.sizes
+
+
+@dataclass
+class Stats:
+    """Counters for the progress line; each is written by one pump only."""
+
+    requests: int = 0
+    replies: int = 0
+    request_bytes: int = 0
+    reply_bytes: int = 0
+
+    @property
+    def messages(self) -> int:
+        return self.requests + self.replies
+
+    @property
+    def bytes(self) -> int:
+        return self.request_bytes + self.reply_bytes
+
+
+class Relay:
+    """Pumps messages both ways until the kernel says ENODEV and the server's end closes.
+
+    `unmounted` is set when /dev/fuse reads ENODEV (unmounted or aborted), `server_closed`
+    when the socket reads end-of-file (the last holder of the server's end closed it);
+    `changed` is called after either, from the pump's thread.
+    """
+
+    def __init__(self, devfd: int, sock: socket.socket, writer: TraceWriter, snaplen: int,
+                 init_mask: int = FUSE_SPLICE_FLAGS | FUSE_OVER_IO_URING,
+                 changed: Callable[[], None] | None = None) -> None:
+        self.devfd = devfd
+        self.sock = sock
+        self.writer = writer
+        self.snaplen = snaplen
+        self.init_mask = init_mask
+        self.changed = changed or (lambda: None)
+        self.stats = Stats()
+        self.unmounted = threading.Event()
+        self.server_closed = threading.Event()
+        self.init_answered = threading.Event()
+        self.trace_error: str | None = None
+        self.broken: str | None = None  # why relaying had to stop
+        self._pending: dict[int, int] = {}  # unique → opcode of requests awaiting a reply
+        self._threads = [threading.Thread(target=self._run, args=(pump,), name=name, daemon=True)
+                         for pump, name in ((self._requests, "relay-requests"),
+                                            (self._replies, "relay-replies"))]
+
+    def start(self) -> None:
+        for thread in self._threads:
+            thread.start()
+
+    def join(self, timeout: float) -> bool:
+        """Wait for both pumps (if started); True when both ended."""
+        for thread in self._threads:
+            if thread.ident is not None:
+                thread.join(timeout)
+        return not any(t.is_alive() for t in self._threads)
+
+    @property
+    def requests_running(self) -> bool:
+        return self._threads[0].is_alive()
+
+    def _run(self, pump: Callable[[], None]) -> None:
+        try:
+            pump()
+        except Exception as exc:  # a bug here must still end the session, not hang it
+            name = threading.current_thread().name
+            log.exception("%s failed", name)
+            self.broken = f"{name} failed: {exc!r}"
+            self._record(self.writer.event, "proxy_error", reason=self.broken)
+        finally:
+            if pump == self._requests:
+                self.unmounted.set()
+            else:
+                self.server_closed.set()
+            self.changed()
+
+    def _record(self, method: Callable[..., None], *args: Any, **meta: Any) -> None:
+        """Record, or if the trace cannot be written (disk full …) note it once and go on
+        relaying: the user's mount keeps working, and the session ends with the error."""
+        if self.trace_error is not None:
+            return
+        try:
+            method(*args, **meta)
+        except (OSError, ValueError) as exc:
+            self.trace_error = f"writing the trace failed: {exc}"
+            log.error("%s; relaying on without recording", self.trace_error)
+
+    # --- kernel → server ----------------------------------------------------------------
+
+    def _requests(self) -> None:
+        buf = bytearray(BUFFER_SIZE)
+        view = memoryview(buf)
+        while True:
+            try:
+                n = os.readv(self.devfd, [buf])
+            except OSError as exc:
+                if exc.errno in (errno.EINTR, errno.EAGAIN, errno.ENOENT):
+                    continue  # ENOENT: the request was interrupted before we read it
+                if exc.errno != errno.ENODEV:
+                    self._record(self.writer.event, "proxy_error",
+                                 reason=f"reading /dev/fuse: {exc.strerror}")
+                return
+            if n == 0:
+                return
+            raw: bytes | memoryview = view[:n]
+            opcode, unique, _ = peek_request(raw)
+            meta: dict[str, Any] = {}
+            if opcode == Opcode.INIT:
+                altered = mask_init(raw, self.init_mask)
+                if altered is not None:
+                    meta = {"original": bytes(raw), "reason": altered[1]}
+                    raw = altered[0]
+            if opcode not in _NO_REPLY:
+                self._pending[unique] = opcode
+            kept, true_len = snap(raw, True, None, self.snaplen)
+            if true_len is not None:
+                meta["len"] = true_len
+            self._record(self.writer.request, kept, **meta)
+            try:
+                self.sock.send(raw)
+            except OSError as exc:
+                self._pending.pop(unique, None)
+                self._record(self.writer.event, "request_not_forwarded", unique=unique,
+                             opcode=opcode, errno=exc.errno)
+                continue
+            self.stats.requests += 1
+            self.stats.request_bytes += n
+
+    # --- server → kernel ----------------------------------------------------------------
+
+    def _replies(self) -> None:
+        buf = bytearray(BUFFER_SIZE)
+        view = memoryview(buf)
+        reassembler = Reassembler(self._pending.__contains__)
+        poller = select.poll()
+        poller.register(self.sock, select.POLLIN)
+        while True:
+            if reassembler.partial is not None and not poller.poll(PIECE_WAIT_MS):
+                stale = reassembler.flush()
+                if stale is not None:
+                    self._forward(stale)
+                continue
+            try:
+                n = self.sock.recv_into(buf, 0, socket.MSG_TRUNC)
+            except OSError as exc:
+                if exc.errno not in (errno.ECONNRESET, errno.EBADF):
+                    self._record(self.writer.event, "proxy_error",
+                                 reason=f"reading the server's socket: {exc.strerror}")
+                return
+            if n == 0:  # every holder of the server's end closed it
+                stale = reassembler.flush()
+                if stale is not None:
+                    self._forward(stale)
+                return
+            if n > len(buf):
+                self._record(self.writer.event, "proxy_error",
+                             reason=f"a {n}-byte message from the server exceeds the relay's "
+                                    f"{len(buf)}-byte buffer; dropped")
+                continue
+            try:
+                whole = reassembler.feed(view[:n])
+            except Interleaved as exc:
+                self.broken = (f"{exc}: the server splices replies from several threads at "
+                               f"once, which this relay cannot take apart")
+                self._record(self.writer.event, "proxy_error", reason=self.broken)
+                return
+            if whole is not None:
+                self._forward(whole)
+
+    def _forward(self, whole: tuple[memoryview | bytearray, list[int] | None]) -> None:
+        """Record one reply or notification, then write it to /dev/fuse."""
+        raw, pieces = whole
+        _error, unique = peek_reply(raw)
+        opcode = self._pending.pop(unique, None) if unique else None
+        kept, true_len = snap(raw, False, opcode, self.snaplen)
+        meta: dict[str, Any] = {}
+        if true_len is not None:
+            meta["len"] = true_len
+        if pieces is not None:
+            meta["fragments"] = pieces
+        self._record(self.writer.reply, kept, **meta)
+        try:
+            os.write(self.devfd, raw)
+        except OSError as exc:
+            self._record(self.writer.event, "reply_rejected", unique=unique, opcode=opcode,
+                         write_errno=exc.errno)
+        self.stats.replies += 1
+        self.stats.reply_bytes += len(raw)
+        if opcode == Opcode.INIT:
+            self.init_answered.set()
+            self.changed()

@@ -1,0 +1,321 @@
+"""Every way a `fusetrace record` session ends, on real mounts: the user unmounts, the
+server crashes, Ctrl-C, `kill -9` of fusetrace (then `fusetrace cleanup`), a hung server,
+a server fusetrace cannot record, and bad arguments. Each ends with a clear message,
+nothing mounted, and no process left behind."""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from inspector.testing import is_mounted, record_command, recorded_server
+from traces import TraceReader
+
+from record_support import (
+    MEMFS,
+    PASSTHROUGHFS,
+    REPO,
+    alive,
+    check_trace,
+    events_of,
+    fusetrace,
+    make_source,
+    mount_test,
+    need,
+    processes_mentioning,
+)
+
+if TYPE_CHECKING:
+    from conftest import FsDirs
+
+
+
+
+def _passthroughfs(dirs: FsDirs, *extra: str) -> list[str]:
+    (dirs.source / "f").write_bytes(b"data\n")
+    return [*PASSTHROUGHFS, str(dirs.source), str(dirs.mountpoint), "--no-passthrough", *extra]
+
+
+def _one_line(text: str) -> str:
+    lines = [line for line in text.splitlines() if line.startswith("fusetrace")]
+    assert len(lines) == 1, text
+    return lines[0]
+
+
+@mount_test
+def test_user_unmount_ends_it_with_status_0(isolated: Path, fs_dirs: FsDirs) -> None:
+    with recorded_server(_passthroughfs(fs_dirs), fs_dirs.mountpoint, isolated / "t.fzt",
+                         cwd=REPO) as rec:
+        assert (fs_dirs.mountpoint / "f").read_bytes() == b"data\n"
+        [pid] = rec.server_pids()
+        assert rec.unmount_and_wait() == 0
+    assert not alive(pid)
+    decoded = check_trace(rec.trace)
+    assert events_of(decoded, "unmount")[0]["by"] == "user or kernel"
+    assert events_of(decoded, "signal_sent")[0]["signal_name"] == "SIGTERM"
+    assert events_of(decoded, "server_exit") == [{"event": "server_exit", "pid": pid, "status": 0}]
+
+
+@mount_test
+def test_server_crash_unmounts_and_exits_nonzero(isolated: Path, fs_dirs: FsDirs) -> None:
+    """The server is killed while a file is open: the unmount has to be lazy, and the
+    open file then says ENOTCONN instead of hanging."""
+    with recorded_server(_passthroughfs(fs_dirs), fs_dirs.mountpoint, isolated / "t.fzt",
+                         cwd=REPO) as rec:
+        busy = os.open(fs_dirs.mountpoint / "f", os.O_RDONLY)
+        try:
+            [pid] = rec.server_pids()
+            os.kill(pid, signal.SIGKILL)
+            assert rec.proc.wait(20) == 128 + signal.SIGKILL
+            assert not is_mounted(fs_dirs.mountpoint)
+            os.posix_fadvise(busy, 0, 0, os.POSIX_FADV_DONTNEED)
+            with pytest.raises(OSError) as exc:
+                os.pread(busy, 100, 0)  # not cached: must ask the server
+            assert exc.value.errno == errno.ENOTCONN
+        finally:
+            with pytest.raises(OSError):
+                os.close(busy)  # its FLUSH finds no server
+    line = _one_line(rec.output())
+    assert "killed by SIGKILL while mounted" in line and str(fs_dirs.mountpoint) in line
+    decoded = check_trace(rec.trace, unanswered_ok=frozenset(range(1, 100)))
+    assert events_of(decoded, "server_exit")[0]["signal_name"] == "SIGKILL"
+    assert events_of(decoded, "unmount")[0] == {"event": "unmount", "by": "fusetrace",
+                                                "how": "detached"}
+    assert events_of(decoded, "session_end")[0]["exit_code"] == 128 + signal.SIGKILL
+
+
+@mount_test
+def test_ctrl_c_unmounts_and_stops_a_daemonized_server(isolated: Path, fs_dirs: FsDirs) -> None:
+    """squashfuse without -f daemonizes: the process to stop is not the one started."""
+    need("squashfuse", "mksquashfs")
+    make_source(fs_dirs.source)
+    image = isolated / "image.sqfs"
+    subprocess.run(["mksquashfs", str(fs_dirs.source), str(image), "-quiet", "-noappend"],
+                   check=True, capture_output=True, timeout=30)
+    with recorded_server(["squashfuse", str(image), str(fs_dirs.mountpoint)],
+                         fs_dirs.mountpoint, isolated / "t.fzt") as rec:
+        assert (fs_dirs.mountpoint / "dir" / "small.txt").read_bytes() == b"small file\n"
+        [first] = rec.server_pids()
+        [daemon] = [pid for pid, cmd in processes_mentioning(str(image))
+                    if cmd.startswith("squashfuse")]  # the first one exited at once
+        assert daemon != first
+        started = time.monotonic()
+        assert rec.interrupt() == 0, rec.output()
+        assert time.monotonic() - started < 10
+    assert not is_mounted(fs_dirs.mountpoint) and not alive(daemon)
+    decoded = check_trace(rec.trace)
+    assert [e["pid"] for e in events_of(decoded, "signal_sent")] == [daemon]
+    assert [e["pid"] for e in events_of(decoded, "server_exit")] == [first, daemon]
+    assert events_of(decoded, "session_end")[0]["reason"] == "interrupted by SIGINT"
+    assert events_of(decoded, "unmount")[0]["by"] == "fusetrace"
+
+
+@mount_test
+def test_kill_9_of_fusetrace_leaves_a_readable_trace_and_cleanup_unmounts(
+        isolated: Path, fs_dirs: FsDirs) -> None:
+    mnt = fs_dirs.mountpoint
+    with recorded_server(_passthroughfs(fs_dirs), mnt, isolated / "t.fzt", cwd=REPO) as rec:
+        assert (mnt / "f").read_bytes() == b"data\n"
+        [pid] = rec.server_pids()
+        rec.proc.kill()
+        rec.proc.wait(10)
+        with pytest.raises(OSError) as exc:
+            os.listdir(mnt)
+        assert exc.value.errno == errno.ENOTCONN  # disconnected
+        assert is_mounted(mnt)
+        deadline = time.monotonic() + 10
+        while alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not alive(pid), "the server ends by itself: its socket reads end-of-file"
+        with TraceReader(rec.trace) as reader:
+            records = list(reader)
+            assert reader.tail is None
+        assert any(r.is_reply for r in records)
+        assert records[-1].event != "session_end"
+
+        res = fusetrace("record", "-q", "--", *_passthroughfs(fs_dirs))
+        assert res.returncode == 2 and "fusetrace cleanup" in _one_line(res.stderr)
+
+        res = fusetrace("cleanup")
+        assert res.returncode == 0, res.stderr
+        assert f"{mnt}: disconnected" in res.stdout and "pid" in res.stdout
+        assert not is_mounted(mnt)
+        assert fusetrace("cleanup").stdout.strip() == "no leftover fusetrace mounts"
+
+
+@mount_test
+def test_cleanup_of_a_named_mount_without_a_note(isolated: Path, fs_dirs: FsDirs) -> None:
+    """The run directory was lost (or another tool's server died): a named disconnected
+    FUSE mount is still recognised; a live one is left alone."""
+    mnt = fs_dirs.mountpoint
+    with recorded_server(_passthroughfs(fs_dirs), mnt, isolated / "t.fzt", cwd=REPO) as rec:
+        res = fusetrace("cleanup", str(mnt))
+        assert res.returncode == 1 and "being recorded" in res.stderr
+        rec.proc.kill()
+        rec.proc.wait(10)
+        for note in (isolated / "run").glob("*.json"):
+            note.unlink()
+        res = fusetrace("cleanup", str(mnt))
+        assert res.returncode == 0, res.stderr
+        assert "disconnected" in res.stdout
+        assert not is_mounted(mnt)
+        res = fusetrace("cleanup", str(mnt))
+        assert res.returncode == 2 and "no FUSE mount" in res.stderr
+
+
+@mount_test
+def test_hung_server_ends_on_ctrl_c(isolated: Path, fs_dirs: FsDirs) -> None:
+    """A stat waits on a stalled reply; the server is then stopped (SIGSTOP) so it cannot
+    even react to SIGTERM. Ctrl-C still ends everything within seconds: the connection is
+    aborted, the server killed, the stat fails instead of hanging."""
+    argv = _passthroughfs(fs_dirs, "--misbehave", "stall=GETATTR:30", "-o", "attr_timeout=0")
+    with recorded_server(argv, fs_dirs.mountpoint, isolated / "t.fzt", "--grace", "1",
+                         cwd=REPO) as rec:
+        [pid] = rec.server_pids()
+        outcome: list[Any] = []
+
+        def stat() -> None:
+            try:
+                outcome.append(os.stat(fs_dirs.mountpoint / "f"))
+            except OSError as exc:
+                outcome.append(exc.errno)
+
+        waiting = threading.Thread(target=stat, daemon=True)
+        waiting.start()
+        waiting.join(1.0)
+        assert waiting.is_alive()
+        os.kill(pid, signal.SIGSTOP)
+        started = time.monotonic()
+        assert rec.interrupt() == 0, rec.output()
+        assert time.monotonic() - started < 8
+        waiting.join(5)
+        assert outcome == [errno.ECONNABORTED]  # what an abort gives a waiting request
+    assert not is_mounted(fs_dirs.mountpoint) and not alive(pid)
+    decoded = check_trace(rec.trace, unanswered_ok=frozenset(range(1, 100)))
+    whys = [e["why"] for e in events_of(decoded, "abort")]
+    assert "server did not stop after SIGTERM" in whys
+    assert [e["signal_name"] for e in events_of(decoded, "signal_sent")] == ["SIGTERM", "SIGKILL"]
+    assert events_of(decoded, "server_exit")[0]["signal_name"] == "SIGKILL"
+
+
+@mount_test
+def test_stalled_reply_with_a_responsive_server_ends_on_ctrl_c(isolated: Path,
+                                                              fs_dirs: FsDirs) -> None:
+    """The same stall, but the server obeys SIGTERM: no SIGKILL needed."""
+    argv = _passthroughfs(fs_dirs, "--misbehave", "stall=GETATTR:30", "-o", "attr_timeout=0")
+    with recorded_server(argv, fs_dirs.mountpoint, isolated / "t.fzt", cwd=REPO) as rec:
+        outcome: list[Any] = []
+        waiting = threading.Thread(target=lambda: outcome.append(
+            _errno_of(os.stat, fs_dirs.mountpoint / "f")), daemon=True)
+        waiting.start()
+        waiting.join(1.0)
+        started = time.monotonic()
+        assert rec.interrupt() == 0, rec.output()
+        assert time.monotonic() - started < 8
+        waiting.join(5)
+        assert outcome == [errno.ECONNABORTED]  # what an abort gives a waiting request
+    decoded = check_trace(rec.trace, unanswered_ok=frozenset(range(1, 100)))
+    assert [e["signal_name"] for e in events_of(decoded, "signal_sent")] == ["SIGTERM"]
+    assert events_of(decoded, "server_exit")[0]["status"] == 0
+
+
+def _errno_of(call: Any, *args: Any) -> Any:
+    try:
+        return call(*args)
+    except OSError as exc:
+        return exc.errno
+
+
+@mount_test
+def test_second_ctrl_c_forces(isolated: Path, fs_dirs: FsDirs) -> None:
+    """A server that ignores SIGTERM (stopped): the second Ctrl-C skips the grace period."""
+    pytest.importorskip("pyfuse3")
+    with recorded_server([*MEMFS, str(fs_dirs.mountpoint)], fs_dirs.mountpoint,
+                         isolated / "t.fzt", "--grace", "30") as rec:
+        [pid] = rec.server_pids()
+        os.kill(pid, signal.SIGSTOP)
+        started = time.monotonic()
+        rec.proc.send_signal(signal.SIGINT)
+        time.sleep(1)
+        rec.proc.send_signal(signal.SIGINT)
+        assert rec.proc.wait(10) == 130
+        assert time.monotonic() - started < 8
+    assert not is_mounted(fs_dirs.mountpoint) and not alive(pid)
+    with TraceReader(rec.trace) as reader:
+        assert [r for r in reader][-1].event == "session_end"
+
+
+@mount_test
+def test_server_that_never_answers_init_gets_a_clear_error(isolated: Path,
+                                                         fs_dirs: FsDirs) -> None:
+    """What a server fusetrace cannot record looks like from outside: it exits (here with
+    a usage error) without ever answering INIT."""
+    fake = [sys.executable, "-c", "import sys; sys.exit('usage: fake SOURCE MOUNTPOINT')",
+            str(fs_dirs.mountpoint)]
+    res = subprocess.run(record_command(fake, isolated / "t.fzt"), capture_output=True,
+                         text=True, timeout=30, cwd=REPO)
+    assert res.returncode == 1
+    assert "usage: fake" in res.stderr  # the server's own stderr passes through
+    line = _one_line(res.stderr)
+    assert "exited with status 1 before answering the kernel's INIT" in line
+    assert "/dev/fd/N" in line and "nothing is left mounted" in line
+    assert not is_mounted(fs_dirs.mountpoint)
+
+
+@mount_test
+def test_mountpoint_in_use(isolated: Path, fs_dirs: FsDirs) -> None:
+    subprocess.run(["mount", "-t", "tmpfs", "none", str(fs_dirs.mountpoint)], check=True)
+    try:
+        res = fusetrace("record", "-w", str(isolated / "t.fzt"), "--",
+                        *_passthroughfs(fs_dirs))
+        assert res.returncode == 2
+        assert _one_line(res.stderr) == (f"fusetrace: error: mountpoint {fs_dirs.mountpoint} "
+                                         f"is in use: tmpfs none is mounted there")
+        assert not (isolated / "t.fzt").exists()
+    finally:
+        subprocess.run(["umount", str(fs_dirs.mountpoint)], check=True)
+
+
+@pytest.mark.parametrize("args, message", [
+    ([], "no server command given"),
+    (["--"], "no server command given"),
+    (["--", "true"], "no mountpoint among the server's arguments"),
+    (["--mountpoint", "/elsewhere", "--", "true", "{mnt}"], "--mountpoint /elsewhere: not among"),
+    (["--", "no-such-server-xyz", "{mnt}"], "no-such-server-xyz: command not found"),
+    (["--", "/nonexistent/server", "{mnt}"], "/nonexistent/server: not an executable file"),
+    (["--", "true", "-o", "blkdev", "{mnt}"], "-o blkdev: fuseblk (block device) mounts"),
+    (["-s", "-1", "--", "true", "{mnt}"], "-s/--snaplen must be 0"),
+])
+def test_bad_arguments_exit_2_with_one_line(tmp_path: Path, args: list[str], message: str) -> None:
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    trace = tmp_path / "t.fzt"
+    res = fusetrace("record", "-w", str(trace), *[a.format(mnt=mnt) for a in args])
+    assert res.returncode == 2, res
+    assert res.stderr.count("\n") == 1 and res.stderr.startswith("fusetrace: error: ")
+    assert message in res.stderr
+    assert not trace.exists() and not is_mounted(mnt)
+
+
+def test_not_root_is_told_why(tmp_path: Path) -> None:
+    if os.geteuid() != 0 or not Path("/usr/bin/setpriv").exists():
+        pytest.skip("needs root and setpriv to become an ordinary user")
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    os.chmod(tmp_path, 0o755)
+    res = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                          *record_command(["true", str(mnt)], "/tmp/never-written.fzt")],
+                         capture_output=True, text=True, timeout=30, cwd=REPO)
+    assert res.returncode == 2, res
+    line = _one_line(res.stderr)
+    assert "mounting needs root here" in line and "fusermount3" in line
+    assert "not supported yet" in line
