@@ -17,19 +17,20 @@ reply, ENOENT for a request that was interrupted or aborted, ENODEV after the un
 (The bundled server's own `--trace` writes first and records after, with the errno in the
 reply's meta; it can afford the lock that keeps that ordered, being the only writer.)
 
-The INIT request is the one message altered: `mask_init` clears the flags a relay cannot
-carry, and the record keeps what was forwarded as `raw`, what the kernel sent as
-`original`, and why as `reason`. Masking SPLICE_* does not stop libfuse 3 from splicing,
-though: it takes splice support from its own build, not from the kernel's INIT flags, and
-splices a reply onto its fd whenever the filesystem asked for FUSE_CAP_SPLICE_WRITE
-(fuse-overlayfs does). A splice onto a SEQPACKET socket arrives as several messages (up
-to 16 pipe buffers each), so `Reassembler` puts a reply whose header says it is longer
-than what arrived back together from the messages that follow, and the record notes the
-pieces (`fragments`). That is exact when one server thread splices at a time (another
-thread's whole reply between two pieces is recognised by its header and passed on); two
-spliced replies cut into each other cannot be told apart and end the session with an
-error. The cure is trapping the server's splice(2), which makes each reply one message
-again; with it in place `Reassembler` never sees a piece.
+The INIT request is the one message that may be altered: `mask_init` clears the flags a
+relay cannot carry (FUSE_OVER_IO_URING, whose requests bypass /dev/fuse), and the record
+keeps what was forwarded as `raw`, what the kernel sent as `original`, and why as `reason`.
+
+Spliced replies: libfuse 3 splices a reply onto its fd whenever the filesystem asked for
+FUSE_CAP_SPLICE_WRITE (fuse-overlayfs does), whatever the kernel's INIT offers (masking
+SPLICE_* there does not stop it), and a splice onto a SEQPACKET socket arrives as several
+messages (up to 16 pipe buffers each). The seccomp trap catches those splices and sends
+each reply whole (`trap.py`). Without the trap (no seccomp user notification),
+`Reassembler` puts a reply whose header says it is longer than what arrived back together
+from the messages that follow, and the record notes the pieces (`fragments`). That is
+exact when one server thread splices at a time (another thread's whole reply between two
+pieces is recognised by its header and passed on); two spliced replies cut into each other
+cannot be told apart and end the session with an error.
 
 Replies carry no opcode, so the pumps share a unique → opcode map (entered before the
 request leaves, popped by its reply) for the snap length, which needs to know a READ reply
@@ -65,12 +66,8 @@ log = logging.getLogger(__name__)
 #: The largest message either way: max_write 4 MiB (max_pages 1024) plus headers, with room.
 BUFFER_SIZE = (4 << 20) + (64 << 10)
 
-FUSE_SPLICE_FLAGS = (1 << 7) | (1 << 8) | (1 << 9)  # SPLICE_WRITE | SPLICE_MOVE | SPLICE_READ
 #: INIT flags the relay cannot carry, and why (the reason recorded with the alteration).
 UNRELAYABLE: dict[int, str] = {
-    FUSE_SPLICE_FLAGS: "a server that honours the kernel's splice offer must not splice "
-                       "replies onto the relay's SEQPACKET socket, which cuts them into "
-                       "several messages",
     FUSE_OVER_IO_URING: "FUSE-over-io_uring bypasses the /dev/fuse reads and writes the "
                         "proxy relays",
 }
@@ -196,7 +193,7 @@ class Relay:
     """
 
     def __init__(self, devfd: int, sock: socket.socket, writer: TraceWriter, snaplen: int,
-                 init_mask: int = FUSE_SPLICE_FLAGS | FUSE_OVER_IO_URING,
+                 init_mask: int = FUSE_OVER_IO_URING,
                  changed: Callable[[], None] | None = None) -> None:
         self.devfd = devfd
         self.sock = sock

@@ -328,9 +328,10 @@ class Session:
             self.trap.stop()
         self._reap()
         code, message = self._verdict(reason)
-        self._event("session_end", reason=reason, exit_code=code,
-                    **({"requests": relay.stats.requests, "replies": relay.stats.replies}
-                       if relay else {}))
+        counts = {"requests": relay.stats.requests, "replies": relay.stats.replies} if relay else {}
+        if self.trap is not None:
+            counts["spliced_replies_sent_whole"] = self.trap.spliced
+        self._event("session_end", reason=reason, exit_code=code, **counts)
         self._close()
         if not report:
             return code

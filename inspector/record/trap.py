@@ -1,4 +1,5 @@
-"""Catch the server's /dev/fuse ioctls with seccomp user notification and do them for real.
+"""Catch the server's /dev/fuse ioctls (and its splices onto the relay) with seccomp user
+notification, and do them for real.
 
 The server talks to a socket it believes is /dev/fuse, so its passthrough ioctls would fail
 there (ENOTTY) and it would quietly drop passthrough. Before the server's exec, a seccomp
@@ -78,12 +79,13 @@ class Arch:
     seccomp: int
     openat: int
     mount: int
+    splice: int
     open: int | None  # legacy open(2); arm64 has none
 
 
 _ARCHES = {
-    "x86_64": Arch(0xC000003E, ioctl=16, seccomp=317, openat=257, mount=165, open=2),
-    "aarch64": Arch(0xC00000B7, ioctl=29, seccomp=277, openat=56, mount=40, open=None),
+    "x86_64": Arch(0xC000003E, ioctl=16, seccomp=317, openat=257, mount=165, splice=275, open=2),
+    "aarch64": Arch(0xC00000B7, ioctl=29, seccomp=277, openat=56, mount=40, splice=76, open=None),
 }
 NR_PIDFD_GETFD = 438  # the same on every architecture (added in 5.6)
 FUSE_IOCTL_TYPE = 229 << 8
@@ -135,9 +137,9 @@ def filter_program(audit_arch: int, rules: list[Rule]) -> list[tuple[int, int, i
 
 
 def rules_for(arch: Arch, device_open: bool) -> list[Rule]:
-    """FUSE ioctls always; with `device_open`, also opens of a file for O_RDWR (how
+    """FUSE ioctls and splice(2) always; with `device_open`, also opens of a file for O_RDWR (how
     servers open /dev/fuse; the path is checked in user space) and mount(2)."""
-    rules = [Rule(arch.ioctl, arg=1, mask=0xFF00, value=FUSE_IOCTL_TYPE)]
+    rules = [Rule(arch.ioctl, arg=1, mask=0xFF00, value=FUSE_IOCTL_TYPE), Rule(arch.splice)]
     if device_open:
         rules.append(Rule(arch.openat, arg=2, mask=_OPEN_FLAGS_MASK, value=O_RDWR))
         if arch.open is not None:
@@ -216,6 +218,20 @@ def _read_string(tid: int, address: int, limit: int = 4096) -> str | None:
     return None
 
 
+def _drain(pipe: int, length: int) -> bytes:
+    """Up to `length` bytes already in a pipe, without ever waiting for more."""
+    chunks, got = [], 0
+    poller = select.poll()
+    poller.register(pipe, select.POLLIN)
+    while got < length and poller.poll(0):
+        chunk = os.read(pipe, length - got)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        got += len(chunk)
+    return b"".join(chunks)
+
+
 def _tgid(tid: int) -> int:
     with open(f"/proc/{tid}/status", encoding="ascii", errors="replace") as f:
         for line in f:
@@ -272,6 +288,7 @@ class IoctlTrap:
         self.on_mount = on_mount
         self._inject: int | None = os.dup(relay_fd_in_child) if on_mount else None
         self.open_backing_ids = 0
+        self.spliced = 0  # replies the server spliced onto the relay, sent whole instead
         self._parent_end, self._child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._listener: int | None = None
         self._thread: threading.Thread | None = None
@@ -379,6 +396,8 @@ class IoctlTrap:
     def _handle(self, note: Notification) -> tuple[int, int, bool | None]:
         """(return value, errno, continue-untouched) for one trapped call; None for
         "already answered"."""
+        if note.nr == self._arch.splice:
+            return self._handle_splice(note)
         if note.nr == self._arch.mount:
             return self._handle_mount(note)
         if note.nr in (self._arch.openat, self._arch.open):
@@ -403,6 +422,32 @@ class IoctlTrap:
         self.writer.event("device_open", pid=pid, tid=note.tid, fd=newfd,
                           note="the server opened /dev/fuse itself and got the relay socket")
         return newfd, 0, None  # answered by ADDFD_FLAG_SEND
+
+    def _handle_splice(self, note: Notification) -> tuple[int, int, bool | None]:
+        """A splice onto the relay becomes one message with the same bytes.
+
+        libfuse replies with vmsplice(header) + splice(file → pipe) + splice(pipe → fd); on
+        a SEQPACKET socket the last splice would arrive cut into several messages. Here the
+        pipe's bytes are read and sent on the server's own socket end in one send.
+        """
+        fd_in, fd_out, length = note.args[0] & 0xFFFFFFFF, note.args[2] & 0xFFFFFFFF, note.args[4]
+        if not self._is_relay(note.tid, fd_out) or not self._still_valid(note):
+            return 0, 0, True  # splices elsewhere (and reads from the socket) run untouched
+        pidfd = os.pidfd_open(_tgid(note.tid))
+        try:
+            pipe, sock = pidfd_getfd(pidfd, fd_in), pidfd_getfd(pidfd, fd_out)
+        finally:
+            os.close(pidfd)
+        try:
+            data = _drain(pipe, length)
+            os.write(sock, data)
+        except OSError as exc:
+            return -1, exc.errno or errno.EIO, False
+        finally:
+            os.close(pipe)
+            os.close(sock)
+        self.spliced += 1
+        return len(data), 0, False
 
     def _handle_mount(self, note: Notification) -> tuple[int, int, bool | None]:
         """The server's mount(2) of the relay is done for real on /dev/fuse by the recorder."""

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from inspector.record.trap import IoctlTrap
+
 from dissectors import Message
 from dissectors.constants import Opcode
 from inspector.testing import mounted_server, recorded_server
@@ -127,6 +129,12 @@ def test_fuse_overlayfs(isolated: Path, fs_dirs: FsDirs) -> None:
     _ended_by_unmount(decoded)
     assert decoded.header["argv"] == argv
     assert decoded.header["mount"]["fstype"] == "fuse.fuse-overlayfs"
+    if IoctlTrap.available() is None:
+        # libfuse splices its READ replies; the trap sends each one whole, so nothing
+        # had to be put back together from pieces.
+        end = decoded.entries[-1].record.meta
+        assert end["spliced_replies_sent_whole"] > 0, end
+        assert not any("fragments" in e.record.meta for e in decoded.entries)
 
 
 @mount_test

@@ -30,7 +30,6 @@ from inspector.record.args import (
 from inspector.record.cleanup import Note, alive, notes, start_time
 from inspector.record.progress import Progress, status_text
 from inspector.record.relay import (
-    FUSE_SPLICE_FLAGS,
     Interleaved,
     Reassembler,
     Relay,
@@ -133,23 +132,23 @@ def _init(flags: int, flags2: int = 0, **kw: int) -> bytes:
                  FuseInitIn(flags=flags, flags2=flags2, max_readahead=131072, **kw))
 
 
-def test_mask_init_clears_splice_and_io_uring_and_says_why() -> None:
+def test_mask_init_clears_io_uring_and_says_why() -> None:
     offered = 0x3FFFFFFB | FUSE_INIT_EXT
     raw = _init(offered, (1 << 37 | FUSE_OVER_IO_URING) >> 32)
-    out, reason = mask_init(raw, FUSE_SPLICE_FLAGS | FUSE_OVER_IO_URING)
-    assert out == _init(offered & ~FUSE_SPLICE_FLAGS, 1 << 5)  # PASSTHROUGH stays
-    assert len(out) == len(raw) and out[:52] == raw[:52] and out[60:] == raw[60:]
-    assert reason.startswith("masked SPLICE_WRITE|SPLICE_MOVE|SPLICE_READ|OVER_IO_URING in INIT: ")
-    assert "io_uring" in reason and "splice" in reason
+    out, reason = mask_init(raw, FUSE_OVER_IO_URING)
+    assert out == _init(offered, 1 << 5)  # PASSTHROUGH and every low flag stay
+    assert len(out) == len(raw) and out[:56] == raw[:56] and out[60:] == raw[60:]
+    assert reason.startswith("masked OVER_IO_URING in INIT: ")
+    assert "io_uring" in reason
 
 
 def test_mask_init_leaves_what_it_need_not_touch() -> None:
-    assert mask_init(_init(FUSE_INIT_EXT | 1), FUSE_SPLICE_FLAGS | FUSE_OVER_IO_URING) is None
+    assert mask_init(_init(FUSE_INIT_EXT | 1), FUSE_OVER_IO_URING) is None
     # flags2 without INIT_EXT means nothing: not read, not touched
     assert mask_init(_init(1, FUSE_OVER_IO_URING >> 32), FUSE_OVER_IO_URING) is None
-    assert mask_init(_init(1)[:50], FUSE_SPLICE_FLAGS) is None  # cut short: left alone
+    assert mask_init(_init(1)[:50], 1 << 7) is None  # cut short: left alone
     compat = bytes(FuseInHeader(opcode=Opcode.INIT, unique=2)) + struct.pack("<IIII", 7, 35, 0, 1 << 7)
-    out, _ = mask_init(compat, FUSE_SPLICE_FLAGS)  # a 7.35 INIT has no flags2 at all
+    out, _ = mask_init(compat, 1 << 7)  # a 7.35 INIT has no flags2 at all
     assert out == compat[:-4] + struct.pack("<I", 0)
 
 
@@ -242,11 +241,11 @@ def test_relay_records_before_forwarding_and_keeps_boundaries(tmp_path: Path) ->
     writer = TraceWriter(tmp_path / "t.fzt", {"source": "test"})
     relay = Relay(dev.device.fileno(), ours, writer, snaplen=100)
     relay.start()
-    init = _init(0x3FFFFFFF)
+    init = _init(0x3FFFFFFF | FUSE_INIT_EXT, FUSE_OVER_IO_URING >> 32)  # a kernel with io_uring on
     read = bytes(FuseInHeader(opcode=Opcode.READ, unique=4, nodeid=2) / FuseReadIn(size=1 << 20))
     dev.kernel.send(init)
     dev.kernel.send(read)
-    assert server.recv(1 << 21) == mask_init(init, FUSE_SPLICE_FLAGS | FUSE_OVER_IO_URING)[0]  # type: ignore[index]
+    assert server.recv(1 << 21) == mask_init(init, FUSE_OVER_IO_URING)[0]  # type: ignore[index]
     assert server.recv(1 << 21) == read
     big = _reply(4, os.urandom(1 << 20))
     server.send(big)
@@ -259,7 +258,7 @@ def test_relay_records_before_forwarding_and_keeps_boundaries(tmp_path: Path) ->
     writer.close()
     records = list(TraceReader(tmp_path / "t.fzt"))
     assert [r.kind.name for r in records] == ["REQUEST", "REQUEST", "REPLY", "REPLY"]
-    assert records[0].meta["original"] == init and "SPLICE" in records[0].meta["reason"]
+    assert records[0].meta["original"] == init and "io_uring" in records[0].meta["reason"]
     assert records[2].true_len == len(big) and len(records[2].raw or b"") == 16 + 100
     assert relay.stats.requests == 2 and relay.stats.replies == 2
     assert relay.server_closed.is_set()
