@@ -42,7 +42,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from traces import TraceWriter
 
@@ -50,8 +50,12 @@ from .. import syscalls
 from ..mounts import abort_connection, canonical, mounted_device, mounts_at, unmount
 from .args import ArgumentError, MountPlan, ServerCommand
 from .cleanup import Note, leftover_note, start_time
+from .flavour import Flavour, guess
 from .progress import Progress
 from .relay import Relay
+
+if TYPE_CHECKING:
+    from .trap import ServerMount
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +136,10 @@ class Session:
             raise ArgumentError("-s/--snaplen must be 0 (keep all) or more")
         self.cfg = cfg
         self.trap_class, self.trap_missing = _load_trap()
+        self.flavour = guess(server)
+        if self.flavour is Flavour.DEVICE_OPEN and self.trap_class is None:
+            raise ArgumentError(f"{server[0]} opens /dev/fuse and mounts by itself (libfuse 2); "
+                                f"catching that needs the seccomp trap: {self.trap_missing}")
         # set in run()
         self.writer: TraceWriter | None = None
         self.devfd = -1
@@ -193,12 +201,18 @@ class Session:
             sock.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, SOCKET_BUFFER)
             sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, SOCKET_BUFFER)
         child_fd = self.theirs.fileno()
-        server_argv = self.command.with_mountpoint(f"/dev/fd/{child_fd}")
+        device_open = self.flavour is Flavour.DEVICE_OPEN
+        # libfuse 3 and our servers take /dev/fd/N; libfuse 2 opens the device and mounts
+        # itself: its argv stays as typed and the trap hands it the relay and its mount to us.
+        server_argv = (self.command.argv if device_open
+                       else self.command.with_mountpoint(f"/dev/fd/{child_fd}"))
         self.writer = TraceWriter(self.cfg.trace, self._header(server_argv))
         self.devfd = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
-        self._mount()
+        if not device_open:
+            self._mount()
         if self.trap_class is not None:
-            self.trap = self.trap_class(child_fd, self.devfd, self.writer)
+            self.trap = self.trap_class(child_fd, self.devfd, self.writer,
+                                        on_mount=self._server_mount if device_open else None)
         else:
             self.writer.event("ioctls_not_intercepted", reason=self.trap_missing)
         self.relay = Relay(self.devfd, self.ours, self.writer, self.cfg.snaplen,
@@ -208,28 +222,51 @@ class Session:
                                      start_new_session=False)
         self.theirs_ino = os.fstat(child_fd).st_ino
         self.theirs.close()  # the server's now: EOF comes when its last holder closes it
-        self.writer.event("server_start", pid=self.proc.pid, argv=server_argv)
-        assert self.note is not None
-        self.note.server_pid, self.note.server_started = self.proc.pid, start_time(self.proc.pid)
-        self.note.save()
+        self.writer.event("server_start", pid=self.proc.pid, argv=server_argv,
+                          via=self.flavour.value)
+        if self.note is not None:
+            self.note.server_pid, self.note.server_started = self.proc.pid, start_time(self.proc.pid)
+            self.note.save()
         if self.trap is not None:
             self.trap.start(self.proc)
-        self.relay.start()
+        if not device_open:  # else once the server has mounted: an unmounted /dev/fuse says EPERM
+            self.relay.start()
 
     def _mount(self) -> None:
         opts = self.plan.options
+        self._mount_device(self.plan.source, self.target, opts.fstype, opts.flags,
+                           opts.data(self.devfd))
+
+    def _mount_device(self, source: str, target: str, fstype: str, flags: int, data: str) -> None:
+        """mount(2) our /dev/fuse, and note it for `fusetrace cleanup`."""
         assert self.writer is not None
-        data = opts.data(self.devfd)
-        syscalls.mount(self.plan.source, self.target, opts.fstype, opts.flags, data)
-        ours = [e for e in mounts_at(self.target) if e.fstype == opts.fstype]
+        syscalls.mount(source, target, fstype, flags, data)
+        ours = [e for e in mounts_at(target) if e.fstype == fstype]
         self.device = ours[-1].device if ours else None
         if self.device is None:  # pragma: no cover - mount(2) succeeded, so it is there
-            raise OSError(errno.EIO, f"mounted {self.target} but cannot find it in mountinfo")
-        self.writer.event("mount", device=self.device, source=self.plan.source,
-                          fstype=opts.fstype, flags=opts.flags, data=data)
-        self.note = Note(os.getpid(), start_time(os.getpid()), self.target, self.device,
+            raise OSError(errno.EIO, f"mounted {target} but cannot find it in mountinfo")
+        self.writer.event("mount", device=self.device, source=source, fstype=fstype,
+                          flags=flags, data=data)
+        self.note = Note(os.getpid(), start_time(os.getpid()), target, self.device,
                          os.path.abspath(self.cfg.trace), self.command.argv)
+        if self.proc is not None:
+            self.note.server_pid, self.note.server_started = self.proc.pid, start_time(self.proc.pid)
         self.note.save()
+
+    def _server_mount(self, req: ServerMount) -> int:
+        """The trap's `on_mount`: a libfuse 2 server mounting the relay. Done for real on
+        our /dev/fuse, where fusetrace expected it; elsewhere is refused (EPERM)."""
+        if req.target != self.target:
+            return errno.EPERM
+        try:
+            self._mount_device(req.source, req.target, req.fstype, req.flags,
+                               f"fd={self.devfd}," + req.data if req.data else f"fd={self.devfd}")
+        except OSError as exc:
+            return exc.errno or errno.EIO
+        assert self.relay is not None
+        self.relay.start()
+        self.wake.set()
+        return 0
 
     # --- while it runs ----------------------------------------------------------------
 

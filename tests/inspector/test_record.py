@@ -2,9 +2,10 @@
 the proxy sees the same data and the same errors, and the trace holds every message,
 decodable, paired, with the INIT alteration explained.
 
-Servers: the bundled passthroughfs (`--no-passthrough`), Debian's fuse-overlayfs and
-squashfuse (both daemonize when run without -f, so these also follow a daemonized server),
-and a pyfuse3 filesystem (tests/servers/memfs.py).
+Servers: the bundled passthroughfs (with passthrough: its ioctls go through the seccomp
+trap; and `--no-passthrough`), Debian's fuse-overlayfs and squashfuse (both daemonize when
+run without -f, so these also follow a daemonized server), bindfs (libfuse 2: opens
+/dev/fuse and mounts by itself), and a pyfuse3 filesystem (tests/servers/memfs.py).
 """
 
 from __future__ import annotations
@@ -16,10 +17,10 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from dissectors import IoctlCall, Message
+from dissectors.constants import FOPEN_PASSTHROUGH, Opcode
+from dissectors.ioctls import DevIoctl
 from inspector.record.trap import IoctlTrap
-
-from dissectors import Message
-from dissectors.constants import Opcode
 from inspector.testing import mounted_server, recorded_server
 
 from record_support import (
@@ -86,6 +87,64 @@ def test_passthroughfs_without_passthrough(isolated: Path, fs_dirs: FsDirs) -> N
     assert exit_["status"] == 0
     assert "ioctls_not_intercepted" not in [e.record.event for e in decoded.entries] or \
         events_of(decoded, "ioctls_not_intercepted")[0]["reason"]
+
+
+def needs_trap() -> None:
+    reason = IoctlTrap.available()
+    if reason:
+        pytest.skip(f"seccomp user notification: {reason}")
+
+
+@mount_test
+def test_passthroughfs_with_passthrough_through_the_trap(isolated: Path, fs_dirs: FsDirs) -> None:
+    """The server's BACKING_OPEN/CLOSE, made on the relay socket, are done for real on
+    /dev/fuse: the id reaches the kernel in the OPEN reply and reads never reach the server."""
+    needs_trap()
+    src, mnt = fs_dirs
+    make_source(src)
+    argv = [*PASSTHROUGHFS, str(src), str(mnt)]
+    with recorded_server(argv, mnt, isolated / "t.fzt", cwd=REPO) as rec:
+        from record_support import blob, read_uncached
+
+        assert read_uncached(mnt / "big") == blob()
+        assert rec.unmount_and_wait() == 0, rec.output()
+    decoded = check_trace(rec.trace)
+    calls = [e for e in decoded.entries if isinstance(e.decoded, IoctlCall)]
+    opened = [e for e in calls if e.decoded.cmd == DevIoctl.BACKING_OPEN]  # type: ignore[union-attr]
+    closed = [e for e in calls if e.decoded.cmd == DevIoctl.BACKING_CLOSE]  # type: ignore[union-attr]
+    assert opened and all(e.record.meta["errno"] == 0 for e in opened)
+    ids = {e.record.meta["result"] for e in opened}
+    assert ids == {int.from_bytes(e.record.meta["arg"][:4], "little") for e in closed}
+    assert opened[0].record.meta["path"] == str(src / "big")
+    replies = [e.decoded for e in decoded.entries if isinstance(e.decoded, Message)
+               and e.record.is_reply and e.decoded.brief.opcode == Opcode.OPEN]
+    carried = {m.brief.get("backing_id") for m in replies
+               if m.brief.get("open_flags") & FOPEN_PASSTHROUGH}
+    assert carried == ids
+    assert not requests_of(decoded, Opcode.READ), "passthrough reads reach the server"
+
+
+@mount_test
+def test_bindfs_opens_the_device_and_mounts_itself(isolated: Path, fs_dirs: FsDirs) -> None:
+    """libfuse 2 as root: its open of /dev/fuse gets the relay, its mount(2) is done for it."""
+    need("bindfs")
+    needs_trap()
+    src, mnt = fs_dirs
+    make_source(src)
+    argv = ["bindfs", "-f", "-o", "ro", str(src), str(mnt)]  # ro: the workload expects EROFS
+    with mounted_server(argv, mnt):
+        expected = ro_workload(mnt)
+    with recorded_server(argv, mnt, isolated / "t.fzt") as rec:
+        seen = ro_workload(mnt)
+        assert rec.unmount_and_wait() == 0, rec.output()
+    assert seen == expected
+    decoded = check_trace(rec.trace)
+    assert [e["via"] for e in events_of(decoded, "server_start")] == ["device-open"]
+    assert events_of(decoded, "device_open") and events_of(decoded, "server_mount")
+    [init] = requests_of(decoded, Opcode.INIT)
+    assert init.brief.get("minor") == 45  # the kernel's offer; libfuse 2 answers 7.19
+    assert decoded.header["argv"] == argv
+    _ended_by_unmount(decoded)
 
 
 def _overlay(base: Path, mnt: Path, foreground: bool) -> list[str]:
