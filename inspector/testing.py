@@ -16,9 +16,11 @@ point itself: that would hang on a mount whose server stopped answering.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -280,3 +282,21 @@ def decode_trace(path: str | os.PathLike[str]) -> DecodedTrace:
                                              meta["errno"])
             entries.append(Decoded(record, decoded))
         return DecodedTrace(reader.header, entries, reader.tail)
+
+
+def tree(root: Path) -> list[tuple[Any, ...]]:
+    """What a directory holds, comparable between two mounts or a mount and its source:
+    names, modes, link counts, sizes, content hashes and link targets (no inode numbers,
+    no times, which legitimately differ)."""
+    out: list[tuple[Any, ...]] = []
+    for path in sorted(root.rglob("*")):
+        st = path.lstat()
+        rel = str(path.relative_to(root))
+        if stat.S_ISLNK(st.st_mode):
+            out.append((rel, "link", os.readlink(path)))
+        elif stat.S_ISREG(st.st_mode):
+            out.append((rel, oct(st.st_mode), st.st_nlink, st.st_size,
+                        hashlib.sha256(path.read_bytes()).hexdigest()))
+        else:
+            out.append((rel, oct(st.st_mode)))
+    return out

@@ -9,7 +9,6 @@ import os
 import random
 import shutil
 import signal
-import stat
 import subprocess
 import sys
 import time
@@ -20,9 +19,8 @@ import pytest
 
 from dissectors import FuseRaw, Message, decode_request
 from dissectors.constants import NO_REPLY_OPCODES, Opcode
-from dissectors.structs import FuseInitIn
 from dissectors.constants import FUSE_OVER_IO_URING
-from inspector.testing import DecodedTrace, decode_trace
+from inspector.testing import tree, DecodedTrace, decode_trace
 
 REPO = Path(__file__).resolve().parents[2]
 PASSTHROUGHFS = [sys.executable, "-m", "inspector.passthroughfs"]
@@ -101,22 +99,6 @@ def outcome(call: Callable[..., Any], *args: Any) -> Any:
         return call(*args)
     except OSError as exc:
         return errno.errorcode.get(exc.errno or 0, str(exc.errno))
-
-
-def tree(root: Path) -> list[tuple[Any, ...]]:
-    """What a directory holds, comparable between two mounts (no inode numbers, no times)."""
-    out: list[tuple[Any, ...]] = []
-    for path in sorted(root.rglob("*")):
-        st = path.lstat()
-        rel = str(path.relative_to(root))
-        if stat.S_ISLNK(st.st_mode):
-            out.append((rel, "link", os.readlink(path)))
-        elif stat.S_ISREG(st.st_mode):
-            out.append((rel, oct(st.st_mode), st.st_nlink, st.st_size,
-                        hashlib.sha256(path.read_bytes()).hexdigest()))
-        else:
-            out.append((rel, oct(st.st_mode)))
-    return out
 
 
 def read_uncached(path: Path) -> bytes:

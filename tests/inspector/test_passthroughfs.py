@@ -8,7 +8,6 @@ import ctypes
 import errno
 import os
 import signal
-import stat
 import subprocess
 import sys
 import threading
@@ -34,6 +33,7 @@ from inspector.passthroughfs.cli import parse_args
 from inspector.passthroughfs.misbehave import parse
 from inspector.mounts import MountOptions
 from inspector.testing import (
+    tree,
     DecodedTrace,
     MountedServer,
     cleanup_mount,
@@ -185,21 +185,6 @@ def _raw_listxattr(path: Path, size: int) -> int | str:
     buf = ctypes.create_string_buffer(max(size, 1))
     n = _libc.listxattr(os.fsencode(path), buf if size else None, size)
     return n if n >= 0 else errno.errorcode[ctypes.get_errno()]
-
-
-def tree(root: Path) -> list[tuple[Any, ...]]:
-    """What a directory holds, comparable between two places."""
-    out: list[tuple[Any, ...]] = []
-    for path in sorted(root.rglob("*")):
-        st = path.lstat()
-        rel = str(path.relative_to(root))
-        if stat.S_ISLNK(st.st_mode):
-            out.append((rel, "link", os.readlink(path)))
-        elif stat.S_ISREG(st.st_mode):
-            out.append((rel, "file", oct(st.st_mode), st.st_nlink, path.read_bytes()))
-        else:
-            out.append((rel, oct(st.st_mode)))
-    return out
 
 
 def workload(root: Path) -> dict[str, Any]:
