@@ -1,9 +1,11 @@
 """What recording costs: each workload on the same server, direct and under `fusetrace record`
-(and under `strace -f`, what users reach for today), side by side in one run, as ratios.
+(and under `strace -f`, what users reach for today, and libfuse's own `-d` log for a
+libfuse server), side by side in one run, as ratios.
 
 Figures are printed, never asserted. Run as root: .venv/bin/python bench/record_overhead.py
-[--seconds S] [--only NAME]. The server is the bundled passthrough filesystem, with
-attribute and entry caching off so every stat reaches it.
+[--seconds S] [--only NAME]. Servers: the bundled passthrough filesystem (Python), and
+Debian's fuse-overlayfs (C, libfuse 3) for the metadata loops, with attribute and entry
+caching off so every stat reaches the server.
 """
 
 from __future__ import annotations
@@ -87,6 +89,21 @@ WORKLOADS: dict[str, tuple[Callable[[Path, float], int], list[str], str]] = {
 }
 
 
+def overlay_argv(src: Path, mnt: Path, debug: bool = False) -> list[str]:
+    """fuse-overlayfs over `src` with fresh upper/work dirs, in the foreground."""
+    upper, work = src.parent / "upper", src.parent / "work"
+    for d in (upper, work):
+        shutil.rmtree(d, ignore_errors=True)
+        d.mkdir()
+    return ["fuse-overlayfs", "-f", *(["-d"] if debug else []), "-o",
+            f"lowerdir={src},upperdir={upper},workdir={work},timeout=0", str(mnt)]
+
+
+OVERLAY_WORKLOADS = {"stat loop, attr caching off": stat_loop,
+                     "open+close (no passthrough in fuse-overlayfs)": open_close,
+                     "4 clients, mixed metadata": mixed_4_clients}
+
+
 def prepare(src: Path) -> None:
     (src / "small").write_bytes(b"x" * 100)
     for i in range(4):
@@ -97,10 +114,9 @@ def prepare(src: Path) -> None:
             f.write(block)
 
 
-def measure(wrapper: list[str], server_args: list[str], src: Path, mnt: Path,
+def measure(wrapper: list[str], server: list[str], mnt: Path,
             workload: Callable[[Path, float], int], seconds: float) -> float:
-    argv = [*wrapper, *SERVER, str(src), str(mnt), *server_args]
-    with mounted_server(argv, mnt, timeout=30):
+    with mounted_server([*wrapper, *server], mnt, timeout=30):
         workload(mnt, time.perf_counter() + min(0.5, seconds / 4))  # warm up
         start = time.perf_counter()
         count = workload(mnt, start + seconds)
@@ -137,9 +153,22 @@ def main() -> int:
             for mode, wrapper in modes.items():
                 if "read" in name and mode == "strace -f":
                     continue  # strace on a 512 MiB read only measures strace
-                rate = measure(wrapper, server_args, src, mnt, workload, args.seconds)
+                server = [*SERVER, str(src), str(mnt), *server_args]
+                rate = measure(wrapper, server, mnt, workload, args.seconds)
                 base = base or rate
                 print(f"{name:34} {mode:18} {rate:10.0f} {unit:>6} {rate / base:6.2f}")
+                sys.stdout.flush()
+        if not shutil.which("fuse-overlayfs"):
+            return 0
+        for name, workload in OVERLAY_WORKLOADS.items():
+            if args.only and args.only not in name:
+                continue
+            base = None
+            for mode, wrapper in {**modes, "libfuse -d": []}.items():
+                server = overlay_argv(src, mnt, debug=mode == "libfuse -d")
+                rate = measure(wrapper, server, mnt, workload, args.seconds)
+                base = base or rate
+                print(f"{'overlayfs ' + name:34} {mode:18} {rate:10.0f} {'op/s':>6} {rate / base:6.2f}")
                 sys.stdout.flush()
     return 0
 
