@@ -16,6 +16,8 @@ from __future__ import annotations
 import errno
 import os
 import re
+import socket
+import subprocess
 from dataclasses import dataclass
 
 from . import syscalls
@@ -137,11 +139,14 @@ def abort_connection(device: str) -> bool:
 
 def unmount(target: str, device: str | None = None) -> str | None:
     """Unmount `target` (only if `device` is the mount there, when given): plainly, or
-    lazily when busy. Returns "unmounted", "detached" (lazily), or None when there was
-    nothing of ours to unmount. Other errors raise OSError."""
+    lazily when busy; as an ordinary user through fusermount3. Returns "unmounted",
+    "detached" (lazily), or None when there was nothing of ours to unmount. Other errors
+    raise OSError."""
     found = mounts_at(target)
     if not found or (device is not None and found[-1].device != device):
         return None
+    if os.geteuid() != 0:
+        return _fusermount_unmount(target)
     try:
         syscalls.umount2(target)
         return "unmounted"
@@ -150,3 +155,60 @@ def unmount(target: str, device: str | None = None) -> str | None:
             raise
     syscalls.umount2(target, syscalls.MNT_DETACH)
     return "detached"
+
+
+# --- as an ordinary user: the setuid fusermount3 mounts and unmounts ---------------------
+
+FUSERMOUNT = "fusermount3"
+_FLAG_NAMES = {syscalls.MS_RDONLY: "ro", syscalls.MS_NOSUID: "nosuid", syscalls.MS_NODEV: "nodev",
+               syscalls.MS_NOEXEC: "noexec", syscalls.MS_NOATIME: "noatime",
+               syscalls.MS_NODIRATIME: "nodiratime", syscalls.MS_SYNCHRONOUS: "sync",
+               syscalls.MS_DIRSYNC: "dirsync"}
+
+
+def fusermount_options(opts: MountOptions) -> str:
+    """MountOptions as fusermount3's `-o` (it adds fd, rootmode, user_id, group_id)."""
+    parts = [name for flag, name in _FLAG_NAMES.items() if opts.flags & flag]
+    if opts.allow_other:
+        parts.append("allow_other")
+    if opts.default_permissions:
+        parts.append("default_permissions")
+    if opts.max_read is not None:
+        parts.append(f"max_read={opts.max_read}")
+    if opts.fsname:
+        parts.append(f"fsname={opts.fsname}")
+    if opts.subtype:
+        parts.append(f"subtype={opts.subtype}")
+    return ",".join(parts)
+
+
+def fusermount(target: str, opts: MountOptions, timeout: float = 30.0) -> int:
+    """Mount `target` through fusermount3 and return the /dev/fuse descriptor it opened,
+    received over libfuse's `_FUSE_COMMFD` socket (SCM_RIGHTS). Raises OSError."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    with ours, theirs:
+        env = {**os.environ, "_FUSE_COMMFD": str(theirs.fileno())}
+        try:
+            res = subprocess.run([FUSERMOUNT, "-o", fusermount_options(opts), "--", target],
+                                 env=env, pass_fds=[theirs.fileno()], capture_output=True,
+                                 text=True, timeout=timeout)
+        except FileNotFoundError as exc:
+            raise OSError(errno.ENOENT, f"{FUSERMOUNT} is not installed (Debian: fuse3)") from exc
+        if res.returncode != 0:
+            raise OSError(errno.EPERM, f"{FUSERMOUNT}: {res.stderr.strip() or 'failed'}")
+        theirs.close()
+        ours.settimeout(timeout)
+        _, fds, _, _ = socket.recv_fds(ours, 16, 1)
+    if not fds:
+        raise OSError(errno.EIO, f"{FUSERMOUNT} mounted {target} but sent no descriptor")
+    os.set_inheritable(fds[0], False)
+    return fds[0]
+
+
+def _fusermount_unmount(target: str) -> str:
+    for args, how in ((["-u"], "unmounted"), (["-u", "-z"], "detached")):
+        res = subprocess.run([FUSERMOUNT, *args, "--", target], capture_output=True, text=True,
+                             timeout=30)
+        if res.returncode == 0:
+            return how
+    raise OSError(errno.EPERM, f"{FUSERMOUNT} -u -z {target}: {res.stderr.strip()}")

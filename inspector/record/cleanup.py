@@ -1,7 +1,7 @@
 """Mounts left behind by a recorder that died, and `fusetrace cleanup [MOUNTPOINT]`.
 
-While it records, fusetrace keeps a note per mount in its run directory (`/run/fusetrace`,
-or `$FUSETRACE_RUNDIR`): its own pid and start time, the mountpoint, the mount's device,
+While it records, fusetrace keeps a note per mount in its run directory (`/run/fusetrace`
+for root, the user's runtime directory otherwise, or `$FUSETRACE_RUNDIR`): its own pid and start time, the mountpoint, the mount's device,
 the server's pid and start time, the trace. When a recorder dies without cleaning up
 (`kill -9`), its /dev/fuse descriptor closes, the kernel aborts the connection, and the
 mount stays behind answering ENOTCONN: disconnected. `cleanup` finds the notes whose
@@ -32,7 +32,14 @@ _PROBE_TIMEOUT = 2.0
 
 
 def run_dir() -> Path:
-    return Path(os.environ.get("FUSETRACE_RUNDIR") or RUN_DIR)
+    """`$FUSETRACE_RUNDIR`, else /run/fusetrace for root and the user's runtime directory
+    (`$XDG_RUNTIME_DIR/fusetrace`, or /tmp/fusetrace-UID) for anyone else."""
+    if os.environ.get("FUSETRACE_RUNDIR"):
+        return Path(os.environ["FUSETRACE_RUNDIR"])
+    if os.geteuid() == 0:
+        return Path(RUN_DIR)
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    return Path(runtime, "fusetrace") if runtime else Path(f"/tmp/fusetrace-{os.geteuid()}")
 
 
 def start_time(pid: int) -> int | None:

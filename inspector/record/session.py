@@ -47,7 +47,16 @@ from typing import TYPE_CHECKING, Any
 from traces import TraceWriter
 
 from .. import syscalls
-from ..mounts import abort_connection, canonical, mounted_device, mounts_at, unmount
+from ..mounts import (
+    FUSERMOUNT,
+    abort_connection,
+    canonical,
+    fusermount,
+    fusermount_options,
+    mounted_device,
+    mounts_at,
+    unmount,
+)
 from .args import ArgumentError, MountPlan, ServerCommand
 from .cleanup import Note, leftover_note, start_time
 from .flavour import Flavour, guess
@@ -99,6 +108,21 @@ def _check_program(program: str) -> None:
         raise ArgumentError(f"{program}: command not found")
 
 
+def _size_buffers(socks: tuple[socket.socket, ...]) -> bool:
+    """16 MiB socket buffers, so a 4 MiB message fits: forced as root; an ordinary user
+    gets what net.core.[rw]mem_max allows. False when they had to be capped."""
+    try:
+        for sock in socks:
+            sock.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, SOCKET_BUFFER)
+            sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, SOCKET_BUFFER)
+        return True
+    except PermissionError:
+        for sock in socks:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER)
+        return False
+
+
 def _check_mountpoint(path: str) -> str:
     target = canonical(path)
     there = mounts_at(target)  # before any stat(): a dead FUSE mount there would fail it
@@ -122,10 +146,6 @@ class Session:
         """Check everything that can be checked before touching the system; raises
         ArgumentError (exit 2) with a one-line message."""
         server = list(cfg.server[1:] if cfg.server[:1] == ["--"] else cfg.server)
-        if server and os.geteuid() != 0:
-            raise ArgumentError("mounting needs root here: fusetrace mounts with mount(2); "
-                                "recording as an ordinary user (through fusermount3) is not "
-                                "supported yet")
         self.command = ServerCommand.parse(server, cfg.mountpoint)
         if not os.path.exists("/dev/fuse"):
             raise ArgumentError("/dev/fuse is missing (modprobe fuse)")
@@ -197,9 +217,7 @@ class Session:
     def _start(self) -> None:
         syscalls.set_child_subreaper()
         self.ours, self.theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        for sock in (self.ours, self.theirs):
-            sock.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, SOCKET_BUFFER)
-            sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, SOCKET_BUFFER)
+        capped = not _size_buffers((self.ours, self.theirs))
         child_fd = self.theirs.fileno()
         device_open = self.flavour is Flavour.DEVICE_OPEN
         # libfuse 3 and our servers take /dev/fd/N; libfuse 2 opens the device and mounts
@@ -207,7 +225,13 @@ class Session:
         server_argv = (self.command.argv if device_open
                        else self.command.with_mountpoint(f"/dev/fd/{child_fd}"))
         self.writer = TraceWriter(self.cfg.trace, self._header(server_argv))
-        self.devfd = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
+        if capped:
+            size = self.ours.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+            self.writer.event("socket_buffers_capped", bytes=size,
+                              why="forcing 16 MiB socket buffers needs CAP_NET_ADMIN; a "
+                                  "message larger than this fails with EMSGSIZE")
+        if os.geteuid() == 0:  # an ordinary user gets the device from fusermount3 instead
+            self.devfd = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
         if not device_open:
             self._mount()
         if self.trap_class is not None:
@@ -234,13 +258,23 @@ class Session:
 
     def _mount(self) -> None:
         opts = self.plan.options
-        self._mount_device(self.plan.source, self.target, opts.fstype, opts.flags,
-                           opts.data(self.devfd))
+        if os.geteuid() == 0:
+            self._mount_device(self.plan.source, self.target, opts.fstype, opts.flags,
+                               opts.data(self.devfd))
+            return
+        # An ordinary user mounts the way libfuse does: the setuid fusermount3 opens
+        # /dev/fuse, mounts it, and hands the descriptor back.
+        self.devfd = fusermount(self.target, opts)
+        self._mounted(self.plan.source, self.target, opts.fstype, opts.flags,
+                      f"via {FUSERMOUNT} -o {fusermount_options(opts)}")
 
     def _mount_device(self, source: str, target: str, fstype: str, flags: int, data: str) -> None:
         """mount(2) our /dev/fuse, and note it for `fusetrace cleanup`."""
-        assert self.writer is not None
         syscalls.mount(source, target, fstype, flags, data)
+        self._mounted(source, target, fstype, flags, data)
+
+    def _mounted(self, source: str, target: str, fstype: str, flags: int, data: str) -> None:
+        assert self.writer is not None
         ours = [e for e in mounts_at(target) if e.fstype == fstype]
         self.device = ours[-1].device if ours else None
         if self.device is None:  # pragma: no cover - mount(2) succeeded, so it is there

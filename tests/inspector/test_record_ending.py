@@ -5,15 +5,18 @@ nothing mounted, and no process left behind."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 import pytest
 
@@ -306,16 +309,89 @@ def test_bad_arguments_exit_2_with_one_line(tmp_path: Path, args: list[str], mes
     assert not trace.exists() and not is_mounted(mnt)
 
 
-def test_not_root_is_told_why(tmp_path: Path) -> None:
+AS_NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+
+
+@pytest.fixture
+def nobody_dir() -> Iterator[Path]:
+    """A directory an ordinary user can use (pytest's tmp dirs are root's alone)."""
     if os.geteuid() != 0 or not Path("/usr/bin/setpriv").exists():
         pytest.skip("needs root and setpriv to become an ordinary user")
-    mnt = tmp_path / "mnt"
+    path = Path(tempfile.mkdtemp(prefix="fusetrace-nobody-", dir="/tmp"))
+    path.chmod(0o777)
+    try:
+        yield path
+    finally:
+        if is_mounted(path / "mnt"):
+            subprocess.run(["umount", "-l", str(path / "mnt")], timeout=30)
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def dev_fuse_mode(mode: int) -> Iterator[None]:
+    """/dev/fuse with `mode` for the test (some machines keep it root-only), restored."""
+    before = os.stat("/dev/fuse").st_mode & 0o777
+    os.chmod("/dev/fuse", mode)
+    try:
+        yield
+    finally:
+        os.chmod("/dev/fuse", before)
+
+
+def _squash_image(base: Path) -> Path:
+    src = base / "src"
+    src.mkdir()
+    (src / "hello.txt").write_text("hello from squashfs\n")
+    image = base / "image.sqfs"
+    subprocess.run(["mksquashfs", str(src), str(image), "-quiet", "-noappend"], check=True,
+                   capture_output=True, timeout=30)
+    image.chmod(0o644)
+    return image
+
+
+@pytest.mark.timeout(60)
+def test_ordinary_user_records_through_fusermount3(requires_fuse: None, nobody_dir: Path) -> None:
+    """Not root: fusetrace mounts the way libfuse does (fusermount3, _FUSE_COMMFD)."""
+    need("squashfuse", "mksquashfs", "fusermount3")
+    image, mnt, trace = _squash_image(nobody_dir), nobody_dir / "mnt", nobody_dir / "t.fzt"
     mnt.mkdir()
-    os.chmod(tmp_path, 0o755)
-    res = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
-                          *record_command(["true", str(mnt)], "/tmp/never-written.fzt")],
-                         capture_output=True, text=True, timeout=30, cwd=REPO)
+    mnt.chmod(0o777)
+    with dev_fuse_mode(0o666):
+        rec = subprocess.Popen([*AS_NOBODY, *record_command(["squashfuse", "-f", str(image), str(mnt)],
+                                                            str(trace))],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO)
+        try:
+            deadline = time.monotonic() + 20
+            while not is_mounted(mnt) and time.monotonic() < deadline and rec.poll() is None:
+                time.sleep(0.05)
+            seen = subprocess.run([*AS_NOBODY, "cat", str(mnt / "hello.txt")], capture_output=True,
+                                  text=True, timeout=20)
+            unmounted = subprocess.run([*AS_NOBODY, "fusermount3", "-u", str(mnt)],
+                                       capture_output=True, text=True, timeout=20)
+            _, err = rec.communicate(timeout=30)
+        finally:
+            if rec.poll() is None:
+                rec.kill()
+                rec.wait(10)
+    assert seen.stdout == "hello from squashfs\n", (seen.stderr, err)
+    assert unmounted.returncode == 0, unmounted.stderr
+    assert rec.returncode == 0, err
+    events = [r.meta for r in TraceReader(str(trace)) if r.kind.name == "EVENT"]
+    [mount] = [e for e in events if e["event"] == "mount"]
+    assert "fusermount3" in mount["data"]
+    assert any(e["event"] == "socket_buffers_capped" for e in events)
+
+
+def test_ordinary_user_without_access_to_dev_fuse_is_told_why(nobody_dir: Path) -> None:
+    need("fusermount3")
+    mnt = nobody_dir / "mnt"
+    mnt.mkdir()
+    mnt.chmod(0o777)
+    with dev_fuse_mode(0o600):
+        res = subprocess.run([*AS_NOBODY, *record_command(["true", str(mnt)],
+                                                          str(nobody_dir / "t.fzt"))],
+                             capture_output=True, text=True, timeout=30, cwd=REPO)
     assert res.returncode == 2, res
     line = _one_line(res.stderr)
-    assert "mounting needs root here" in line and "fusermount3" in line
-    assert "not supported yet" in line
+    assert "fusermount3" in line and "/dev/fuse" in line
+    assert not is_mounted(mnt)
