@@ -91,15 +91,18 @@ class MountOptions:
     subtype: str | None = None
 
     def data(self, fd: int, rootmode: int = ROOTMODE_DIR) -> str:
-        parts = [f"fd={fd}", f"rootmode={rootmode:o}", f"user_id={os.getuid()}",
-                 f"group_id={os.getgid()}"]
-        if self.allow_other:
-            parts.append("allow_other")
+        """The kernel's mount data for mount(2) of descriptor `fd`."""
+        return ",".join([f"fd={fd}", f"rootmode={rootmode:o}", f"user_id={os.getuid()}",
+                         f"group_id={os.getgid()}", *self.fuse_options()])
+
+    def fuse_options(self) -> list[str]:
+        """The FUSE options both mount(2) data and fusermount3's `-o` take as they are."""
+        parts = ["allow_other"] if self.allow_other else []
         if self.default_permissions:
             parts.append("default_permissions")
         if self.max_read is not None:
             parts.append(f"max_read={self.max_read}")
-        return ",".join(parts)
+        return parts
 
     @property
     def fstype(self) -> str:
@@ -169,12 +172,7 @@ _FLAG_NAMES = {syscalls.MS_RDONLY: "ro", syscalls.MS_NOSUID: "nosuid", syscalls.
 def fusermount_options(opts: MountOptions) -> str:
     """MountOptions as fusermount3's `-o` (it adds fd, rootmode, user_id, group_id)."""
     parts = [name for flag, name in _FLAG_NAMES.items() if opts.flags & flag]
-    if opts.allow_other:
-        parts.append("allow_other")
-    if opts.default_permissions:
-        parts.append("default_permissions")
-    if opts.max_read is not None:
-        parts.append(f"max_read={opts.max_read}")
+    parts += opts.fuse_options()
     if opts.fsname:
         parts.append(f"fsname={opts.fsname}")
     if opts.subtype:
