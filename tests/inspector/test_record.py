@@ -13,7 +13,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -66,6 +66,17 @@ def _ended_by_unmount(decoded: object) -> None:
     assert end["reason"] == "unmounted" and end["exit_code"] == 0
 
 
+def _recorded_like_direct(argv: list[str], mnt: Path, trace: Path, workload: Any,
+                          expected: Any, *record_args: str, **popen: Any) -> Any:
+    """Run `workload` on `argv` under `fusetrace record`, unmount, check it saw what the
+    direct run saw and that the trace is whole; the decoded trace."""
+    with recorded_server(argv, mnt, trace, *record_args, **popen) as rec:
+        seen = workload(mnt)
+        assert rec.unmount_and_wait() == 0, rec.output()
+    assert seen == expected
+    return check_trace(rec.trace)
+
+
 @mount_test
 def test_passthroughfs_without_passthrough(isolated: Path, fs_dirs: FsDirs) -> None:
     src, mnt = fs_dirs
@@ -74,11 +85,8 @@ def test_passthroughfs_without_passthrough(isolated: Path, fs_dirs: FsDirs) -> N
         expected = rw_workload(mnt)
     shutil.rmtree(src)
     src.mkdir()
-    with recorded_server(argv, mnt, isolated / "t.fzt", cwd=REPO) as rec:
-        seen = rw_workload(mnt)
-        assert rec.unmount_and_wait() == 0, rec.output()
-    assert seen == expected
-    decoded = check_trace(rec.trace)
+    decoded = _recorded_like_direct(argv, mnt, isolated / "t.fzt", rw_workload, expected,
+                                    cwd=REPO)
     _large_reads(decoded)
     _ended_by_unmount(decoded)
     writes = requests_of(decoded, Opcode.WRITE)
@@ -134,11 +142,7 @@ def test_bindfs_opens_the_device_and_mounts_itself(isolated: Path, fs_dirs: FsDi
     argv = ["bindfs", "-f", "-o", "ro", str(src), str(mnt)]  # ro: the workload expects EROFS
     with mounted_server(argv, mnt):
         expected = ro_workload(mnt)
-    with recorded_server(argv, mnt, isolated / "t.fzt") as rec:
-        seen = ro_workload(mnt)
-        assert rec.unmount_and_wait() == 0, rec.output()
-    assert seen == expected
-    decoded = check_trace(rec.trace)
+    decoded = _recorded_like_direct(argv, mnt, isolated / "t.fzt", ro_workload, expected)
     assert [e["via"] for e in events_of(decoded, "server_start")] == ["device-open"]
     assert events_of(decoded, "device_open") and events_of(decoded, "server_mount")
     [init] = requests_of(decoded, Opcode.INIT)
@@ -179,11 +183,7 @@ def test_fuse_overlayfs(isolated: Path, fs_dirs: FsDirs) -> None:
     with mounted_server(_overlay(isolated / "direct", mnt, foreground=True), mnt):
         expected = _overlay_workload(mnt)
     argv = _overlay(isolated / "proxied", mnt, foreground=False)  # daemonizes
-    with recorded_server(argv, mnt, isolated / "t.fzt") as rec:
-        seen = _overlay_workload(mnt)
-        assert rec.unmount_and_wait() == 0, rec.output()
-    assert seen == expected
-    decoded = check_trace(rec.trace)
+    decoded = _recorded_like_direct(argv, mnt, isolated / "t.fzt", _overlay_workload, expected)
     _large_reads(decoded)
     _ended_by_unmount(decoded)
     assert decoded.header["argv"] == argv
@@ -232,11 +232,8 @@ def test_pyfuse3_memfs_keeping_whole_messages(isolated: Path, fs_dirs: FsDirs) -
     argv = [*MEMFS, str(mnt)]
     with mounted_server(argv, mnt):
         expected = rw_workload(mnt)
-    with recorded_server(argv, mnt, isolated / "t.fzt", "-s", "0") as rec:
-        seen = rw_workload(mnt)
-        assert rec.unmount_and_wait() == 0, rec.output()
-    assert seen == expected
-    decoded = check_trace(rec.trace)
+    decoded = _recorded_like_direct(argv, mnt, isolated / "t.fzt", rw_workload, expected,
+                                    "-s", "0")
     _large_reads(decoded)
     _ended_by_unmount(decoded)
     read_replies = [e.record for e in decoded.entries if e.record.is_reply

@@ -42,6 +42,22 @@ print(json.dumps({"out": out, "backing_fd": backing}))
 """
 
 
+def run_trapped(trace: Path, child_end: socket.socket, device: int, script: str,
+                args: list[str], on_mount: object = None) -> tuple[bytes, int]:
+    """Run `script` as a child under the trap (its relay end passed as child_end):
+    (its stdout, its pid)."""
+    with TraceWriter(str(trace), {"source": "test"}) as writer:
+        trap = IoctlTrap(child_end.fileno(), device, writer, on_mount=on_mount)  # type: ignore[arg-type]
+        proc = subprocess.Popen([sys.executable, "-c", script, *args],
+                                pass_fds=[child_end.fileno()], preexec_fn=trap.child_setup,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        trap.start(proc)
+        out, err = proc.communicate(timeout=20)
+        trap.stop()
+    assert proc.returncode == 0, err.decode()
+    return out, proc.pid
+
+
 @pytest.fixture
 def skip_without_seccomp() -> None:
     reason = IoctlTrap.available()
@@ -60,16 +76,8 @@ def test_trap_takes_over_fuse_ioctls_on_the_relay_only(skip_without_seccomp: Non
     relay, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     device = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)  # no mount: the kernel says EPERM
     try:
-        with TraceWriter(str(trace), {"source": "test"}) as writer:
-            trap = IoctlTrap(child_end.fileno(), device, writer)
-            proc = subprocess.Popen(
-                [sys.executable, "-c", CHILD, str(child_end.fileno()), str(backing)],
-                pass_fds=[child_end.fileno()], preexec_fn=trap.child_setup,
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-            trap.start(proc)
-            out, err = proc.communicate(timeout=20)
-            trap.stop()
-        assert proc.returncode == 0, err.decode()
+        out, pid = run_trapped(trace, child_end, device, CHILD,
+                               [str(child_end.fileno()), str(backing)])
     finally:
         os.close(device)
         relay.close()
@@ -93,7 +101,7 @@ def test_trap_takes_over_fuse_ioctls_on_the_relay_only(skip_without_seccomp: Non
     assert opened["fd"] == result["backing_fd"]  # the server's fd number, as the server passed it
     assert opened["path"] == str(backing)  # the path behind it, read at call time
     assert opened["arg"][:4] == result["backing_fd"].to_bytes(4, "little")  # as the server wrote it
-    assert opened["tid"] == opened["pid"] == proc.pid
+    assert opened["tid"] == opened["pid"] == pid
     assert "note" in records[2].meta and "note" in records[3].meta
 
 
@@ -136,15 +144,8 @@ def test_server_that_opens_dev_fuse_and_mounts_itself(skip_without_seccomp: None
         return 0
 
     try:
-        with TraceWriter(str(tmp_path / "t.fzt"), {"source": "test"}) as writer:
-            trap = IoctlTrap(child_end.fileno(), device, writer, on_mount=mount_for_real)
-            proc = subprocess.Popen([sys.executable, "-c", DEVICE_OPENER, str(mnt)],
-                                    pass_fds=[child_end.fileno()], preexec_fn=trap.child_setup,
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-            trap.start(proc)
-            out, err = proc.communicate(timeout=20)
-            trap.stop()
-        assert proc.returncode == 0, err.decode()
+        out, _ = run_trapped(tmp_path / "t.fzt", child_end, device, DEVICE_OPENER, [str(mnt)],
+                             on_mount=mount_for_real)
         got = json.loads(out)
         assert got == {"socket": True, "mount": 0, "errno": got["errno"]}
         mounted = [line.split() for line in Path("/proc/self/mountinfo").read_text().splitlines()
