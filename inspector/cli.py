@@ -54,6 +54,56 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check(args: argparse.Namespace) -> int:
+    from .reports.check import failed, write_check, write_check_json
+    from .reports.common import analysed
+
+    with analysed(args.trace) as analysis:
+        if args.json:
+            write_check_json(analysis, sys.stdout)
+        else:
+            write_check(analysis, sys.stdout, args.all)
+        return 1 if failed(analysis) else 0
+
+
+_FOLLOW_KEYS = {"backing_id": "backing", "fh": "fh", "nodeid": "node", "unique": "request"}
+
+
+def _follow(args: argparse.Namespace) -> int:
+    from .reports.common import analysed
+    from .reports.follow import write_follow, write_follow_json
+
+    arg, kind = next((a, k) for a, k in _FOLLOW_KEYS.items() if getattr(args, a) is not None)
+    key = getattr(args, arg)
+    with analysed(args.trace) as analysis:
+        write = write_follow_json if args.json else write_follow
+        if not write(analysis, kind, key, sys.stdout):
+            print(f"fusetrace: {args.trace}: no {arg.replace('_', ' ')} {key} in the trace",
+                  file=sys.stderr)
+            return 1
+    return 0
+
+
+def _stats(args: argparse.Namespace) -> int:
+    from .reports.common import analysed
+    from .reports.stats import write_stats, write_stats_json
+
+    with analysed(args.trace) as analysis:
+        (write_stats_json if args.json else write_stats)(analysis, sys.stdout)
+    return 0
+
+
+def _number(text: str) -> int:
+    """Ids as the trace prints them: decimal or 0x-hex."""
+    return int(text, 0)
+
+
+def _browse(args: argparse.Namespace) -> int:
+    from tui.app import run_browse
+
+    return run_browse(args.trace, live=args.live, filter_text=args.filter)
+
+
 def _demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -96,6 +146,36 @@ def build_parser() -> argparse.ArgumentParser:
                         help="one JSON object per record (the default and only format)")
     export.add_argument("trace", help="trace file (.fzt)")
     export.set_defaults(run=_export)
+
+    check = sub.add_parser(
+        "check", help="list anomalies (leaked backing ids, rejected replies ...) with proof",
+        description="Find what went wrong in a trace: backing ids leaked, closed twice or used "
+                    "after close; BACKING_OPEN failures with their cause; replies the kernel "
+                    "rejected; requests never answered; handles never released; nodes "
+                    "forgotten too often; INIT oddities. Exit 0 when clean, 1 when anomalies "
+                    "were found, 2 when the trace cannot be read.")
+    check.add_argument("trace", help="trace file (.fzt)")
+    check.add_argument("--json", action="store_true", help="machine-readable, for CI")
+    check.add_argument("--all", action="store_true", help="list every case, not 20 per kind")
+    check.set_defaults(run=_check)
+
+    follow = sub.add_parser(
+        "follow", help="one id's lifecycle as a timeline, with its verdict",
+        description="Print every event of one backing id, file handle, node id or request, "
+                    "from the ioctl or open to the release and close, then the verdict.")
+    follow.add_argument("trace", help="trace file (.fzt)")
+    which = follow.add_mutually_exclusive_group(required=True)
+    which.add_argument("--backing-id", type=_number, metavar="N")
+    which.add_argument("--fh", type=_number, metavar="N")
+    which.add_argument("--nodeid", type=_number, metavar="N")
+    which.add_argument("--unique", type=_number, metavar="N")
+    follow.add_argument("--json", action="store_true", help="machine-readable")
+    follow.set_defaults(run=_follow)
+
+    stats = sub.add_parser("stats", help="per-opcode counts, errors, latency percentiles, bytes")
+    stats.add_argument("trace", help="trace file (.fzt)")
+    stats.add_argument("--json", action="store_true", help="machine-readable")
+    stats.set_defaults(run=_stats)
 
     rec = sub.add_parser(
         "record", help="run a FUSE server behind a recording proxy",

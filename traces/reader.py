@@ -11,8 +11,8 @@ from __future__ import annotations
 import os
 from typing import Any, Iterator
 
-from .records import Record, cut_note, decode, problem
-from .stream import Scan, open_trace
+from .records import TS_LIMIT, Record, cut_note, decode, problem
+from .stream import Progress, Scan, open_trace
 
 
 class TraceReader:
@@ -56,5 +56,30 @@ class TraceReader:
                 self.good_records += 1
                 self.good_bytes = end
                 yield record
+        if scan.stop is not None:
+            self.tail = cut_note(self.good_bytes, self.good_records, scan.stop)
+
+    def arrays(self, progress: Progress | None = None) -> Iterator[list[Any]]:
+        """Every record as its on-disk array (`[kind, ts, raw(, meta)]` or `[kind, ts,
+        meta]`), checked like iteration (same stop, same `.tail`) without building
+        `Record`s: one-pass analyses of millions of records spend their time elsewhere.
+        The i-th array is record i."""
+        self.tail, self.good_records, self.good_bytes = None, 0, self._file.start
+        scan = Scan(self._file, self.good_bytes, chunk=1 << 20, progress=progress)
+        for objs in scan.objects():
+            for k, obj in enumerate(objs):
+                if not (type(obj) is list and (len(obj) == 3 or len(obj) == 4 and type(obj[3]) is dict)
+                        and type(obj[2]) is bytes and type(kind := obj[0]) is int
+                        and (kind == 1 or kind == 2)
+                        and type(ts := obj[1]) is int and 0 <= ts < TS_LIMIT):
+                    why = problem(obj)
+                    if why is not None:
+                        self.good_records += k
+                        self.good_bytes = scan.span(scan.batch_start, k)
+                        self.tail = cut_note(self.good_bytes, self.good_records, f"bad record: {why}")
+                        return
+                yield obj
+            self.good_records += len(objs)
+            self.good_bytes = scan.end
         if scan.stop is not None:
             self.tail = cut_note(self.good_bytes, self.good_records, scan.stop)

@@ -132,8 +132,19 @@ class Scan:
         self.chunk = chunk
         self.progress = progress
         self.stop: str | None = None
+        self.batch_start = start
 
     def batches(self) -> Iterator[tuple[list[Any], list[int]]]:
+        """(objects, end offsets) per chunk."""
+        return self._walk(True)  # type: ignore[return-value]
+
+    def objects(self) -> Iterator[list[Any]]:
+        """Objects per chunk without their offsets (cheaper); `batch_start` is where the
+        current batch's first object starts, `end` where its last one ends."""
+        for objs, _ in self._walk(False):
+            yield objs
+
+    def _walk(self, with_ends: bool) -> Iterator[tuple[list[Any], list[int] | None]]:
         unpacker = msgpack.Unpacker(raw=False, max_buffer_size=MAX_RECORD, **LIMITS)
         tell, upgrade, start = unpacker.tell, self.trace.upgrade, self.start
         total = self.trace.stat().st_size if self.progress else 0
@@ -154,14 +165,36 @@ class Scan:
                 total = max(total, read_at)
                 self.progress(read_at, total)
             objs: list[Any] = []
-            ends: list[int] = []
-            add_obj, add_end = objs.append, ends.append
+            ends: list[int] | None = [] if with_ends else None
+            add_obj = objs.append
             try:
-                for obj in unpacker:
-                    add_obj(obj if upgrade is None else upgrade(obj))
-                    add_end(start + tell())
+                if ends is not None:
+                    add_end = ends.append
+                    for obj in unpacker:
+                        add_obj(obj if upgrade is None else upgrade(obj))
+                        add_end(start + tell())
+                else:
+                    last = tell()
+                    for obj in unpacker:
+                        add_obj(obj if upgrade is None else upgrade(obj))
+                        last = tell()  # after a cut object tell() is past it: keep this one
             except Exception as exc:  # the decoder (or an upgrade) rejected the bytes
                 self.stop = f"undecodable bytes ({str(exc) or type(exc).__name__})"
-            if ends:
-                self.end = ends[-1]
+            if objs:
+                self.batch_start = self.end
+                self.end = ends[-1] if ends is not None else start + last
                 yield objs, ends
+
+    def span(self, start: int, count: int) -> int:
+        """Where the `count` whole objects from `start` end (found again, slowly: the
+        no-offsets walk only knows where whole batches end)."""
+        if count == 0:
+            return start
+        scan = Scan(self.trace, start, chunk=1 << 20)
+        seen = 0
+        for objs, ends in scan.batches():
+            if seen + len(objs) >= count:
+                return ends[count - seen - 1]
+            seen += len(objs)
+        return scan.end
+

@@ -1,0 +1,660 @@
+"""One pass over a trace: every backing id, file handle and node id with its lifecycle,
+the pairing of requests and replies, and the anomalies of all of them.
+
+The pass reads records in order and only the words it needs (`wire`); INIT goes through a
+`SessionDecoder`, which knows the negotiated minor, flags and passthrough dialect. What is
+still open when the trace ends is judged by how the session ended: after a clean unmount a
+backing id still open is a leak and an unanswered request a bug; a trace cut short or a
+session that ended by a crash only says what was open at its end.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from dataclasses import dataclass
+from typing import Any, Callable, NamedTuple
+
+from dissectors import SessionDecoder
+from dissectors.constants import (
+    FOPEN_DIRECT_IO,
+    FOPEN_PASSTHROUGH,
+    FUSE_PASSTHROUGH,
+    FUSE_ROOT_ID,
+    FUSE_WRITEBACK_CACHE,
+    INIT_FLAGS,
+    NO_REPLY_OPCODES,
+    Opcode,
+)
+from dissectors.context import Dialect
+from dissectors.fields import errno_name
+from dissectors.ioctls import DevIoctl
+from traces import Kind, TraceIndex, TraceReader
+
+from . import wire
+from .kinds import severity
+from .model import CLOSED, LEAKED, MISUSED, OPEN_AT_END, Anomaly, Lifecycle
+
+Progress = Callable[[int, int], None]
+
+_ENTRY_REPLIES = frozenset({Opcode.LOOKUP, Opcode.MKNOD, Opcode.MKDIR, Opcode.SYMLINK,
+                            Opcode.LINK, Opcode.CREATE, Opcode.TMPFILE})
+_OPENS = frozenset({Opcode.OPEN, Opcode.CREATE, Opcode.OPENDIR, Opcode.TMPFILE})
+_DIR_OPS = frozenset({Opcode.OPENDIR, Opcode.READDIR, Opcode.READDIRPLUS, Opcode.RELEASEDIR,
+                      Opcode.FSYNCDIR})
+_RELEASES = frozenset({Opcode.RELEASE, Opcode.RELEASEDIR})
+_NO_REPLY = frozenset(NO_REPLY_OPCODES) | {Opcode.INTERRUPT}
+#: Requests that name no id the pass follows: only their pairing with a reply matters.
+_PLAIN = frozenset(Opcode) - _ENTRY_REPLIES - _OPENS - _DIR_OPS - _RELEASES - _NO_REPLY - {
+    Opcode.INIT, Opcode.GETATTR, Opcode.SETATTR} - wire.FH_FIRST
+_MAKES_IDS = _ENTRY_REPLIES | _OPENS | {Opcode.READDIRPLUS}  # replies that hand out ids
+_IN_PEEK = struct.Struct("<4xIQQ")  # fuse_in_header: opcode, unique, nodeid
+_OUT_PEEK = struct.Struct("<4xiQ")  # fuse_out_header: error, unique
+_ANDROID_OPENS = frozenset({DevIoctl.PASSTHROUGH_OPEN_V1, DevIoctl.PASSTHROUGH_OPEN_V2})
+_EPERM, _ENOENT = 1, 2
+
+
+_NAMES = {op.value: op.name for op in Opcode}
+
+
+def _op(opcode: int) -> str:
+    return _NAMES.get(opcode) or f"opcode {opcode}"
+
+
+def _flag_names(flags: int) -> str:
+    return "|".join(name for bit, name in INIT_FLAGS.items() if flags & bit) or hex(flags)
+
+
+class _Asked(NamedTuple):
+    """A request waiting for its reply (a tuple: the pass makes one per request)."""
+
+    index: int
+    ts: int
+    opcode: int
+    nodeid: int
+    name: str = ""  # the name a LOOKUP/MKDIR/CREATE/... asked for
+
+
+@dataclass(slots=True)
+class _Open:
+    """One open a file handle stands for: the inode and the backing id it carries."""
+
+    nodeid: int
+    backing: Lifecycle | None
+    reply: int  # record number of the open reply
+    seen: bool = False  # the kernel has used the handle since (its open completed)
+
+
+class Analysis:
+    """Everything one pass found; see `inspector.lifecycles` for the model."""
+
+    def __init__(self, path: str, header: dict[str, Any]) -> None:
+        self.path = path
+        self.header = header
+        self.tail: str | None = None
+        self.ended = False  # the trace holds the session's end
+        self.end_reason: str | None = None
+        self.records = 0
+        self.anomalies: list[Anomaly] = []
+        self.dialect = Dialect.NONE
+        self.init: dict[str, Any] = {}  # negotiated facts, for stats and the TUI
+        self._all: dict[str, dict[int, list[Lifecycle]]] = {"backing": {}, "fh": {}, "node": {}}
+        self._subjects: dict[int, list[tuple[str, int]]] | None = None
+        self._index: TraceIndex | None = None
+        self._owns_index = True
+
+    # --- questions --------------------------------------------------------------------
+
+    @property
+    def clean_end(self) -> bool:
+        """The session ended by an unmount, so whatever is still open was forgotten."""
+        return self.ended and self.end_reason == "unmounted"
+
+    def lifecycles(self, kind: str) -> list[Lifecycle]:
+        """Every lifecycle of `kind` ("backing", "fh", "node"), in order of first record."""
+        found = [lc for gens in self._all[kind].values() for lc in gens]
+        found.sort(key=lambda lc: lc.events[0].index if lc.events else -1)
+        return found
+
+    def find(self, kind: str, key: int) -> list[Lifecycle]:
+        """All generations of one id; "request" lifecycles are built on demand."""
+        if kind == "request":
+            lc = self._request(key)
+            return [lc] if lc is not None else []
+        return list(self._all[kind].get(key, ()))
+
+    def subjects_of(self, index: int) -> list[tuple[str, int]]:
+        """The ids record `index` belongs to: backing id, fh, node, then its request."""
+        if self._subjects is None:
+            subjects: dict[int, list[tuple[str, int]]] = {}
+            for kind in ("backing", "fh", "node"):
+                for gens in self._all[kind].values():
+                    for lc in gens:
+                        for e in lc.events:
+                            found = subjects.setdefault(e.index, [])
+                            if (kind, lc.key) not in found:
+                                found.append((kind, lc.key))
+            self._subjects = subjects
+        found = list(self._subjects.get(index, ()))
+        idx = self.index()
+        if 0 <= index < len(idx) and idx.kind(index) in (Kind.REQUEST, Kind.REPLY):
+            unique = idx.unique(index)
+            if unique:
+                found.append(("request", unique))
+        return found
+
+    def index(self) -> TraceIndex:
+        """The trace's index (opened on first use, from its cache when valid)."""
+        if self._index is None:
+            self._index = TraceIndex.open(self.path)
+        return self._index
+
+    def close(self) -> None:
+        """Close the index this analysis opened (one it was given stays open)."""
+        if self._index is not None and self._owns_index:
+            self._index.close()
+        self._index = None
+
+    def _request(self, unique: int) -> Lifecycle | None:
+        """The request `unique`: the request, any INTERRUPT of it, and its reply."""
+        idx = self.index()
+        uniques, kinds = idx.column("unique"), idx.column("kind")
+        lc: Lifecycle | None = None
+        asked_ts = 0
+        for i, u in enumerate(uniques):
+            if u != unique or kinds[i] > Kind.REPLY:
+                continue
+            if kinds[i] == Kind.REQUEST:
+                if lc is None:
+                    lc = Lifecycle("request", unique, label=_op(idx.opcode(i)), state="unanswered")
+                    asked_ts = idx.ts(i)
+                    lc.add(i, asked_ts, _op(idx.opcode(i)), f"nodeid={idx.nodeid(i)}")
+            elif lc is not None:
+                err = idx.error(i)
+                lat = (idx.ts(i) - asked_ts) / 1e6
+                lc.add(i, idx.ts(i), "reply", f"{'error=' + errno_name(err) + ' ' if err else ''}"
+                                              f"after {lat:.3f} ms")
+                lc.state, lc.verdict = "answered", CLOSED
+        if lc is None:
+            return None
+        opcodes = idx.column("opcode")
+        for i, op in enumerate(opcodes):
+            if op == Opcode.INTERRUPT and kinds[i] == Kind.REQUEST:
+                raw = idx.record(i).raw or b""
+                if wire.interrupted_unique(raw) == unique:
+                    lc.add(i, idx.ts(i), "INTERRUPT", f"unique={idx.unique(i)}")
+        lc.events.sort(key=lambda e: e.index)
+        if lc.state == "unanswered":
+            if idx.opcode(lc.events[0].index) in _NO_REPLY:
+                lc.state, lc.verdict = "no reply expected", CLOSED
+            elif any(e.what == "INTERRUPT" for e in lc.events):
+                lc.state = "interrupted"
+        return lc
+
+
+def analyse(source: str | os.PathLike[str] | TraceIndex, progress: Progress | None = None) -> Analysis:
+    """Read the whole trace once; progress(bytes done, bytes total) now and then.
+
+    Raises `TraceReadError` when the trace cannot be opened at all; a cut or corrupt tail
+    ends the pass, and `Analysis.tail` says where.
+    """
+    path = os.fspath(source.path if isinstance(source, TraceIndex) else source)
+    with TraceReader(path) as reader:
+        result = Analysis(path, reader.header)
+        if isinstance(source, TraceIndex):
+            result._index, result._owns_index = source, False
+        walker = _Pass(result)
+        request, reply, other = walker.request, walker.reply, walker.other
+        for i, obj in enumerate(reader.arrays(progress)):
+            kind = obj[0]
+            if kind == 1:
+                request(i, obj[1], obj[2])
+            elif kind == 2:
+                reply(i, obj[1], obj[2], obj[3] if len(obj) == 4 else None)
+            else:
+                other(i, obj)
+        result.tail = reader.tail
+        result.records = reader.good_records
+        walker.finish()
+    return result
+
+
+class _Pass:
+    """The state of the connection while the records go by."""
+
+    def __init__(self, result: Analysis) -> None:
+        self.out = result
+        self.dec = SessionDecoder()
+        self.asked: dict[int, _Asked] = {}
+        self.interrupted: dict[int, int] = {}  # unique → record number of its INTERRUPT
+        self.answered: set[int] = set()
+        self.init_request: int | None = None
+        self.init_reply: int | None = None
+        self.kernel_flags: int | None = None
+        self.passthrough = False  # negotiated and left on by the kernel
+        self.passthrough_off: tuple[str, str] | None = None  # (anomaly code, why)
+        self.backing: dict[int, Lifecycle] = {}  # open backing ids
+        self.fhs: dict[tuple[bool, int], Lifecycle] = {}  # (directory?, fh) → open handle
+        self.opens: dict[tuple[bool, int], list[_Open]] = {}
+        self.nodes: dict[int, Lifecycle] = {}  # looked-up nodes
+        self.inode_backing: dict[int, tuple[Lifecycle, int]] = {}  # nodeid → (backing, opens)
+
+    # --- helpers ----------------------------------------------------------------------
+
+    def flag(self, code: str, message: str, records: list[int] | tuple[int, ...],
+             subject: Lifecycle | None = None, verdict: str | None = MISUSED) -> None:
+        anomaly = Anomaly(code, severity(code), message, tuple(sorted(set(records))),
+                          (subject.kind, subject.key) if subject is not None else None)
+        self.out.anomalies.append(anomaly)
+        if subject is not None:
+            subject.anomalies.append(anomaly)
+            if verdict is not None and subject.verdict != LEAKED:
+                subject.verdict = verdict
+
+    def new(self, kind: str, key: int, label: str = "") -> Lifecycle:
+        gens = self.out._all[kind].setdefault(key, [])
+        lc = Lifecycle(kind, key, generation=len(gens), label=label)
+        gens.append(lc)
+        return lc
+
+    # --- records ----------------------------------------------------------------------
+
+    def other(self, i: int, obj: list[Any]) -> None:
+        """An IOCTL or EVENT record, as its on-disk array (see `traces.records`)."""
+        if obj[0] == Kind.IOCTL:
+            self.ioctl(i, obj[1], obj[2])
+        elif obj[2].get("event") == "session_end":
+            self.out.ended = True
+            self.out.end_reason = str(obj[2].get("reason", ""))
+
+    def request(self, i: int, ts: int, raw: bytes) -> None:
+        if len(raw) < wire.IN:
+            return
+        opcode, unique, nodeid = _IN_PEEK.unpack_from(raw)
+        if opcode in _PLAIN:  # the common case: only pairing matters
+            if unique:
+                self.asked[unique] = _Asked(i, ts, opcode, nodeid)
+            return
+        if opcode == Opcode.INIT:
+            self.dec.feed_request(raw)
+            self.init_request = i
+            self.kernel_flags = self.dec.kernel_flags
+        if unique and opcode not in _NO_REPLY:
+            name = wire.entry_name(opcode, raw) if opcode in _ENTRY_REPLIES else ""
+            self.asked[unique] = _Asked(i, ts, opcode, nodeid, name)
+        if opcode == Opcode.INTERRUPT:
+            target = wire.interrupted_unique(raw) or 0
+            if target in self.asked:
+                self.interrupted[target] = i
+        elif opcode in (Opcode.FORGET, Opcode.BATCH_FORGET):
+            for node, n in wire.forgets(opcode, raw, nodeid):
+                self.forget(i, ts, node, n, _op(opcode))
+        else:
+            directory = opcode in _DIR_OPS
+            for fh in wire.request_fhs(opcode, raw):
+                self.use(i, ts, opcode, directory, fh, nodeid)
+
+    def use(self, i: int, ts: int, opcode: int, directory: bool, fh: int, nodeid: int) -> None:
+        key = (directory, fh)
+        lc = self.fhs.get(key)
+        if lc is None:
+            if self.init_request is not None and not self.out._all["fh"].get(fh):
+                lc = self.new("fh", fh, "directory handle" if directory else "file handle")
+                lc.add(i, ts, _op(opcode), f"nodeid={nodeid}")
+                self.flag("fh-unknown", f"{_op(opcode)} #{i} uses fh {fh:#x}, which no open "
+                                        f"reply returned", [i], lc)
+                lc.state = "unknown"
+            return
+        opens = self.opens.get(key, [])
+        for o in opens:
+            o.seen = True
+        if opcode not in _RELEASES:
+            lc.add(i, ts, _op(opcode))
+            return
+        lc.add(i, ts, _op(opcode), f"nodeid={nodeid}")
+        match = next((o for o in opens if o.nodeid == nodeid), opens[0] if opens else None)
+        if match is not None:
+            opens.remove(match)
+            self.release_backing(i, ts, match, fh)
+        lc.count -= 1
+        if lc.count <= 0:
+            del self.fhs[key]
+            self.opens.pop(key, None)
+            lc.state = "released"
+            if lc.verdict == OPEN_AT_END:
+                lc.verdict = CLOSED
+
+    def release_backing(self, i: int, ts: int, o: _Open, fh: int) -> None:
+        b = o.backing
+        if b is None:
+            return
+        b.count -= 1
+        b.add(i, ts, "RELEASE", f"fh={fh:#x} nodeid={o.nodeid}")
+        held = self.inode_backing.get(o.nodeid)
+        if held is not None and held[0] is b:
+            if held[1] <= 1:
+                del self.inode_backing[o.nodeid]
+            else:
+                self.inode_backing[o.nodeid] = (b, held[1] - 1)
+
+    def reply(self, i: int, ts: int, raw: bytes, meta: dict[str, Any] | None) -> None:
+        if len(raw) < wire.OUT:
+            return
+        error, unique = _OUT_PEEK.unpack_from(raw)
+        if unique == 0:
+            return  # a notification: nothing to pair
+        asked = self.asked.pop(unique, None)
+        rejected = meta.get("write_errno") if meta else None
+        if rejected:
+            self.rejected(i, rejected, asked, unique)
+        if self.interrupted:
+            self.interrupted.pop(unique, None)
+        if asked is None:
+            if unique in self.answered:
+                self.flag("reply-duplicate", f"reply #{i} answers unique {unique} a second time",
+                          [i])
+            elif self.init_request is not None:
+                self.flag("reply-unknown-unique", f"reply #{i} answers unique {unique}, which "
+                                                  f"the kernel never sent", [i])
+            return
+        self.answered.add(unique)
+        opcode = asked.opcode
+        if opcode == Opcode.INIT:
+            self.init(i, raw, error, asked)
+        if error or rejected or opcode not in _MAKES_IDS:
+            return
+        if opcode in _ENTRY_REPLIES:
+            node = wire.entry_nodeid(raw)
+            if node:
+                self.lookup(i, ts, node, f"{_op(opcode)} reply", asked.name)
+        elif opcode == Opcode.READDIRPLUS:
+            for node, name in wire.direntplus_nodeids(raw):
+                self.lookup(i, ts, node, "READDIRPLUS entry",
+                            name.decode("utf-8", "backslashreplace"))
+        if opcode in _OPENS:
+            self.opened(i, ts, raw, asked)
+
+    def rejected(self, i: int, err: int, asked: _Asked | None, unique: int) -> None:
+        what = _op(asked.opcode) if asked else f"unique {unique}"
+        if err == _ENOENT:
+            why = ("the request had been interrupted" if unique in self.interrupted
+                   else "the kernel no longer waited for it (interrupted or aborted)")
+        else:
+            why = "the reply is malformed for that request" if err == 22 else "see the errno"
+        records = [i] + ([asked.index] if asked else [])
+        self.flag("reply-rejected", f"the kernel rejected the reply #{i} to {what} with "
+                                    f"{errno_name(err)}: {why}", records)
+
+    # --- INIT -------------------------------------------------------------------------
+
+    def init(self, i: int, raw: bytes, error: int, asked: _Asked) -> None:
+        self.init_reply = i
+        if error:
+            self.flag("init-failed", f"the server answered INIT with {errno_name(error)}",
+                      [asked.index, i])
+            return
+        brief = self.dec.feed_reply(raw).brief
+        ctx = self.dec.ctx
+        self.out.dialect = ctx.dialect
+        flags = brief.get("flags", 0) or 0
+        if flags & (1 << 30):  # FUSE_INIT_EXT: flags2 counts
+            flags |= (brief.get("flags2", 0) or 0) << 32
+        offered = self.kernel_flags if self.kernel_flags is not None else flags
+        depth = brief.get("max_stack_depth", 0) or 0
+        self.out.init = {"minor": ctx.minor, "flags": ctx.flags, "dialect": ctx.dialect.value,
+                         "max_write": brief.get("max_write"), "max_stack_depth": depth,
+                         "kernel_flags": offered, "reply_flags": flags}
+        extra = flags & ~offered & ~((1 << 30) | (1 << 31))  # INIT_EXT/bit 31 are not features
+        if extra:
+            self.flag("init-flags-not-offered", f"the INIT reply #{i} sets {_flag_names(extra)}, "
+                                                f"which the kernel did not offer", [asked.index, i])
+        max_write = brief.get("max_write")
+        if max_write is not None and max_write < 4096:
+            self.flag("init-max-write-small", f"INIT max_write={max_write} (#{i}); the kernel "
+                                              f"uses 4096", [i])
+        if not flags & FUSE_PASSTHROUGH or not offered & FUSE_PASSTHROUGH:
+            return
+        if flags & FUSE_WRITEBACK_CACHE:
+            self.passthrough_off = ("backing-eperm-writeback", "FUSE_WRITEBACK_CACHE was "
+                                    f"negotiated along with FUSE_PASSTHROUGH in INIT #{i}")
+        elif not 1 <= depth <= 2:
+            self.passthrough_off = ("backing-eperm-stack-depth",
+                                    f"INIT #{i} sets max_stack_depth={depth} (valid: 1 or 2)")
+        if self.passthrough_off is not None:
+            self.flag("init-passthrough-off", f"the INIT reply asks for FUSE_PASSTHROUGH but "
+                                              f"the kernel turns it off: {self.passthrough_off[1]}",
+                      [i])
+        else:
+            self.passthrough = ctx.dialect is Dialect.MAINLINE
+
+    # --- nodes ------------------------------------------------------------------------
+
+    def lookup(self, i: int, ts: int, node: int, what: str, name: str = "") -> None:
+        lc = self.nodes.get(node)
+        if lc is None:
+            lc = self.nodes[node] = self.new("node", node)
+        lc.count += 1
+        lc.add(i, ts, what, f"{name + ' ' if name else ''}nlookup={lc.count}")
+        if name and not lc.label:
+            lc.label = name
+
+    def forget(self, i: int, ts: int, node: int, n: int, what: str) -> None:
+        lc = self.nodes.get(node)
+        if lc is None:
+            if node == FUSE_ROOT_ID or self.init_request is None:
+                return
+            lc = self.new("node", node)
+        lc.count -= n
+        lc.add(i, ts, what, f"nlookup-={n} leaves {lc.count}")
+        if lc.count < 0:
+            looked = len(lc.events) - 1
+            self.flag("node-over-forgotten", f"node {node} is forgotten {n} more time(s) than "
+                                             f"it was looked up (#{i}, after {looked} lookups)",
+                      lc.records, lc)
+        if lc.count <= 0:
+            self.nodes.pop(node, None)
+            lc.state = "forgotten"
+            if lc.verdict == OPEN_AT_END:
+                lc.verdict = CLOSED
+
+    # --- opens and passthrough --------------------------------------------------------
+
+    def opened(self, i: int, ts: int, raw: bytes, asked: _Asked) -> None:
+        opcode = asked.opcode
+        entry = opcode in (Opcode.CREATE, Opcode.TMPFILE)
+        out = wire.open_out(raw, wire.OUT + (wire.ENTRY_OUT_SIZE if entry else 0))
+        if out is None:
+            return
+        fh, oflags, bid = out
+        nodeid = (wire.entry_nodeid(raw) or 0) if entry else asked.nodeid
+        directory = opcode == Opcode.OPENDIR
+        key = (directory, fh)
+        lc = self.fhs.get(key)
+        if lc is None:
+            lc = self.fhs[key] = self.new("fh", fh, "directory handle" if directory else "file handle")
+        lc.count += 1
+        lc.state = "open"
+        android = self.out.dialect is Dialect.ANDROID
+        pt = bool(bid) if android else bool(oflags & FOPEN_PASSTHROUGH)
+        lc.add(i, ts, f"{_op(opcode)} reply", f"nodeid={nodeid} open_flags={oflags:#x}"
+               + (f" {'passthrough_fh' if android else 'backing_id'}={bid}" if bid or pt else ""))
+        backing = None
+        if not directory and (pt or bid):
+            backing = self.passthrough_open(i, ts, lc, fh, oflags, bid, pt, nodeid, asked)
+        self.opens.setdefault(key, []).append(_Open(nodeid, backing, i))
+
+    def passthrough_open(self, i: int, ts: int, handle: Lifecycle, fh: int, oflags: int,
+                         bid: int, pt: bool, nodeid: int, asked: _Asked) -> Lifecycle | None:
+        """Check one open reply that carries a backing id; the lifecycle it attaches to."""
+        android = self.out.dialect is Dialect.ANDROID
+        where = f"{_op(asked.opcode)} reply #{i} (fh {fh:#x}, node {nodeid})"
+        if not pt:
+            self.flag("passthrough-id-without-flag", f"{where} carries backing id {bid} "
+                                                     f"without FOPEN_PASSTHROUGH", [i], handle)
+            return None
+        if not android and not self.passthrough:
+            why = self.passthrough_off[1] if self.passthrough_off else (
+                "INIT never negotiated FUSE_PASSTHROUGH")
+            records = [i] + ([self.init_reply] if self.init_reply is not None else [])
+            self.flag("passthrough-not-negotiated", f"{where} sets FOPEN_PASSTHROUGH, but {why}",
+                      records, handle)
+        if bid == 0:
+            self.flag("passthrough-zero-id", f"{where} sets FOPEN_PASSTHROUGH with backing id 0",
+                      [i], handle)
+            return None
+        if not android and oflags & FOPEN_DIRECT_IO:
+            self.flag("passthrough-direct-io", f"{where} sets FOPEN_DIRECT_IO with "
+                                               f"FOPEN_PASSTHROUGH", [i], handle)
+        b = self.backing.get(bid)
+        if b is None:
+            gens = self.out._all["backing"].get(bid)
+            if gens:
+                last = gens[-1]
+                self.flag("backing-used-after-close", f"{where} carries backing id {bid}, "
+                                                      f"closed at #{last.events[-1].index}",
+                          [*last.records, i], last)
+                last.add(i, ts, "OPEN reply after close", f"fh={fh:#x}")
+            else:
+                lc = self.new("backing", bid, "never opened")
+                lc.add(i, ts, f"{_op(asked.opcode)} reply", f"fh={fh:#x} nodeid={nodeid}")
+                lc.state = "unknown"
+                self.flag("backing-unknown-id", f"{where} carries backing id {bid}, which no "
+                                                f"BACKING_OPEN returned", [i], lc)
+            return None
+        b.count += 1
+        b.add(i, ts, f"{_op(asked.opcode)} reply", f"fh={fh:#x} nodeid={nodeid}")
+        if android:  # the id is consumed by the open
+            del self.backing[bid]
+            b.state, b.verdict = "consumed", CLOSED
+            return None
+        held = self.inode_backing.get(nodeid)
+        if held is not None and held[0] is not b and held[1] > 0:
+            other = held[0]
+            self.flag("passthrough-conflicting-ids",
+                      f"{where} carries backing id {bid} while node {nodeid} is open with "
+                      f"backing id {other.key}: the kernel fails this open with EIO",
+                      [other.events[0].index, i], b)
+        else:
+            self.inode_backing[nodeid] = (b, (held[1] if held else 0) + 1)
+        return b
+
+    # --- ioctls -----------------------------------------------------------------------
+
+    def ioctl(self, i: int, ts: int, meta: dict[str, Any]) -> None:
+        cmd, arg, err = meta.get("cmd", 0), meta.get("arg") or b"", meta.get("errno", 0)
+        android = self.out.dialect is Dialect.ANDROID
+        if cmd in _ANDROID_OPENS or (cmd == DevIoctl.BACKING_OPEN and android):
+            self.backing_open(i, ts, meta, "PASSTHROUGH_OPEN")
+        elif cmd == DevIoctl.BACKING_OPEN:
+            self.backing_open(i, ts, meta, "BACKING_OPEN")
+        elif cmd == DevIoctl.BACKING_CLOSE:
+            bid = int.from_bytes(arg[:4], "little") if len(arg) >= 4 else -1
+            self.backing_close(i, ts, bid, err)
+
+    def backing_open(self, i: int, ts: int, meta: dict[str, Any], name: str) -> None:
+        arg, result, err = meta.get("arg") or b"", meta.get("result", -1), meta.get("errno", 0)
+        fd = int.from_bytes(arg[:4], "little", signed=True) if len(arg) >= 4 else None
+        where = f"{name} #{i} (fd={fd}{', ' + meta['path'] if meta.get('path') else ''})"
+        if err:
+            code, why = self.eperm_cause() if err == _EPERM else (
+                "backing-open-failed", f"failed with {errno_name(err)}")
+            self.flag(code, f"{where} {why}", [i, *([self.init_reply] if self.init_reply is not
+                                                     None and err == _EPERM else [])])
+            return
+        lc = self.new("backing", result, str(meta.get("path") or ""))
+        lc.add(i, ts, name, f"fd={fd} = {result}"
+                                + (f" path={meta['path']}" if meta.get("path") else ""))
+        self.backing[result] = lc
+
+    def eperm_cause(self) -> tuple[str, str]:
+        """Why BACKING_OPEN said EPERM: the kernel uses that errno for four causes."""
+        if self.init_reply is None:
+            return "backing-open-failed", "failed with EPERM (no INIT exchange in the trace)"
+        offered = self.kernel_flags or 0
+        if not offered & FUSE_PASSTHROUGH:
+            return ("backing-eperm-not-offered", "failed with EPERM: the kernel did not offer "
+                    "FUSE_PASSTHROUGH in INIT (kernel older than 6.9, or built without it)")
+        if self.passthrough_off is not None:
+            code, why = self.passthrough_off
+            return code, f"failed with EPERM: passthrough is off because {why}"
+        if not self.passthrough:
+            return ("backing-eperm-not-negotiated", f"failed with EPERM: the INIT reply "
+                    f"#{self.init_reply} did not ask for FUSE_PASSTHROUGH")
+        return ("backing-eperm-no-cap", "failed with EPERM although passthrough was "
+                "negotiated: the process that performed it lacks CAP_SYS_ADMIN (under "
+                "`fusetrace record` that is the recorder: run it as root)")
+
+    def backing_close(self, i: int, ts: int, bid: int, err: int) -> None:
+        lc = self.backing.get(bid)
+        if lc is None:
+            gens = self.out._all["backing"].get(bid)
+            if gens:
+                last = gens[-1]
+                last.add(i, ts, "BACKING_CLOSE again", f"= {errno_name(err) if err else 0}")
+                self.flag("backing-close-twice", f"BACKING_CLOSE #{i} of backing id {bid}, "
+                                                 f"already closed at #{last.events[-2].index}",
+                          last.records, last)
+            else:
+                self.flag("backing-close-unknown", f"BACKING_CLOSE #{i} of backing id {bid}, "
+                                                   f"which no BACKING_OPEN in the trace returned"
+                          + (f" ({errno_name(err)})" if err else ""), [i])
+            return
+        lc.add(i, ts, "BACKING_CLOSE", f"= {'-1 ' + errno_name(err) if err else 0}")
+        if err:
+            return
+        del self.backing[bid]
+        lc.state = "closed"
+        if lc.verdict == OPEN_AT_END:
+            lc.verdict = CLOSED
+        for (directory, fh), opens in self.opens.items():
+            for o in opens:
+                if o.backing is lc and not o.seen:
+                    self.flag("backing-close-in-flight",
+                              f"BACKING_CLOSE #{i} of backing id {bid} comes right after the "
+                              f"open reply #{o.reply} carrying it (fh {fh:#x}), before the "
+                              f"kernel used that handle", [o.reply, i], lc, verdict=None)
+
+    # --- the end ----------------------------------------------------------------------
+
+    def finish(self) -> None:
+        """Judge what is still open: leaks after a clean end, notes otherwise."""
+        out = self.out
+        if out.clean_end:
+            end = "the session ended"
+        elif out.ended:
+            end = f"the session ended ({out.end_reason}) before it was closed"
+        else:
+            end = "the trace ends without the session's end (cut short or recorder killed)"
+        if self.init_request is not None and self.init_reply is None:
+            self.flag("init-unanswered", "the kernel's INIT was never answered",
+                      [self.init_request])
+        for bid, lc in sorted(self.backing.items()):
+            lc.state = "open"
+            if out.clean_end:
+                what = "consumed by an open reply" if out.dialect is Dialect.ANDROID else "closed"
+                self.flag("backing-leak", f"backing id {bid} ({lc.label or 'no path'}) opened at "
+                                          f"#{lc.events[0].index} was never {what}",
+                          lc.records, lc, verdict=LEAKED)
+            else:
+                self.flag("open-at-end", f"backing id {bid} is still open: {end}", lc.records,
+                          lc, verdict=None)
+        for (directory, fh), lc in sorted(self.fhs.items()):
+            if out.clean_end:
+                self.flag("fh-never-released", f"{lc.label} {fh:#x} opened at "
+                                               f"#{lc.events[0].index} was never released",
+                          lc.records, lc, verdict=LEAKED)
+            else:
+                self.flag("open-at-end", f"{lc.label} {fh:#x} is still open: {end}",
+                          lc.records[:1], lc, verdict=None)
+        for unique, asked in sorted(self.asked.items(), key=lambda kv: kv[1].index):
+            what = f"{_op(asked.opcode)} #{asked.index} (unique {unique})"
+            interrupt = self.interrupted.get(unique)
+            if interrupt is not None:
+                what += f", interrupted at #{interrupt},"
+            if out.clean_end:
+                self.flag("request-unanswered", f"{what} was never answered",
+                          [asked.index] + ([interrupt] if interrupt is not None else []))
+            else:
+                self.flag("open-at-end", f"{what} is unanswered: {end}", [asked.index])
+        out.anomalies.sort(key=lambda a: (a.records[0] if a.records else -1, a.code))
+

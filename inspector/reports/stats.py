@@ -1,0 +1,152 @@
+"""`fusetrace stats`: per opcode count, errors by errno, latency percentiles and bytes;
+per backing id its opens and lifetime; and the session's negotiated facts.
+
+One streaming pass pairs requests with replies by `unique` (bytes are the messages' true
+lengths, even where the snap length cut the stored copy).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+from dissectors.constants import INIT_FLAGS, NO_REPLY_OPCODES, Opcode
+from dissectors.fields import errno_name
+from traces import Kind, TraceReader
+
+from ..lifecycles import Analysis
+
+_LEN = struct.Struct("<I")
+_IN = struct.Struct("<4xIQ")  # opcode, unique
+_OUT = struct.Struct("<4xiQ")  # error, unique
+
+
+@dataclass
+class OpStats:
+    count: int = 0
+    errors: Counter[str] = field(default_factory=Counter)
+    latencies: list[int] = field(default_factory=list)  # ns
+    bytes_in: int = 0  # requests
+    bytes_out: int = 0  # replies
+
+    def percentile(self, p: float) -> int | None:
+        """Nearest-rank percentile of the latencies (sorted by `finish`)."""
+        lat = self.latencies
+        if not lat:
+            return None
+        return lat[max(0, math.ceil(p / 100 * len(lat)) - 1)]
+
+
+def op_name(opcode: int) -> str:
+    try:
+        return Opcode(opcode).name
+    except ValueError:
+        return f"opcode_{opcode}"
+
+
+def collect(path: str) -> tuple[dict[str, OpStats], dict[str, int]]:
+    """Per-opcode figures and totals of one trace."""
+    ops: dict[str, OpStats] = {}
+    asked: dict[int, tuple[int, OpStats]] = {}
+    totals = Counter[str]()
+    with TraceReader(path) as reader:
+        for rec in reader:
+            totals[rec.kind.name.lower()] += 1
+            raw = rec.raw
+            if raw is None or len(raw) < 16:
+                continue
+            true_len = rec.meta.get("len", len(raw)) if rec.meta else len(raw)
+            if rec.kind is Kind.REQUEST:
+                opcode, unique = _IN.unpack_from(raw)
+                name = op_name(opcode)
+                st = ops.get(name) or ops.setdefault(name, OpStats())
+                st.count += 1
+                st.bytes_in += true_len
+                if unique and opcode not in NO_REPLY_OPCODES:
+                    asked[unique] = (rec.ts, st)
+            else:
+                error, unique = _OUT.unpack_from(raw)
+                if unique == 0:
+                    totals["notifications"] += 1
+                    continue
+                pending = asked.pop(unique, None)
+                if pending is None:
+                    continue
+                ts, st = pending
+                st.latencies.append(rec.ts - ts)
+                st.bytes_out += true_len
+                if error:
+                    st.errors[errno_name(error)] += 1
+        totals["unanswered"] = len(asked)
+    for st in ops.values():
+        st.latencies.sort()
+    return ops, dict(totals)
+
+
+def _ms(ns: int | None) -> str:
+    return "-" if ns is None else f"{ns / 1e6:.3f}"
+
+
+def _flags(flags: int) -> str:
+    return "|".join(name for bit, name in INIT_FLAGS.items() if flags & bit) or "0"
+
+
+def backing_rows(a: Analysis) -> list[dict[str, Any]]:
+    rows = []
+    for lc in a.lifecycles("backing"):
+        opens = sum(1 for e in lc.events if e.what.endswith("reply"))
+        closed = lc.state in ("closed", "consumed")
+        life = lc.events[-1].ts - lc.events[0].ts if closed and lc.events else None
+        rows.append({"backing_id": lc.key, "generation": lc.generation, "path": lc.label,
+                     "opens": opens, "lifetime_ns": life, "verdict": lc.verdict})
+    return rows
+
+
+def session_facts(a: Analysis) -> dict[str, Any]:
+    init = a.init
+    return {"trace": a.path, "records": a.records, "server_argv": a.header.get("argv"),
+            "mountpoint": a.header.get("mountpoint"), "kernel": a.header.get("kernel"),
+            "minor": init.get("minor"), "dialect": init.get("dialect"),
+            "flags": _flags(init["flags"]) if init else None,
+            "max_write": init.get("max_write"), "ended": a.end_reason if a.ended else None}
+
+
+def write_stats(a: Analysis, out: IO[str]) -> None:
+    ops, totals = collect(a.path)
+    facts = session_facts(a)
+    for k, v in facts.items():
+        print(f"{k + ':':<12} {v}", file=out)
+    print("totals:      " + ", ".join(f"{k} {v}" for k, v in totals.items()), file=out)
+    print(f"\n{'opcode':<16}{'count':>9}{'p50 ms':>10}{'p90 ms':>10}{'p99 ms':>10}{'max ms':>10}"
+          f"{'bytes in':>12}{'bytes out':>12}  errors", file=out)
+    for name, st in sorted(ops.items(), key=lambda kv: -kv[1].count):
+        errors = " ".join(f"{e}×{n}" for e, n in st.errors.most_common())
+        print(f"{name:<16}{st.count:>9}{_ms(st.percentile(50)):>10}{_ms(st.percentile(90)):>10}"
+              f"{_ms(st.percentile(99)):>10}{_ms(st.latencies[-1] if st.latencies else None):>10}"
+              f"{st.bytes_in:>12}{st.bytes_out:>12}  {errors}", file=out)
+    rows = backing_rows(a)
+    if rows:
+        print(f"\n{'backing id':>10} {'opens':>6} {'lifetime ms':>12}  verdict / path", file=out)
+        for r in rows:
+            print(f"{r['backing_id']:>10} {r['opens']:>6} {_ms(r['lifetime_ns']):>12}  "
+                  f"{r['verdict']}  {r['path']}", file=out)
+
+
+def stats_json(a: Analysis) -> dict[str, Any]:
+    ops, totals = collect(a.path)
+    return {"session": session_facts(a), "totals": totals, "backing": backing_rows(a),
+            "opcodes": {name: {"count": st.count, "errors": dict(st.errors),
+                               "p50_ns": st.percentile(50), "p90_ns": st.percentile(90),
+                               "p99_ns": st.percentile(99),
+                               "max_ns": st.latencies[-1] if st.latencies else None,
+                               "bytes_in": st.bytes_in, "bytes_out": st.bytes_out}
+                        for name, st in ops.items()}}
+
+
+def write_stats_json(a: Analysis, out: IO[str]) -> None:
+    json.dump(stats_json(a), out, indent=1)
+    out.write("\n")
