@@ -48,6 +48,10 @@ as measured by tests/inspector/test_passthroughfs.py:
   passthrough, reads bypass the server and keep working. Unmounting still works.
 - `stall=OPCODE:SECONDS`: every reply to OPCODE waits SECONDS before it is written
   (other workers keep serving); the application's call takes that much longer.
+- `wrong-size`, `wrong-errno`, `reuse-fh`: plain server bugs (a regular file's GETATTR
+  size one byte too large; EEXIST for a non-empty RMDIR; a file open handed the fh of an
+  open that is still open) for `fusetrace replay` to catch; tests/inspector/test_replay.py
+  pins each to its record.
 
 Also measured: a passthrough file open while the server exits keeps reading from its
 backing file; only its close() fails (ENOTCONN, from FLUSH). On a `/dev/fd/N` socket

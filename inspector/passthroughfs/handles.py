@@ -37,16 +37,27 @@ H = TypeVar("H", FileHandle, DirHandle)
 
 
 class Handles:
-    """fh → handle, thread-safe; unknown fh values read as EBADF."""
+    """fh → handle, thread-safe; unknown fh values read as EBADF.
 
-    def __init__(self) -> None:
+    `reuse_file_fh` is the `reuse-fh` misbehaviour: a file open gets the previous file
+    open's fh while that one is still open (its handle is overwritten, its fd leaks)."""
+
+    def __init__(self, reuse_file_fh: bool = False) -> None:
         self._lock = threading.Lock()
         self._handles: dict[int, FileHandle | DirHandle] = {}
         self._next = itertools.count(1)
+        self._reuse = reuse_file_fh
+        self._last_file: int | None = None
 
     def add(self, handle: FileHandle | DirHandle) -> int:
         with self._lock:
-            fh = next(self._next)
+            if (self._reuse and isinstance(handle, FileHandle) and self._last_file is not None
+                    and self._last_file in self._handles):
+                fh = self._last_file
+            else:
+                fh = next(self._next)
+            if isinstance(handle, FileHandle):
+                self._last_file = fh
             self._handles[fh] = handle
             return fh
 

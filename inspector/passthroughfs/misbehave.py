@@ -20,6 +20,9 @@ SWITCHES: dict[str, str] = {
     "writeback-cache": "negotiate FUSE_WRITEBACK_CACHE along with FUSE_PASSTHROUGH",
     "per-open-backing-id": "a fresh backing id per open instead of one per inode",
     "no-release-reply": "never reply to RELEASE",
+    "wrong-size": "GETATTR reports regular files one byte larger than they are",
+    "wrong-errno": "RMDIR of a non-empty directory fails with EEXIST instead of ENOTEMPTY",
+    "reuse-fh": "hand a file open the previous open's fh again while that is still open",
     "stall=OPCODE:SECONDS": "delay every reply to OPCODE by SECONDS",
 }
 UNKNOWN_BACKING_ID = 4242

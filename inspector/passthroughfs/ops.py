@@ -126,7 +126,7 @@ class Operations:
                  misbehave: Misbehaviour) -> None:
         self.source = source
         self.nodes = NodeTable(source)
-        self.handles = Handles()
+        self.handles = Handles(reuse_file_fh="reuse-fh" in misbehave)
         self.backing = backing
         self.timeouts = timeouts
         self.misbehave = misbehave
@@ -178,7 +178,10 @@ class Operations:
         if req.get("getattr_flags") & FUSE_GETATTR_FH:
             handle = self.handles.find_file(req.get("fh"))
         st = os.fstat(handle.fd) if handle else os.lstat(self.nodes.path(req.nodeid))
-        return self.timeouts.attr_out(st)
+        out = self.timeouts.attr_out(st)
+        if "wrong-size" in self.misbehave and stat.S_ISREG(st.st_mode):
+            out.attr.size += 1
+        return out
 
     def setattr(self, req: Request) -> Packet:
         valid = req.get("valid")
@@ -240,7 +243,12 @@ class Operations:
     def rmdir(self, req: Request) -> None:
         path = self.nodes.child(req.nodeid, req.name)
         st = os.lstat(path)
-        os.rmdir(path)
+        try:
+            os.rmdir(path)
+        except OSError as exc:
+            if exc.errno == errno.ENOTEMPTY and "wrong-errno" in self.misbehave:
+                raise OSError(errno.EEXIST, "wrong errno on purpose") from exc
+            raise
         self.nodes.unlinked(path, st)
 
     def rename(self, req: Request) -> None:

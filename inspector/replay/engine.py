@@ -1,0 +1,522 @@
+"""The replay loop: play a `Script` to a server under test and compare what comes back.
+
+Order: requests go out in recorded order. By default one at a time: before a request is
+sent, every earlier request the recording has a reply for is answered and compared, so
+the server sees no concurrency and answers the same way every run. The one exception is
+a request the kernel interrupted: its INTERRUPT (and what follows it) goes out while it
+is still pending, as recorded. With `overlap`, requests go out exactly where the trace
+has them and each reply is awaited where the trace has it, so the recorded concurrency
+is reproduced (and the server's own ordering may vary).
+
+Comparison happens request by request: first the ioctls the server made while handling
+it (so a BACKING_OPEN's id is known before the OPEN reply that carries it), then the
+reply, field by field through the translation and the masks. Notifications are matched
+as a set at the end. Differences are pinned to the recorded record they concern and
+reported in record order.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+from dissectors import SessionDecoder, line
+from dissectors.constants import FUSE_WRITEBACK_CACHE, NO_REPLY_OPCODES, Opcode
+from dissectors.context import DEFAULT_CONTEXT, Dialect
+from dissectors.ioctls import DevIoctl
+from dissectors.quick import brief_reply, peek_reply
+from dissectors.structs import FuseInHeader
+from traces import TraceWriter
+
+from .attribute import Attributor
+from .emulate import IoctlCall, IoctlLog
+from .masks import Masks, notify_key
+from .report import Difference, FieldDiff, ReplayReport
+from .script import COMPARED_IOCTLS, SEND, Exchange, IoctlRecord, ReplayError, Script
+from .server import GRACE, Closed, ServerUnderTest
+from .translate import Translator
+from .views import (
+    FH,
+    IGNORED,
+    NODE,
+    PLAIN,
+    Item,
+    RequestView,
+    ReplyView,
+    patch,
+    reply_view,
+    request_view,
+    show,
+)
+
+_FORGETS = frozenset({Opcode.FORGET, Opcode.BATCH_FORGET})
+_RELEASES = frozenset({Opcode.RELEASE, Opcode.RELEASEDIR})
+_NEVER_ANSWERED = NO_REPLY_OPCODES | {Opcode.INTERRUPT}
+_OPEN_IOCTLS = frozenset({DevIoctl.BACKING_OPEN, DevIoctl.PASSTHROUGH_OPEN_V1,
+                          DevIoctl.PASSTHROUGH_OPEN_V2})
+
+
+class Hang(Exception):
+    def __init__(self, ex: Exchange) -> None:
+        self.ex = ex
+
+
+class Crash(Exception):
+    def __init__(self, ex: Exchange | None) -> None:
+        self.ex = ex
+
+
+@dataclass
+class _Sent:
+    ex: Exchange
+    view: RequestView  # of the recorded request
+    compared: bool = False
+
+    @property
+    def fh(self) -> int:
+        return next((value for _, kind, value in self.view.slots if kind == FH), 0)
+
+    def text(self) -> str:
+        return f"{line(self.view.brief)} (record {self.ex.index})"
+
+
+def _errno_text(value: int) -> str:
+    return show(value, None) if value >= 0 else f"{value} ({os.strerror(-value)})"
+
+
+def _first_change(a: bytes, b: bytes) -> str:
+    at = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+    return f"first difference at byte {at}"
+
+
+def _shown(items: list[Item]) -> list[tuple[str, str]]:
+    return [(path, show(value, fmt)) for path, value, _, fmt in items]
+
+
+@dataclass
+class _Counts:
+    requests: int = 0
+    replies: int = 0
+    ioctls: int = 0
+    notifications: int = 0
+    extra: dict[str, int] = field(default_factory=dict)
+
+
+class Replayer:
+    def __init__(self, script: Script, server: Sequence[str], masks: Masks, timeout: float,
+                 overlap: bool, mountpoint: str | None = None) -> None:
+        self.script = script
+        self.masks = masks
+        self.timeout = timeout
+        self.overlap = overlap
+        self.writer: TraceWriter | None = None
+        self.tr = Translator()
+        self.rec = SessionDecoder()
+        self.rep = SessionDecoder()
+        self.diffs: list[Difference] = []
+        self.counts = _Counts()
+        self.arrived: dict[int, bytes] = {}
+        self.notifications: list[tuple[int, bytes]] = []  # (last record sent, raw)
+        self.sent: dict[int, _Sent] = {}
+        self.outstanding: dict[int, _Sent] = {}
+        self.last_index = -1
+        self.passthrough = False
+        self.attr = Attributor()
+        self.calls: dict[int, IoctlCall] = {}
+        self._queue: list[IoctlCall] = []
+        self._lock = threading.Lock()
+        self.log = IoctlLog(None, self._on_call)
+        self.server = ServerUnderTest(server, self.log, lambda: self.passthrough, mountpoint)
+        self.reads_by_length = script.cut_writes > 0
+
+    # --- the run ----------------------------------------------------------------------
+
+    def run(self, writer: TraceWriter | None = None) -> ReplayReport:
+        self.writer = self.log.writer = writer
+        report = ReplayReport(self.script.path, list(self.server.argv), masks=self.masks.describe())
+        if self.reads_by_length:
+            report.notes.append(
+                f"{self.script.cut_writes} WRITE requests were cut by the recording's snap length "
+                f"(-s): their missing bytes were replayed as zeros, so READ data is compared by "
+                f"length only (record with -s 0 for a byte-exact replay)")
+        try:
+            self.server.start()
+            self._event("server_start", pid=self.server.proc.pid if self.server.proc else 0,
+                        argv=self.server.argv)
+            for kind, ex in self.script.steps:
+                if kind == SEND:
+                    if not self.overlap:
+                        self._settle(ex.index)
+                    self._send(ex)
+                else:
+                    self._await(self.sent[ex.unique])
+            self._settle(None)
+            self._end()
+        except Hang as hang:
+            report.error = (f"no reply to {self.sent[hang.ex.unique].text()} within "
+                            f"{self.timeout:g} s: the server hangs on it")
+            self.server.kill()
+        except Crash as crash:
+            report.error = self._crash_text(crash.ex)
+        except ReplayError as exc:
+            report.error = str(exc)
+            self.server.kill()
+        finally:
+            self.server.stop()
+            report.server_log = self.server.server_output()
+            self.server.close()
+        if report.error is None:
+            self._sweep()
+        status = self.server.status()
+        report.server_exit = (f"{status}" + (f" ({self.server.exit_note})" if self.server.exit_note
+                                             else "")) if status else self.server.exit_note
+        self._event("server_exit", how=report.server_exit or "")
+        self.diffs.sort(key=lambda d: d.record)
+        report.differences = self.diffs
+        c = self.counts
+        report.counts = {"requests": c.requests, "replies": c.replies, "ioctls": c.ioctls,
+                         "notifications": c.notifications, **c.extra}
+        self._event("session_end", reason=report.error or "replayed",
+                    differences=len(self.diffs))
+        return report
+
+    def _crash_text(self, ex: Exchange | None) -> str:
+        proc = self.server.proc
+        if proc is not None:
+            try:
+                proc.wait(GRACE)
+            except subprocess.TimeoutExpired:  # still running: it only closed its connection
+                pass
+        how = self.server.status() or "closed its connection"
+        what = self.sent[ex.unique].text() if ex is not None and ex.unique in self.sent else (
+            "a request")
+        return f"the server {how} while handling {what}"
+
+    def _event(self, name: str, **data: Any) -> None:
+        if self.writer is not None:
+            self.writer.event(name, **data)
+
+    # --- sending and receiving ---------------------------------------------------------
+
+    def _on_call(self, call: IoctlCall) -> None:
+        """From the trap's thread: queued for the main thread."""
+        with self._lock:
+            self._queue.append(call)
+
+    def _drain_calls(self) -> None:
+        with self._lock:
+            calls, self._queue = self._queue, []
+        for call in calls:
+            if call.cmd in COMPARED_IOCTLS:
+                self.calls[call.seq] = call
+                self.attr.ioctl(call.seq, call.cmd)
+
+    def _send(self, ex: Exchange) -> None:
+        self._drain_calls()
+        msg = self.rec.feed_request(ex.raw)
+        view = request_view(ex.raw, msg.brief)
+        raw = patch(ex.raw, self.tr.rewrite(view))
+        if ex.true_len is not None:  # cut by the snap length: the rest as zeros
+            raw += bytes(ex.true_len - len(raw))
+        self.rep.feed_request(raw)
+        awaits = ex.answered and ex.opcode not in NO_REPLY_OPCODES
+        self.attr.request(ex.unique, ex.opcode, awaits)
+        sent = self.sent[ex.unique] = _Sent(ex, view)
+        try:
+            self.server.send(raw)
+        except Closed:
+            raise Crash(ex) from None
+        if self.writer is not None:
+            self.writer.request(raw)
+        self.counts.requests += 1
+        if awaits:
+            self.outstanding[ex.unique] = sent
+        self.last_index = ex.index
+        if ex.opcode in _FORGETS:
+            self.tr.forgotten(view)
+        elif ex.opcode in _RELEASES:
+            self.tr.released(view)
+
+    def _settle(self, before: int | None) -> None:
+        """Await every outstanding reply, except those of requests interrupted by then."""
+        for sent in list(self.outstanding.values()):
+            at = sent.ex.interrupted_at
+            if before is not None and at is not None and at <= before:
+                continue
+            self._await(sent)
+
+    def _await(self, sent: _Sent) -> None:
+        if sent.compared:
+            return
+        unique = sent.ex.unique
+        deadline = time.monotonic() + self.timeout
+        while unique not in self.arrived:
+            try:
+                msg = self.server.receive(deadline)
+            except Closed:
+                raise Crash(sent.ex) from None
+            if msg is None:
+                raise Hang(sent.ex)
+            self._take(msg)
+        raw = self.arrived.pop(unique)
+        self.outstanding.pop(unique, None)
+        sent.compared = True
+        self._compare_ioctls(sent)
+        self._compare_reply(sent, raw)
+
+    def _take(self, msg: bytes) -> None:
+        """One message from the server: a reply (kept until compared) or a notification."""
+        self._drain_calls()
+        if self.writer is not None:
+            self.writer.reply(msg)
+        _, unique = peek_reply(msg)
+        if unique == 0:
+            self.notifications.append((self.last_index, msg))
+            return
+        sent = self.sent.get(unique)
+        if sent is None or sent.compared or unique in self.arrived:
+            self._extra_reply(sent, msg)
+            return
+        self.arrived[unique] = msg
+        self.attr.reply(unique)
+
+    def _extra_reply(self, sent: _Sent | None, msg: bytes) -> None:
+        _, unique = peek_reply(msg)
+        where = sent.ex.index if sent is not None else self.last_index
+        what = (f"a second reply to {sent.text()}" if sent is not None
+                else f"a reply to unique {unique}, which no request sent has")
+        self.diffs.append(Difference(where, "extra reply", what,
+                                     "the server sent a reply the kernel would reject"))
+
+    def _end(self) -> None:
+        """DESTROY (unless the trace had one), then the server's exit."""
+        if not any(ex.opcode == Opcode.DESTROY for ex in self.script.exchanges):
+            unique = max(ex.unique for ex in self.script.exchanges) + 2
+            raw = bytes(FuseInHeader(opcode=Opcode.DESTROY, unique=unique))
+            self._drain_calls()
+            try:
+                self.server.send(raw)
+                if self.writer is not None:
+                    self.writer.request(raw)
+                deadline = time.monotonic() + self.timeout
+                while unique not in self.arrived:
+                    msg = self.server.receive(deadline)
+                    if msg is None:
+                        break
+                    if peek_reply(msg)[1] == unique:
+                        if self.writer is not None:
+                            self.writer.reply(msg)
+                        break
+                    self._take(msg)
+            except Closed:
+                return  # ended its session on DESTROY: what DESTROY asks for
+        self.server.stop(self._take)
+
+    # --- comparing ------------------------------------------------------------------
+
+    def _masked(self, opcode: int | None, path: str) -> bool:
+        return self.masks.masked(opcode, path)
+
+    def _compare_reply(self, sent: _Sent, raw: bytes) -> None:
+        ex = sent.ex
+        assert ex.reply is not None and ex.reply_index is not None
+        self.counts.replies += 1
+        rec_brief = self.rec.feed_reply(ex.reply).brief
+        rep_brief = self.rep.feed_reply(raw).brief
+        if ex.opcode == Opcode.INIT:
+            ctx = self.rep.ctx
+            self.passthrough = (ctx.dialect is not Dialect.NONE
+                                and not ctx.flags & FUSE_WRITEBACK_CACHE)
+        rv = reply_view(ex.reply, rec_brief, ex.reply_true_len)
+        pv = reply_view(raw, rep_brief)
+        fields = self._compare_views(ex.opcode, rv, pv, sent.fh)
+        if not fields:
+            return
+        if rv.error != pv.error:
+            summary = f"error {_errno_text(rv.error)} recorded, {_errno_text(pv.error)} replayed"
+        else:
+            names = ", ".join(f.path for f in fields[:3]) + (" …" if len(fields) > 3 else "")
+            summary = f"the reply differs in {names}"
+        self.diffs.append(Difference(ex.reply_index, "reply", sent.text(), summary, fields,
+                                     _shown(rv.items()), _shown(pv.items())))
+        self._event("replay_difference", record=ex.reply_index, summary=summary)
+
+    def _compare_views(self, op: int, rv: ReplyView, pv: ReplyView, dir_fh: int) -> list[FieldDiff]:
+        diffs: list[FieldDiff] = []
+        if rv.error != pv.error and not self._masked(op, "error"):
+            diffs.append(FieldDiff("error", _errno_text(rv.error), _errno_text(pv.error)))
+        same = len(rv.layers) == len(pv.layers) and all(
+            a[0] is b[0] for a, b in zip(rv.layers, pv.layers))
+        if not same:
+            self._compare_items(op, rv.items()[1:], pv.items()[1:], rv.cut, dir_fh, diffs)
+            return diffs
+        for (spec, a), (_, b) in zip(rv.layers, pv.layers):
+            fmts = spec.comp.formatters
+            for i in spec.special:
+                self._learn(op, spec.paths[i], spec.kinds[i], a[i], b[i], dir_fh, fmts[i], diffs)
+            if a != b:
+                for i, (x, y) in enumerate(zip(a, b)):
+                    if x != y and spec.kinds[i] == PLAIN and not self._masked(op, spec.paths[i]):
+                        diffs.append(FieldDiff(spec.paths[i], show(x, fmts[i]), show(y, fmts[i])))
+        self._compare_items(op, rv.tail, pv.tail, rv.cut, dir_fh, diffs)
+        return diffs
+
+    def _compare_items(self, op: int, rec: list[Item], rep: list[Item], cut: bool, dir_fh: int,
+                       diffs: list[FieldDiff]) -> None:
+        if len(rec) == len(rep) and all(a[0] == b[0] for a, b in zip(rec, rep)):
+            pairs: list[tuple[str, Item | None, Item | None]] = [
+                (a[0], a, b) for a, b in zip(rec, rep)]
+        else:
+            mine, theirs = {i[0]: i for i in rec}, {i[0]: i for i in rep}
+            paths = list(mine) + [p for p in theirs if p not in mine]
+            pairs = [(p, mine.get(p), theirs.get(p)) for p in paths]
+        for path, a, b in pairs:
+            if a is None or b is None:
+                if not self._masked(op, path):
+                    diffs.append(FieldDiff(path, show(a[1], a[3]) if a else "-",
+                                           show(b[1], b[3]) if b else "-"))
+                continue
+            if a[2] != PLAIN:
+                self._learn(op, path, a[2], a[1], b[1], dir_fh, a[3], diffs)
+                continue
+            x, y = a[1], b[1]
+            if path == "data":
+                if self.reads_by_length and op == Opcode.READ:
+                    continue
+                if cut:
+                    y = y[:len(x)]
+            if x != y and not self._masked(op, path):
+                note = _first_change(x, y) if isinstance(x, bytes) and isinstance(y, bytes) else ""
+                diffs.append(FieldDiff(path, show(x, a[3]), show(y, b[3]), note))
+
+    def _learn(self, op: int, path: str, kind: int, recorded: int, replayed: int, dir_fh: int,
+               fmt: Any, diffs: list[FieldDiff]) -> None:
+        if kind == IGNORED:
+            return
+        problem = self.tr.learn(kind, recorded, replayed, dir_fh)
+        if problem and not self._masked(op, path):
+            diffs.append(FieldDiff(path, show(recorded, fmt), show(replayed, fmt), problem))
+
+    # --- ioctls -------------------------------------------------------------------------
+
+    def _compare_ioctls(self, sent: _Sent) -> None:
+        self._drain_calls()
+        mine = [self.calls[t] for t in self.attr.owned.pop(sent.ex.unique, [])]
+        self._pair_ioctls(sent.ex.ioctls, mine, sent.text(), sent.ex.index)
+
+    def _pair_ioctls(self, recorded: list[IoctlRecord], replayed: list[IoctlCall], during: str,
+                     where: int) -> None:
+        cmds = list(dict.fromkeys([c.cmd for c in recorded] + [c.cmd for c in replayed]))
+        for cmd in cmds:
+            rec = [c for c in recorded if c.cmd == cmd]
+            rep = [c for c in replayed if c.cmd == cmd]
+            for a, b in zip(rec, rep):
+                self._compare_call(a, b, during)
+            for a in rec[len(rep):]:
+                self.counts.ioctls += 1
+                self.diffs.append(Difference(
+                    a.index, "missing ioctl", self._ioctl_text(a.cmd, a.arg, a.result, a.errno),
+                    f"the server did not make this ioctl while handling {during}",
+                    recorded=self._ioctl_fields(a.cmd, a.arg, a.result, a.errno)))
+            for b in rep[len(rec):]:
+                self.diffs.append(Difference(
+                    where, "extra ioctl", self._ioctl_text(b.cmd, b.arg, b.result, b.errno),
+                    f"the server made this ioctl while handling {during}; the recording has no such ioctl",
+                    replayed=self._ioctl_fields(b.cmd, b.arg, b.result, b.errno)))
+
+    def _compare_call(self, rec: IoctlRecord, rep: IoctlCall, during: str) -> None:
+        self.counts.ioctls += 1
+        fields: list[FieldDiff] = []
+        if rec.errno != rep.errno:
+            fields.append(FieldDiff("errno", _errno_text(-rec.errno), _errno_text(-rep.errno)))
+        elif rec.cmd in _OPEN_IOCTLS and rec.errno == 0:
+            problem = self.tr.backing.learn(rec.result, rep.result)
+            if problem:
+                fields.append(FieldDiff("result", str(rec.result), str(rep.result), problem))
+        if rec.cmd == DevIoctl.BACKING_CLOSE and len(rec.arg) == 4 and len(rep.arg) == 4:
+            rec_id, rep_id = struct.unpack("<I", rec.arg)[0], struct.unpack("<I", rep.arg)[0]
+            expected = self.tr.backing.forward.get(rec_id)
+            if expected != rep_id:
+                fields.append(FieldDiff("backing_id", str(rec_id), str(rep_id),
+                                        f"recorded backing id {rec_id} is {expected} in this replay"))
+            if rec.errno == 0:
+                self.tr.backing.release(rec_id)
+        if rec.cmd == DevIoctl.BACKING_OPEN and rec.arg[4:8] != rep.arg[4:8]:
+            fields.append(FieldDiff("flags", rec.arg[4:8].hex(), rep.arg[4:8].hex()))
+        if fields:
+            self.diffs.append(Difference(
+                rec.index, "ioctl", self._ioctl_text(rec.cmd, rec.arg, rec.result, rec.errno),
+                f"made while handling {during}, it differs", fields,
+                self._ioctl_fields(rec.cmd, rec.arg, rec.result, rec.errno),
+                self._ioctl_fields(rep.cmd, rep.arg, rep.result, rep.errno)))
+
+    def _ioctl_text(self, cmd: int, arg: bytes, result: int, err: int) -> str:
+        return self.rec.feed_ioctl(cmd, arg, result, err).text
+
+    def _ioctl_fields(self, cmd: int, arg: bytes, result: int, err: int) -> list[tuple[str, str]]:
+        call = self.rec.feed_ioctl(cmd, arg, result, err)
+        return ([("ioctl", call.name)] + [(k, str(v)) for k, v in call.fields.items()]
+                + [("result", str(result)), ("errno", _errno_text(-err))])
+
+    # --- after the conversation --------------------------------------------------------
+
+    def _sweep(self) -> None:
+        """What is compared once everything ran: ioctls of requests that got no reply,
+        those made before the first request, replies nothing asked for, notifications."""
+        self._drain_calls()
+        self.attr.finish()
+        for sent in self.sent.values():
+            if not sent.compared:
+                self._compare_ioctls(sent)
+        startup = [self.calls[t] for t in self.attr.owned.pop(None, [])]
+        self._pair_ioctls(self.script.startup_ioctls, startup, "start-up", 0)
+        late = 0
+        for unique in sorted(self.arrived):
+            sent = self.sent[unique]
+            if sent.ex.opcode in _NEVER_ANSWERED:
+                self.diffs.append(Difference(sent.ex.index, "extra reply", sent.text(),
+                                             "the server answered a request that gets no reply"))
+            else:
+                late += 1
+        if late:
+            self.counts.extra["replies_the_recording_lacks"] = late
+        self._match_notifications()
+
+    def _notification_key(self, raw: bytes, recorded: bool) -> tuple[Any, ...]:
+        view = reply_view(raw, brief_reply(raw, DEFAULT_CONTEXT))
+        op = notify_key(view.error)
+        parts = []
+        for path, value, kind, _ in view.items()[1:]:
+            if kind == IGNORED or self._masked(op, path):
+                continue
+            if kind == NODE and not recorded:
+                value = self.tr.nodes.backward.get(value, value)
+            parts.append((path, value))
+        return (view.error, tuple(parts))
+
+    def _match_notifications(self) -> None:
+        self.counts.notifications = len(self.script.notifications)
+        waiting: dict[tuple[Any, ...], list[tuple[int, bytes]]] = {}
+        for after, raw in self.notifications:
+            waiting.setdefault(self._notification_key(raw, False), []).append((after, raw))
+        for index, raw in self.script.notifications:
+            found = waiting.get(self._notification_key(raw, True))
+            if found:
+                found.pop(0)
+                continue
+            view = reply_view(raw, brief_reply(raw, DEFAULT_CONTEXT))
+            self.diffs.append(Difference(index, "missing notification", line(view.brief),
+                                         "the server did not send this notification",
+                                         recorded=_shown(view.items())))
+        for left in waiting.values():
+            for after, raw in left:
+                view = reply_view(raw, brief_reply(raw, DEFAULT_CONTEXT))
+                self.diffs.append(Difference(
+                    after, "extra notification", line(view.brief),
+                    "the server sent a notification the recording does not have (it arrived "
+                    "after this record's request)", replayed=_shown(view.items())))

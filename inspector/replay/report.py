@@ -1,0 +1,119 @@
+"""What a replay found: differences in record order, and the report made of them.
+
+Everything here is a function of the trace, the server's answers and the masks: no
+timestamps, pids, socket numbers or durations, so the same trace against the same
+server gives byte-identical reports run after run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+_COLUMN = 34
+
+
+@dataclass(frozen=True)
+class FieldDiff:
+    """One field that differs, as shown (decoded) on both sides."""
+
+    path: str
+    recorded: str
+    replayed: str
+    note: str = ""  # why, when it is more than "not equal" (a translation broken …)
+
+
+@dataclass
+class Difference:
+    """One thing the replay did not reproduce, pinned to a record of the trace."""
+
+    record: int  # the record it is pinned to (a reply, an ioctl, a notification)
+    what: str  # "reply", "missing reply", "ioctl", "missing ioctl", "extra ioctl", …
+    message: str  # the recorded message concerned, one line
+    summary: str  # what differs, one line
+    fields: list[FieldDiff] = field(default_factory=list)
+    recorded: list[tuple[str, str]] = field(default_factory=list)  # every field, decoded
+    replayed: list[tuple[str, str]] = field(default_factory=list)
+
+    def text(self) -> str:
+        lines = [f"record {self.record}: {self.what}: {self.message}", f"    {self.summary}"]
+        if self.fields:
+            lines.append(_row("  ", "field", "recorded", "replayed"))
+            for diff in self.fields:
+                lines.append(_row("  ≠ ", diff.path, diff.recorded, diff.replayed))
+                if diff.note:
+                    lines.append(f"      {diff.note}")
+        return "\n".join(lines)
+
+    def both_sides(self) -> str:
+        """Every field of both messages side by side, differing ones marked."""
+        lines = [f"first difference, record {self.record}: {self.what}: {self.message}",
+                 f"  {self.summary}"]
+        if not (self.recorded or self.replayed):
+            return "\n".join(lines)
+        differing = {d.path for d in self.fields}
+        rec, rep = dict(self.recorded), dict(self.replayed)
+        paths = list(rec) + [p for p in rep if p not in rec]
+        lines.append(_row("  ", "field", "recorded", "replayed"))
+        for path in paths:
+            mark = "≠ " if path in differing else "  "
+            lines.append(_row("  " + mark, path, rec.get(path, "-"), rep.get(path, "-")))
+        notes = [f"  {d.path}: {d.note}" for d in self.fields if d.note]
+        return "\n".join(lines + notes)
+
+
+def _row(lead: str, path: str, recorded: str, replayed: str) -> str:
+    return f"{lead}{path:<{_COLUMN}} {recorded:<{_COLUMN - 10}} {replayed}".rstrip()
+
+
+@dataclass
+class ReplayReport:
+    """The outcome of one replay. `ok` means it ran to the end with no difference."""
+
+    trace: str
+    server: list[str]
+    differences: list[Difference] = field(default_factory=list)
+    error: str | None = None  # the replay could not finish: bad trace, crash, hang
+    counts: dict[str, int] = field(default_factory=dict)
+    masks: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    server_exit: str | None = None
+    server_log: str = ""  # the end of the server's output (not part of text() or json())
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and not self.differences
+
+    def text(self) -> str:
+        """The human report: a summary, then each difference in record order."""
+        counts = self.counts
+        lines = [f"fusetrace replay of {self.trace}",
+                 f"server: {' '.join(self.server)}",
+                 f"replayed {counts.get('requests', 0)} requests: {counts.get('replies', 0)} "
+                 f"replies, {counts.get('ioctls', 0)} ioctls and {counts.get('notifications', 0)} "
+                 f"notifications compared"]
+        if self.server_exit:
+            lines.append(f"server {self.server_exit}")
+        if self.masks:
+            lines.append("masked: " + ", ".join(self.masks))
+        lines += [f"note: {note}" for note in self.notes]
+        if self.error:
+            lines.append(f"error: {self.error}")
+        n = len(self.differences)
+        lines.append("result: " + ("no differences" if n == 0 else
+                                   f"{n} difference{'s' if n > 1 else ''}"))
+        for diff in self.differences:
+            lines += ["", diff.text()]
+        return "\n".join(lines) + "\n"
+
+    def json(self) -> dict[str, Any]:
+        return {"trace": self.trace, "server": self.server, "ok": self.ok, "error": self.error,
+                "counts": self.counts, "masks": self.masks, "notes": self.notes,
+                "server_exit": self.server_exit,
+                "differences": [asdict(d) for d in self.differences]}
+
+    def first_difference_text(self) -> str:
+        """The first difference with both messages decoded in full (or the error)."""
+        if self.differences:
+            return self.differences[0].both_sides()
+        return f"error: {self.error}" if self.error else "no differences"

@@ -1,0 +1,156 @@
+"""A trace read into what a replay needs: the exchanges to play, in recorded order.
+
+The whole trace is checked before anything runs (a cut, corrupt or newer-format trace
+stops the replay with one line and nothing written). Then:
+
+- each request becomes an `Exchange`, with its recorded reply (paired by `unique`), the
+  ioctls the server made while handling it (see `attribute`), and whether it was
+  interrupted before being answered;
+- notifications from the server are kept apart: they are matched as a set at the end,
+  not required to come at the same moment;
+- `steps` is the recorded order: SEND a request, EXPECT a reply. Requests the recorder
+  could not forward (`request_not_forwarded`) are left out: the server never saw them.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from dissectors.constants import NO_REPLY_OPCODES, Opcode
+from dissectors.ioctls import DevIoctl
+from dissectors.quick import peek_reply, peek_request
+from traces import TraceReadError, TraceReader
+
+from .attribute import Attributor
+
+SEND, EXPECT = 0, 1
+#: ioctls a replay compares; CLONE and SYNC_INIT are the proxy's business, not the server's.
+COMPARED_IOCTLS = frozenset({DevIoctl.BACKING_OPEN, DevIoctl.BACKING_CLOSE,
+                             DevIoctl.PASSTHROUGH_OPEN_V1, DevIoctl.PASSTHROUGH_OPEN_V2})
+_INTERRUPT = int(Opcode.INTERRUPT)
+
+
+class ReplayError(Exception):
+    """The replay cannot run or go on; the message is one line for the user."""
+
+
+@dataclass
+class IoctlRecord:
+    index: int  # record index (or event number, on the replay side)
+    cmd: int
+    arg: bytes
+    result: int
+    errno: int
+    path: str | None
+
+
+@dataclass
+class Exchange:
+    """One recorded request and what the recording says came of it."""
+
+    index: int
+    raw: bytes
+    opcode: int
+    unique: int
+    true_len: int | None = None  # the request's length, when the snap length cut `raw`
+    reply_index: int | None = None
+    reply: bytes | None = None
+    reply_true_len: int | None = None
+    interrupted_at: int | None = None  # record index of an INTERRUPT sent before the reply
+    ioctls: list[IoctlRecord] = field(default_factory=list)
+
+    @property
+    def answered(self) -> bool:
+        return self.reply is not None
+
+
+@dataclass
+class Script:
+    path: str
+    header: dict[str, Any]
+    exchanges: list[Exchange]
+    steps: list[tuple[int, Exchange]]
+    notifications: list[tuple[int, bytes]]  # (record index, raw)
+    startup_ioctls: list[IoctlRecord]  # made before the first request
+    cut_writes: int  # WRITE requests whose data the snap length cut
+
+    @property
+    def requests(self) -> int:
+        return len(self.exchanges)
+
+
+def _true_len(meta: dict[str, Any], raw: bytes) -> int | None:
+    length = meta.get("len")
+    return length if type(length) is int and length > len(raw) else None
+
+
+def load(path: str | os.PathLike[str]) -> Script:
+    """Read and check a whole trace; ReplayError says what is wrong with it."""
+    where = os.fspath(path)
+    try:
+        with TraceReader(where) as reader:
+            records = list(reader)
+            tail, header = reader.tail, reader.header
+    except TraceReadError as exc:
+        raise ReplayError(str(exc)) from None
+    if tail is not None:
+        raise ReplayError(f"{where}: {tail}; a replay needs the whole trace")
+    return _build(where, header, records)
+
+
+def _build(where: str, header: dict[str, Any], records: list[Any]) -> Script:
+    exchanges: dict[int, Exchange] = {}
+    ordered: list[Exchange] = []
+    steps: list[tuple[int, Exchange]] = []
+    notifications: list[tuple[int, bytes]] = []
+    dropped: set[int] = {r.meta.get("unique") for r in records
+                         if r.event == "request_not_forwarded"}
+    answered = {peek_reply(r.raw)[1] for r in records if r.is_reply}
+    attributor = Attributor()
+    ioctls: dict[int, IoctlRecord] = {}
+    cut_writes = 0
+    for rec in records:
+        if rec.is_request:
+            opcode, unique, _ = peek_request(rec.raw)
+            if not opcode or unique in dropped or unique in exchanges:
+                continue  # a cut header, never forwarded, or a unique seen twice: unplayable
+            ex = Exchange(rec.index, rec.raw, opcode, unique, _true_len(rec.meta, rec.raw))
+            if ex.true_len is not None and opcode == Opcode.WRITE:
+                cut_writes += 1
+            if opcode == _INTERRUPT and len(rec.raw) >= 48:
+                target = exchanges.get(int.from_bytes(rec.raw[40:48], "little"))
+                if target is not None and not target.answered and target.interrupted_at is None:
+                    target.interrupted_at = rec.index
+            exchanges[unique] = ex
+            ordered.append(ex)
+            steps.append((SEND, ex))
+            attributor.request(unique, opcode, opcode not in NO_REPLY_OPCODES and unique in answered)
+        elif rec.is_reply:
+            _, unique = peek_reply(rec.raw)
+            if unique == 0:
+                notifications.append((rec.index, rec.raw))
+                continue
+            ex = exchanges.get(unique)
+            if ex is None or ex.answered:
+                continue  # a reply to nothing recorded: no request to replay for it
+            ex.reply_index, ex.reply = rec.index, rec.raw
+            ex.reply_true_len = _true_len(rec.meta, rec.raw)
+            steps.append((EXPECT, ex))
+            attributor.reply(unique)
+        elif rec.is_ioctl and rec.meta["cmd"] in COMPARED_IOCTLS:
+            meta = rec.meta
+            ioctls[rec.index] = IoctlRecord(rec.index, meta["cmd"], bytes(meta.get("arg") or b""),
+                                            int(meta.get("result") or 0), int(meta.get("errno") or 0),
+                                            meta.get("path"))
+            attributor.ioctl(rec.index, meta["cmd"])
+    attributor.finish()
+    startup: list[IoctlRecord] = []
+    for owner, tokens in attributor.owned.items():
+        calls = [ioctls[token] for token in sorted(tokens)]
+        (exchanges[owner].ioctls if owner is not None else startup).extend(calls)
+    if not ordered or ordered[0].opcode != Opcode.INIT:
+        raise ReplayError(f"{where}: the trace does not start with the kernel's INIT request "
+                          f"(a replay needs a session recorded from its start)")
+    return Script(where, header, ordered, steps, notifications, startup, cut_writes)

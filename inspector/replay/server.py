@@ -1,0 +1,222 @@
+"""The server under test: started as for `fusetrace record`, but on a socket with nothing
+mounted behind it, so no root and no /dev/fuse are needed.
+
+The server's command line names its mountpoint as for `record` (the same heuristic and
+`--mountpoint`); a libfuse 3 server gets `/dev/fd/N`, one end of a SOCK_SEQPACKET
+socketpair, in its place. The recorder's seccomp trap is installed the same way, with
+the kernel's side of the ioctls emulated (`emulate`). Its output goes to a file, shown
+when it fails.
+
+Ending, as an unmount ends a recorded session: SIGTERM to every process holding the
+server's end of the socket (a daemonized server is found by that socket in /proc, as the
+recorder does); after a grace period the socket is shut (libfuse reads that as the end
+of its connection), and after another, SIGKILL.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import select
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from typing import IO, Callable, Sequence
+
+from ..record.args import ArgumentError, ServerCommand
+from ..record.flavour import Flavour, guess
+from ..record.relay import BUFFER_SIZE
+from ..record.session import _size_buffers
+from ..record.trap import IoctlTrap
+from .emulate import EmulatedTrap, IoctlLog
+from .script import ReplayError
+
+GRACE = 3.0  # seconds the server gets to exit after its connection ends, then after SIGTERM
+
+
+class Closed(Exception):
+    """The server closed its end of the socket (it exited, crashed or gave up)."""
+
+
+class ServerUnderTest:
+    def __init__(self, argv: Sequence[str], log: IoctlLog, passthrough: Callable[[], bool],
+                 mountpoint: str | None = None) -> None:
+        argv = list(argv[1:] if argv[:1] == ["--"] else argv)
+        if not argv:
+            raise ReplayError("no server command given: fusetrace replay TRACE -- SERVER [ARGS...] MOUNTPOINT")
+        self.flavour = guess(argv)
+        try:
+            self.command = ServerCommand.parse(argv, mountpoint)
+        except ArgumentError as exc:
+            raise ReplayError(str(exc)) from None
+        if self.flavour is Flavour.DEVICE_OPEN and os.geteuid() != 0:
+            raise ReplayError(f"{argv[0]} opens /dev/fuse and mounts by itself (libfuse 2): "
+                              f"replaying it needs root, as recording it does")
+        reason = IoctlTrap.available()
+        if reason:
+            raise ReplayError(f"the seccomp trap a replay runs the server under is not available: {reason}")
+        self.log = log
+        self.passthrough = passthrough
+        self.argv = argv
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.trap: EmulatedTrap | None = None
+        self.sock: socket.socket | None = None
+        self.output: IO[bytes] = tempfile.TemporaryFile(prefix="fusetrace-replay-server-")
+        self.buf = bytearray(BUFFER_SIZE)
+        self.poller = select.poll()
+        self.inode = -1
+        self.exit_note: str | None = None  # what it took to stop the server, if not the EOF
+
+    # --- start --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        _size_buffers((ours, theirs))
+        self.sock = ours
+        self.poller.register(ours, select.POLLIN)
+        child_fd = theirs.fileno()
+        device_open = self.flavour is Flavour.DEVICE_OPEN
+        argv = (self.command.argv if device_open
+                else self.command.with_mountpoint(f"/dev/fd/{child_fd}"))
+        self.trap = EmulatedTrap(child_fd, self.log, self.passthrough, device_open)
+        try:
+            self.proc = subprocess.Popen(argv, pass_fds=[child_fd], preexec_fn=self.trap.child_setup,
+                                         stdin=subprocess.DEVNULL, stdout=self.output,
+                                         stderr=self.output)
+        except OSError as exc:
+            theirs.close()
+            raise ReplayError(f"cannot start {argv[0]}: {exc.strerror}") from None
+        self.inode = os.fstat(child_fd).st_ino
+        theirs.close()
+        try:
+            self.trap.start(self.proc)
+        except RuntimeError as exc:
+            raise ReplayError(str(exc)) from None
+
+    # --- talk ---------------------------------------------------------------------------
+
+    def send(self, raw: bytes) -> None:
+        assert self.sock is not None
+        try:
+            self.sock.send(raw)
+        except OSError as exc:
+            if exc.errno in (errno.EPIPE, errno.ECONNRESET):
+                raise Closed() from None
+            if exc.errno == errno.EMSGSIZE:
+                raise ReplayError(f"a {len(raw)}-byte request does not fit the socket buffer "
+                                  f"(run as root to raise it)") from None
+            raise
+
+    def receive(self, deadline: float) -> bytes | None:
+        """The next message from the server; None when the deadline passed first."""
+        assert self.sock is not None
+        if not self.poller.poll(max(deadline - time.monotonic(), 0) * 1000):
+            return None
+        try:
+            n = self.sock.recv_into(self.buf, 0, socket.MSG_TRUNC)
+        except ConnectionResetError:
+            raise Closed() from None
+        if n == 0:
+            raise Closed()
+        if n > len(self.buf):
+            raise ReplayError(f"a {n}-byte message from the server exceeds the {len(self.buf)}-byte buffer")
+        return bytes(self.buf[:n])
+
+    # --- end ------------------------------------------------------------------------
+
+    def status(self) -> str | None:
+        """How the server process ended, once it has ("exited with status 1", "killed by
+        SIGSEGV"); None while it runs."""
+        if self.proc is None or self.proc.poll() is None:
+            return None
+        code = self.proc.returncode
+        return f"killed by {signal.Signals(-code).name}" if code < 0 else f"exited with status {code}"
+
+    def end_input(self) -> None:
+        """No more requests: the server reads the end of its connection."""
+        if self.sock is not None:
+            try:
+                self.sock.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+
+    def stop(self, on_message: Callable[[bytes], None] | None = None) -> None:
+        """End the server as an unmount ends a recorded session: SIGTERM, then the end of
+        its connection, then SIGKILL, a grace period apart. Messages still coming are
+        handed to `on_message`."""
+        if self.sock is not None:
+            self._signal(signal.SIGTERM)
+            if not self._wait_closed(GRACE, on_message):
+                self.exit_note = f"still running {GRACE:g} s after SIGTERM: its connection was closed"
+                self.end_input()
+                if not self._wait_closed(GRACE, on_message):
+                    self.exit_note = f"still running {2 * GRACE:g} s after SIGTERM: SIGKILL"
+                    self._signal(signal.SIGKILL)
+                    self._wait_closed(GRACE, on_message)
+            self.sock.close()
+            self.sock = None
+        if self.proc is not None:
+            try:
+                self.proc.wait(GRACE)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.trap is not None:
+            self.trap.stop()
+
+    def kill(self) -> None:
+        """A hung or broken server: no grace."""
+        self._signal(signal.SIGKILL)
+        self.stop()
+
+    def close(self) -> None:
+        self.output.close()
+
+    def server_output(self, limit: int = 4000) -> str:
+        """The end of what the server wrote to stdout and stderr."""
+        try:
+            self.output.seek(0, os.SEEK_END)
+            size = self.output.tell()
+            self.output.seek(max(size - limit, 0))
+            return self.output.read().decode(errors="replace").strip()
+        except (OSError, ValueError):
+            return ""
+
+    def _wait_closed(self, seconds: float, on_message: Callable[[bytes], None] | None) -> bool:
+        """Read what is left until every holder closed the server's end."""
+        deadline = time.monotonic() + seconds
+        try:
+            while (msg := self.receive(deadline)) is not None:
+                if on_message is not None:
+                    on_message(msg)
+        except Closed:
+            return True
+        except ReplayError:
+            return False
+        return False
+
+    def _signal(self, sig: int) -> None:
+        for pid in self._holders():
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                continue
+
+    def _holders(self) -> set[int]:
+        """Processes holding the server's end of the socket, and the server while it runs."""
+        pids = set()
+        if self.proc is not None and self.proc.poll() is None:
+            pids.add(self.proc.pid)
+        target = f"socket:[{self.inode}]"
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit() or int(entry) == os.getpid():
+                continue
+            try:
+                fds = os.listdir(f"/proc/{entry}/fd")
+                if any(os.readlink(f"/proc/{entry}/fd/{fd}") == target for fd in fds):
+                    pids.add(int(entry))
+            except OSError:
+                continue
+        return pids
