@@ -17,7 +17,7 @@ from . import __version__
 def _show(args: argparse.Namespace) -> int:
     from .show import write_show
 
-    if args.records is not None:
+    if args.records is not None or args.filter is not None:
         return _show_range(args)
     reader = TraceReader(args.trace)
     write_show(reader, sys.stdout, args.verbose, args.hex, args.count)
@@ -31,13 +31,23 @@ def _show_range(args: argparse.Namespace) -> int:
     from .ranges import indexed, parse_range, primed_decoder, records_in
     from .show import write_show
 
+    from .query import QueryContext, QueryError, parse
+
+    try:
+        query = parse(args.filter) if args.filter is not None else None
+    except QueryError as exc:
+        print(f"fusetrace: error: {exc}\n{exc.pointer()}", file=sys.stderr)
+        return 2
     with indexed(args.trace) as idx:
         try:
-            rows = parse_range(args.records, len(idx))
+            rows: Sequence[int] = parse_range(args.records or ":", len(idx))
         except ValueError as exc:
             print(f"fusetrace: error: {exc}", file=sys.stderr)
             return 2
-        dec = primed_decoder(idx, rows.start)
+        if query is not None:
+            rows = query.select(QueryContext(idx), rows[0] if rows else 0,
+                                rows[-1] + 1 if rows else 0)
+        dec = primed_decoder(idx, rows[0] if rows else 0)
         t0 = idx.ts(0) if len(idx) else None
         write_show(records_in(idx, rows, dec), sys.stdout, args.verbose, args.hex, args.count,
                    dec, t0)
@@ -139,6 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("-r", "--records", metavar="A:B",
                       help="only records A to B-1, at once on any size (uses the cached index; "
                            "negative numbers count from the end: -r=-20:)")
+    show.add_argument("-f", "--filter", metavar="EXPR",
+                      help="only matching records, e.g. 'op=OPEN,CREATE and nodeid=42', 'err', "
+                           "'backing=3', 'lat>10ms' (see README: Browsing a trace)")
     show.set_defaults(run=_show)
 
     export = sub.add_parser("export", help="write a trace as JSON lines for scripts")
