@@ -114,6 +114,12 @@ def _browse(args: argparse.Namespace) -> int:
     return run_browse(args.trace, live=args.live, filter_text=args.filter)
 
 
+def _browse(args: argparse.Namespace) -> int:
+    from tui.app import run_browse
+
+    return run_browse(args.trace, live=args.live, filter_text=args.filter)
+
+
 def _demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -226,6 +232,15 @@ def build_parser() -> argparse.ArgumentParser:
                        help="only this mount (also one fusetrace has no note of, if it is "
                             "disconnected)")
     clean.set_defaults(run=_cleanup)
+
+    browse = sub.add_parser("browse", help="browse a trace in the terminal (Textual TUI)",
+                            description="Scroll, filter and follow ids through a trace of any "
+                                        "size; press ? inside for the keys.")
+    browse.add_argument("trace", help="trace file (.fzt)")
+    browse.add_argument("--live", action="store_true",
+                        help="keep reading records a running `fusetrace record` appends")
+    browse.add_argument("-f", "--filter", metavar="EXPR", help="start with this filter")
+    browse.set_defaults(run=_browse)
 
     demo = sub.add_parser("demo", help="record the bundled passthrough filesystem through the proxy, "
                                        "use it, show its trace")
