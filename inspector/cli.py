@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import signal
 import sys
@@ -114,12 +115,6 @@ def _browse(args: argparse.Namespace) -> int:
     return run_browse(args.trace, live=args.live, filter_text=args.filter)
 
 
-def _browse(args: argparse.Namespace) -> int:
-    from tui.app import run_browse
-
-    return run_browse(args.trace, live=args.live, filter_text=args.filter)
-
-
 def _demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -139,6 +134,22 @@ def _cleanup(args: argparse.Namespace) -> int:
     from .record.cleanup import cleanup
 
     return cleanup(args.mountpoint, sys.stdout, sys.stderr)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from .serve import ServeConfig, serve
+
+    return serve(ServeConfig(args.trace, args.mountpoint, args.miss_errno, args.report,
+                             args.quiet))
+
+
+def _errno_arg(text: str) -> int:
+    from .serve import parse_errno
+
+    try:
+        return parse_errno(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -233,6 +244,27 @@ def build_parser() -> argparse.ArgumentParser:
                             "disconnected)")
     clean.set_defaults(run=_cleanup)
 
+    srv = sub.add_parser(
+        "serve", help="mount a trace as a mock filesystem that answers from recorded replies",
+        description="Mount TRACE on MOUNTPOINT and answer the kernel's requests with the "
+                    "recorded replies, matched by opcode, node id and arguments. Runs until "
+                    "unmounted or Ctrl-C; then reports the requests the trace had no reply "
+                    "for, each with the closest recorded request and the fields that differ.",
+        epilog="Exit status: 0 every request was answered from the trace, 1 some were not, "
+               "2 the trace or the mount failed. Passthrough opens are served without "
+               "passthrough: the reads they made never reached the trace and get the miss "
+               "errno.")
+    srv.add_argument("trace", help="trace file (.fzt)")
+    srv.add_argument("mountpoint", help="directory to mount the trace on")
+    srv.add_argument("--miss-errno", type=_errno_arg, default=errno.EIO, metavar="ERRNO",
+                     help="error for requests the trace cannot answer, by name or number "
+                          "(default EIO: unlike ENOSYS, the kernel does not take it as "
+                          "'never ask again' and does not turn it into success)")
+    srv.add_argument("--report", metavar="FILE", help="also write the report as JSON to FILE")
+    srv.add_argument("-q", "--quiet", action="store_true",
+                     help="no banner; the report only when something was not answered")
+    srv.set_defaults(run=_serve)
+
     browse = sub.add_parser("browse", help="browse a trace in the terminal (Textual TUI)",
                             description="Scroll, filter and follow ids through a trace of any "
                                         "size; press ? inside for the keys.")
@@ -241,6 +273,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="keep reading records a running `fusetrace record` appends")
     browse.add_argument("-f", "--filter", metavar="EXPR", help="start with this filter")
     browse.set_defaults(run=_browse)
+
+    from .replay.command import add_parser as add_replay
+
+    add_replay(sub)
 
     demo = sub.add_parser("demo", help="record the bundled passthrough filesystem through the proxy, "
                                        "use it, show its trace")

@@ -1,0 +1,396 @@
+"""`fusetrace replay` with real parts: sessions recorded through the proxy from the pyfuse3
+memfs, the project's passthrough filesystem (passthrough on) and Debian's fuse-overlayfs,
+replayed against fresh instances of the same servers with nothing mounted.
+
+Each trace is recorded once per module; every replay gets a fresh copy of the source
+directory as it was before the recording.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import pytest
+
+from dissectors import Message
+from dissectors.constants import Opcode
+from dissectors.ioctls import DevIoctl
+from inspector.replay import Masks, replay
+from inspector.testing import decode_trace, fuse_available, recorded_server, tree
+from record_support import (
+    MEMFS,
+    PASSTHROUGHFS,
+    REPO,
+    blob,
+    fusetrace,
+    make_source,
+    outcome,
+    read_uncached,
+    rw_workload,
+)
+
+CRASHFS = [sys.executable, str(REPO / "tests" / "servers" / "crashfs.py")]
+AS_NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+
+
+@dataclass
+class Recorded:
+    """A trace and how to start a fresh server for it."""
+
+    trace: Path
+    pristine: Path | None  # the source directory as it was before recording
+    argv: Callable[[Path, Path], list[str]]  # (fresh source, mountpoint) → server argv
+
+    def fresh(self, where: Path, *extra: str) -> list[str]:
+        """A server command line on a fresh copy of the source, under `where`."""
+        where.mkdir(parents=True, exist_ok=True)
+        src = where / "src"
+        if self.pristine is not None:
+            shutil.copytree(self.pristine, src, symlinks=True)
+        (where / "mnt").mkdir(exist_ok=True)
+        return [*self.argv(src, where / "mnt"), *extra]
+
+
+def _record(base: Path, argv: Callable[[Path, Path], list[str]], workload: Callable[[Path], object],
+            fill: Callable[[Path], None] | None) -> Recorded:
+    reason = fuse_available()
+    if reason:
+        pytest.skip(f"FUSE mounts unavailable: {reason}")
+    pristine = None
+    if fill is not None:
+        pristine = base / "pristine"
+        pristine.mkdir()
+        fill(pristine)
+    src, mnt = base / "rec" / "src", base / "rec" / "mnt"
+    mnt.mkdir(parents=True)
+    if pristine is not None:
+        shutil.copytree(pristine, src, symlinks=True)
+    trace = base / "t.fzt"
+    with recorded_server(argv(src, mnt), mnt, trace, "-s", "0") as rec:
+        workload(mnt)
+        assert rec.unmount_and_wait() == 0, rec.output()
+    return Recorded(trace, pristine, argv)
+
+
+def _memfs(src: Path, mnt: Path) -> list[str]:
+    return [*MEMFS, str(mnt)]
+
+
+def _passthroughfs(src: Path, mnt: Path) -> list[str]:
+    return [*PASSTHROUGHFS, "-o", "attr_timeout=0", str(src), str(mnt)]
+
+
+def _pt_source(src: Path) -> None:
+    (src / "dir").mkdir()
+    (src / "dir" / "a.txt").write_bytes(b"alpha\n" * 1000)
+    (src / "b.bin").write_bytes(blob(300_000))
+    (src / "full").mkdir()
+    (src / "full" / "x").write_bytes(b"x")
+    os.symlink("dir/a.txt", src / "link")
+
+
+def _pt_workload(m: Path) -> None:
+    """Reads through passthrough and metadata changes: what passthrough writes would put in
+    a file never reaches the server, so a replay could not reproduce it."""
+    tree(m)
+    read_uncached(m / "b.bin")
+    os.stat(m / "b.bin")
+    with open(m / "dir" / "a.txt", "rb") as one, open(m / "b.bin", "rb") as two:
+        one.read(10)
+        two.read(10)
+    outcome(os.rmdir, m / "full")
+    os.rename(m / "dir" / "a.txt", m / "dir" / "c.txt")
+    os.chmod(m / "dir" / "c.txt", 0o640)
+    os.truncate(m / "b.bin", 1000)
+    os.symlink("b.bin", m / "l2")
+    os.link(m / "b.bin", m / "hard")
+    os.unlink(m / "hard")
+    os.mkdir(m / "new")
+    os.rmdir(m / "new")
+    (m / "empty").touch()
+    outcome(open, m / "missing")
+    tree(m)
+
+
+def _overlayfs(root: Path, mnt: Path) -> list[str]:
+    for sub in ("upper", "work"):
+        (root.parent / sub).mkdir(exist_ok=True)
+    return ["fuse-overlayfs", "-f", "-o", f"lowerdir={root},upperdir={root.parent / 'upper'},"
+            f"workdir={root.parent / 'work'}", str(mnt)]
+
+
+def _overlay_workload(m: Path) -> None:
+    tree(m)
+    read_uncached(m / "big")
+    (m / "dir" / "small.txt").read_bytes()
+    os.readlink(m / "link")
+    outcome(open, m / "missing")
+    (m / "dir" / "small.txt").write_bytes(b"copied up\n")  # copy-up to the upper layer
+    (m / "rw").mkdir()
+    rw_workload(m / "rw", xattrs=False)
+
+
+@pytest.fixture(scope="module")
+def memfs_trace(tmp_path_factory: pytest.TempPathFactory) -> Recorded:
+    return _record(tmp_path_factory.mktemp("memfs"), _memfs, rw_workload, None)
+
+
+@pytest.fixture(scope="module")
+def passthrough_trace(tmp_path_factory: pytest.TempPathFactory) -> Recorded:
+    return _record(tmp_path_factory.mktemp("passthroughfs"), _passthroughfs, _pt_workload, _pt_source)
+
+
+@pytest.fixture(scope="module")
+def overlay_trace(tmp_path_factory: pytest.TempPathFactory) -> Recorded:
+    if shutil.which("fuse-overlayfs") is None:
+        pytest.skip("not installed: fuse-overlayfs")
+    return _record(tmp_path_factory.mktemp("overlay"), _overlayfs, _overlay_workload, make_source)
+
+
+def _records(trace: Path, want: Callable[[Message], bool], replies: bool = True) -> list[int]:
+    """Record indices of the requests (or their replies) the predicate picks."""
+    entries = decode_trace(trace).entries
+    picked, out = set(), []
+    for e in entries:
+        msg = e.decoded
+        if not isinstance(msg, Message):
+            continue
+        if e.record.is_request and want(msg):
+            picked.add(msg.brief.unique)
+            if not replies:
+                out.append(e.record.index)
+        elif replies and e.record.is_reply and msg.brief.unique in picked:
+            out.append(e.record.index)
+            picked.discard(msg.brief.unique)
+    return out
+
+
+# --- the same server, zero differences ---------------------------------------------------
+
+@pytest.mark.requires_fuse
+@pytest.mark.timeout(120)
+def test_memfs_replays_without_differences(memfs_trace: Recorded, tmp_path: Path) -> None:
+    report = replay(memfs_trace.trace, memfs_trace.fresh(tmp_path))
+    assert report.ok, report.text()
+    assert report.counts["replies"] > 100
+    assert report.server_exit == "exited with status 0"
+
+
+@pytest.mark.requires_fuse
+@pytest.mark.timeout(120)
+def test_passthroughfs_replays_without_differences(passthrough_trace: Recorded, tmp_path: Path) -> None:
+    written = tmp_path / "replayed.fzt"
+    report = replay(passthrough_trace.trace, passthrough_trace.fresh(tmp_path), write=written)
+    assert report.ok, report.text()
+    recorded = [e.record for e in decode_trace(passthrough_trace.trace).entries if e.record.is_ioctl]
+    assert any(r.meta["cmd"] == DevIoctl.BACKING_OPEN and r.meta["errno"] == 0 for r in recorded)
+    assert report.counts["ioctls"] == sum(r.meta["cmd"] in (DevIoctl.BACKING_OPEN,
+                                                             DevIoctl.BACKING_CLOSE) for r in recorded)
+    # the replayed conversation, as a trace: the emulated ids 1, 2, 3 … in order
+    replayed = decode_trace(written)
+    assert replayed.tail is None and replayed.header["source"] == "replay"
+    ids = [e.record.meta["result"] for e in replayed.entries
+           if e.record.is_ioctl and e.record.meta["cmd"] == DevIoctl.BACKING_OPEN]
+    assert ids == list(range(1, len(ids) + 1)) and ids
+    assert sum(e.record.is_request for e in replayed.entries) == report.counts["requests"] + 1  # + DESTROY
+
+
+@pytest.mark.requires_fuse
+@pytest.mark.timeout(400)
+@pytest.mark.parametrize("which", ["memfs", "passthrough"])
+def test_twenty_runs_give_identical_reports(which: str, request: pytest.FixtureRequest,
+                                            tmp_path: Path) -> None:
+    rec: Recorded = request.getfixturevalue(f"{which}_trace")
+    reports = set()
+    for _ in range(20):
+        shutil.rmtree(tmp_path / "run", ignore_errors=True)  # the same paths every run
+        report = replay(rec.trace, rec.fresh(tmp_path / "run"))
+        assert report.ok, report.text()
+        reports.add(report.text() + repr(report.json()))
+    assert len(reports) == 1
+
+
+@pytest.mark.requires_fuse
+@pytest.mark.timeout(180)
+def test_overlayfs_on_a_fresh_copy_differs_only_in_masked_fields(overlay_trace: Recorded,
+                                                                 tmp_path: Path) -> None:
+    report = replay(overlay_trace.trace, overlay_trace.fresh(tmp_path))
+    assert report.ok, report.text()
+    assert report.counts["notifications"] > 0  # fuse-overlayfs invalidates entries
+    # the default masks are what made it equal: without them, times and inode numbers differ
+    bare = replay(overlay_trace.trace, overlay_trace.fresh(tmp_path / "bare"),
+                  masks=Masks(defaults=False))
+    assert not bare.ok
+    paths = {f.path.rsplit(".", 1)[-1] for d in bare.differences for f in d.fields}
+    assert paths <= {"ino", "atime", "mtime", "ctime", "atimensec", "mtimensec", "ctimensec",
+                     "generation", "bfree", "bavail", "ffree"}, paths
+
+
+# --- seeded bugs, pinned to their record --------------------------------------------------
+
+def _is_file_getattr(msg: Message) -> bool:
+    return msg.brief.opcode == Opcode.GETATTR
+
+
+@pytest.mark.requires_fuse
+@pytest.mark.timeout(120)
+def test_wrong_size_is_pinned_to_the_first_file_getattr(passthrough_trace: Recorded,
+                                                       tmp_path: Path) -> None:
+    report = replay(passthrough_trace.trace,
+                    passthrough_trace.fresh(tmp_path, "--misbehave", "wrong-size"))
+    assert not report.ok and report.error is None
+    first = report.differences[0]
+    entries = decode_trace(passthrough_trace.trace).entries
+    sizes = {e.record.index: e.decoded for e in entries if e.record.is_reply}
+    file_getattrs = [i for i in _records(passthrough_trace.trace, _is_file_getattr)
+                     if (sizes[i].brief.get("attr.mode") or 0) & 0o170000 == 0o100000]
+    assert first.record == file_getattrs[0]
+    [field] = first.fields
+    assert field.path == "fuse_attr_out.attr.size"
+    assert int(field.replayed) == int(field.recorded) + 1
+    assert {d.record for d in report.differences} == set(file_getattrs)
+    assert "fuse_attr_out.attr.size" in report.first_difference_text()
+
+
+@pytest.mark.requires_fuse
+@pytest.mark.timeout(120)
+def test_wrong_errno_is_pinned_to_the_rmdir_reply(passthrough_trace: Recorded, tmp_path: Path) -> None:
+    report = replay(passthrough_trace.trace,
+                    passthrough_trace.fresh(tmp_path, "--misbehave", "wrong-errno"))
+    rmdir_full = _records(passthrough_trace.trace, lambda m: m.brief.opcode == Opcode.RMDIR
+                          and m.brief.get("name") == b"full")
+    [diff] = report.differences
+    assert diff.record == rmdir_full[0]
+    assert [(f.path, f.recorded, f.replayed) for f in diff.fields] == [
+        ("error", "-39 (Directory not empty)", "-17 (File exists)")]
+
+
+@pytest.mark.requires_fuse
+@pytest.mark.timeout(120)
+def test_forgotten_backing_close_is_pinned_to_each_recorded_close(passthrough_trace: Recorded,
+                                                                 tmp_path: Path) -> None:
+    report = replay(passthrough_trace.trace,
+                    passthrough_trace.fresh(tmp_path, "--misbehave", "leak-backing-id"))
+    closes = [e.record.index for e in decode_trace(passthrough_trace.trace).entries
+              if e.record.is_ioctl and e.record.meta["cmd"] == DevIoctl.BACKING_CLOSE]
+    assert closes
+    assert [(d.record, d.what) for d in report.differences] == [(i, "missing ioctl") for i in closes]
+    assert "FUSE_DEV_IOC_BACKING_CLOSE" in report.differences[0].message
+
+
+@pytest.mark.requires_fuse
+@pytest.mark.timeout(120)
+def test_reused_file_handle_is_pinned_to_the_second_open(passthrough_trace: Recorded,
+                                                        tmp_path: Path) -> None:
+    report = replay(passthrough_trace.trace,
+                    passthrough_trace.fresh(tmp_path, "--misbehave", "reuse-fh"))
+    opens = _records(passthrough_trace.trace, lambda m: m.brief.opcode == Opcode.OPEN)
+    first = report.differences[0]
+    assert first.what == "reply"
+    # a.txt and b.bin open at once: b.bin's OPEN is the first one answered with a handle in use
+    a_open = _records(passthrough_trace.trace, lambda m: m.brief.opcode == Opcode.OPEN, replies=False)
+    assert first.record in opens and first.record > opens[0] and a_open
+    [field] = [f for f in first.fields if f.path == "fuse_open_out.fh"]
+    assert "handed out again while it still stands for recorded file handle" in field.note
+
+
+# --- hung and crashing servers ------------------------------------------------------------
+
+@pytest.mark.requires_fuse
+@pytest.mark.timeout(120)
+def test_hung_server_is_reported_with_its_request(passthrough_trace: Recorded, tmp_path: Path) -> None:
+    report = replay(passthrough_trace.trace,
+                    passthrough_trace.fresh(tmp_path, "--misbehave", "stall=READLINK:30"),
+                    timeout=1.0)
+    first_readlink = _records(passthrough_trace.trace, lambda m: m.brief.opcode == Opcode.READLINK,
+                              replies=False)[0]
+    assert report.error is not None and not report.ok
+    assert report.error.startswith("no reply to READLINK")
+    assert f"(record {first_readlink}) within 1 s: the server hangs on it" in report.error
+
+
+@pytest.mark.requires_fuse
+@pytest.mark.timeout(120)
+def test_crashing_server_is_reported_with_the_request_it_crashed_on(memfs_trace: Recorded,
+                                                                   tmp_path: Path) -> None:
+    argv = [*CRASHFS, str(tmp_path)]
+    report = replay(memfs_trace.trace, argv)
+    first_rmdir = _records(memfs_trace.trace, lambda m: m.brief.opcode == Opcode.RMDIR, replies=False)[0]
+    assert report.error is not None
+    assert report.error.startswith("the server killed by SIGABRT while handling RMDIR")
+    assert f"(record {first_rmdir})" in report.error
+    res = fusetrace("replay", str(memfs_trace.trace), "--", *argv)
+    assert res.returncode == 2
+    assert "error: the server killed by SIGABRT while handling RMDIR" in res.stderr
+
+
+# --- the command line -------------------------------------------------------------------
+
+@pytest.mark.requires_fuse
+@pytest.mark.timeout(120)
+def test_cli_exit_codes_and_json(passthrough_trace: Recorded, tmp_path: Path) -> None:
+    same = fusetrace("replay", str(passthrough_trace.trace), "--json",
+                     "--", *passthrough_trace.fresh(tmp_path / "a"))
+    assert same.returncode == 0, same.stderr
+    assert '"ok": true' in same.stdout
+    wrong = fusetrace("replay", str(passthrough_trace.trace), "--",
+                      *passthrough_trace.fresh(tmp_path / "b", "--misbehave", "wrong-size"))
+    assert wrong.returncode == 1, wrong.stderr
+    assert "≠ fuse_attr_out.attr.size" in wrong.stdout
+    masked = fusetrace("replay", str(passthrough_trace.trace), "--mask", "GETATTR.attr.size", "--",
+                       *passthrough_trace.fresh(tmp_path / "c", "--misbehave", "wrong-size"))
+    assert masked.returncode == 0, masked.stdout
+
+
+@pytest.fixture
+def nobody_dir() -> Iterator[Path]:
+    """A directory an ordinary user can use (pytest's tmp dirs are root's alone)."""
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root and setpriv to become an ordinary user")
+    import tempfile
+
+    path = Path(tempfile.mkdtemp(prefix="fusetrace-replay-nobody-", dir="/tmp"))
+    path.chmod(0o777)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.mark.requires_fuse
+@pytest.mark.timeout(120)
+def test_ordinary_user_replays_without_dev_fuse(nobody_dir: Path) -> None:
+    """No root, no access to /dev/fuse: the server only ever talks to the replay's socket.
+    (squashfuse, because this venv's interpreter lives where an ordinary user cannot exec it.)"""
+    for tool in ("squashfuse", "mksquashfs"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"not installed: {tool}")
+    src, image, mnt, trace = (nobody_dir / n for n in ("src", "image.sqfs", "mnt", "t.fzt"))
+    src.mkdir()
+    make_source(src)
+    subprocess.run(["mksquashfs", str(src), str(image), "-quiet", "-noappend"], check=True,
+                   capture_output=True, timeout=60)
+    image.chmod(0o644)
+    mnt.mkdir()
+    argv = ["squashfuse", "-f", str(image), str(mnt)]
+    with recorded_server(argv, mnt, trace, "-s", "0") as rec:
+        tree(mnt)
+        read_uncached(mnt / "big")
+        assert rec.unmount_and_wait() == 0, rec.output()
+    trace.chmod(0o644)
+    before = os.stat("/dev/fuse").st_mode & 0o777
+    os.chmod("/dev/fuse", 0o600)
+    try:
+        res = subprocess.run([*AS_NOBODY, sys.executable, "-m", "inspector.cli", "replay",
+                              str(trace), "--", *argv], capture_output=True, text=True,
+                             timeout=60, cwd=REPO)
+    finally:
+        os.chmod("/dev/fuse", before)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "result: no differences" in res.stdout
