@@ -51,7 +51,8 @@ _MAKES_IDS = _ENTRY_REPLIES | _OPENS | {Opcode.READDIRPLUS}  # replies that hand
 _IN_PEEK = struct.Struct("<4xIQQ")  # fuse_in_header: opcode, unique, nodeid
 _OUT_PEEK = struct.Struct("<4xiQ")  # fuse_out_header: error, unique
 _ANDROID_OPENS = frozenset({DevIoctl.PASSTHROUGH_OPEN_V1, DevIoctl.PASSTHROUGH_OPEN_V2})
-_EPERM, _ENOENT = 1, 2
+_EPERM, _ENOENT, _EINVAL, _ENODEV = 1, 2, 22, 19
+_RECENT = 4096
 
 
 _NAMES = {op.value: op.name for op in Opcode}
@@ -227,6 +228,9 @@ class _Pass:
         self.dec = SessionDecoder()
         self.asked: dict[int, _Asked] = {}
         self.interrupted: dict[int, int] = {}  # unique → record number of its INTERRUPT
+        #: unique → (reply record, request, reply bytes, INTERRUPT record) of the latest
+        #: replies, for a `reply_rejected` event that follows its reply closely
+        self.recent: dict[int, tuple[int, _Asked, bytes, int | None]] = {}
         self.answered: set[int] = set()
         self.init_request: int | None = None
         self.init_reply: int | None = None
@@ -266,6 +270,8 @@ class _Pass:
         elif obj[2].get("event") == "session_end":
             self.out.ended = True
             self.out.end_reason = str(obj[2].get("reason", ""))
+        elif obj[2].get("event") == "reply_rejected":
+            self.rejected_later(i, obj[2])
 
     def request(self, i: int, ts: int, raw: bytes) -> None:
         if len(raw) < wire.IN:
@@ -346,9 +352,8 @@ class _Pass:
         asked = self.asked.pop(unique, None)
         rejected = meta.get("write_errno") if meta else None
         if rejected:
-            self.rejected(i, rejected, asked, unique)
-        if self.interrupted:
-            self.interrupted.pop(unique, None)
+            self.rejected(i, rejected, asked, unique, self.interrupted.get(unique))
+        interrupt = self.interrupted.pop(unique, None) if self.interrupted else None
         if asked is None:
             if unique in self.answered:
                 self.flag("reply-duplicate", f"reply #{i} answers unique {unique} a second time",
@@ -359,6 +364,11 @@ class _Pass:
             return
         self.answered.add(unique)
         opcode = asked.opcode
+        if not rejected:  # the recorder says whether the kernel took it in a later event
+            recent = self.recent
+            recent[unique] = (i, asked, raw, interrupt)
+            if len(recent) > _RECENT:
+                del recent[next(iter(recent))]
         if opcode == Opcode.INIT:
             self.init(i, raw, error, asked)
         if error or rejected or opcode not in _MAKES_IDS:
@@ -374,16 +384,57 @@ class _Pass:
         if opcode in _OPENS:
             self.opened(i, ts, raw, asked)
 
-    def rejected(self, i: int, err: int, asked: _Asked | None, unique: int) -> None:
+    def rejected(self, i: int, err: int, asked: _Asked | None, unique: int,
+                 interrupt: int | None, *proof: int) -> None:
         what = _op(asked.opcode) if asked else f"unique {unique}"
         if err == _ENOENT:
-            why = ("the request had been interrupted" if unique in self.interrupted
+            why = (f"the request had been interrupted (#{interrupt})" if interrupt is not None
                    else "the kernel no longer waited for it (interrupted or aborted)")
         else:
-            why = "the reply is malformed for that request" if err == 22 else "see the errno"
-        records = [i] + ([asked.index] if asked else [])
+            why = "the reply is malformed for that request" if err == _EINVAL else "see the errno"
+        records = [i, *proof] + ([asked.index] if asked else [])
         self.flag("reply-rejected", f"the kernel rejected the reply #{i} to {what} with "
                                     f"{errno_name(err)}: {why}", records)
+
+    def rejected_later(self, i: int, meta: dict[str, Any]) -> None:
+        """A `reply_rejected` event: the recorder learnt after recording the reply that
+        the kernel refused it, so what the reply handed out never existed."""
+        unique, err = meta.get("unique", 0), meta.get("write_errno", 0)
+        found = self.recent.pop(unique, None)
+        if found is None:
+            return
+        reply, asked, raw, interrupt = found
+        if err != _ENODEV:  # ENODEV: the mount was already gone, nothing went wrong
+            self.rejected(reply, err, asked, unique, interrupt, i)
+        if asked.opcode in _ENTRY_REPLIES:
+            lc = self.nodes.get(wire.entry_nodeid(raw) or 0)
+            if lc is not None:
+                self.forget(i, lc.events[-1].ts, lc.key, 1, "rejected reply")
+        if asked.opcode in _OPENS:
+            self.unopen(i, reply, asked, raw)
+
+    def unopen(self, i: int, reply: int, asked: _Asked, raw: bytes) -> None:
+        """Take back an open whose reply the kernel refused."""
+        entry = asked.opcode in (Opcode.CREATE, Opcode.TMPFILE)
+        out = wire.open_out(raw, wire.OUT + (wire.ENTRY_OUT_SIZE if entry else 0))
+        if out is None:
+            return
+        key = (asked.opcode == Opcode.OPENDIR, out[0])
+        opens = self.opens.get(key, [])
+        match = next((o for o in opens if o.reply == reply), None)
+        lc = self.fhs.get(key)
+        if match is None or lc is None:
+            return
+        opens.remove(match)
+        lc.add(i, lc.events[-1].ts, "reply rejected", "the kernel never opened it")
+        self.release_backing(i, lc.events[-1].ts, match, out[0])
+        lc.count -= 1
+        if lc.count <= 0:
+            del self.fhs[key]
+            self.opens.pop(key, None)
+            lc.state = "rejected"
+            if lc.verdict == OPEN_AT_END:
+                lc.verdict = CLOSED
 
     # --- INIT -------------------------------------------------------------------------
 

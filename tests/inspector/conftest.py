@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import tempfile
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
+from inspector.testing import is_mounted
 from record_support import assert_no_strays
 
 
@@ -17,3 +22,18 @@ def isolated(requires_fuse: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("FUSETRACE_RUNDIR", str(tmp_path / "run"))
     yield tmp_path
     assert_no_strays(str(tmp_path))
+
+
+@pytest.fixture
+def nobody_dir() -> Iterator[Path]:
+    """A directory an ordinary user can use (pytest's tmp dirs are root's alone)."""
+    if os.geteuid() != 0 or not Path("/usr/bin/setpriv").exists():
+        pytest.skip("needs root and setpriv to become an ordinary user")
+    path = Path(tempfile.mkdtemp(prefix="fusetrace-nobody-", dir="/tmp"))
+    path.chmod(0o777)
+    try:
+        yield path
+    finally:
+        if is_mounted(path / "mnt"):
+            subprocess.run(["umount", "-l", str(path / "mnt")], timeout=30)
+        shutil.rmtree(path, ignore_errors=True)

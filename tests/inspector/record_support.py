@@ -3,6 +3,7 @@ and without the proxy, and the checks every recorded trace must pass."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
@@ -13,14 +14,15 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator, Sequence
 
 import pytest
 
 from dissectors import FuseRaw, Message, decode_request
 from dissectors.constants import NO_REPLY_OPCODES, Opcode
 from dissectors.constants import FUSE_OVER_IO_URING
-from inspector.testing import tree, DecodedTrace, decode_trace
+from inspector.lifecycles import analyse
+from inspector.testing import DecodedTrace, decode_trace, is_mounted, record_command, tree
 
 REPO = Path(__file__).resolve().parents[2]
 PASSTHROUGHFS = [sys.executable, "-m", "inspector.passthroughfs"]
@@ -198,11 +200,17 @@ def ro_workload(root: Path) -> dict[str, Any]:
 
 # --- trace checks ----------------------------------------------------------------------
 
-def check_trace(path: Path, unanswered_ok: frozenset[int] = frozenset()) -> DecodedTrace:
+def check_trace(path: Path, unanswered_ok: frozenset[int] = frozenset(),
+                anomalies_ok: frozenset[str] = frozenset()) -> DecodedTrace:
     """Everything a recorded trace must hold: no cut tail; every message decodes with no
     raw fallback; every request that wants a reply has exactly one, except those whose
     reply the kernel rejected (the connection was gone) and opcodes in `unanswered_ok`;
-    an INIT altered with the original and a reason; the server's exit; the end."""
+    an INIT altered with the original and a reason; the server's exit; the end; and
+    `fusetrace check` finds nothing wrong but `anomalies_ok` (notes never count)."""
+    analysis = analyse(path)
+    found = {a.code: a.message for a in analysis.anomalies
+             if a.severity != "note" and a.code not in anomalies_ok}
+    assert not found, found
     decoded = decode_trace(path)
     assert decoded.tail is None, decoded.tail
     assert decoded.header["source"] == "proxy"
@@ -250,3 +258,46 @@ def requests_of(decoded: DecodedTrace, opcode: int) -> list[Message]:
 
 def events_of(decoded: DecodedTrace, name: str) -> list[dict[str, Any]]:
     return [e.record.meta for e in decoded.entries if e.record.event == name]
+
+
+# --- an ordinary user -------------------------------------------------------------------
+
+AS_NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+
+
+@contextlib.contextmanager
+def dev_fuse_mode(mode: int) -> Iterator[None]:
+    """/dev/fuse with `mode` for the test (some machines keep it root-only), restored."""
+    before = os.stat("/dev/fuse").st_mode & 0o777
+    os.chmod("/dev/fuse", mode)
+    try:
+        yield
+    finally:
+        os.chmod("/dev/fuse", before)
+
+
+def record_as_nobody(server: Sequence[str], mnt: Path, trace: Path, *workload: list[str],
+                     ) -> tuple[list[subprocess.CompletedProcess[str]],
+                                subprocess.CompletedProcess[str], tuple[int, str]]:
+    """`fusetrace record` of `server` as user nobody (through fusermount3), each workload
+    command run as nobody on the mount, then `fusermount3 -u` as nobody: the workloads'
+    results, the unmount's, and fusetrace's (exit status, stderr). `mnt` is created."""
+    mnt.mkdir()
+    mnt.chmod(0o777)
+    with dev_fuse_mode(0o666):
+        rec = subprocess.Popen([*AS_NOBODY, *record_command(server, str(trace))],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+        try:
+            deadline = time.monotonic() + 20
+            while not is_mounted(mnt) and time.monotonic() < deadline and rec.poll() is None:
+                time.sleep(0.05)
+            seen = [subprocess.run([*AS_NOBODY, *cmd], capture_output=True, text=True,
+                                   timeout=20) for cmd in workload]
+            unmounted = subprocess.run([*AS_NOBODY, "fusermount3", "-u", str(mnt)],
+                                       capture_output=True, text=True, timeout=20)
+            _, err = rec.communicate(timeout=30)
+        finally:
+            if rec.poll() is None:
+                rec.kill()
+                rec.wait(10)
+    return seen, unmounted, (rec.returncode, err)

@@ -5,18 +5,15 @@ nothing mounted, and no process left behind."""
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -24,6 +21,9 @@ from inspector.testing import is_mounted, record_command, recorded_server
 from traces import TraceReader
 
 from record_support import (
+    AS_NOBODY,
+    dev_fuse_mode,
+    record_as_nobody,
     MEMFS,
     PASSTHROUGHFS,
     REPO,
@@ -39,8 +39,6 @@ from record_support import (
 
 if TYPE_CHECKING:
     from conftest import FsDirs
-
-
 
 
 def _passthroughfs(dirs: FsDirs, *extra: str) -> list[str]:
@@ -309,35 +307,6 @@ def test_bad_arguments_exit_2_with_one_line(tmp_path: Path, args: list[str], mes
     assert not trace.exists() and not is_mounted(mnt)
 
 
-AS_NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
-
-
-@pytest.fixture
-def nobody_dir() -> Iterator[Path]:
-    """A directory an ordinary user can use (pytest's tmp dirs are root's alone)."""
-    if os.geteuid() != 0 or not Path("/usr/bin/setpriv").exists():
-        pytest.skip("needs root and setpriv to become an ordinary user")
-    path = Path(tempfile.mkdtemp(prefix="fusetrace-nobody-", dir="/tmp"))
-    path.chmod(0o777)
-    try:
-        yield path
-    finally:
-        if is_mounted(path / "mnt"):
-            subprocess.run(["umount", "-l", str(path / "mnt")], timeout=30)
-        shutil.rmtree(path, ignore_errors=True)
-
-
-@contextlib.contextmanager
-def dev_fuse_mode(mode: int) -> Iterator[None]:
-    """/dev/fuse with `mode` for the test (some machines keep it root-only), restored."""
-    before = os.stat("/dev/fuse").st_mode & 0o777
-    os.chmod("/dev/fuse", mode)
-    try:
-        yield
-    finally:
-        os.chmod("/dev/fuse", before)
-
-
 def _squash_image(base: Path) -> Path:
     src = base / "src"
     src.mkdir()
@@ -354,28 +323,11 @@ def test_ordinary_user_records_through_fusermount3(requires_fuse: None, nobody_d
     """Not root: fusetrace mounts the way libfuse does (fusermount3, _FUSE_COMMFD)."""
     need("squashfuse", "mksquashfs", "fusermount3")
     image, mnt, trace = _squash_image(nobody_dir), nobody_dir / "mnt", nobody_dir / "t.fzt"
-    mnt.mkdir()
-    mnt.chmod(0o777)
-    with dev_fuse_mode(0o666):
-        rec = subprocess.Popen([*AS_NOBODY, *record_command(["squashfuse", "-f", str(image), str(mnt)],
-                                                            str(trace))],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO)
-        try:
-            deadline = time.monotonic() + 20
-            while not is_mounted(mnt) and time.monotonic() < deadline and rec.poll() is None:
-                time.sleep(0.05)
-            seen = subprocess.run([*AS_NOBODY, "cat", str(mnt / "hello.txt")], capture_output=True,
-                                  text=True, timeout=20)
-            unmounted = subprocess.run([*AS_NOBODY, "fusermount3", "-u", str(mnt)],
-                                       capture_output=True, text=True, timeout=20)
-            _, err = rec.communicate(timeout=30)
-        finally:
-            if rec.poll() is None:
-                rec.kill()
-                rec.wait(10)
+    [seen], unmounted, (code, err) = record_as_nobody(
+        ["squashfuse", "-f", str(image), str(mnt)], mnt, trace, ["cat", str(mnt / "hello.txt")])
     assert seen.stdout == "hello from squashfs\n", (seen.stderr, err)
     assert unmounted.returncode == 0, unmounted.stderr
-    assert rec.returncode == 0, err
+    assert code == 0, err
     events = [r.meta for r in TraceReader(str(trace)) if r.kind.name == "EVENT"]
     [mount] = [e for e in events if e["event"] == "mount"]
     assert "fusermount3" in mount["data"]
