@@ -1,0 +1,122 @@
+"""`fusetrace replay`'s parts that need no mount: bad traces and command lines (exit 2,
+nothing written), masks, the translation's one-to-one rule, ioctl attribution."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import msgpack
+import pytest
+
+from dissectors.constants import Opcode
+from dissectors.ioctls import DevIoctl
+from dissectors.structs import FuseInHeader, FuseInitIn
+from inspector.replay import replay
+from inspector.replay.attribute import Attributor
+from inspector.replay.masks import Mask, Masks
+from inspector.replay.translate import Table
+from record_support import MEMFS, fusetrace
+from traces import TraceWriter
+
+
+def _init_trace(path: Path) -> Path:
+    with TraceWriter(path, {"source": "proxy"}) as w:
+        w.request(bytes(FuseInHeader(opcode=Opcode.INIT, unique=2) / FuseInitIn()))
+    return path
+
+
+def _cut(tmp_path: Path) -> Path:
+    whole = _init_trace(tmp_path / "whole.fzt").read_bytes()
+    cut = tmp_path / "cut.fzt"
+    cut.write_bytes(whole[:-7])
+    return cut
+
+
+def _garbage(tmp_path: Path) -> Path:
+    path = tmp_path / "garbage.fzt"
+    path.write_bytes(b"\x00not a trace at all" * 10)
+    return path
+
+
+def _newer(tmp_path: Path) -> Path:
+    path = tmp_path / "newer.fzt"
+    path.write_bytes(msgpack.packb({"magic": "fusetrace", "format": 99}))
+    return path
+
+
+def _no_init(tmp_path: Path) -> Path:
+    path = tmp_path / "noinit.fzt"
+    with TraceWriter(path, {"source": "proxy"}) as w:
+        w.request(bytes(FuseInHeader(opcode=Opcode.GETATTR, unique=4, nodeid=1)))
+    return path
+
+
+@pytest.mark.parametrize("make, words", [
+    (_cut, "incomplete record"), (_garbage, "not a fusetrace trace"),
+    (_newer, "upgrade fusetrace"), (_no_init, "does not start with the kernel's INIT")])
+def test_bad_traces_exit_2_with_one_line_and_write_nothing(make, words: str, tmp_path: Path) -> None:
+    trace, out = make(tmp_path), tmp_path / "out.fzt"
+    res = fusetrace("replay", str(trace), "-w", str(out), "--", *MEMFS, str(tmp_path))
+    assert res.returncode == 2
+    assert res.stdout == ""
+    assert len(res.stderr.splitlines()) == 1 and words in res.stderr, res.stderr
+    assert "Traceback" not in res.stderr
+    assert not out.exists()
+
+
+def test_bad_command_lines_exit_2(tmp_path: Path) -> None:
+    trace = _init_trace(tmp_path / "t.fzt")
+    for args, words in ((["--mask", "size", "--", *MEMFS, str(tmp_path)], "bad mask"),
+                        (["--mask", "NOSUCH.size", "--", *MEMFS, str(tmp_path)], "unknown opcode"),
+                        (["--", *MEMFS, str(tmp_path / "missing")], "no mountpoint"),
+                        ([], "no server command")):
+        res = fusetrace("replay", str(trace), *args)
+        assert res.returncode == 2, (args, res)
+        assert words in res.stderr and len(res.stderr.splitlines()) == 1, res.stderr
+
+
+def test_api_never_raises_on_a_bad_trace(tmp_path: Path) -> None:
+    report = replay(_garbage(tmp_path), [*MEMFS, str(tmp_path)])
+    assert not report.ok and "not a fusetrace trace" in (report.error or "")
+    assert report.first_difference_text().startswith("error: ")
+
+
+def test_masks_match_whole_runs_of_path_parts() -> None:
+    masks = Masks(["GETATTR.size", "*.blocks"])
+    assert masks.masked(Opcode.GETATTR, "fuse_attr_out.attr.size")
+    assert not masks.masked(Opcode.GETATTR, "fuse_attr_out.attr.blksize")
+    assert not masks.masked(Opcode.LOOKUP, "fuse_entry_out.attr.size")
+    assert masks.masked(Opcode.READDIRPLUS, "direntplus[3].entry_out.attr.blocks")
+    assert masks.masked(Opcode.STATX, "fuse_statx_out.stat.mtime.tv_sec")  # default: times
+    assert not Masks(defaults=False).masked(Opcode.GETATTR, "fuse_attr_out.attr.mtime")
+    assert Mask.parse("notify_store.offset").opcode == 1004
+    with pytest.raises(ValueError):
+        Mask.parse("GETATTR.")
+
+
+def test_translation_catches_a_value_handed_out_twice() -> None:
+    fhs = Table("file handle")
+    assert fhs.learn(1, 7) is None
+    assert fhs.learn(1, 7) is None  # the same open file again: fine
+    assert "handed out again while it still stands for recorded file handle 1" in fhs.learn(2, 7)
+    fhs.release(1, 2)
+    fhs.release(2)
+    assert fhs.learn(3, 7) is None  # released: free to be reused
+    assert "still in use, but now comes back as 9" in fhs.learn(3, 9)
+    assert fhs.rewrite(3) == 9 and fhs.rewrite(42) == 42
+
+
+def test_ioctls_belong_to_the_request_that_makes_them() -> None:
+    a = Attributor()
+    a.request(30, Opcode.RELEASE, True)
+    a.request(32, Opcode.OPEN, True)
+    a.ioctl(1, DevIoctl.BACKING_CLOSE)  # RELEASE and OPEN outstanding: the RELEASE's
+    a.ioctl(2, DevIoctl.BACKING_OPEN)
+    a.request(34, Opcode.LOOKUP, True)
+    a.reply(34)
+    a.reply(30)
+    a.reply(32)
+    a.request(36, Opcode.FORGET, False)
+    a.ioctl(3, DevIoctl.BACKING_CLOSE)  # nothing outstanding: the last request sent
+    a.finish()
+    assert a.owned == {30: [1], 32: [2], 36: [3]}
