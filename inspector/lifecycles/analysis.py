@@ -240,6 +240,7 @@ class _Pass:
         self.backing: dict[int, Lifecycle] = {}  # open backing ids
         self.fhs: dict[tuple[bool, int], Lifecycle] = {}  # (directory?, fh) → open handle
         self.opens: dict[tuple[bool, int], list[_Open]] = {}
+        self.unseen: set[tuple[bool, int]] = set()  # handles with passthrough opens not yet used
         self.nodes: dict[int, Lifecycle] = {}  # looked-up nodes
         self.inode_backing: dict[int, tuple[Lifecycle, int]] = {}  # nodeid → (backing, opens)
 
@@ -312,8 +313,10 @@ class _Pass:
                 lc.state = "unknown"
             return
         opens = self.opens.get(key, [])
-        for o in opens:
-            o.seen = True
+        if key in self.unseen:
+            self.unseen.discard(key)
+            for o in opens:
+                o.seen = True
         if opcode not in _RELEASES:
             lc.add(i, ts, _op(opcode))
             return
@@ -533,6 +536,8 @@ class _Pass:
         if not directory and (pt or bid):
             backing = self.passthrough_open(i, ts, lc, fh, oflags, bid, pt, nodeid, asked)
         self.opens.setdefault(key, []).append(_Open(nodeid, backing, i))
+        if backing is not None:
+            self.unseen.add(key)
 
     def passthrough_open(self, i: int, ts: int, handle: Lifecycle, fh: int, oflags: int,
                          bid: int, pt: bool, nodeid: int, asked: _Asked) -> Lifecycle | None:
@@ -657,8 +662,8 @@ class _Pass:
         lc.state = "closed"
         if lc.verdict == OPEN_AT_END:
             lc.verdict = CLOSED
-        for (directory, fh), opens in self.opens.items():
-            for o in opens:
+        for directory, fh in self.unseen:
+            for o in self.opens.get((directory, fh), ()):
                 if o.backing is lc and not o.seen:
                     self.flag("backing-close-in-flight",
                               f"BACKING_CLOSE #{i} of backing id {bid} comes right after the "
