@@ -183,13 +183,16 @@ class _Session:
             return self.lookup()
         if len(self.files) >= 32:
             return self.release()
+        modes = {bool(b) for _, n, b in self.files if n == node}
+        if True in modes:  # the kernel refuses a second backing file for an open inode
+            return self.getattr()
         u, req = self.request(self.t.open, node)
         if self.rng.random() < 0.05:
             return [req, self.error(u, _EACCES)]
         fh, self.next_fh = self.next_fh, self.next_fh + 1
         items = [req]
         backing = 0
-        if self.rng.random() < 0.5:
+        if not modes and self.rng.random() < 0.5:  # nor mixes passthrough and cached opens
             backing, self.next_backing = self.next_backing, self.next_backing + 1
             fd = 10 + len(self.files)
             items.append((Kind.IOCTL, None, {
