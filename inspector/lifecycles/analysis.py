@@ -33,7 +33,7 @@ from traces import Kind, TraceIndex, TraceReader
 
 from . import wire
 from .kinds import severity
-from .model import CLOSED, LEAKED, MISUSED, OPEN_AT_END, Anomaly, Lifecycle
+from .model import CLOSED, LEAKED, MISUSED, OPEN_AT_END, Anomaly, LifeEvent, Lifecycle
 
 Progress = Callable[[int, int], None]
 
@@ -48,6 +48,10 @@ _NO_REPLY = frozenset(NO_REPLY_OPCODES) | {Opcode.INTERRUPT}
 _PLAIN = frozenset(Opcode) - _ENTRY_REPLIES - _OPENS - _DIR_OPS - _RELEASES - _NO_REPLY - {
     Opcode.INIT, Opcode.GETATTR, Opcode.SETATTR} - wire.FH_FIRST
 _MAKES_IDS = _ENTRY_REPLIES | _OPENS | {Opcode.READDIRPLUS}  # replies that hand out ids
+#: Requests that use one handle, named first in their body → is it a directory handle?
+_FH_USES = {op: op in _DIR_OPS for op in wire.FH_FIRST - _RELEASES
+            - {Opcode.COPY_FILE_RANGE, Opcode.COPY_FILE_RANGE_64}}
+_U64 = struct.Struct("<Q")
 _IN_PEEK = struct.Struct("<4xIQQ")  # fuse_in_header: opcode, unique, nodeid
 _OUT_PEEK = struct.Struct("<4xiQ")  # fuse_out_header: error, unique
 _ANDROID_OPENS = frozenset({DevIoctl.PASSTHROUGH_OPEN_V1, DevIoctl.PASSTHROUGH_OPEN_V2})
@@ -282,6 +286,17 @@ class _Pass:
             if unique:
                 self.asked[unique] = _Asked(i, ts, opcode, nodeid)
             return
+        directory = _FH_USES.get(opcode)
+        if directory is not None and len(raw) >= wire.IN + 8:  # READ, WRITE, FLUSH ...
+            if unique:
+                self.asked[unique] = _Asked(i, ts, opcode, nodeid)
+            key = (directory, _U64.unpack_from(raw, wire.IN)[0])
+            lc = self.fhs.get(key)
+            if lc is not None and key not in self.unseen:
+                lc.events.append(LifeEvent(i, ts, _NAMES[opcode], ""))
+            else:
+                self.use(i, ts, opcode, directory, key[1], nodeid)
+            return
         if opcode == Opcode.INIT:
             self.dec.feed_request(raw)
             self.init_request = i
@@ -370,8 +385,8 @@ class _Pass:
         if not rejected:  # the recorder says whether the kernel took it in a later event
             recent = self.recent
             recent[unique] = (i, asked, raw, interrupt)
-            if len(recent) > _RECENT:
-                del recent[next(iter(recent))]
+            if len(recent) > 2 * _RECENT:  # keep the latest, trimming now and then
+                self.recent = dict(list(recent.items())[-_RECENT:])
         if opcode == Opcode.INIT:
             self.init(i, raw, error, asked)
         if error or rejected or opcode not in _MAKES_IDS:
