@@ -219,8 +219,10 @@ class Recording:
 
 def record_command(server_argv: Sequence[str], trace: str | os.PathLike[str],
                    *options: str) -> list[str]:
-    """The `fusetrace record` command line for `server_argv` (this interpreter's copy)."""
-    return [sys.executable, "-m", "inspector.cli", "record", "-q", "-w", os.fspath(trace),
+    """The `fusetrace record` command line for `server_argv` (this interpreter's copy).
+    `-P` keeps the working directory off sys.path: a `traces/` folder there would shadow
+    the `traces` package (the flag is not inherited by the server)."""
+    return [sys.executable, "-P", "-m", "inspector.cli", "record", "-q", "-w", os.fspath(trace),
             *options, "--", *server_argv]
 
 

@@ -5,6 +5,8 @@ fixed structs, its names and its data. Left out are the values that differ betwe
 runs of the same workload without changing what is asked:
 - `unique` (the kernel's request counter) and the caller's `pid`;
 - lock owners (`lock_owner`, `lk.owner`, `lk.pid`, `kh`): kernel pointers and pids;
+- IOCTL's `arg`: in general the caller's pointer (Python's isatty() makes one on every
+  open); the bytes it points to travel as the request's data and are compared;
 - padding and reserved words;
 - in SETATTR, the fields its `valid` mask does not enable, `ctime` (the kernel's clock,
   sent with writeback caching), and times set to "now" (`FATTR_*_NOW`: the kernel fills
@@ -68,6 +70,8 @@ def request_fields(brief: Brief, raw: bytes, snaplen: int) -> Fields:
         fields["body"] = raw[IN_HEADER_SIZE:end]
     if brief.opcode == Opcode.SETATTR:
         _trim_setattr(fields)
+    elif brief.opcode == Opcode.IOCTL:
+        fields.pop("arg", None)
     return fields
 
 

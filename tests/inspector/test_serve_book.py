@@ -294,3 +294,13 @@ def test_parse_errno() -> None:
     for bad in ("EWHATEVER", "0", "-5", "errorcode"):
         with pytest.raises(ValueError):
             parse_errno(bad)
+
+
+def test_an_ioctl_matches_whatever_address_its_caller_passed(tmp_path: Path) -> None:
+    from dissectors.structs import FuseIoctlIn
+
+    tcgets = lambda u, arg: request(Opcode.IOCTL, u, 2, FuseIoctlIn(fh=1, cmd=0x5401, arg=arg))  # noqa: E731
+    trace = write_trace(tmp_path / "t.fzt", [(tcgets(2, 0x7FFD0000), reply(2, error=errno.ENOTTY))])
+    res = responder(trace)
+    assert error_of(answer(res, tcgets(8, 0x7FFE1234))) == errno.ENOTTY
+    assert res.finish("end").ok
