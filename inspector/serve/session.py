@@ -35,7 +35,14 @@ from dissectors.quick import brief_reply
 from traces import TraceReadError
 
 from .. import syscalls
-from ..mounts import MountOptions, abort_connection, canonical, fusermount, mounts_at, unmount
+from ..mounts import (
+    MountOptions,
+    abort_connection,
+    canonical,
+    fusermount,
+    mounts_at,
+    unmount,
+)
 from ..record.args import ArgumentError, mount_plan
 from .book import BadTrace, ReplyBook
 from .report import ServeReport
@@ -70,7 +77,8 @@ def mount_options(header: dict[str, Any]) -> MountOptions:
         opts = mount_plan(items, FSNAME).options
     except ArgumentError as exc:
         raise ServeError(f"recorded mount options: {exc}") from None
-    flags = (header.get("mount") or {}).get("flags") if isinstance(header.get("mount"), dict) else None
+    mount = header.get("mount")
+    flags = mount.get("flags") if isinstance(mount, dict) else None
     if isinstance(flags, int):
         opts.flags = flags
     opts.fsname, opts.subtype = FSNAME, FSNAME

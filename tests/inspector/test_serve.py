@@ -17,7 +17,13 @@ import msgpack
 import pytest
 
 from inspector.serve.responder import PASSTHROUGH_NOTE
-from inspector.testing import cleanup_mount, is_mounted, mounted_server, recorded_server, wait_for_mount
+from inspector.testing import (
+    cleanup_mount,
+    is_mounted,
+    mounted_server,
+    recorded_server,
+    wait_for_mount,
+)
 from traces.testing import synthetic_trace
 
 from record_support import FUSETRACE, MEMFS, PASSTHROUGHFS, REPO, fusetrace, mount_test

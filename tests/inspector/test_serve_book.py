@@ -173,8 +173,11 @@ def test_a_failed_change_does_not_hold_answers_back(tmp_path: Path) -> None:
 def test_ignored_fields_do_not_prevent_a_match(tmp_path: Path) -> None:
     """pid, lock_owner, and SETATTR times the kernel sets to "now" differ every run."""
     valid = FATTR_SIZE | FATTR_ATIME | FATTR_ATIME_NOW
-    setattr_ = lambda u, t, pid: request(  # noqa: E731
-        Opcode.SETATTR, u, 2, FuseSetattrIn(valid=valid, size=5, atime=t, ctime=t), pid=pid)
+
+    def setattr_(unique: int, when: int, pid: int) -> bytes:
+        body = FuseSetattrIn(valid=valid, size=5, atime=when, ctime=when)
+        return request(Opcode.SETATTR, unique, 2, body, pid=pid)
+
     trace = write_trace(tmp_path / "t.fzt", [(setattr_(2, 1000, 1), reply(2, attr(5)))])
     res = responder(trace)
     assert size_in(answer(res, setattr_(9, 2000, 77))) == 5
@@ -299,7 +302,9 @@ def test_parse_errno() -> None:
 def test_an_ioctl_matches_whatever_address_its_caller_passed(tmp_path: Path) -> None:
     from dissectors.structs import FuseIoctlIn
 
-    tcgets = lambda u, arg: request(Opcode.IOCTL, u, 2, FuseIoctlIn(fh=1, cmd=0x5401, arg=arg))  # noqa: E731
+    def tcgets(unique: int, arg: int) -> bytes:
+        return request(Opcode.IOCTL, unique, 2, FuseIoctlIn(fh=1, cmd=0x5401, arg=arg))
+
     trace = write_trace(tmp_path / "t.fzt", [(tcgets(2, 0x7FFD0000), reply(2, error=errno.ENOTTY))])
     res = responder(trace)
     assert error_of(answer(res, tcgets(8, 0x7FFE1234))) == errno.ENOTTY
