@@ -264,7 +264,7 @@ class Cassette:
                         "needs server=[...]", pytrace=False)
         argv, mnt = self._server_argv()
         partial = self.tmp_factory.mktemp("fusetrace-record") / self.path.name
-        options = ("-q", "-s", str(self.options.snaplen), "--mountpoint", str(mnt))
+        options = ("-s", str(self.options.snaplen), "--mountpoint", str(mnt))
         try:
             with recorded_server(argv, mnt, partial, *options) as rec:
                 result = workload(mnt)
