@@ -83,3 +83,20 @@ def fallocate(fd: int, mode: int, offset: int, length: int) -> None:
 
 def syncfs(fd: int) -> None:
     _check(_libc.syncfs(fd), "syncfs")
+
+
+def socket_holders(inode: int) -> set[int]:
+    """Pids of the processes (other than this one) holding socket `inode` open, from /proc:
+    a daemonized server or its children keep a session alive after the first exits."""
+    pids: set[int] = set()
+    target = f"socket:[{inode}]"
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            fds = os.listdir(f"/proc/{entry}/fd")
+            if any(os.readlink(f"/proc/{entry}/fd/{fd}") == target for fd in fds):
+                pids.add(int(entry))
+        except OSError:
+            continue
+    return pids

@@ -441,21 +441,11 @@ class Session:
             self._event("unmount", by="fusetrace", how=result)
 
     def _holders(self) -> set[int]:
-        """Processes holding the server's end of the socket (found in /proc), plus the
-        server itself while it runs."""
-        pids = set()
+        """Processes holding the server's end of the socket, plus the server itself while
+        it runs."""
+        pids = syscalls.socket_holders(self.theirs_ino)
         if self.proc is not None and self.proc.poll() is None:
             pids.add(self.proc.pid)
-        target = f"socket:[{self.theirs_ino}]"
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit() or int(entry) == os.getpid():
-                continue
-            try:
-                fds = os.listdir(f"/proc/{entry}/fd")
-                if any(os.readlink(f"/proc/{entry}/fd/{fd}") == target for fd in fds):
-                    pids.add(int(entry))
-            except OSError:
-                continue
         return pids
 
     def _server_gone(self) -> bool:

@@ -30,6 +30,7 @@ from ..record.flavour import Flavour, guess
 from ..record.relay import BUFFER_SIZE
 from ..record.session import _size_buffers
 from ..record.trap import IoctlTrap
+from ..syscalls import socket_holders
 from .emulate import EmulatedTrap, IoctlLog
 from .script import ReplayError
 
@@ -206,17 +207,7 @@ class ServerUnderTest:
 
     def _holders(self) -> set[int]:
         """Processes holding the server's end of the socket, and the server while it runs."""
-        pids = set()
+        pids = socket_holders(self.inode)
         if self.proc is not None and self.proc.poll() is None:
             pids.add(self.proc.pid)
-        target = f"socket:[{self.inode}]"
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit() or int(entry) == os.getpid():
-                continue
-            try:
-                fds = os.listdir(f"/proc/{entry}/fd")
-                if any(os.readlink(f"/proc/{entry}/fd/{fd}") == target for fd in fds):
-                    pids.add(int(entry))
-            except OSError:
-                continue
         return pids

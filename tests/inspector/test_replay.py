@@ -14,7 +14,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import pytest
 
@@ -346,21 +346,6 @@ def test_cli_exit_codes_and_json(passthrough_trace: Recorded, tmp_path: Path) ->
     masked = fusetrace("replay", str(passthrough_trace.trace), "--mask", "GETATTR.attr.size", "--",
                        *passthrough_trace.fresh(tmp_path / "c", "--misbehave", "wrong-size"))
     assert masked.returncode == 0, masked.stdout
-
-
-@pytest.fixture
-def nobody_dir() -> Iterator[Path]:
-    """A directory an ordinary user can use (pytest's tmp dirs are root's alone)."""
-    if os.geteuid() != 0 or shutil.which("setpriv") is None:
-        pytest.skip("needs root and setpriv to become an ordinary user")
-    import tempfile
-
-    path = Path(tempfile.mkdtemp(prefix="fusetrace-replay-nobody-", dir="/tmp"))
-    path.chmod(0o777)
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.mark.requires_fuse
