@@ -30,6 +30,7 @@ from dissectors.context import Dialect
 from dissectors.fields import errno_name
 from dissectors.ioctls import DevIoctl
 from traces import Kind, TraceIndex, TraceReader
+from traces.stream import gc_paused
 
 from . import wire
 from .kinds import severity
@@ -210,14 +211,15 @@ def analyse(source: str | os.PathLike[str] | TraceIndex, progress: Progress | No
             result._index, result._owns_index = source, False
         walker = _Pass(result)
         request, reply, other = walker.request, walker.reply, walker.other
-        for i, obj in enumerate(reader.arrays(progress)):
-            kind = obj[0]
-            if kind == 1:
-                request(i, obj[1], obj[2])
-            elif kind == 2:
-                reply(i, obj[1], obj[2], obj[3] if len(obj) == 4 else None)
-            else:
-                other(i, obj)
+        with gc_paused():
+            for i, obj in enumerate(reader.arrays(progress)):
+                kind = obj[0]
+                if kind == 1:
+                    request(i, obj[1], obj[2])
+                elif kind == 2:
+                    reply(i, obj[1], obj[2], obj[3] if len(obj) == 4 else None)
+                else:
+                    other(i, obj)
         result.tail = reader.tail
         result.records = reader.good_records
         walker.finish()

@@ -17,6 +17,7 @@ from typing import IO, Any
 from dissectors.constants import INIT_FLAGS, NO_REPLY_OPCODES, Opcode
 from dissectors.fields import errno_name
 from traces import Kind, TraceReader
+from traces.stream import gc_paused
 
 from ..lifecycles import Analysis
 
@@ -53,21 +54,24 @@ def collect(path: str) -> tuple[dict[str, OpStats], dict[str, int]]:
     ops: dict[str, OpStats] = {}
     asked: dict[int, tuple[int, OpStats]] = {}
     totals = Counter[str]()
-    with TraceReader(path) as reader:
-        for rec in reader:
-            totals[rec.kind.name.lower()] += 1
-            raw = rec.raw
-            if raw is None or len(raw) < 16:
+    kinds = Counter[int]()
+    by_opcode: dict[int, OpStats] = {}
+    with TraceReader(path) as reader, gc_paused():
+        for obj in reader.arrays():
+            kind = obj[0]
+            kinds[kind] += 1
+            if kind > Kind.REPLY or len(raw := obj[2]) < 16:
                 continue
-            true_len = rec.meta.get("len", len(raw)) if rec.meta else len(raw)
-            if rec.kind is Kind.REQUEST:
+            true_len = obj[3].get("len", len(raw)) if len(obj) == 4 else len(raw)
+            if kind == Kind.REQUEST:
                 opcode, unique = _IN.unpack_from(raw)
-                name = op_name(opcode)
-                st = ops.get(name) or ops.setdefault(name, OpStats())
+                st = by_opcode.get(opcode)
+                if st is None:
+                    st = by_opcode[opcode] = ops.setdefault(op_name(opcode), OpStats())
                 st.count += 1
                 st.bytes_in += true_len
                 if unique and opcode not in NO_REPLY_OPCODES:
-                    asked[unique] = (rec.ts, st)
+                    asked[unique] = (obj[1], st)
             else:
                 error, unique = _OUT.unpack_from(raw)
                 if unique == 0:
@@ -77,10 +81,12 @@ def collect(path: str) -> tuple[dict[str, OpStats], dict[str, int]]:
                 if pending is None:
                     continue
                 ts, st = pending
-                st.latencies.append(rec.ts - ts)
+                st.latencies.append(obj[1] - ts)
                 st.bytes_out += true_len
                 if error:
                     st.errors[errno_name(error)] += 1
+        for kind, n in sorted(kinds.items()):
+            totals[Kind(kind).name.lower()] = n
         totals["unanswered"] = len(asked)
     for st in ops.values():
         st.latencies.sort()
