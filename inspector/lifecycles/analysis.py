@@ -49,6 +49,11 @@ _NO_REPLY = frozenset(NO_REPLY_OPCODES) | {Opcode.INTERRUPT}
 _PLAIN = frozenset(Opcode) - _ENTRY_REPLIES - _OPENS - _DIR_OPS - _RELEASES - _NO_REPLY - {
     Opcode.INIT, Opcode.GETATTR, Opcode.SETATTR} - wire.FH_FIRST
 _MAKES_IDS = _ENTRY_REPLIES | _OPENS | {Opcode.READDIRPLUS}  # replies that hand out ids
+def _getattr_fh(raw: bytes) -> bool:
+    """Does this GETATTR name a file handle (FUSE_GETATTR_FH in getattr_flags)?"""
+    return len(raw) >= wire.IN + 16 and bool(raw[wire.IN] & 1)
+
+
 #: Requests that use one handle, named first in their body → is it a directory handle?
 _FH_USES = {op: op in _DIR_OPS for op in wire.FH_FIRST - _RELEASES
             - {Opcode.COPY_FILE_RANGE, Opcode.COPY_FILE_RANGE_64}}
@@ -284,8 +289,8 @@ class _Pass:
         if len(raw) < wire.IN:
             return
         opcode, unique, nodeid = _IN_PEEK.unpack_from(raw)
-        if opcode in _PLAIN:  # the common case: only pairing matters
-            if unique:
+        if opcode in _PLAIN or (opcode == Opcode.GETATTR and not _getattr_fh(raw)):
+            if unique:  # the common case: only pairing matters
                 self.asked[unique] = _Asked(i, ts, opcode, nodeid)
             return
         directory = _FH_USES.get(opcode)
