@@ -13,9 +13,10 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
 from textual import work
+from textual.worker import get_current_worker
 from textual.app import App, SystemCommand
 from textual.screen import Screen
 
@@ -27,6 +28,9 @@ from .loading import check_trace, open_early
 from .model import BrowseModel
 from .screens import ChooseSubject, HelpScreen, LifecyclesScreen, MainScreen, StatsScreen
 from .widgets import MessageList
+
+if TYPE_CHECKING:
+    from inspector.lifecycles import Analysis
 
 LIVE_POLL = 0.5  # seconds between looks at a growing trace
 _PROGRESS_EVERY = 0.05  # seconds between progress updates sent to the UI
@@ -45,6 +49,7 @@ class BrowseApp(App[None]):
         self.model.query = query
         self.main = MainScreen(self.model)
         self._analysis_ready = threading.Event()
+        self._follow_when_analysed: int | None = None  # record whose `f` waits for the analysis
 
     def on_mount(self) -> None:
         self.push_screen(self.main)
@@ -69,9 +74,10 @@ class BrowseApp(App[None]):
         except (TraceReadError, OSError) as exc:
             self.call_from_thread(model.set_notice, f"Cannot read the trace: {exc}")
             return
-        assert model.pairs is not None
-        model.pairs.update()
         self.call_from_thread(self._indexed, idx)
+        assert model.pairs is not None
+        model.pairs.update()  # after the rows show: pairing a million takes a while
+        self.call_from_thread(self._paired)
 
     def _indexed(self, idx: TraceIndex) -> None:
         self.model.indexed()
@@ -80,6 +86,12 @@ class BrowseApp(App[None]):
         self._analyse()
         if self.model.live:
             self.set_interval(LIVE_POLL, self._poll)
+
+    def _paired(self) -> None:
+        """Latencies are known now: rows drawn without them are drawn again."""
+        assert self.model.rows is not None
+        self.model.rows.forget()
+        self.main.query_one(MessageList).refresh()
 
     @work(thread=True, exclusive=True, group="analysis")
     def _analyse(self) -> None:
@@ -92,8 +104,15 @@ class BrowseApp(App[None]):
         except (TraceReadError, OSError) as exc:
             self.call_from_thread(self.notify, f"No lifecycle analysis: {exc}", severity="error")
             return
-        self.call_from_thread(self.model.set_analysis, analysis)
+        analysis.subjects_of(0)  # builds its record → ids map here, not on the first `f`
+        self.call_from_thread(self._analysed, analysis)
+
+    def _analysed(self, analysis: Analysis) -> None:
+        self.model.set_analysis(analysis)
         self._analysis_ready.set()
+        waiting, self._follow_when_analysed = self._follow_when_analysed, None
+        if waiting is not None and waiting == self.model.selected:
+            self.follow_selected()
 
     @work(thread=True, exclusive=True, group="filter")
     def _filter(self, query: Query | None) -> None:
@@ -103,7 +122,10 @@ class BrowseApp(App[None]):
             return
         if query.needs_analysis and not self._analysis_ready.is_set():
             self.call_from_thread(self.notify, "Waiting for the lifecycle analysis…")
-            self._analysis_ready.wait()
+            worker = get_current_worker()
+            while not self._analysis_ready.wait(0.2):
+                if worker.is_cancelled:  # a newer filter, or the app is closing
+                    return
         try:
             shown = query.select(model.context())
         except (TraceReadError, OSError) as exc:
@@ -149,13 +171,12 @@ class BrowseApp(App[None]):
         record = model.selected
         if record is None:
             return
-        if model.analysis is None:
-            self.notify("The lifecycle analysis is still running; try again in a moment.")
-            return
-        if model.analysis_stale:
-            self._analysis_ready.clear()
-            self._analyse()
-            self.notify("Analysing the records added since; press f again in a moment.")
+        if model.analysis is None or model.analysis_stale:
+            if model.analysis is not None:  # a live trace grew: analyse what it holds now
+                self._analysis_ready.clear()
+                self._analyse()
+            self._follow_when_analysed = record
+            self.notify(f"Following #{record} once the lifecycle analysis is done…")
             return
         subjects = model.subjects(record)
         if not subjects:

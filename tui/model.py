@@ -94,7 +94,7 @@ class BrowseModel:
         assert self.idx is not None
         self.complete = True
         self.known = len(self.idx)
-        if self.idx.tail:
+        if self.idx.tail and not (self.live and "incomplete record" in self.idx.tail):
             self.set_notice(f"Showing records up to the last good one: {self.idx.tail}")
         self._emit("rows")
         self._emit("progress")
@@ -106,8 +106,7 @@ class BrowseModel:
         self.known = len(self.idx)
         if self.following is None and self.shown is not None and added:
             self.shown.extend(added)
-        if self.idx.tail:
-            self.set_notice(f"The trace ends in an incomplete record: {self.idx.tail}")
+        # a record half-written by the recorder is the normal state of a live trace: no notice
         self._emit("rows")
 
     def set_notice(self, text: str | None) -> None:

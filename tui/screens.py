@@ -12,6 +12,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen, Screen
+from textual.timer import Timer
 from textual.widgets import DataTable, Footer, Input, OptionList, ProgressBar, Sparkline, Static, Tree
 from textual.widgets.option_list import Option
 
@@ -41,6 +42,12 @@ class MainScreen(Screen[None]):
         super().__init__()
         self.model = model
         self._detail_for: int | None = None
+        self._detail_timer: Timer | None = None
+
+    @property
+    def detail_record(self) -> int | None:
+        """The record the detail pane shows (it follows the cursor after a short pause)."""
+        return self._detail_for
 
     @property
     def browse_app(self) -> BrowseApp:
@@ -124,7 +131,8 @@ class MainScreen(Screen[None]):
         else:
             errors = sum(1 for a in m.analysis.anomalies if a.severity == "error")
             parts.append(f"{errors} anomalies (l lists them)" if errors else "no anomalies")
-        self.query_one("#status", Static).update(Text("  │  ".join(parts)))
+        # one line, always: no new layout (a relayout costs more than the whole row decode)
+        self.query_one("#status", Static).update(Text("  │  ".join(parts)), layout=False)
 
     def _notice(self) -> None:
         notice = self.query_one("#notice", Static)
@@ -145,7 +153,9 @@ class MainScreen(Screen[None]):
 
     def _schedule_detail(self) -> None:
         """Decode the selection after the keys settle: holding j must not decode every row."""
-        self.set_timer(0.05, self._detail)
+        if self._detail_timer is not None:
+            self._detail_timer.stop()
+        self._detail_timer = self.set_timer(0.05, self._detail)
 
     def _detail(self) -> None:
         m = self.model
@@ -410,7 +420,7 @@ class StatsScreen(Screen[None]):
             table.add_row(name, f"{st.count:,}", errors, *(_ms(st.percentile(p)) for p in (50, 90, 99)),
                           _ms(st.latencies[-1] if st.latencies else None))
         self.query_one("#stats-title", Static).update(
-            "Per-opcode statistics   " + ", ".join(f"{k} {v:,}" for k, v in totals.items()))
+            "Per-opcode statistics   " + ", ".join(f"{k} {v:,}" for k, v in sorted(totals.items())))
         self.query_one(Sparkline).data = rate or [0]
         self.query_one("#bars", Static).update(_bars(ordered))
 

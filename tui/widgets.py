@@ -75,6 +75,11 @@ class MessageList(ScrollView, can_focus=True):
         self.keep_cursor_visible()
 
     def keep_cursor_visible(self) -> None:
+        self._scroll_to_cursor()
+        # again once the layout settled: a pane that appeared may have taken some lines
+        self.call_after_refresh(self._scroll_to_cursor)
+
+    def _scroll_to_cursor(self) -> None:
         height = self.scrollable_content_region.height or self.size.height
         top = round(self.scroll_offset.y)
         cur = self.model.cursor
@@ -199,7 +204,7 @@ class HexView(Static):
             text.append(f"… {len(data) - lo - self.LIMIT} more bytes", style="dim")
         if not data:
             text.append("(no bytes: an event the recorder noted)", style="dim")
-        self.update(text)
+        self.update(text, layout=False)  # fixed size: repaint only
 
 
 class LifecyclePanel(Static):
@@ -208,7 +213,7 @@ class LifecyclePanel(Static):
     def show_model(self, model: BrowseModel) -> None:
         f = model.following
         if f is None:
-            self.update("")
+            self.update("", layout=False)
             return
         lc = f.lifecycle
         at = model.selected

@@ -21,7 +21,7 @@ from traces.testing import synthetic_trace
 from tui.screens import ChooseSubject, HelpScreen, LifecyclesScreen, StatsScreen
 from tui.widgets import ExchangeTree, HexView
 
-from conftest import SIZE, analysed, lifecycle_panel, make_app, row_numbers, settle, shown_rows, status, text_of
+from tui_support import SIZE, analysed, lifecycle_panel, make_app, row_numbers, settle, shown_rows, status, text_of
 
 
 def show_text(path: Path) -> dict[int, str]:

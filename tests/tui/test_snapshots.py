@@ -9,7 +9,7 @@ from typing import Any, Callable
 from textual.pilot import Pilot
 from textual.widgets import DataTable
 
-from conftest import SIZE, analysed, make_app, settle
+from tui_support import SIZE, analysed, make_app, settle
 
 
 def typed(text: str) -> list[str]:
