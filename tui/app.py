@@ -10,6 +10,7 @@ app (`run_browse` reports it as one line, like every other command).
 
 from __future__ import annotations
 
+import gc
 import sys
 import threading
 import time
@@ -105,6 +106,9 @@ class BrowseApp(App[None]):
             self.call_from_thread(self.notify, f"No lifecycle analysis: {exc}", severity="error")
             return
         analysis.subjects_of(0)  # builds its record → ids map here, not on the first `f`
+        # A million records make millions of lifecycle objects that live as long as the
+        # app: out of the collector's sight, a full collection no longer freezes the UI.
+        gc.freeze()
         self.call_from_thread(self._analysed, analysis)
 
     def _analysed(self, analysis: Analysis) -> None:

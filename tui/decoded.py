@@ -15,6 +15,7 @@ from typing import Any
 from scapy.fields import PacketField, PacketListField
 from scapy.packet import Packet
 
+from dissectors.fields import NoteField
 from dissectors.summary import opcode_name
 from inspector.exchanges import Exchanges
 from inspector.ranges import primed_decoder, records_in
@@ -46,15 +47,18 @@ def _fields(pkt: Packet, data: bytes, base: int) -> list[Span]:
     """Spans of `pkt`'s own fields, dissected from `data` that starts at `base`."""
     out: list[Span] = []
     rest, at = data, base
+    lost = False  # a field could not be re-walked: the ones after it have no known bytes
     for fld in pkt.fields_desc:
         value = pkt.getfieldval(fld.name)
         try:
-            left, _ = fld.getfield(pkt, rest)
-        except Exception:  # Scapy could dissect it once but not again: no ranges from here
+            left, _ = fld.getfield(pkt, rest) if not lost else (rest, None)
+        except Exception:  # Scapy dissected it once but not again
+            lost = True
+        if lost:
             out.append(Span(f"{fld.name} = {_repr(fld, pkt, value)}"))
             continue
         size = len(rest) - len(left)
-        if size == 0 and not value and fld.name in ("note", "reason"):
+        if isinstance(fld, NoteField) and not value:  # no bytes and nothing to say
             rest = left
             continue
         span = Span(f"{fld.name} = {_repr(fld, pkt, value)}", at, at + size)

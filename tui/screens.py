@@ -130,7 +130,8 @@ class MainScreen(Screen[None]):
             parts.append("analysing lifecycles…" if m.complete else "indexing…")
         else:
             errors = sum(1 for a in m.analysis.anomalies if a.severity == "error")
-            parts.append(f"{errors} anomalies (l lists them)" if errors else "no anomalies")
+            word = "anomaly" if errors == 1 else "anomalies"
+            parts.append(f"{errors} {word} (l lists them)" if errors else "no anomalies")
         # one line, always: no new layout (a relayout costs more than the whole row decode)
         self.query_one("#status", Static).update(Text("  │  ".join(parts)), layout=False)
 

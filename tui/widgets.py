@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Any
 
 from rich.segment import Segment
-from rich.style import Style
 from rich.text import Text
 from textual import events
 from textual.geometry import Size

@@ -7,7 +7,8 @@ lifecycle analysis), never from the browser's own model.
 from __future__ import annotations
 
 import asyncio
-import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -311,4 +312,19 @@ def test_live_mode_shows_records_as_they_are_written(tmp_path: Path) -> None:
         asyncio.run(run())
     finally:
         writer.close()
-    assert os.path.getsize(path) > 0
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"garbage", "not a fusetrace trace"),
+    (None, "no such file"),
+])
+def test_browse_refuses_what_is_not_a_trace_in_one_line(tmp_path: Path, content: bytes | None,
+                                                        message: str) -> None:
+    path = tmp_path / "x.fzt"
+    if content is not None:
+        path.write_bytes(content)
+    res = subprocess.run([sys.executable, "-m", "inspector.cli", "browse", str(path)],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2
+    assert res.stderr.startswith("fusetrace: error: ") and message in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1, "one line, no traceback"
