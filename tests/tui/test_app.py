@@ -246,6 +246,13 @@ def test_leaks_come_first_in_the_lifecycles_screen(tmp_path: Path) -> None:
             order = ["leaked", "misused", "still open at end of trace", "closed properly"]
             ranks = [order.index(v) for v in verdicts]
             assert ranks == sorted(ranks) and set(verdicts) == worst
+            # a click on the "events" title sorts by it, a second click reverses
+            x = sum(col.get_render_width(table) for col in list(table.columns.values())[:5]) + 2
+            for descending in (False, True):
+                await pilot.click(table, offset=(x, 0))
+                await settle(pilot)
+                events = [int(str(table.get_row_at(i)[5])) for i in range(table.row_count)]
+                assert events == sorted(events, reverse=descending) and len(set(events)) > 1
     asyncio.run(run())
 
 
