@@ -205,11 +205,13 @@ class Scan:
 def gc_paused() -> Iterator[None]:
     """No cyclic garbage collection inside: a pass that keeps millions of small acyclic
     objects (events, pairing tables) otherwise spends a third of its time in collections
-    that free nothing."""
+    that free nothing. What it made is then frozen out of later collections too (plain
+    reference counting still frees it)."""
     was = gc.isenabled()
     gc.disable()
     try:
         yield
     finally:
+        gc.freeze()
         if was:
             gc.enable()

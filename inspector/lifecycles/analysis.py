@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import struct
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Callable, NamedTuple
 
 from dissectors import SessionDecoder
@@ -21,6 +22,7 @@ from dissectors.constants import (
     FOPEN_PASSTHROUGH,
     FUSE_PASSTHROUGH,
     FUSE_ROOT_ID,
+    FUSE_UNIQUE_RESEND,
     FUSE_WRITEBACK_CACHE,
     INIT_FLAGS,
     NO_REPLY_OPCODES,
@@ -48,6 +50,7 @@ _NO_REPLY = frozenset(NO_REPLY_OPCODES) | {Opcode.INTERRUPT}
 #: Requests that name no id the pass follows: only their pairing with a reply matters.
 _PLAIN = frozenset(Opcode) - _ENTRY_REPLIES - _OPENS - _DIR_OPS - _RELEASES - _NO_REPLY - {
     Opcode.INIT, Opcode.GETATTR, Opcode.SETATTR} - wire.FH_FIRST
+_FH_NAMED = wire.FH_FIRST | {Opcode.GETATTR, Opcode.SETATTR}  # requests that may name a handle
 _MAKES_IDS = _ENTRY_REPLIES | _OPENS | {Opcode.READDIRPLUS}  # replies that hand out ids
 def _getattr_fh(raw: bytes) -> bool:
     """Does this GETATTR name a file handle (FUSE_GETATTR_FH in getattr_flags)?"""
@@ -76,6 +79,13 @@ def _flag_names(flags: int) -> str:
     return "|".join(name for bit, name in INIT_FLAGS.items() if flags & bit) or hex(flags)
 
 
+def _rejection_cause(err: int, interrupt: int | None) -> str:
+    if err == _ENOENT:
+        return (f"the request had been interrupted (#{interrupt})" if interrupt is not None
+                else "the kernel no longer waited for it (interrupted or aborted)")
+    return "the reply is malformed for that request" if err == _EINVAL else "see the errno"
+
+
 class _Asked(NamedTuple):
     """A request waiting for its reply (a tuple: the pass makes one per request)."""
 
@@ -83,7 +93,13 @@ class _Asked(NamedTuple):
     ts: int
     opcode: int
     nodeid: int
-    name: str = ""  # the name a LOOKUP/MKDIR/CREATE/... asked for
+    raw: bytes = b""  # the request, for the name of a LOOKUP/MKDIR/CREATE/... (read lazily)
+
+
+#: Tuple constructors without the named tuples' Python-level __new__ (a frame per call
+#: counts when a pass makes millions).
+_new_asked = partial(tuple.__new__, _Asked)
+_new_event = partial(tuple.__new__, LifeEvent)
 
 
 @dataclass(slots=True)
@@ -242,7 +258,7 @@ class _Pass:
         #: unique → (reply record, request, reply bytes, INTERRUPT record) of the latest
         #: replies, for a `reply_rejected` event that follows its reply closely
         self.recent: dict[int, tuple[int, _Asked, bytes, int | None]] = {}
-        self.answered: set[int] = set()
+        self.highest = 0  # the highest unique the kernel sent so far
         self.init_request: int | None = None
         self.init_reply: int | None = None
         self.kernel_flags: int | None = None
@@ -289,18 +305,20 @@ class _Pass:
         if len(raw) < wire.IN:
             return
         opcode, unique, nodeid = _IN_PEEK.unpack_from(raw)
+        if unique > self.highest and not unique & FUSE_UNIQUE_RESEND:
+            self.highest = unique
         if opcode in _PLAIN or (opcode == Opcode.GETATTR and not _getattr_fh(raw)):
             if unique:  # the common case: only pairing matters
-                self.asked[unique] = _Asked(i, ts, opcode, nodeid)
+                self.asked[unique] = _new_asked((i, ts, opcode, nodeid, b""))
             return
         directory = _FH_USES.get(opcode)
         if directory is not None and len(raw) >= wire.IN + 8:  # READ, WRITE, FLUSH ...
             if unique:
-                self.asked[unique] = _Asked(i, ts, opcode, nodeid)
+                self.asked[unique] = _new_asked((i, ts, opcode, nodeid, b""))
             key = (directory, _U64.unpack_from(raw, wire.IN)[0])
             lc = self.fhs.get(key)
             if lc is not None and key not in self.unseen:
-                lc.events.append(LifeEvent(i, ts, _NAMES[opcode], ""))
+                lc.events.append(_new_event((i, ts, _NAMES[opcode], "")))
             else:
                 self.use(i, ts, opcode, directory, key[1], nodeid)
             return
@@ -309,8 +327,8 @@ class _Pass:
             self.init_request = i
             self.kernel_flags = self.dec.kernel_flags
         if unique and opcode not in _NO_REPLY:
-            name = wire.entry_name(opcode, raw) if opcode in _ENTRY_REPLIES else ""
-            self.asked[unique] = _Asked(i, ts, opcode, nodeid, name)
+            self.asked[unique] = _new_asked((i, ts, opcode, nodeid,
+                                             raw if opcode in _ENTRY_REPLIES else b""))
         if opcode == Opcode.INTERRUPT:
             target = wire.interrupted_unique(raw) or 0
             if target in self.asked:
@@ -318,7 +336,7 @@ class _Pass:
         elif opcode in (Opcode.FORGET, Opcode.BATCH_FORGET):
             for node, n in wire.forgets(opcode, raw, nodeid):
                 self.forget(i, ts, node, n, _op(opcode))
-        else:
+        elif opcode in _FH_NAMED:
             directory = opcode in _DIR_OPS
             for fh in wire.request_fhs(opcode, raw):
                 self.use(i, ts, opcode, directory, fh, nodeid)
@@ -380,31 +398,29 @@ class _Pass:
             self.rejected(i, rejected, asked, unique, self.interrupted.get(unique))
         interrupt = self.interrupted.pop(unique, None) if self.interrupted else None
         if asked is None:
-            if unique in self.answered:
-                self.flag("reply-duplicate", f"reply #{i} answers unique {unique} a second time",
-                          [i])
+            if unique & ~FUSE_UNIQUE_RESEND <= self.highest:  # the kernel numbers upwards
+                self.flag("reply-duplicate", f"reply #{i} answers unique {unique}, already "
+                                             f"answered (or a request that wants no reply)", [i])
             elif self.init_request is not None:
                 self.flag("reply-unknown-unique", f"reply #{i} answers unique {unique}, which "
                                                   f"the kernel never sent", [i])
             return
-        self.answered.add(unique)
         opcode = asked.opcode
-        if not rejected:  # the recorder says whether the kernel took it in a later event
-            recent = self.recent
-            recent[unique] = (i, asked, raw, interrupt)
-            if len(recent) > 2 * _RECENT:  # keep the latest, trimming now and then
-                self.recent = dict(list(recent.items())[-_RECENT:])
         if opcode == Opcode.INIT:
             self.init(i, raw, error, asked)
         if error or rejected or opcode not in _MAKES_IDS:
             return
+        recent = self.recent  # until the recorder says whether the kernel took it
+        recent[unique] = (i, asked, raw, interrupt)
+        if len(recent) > 2 * _RECENT:  # keep the latest, trimming now and then
+            self.recent = dict(list(recent.items())[-_RECENT:])
         if opcode in _ENTRY_REPLIES:
             node = wire.entry_nodeid(raw)
             if node:
-                self.lookup(i, ts, node, f"{_op(opcode)} reply", asked.name)
+                self.lookup(i, ts, node, f"{_op(opcode)} reply", asked)
         elif opcode == Opcode.READDIRPLUS:
             for node, name in wire.direntplus_nodeids(raw):
-                self.lookup(i, ts, node, "READDIRPLUS entry",
+                self.lookup(i, ts, node, "READDIRPLUS entry", None,
                             name.decode("utf-8", "backslashreplace"))
         if opcode in _OPENS:
             self.opened(i, ts, raw, asked)
@@ -412,21 +428,22 @@ class _Pass:
     def rejected(self, i: int, err: int, asked: _Asked | None, unique: int,
                  interrupt: int | None, *proof: int) -> None:
         what = _op(asked.opcode) if asked else f"unique {unique}"
-        if err == _ENOENT:
-            why = (f"the request had been interrupted (#{interrupt})" if interrupt is not None
-                   else "the kernel no longer waited for it (interrupted or aborted)")
-        else:
-            why = "the reply is malformed for that request" if err == _EINVAL else "see the errno"
         records = [i, *proof] + ([asked.index] if asked else [])
         self.flag("reply-rejected", f"the kernel rejected the reply #{i} to {what} with "
-                                    f"{errno_name(err)}: {why}", records)
+                                    f"{errno_name(err)}: {_rejection_cause(err, interrupt)}",
+                  records)
 
     def rejected_later(self, i: int, meta: dict[str, Any]) -> None:
         """A `reply_rejected` event: the recorder learnt after recording the reply that
         the kernel refused it, so what the reply handed out never existed."""
         unique, err = meta.get("unique", 0), meta.get("write_errno", 0)
         found = self.recent.pop(unique, None)
-        if found is None:
+        if found is None:  # a reply that handed out nothing: only the event is kept
+            if err != _ENODEV:
+                what = _op(meta.get("opcode") or 0)
+                self.flag("reply-rejected", f"the kernel rejected the reply to {what} (unique "
+                                            f"{unique}) with {errno_name(err)}, event #{i}: "
+                                            f"{_rejection_cause(err, None)}", [i])
             return
         reply, asked, raw, interrupt = found
         if err != _ENODEV:  # ENODEV: the mount was already gone, nothing went wrong
@@ -505,14 +522,16 @@ class _Pass:
 
     # --- nodes ------------------------------------------------------------------------
 
-    def lookup(self, i: int, ts: int, node: int, what: str, name: str = "") -> None:
+    def lookup(self, i: int, ts: int, node: int, what: str, asked: _Asked | None,
+               name: str = "") -> None:
+        """One more reference to `node`; the name, from the reply or the request, labels it."""
         lc = self.nodes.get(node)
         if lc is None:
             lc = self.nodes[node] = self.new("node", node)
         lc.count += 1
-        lc.add(i, ts, what, f"{name + ' ' if name else ''}nlookup={lc.count}")
-        if name and not lc.label:
-            lc.label = name
+        lc.events.append(_new_event((i, ts, what, f"nlookup={lc.count}")))
+        if not lc.label:
+            lc.label = name or (wire.entry_name(asked.opcode, asked.raw) if asked else "")
 
     def forget(self, i: int, ts: int, node: int, n: int, what: str) -> None:
         lc = self.nodes.get(node)
