@@ -22,7 +22,8 @@ from traces.testing import synthetic_trace
 from tui.screens import ChooseSubject, HelpScreen, LifecyclesScreen, StatsScreen
 from tui.widgets import ExchangeTree, HexView
 
-from tui_support import SIZE, analysed, lifecycle_panel, make_app, row_numbers, settle, shown_rows, status, text_of
+from tui_support import (SIZE, analysed, lifecycle_panel, make_app, row_numbers, settle, shown_rows,
+                         status, text_of, type_text)
 
 
 def show_text(path: Path) -> dict[int, str]:
@@ -83,8 +84,7 @@ def test_filter_bar_narrows_the_list_and_reports_mistakes(synthetic: Path) -> No
             await pilot.press("slash")
             box = app.main.query_one("#filter", Input)
             assert box.has_focus
-            for key in "op=LOOKUP and err":
-                await pilot.press(key if key != " " else "space")
+            await type_text(pilot, "op=LOOKUP and err")
             await pilot.press("enter")
             await settle(pilot)
             expected = list(parse("op=LOOKUP and err").select(
@@ -116,8 +116,7 @@ def test_follow_a_backing_id_from_its_ioctl_to_its_close(recorded: Path) -> None
         async with app.run_test(size=SIZE) as pilot:
             await analysed(pilot)
             await pilot.press("slash")
-            for key in "op=BACKING_OPEN":
-                await pilot.press(key)
+            await type_text(pilot, "op=BACKING_OPEN")
             await pilot.press("enter")
             await settle(pilot)
             assert row_numbers(app)[0] == life.records[0]
@@ -162,8 +161,7 @@ def test_detail_tree_selects_bytes_in_the_hex_view(recorded: Path) -> None:
         async with app.run_test(size=SIZE) as pilot:
             await settle(pilot)
             await pilot.press("slash")
-            for key in "op=OPEN and kind=reply":
-                await pilot.press(key if key != " " else "space")
+            await type_text(pilot, "op=OPEN and kind=reply")
             await pilot.press("enter")
             await settle(pilot)
             await pilot.press("enter")  # into the decoded tree

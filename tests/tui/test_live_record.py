@@ -10,7 +10,7 @@ import pytest
 
 from inspector.testing import recorded_server
 
-from tui_support import SIZE, make_app, row_numbers, settle, shown_rows, status
+from tui_support import SIZE, make_app, row_numbers, settle, shown_rows, status, type_text
 
 PASSTHROUGHFS = [sys.executable, "-m", "inspector.passthroughfs"]
 
@@ -41,8 +41,7 @@ def test_live_view_follows_a_recording_in_progress(tmp_path: Path) -> None:
                 await settle(pilot, lambda: row_numbers(app)[-1] == app.model.known - 1)
                 assert row_numbers(app)[-1] > first + 20 * 4 - 1, "the view stays at the end"
                 await pilot.press("slash")
-                for key in "kind=request and op=CREATE":
-                    await pilot.press(key if key != " " else "space")
+                await type_text(pilot, "kind=request and op=CREATE")
                 await pilot.press("enter", "G")
                 await settle(pilot)
                 assert "filter [kind=request and op=CREATE]: 20 of " in status(app)

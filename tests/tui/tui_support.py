@@ -45,6 +45,12 @@ async def analysed(pilot: Pilot[Any]) -> None:
     await settle(pilot, lambda: pilot.app.model.analysis is not None)  # type: ignore[attr-defined]
 
 
+async def type_text(pilot: Pilot[Any], text: str) -> None:
+    """Type `text` key by key, as a person would (a space is the "space" key)."""
+    for key in text:
+        await pilot.press(key if key != " " else "space")
+
+
 def shown_rows(app: BrowseApp) -> list[str]:
     """The message list's lines as they are drawn (blank lines left out)."""
     messages = app.main.query_one(MessageList)
