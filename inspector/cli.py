@@ -89,7 +89,8 @@ def _follow(args: argparse.Namespace) -> int:
     with analysed(args.trace) as analysis:
         write = write_follow_json if args.json else write_follow
         if not write(analysis, kind, key, sys.stdout):
-            print(f"fusetrace: {args.trace}: no {arg.replace('_', ' ')} {key} in the trace",
+            shown = hex(key) if arg == "fh" else key
+            print(f"fusetrace: {args.trace}: no {arg.replace('_', ' ')} {shown} in the trace",
                   file=sys.stderr)
             return 1
     return 0
