@@ -18,6 +18,8 @@ import os
 import re
 import socket
 import subprocess
+import threading
+import time
 from dataclasses import dataclass
 
 from . import syscalls
@@ -158,6 +160,65 @@ def unmount(target: str, device: str | None = None) -> str | None:
             raise
     syscalls.umount2(target, syscalls.MNT_DETACH)
     return "detached"
+
+
+def mount_fuse(source: str, target: str, opts: MountOptions,
+               devfd: int | None = None) -> tuple[int, str]:
+    """Mount a FUSE connection on `target` the way libfuse does: as root mount(2) of
+    `devfd` (/dev/fuse, opened here when None), as an ordinary user through fusermount3.
+    Returns the /dev/fuse descriptor and what was done (the mount data, or the
+    fusermount3 options), for the record. Raises OSError."""
+    if os.geteuid() != 0:
+        fd = fusermount(target, opts)
+        return fd, f"via {FUSERMOUNT} -o {fusermount_options(opts)}"
+    fd = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC) if devfd is None else devfd
+    data = opts.data(fd)
+    try:
+        syscalls.mount(source, target, opts.fstype, opts.flags, data)
+    except OSError:
+        if devfd is None:
+            os.close(fd)
+        raise
+    return fd, data
+
+
+def fuse_device(target: str, fstype: str) -> str:
+    """major:minor of the `fstype` mount just made on `target` (the topmost one)."""
+    ours = [e for e in mounts_at(target) if e.fstype == fstype]
+    if not ours:  # mount(2) succeeded, so it is there unless someone raced us
+        raise OSError(errno.EIO, f"mounted {target} but cannot find it in mountinfo")
+    return ours[-1].device
+
+
+class BackgroundUnmount:
+    """`unmount()` in a helper thread: a plain unmount can wait on the server (writeback),
+    and the server may need this very process to answer; callers keep going (relaying,
+    answering) and abort the connection when it is `overdue`."""
+
+    def __init__(self, target: str, device: str, patience: float) -> None:
+        self.outcome: str | None = None
+        self.error: OSError | None = None
+        self.deadline = time.monotonic() + patience
+        self._thread = threading.Thread(target=self._run, args=(target, device),
+                                        name="unmount", daemon=True)
+        self._thread.start()
+
+    def _run(self, target: str, device: str) -> None:
+        try:
+            self.outcome = unmount(target, device)
+        except OSError as exc:
+            self.error = exc
+
+    @property
+    def done(self) -> bool:
+        return not self._thread.is_alive()
+
+    @property
+    def overdue(self) -> bool:
+        return time.monotonic() > self.deadline
+
+    def join(self, timeout: float) -> None:
+        self._thread.join(timeout)
 
 
 # --- as an ordinary user: the setuid fusermount3 mounts and unmounts ---------------------

@@ -65,6 +65,27 @@ log = logging.getLogger(__name__)
 
 #: The largest message either way: max_write 4 MiB (max_pages 1024) plus headers, with room.
 BUFFER_SIZE = (4 << 20) + (64 << 10)
+SOCKET_BUFFER = 16 << 20
+SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)
+SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
+
+
+def server_socketpair() -> tuple[socket.socket, socket.socket, bool]:
+    """(ours, the server's end, capped): a SOCK_SEQPACKET pair whose 16 MiB buffers let a
+    4 MiB message through, forced as root; an ordinary user gets what
+    net.core.[rw]mem_max allows, and `capped` is True."""
+    pair = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        for sock in pair:
+            sock.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, SOCKET_BUFFER)
+            sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, SOCKET_BUFFER)
+        return pair[0], pair[1], False
+    except PermissionError:
+        for sock in pair:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER)
+        return pair[0], pair[1], True
+
 
 #: INIT flags the relay cannot carry, and why (the reason recorded with the alteration).
 UNRELAYABLE: dict[int, str] = {

@@ -48,29 +48,25 @@ from traces import TraceWriter
 
 from .. import syscalls
 from ..mounts import (
-    FUSERMOUNT,
+    BackgroundUnmount,
     abort_connection,
     canonical,
-    fusermount,
-    fusermount_options,
+    fuse_device,
+    mount_fuse,
     mounted_device,
     mounts_at,
-    unmount,
 )
 from .args import ArgumentError, MountPlan, ServerCommand
 from .cleanup import Note, leftover_note, start_time
 from .flavour import Flavour, guess
 from .progress import Progress
-from .relay import Relay
+from .relay import Relay, server_socketpair
 
 if TYPE_CHECKING:
     from .trap import ServerMount
 
 log = logging.getLogger(__name__)
 
-SOCKET_BUFFER = 16 << 20
-SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)
-SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 GRACE = 5.0  # seconds a server gets after SIGTERM
 INIT_WARNING = 10.0  # seconds before saying the server has not answered INIT
 _UNMOUNT_WAIT = 3.0  # seconds a plain unmount may take before the connection is aborted
@@ -106,21 +102,6 @@ def _check_program(program: str) -> None:
             raise ArgumentError(f"{program}: not an executable file")
     elif shutil.which(program) is None:
         raise ArgumentError(f"{program}: command not found")
-
-
-def _size_buffers(socks: tuple[socket.socket, ...]) -> bool:
-    """16 MiB socket buffers, so a 4 MiB message fits: forced as root; an ordinary user
-    gets what net.core.[rw]mem_max allows. False when they had to be capped."""
-    try:
-        for sock in socks:
-            sock.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, SOCKET_BUFFER)
-            sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, SOCKET_BUFFER)
-        return True
-    except PermissionError:
-        for sock in socks:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER)
-        return False
 
 
 def _check_mountpoint(path: str) -> str:
@@ -216,8 +197,7 @@ class Session:
 
     def _start(self) -> None:
         syscalls.set_child_subreaper()
-        self.ours, self.theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        capped = not _size_buffers((self.ours, self.theirs))
+        self.ours, self.theirs, capped = server_socketpair()
         child_fd = self.theirs.fileno()
         device_open = self.flavour is Flavour.DEVICE_OPEN
         # libfuse 3 and our servers take /dev/fd/N; libfuse 2 opens the device and mounts
@@ -258,15 +238,9 @@ class Session:
 
     def _mount(self) -> None:
         opts = self.plan.options
-        if os.geteuid() == 0:
-            self._mount_device(self.plan.source, self.target, opts.fstype, opts.flags,
-                               opts.data(self.devfd))
-            return
-        # An ordinary user mounts the way libfuse does: the setuid fusermount3 opens
-        # /dev/fuse, mounts it, and hands the descriptor back.
-        self.devfd = fusermount(self.target, opts)
-        self._mounted(self.plan.source, self.target, opts.fstype, opts.flags,
-                      f"via {FUSERMOUNT} -o {fusermount_options(opts)}")
+        self.devfd, how = mount_fuse(self.plan.source, self.target, opts,
+                                     self.devfd if self.devfd >= 0 else None)
+        self._mounted(self.plan.source, self.target, opts.fstype, opts.flags, how)
 
     def _mount_device(self, source: str, target: str, fstype: str, flags: int, data: str) -> None:
         """mount(2) our /dev/fuse, and note it for `fusetrace cleanup`."""
@@ -275,10 +249,7 @@ class Session:
 
     def _mounted(self, source: str, target: str, fstype: str, flags: int, data: str) -> None:
         assert self.writer is not None
-        ours = [e for e in mounts_at(target) if e.fstype == fstype]
-        self.device = ours[-1].device if ours else None
-        if self.device is None:  # pragma: no cover - mount(2) succeeded, so it is there
-            raise OSError(errno.EIO, f"mounted {target} but cannot find it in mountinfo")
+        self.device = fuse_device(target, fstype)
         self.writer.event("mount", device=self.device, source=source, fstype=fstype,
                           flags=flags, data=data)
         self.note = Note(os.getpid(), start_time(os.getpid()), target, self.device,
@@ -414,31 +385,20 @@ class Session:
         return code
 
     def _unmount(self) -> None:
-        """Unmount (lazily when busy) in a helper thread: a plain unmount can wait on the
-        server (writeback), so after a few seconds, or a second Ctrl-C, abort."""
+        """Unmount (lazily when busy) while the relay keeps going; after a few seconds, or
+        a second Ctrl-C, abort."""
         assert self.device is not None
-        outcome: list[Any] = []
-
-        def run() -> None:
-            try:
-                outcome.append(unmount(self.target, self.device))
-            except OSError as exc:
-                outcome.append(exc)
-
-        worker = threading.Thread(target=run, name="unmount", daemon=True)
-        worker.start()
-        deadline = time.monotonic() + _UNMOUNT_WAIT
-        while worker.is_alive() and time.monotonic() < deadline and not self.forced:
+        worker = BackgroundUnmount(self.target, self.device, _UNMOUNT_WAIT)
+        while not worker.done and not worker.overdue and not self.forced:
             worker.join(0.1)
-        if worker.is_alive():
+        if not worker.done:
             if abort_connection(self.device):
                 self._event("abort", device=self.device, why="unmount did not finish")
             worker.join(5.0)
-        result = outcome[0] if outcome else None
-        if isinstance(result, OSError):
-            self._event("proxy_error", reason=f"unmounting {self.target}: {result.strerror}")
-        elif result:
-            self._event("unmount", by="fusetrace", how=result)
+        if worker.error is not None:
+            self._event("proxy_error", reason=f"unmounting {self.target}: {worker.error.strerror}")
+        elif worker.outcome:
+            self._event("unmount", by="fusetrace", how=worker.outcome)
 
     def _holders(self) -> set[int]:
         """Processes holding the server's end of the socket, plus the server itself while

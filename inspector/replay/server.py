@@ -27,8 +27,7 @@ from typing import IO, Callable, Sequence
 
 from ..record.args import ArgumentError, ServerCommand
 from ..record.flavour import Flavour, guess
-from ..record.relay import BUFFER_SIZE
-from ..record.session import _size_buffers
+from ..record.relay import BUFFER_SIZE, server_socketpair
 from ..record.trap import IoctlTrap
 from ..syscalls import socket_holders
 from .emulate import EmulatedTrap, IoctlLog
@@ -73,8 +72,7 @@ class ServerUnderTest:
     # --- start --------------------------------------------------------------------------
 
     def start(self) -> None:
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        _size_buffers((ours, theirs))
+        ours, theirs, _ = server_socketpair()
         self.sock = ours
         self.poller.register(ours, select.POLLIN)
         child_fd = theirs.fileno()

@@ -24,7 +24,6 @@ import os
 import select
 import signal
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -34,14 +33,14 @@ from dissectors.context import DEFAULT_CONTEXT
 from dissectors.quick import brief_reply
 from traces import TraceReadError
 
-from .. import syscalls
 from ..mounts import (
+    BackgroundUnmount,
     MountOptions,
     abort_connection,
     canonical,
-    fusermount,
+    fuse_device,
+    mount_fuse,
     mounts_at,
-    unmount,
 )
 from ..record.args import ArgumentError, mount_plan
 from .book import BadTrace, ReplyBook
@@ -85,32 +84,6 @@ def mount_options(header: dict[str, Any]) -> MountOptions:
     return opts
 
 
-class _Unmounter:
-    """Unmount in a helper thread, so the request loop can keep answering meanwhile."""
-
-    def __init__(self, target: str, device: str) -> None:
-        self.target, self.device = target, device
-        self.outcome: str | None = None
-        self.error: OSError | None = None
-        self.deadline = time.monotonic() + _UNMOUNT_WAIT
-        self.thread = threading.Thread(target=self._run, name="unmount", daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        try:
-            self.outcome = unmount(self.target, self.device)
-        except OSError as exc:
-            self.error = exc
-
-    @property
-    def done(self) -> bool:
-        return not self.thread.is_alive()
-
-    @property
-    def overdue(self) -> bool:
-        return time.monotonic() > self.deadline
-
-
 class ServeSession:
     def __init__(self, cfg: ServeConfig) -> None:
         self.cfg = cfg
@@ -118,7 +91,7 @@ class ServeSession:
         self.device: str | None = None
         self.target = ""
         self.signals: list[int] = []
-        self.unmounter: _Unmounter | None = None
+        self.unmounter: BackgroundUnmount | None = None
         self.book: ReplyBook | None = None
         self.responder: Responder | None = None
 
@@ -140,15 +113,8 @@ class ServeSession:
             raise ServeError(f"mountpoint {self.cfg.mountpoint}: not a directory")
 
     def _mount(self, opts: MountOptions) -> None:
-        if os.geteuid() == 0:
-            self.fd = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
-            syscalls.mount(FSNAME, self.target, opts.fstype, opts.flags, opts.data(self.fd))
-        else:
-            self.fd = fusermount(self.target, opts)
-        ours = [e for e in mounts_at(self.target) if e.fstype == opts.fstype]
-        if not ours:  # pragma: no cover - mount(2) succeeded, so it is there
-            raise ServeError(f"mounted {self.target} but cannot find it in mountinfo")
-        self.device = ours[-1].device
+        self.fd, _ = mount_fuse(FSNAME, self.target, opts)
+        self.device = fuse_device(self.target, opts.fstype)
 
     # --- the loop ---------------------------------------------------------------------
 
@@ -213,7 +179,7 @@ class ServeSession:
         if not self.signals or self.device is None:
             return None
         if self.unmounter is None:
-            self.unmounter = _Unmounter(self.target, self.device)
+            self.unmounter = BackgroundUnmount(self.target, self.device, _UNMOUNT_WAIT)
         if self.unmounter.done:
             return self._signalled(self.unmounter.outcome or "unmounted")
         if self.unmounter.overdue or len(self.signals) >= 2:
@@ -231,11 +197,12 @@ class ServeSession:
     def _finish(self) -> None:
         """Unmount if still mounted (once), then close /dev/fuse: that aborts the rest."""
         if self.device is not None and mounts_at(self.target):
-            unmounter = self.unmounter or _Unmounter(self.target, self.device)
-            unmounter.thread.join(max(unmounter.deadline - time.monotonic(), 0.1))
+            unmounter = self.unmounter or BackgroundUnmount(self.target, self.device,
+                                                            _UNMOUNT_WAIT)
+            unmounter.join(max(unmounter.deadline - time.monotonic(), 0.1))
             if not unmounter.done:
                 abort_connection(self.device)
-                unmounter.thread.join(5.0)
+                unmounter.join(5.0)
             if unmounter.error is not None:
                 print(f"fusetrace: unmounting {self.target}: {unmounter.error}", file=sys.stderr)
         if self.fd >= 0:
