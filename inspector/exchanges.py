@@ -16,8 +16,7 @@ from typing import Callable
 from dissectors.constants import NO_REPLY_OPCODES, Opcode
 from dissectors.context import Dialect
 from dissectors.ioctls import ioctl_name
-from traces import Kind, TraceIndex
-from traces.stream import Scan, open_trace
+from traces import Kind, TraceIndex, TraceReader
 
 _NO_REPLY = frozenset(int(op) for op in NO_REPLY_OPCODES) | {int(Opcode.INTERRUPT)}
 _PID_AT = 32  # fuse_in_header.pid
@@ -93,25 +92,18 @@ class Exchanges:
         if self._pids is not None and len(self._pids) >= n:
             return self._pids
         out = array.array("q")
-        trace = open_trace(self.idx.path)
-        try:
-            scan = Scan(trace, trace.start, chunk=1 << 20, progress=progress)
-            for objs, _ends in scan.batches():
-                for obj in objs:
-                    if len(out) >= n:
-                        break
-                    kind = obj[0] if type(obj) is list and obj else 0
-                    if kind == REQUEST and type(obj[2]) is bytes and len(obj[2]) >= _PID_AT + 4:
-                        out.append(int.from_bytes(obj[2][_PID_AT:_PID_AT + 4], "little"))
-                    elif kind == IOCTL and type(obj[2]) is dict:
-                        pid = obj[2].get("pid")
-                        out.append(pid if type(pid) is int else 0)
-                    else:
-                        out.append(0)
+        with TraceReader(self.idx.path) as reader:
+            for obj in reader.arrays(progress):
                 if len(out) >= n:
                     break
-        finally:
-            trace.close()
+                kind = obj[0]
+                if kind == REQUEST and len(obj[2]) >= _PID_AT + 4:
+                    out.append(int.from_bytes(obj[2][_PID_AT:_PID_AT + 4], "little"))
+                elif kind == IOCTL:
+                    pid = obj[2].get("pid")
+                    out.append(pid if type(pid) is int else 0)
+                else:
+                    out.append(0)
         out.extend([0] * (n - len(out)))  # the trace shrank under us: nothing more to know
         self._pids = out
         return out
