@@ -29,8 +29,9 @@ from dissectors.constants import (
     Opcode,
 )
 from dissectors.context import Dialect
-from dissectors.fields import errno_name
+from dissectors.fields import errno_name, flags_repr
 from dissectors.ioctls import DevIoctl
+from dissectors.summary import opcode_name as _op
 from traces import Kind, TraceIndex, TraceReader
 from traces.stream import gc_paused
 
@@ -68,15 +69,6 @@ _EPERM, _ENOENT, _EINVAL, _ENODEV = 1, 2, 22, 19
 _RECENT = 4096
 
 
-_NAMES = {op.value: op.name for op in Opcode}
-
-
-def _op(opcode: int) -> str:
-    return _NAMES.get(opcode) or f"opcode {opcode}"
-
-
-def _flag_names(flags: int) -> str:
-    return "|".join(name for bit, name in INIT_FLAGS.items() if flags & bit) or hex(flags)
 
 
 def _rejection_cause(err: int, interrupt: int | None) -> str:
@@ -318,7 +310,7 @@ class _Pass:
             key = (directory, _U64.unpack_from(raw, wire.IN)[0])
             lc = self.fhs.get(key)
             if lc is not None and key not in self.unseen:
-                lc.events.append(_new_event((i, ts, _NAMES[opcode], "")))
+                lc.events.append(_new_event((i, ts, _op(opcode), "")))
             else:
                 self.use(i, ts, opcode, directory, key[1], nodeid)
             return
@@ -499,7 +491,7 @@ class _Pass:
                          "kernel_flags": offered, "reply_flags": flags}
         extra = flags & ~offered & ~((1 << 30) | (1 << 31))  # INIT_EXT/bit 31 are not features
         if extra:
-            self.flag("init-flags-not-offered", f"the INIT reply #{i} sets {_flag_names(extra)}, "
+            self.flag("init-flags-not-offered", f"the INIT reply #{i} sets {flags_repr(extra, INIT_FLAGS)}, "
                                                 f"which the kernel did not offer", [asked.index, i])
         max_write = brief.get("max_write")
         if max_write is not None and max_write < 4096:

@@ -14,8 +14,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-from dissectors.constants import INIT_FLAGS, NO_REPLY_OPCODES, Opcode
-from dissectors.fields import errno_name
+from dissectors.constants import INIT_FLAGS, NO_REPLY_OPCODES
+from dissectors.fields import errno_name, flags_repr
+from dissectors.summary import opcode_name
 from traces import Kind, TraceReader
 from traces.stream import gc_paused
 
@@ -42,13 +43,6 @@ class OpStats:
         return lat[max(0, math.ceil(p / 100 * len(lat)) - 1)]
 
 
-def op_name(opcode: int) -> str:
-    try:
-        return Opcode(opcode).name
-    except ValueError:
-        return f"opcode_{opcode}"
-
-
 def collect(path: str) -> tuple[dict[str, OpStats], dict[str, int]]:
     """Per-opcode figures and totals of one trace."""
     ops: dict[str, OpStats] = {}
@@ -67,7 +61,7 @@ def collect(path: str) -> tuple[dict[str, OpStats], dict[str, int]]:
                 opcode, unique = _IN.unpack_from(raw)
                 st = by_opcode.get(opcode)
                 if st is None:
-                    st = by_opcode[opcode] = ops.setdefault(op_name(opcode), OpStats())
+                    st = by_opcode[opcode] = ops.setdefault(opcode_name(opcode), OpStats())
                 st.count += 1
                 st.bytes_in += true_len
                 if unique and opcode not in NO_REPLY_OPCODES:
@@ -97,10 +91,6 @@ def _ms(ns: int | None) -> str:
     return "-" if ns is None else f"{ns / 1e6:.3f}"
 
 
-def _flags(flags: int) -> str:
-    return "|".join(name for bit, name in INIT_FLAGS.items() if flags & bit) or "0"
-
-
 def backing_rows(a: Analysis) -> list[dict[str, Any]]:
     rows = []
     for lc in a.lifecycles("backing"):
@@ -117,7 +107,7 @@ def session_facts(a: Analysis) -> dict[str, Any]:
     return {"trace": a.path, "records": a.records, "server_argv": a.header.get("argv"),
             "mountpoint": a.header.get("mountpoint"), "kernel": a.header.get("kernel"),
             "minor": init.get("minor"), "dialect": init.get("dialect"),
-            "flags": _flags(init["flags"]) if init else None,
+            "flags": flags_repr(init["flags"], INIT_FLAGS) if init else None,
             "max_write": init.get("max_write"), "ended": a.end_reason if a.ended else None}
 
 
