@@ -67,10 +67,6 @@ class Lifecycle:
         gen = f" (use {self.generation + 1})" if self.generation else ""
         return f"{names[self.kind]} {key}{gen}"
 
-    @property
-    def is_open(self) -> bool:
-        return self.verdict in (OPEN_AT_END, LEAKED)
-
     def add(self, index: int, ts: int, what: str, detail: str = "") -> None:
         self.events.append(LifeEvent(index, ts, what, detail))
 

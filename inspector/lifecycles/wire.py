@@ -15,8 +15,6 @@ from dissectors.constants import FATTR_FH, IN_HEADER_SIZE as IN, OUT_HEADER_SIZE
 
 _U64 = struct.Struct("<Q")
 _U32 = struct.Struct("<I")
-_IN_HEAD = struct.Struct("<IIQQIII")  # len opcode unique nodeid uid gid pid
-_OUT_HEAD = struct.Struct("<IiQ")  # len error unique
 _OPEN_OUT = struct.Struct("<QIi")  # fh open_flags backing_id (Android: passthrough_fh, u32)
 _FORGET_ONE = struct.Struct("<QQ")
 _DIRENT = struct.Struct("<QQII")
@@ -34,14 +32,6 @@ FH_FIRST = frozenset({
 })
 
 
-def head(raw: bytes) -> tuple[int, int, int, int]:
-    """(opcode, unique, nodeid, pid) of a request; zeros when the header is cut."""
-    if len(raw) < IN:
-        return 0, 0, 0, 0
-    _len, opcode, unique, nodeid, _uid, _gid, pid = _IN_HEAD.unpack_from(raw)
-    return opcode, unique, nodeid, pid
-
-
 #: Where the new entry's name starts in requests that create one (after their fixed struct).
 _NAME_AT = {Opcode.LOOKUP: IN, Opcode.SYMLINK: IN, Opcode.MKDIR: IN + 8, Opcode.LINK: IN + 8,
             Opcode.MKNOD: IN + 16, Opcode.CREATE: IN + 16}
@@ -54,14 +44,6 @@ def entry_name(opcode: int, raw: bytes) -> str:
         return ""
     end = raw.find(b"\0", at)
     return raw[at:end].decode("utf-8", "backslashreplace") if end >= 0 else ""
-
-
-def reply_head(raw: bytes) -> tuple[int, int]:
-    """(error, unique) of a reply; unique 0 is a notification."""
-    if len(raw) < OUT:
-        return 0, 0
-    _len, error, unique = _OUT_HEAD.unpack_from(raw)
-    return error, unique
 
 
 def u64_at(raw: bytes, offset: int) -> int | None:
