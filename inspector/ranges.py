@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Callable, Iterator
 
 from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
 
@@ -23,16 +23,24 @@ _INIT_SEARCH = 64  # INIT is the first exchange; look no further for it
 
 
 @contextmanager
-def indexed(path: str) -> Iterator[TraceIndex]:
-    """The trace's index, with a progress bar while a big one is built."""
-    with Progress("indexing", BarColumn(), DownloadColumn(), TimeRemainingColumn(),
-                  transient=True, console=None, disable=not sys.stderr.isatty()) as bar:
-        task = bar.add_task("index", total=None, visible=False)
+def byte_progress(label: str) -> Iterator[Callable[[int, int], None]]:
+    """A progress(done, total bytes) callback drawing a transient bar on stderr (a
+    terminal only) once the job is big enough to be worth one."""
+    with Progress(label, BarColumn(), DownloadColumn(), TimeRemainingColumn(),
+                  transient=True, disable=not sys.stderr.isatty()) as bar:
+        task = bar.add_task(label, total=None, visible=False)
 
         def progress(done: int, total: int) -> None:
             if total >= PROGRESS_FROM_BYTES:
                 bar.update(task, completed=done, total=total, visible=True)
 
+        yield progress
+
+
+@contextmanager
+def indexed(path: str) -> Iterator[TraceIndex]:
+    """The trace's index, with a progress bar while a big one is built."""
+    with byte_progress("indexing") as progress:
         idx = TraceIndex.open(path, progress=progress)
     try:
         yield idx

@@ -3,27 +3,17 @@ progress bar on big traces."""
 
 from __future__ import annotations
 
-import sys
 from contextlib import contextmanager
 from typing import Iterator
 
-from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
-
 from ..lifecycles import Analysis, analyse
-from ..ranges import PROGRESS_FROM_BYTES
+from ..ranges import byte_progress
 
 
 @contextmanager
 def analysed(path: str) -> Iterator[Analysis]:
     """`analyse(path)` with a progress bar on stderr for big traces (a terminal only)."""
-    with Progress("analysing", BarColumn(), DownloadColumn(), TimeRemainingColumn(),
-                  transient=True, disable=not sys.stderr.isatty()) as bar:
-        task = bar.add_task("analyse", total=None, visible=False)
-
-        def progress(done: int, total: int) -> None:
-            if total >= PROGRESS_FROM_BYTES:
-                bar.update(task, completed=done, total=total, visible=True)
-
+    with byte_progress("analysing") as progress:
         analysis = analyse(path, progress)
     try:
         yield analysis
