@@ -354,14 +354,20 @@ class _Pass:
             return
         lc.add(i, ts, _op(opcode), f"nodeid={nodeid}")
         match = next((o for o in opens if o.nodeid == nodeid), opens[0] if opens else None)
+        self.end_open(i, ts, key, lc, match, "released")
+
+    def end_open(self, i: int, ts: int, key: tuple[bool, int], lc: Lifecycle,
+                 match: _Open | None, state: str) -> None:
+        """One open of handle `key` is over (released, or never made): its backing id lets
+        go of it, and after the last one the handle's lifecycle ends in `state`."""
         if match is not None:
-            opens.remove(match)
-            self.release_backing(i, ts, match, fh)
+            self.opens[key].remove(match)
+            self.release_backing(i, ts, match, key[1])
         lc.count -= 1
         if lc.count <= 0:
             del self.fhs[key]
             self.opens.pop(key, None)
-            lc.state = "released"
+            lc.state = state
             if lc.verdict == OPEN_AT_END:
                 lc.verdict = CLOSED
 
@@ -449,8 +455,7 @@ class _Pass:
 
     def unopen(self, i: int, reply: int, asked: _Asked, raw: bytes) -> None:
         """Take back an open whose reply the kernel refused."""
-        entry = asked.opcode in (Opcode.CREATE, Opcode.TMPFILE)
-        out = wire.open_out(raw, wire.OUT + (wire.ENTRY_OUT_SIZE if entry else 0))
+        out = wire.open_out(asked.opcode, raw)
         if out is None:
             return
         key = (asked.opcode == Opcode.OPENDIR, out[0])
@@ -459,16 +464,8 @@ class _Pass:
         lc = self.fhs.get(key)
         if match is None or lc is None:
             return
-        opens.remove(match)
         lc.add(i, lc.events[-1].ts, "reply rejected", "the kernel never opened it")
-        self.release_backing(i, lc.events[-1].ts, match, out[0])
-        lc.count -= 1
-        if lc.count <= 0:
-            del self.fhs[key]
-            self.opens.pop(key, None)
-            lc.state = "rejected"
-            if lc.verdict == OPEN_AT_END:
-                lc.verdict = CLOSED
+        self.end_open(i, lc.events[-1].ts, key, lc, match, "rejected")
 
     # --- INIT -------------------------------------------------------------------------
 
@@ -548,12 +545,11 @@ class _Pass:
 
     def opened(self, i: int, ts: int, raw: bytes, asked: _Asked) -> None:
         opcode = asked.opcode
-        entry = opcode in (Opcode.CREATE, Opcode.TMPFILE)
-        out = wire.open_out(raw, wire.OUT + (wire.ENTRY_OUT_SIZE if entry else 0))
+        out = wire.open_out(opcode, raw)
         if out is None:
             return
         fh, oflags, bid = out
-        nodeid = (wire.entry_nodeid(raw) or 0) if entry else asked.nodeid
+        nodeid = (wire.entry_nodeid(raw) or 0) if opcode in _ENTRY_REPLIES else asked.nodeid
         directory = opcode == Opcode.OPENDIR
         key = (directory, fh)
         lc = self.fhs.get(key)

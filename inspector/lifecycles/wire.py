@@ -12,6 +12,8 @@ import struct
 from typing import Iterator
 
 from dissectors.constants import FATTR_FH, IN_HEADER_SIZE as IN, OUT_HEADER_SIZE as OUT, Opcode
+from dissectors.quick import compiled
+from dissectors.structs import FuseEntryOut
 
 _U64 = struct.Struct("<Q")
 _U32 = struct.Struct("<I")
@@ -20,8 +22,8 @@ _FORGET_ONE = struct.Struct("<QQ")
 _DIRENT = struct.Struct("<QQII")
 _GETATTR_FH = 1
 
-ENTRY_OUT_SIZE = 128  # fuse_entry_out; 120 before 7.9
-DIRENTPLUS_ENTRY = 128  # fuse_entry_out at the head of each fuse_direntplus
+#: fuse_entry_out (7.9+), alone in entry replies and at the head of each fuse_direntplus
+ENTRY_OUT_SIZE = compiled(FuseEntryOut).st.size
 
 #: Requests whose body starts with the file handle (fuse_read_in.fh, fuse_release_in.fh …).
 FH_FIRST = frozenset({
@@ -69,8 +71,10 @@ def request_fhs(opcode: int, raw: bytes) -> tuple[int, ...]:
     return ()
 
 
-def open_out(raw: bytes, at: int) -> tuple[int, int, int] | None:
-    """(fh, open_flags, backing id as unsigned 32 bits) of a fuse_open_out at `at`."""
+def open_out(opcode: int, raw: bytes) -> tuple[int, int, int] | None:
+    """(fh, open_flags, backing id as unsigned 32 bits) of an OPEN/OPENDIR reply's
+    fuse_open_out, or of the one after CREATE/TMPFILE's fuse_entry_out."""
+    at = OUT + (ENTRY_OUT_SIZE if opcode in (Opcode.CREATE, Opcode.TMPFILE) else 0)
     if len(raw) < at + _OPEN_OUT.size:
         return None
     fh, flags, backing = _OPEN_OUT.unpack_from(raw, at)
@@ -108,13 +112,13 @@ def direntplus_nodeids(raw: bytes) -> Iterator[tuple[int, bytes]]:
     """(nodeid, name) of each READDIRPLUS entry that gives the kernel a reference:
     nodeid not 0, name not "." or ".." (the kernel links neither)."""
     off, end = OUT, len(raw)
-    while off + DIRENTPLUS_ENTRY + _DIRENT.size <= end:
+    while off + ENTRY_OUT_SIZE + _DIRENT.size <= end:
         nodeid = _U64.unpack_from(raw, off)[0]
-        namelen = _DIRENT.unpack_from(raw, off + DIRENTPLUS_ENTRY)[2]
-        name_at = off + DIRENTPLUS_ENTRY + _DIRENT.size
+        namelen = _DIRENT.unpack_from(raw, off + ENTRY_OUT_SIZE)[2]
+        name_at = off + ENTRY_OUT_SIZE + _DIRENT.size
         if name_at + namelen > end:
             return
         name = raw[name_at:name_at + namelen]
         if nodeid and name not in (b".", b".."):
             yield nodeid, name
-        off += DIRENTPLUS_ENTRY + ((_DIRENT.size + namelen + 7) & ~7)
+        off += ENTRY_OUT_SIZE + ((_DIRENT.size + namelen + 7) & ~7)
