@@ -21,7 +21,7 @@ from typing import Any
 from dissectors.constants import NO_REPLY_OPCODES, Opcode
 from dissectors.ioctls import DevIoctl
 from dissectors.quick import peek_reply, peek_request
-from traces import TraceReadError, TraceReader
+from traces import Record, TraceReadError, TraceReader
 
 from .attribute import Attributor
 
@@ -81,9 +81,9 @@ class Script:
         return len(self.exchanges)
 
 
-def _true_len(meta: dict[str, Any], raw: bytes) -> int | None:
-    length = meta.get("len")
-    return length if type(length) is int and length > len(raw) else None
+def _true_len(rec: Record) -> int | None:
+    """The message's length as sent, when the snap length kept less of it."""
+    return rec.true_len if rec.truncated else None
 
 
 def load(path: str | os.PathLike[str]) -> Script:
@@ -116,7 +116,7 @@ def _build(where: str, header: dict[str, Any], records: list[Any]) -> Script:
             opcode, unique, _ = peek_request(rec.raw)
             if not opcode or unique in dropped or unique in exchanges:
                 continue  # a cut header, never forwarded, or a unique seen twice: unplayable
-            ex = Exchange(rec.index, rec.raw, opcode, unique, _true_len(rec.meta, rec.raw))
+            ex = Exchange(rec.index, rec.raw, opcode, unique, _true_len(rec))
             if ex.true_len is not None and opcode == Opcode.WRITE:
                 cut_writes += 1
             if opcode == _INTERRUPT and len(rec.raw) >= 48:
@@ -136,7 +136,7 @@ def _build(where: str, header: dict[str, Any], records: list[Any]) -> Script:
             if ex is None or ex.answered:
                 continue  # a reply to nothing recorded: no request to replay for it
             ex.reply_index, ex.reply = rec.index, rec.raw
-            ex.reply_true_len = _true_len(rec.meta, rec.raw)
+            ex.reply_true_len = _true_len(rec)
             steps.append((EXPECT, ex))
             attributor.reply(unique)
         elif rec.is_ioctl and rec.meta["cmd"] in COMPARED_IOCTLS:
