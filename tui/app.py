@@ -106,8 +106,8 @@ class BrowseApp(App[None]):
             self.call_from_thread(self.notify, f"No lifecycle analysis: {exc}", severity="error")
             return
         analysis.subjects_of(0)  # builds its record → ids map here, not on the first `f`
-        # A million records make millions of lifecycle objects that live as long as the
-        # app: out of the collector's sight, a full collection no longer freezes the UI.
+        # analyse() froze the lifecycles out of the collector's sight; the record → ids map
+        # lives as long as the app too: freeze it, or a full collection freezes the UI.
         gc.freeze()
         self.call_from_thread(self._analysed, analysis)
 
