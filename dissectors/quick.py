@@ -25,7 +25,15 @@ from scapy.packet import Packet
 
 from .constants import IN_HEADER_SIZE, OUT_HEADER_SIZE, NotifyCode, Opcode
 from .context import DEFAULT_CONTEXT, FuseContext
-from .fields import ErrnoField, ModeField, OpenFlagsField, errno_name, flags_repr, mode_repr, open_flags_repr
+from .fields import (
+    ErrnoField,
+    ModeField,
+    OpenFlagsField,
+    errno_name,
+    flags_repr,
+    mode_repr,
+    open_flags_repr,
+)
 from .layouts import notify_plan, reply_plan, request_plan
 from .structs import (
     FuseData,
@@ -271,9 +279,9 @@ def peek_reply(raw: bytes) -> tuple[int, int]:
 
 
 #: Requests and replies whose tail is file data, and where that data starts.
-_DATA_REQUESTS = {Opcode.WRITE: IN_HEADER_SIZE + 40, Opcode.NOTIFY_REPLY: IN_HEADER_SIZE + 40}
-_DATA_REPLIES = {Opcode.READ: OUT_HEADER_SIZE}
-_DATA_NOTIFY = {NotifyCode.STORE: OUT_HEADER_SIZE + 24}
+DATA_REQUESTS = {Opcode.WRITE: IN_HEADER_SIZE + 40, Opcode.NOTIFY_REPLY: IN_HEADER_SIZE + 40}
+DATA_REPLIES = {Opcode.READ: OUT_HEADER_SIZE}
+DATA_NOTIFY = {NotifyCode.STORE: OUT_HEADER_SIZE + 24}
 
 
 def data_offset(raw: bytes, is_request: bool, opcode: int | None) -> int | None:
@@ -284,11 +292,11 @@ def data_offset(raw: bytes, is_request: bool, opcode: int | None) -> int | None:
     """
     if is_request:
         op = peek_request(raw)[0]
-        return _DATA_REQUESTS.get(op)
+        return DATA_REQUESTS.get(op)
     error, unique = peek_reply(raw)
     if unique == 0:
-        return _DATA_NOTIFY.get(error)
-    return _DATA_REPLIES.get(opcode) if opcode is not None and error == 0 else None
+        return DATA_NOTIFY.get(error)
+    return DATA_REPLIES.get(opcode) if opcode is not None and error == 0 else None
 
 
 def snap(raw: bytes, is_request: bool, opcode: int | None, snaplen: int) -> tuple[bytes, int | None]:

@@ -16,7 +16,7 @@ from .errors import TraceReadError
 from .index import Row, TraceIndex
 from .reader import TraceReader
 from .records import Kind, Record
-from .writer import TraceWriter
+from .writer import Appender, FileAppender, TraceWriter
 
-__all__ = ["FORMAT_VERSION", "Kind", "Record", "Row", "TraceIndex", "TraceReadError",
-           "TraceReader", "TraceWriter"]
+__all__ = ["FORMAT_VERSION", "Appender", "FileAppender", "Kind", "Record", "Row", "TraceIndex",
+           "TraceReadError", "TraceReader", "TraceWriter"]

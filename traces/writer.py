@@ -5,6 +5,9 @@ proxy that records a message and then forwards it loses nothing if it is killed 
 after. `batch()` groups records a caller forwards together into one write. A write that
 fails half-way is cut back off the file, so the trace stays a clean prefix. Files are
 mode 0600 whatever the umask: they can hold file contents.
+
+The appends themselves go through an `Appender`: `FileAppender` here, or the recorder's
+native one, which its C relay pumps write through too, under the same lock.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import os
 import threading
 import time
 from types import TracebackType
-from typing import Any
+from typing import Any, Callable, Protocol
 
 import msgpack
 
@@ -31,6 +34,50 @@ def tool_version() -> str:
         return importlib.metadata.version("fusetrace")
     except importlib.metadata.PackageNotFoundError:
         return "unknown"
+
+
+class Appender(Protocol):
+    """Whole-record appends to an open trace file, and their counts."""
+
+    records: int
+    bytes_written: int
+
+    def append(self, data: bytes, count: int = 1) -> None:
+        """Write `data` (`count` records) whole, or raise with the file as it was."""
+
+    def close(self) -> None: ...
+
+
+class FileAppender:
+    """`Appender` over an O_APPEND descriptor, with a lock: a write that fails half-way is
+    cut back to the last whole record, which is only right if nobody appended meanwhile."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._lock = threading.Lock()
+        self.records = 0
+        self.bytes_written = 0
+
+    def append(self, data: bytes, count: int = 1) -> None:
+        with self._lock:
+            if self._fd < 0:
+                raise ValueError("trace writer is closed")
+            view, done = memoryview(data), 0
+            try:
+                while done < len(view):
+                    done += os.write(self._fd, view[done:])
+            except BaseException:
+                if done:  # keep the file a clean prefix of whole records
+                    os.ftruncate(self._fd, self.bytes_written)
+                raise
+            self.records += count
+            self.bytes_written += len(data)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
 
 
 class _Recorder(abc.ABC):
@@ -86,9 +133,11 @@ class TraceWriter(_Recorder):
 
     `header` holds the caller's fields (kernel, argv, mountpoint, options, snaplen, source
     …); it may also set "tool" and "created", e.g. when rewriting an older capture.
+    `appender` wraps the new file's descriptor (see the module docstring).
     """
 
-    def __init__(self, path: str | os.PathLike[str], header: dict[str, Any] | None = None) -> None:
+    def __init__(self, path: str | os.PathLike[str], header: dict[str, Any] | None = None,
+                 appender: Callable[[int], Appender] = FileAppender) -> None:
         fields = dict(header or {})
         if _RESERVED & fields.keys():
             raise ValueError(f"header fields {sorted(_RESERVED & fields.keys())} are the writer's")
@@ -98,13 +147,17 @@ class TraceWriter(_Recorder):
         self._lock = threading.Lock()
         self._packer = msgpack.Packer(use_bin_type=True)
         head = self._packer.pack(self.header)
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND
-                           | os.O_CLOEXEC, 0o600)
-        self.records = 0
-        self.bytes_written = 0
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+                     | os.O_CLOEXEC, 0o600)
         try:
-            os.fchmod(self._fd, 0o600)
-            self._write(head, 0)
+            os.fchmod(fd, 0o600)
+            self.appender = appender(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._closed = False
+        try:
+            self.appender.append(head, 0)
         except BaseException:
             self.close()
             raise
@@ -117,13 +170,19 @@ class TraceWriter(_Recorder):
 
     @property
     def closed(self) -> bool:
-        return self._fd < 0
+        return self._closed
+
+    @property
+    def records(self) -> int:
+        return self.appender.records
+
+    @property
+    def bytes_written(self) -> int:
+        return self.appender.bytes_written
 
     def close(self) -> None:
-        with self._lock:
-            if self._fd >= 0:
-                os.close(self._fd)
-                self._fd = -1
+        self._closed = True
+        self.appender.close()
 
     def batch(self) -> Batch:
         """Collect records and write them in one go when the `with` block ends."""
@@ -134,26 +193,13 @@ class TraceWriter(_Recorder):
             return self._packer.pack(obj)
 
     def _emit(self, obj: list[Any]) -> None:
-        with self._lock:
-            self._write_locked(self._packer.pack(obj), 1)
+        self._write(self._pack(obj), 1)
 
     def _write(self, data: bytes, count: int) -> None:
-        with self._lock:
-            self._write_locked(data, count)
-
-    def _write_locked(self, data: bytes, count: int) -> None:
-        if self._fd < 0:
-            raise ValueError(f"{self.path}: trace writer is closed")
-        view, done = memoryview(data), 0
         try:
-            while done < len(view):
-                done += os.write(self._fd, view[done:])
-        except BaseException:
-            if done:  # keep the file a clean prefix of whole records
-                os.ftruncate(self._fd, self.bytes_written)
-            raise
-        self.records += count
-        self.bytes_written += len(data)
+            self.appender.append(data, count)
+        except ValueError as exc:
+            raise ValueError(f"{self.path}: {exc}") from None
 
 
 class Batch(_Recorder):

@@ -34,7 +34,7 @@ def status_text(stats: Stats, trace_bytes: int, backing_ids: int | None) -> str:
 class Progress:
     """Redraws the status line on `tick()`; `clear()` erases it for good."""
 
-    def __init__(self, stats: Stats, trace_bytes: Callable[[], int],
+    def __init__(self, stats: Callable[[], Stats], trace_bytes: Callable[[], int],
                  backing_ids: Callable[[], int | None], quiet: bool,
                  stream: IO[str] | None = None, interval: float = 0.5) -> None:
         self.stream = stream if stream is not None else sys.stderr
@@ -51,7 +51,7 @@ class Progress:
         if not self.enabled or now - self._last < self.interval:
             return
         self._last = now
-        line = status_text(self.stats, self.trace_bytes(), self.backing_ids())
+        line = status_text(self.stats(), self.trace_bytes(), self.backing_ids())
         self.stream.write(f"\r{line}\x1b[K")
         self.stream.flush()
         self._shown = True

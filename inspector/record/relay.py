@@ -6,6 +6,11 @@
 - server → kernel (`_replies`): one `recv` (one message, whatever the server's threads
   do), record, then one `write` to /dev/fuse.
 
+Each pump is a thread that runs the native loop (`_fastpath.c`) for ordinary messages,
+with the GIL released, and comes back here for everything else: INIT both ways, a reply
+in pieces, a message the kernel or the server refused, the end. The tables that loop
+uses (where file data starts, which requests get no reply) come from `dissectors`.
+
 Order and durability: every message is recorded *before* it is forwarded, and the writer
 has it on disk when the call returns. So a `kill -9` of fusetrace loses nothing the kernel
 or the server saw, and a request the kernel sends *because of* a reply (RELEASE after an
@@ -58,8 +63,21 @@ from dissectors.constants import (
     OUT_HEADER_SIZE,
     Opcode,
 )
-from dissectors.quick import peek_reply, peek_request, snap
+from dissectors.quick import (
+    DATA_NOTIFY,
+    DATA_REPLIES,
+    DATA_REQUESTS,
+    peek_reply,
+    peek_request,
+    snap,
+)
 from traces import TraceWriter
+
+try:
+    from ._fastpath import Appender, Pump
+except ImportError as exc:  # a source tree nobody installed
+    raise ImportError(f"{exc}: the recorder's native part is built by `pip install -e .`, "
+                      f"which needs gcc and python3-dev (README, command 1)") from exc
 
 log = logging.getLogger(__name__)
 
@@ -189,7 +207,7 @@ class Reassembler:
 
 @dataclass
 class Stats:
-    """Counters for the progress line; each is written by one pump only."""
+    """The relay's counters at one moment, for the progress line."""
 
     requests: int = 0
     replies: int = 0
@@ -210,7 +228,9 @@ class Relay:
 
     `unmounted` is set when /dev/fuse reads ENODEV (unmounted or aborted), `server_closed`
     when the socket reads end-of-file (the last holder of the server's end closed it);
-    `changed` is called after either, from the pump's thread.
+    `changed` is called after either, from the pump's thread. The writer must append
+    through `Appender` (`TraceWriter(..., appender=Appender)`): the native loop writes
+    its records through it.
     """
 
     def __init__(self, devfd: int, sock: socket.socket, writer: TraceWriter, snaplen: int,
@@ -222,13 +242,17 @@ class Relay:
         self.snaplen = snaplen
         self.init_mask = init_mask
         self.changed = changed or (lambda: None)
-        self.stats = Stats()
         self.unmounted = threading.Event()
         self.server_closed = threading.Event()
         self.init_answered = threading.Event()
-        self.trace_error: str | None = None
+        self._trace_error: str | None = None
         self.broken: str | None = None  # why relaying had to stop
-        self._pending: dict[int, int] = {}  # unique → opcode of requests awaiting a reply
+        if not isinstance(writer.appender, Appender):
+            raise TypeError("the relay's TraceWriter must be made with appender=Appender")
+        self._pump = Pump(devfd=devfd, sockfd=sock.fileno(), appender=writer.appender,
+                          snaplen=snaplen, bufsize=BUFFER_SIZE, data_request=DATA_REQUESTS,
+                          data_reply=DATA_REPLIES, data_notify=DATA_NOTIFY, no_reply=_NO_REPLY,
+                          to_python={Opcode.INIT})
         self._threads = [threading.Thread(target=self._run, args=(pump,), name=name, daemon=True)
                          for pump, name in ((self._requests, "relay-requests"),
                                             (self._replies, "relay-replies"))]
@@ -243,6 +267,19 @@ class Relay:
             if thread.ident is not None:
                 thread.join(timeout)
         return not any(t.is_alive() for t in self._threads)
+
+    @property
+    def stats(self) -> Stats:
+        pump = self._pump
+        return Stats(pump.requests_relayed, pump.replies_relayed, pump.request_bytes,
+                     pump.reply_bytes)
+
+    @property
+    def trace_error(self) -> str | None:
+        """Why the trace stopped growing, if it did (relaying goes on regardless)."""
+        if self._trace_error is None and self._pump.trace_errno:
+            self._trace_error = f"writing the trace failed: {os.strerror(self._pump.trace_errno)}"
+        return self._trace_error
 
     @property
     def requests_running(self) -> bool:
@@ -271,83 +308,102 @@ class Relay:
         try:
             method(*args, **meta)
         except (OSError, ValueError) as exc:
-            self.trace_error = f"writing the trace failed: {exc}"
-            log.error("%s; relaying on without recording", self.trace_error)
+            self._pump.stop_recording()
+            self._trace_error = f"writing the trace failed: {exc}"
+            log.error("%s; relaying on without recording", self._trace_error)
 
     # --- kernel → server ----------------------------------------------------------------
 
     def _requests(self) -> None:
-        buf = bytearray(BUFFER_SIZE)
-        view = memoryview(buf)
         while True:
-            try:
-                n = os.readv(self.devfd, [buf])
-            except OSError as exc:
-                if exc.errno in (errno.EINTR, errno.EAGAIN, errno.ENOENT):
-                    continue  # ENOENT: the request was interrupted before we read it
-                if exc.errno != errno.ENODEV:
-                    self._record(self.writer.event, "proxy_error",
-                                 reason=f"reading /dev/fuse: {exc.strerror}")
-                return
-            if n == 0:
-                return
-            raw: bytes | memoryview = view[:n]
-            opcode, unique, _ = peek_request(raw)
-            meta: dict[str, Any] = {}
-            if opcode == Opcode.INIT:
-                altered = mask_init(raw, self.init_mask)
-                if altered is not None:
-                    meta = {"original": bytes(raw), "reason": altered[1]}
-                    raw = altered[0]
-            if opcode not in _NO_REPLY:
-                self._pending[unique] = opcode
-            kept, true_len = snap(raw, True, None, self.snaplen)
-            if true_len is not None:
-                meta["len"] = true_len
-            self._record(self.writer.request, kept, **meta)
-            try:
-                self.sock.send(raw)
-            except OSError as exc:
-                self._pending.pop(unique, None)
+            what, *rest = self._pump.requests()
+            if what == "message":
+                self._request(rest[0])
+            elif what == "unsent":
+                unique, opcode, err = rest
                 self._record(self.writer.event, "request_not_forwarded", unique=unique,
-                             opcode=opcode, errno=exc.errno)
-                continue
-            self.stats.requests += 1
-            self.stats.request_bytes += n
+                             opcode=opcode, errno=err)
+            else:
+                err = rest[0]
+                if err and err != errno.ENODEV:
+                    self._record(self.writer.event, "proxy_error",
+                                 reason=f"reading /dev/fuse: {os.strerror(err)}")
+                return
+
+    def _request(self, raw: bytes) -> None:
+        """A request the native loop leaves to us: INIT (maybe altered), or one too odd for
+        its tables. Recorded, then forwarded, as there."""
+        opcode, unique, _ = peek_request(raw)
+        meta: dict[str, Any] = {}
+        if opcode == Opcode.INIT:
+            altered = mask_init(raw, self.init_mask)
+            if altered is not None:
+                meta = {"original": raw, "reason": altered[1]}
+                raw = altered[0]
+        if opcode not in _NO_REPLY:
+            self._pump.pending_put(unique, opcode)
+        kept, true_len = snap(raw, True, None, self.snaplen)
+        if true_len is not None:
+            meta["len"] = true_len
+        self._record(self.writer.request, kept, **meta)
+        try:
+            self.sock.send(raw)
+        except OSError as exc:
+            self._pump.pending_pop(unique)
+            self._record(self.writer.event, "request_not_forwarded", unique=unique,
+                         opcode=opcode, errno=exc.errno)
+            return
+        self._pump.count(True, len(raw))
 
     # --- server → kernel ----------------------------------------------------------------
 
     def _replies(self) -> None:
-        buf = bytearray(BUFFER_SIZE)
-        view = memoryview(buf)
-        reassembler = Reassembler(self._pending.__contains__)
+        reassembler = Reassembler(lambda unique: self._pump.pending_get(unique) is not None)
         poller = select.poll()
         poller.register(self.sock, select.POLLIN)
+        buf: bytearray | None = None  # for the pieces of a spliced reply, read here
         while True:
-            if reassembler.partial is not None and not poller.poll(PIECE_WAIT_MS):
-                stale = reassembler.flush()
-                if stale is not None:
-                    self._forward(stale)
-                continue
+            if reassembler.partial is None:
+                what, *rest = self._pump.replies()
+                if what == "message":
+                    message: memoryview | bytes = rest[0]
+                elif what == "rejected":
+                    unique, opcode, err = rest
+                    self._rejected(unique, opcode, err)
+                    continue
+                elif what == "oversize":
+                    self._oversize(rest[0])
+                    continue
+                else:
+                    if rest[0] and rest[0] not in (errno.ECONNRESET, errno.EBADF):
+                        self._record(self.writer.event, "proxy_error",
+                                     reason=f"reading the server's socket: {os.strerror(rest[0])}")
+                    return
+            else:
+                if not poller.poll(PIECE_WAIT_MS):
+                    stale = reassembler.flush()
+                    if stale is not None:
+                        self._forward(stale)
+                    continue
+                buf = buf or bytearray(BUFFER_SIZE)
+                try:
+                    n = self.sock.recv_into(buf, 0, socket.MSG_TRUNC)
+                except OSError as exc:
+                    if exc.errno not in (errno.ECONNRESET, errno.EBADF):
+                        self._record(self.writer.event, "proxy_error",
+                                     reason=f"reading the server's socket: {exc.strerror}")
+                    return
+                if n == 0:  # every holder of the server's end closed it
+                    stale = reassembler.flush()
+                    if stale is not None:
+                        self._forward(stale)
+                    return
+                if n > len(buf):
+                    self._oversize(n)
+                    continue
+                message = memoryview(buf)[:n]
             try:
-                n = self.sock.recv_into(buf, 0, socket.MSG_TRUNC)
-            except OSError as exc:
-                if exc.errno not in (errno.ECONNRESET, errno.EBADF):
-                    self._record(self.writer.event, "proxy_error",
-                                 reason=f"reading the server's socket: {exc.strerror}")
-                return
-            if n == 0:  # every holder of the server's end closed it
-                stale = reassembler.flush()
-                if stale is not None:
-                    self._forward(stale)
-                return
-            if n > len(buf):
-                self._record(self.writer.event, "proxy_error",
-                             reason=f"a {n}-byte message from the server exceeds the relay's "
-                                    f"{len(buf)}-byte buffer; dropped")
-                continue
-            try:
-                whole = reassembler.feed(view[:n])
+                whole = reassembler.feed(memoryview(message))
             except Interleaved as exc:
                 self.broken = (f"{exc}: the server splices replies from several threads at "
                                f"once, which this relay cannot take apart")
@@ -356,11 +412,20 @@ class Relay:
             if whole is not None:
                 self._forward(whole)
 
+    def _oversize(self, n: int) -> None:
+        self._record(self.writer.event, "proxy_error",
+                     reason=f"a {n}-byte message from the server exceeds the relay's "
+                            f"{BUFFER_SIZE}-byte buffer; dropped")
+
+    def _rejected(self, unique: int, opcode: int | None, err: int) -> None:
+        self._record(self.writer.event, "reply_rejected", unique=unique, opcode=opcode,
+                     write_errno=err)
+
     def _forward(self, whole: tuple[memoryview | bytearray, list[int] | None]) -> None:
         """Record one reply or notification, then write it to /dev/fuse."""
         raw, pieces = whole
         _error, unique = peek_reply(raw)
-        opcode = self._pending.pop(unique, None) if unique else None
+        opcode = self._pump.pending_pop(unique) if unique else None
         kept, true_len = snap(raw, False, opcode, self.snaplen)
         meta: dict[str, Any] = {}
         if true_len is not None:
@@ -368,13 +433,11 @@ class Relay:
         if pieces is not None:
             meta["fragments"] = pieces
         self._record(self.writer.reply, kept, **meta)
+        self._pump.count(False, len(raw))
         try:
             os.write(self.devfd, raw)
         except OSError as exc:
-            self._record(self.writer.event, "reply_rejected", unique=unique, opcode=opcode,
-                         write_errno=exc.errno)
-        self.stats.replies += 1
-        self.stats.reply_bytes += len(raw)
+            self._rejected(unique, opcode, exc.errno or errno.EIO)
         if opcode == Opcode.INIT:
             self.init_answered.set()
             self.changed()

@@ -56,6 +56,7 @@ from ..mounts import (
     mounted_device,
     mounts_at,
 )
+from ._fastpath import Appender
 from .args import ArgumentError, MountPlan, ServerCommand
 from .cleanup import Note, leftover_note, start_time
 from .flavour import Flavour, guess
@@ -204,7 +205,7 @@ class Session:
         # itself: its argv stays as typed and the trap hands it the relay and its mount to us.
         server_argv = (self.command.argv if device_open
                        else self.command.with_mountpoint(f"/dev/fd/{child_fd}"))
-        self.writer = TraceWriter(self.cfg.trace, self._header(server_argv))
+        self.writer = TraceWriter(self.cfg.trace, self._header(server_argv), appender=Appender)
         if capped:
             size = self.ours.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
             self.writer.event("socket_buffers_capped", bytes=size,
@@ -278,10 +279,9 @@ class Session:
     def _wait(self) -> str:
         """Relay until something ends the session; returns what did."""
         assert self.relay is not None and self.proc is not None and self.writer is not None
-        trap = self.trap
-        writer = self.writer
+        trap, writer, relay = self.trap, self.writer, self.relay
         self.progress = progress = Progress(
-            self.relay.stats, lambda: writer.bytes_written,
+            lambda: relay.stats, lambda: writer.bytes_written,
             (lambda: trap.open_backing_ids) if trap else (lambda: None), self.cfg.quiet)
         warned = False
         while True:

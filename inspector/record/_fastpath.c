@@ -1,0 +1,698 @@
+/*
+ * The recorder's hot path in C: the two relay pumps and the trace appender they share.
+ *
+ * Why native: in Python each relayed message cost ~35 us of CPU (interpreter, msgpack,
+ * stats), more than a fast C server spends answering it. Here a pump loops with the GIL
+ * released and does only what every ordinary message needs: read it, note its unique,
+ * cut its file data to the snap length, append its record to the trace (one writev, before
+ * forwarding, as the Python writer does), forward it. Anything else (INIT, which may be
+ * altered; a reply cut into pieces; a refused write; the end) goes back to Python
+ * (`relay.py`), which keeps every decision that is not per-message arithmetic.
+ *
+ * Protocol knowledge is not copied here: the opcode tables (which messages carry file data
+ * and where it starts, which requests get no reply, which go to Python) are handed in by
+ * `relay.py` from `dissectors`.
+ *
+ * Appender: the one lock and counter set for a trace file, shared by the pumps and by
+ * `traces.TraceWriter` (Python records go through it too), so a failed write can be cut
+ * back off the file without cutting anybody else's record.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <errno.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <time.h>
+#include <unistd.h>
+
+#define TABLE 64          /* opcodes and notify codes below this are handled here */
+#define IN_HEADER 40      /* sizeof(struct fuse_in_header) */
+#define OUT_HEADER 16     /* sizeof(struct fuse_out_header) */
+#define KIND_REQUEST 1    /* traces.records.Kind */
+#define KIND_REPLY 2
+
+/* ------------------------------------------------------------------ Appender */
+
+typedef struct {
+    PyObject_HEAD
+    int fd;
+    pthread_mutex_t lock;
+    unsigned long long records;
+    unsigned long long bytes;
+} Appender;
+
+/* Write every byte of iov, or cut what was written back off and return the errno.
+ * Called with the lock held and the GIL released. */
+static int append_locked(Appender *a, struct iovec *iov, int iovcnt, unsigned count)
+{
+    size_t total = 0, done = 0;
+    for (int i = 0; i < iovcnt; i++)
+        total += iov[i].iov_len;
+    if (a->fd < 0)
+        return EBADF;
+    while (done < total) {
+        ssize_t n = writev(a->fd, iov, iovcnt);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            int err = errno;
+            if (done && ftruncate(a->fd, (off_t)a->bytes) < 0) { /* keep a clean prefix */ }
+            return err;
+        }
+        done += (size_t)n;
+        while (n > 0 && iovcnt > 0) {  /* skip what went out */
+            if ((size_t)n >= iov->iov_len) {
+                n -= (ssize_t)iov->iov_len;
+                iov++;
+                iovcnt--;
+            } else {
+                iov->iov_base = (char *)iov->iov_base + n;
+                iov->iov_len -= (size_t)n;
+                n = 0;
+            }
+        }
+    }
+    a->records += count;
+    a->bytes += total;
+    return 0;
+}
+
+static int appender_write(Appender *a, struct iovec *iov, int iovcnt, unsigned count)
+{
+    pthread_mutex_lock(&a->lock);
+    int err = append_locked(a, iov, iovcnt, count);
+    pthread_mutex_unlock(&a->lock);
+    return err;
+}
+
+static int Appender_init(Appender *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"fd", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "i", kwlist, &self->fd))
+        return -1;
+    return 0;
+}
+
+static PyObject *Appender_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    Appender *self = (Appender *)type->tp_alloc(type, 0);
+    if (self) {
+        self->fd = -1;
+        pthread_mutex_init(&self->lock, NULL);
+    }
+    return (PyObject *)self;
+}
+
+static void Appender_dealloc(Appender *self)
+{
+    pthread_mutex_destroy(&self->lock);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *Appender_append(Appender *self, PyObject *args)
+{
+    Py_buffer data;
+    unsigned count = 1;
+    if (!PyArg_ParseTuple(args, "y*|I", &data, &count))
+        return NULL;
+    struct iovec iov = {data.buf, (size_t)data.len};
+    int err;
+    Py_BEGIN_ALLOW_THREADS
+    err = appender_write(self, &iov, 1, count);
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&data);
+    if (err == EBADF && self->fd < 0) {
+        PyErr_SetString(PyExc_ValueError, "trace writer is closed");
+        return NULL;
+    }
+    if (err) {
+        errno = err;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *Appender_close(Appender *self, PyObject *unused)
+{
+    int fd;
+    Py_BEGIN_ALLOW_THREADS
+    pthread_mutex_lock(&self->lock);
+    fd = self->fd;
+    self->fd = -1;
+    pthread_mutex_unlock(&self->lock);
+    Py_END_ALLOW_THREADS
+    if (fd >= 0)
+        close(fd);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Appender_get_records(Appender *self, void *c) { return PyLong_FromUnsignedLongLong(self->records); }
+static PyObject *Appender_get_bytes(Appender *self, void *c) { return PyLong_FromUnsignedLongLong(self->bytes); }
+static PyObject *Appender_get_closed(Appender *self, void *c) { return PyBool_FromLong(self->fd < 0); }
+
+static PyMethodDef Appender_methods[] = {
+    {"append", (PyCFunction)Appender_append, METH_VARARGS,
+     "append(data, count=1): write `data` (`count` records) whole, or raise OSError with "
+     "the file cut back to its last whole record"},
+    {"close", (PyCFunction)Appender_close, METH_NOARGS, "close the file"},
+    {NULL}};
+
+static PyGetSetDef Appender_getset[] = {
+    {"records", (getter)Appender_get_records, NULL, "records written", NULL},
+    {"bytes_written", (getter)Appender_get_bytes, NULL, "bytes written", NULL},
+    {"closed", (getter)Appender_get_closed, NULL, "whether close() was called", NULL},
+    {NULL}};
+
+static PyTypeObject AppenderType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "inspector.record._fastpath.Appender",
+    .tp_doc = "Appender(fd): whole-record appends to a trace file, one lock for every writer",
+    .tp_basicsize = sizeof(Appender),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = Appender_new,
+    .tp_init = (initproc)Appender_init,
+    .tp_dealloc = (destructor)Appender_dealloc,
+    .tp_methods = Appender_methods,
+    .tp_getset = Appender_getset,
+};
+
+/* ------------------------------------------------------------------ pending uniques */
+
+/* unique -> opcode of requests awaiting a reply: open addressing, linear probing,
+ * backward-shift deletion; unique 0 marks an empty slot (the kernel never uses it). */
+typedef struct {
+    uint64_t unique;
+    uint32_t opcode;
+} Slot;
+
+typedef struct {
+    pthread_mutex_t lock;
+    Slot *slots;
+    size_t mask, used;
+} Pending;
+
+static size_t slot_of(const Pending *p, uint64_t unique)
+{
+    return (size_t)((unique * 0x9E3779B97F4A7C15ull) >> 20) & p->mask;
+}
+
+static int pending_grow(Pending *p)
+{
+    size_t old_size = p->mask + 1, size = old_size * 2;
+    Slot *old = p->slots, *slots = calloc(size, sizeof(Slot));
+    if (!slots)
+        return -1;
+    p->slots = slots;
+    p->mask = size - 1;
+    for (size_t i = 0; i < old_size; i++) {
+        if (!old[i].unique)
+            continue;
+        size_t j = slot_of(p, old[i].unique);
+        while (slots[j].unique)
+            j = (j + 1) & p->mask;
+        slots[j] = old[i];
+    }
+    free(old);
+    return 0;
+}
+
+static void pending_put(Pending *p, uint64_t unique, uint32_t opcode)
+{
+    if (!unique)
+        return;
+    pthread_mutex_lock(&p->lock);
+    if ((p->used + 1) * 2 > p->mask + 1 && pending_grow(p) < 0) {
+        pthread_mutex_unlock(&p->lock);
+        return;  /* out of memory: this reply's data is kept whole, nothing worse */
+    }
+    size_t i = slot_of(p, unique);
+    while (p->slots[i].unique && p->slots[i].unique != unique)
+        i = (i + 1) & p->mask;
+    if (!p->slots[i].unique)
+        p->used++;
+    p->slots[i].unique = unique;
+    p->slots[i].opcode = opcode;
+    pthread_mutex_unlock(&p->lock);
+}
+
+/* The opcode pending for `unique`, or -1; removed when `pop`. */
+static long pending_take(Pending *p, uint64_t unique, int pop)
+{
+    long found = -1;
+    if (!unique)
+        return -1;
+    pthread_mutex_lock(&p->lock);
+    size_t i = slot_of(p, unique);
+    while (p->slots[i].unique && p->slots[i].unique != unique)
+        i = (i + 1) & p->mask;
+    if (p->slots[i].unique) {
+        found = p->slots[i].opcode;
+        if (pop) {
+            size_t hole = i, j = i;
+            for (;;) {  /* shift later members of the run back over the hole */
+                j = (j + 1) & p->mask;
+                if (!p->slots[j].unique)
+                    break;
+                size_t home = slot_of(p, p->slots[j].unique);
+                if (((j - home) & p->mask) >= ((j - hole) & p->mask)) {
+                    p->slots[hole] = p->slots[j];
+                    hole = j;
+                }
+            }
+            p->slots[hole].unique = 0;
+            p->used--;
+        }
+    }
+    pthread_mutex_unlock(&p->lock);
+    return found;
+}
+
+/* ------------------------------------------------------------------ Pump */
+
+typedef struct {
+    PyObject_HEAD
+    int devfd, sockfd;
+    Appender *appender;
+    Py_ssize_t snaplen, bufsize;
+    int16_t data_request[TABLE], data_reply[TABLE], data_notify[TABLE];
+    uint8_t no_reply[TABLE], to_python[TABLE];
+    Pending pending;
+    unsigned char *request_buf, *reply_buf;
+    unsigned long long requests, replies, request_bytes, reply_bytes;
+    int recording;     /* cleared when a trace write failed, here or in Python */
+    int trace_errno;   /* the errno of a failed write here */
+} Pump;
+
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);  /* time.monotonic_ns() */
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static size_t put_be(unsigned char *out, uint64_t value, int bytes)
+{
+    for (int i = bytes - 1; i >= 0; i--, value >>= 8)
+        out[i] = (unsigned char)value;
+    return (size_t)bytes;
+}
+
+/* Append the record [kind, ts, raw[:kept]] (+ {"len": true_len} when cut), the msgpack
+ * the Python writer would make. Called without the GIL. */
+static void record(Pump *self, int kind, const unsigned char *raw, size_t kept, size_t true_len)
+{
+    unsigned char head[1 + 1 + 9 + 5], tail[1 + 4 + 5];
+    size_t h = 0, t = 0;
+    if (!self->recording)
+        return;
+    head[h++] = true_len ? 0x94 : 0x93;  /* fixarray */
+    head[h++] = (unsigned char)kind;       /* positive fixint */
+    head[h++] = 0xcf;                      /* uint64 */
+    h += put_be(head + h, now_ns(), 8);
+    if (kept < 0x100) {
+        head[h++] = 0xc4;
+        h += put_be(head + h, kept, 1);
+    } else if (kept < 0x10000) {
+        head[h++] = 0xc5;
+        h += put_be(head + h, kept, 2);
+    } else {
+        head[h++] = 0xc6;
+        h += put_be(head + h, kept, 4);
+    }
+    if (true_len) {
+        memcpy(tail, "\x81\xa3len\xce", 6);  /* fixmap 1, fixstr "len", uint32 */
+        t = 6 + put_be(tail + 6, true_len, 4);
+    }
+    struct iovec iov[3] = {{head, h}, {(void *)raw, kept}, {tail, t}};
+    int err = appender_write(self->appender, iov, t ? 3 : 2, 1);
+    if (err) {
+        self->trace_errno = err;
+        self->recording = 0;  /* relay on without recording; Python reports it */
+    }
+}
+
+/* How much of a message to keep: all of it, or its file data cut to the snap length. */
+static size_t kept_of(const Pump *self, size_t n, int data_at)
+{
+    if (!self->snaplen || data_at < 0 || n <= (size_t)data_at + (size_t)self->snaplen)
+        return n;
+    return (size_t)data_at + (size_t)self->snaplen;
+}
+
+static uint32_t u32_at(const unsigned char *p) { uint32_t v; memcpy(&v, p, 4); return v; }
+static uint64_t u64_at(const unsigned char *p) { uint64_t v; memcpy(&v, p, 8); return v; }
+
+/* Fill a table from a {int: int} dict (missing keys: `none`). */
+static int fill_table(PyObject *dict, int16_t *table, int16_t none)
+{
+    for (int i = 0; i < TABLE; i++)
+        table[i] = none;
+    PyObject *key, *value;
+    Py_ssize_t pos = 0;
+    while (PyDict_Next(dict, &pos, &key, &value)) {
+        long k = PyLong_AsLong(key), v = PyLong_AsLong(value);
+        if (PyErr_Occurred())
+            return -1;
+        if (k < 0 || k >= TABLE || v < 0 || v > INT16_MAX) {
+            PyErr_Format(PyExc_ValueError, "table entry %ld: %ld out of range", k, v);
+            return -1;
+        }
+        table[k] = (int16_t)v;
+    }
+    return 0;
+}
+
+static int fill_set(PyObject *iterable, uint8_t *table)
+{
+    memset(table, 0, TABLE);
+    PyObject *it = PyObject_GetIter(iterable), *item;
+    if (!it)
+        return -1;
+    while ((item = PyIter_Next(it))) {
+        long k = PyLong_AsLong(item);
+        Py_DECREF(item);
+        if (k >= 0 && k < TABLE)
+            table[k] = 1;
+    }
+    Py_DECREF(it);
+    return PyErr_Occurred() ? -1 : 0;
+}
+
+static int Pump_init(Pump *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"devfd", "sockfd", "appender", "snaplen", "bufsize",
+                             "data_request", "data_reply", "data_notify", "no_reply",
+                             "to_python", NULL};
+    PyObject *appender, *dreq, *drep, *dnot, *noreply, *topy;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iiO!nnO!O!O!OO", kwlist, &self->devfd,
+                                     &self->sockfd, &AppenderType, &appender, &self->snaplen,
+                                     &self->bufsize, &PyDict_Type, &dreq, &PyDict_Type, &drep,
+                                     &PyDict_Type, &dnot, &noreply, &topy))
+        return -1;
+    if (self->bufsize < IN_HEADER || self->snaplen < 0) {
+        PyErr_SetString(PyExc_ValueError, "bufsize or snaplen out of range");
+        return -1;
+    }
+    if (fill_table(dreq, self->data_request, -1) || fill_table(drep, self->data_reply, -1) ||
+        fill_table(dnot, self->data_notify, -1) || fill_set(noreply, self->no_reply) ||
+        fill_set(topy, self->to_python))
+        return -1;
+    Py_INCREF(appender);
+    Py_XSETREF(self->appender, (Appender *)appender);
+    free(self->request_buf);
+    free(self->reply_buf);
+    self->request_buf = malloc((size_t)self->bufsize);
+    self->reply_buf = malloc((size_t)self->bufsize);
+    if (!self->request_buf || !self->reply_buf) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    self->recording = 1;
+    return 0;
+}
+
+static PyObject *Pump_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    Pump *self = (Pump *)type->tp_alloc(type, 0);
+    if (!self)
+        return NULL;
+    pthread_mutex_init(&self->pending.lock, NULL);
+    self->pending.slots = calloc(256, sizeof(Slot));
+    self->pending.mask = 255;
+    if (!self->pending.slots) {
+        Py_DECREF(self);
+        return PyErr_NoMemory();
+    }
+    return (PyObject *)self;
+}
+
+static void Pump_dealloc(Pump *self)
+{
+    free(self->pending.slots);
+    pthread_mutex_destroy(&self->pending.lock);
+    free(self->request_buf);
+    free(self->reply_buf);
+    Py_XDECREF(self->appender);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+enum outcome { END, MESSAGE, UNSENT, REJECTED, OVERSIZE };
+
+/* kernel -> server until something needs Python. Returns one of
+ * ("end", errno) ("message", bytes) ("unsent", unique, opcode, errno). */
+static PyObject *Pump_requests(Pump *self, PyObject *unused)
+{
+    enum outcome what;
+    ssize_t n = 0;
+    int err = 0;
+    uint32_t opcode = 0;
+    uint64_t unique = 0;
+    unsigned char *buf = self->request_buf;
+    if (!buf)
+        return PyErr_Format(PyExc_RuntimeError, "Pump not initialised");
+    Py_BEGIN_ALLOW_THREADS
+    for (;;) {
+        n = read(self->devfd, buf, (size_t)self->bufsize);
+        if (n < 0) {
+            if (errno == EINTR || errno == EAGAIN || errno == ENOENT)
+                continue;  /* ENOENT: the request was interrupted before we read it */
+            err = errno, what = END;
+            break;
+        }
+        if (n == 0) {
+            what = END;
+            break;
+        }
+        if (n < IN_HEADER) {
+            what = MESSAGE;
+            break;
+        }
+        opcode = u32_at(buf + 4);
+        unique = u64_at(buf + 8);
+        if (opcode >= TABLE || self->to_python[opcode]) {
+            what = MESSAGE;
+            break;
+        }
+        if (!self->no_reply[opcode])
+            pending_put(&self->pending, unique, opcode);
+        size_t kept = kept_of(self, (size_t)n, self->data_request[opcode]);
+        record(self, KIND_REQUEST, buf, kept, kept < (size_t)n ? (size_t)n : 0);
+        ssize_t sent;
+        do
+            sent = send(self->sockfd, buf, (size_t)n, MSG_NOSIGNAL);
+        while (sent < 0 && errno == EINTR);
+        if (sent < 0) {
+            err = errno, what = UNSENT;
+            pending_take(&self->pending, unique, 1);
+            break;
+        }
+        self->requests++;
+        self->request_bytes += (unsigned long long)n;
+    }
+    Py_END_ALLOW_THREADS
+    switch (what) {
+    case MESSAGE:
+        return Py_BuildValue("(sy#)", "message", buf, n);
+    case UNSENT:
+        return Py_BuildValue("(sKki)", "unsent", (unsigned long long)unique,
+                             (unsigned long)opcode, err);
+    default:
+        return Py_BuildValue("(si)", "end", err);
+    }
+}
+
+/* server -> kernel until something needs Python. Returns one of ("end", errno)
+ * ("message", bytes) ("rejected", unique, opcode or None, errno) ("oversize", size). */
+static PyObject *Pump_replies(Pump *self, PyObject *unused)
+{
+    enum outcome what;
+    ssize_t n = 0;
+    int err = 0;
+    long opcode = -1;
+    uint64_t unique = 0;
+    unsigned char *buf = self->reply_buf;
+    if (!buf)
+        return PyErr_Format(PyExc_RuntimeError, "Pump not initialised");
+    Py_BEGIN_ALLOW_THREADS
+    for (;;) {
+        n = recv(self->sockfd, buf, (size_t)self->bufsize, MSG_TRUNC);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            err = errno, what = END;
+            break;
+        }
+        if (n == 0) {
+            what = END;
+            break;
+        }
+        if (n > self->bufsize) {
+            what = OVERSIZE;
+            break;
+        }
+        /* a header that does not say this message's length: a piece of a spliced reply,
+         * or garbage; Python's reassembler tells which */
+        if (n < OUT_HEADER || u32_at(buf) != (uint32_t)n) {
+            what = MESSAGE;
+            break;
+        }
+        int32_t error;
+        memcpy(&error, buf + 4, 4);
+        unique = u64_at(buf + 8);
+        opcode = pending_take(&self->pending, unique, 0);
+        if (opcode >= TABLE || (opcode >= 0 && self->to_python[opcode])) {
+            what = MESSAGE;
+            break;
+        }
+        if (opcode >= 0)
+            pending_take(&self->pending, unique, 1);
+        int data_at = -1;
+        if (!unique)
+            data_at = error > 0 && error < TABLE ? self->data_notify[error] : -1;
+        else if (opcode >= 0 && error == 0)
+            data_at = self->data_reply[opcode];
+        size_t kept = kept_of(self, (size_t)n, data_at);
+        record(self, KIND_REPLY, buf, kept, kept < (size_t)n ? (size_t)n : 0);
+        ssize_t written;
+        do
+            written = write(self->devfd, buf, (size_t)n);
+        while (written < 0 && errno == EINTR);
+        self->replies++;
+        self->reply_bytes += (unsigned long long)n;
+        if (written < 0) {
+            err = errno, what = REJECTED;
+            break;
+        }
+    }
+    Py_END_ALLOW_THREADS
+    switch (what) {
+    case MESSAGE:
+        return Py_BuildValue("(sy#)", "message", buf, n);
+    case OVERSIZE:
+        return Py_BuildValue("(sn)", "oversize", n);
+    case REJECTED:
+        if (opcode < 0)
+            return Py_BuildValue("(sKOi)", "rejected", (unsigned long long)unique, Py_None, err);
+        return Py_BuildValue("(sKli)", "rejected", (unsigned long long)unique, opcode, err);
+    default:
+        return Py_BuildValue("(si)", "end", err);
+    }
+}
+
+static PyObject *Pump_pending_put(Pump *self, PyObject *args)
+{
+    unsigned long long unique;
+    unsigned int opcode;
+    if (!PyArg_ParseTuple(args, "KI", &unique, &opcode))
+        return NULL;
+    pending_put(&self->pending, unique, opcode);
+    Py_RETURN_NONE;
+}
+
+static PyObject *pending_result(long opcode)
+{
+    if (opcode < 0)
+        Py_RETURN_NONE;
+    return PyLong_FromLong(opcode);
+}
+
+static PyObject *Pump_pending_get(Pump *self, PyObject *arg)
+{
+    unsigned long long unique = PyLong_AsUnsignedLongLongMask(arg);
+    if (PyErr_Occurred())
+        return NULL;
+    return pending_result(pending_take(&self->pending, unique, 0));
+}
+
+static PyObject *Pump_pending_pop(Pump *self, PyObject *arg)
+{
+    unsigned long long unique = PyLong_AsUnsignedLongLongMask(arg);
+    if (PyErr_Occurred())
+        return NULL;
+    return pending_result(pending_take(&self->pending, unique, 1));
+}
+
+static PyObject *Pump_count(Pump *self, PyObject *args)
+{
+    int is_request;
+    unsigned long long size;
+    if (!PyArg_ParseTuple(args, "pK", &is_request, &size))
+        return NULL;
+    if (is_request)
+        self->requests++, self->request_bytes += size;
+    else
+        self->replies++, self->reply_bytes += size;
+    Py_RETURN_NONE;
+}
+
+static PyObject *Pump_stop_recording(Pump *self, PyObject *unused)
+{
+    self->recording = 0;
+    Py_RETURN_NONE;
+}
+
+#define COUNTER(name) \
+    static PyObject *Pump_get_##name(Pump *self, void *c) { return PyLong_FromUnsignedLongLong(self->name); }
+COUNTER(requests)
+COUNTER(replies)
+COUNTER(request_bytes)
+COUNTER(reply_bytes)
+
+static PyObject *Pump_get_trace_errno(Pump *self, void *c) { return PyLong_FromLong(self->trace_errno); }
+static PyObject *Pump_get_pending_count(Pump *self, void *c) { return PyLong_FromSize_t(self->pending.used); }
+
+static PyMethodDef Pump_methods[] = {
+    {"requests", (PyCFunction)Pump_requests, METH_NOARGS, "relay kernel -> server until Python is needed"},
+    {"replies", (PyCFunction)Pump_replies, METH_NOARGS, "relay server -> kernel until Python is needed"},
+    {"pending_put", (PyCFunction)Pump_pending_put, METH_VARARGS, "pending_put(unique, opcode)"},
+    {"pending_get", (PyCFunction)Pump_pending_get, METH_O, "the opcode awaiting this unique's reply, or None"},
+    {"pending_pop", (PyCFunction)Pump_pending_pop, METH_O, "pending_get, and forget it"},
+    {"count", (PyCFunction)Pump_count, METH_VARARGS, "count(is_request, size): a message Python relayed"},
+    {"stop_recording", (PyCFunction)Pump_stop_recording, METH_NOARGS, "relay on without recording"},
+    {NULL}};
+
+static PyGetSetDef Pump_getset[] = {
+    {"requests_relayed", (getter)Pump_get_requests, NULL, NULL, NULL},
+    {"replies_relayed", (getter)Pump_get_replies, NULL, NULL, NULL},
+    {"request_bytes", (getter)Pump_get_request_bytes, NULL, NULL, NULL},
+    {"reply_bytes", (getter)Pump_get_reply_bytes, NULL, NULL, NULL},
+    {"trace_errno", (getter)Pump_get_trace_errno, NULL, "errno of a failed trace write, or 0", NULL},
+    {"pending_count", (getter)Pump_get_pending_count, NULL, "requests awaiting a reply", NULL},
+    {NULL}};
+
+static PyTypeObject PumpType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "inspector.record._fastpath.Pump",
+    .tp_doc = "The relay's per-message loops (see relay.py)",
+    .tp_basicsize = sizeof(Pump),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = Pump_new,
+    .tp_init = (initproc)Pump_init,
+    .tp_dealloc = (destructor)Pump_dealloc,
+    .tp_methods = Pump_methods,
+    .tp_getset = Pump_getset,
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "_fastpath", "The recorder's per-message hot path (see _fastpath.c)", -1,
+};
+
+PyMODINIT_FUNC PyInit__fastpath(void)
+{
+    if (PyType_Ready(&AppenderType) < 0 || PyType_Ready(&PumpType) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (!m)
+        return NULL;
+    Py_INCREF(&AppenderType);
+    Py_INCREF(&PumpType);
+    if (PyModule_AddObject(m, "Appender", (PyObject *)&AppenderType) < 0 ||
+        PyModule_AddObject(m, "Pump", (PyObject *)&PumpType) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

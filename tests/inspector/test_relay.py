@@ -1,0 +1,256 @@
+"""The relay's pumps on a socketpair standing in for /dev/fuse, and the trace appenders
+they write through: boundaries, record-before-forward, the snap length, the unique → opcode
+table under load, refused messages, and a trace that stops growing."""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from inspector.record._fastpath import Appender
+
+from dissectors import FuseInHeader, FuseOutHeader
+from dissectors.constants import FUSE_INIT_EXT, FUSE_OVER_IO_URING, NotifyCode, Opcode
+from dissectors.structs import (
+    FuseData,
+    FuseInitIn,
+    FuseNotifyStoreOut,
+    FuseReadIn,
+    FuseWriteIn,
+)
+from inspector.record.relay import Relay, mask_init
+from traces import TraceReader, TraceWriter
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _reply(unique: int, data: bytes) -> bytes:
+    return bytes(FuseOutHeader(unique=unique) / FuseData(data=data))
+
+
+def _init(flags: int, flags2: int = 0) -> bytes:
+    return bytes(FuseInHeader(opcode=Opcode.INIT, unique=2) /
+                 FuseInitIn(flags=flags, flags2=flags2, max_readahead=131072))
+
+
+# --- the relay, with a socketpair as /dev/fuse ------------------------------------------
+
+class FakeDevice:
+    """The kernel's side of /dev/fuse as a SEQPACKET socket: one message per read/write,
+    like the device. Closing it makes the relay's reads return end-of-file."""
+
+    def __init__(self) -> None:
+        self.kernel, self.device = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        for s in (self.kernel, self.device):
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8 << 20)
+
+
+def test_relay_records_before_forwarding_and_keeps_boundaries(tmp_path: Path) -> None:
+    dev = FakeDevice()
+    ours, server = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    for s in (ours, server):
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8 << 20)
+    writer = TraceWriter(tmp_path / "t.fzt", {"source": "test"}, appender=Appender)
+    relay = Relay(dev.device.fileno(), ours, writer, snaplen=100)
+    relay.start()
+    init = _init(0x3FFFFFFF | FUSE_INIT_EXT, FUSE_OVER_IO_URING >> 32)  # a kernel with io_uring on
+    read = bytes(FuseInHeader(opcode=Opcode.READ, unique=4, nodeid=2) / FuseReadIn(size=1 << 20))
+    dev.kernel.send(init)
+    dev.kernel.send(read)
+    assert server.recv(1 << 21) == mask_init(init, FUSE_OVER_IO_URING)[0]  # type: ignore[index]
+    assert server.recv(1 << 21) == read
+    big = _reply(4, os.urandom(1 << 20))
+    server.send(big)
+    assert dev.kernel.recv(1 << 21) == big  # one message, whole
+    server.send(_reply(2, b""))
+    assert len(dev.kernel.recv(100)) == 16
+    server.close()
+    dev.kernel.close()  # the relay's writes now fail: EPIPE, recorded
+    assert relay.join(5.0)
+    writer.close()
+    records = list(TraceReader(tmp_path / "t.fzt"))
+    assert [r.kind.name for r in records] == ["REQUEST", "REQUEST", "REPLY", "REPLY"]
+    assert records[0].meta["original"] == init and "io_uring" in records[0].meta["reason"]
+    assert records[2].true_len == len(big) and len(records[2].raw or b"") == 16 + 100
+    assert relay.stats.requests == 2 and relay.stats.replies == 2
+    assert relay.server_closed.is_set()
+
+
+def test_relay_records_a_rejected_reply_after_it(tmp_path: Path) -> None:
+    dev = FakeDevice()
+    ours, server = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    writer = TraceWriter(tmp_path / "t.fzt", {}, appender=Appender)
+    relay = Relay(dev.device.fileno(), ours, writer, snaplen=0)
+    dev.kernel.shutdown(socket.SHUT_RD)  # writes to the "device" now fail (EPIPE)
+    relay.start()
+    server.send(_reply(9, b"late"))
+    server.close()
+    assert relay.server_closed.wait(5.0)
+    dev.kernel.close()  # and the request pump reads end-of-file
+    assert relay.join(5.0)
+    writer.close()
+    reply, rejected = list(TraceReader(tmp_path / "t.fzt"))
+    assert reply.is_reply and reply.raw == _reply(9, b"late")
+    assert rejected.event == "reply_rejected"
+    assert (rejected.meta["unique"], rejected.meta["write_errno"]) == (9, errno.EPIPE)
+
+
+
+def test_relay_forwards_a_reply_longer_than_it_says_once_no_piece_follows(tmp_path: Path) -> None:
+    """A server bug, not a splice: the header claims more than was sent. It still reaches
+    the kernel (which refuses it) and the trace, as it would without the relay."""
+    dev = FakeDevice()
+    ours, server = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    writer = TraceWriter(tmp_path / "t.fzt", {}, appender=Appender)
+    relay = Relay(dev.device.fileno(), ours, writer, snaplen=0)
+    relay.start()
+    read = bytes(FuseInHeader(opcode=Opcode.READ, unique=6, nodeid=2) / FuseReadIn(size=4096))
+    dev.kernel.send(read)
+    assert server.recv(4096) == read
+    bad = bytearray(_reply(6, b"x" * 100))
+    struct.pack_into("<I", bad, 0, 4096 + 16)
+    server.send(bytes(bad))
+    assert dev.kernel.recv(8192) == bad  # after PIECE_WAIT_MS
+    server.close()
+    assert relay.server_closed.wait(5.0)
+    dev.kernel.close()
+    assert relay.join(5.0)
+    writer.close()
+    [reply] = [r for r in TraceReader(tmp_path / "t.fzt") if r.is_reply]
+    assert reply.raw == bad and reply.meta == {"fragments": [116]}
+
+
+
+
+class Session:
+    """A relay between a FakeDevice and a server socket, writing `trace`."""
+
+    def __init__(self, trace: Path, snaplen: int = 0) -> None:
+        self.dev = FakeDevice()
+        self.ours, self.server = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        for s in (self.ours, self.server):
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8 << 20)
+        self.trace = trace
+        self.writer = TraceWriter(trace, {}, appender=Appender)
+        self.relay = Relay(self.dev.device.fileno(), self.ours, self.writer, snaplen=snaplen)
+        self.relay.start()
+
+    def end(self) -> list:
+        self.server.close()
+        assert self.relay.server_closed.wait(5.0)
+        self.dev.kernel.close()
+        assert self.relay.join(5.0)
+        self.writer.close()
+        return list(TraceReader(self.trace))
+
+
+def test_replies_find_their_opcode_with_a_thousand_requests_in_flight(tmp_path: Path) -> None:
+    """The native unique → opcode table grows and deletes under load: every READ reply,
+    answered in reverse order, is still known as one (its data is cut to the snap length)."""
+    s = Session(tmp_path / "t.fzt", snaplen=8)
+    uniques = list(range(100, 2100, 2))
+    for u in uniques:
+        s.dev.kernel.send(bytes(FuseInHeader(opcode=Opcode.READ, unique=u, nodeid=2)
+                                / FuseReadIn(size=64)))
+        assert s.server.recv(4096)[8:16] == struct.pack("<Q", u)
+    for u in reversed(uniques):
+        s.server.send(_reply(u, u.to_bytes(8, "little") * 8))
+        assert s.dev.kernel.recv(4096)[8:16] == struct.pack("<Q", u)
+    records = s.end()
+    replies = [r for r in records if r.is_reply]
+    assert len(replies) == len(uniques)
+    assert all(len(r.raw) == 16 + 8 and r.true_len == 16 + 64 for r in replies)
+    assert s.relay.stats.requests == s.relay.stats.replies == len(uniques)
+
+
+def test_write_data_and_store_notifications_are_cut_to_the_snap_length(tmp_path: Path) -> None:
+    s = Session(tmp_path / "t.fzt", snaplen=10)
+    write = bytes(FuseInHeader(opcode=Opcode.WRITE, unique=4, nodeid=2)
+                  / FuseWriteIn(size=5000) / FuseData(data=b"w" * 5000))
+    s.dev.kernel.send(write)
+    assert s.server.recv(8192) == write  # forwarded whole
+    store = bytes(FuseOutHeader(unique=0, error=NotifyCode.STORE)
+                  / FuseNotifyStoreOut(nodeid=2, size=3000) / FuseData(data=b"s" * 3000))
+    s.server.send(store)
+    assert s.dev.kernel.recv(8192) == store
+    s.server.send(_reply(4, struct.pack("<II", 5000, 0)))  # fuse_write_out: nothing to cut
+    s.dev.kernel.recv(100)
+    request, notify, reply = s.end()
+    assert request.raw == write[:80 + 10] and request.true_len == len(write)
+    assert notify.raw == store[:40 + 10] and notify.true_len == len(store)
+    assert reply.true_len == len(reply.raw) == 24 and reply.meta == {}
+
+
+def test_a_reply_too_short_for_a_header_is_forwarded_as_sent(tmp_path: Path) -> None:
+    s = Session(tmp_path / "t.fzt")
+    s.server.send(b"\x10\x00")
+    assert s.dev.kernel.recv(100) == b"\x10\x00"  # the kernel's to refuse, not ours
+    [reply] = s.end()
+    assert reply.raw == b"\x10\x00"
+
+
+def _names(fd: int, path: Path) -> bool:
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}") == str(path)
+    except FileNotFoundError:  # the directory listing's own descriptor
+        return False
+
+
+def test_relaying_goes_on_when_the_trace_stops_growing(tmp_path: Path) -> None:
+    """A full disk: the trace keeps what it had, the mount keeps working, and the relay
+    says why the trace is incomplete."""
+    s = Session(tmp_path / "t.fzt")
+    read = bytes(FuseInHeader(opcode=Opcode.READ, unique=6, nodeid=2) / FuseReadIn(size=4))
+    s.dev.kernel.send(read)
+    assert s.server.recv(4096) == read
+    [fd] = [fd for fd in map(int, os.listdir("/proc/self/fd")) if _names(fd, tmp_path / "t.fzt")]
+    full = os.open("/dev/full", os.O_WRONLY)
+    os.dup2(full, fd)  # the trace's descriptor now says ENOSPC
+    os.close(full)
+    s.dev.kernel.send(read.replace(b"\x06\0\0\0", b"\x08\0\0\0", 1))
+    assert s.server.recv(4096)  # still relayed
+    s.server.send(_reply(8, b"data"))
+    assert s.dev.kernel.recv(100) == _reply(8, b"data")
+    assert s.relay.trace_error == "writing the trace failed: No space left on device"
+    s.end()
+    assert [r.kind.name for r in TraceReader(tmp_path / "t.fzt")] == ["REQUEST"]
+
+
+_FILL = """
+import os, resource, signal, sys
+sys.path.insert(0, {root!r})
+from inspector.record._fastpath import Appender
+from traces import FileAppender
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+appender = {{"native": Appender, "python": FileAppender}}[sys.argv[2]](fd)
+resource.setrlimit(resource.RLIMIT_FSIZE, (1000, 1000))
+try:
+    while True:
+        appender.append(b"r" * 300)
+except OSError as exc:
+    print(exc.errno, appender.records, appender.bytes_written)
+appender.close()
+try:
+    appender.append(b"late")
+except ValueError as exc:
+    print("closed:", exc)
+"""
+
+
+@pytest.mark.parametrize("kind", ["native", "python"])
+def test_a_write_cut_short_leaves_whole_records(tmp_path: Path, kind: str) -> None:
+    """A file size limit makes the fourth 300-byte record a partial write: both appenders
+    cut it back off, so the file holds three whole records and says why."""
+    path = tmp_path / "t"
+    out = subprocess.run([sys.executable, "-c", _FILL.format(root=str(REPO)), str(path), kind],
+                         capture_output=True, text=True, timeout=30, check=True).stdout
+    first, second = out.splitlines()
+    assert first == f"{errno.EFBIG} 3 900" and path.stat().st_size == 900
+    assert second == "closed: trace writer is closed"
