@@ -3,9 +3,12 @@
 libfuse server), side by side in one run, as ratios.
 
 Figures are printed, never asserted. Run as root: .venv/bin/python bench/record_overhead.py
-[--seconds S] [--only NAME]. Servers: the bundled passthrough filesystem (Python), and
-Debian's fuse-overlayfs (C, libfuse 3) for the metadata loops, with attribute and entry
-caching off so every stat reaches the server.
+[--seconds S] [--repeat N] [--only NAME]. Servers: the bundled passthrough filesystem
+(Python), and Debian's fuse-overlayfs (C, libfuse 3) for the metadata loops, with attribute
+and entry caching off so every stat reaches the server.
+
+On a small machine one run of a mode moves by ±20 %, so each mode runs `--repeat` times,
+the modes taking turns, and the median is printed with the range of its ratio.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 import threading
@@ -100,7 +104,7 @@ def overlay_argv(src: Path, mnt: Path, debug: bool = False) -> list[str]:
 
 
 OVERLAY_WORKLOADS = {"stat loop, attr caching off": stat_loop,
-                     "open+close (no passthrough in fuse-overlayfs)": open_close,
+                     "open+close (it has no passthrough)": open_close,
                      "4 clients, mixed metadata": mixed_4_clients}
 
 
@@ -123,9 +127,27 @@ def measure(wrapper: list[str], server: list[str], mnt: Path,
         return count / (time.perf_counter() - start)
 
 
+def compare(name: str, unit: str, runs: dict[str, Callable[[], float]], repeat: int) -> None:
+    """Run every mode `repeat` times, taking turns, and print medians as ratios to the
+    first mode's median (and the ratio's range over the rounds)."""
+    rates: dict[str, list[float]] = {mode: [] for mode in runs}
+    for _ in range(repeat):
+        for mode, run in runs.items():
+            rates[mode].append(run())
+    base = rates[next(iter(runs))]
+    for mode, got in rates.items():
+        ratios = [r / b for r, b in zip(got, base)]
+        spread = f"{min(ratios):.2f}-{max(ratios):.2f}" if repeat > 1 else ""
+        median = statistics.median(got)
+        print(f"{name:40} {mode:18} {median:10.0f} {unit:>7} "
+              f"{median / statistics.median(base):6.2f} {spread:>10}")
+        sys.stdout.flush()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--repeat", type=int, default=3, help="runs per mode (median shown)")
     parser.add_argument("--only", help="run workloads whose name contains this")
     parser.add_argument("--direct-only", action="store_true", help="skip the recorder")
     args = parser.parse_args()
@@ -144,32 +166,28 @@ def main() -> int:
             modes["fusetrace record"] = [*FUSETRACE, "record", "-q", "-w", str(trace), "--"]
         if shutil.which("strace"):
             modes["strace -f"] = ["strace", "-f", "-qq", "-o", "/dev/null"]
-        print(f"{os.cpu_count()} cores, {args.seconds:.0f} s per run; ratio = rate / direct rate")
-        print(f"{'workload':34} {'mode':18} {'rate':>14} {'ratio':>7}")
+        print(f"{os.cpu_count()} cores, {args.seconds:g} s per run, median of {args.repeat}; "
+              f"ratio = rate / direct rate (range over the rounds)")
+        print(f"{'workload':40} {'mode':18} {'rate':>10} {'unit':>7} {'ratio':>6} {'range':>10}")
         for name, (workload, server_args, unit) in WORKLOADS.items():
             if args.only and args.only not in name:
                 continue
-            base = None
-            for mode, wrapper in modes.items():
-                if "read" in name and mode == "strace -f":
-                    continue  # strace on a 512 MiB read only measures strace
-                server = [*SERVER, str(src), str(mnt), *server_args]
-                rate = measure(wrapper, server, mnt, workload, args.seconds)
-                base = base or rate
-                print(f"{name:34} {mode:18} {rate:10.0f} {unit:>6} {rate / base:6.2f}")
-                sys.stdout.flush()
+            server = [*SERVER, str(src), str(mnt), *server_args]
+            compare(name, unit, {
+                mode: (lambda w=wrapper: measure(w, server, mnt, workload, args.seconds))
+                for mode, wrapper in modes.items()
+                if not ("read" in name and mode == "strace -f")  # that only measures strace
+            }, args.repeat)
         if not shutil.which("fuse-overlayfs"):
             return 0
         for name, workload in OVERLAY_WORKLOADS.items():
             if args.only and args.only not in name:
                 continue
-            base = None
-            for mode, wrapper in {**modes, "libfuse -d": []}.items():
-                server = overlay_argv(src, mnt, debug=mode == "libfuse -d")
-                rate = measure(wrapper, server, mnt, workload, args.seconds)
-                base = base or rate
-                print(f"{'overlayfs ' + name:34} {mode:18} {rate:10.0f} {'op/s':>6} {rate / base:6.2f}")
-                sys.stdout.flush()
+            compare(f"overlayfs {name}", "op/s", {
+                mode: (lambda w=wrapper, debug=mode == "libfuse -d":
+                       measure(w, overlay_argv(src, mnt, debug), mnt, workload, args.seconds))
+                for mode, wrapper in {**modes, "libfuse -d": []}.items()
+            }, args.repeat)
     return 0
 
 
