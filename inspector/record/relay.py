@@ -52,6 +52,7 @@ import socket
 import struct
 import threading
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Any, Callable
 
 from dissectors.constants import (
@@ -73,12 +74,6 @@ from dissectors.quick import (
 )
 from traces import TraceWriter
 
-try:
-    from ._fastpath import Appender, Pump
-except ImportError as exc:  # a source tree nobody installed
-    raise ImportError(f"{exc}: the recorder's native part is built by `pip install -e .`, "
-                      f"which needs gcc and python3-dev (README, command 1)") from exc
-
 log = logging.getLogger(__name__)
 
 #: The largest message either way: max_write 4 MiB (max_pages 1024) plus headers, with room.
@@ -86,6 +81,20 @@ BUFFER_SIZE = (4 << 20) + (64 << 10)
 SOCKET_BUFFER = 16 << 20
 SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
+
+
+class NotBuilt(RuntimeError):
+    """The C part is missing: installed without a compiler, or a tree nobody installed."""
+
+
+def native() -> ModuleType:
+    """`_fastpath`, the relay's C loops and the trace appender they share."""
+    try:
+        from . import _fastpath
+    except ImportError as exc:
+        raise NotBuilt(f"recording needs the C part that `pip install -e .` builds with gcc "
+                       f"and python3-dev (README, command 1): {exc}") from exc
+    return _fastpath
 
 
 def server_socketpair() -> tuple[socket.socket, socket.socket, bool]:
@@ -229,8 +238,7 @@ class Relay:
     `unmounted` is set when /dev/fuse reads ENODEV (unmounted or aborted), `server_closed`
     when the socket reads end-of-file (the last holder of the server's end closed it);
     `changed` is called after either, from the pump's thread. The writer must append
-    through `Appender` (`TraceWriter(..., appender=Appender)`): the native loop writes
-    its records through it.
+    through `native().Appender`: the C loops write their records through it.
     """
 
     def __init__(self, devfd: int, sock: socket.socket, writer: TraceWriter, snaplen: int,
@@ -247,9 +255,10 @@ class Relay:
         self.init_answered = threading.Event()
         self._trace_error: str | None = None
         self.broken: str | None = None  # why relaying had to stop
-        if not isinstance(writer.appender, Appender):
-            raise TypeError("the relay's TraceWriter must be made with appender=Appender")
-        self._pump = Pump(devfd=devfd, sockfd=sock.fileno(), appender=writer.appender,
+        fast = native()
+        if not isinstance(writer.appender, fast.Appender):
+            raise TypeError("the relay's TraceWriter must append through native().Appender")
+        self._pump = fast.Pump(devfd=devfd, sockfd=sock.fileno(), appender=writer.appender,
                           snaplen=snaplen, bufsize=BUFFER_SIZE, data_request=DATA_REQUESTS,
                           data_reply=DATA_REPLIES, data_notify=DATA_NOTIFY, no_reply=_NO_REPLY,
                           to_python={Opcode.INIT})

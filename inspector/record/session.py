@@ -56,12 +56,11 @@ from ..mounts import (
     mounted_device,
     mounts_at,
 )
-from ._fastpath import Appender
 from .args import ArgumentError, MountPlan, ServerCommand
 from .cleanup import Note, leftover_note, start_time
 from .flavour import Flavour, guess
 from .progress import Progress
-from .relay import Relay, server_socketpair
+from .relay import NotBuilt, Relay, native, server_socketpair
 
 if TYPE_CHECKING:
     from .trap import ServerMount
@@ -205,7 +204,8 @@ class Session:
         # itself: its argv stays as typed and the trap hands it the relay and its mount to us.
         server_argv = (self.command.argv if device_open
                        else self.command.with_mountpoint(f"/dev/fd/{child_fd}"))
-        self.writer = TraceWriter(self.cfg.trace, self._header(server_argv), appender=Appender)
+        self.writer = TraceWriter(self.cfg.trace, self._header(server_argv),
+                                  appender=native().Appender)
         if capped:
             size = self.ours.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
             self.writer.event("socket_buffers_capped", bytes=size,
@@ -488,8 +488,9 @@ class Session:
 def record(cfg: RecordConfig) -> int:
     """`fusetrace record`: exit 2 with one line for bad arguments, else the session's code."""
     try:
+        native()  # before anything is mounted
         session = Session(cfg)
-    except ArgumentError as exc:
+    except (ArgumentError, NotBuilt) as exc:
         print(f"fusetrace: error: {exc}", file=sys.stderr)
         return 2
     return session.run()

@@ -254,3 +254,23 @@ def test_a_write_cut_short_leaves_whole_records(tmp_path: Path, kind: str) -> No
     first, second = out.splitlines()
     assert first == f"{errno.EFBIG} 3 900" and path.stat().st_size == 900
     assert second == "closed: trace writer is closed"
+
+
+def test_record_without_the_c_part_says_how_to_build_it(tmp_path: Path) -> None:
+    """An install without a compiler: `record` refuses in one line before mounting
+    anything; the rest of fusetrace (here `show`) still works."""
+    code = ("import sys; sys.modules['inspector.record._fastpath'] = None\n"
+            "from inspector.cli import main; sys.exit(main(sys.argv[1:]))")
+    run = [sys.executable, "-P", "-c", code]
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    got = subprocess.run([*run, "record", "-w", str(tmp_path / "t.fzt"), "--", "true", str(mnt)],
+                         capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert got.returncode == 2 and not (tmp_path / "t.fzt").exists()
+    assert got.stderr.startswith("fusetrace: error: recording needs the C part")
+    assert "gcc and python3-dev" in got.stderr and len(got.stderr.splitlines()) == 1
+    with TraceWriter(tmp_path / "u.fzt", {}) as writer:
+        writer.request(bytes(FuseInHeader(opcode=Opcode.GETATTR, unique=2, nodeid=1)) + bytes(16))
+    shown = subprocess.run([*run, "show", str(tmp_path / "u.fzt")], capture_output=True,
+                           text=True, timeout=60, cwd=REPO)
+    assert shown.returncode == 0 and "GETATTR" in shown.stdout
