@@ -128,7 +128,8 @@ def _record(args: argparse.Namespace) -> int:
     trace = args.write or time.strftime("fusetrace-%Y%m%d-%H%M%S.fzt")
     return record(RecordConfig(server=args.server, trace=trace, snaplen=args.snaplen,
                                quiet=args.quiet, options=args.options,
-                               mountpoint=args.mountpoint, grace=args.grace))
+                               mountpoint=args.mountpoint, grace=args.grace,
+                               spin_us=args.spin_us))
 
 
 def _cleanup(args: argparse.Namespace) -> int:
@@ -233,6 +234,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="which of SERVER's arguments is the mountpoint, when the guess is wrong")
     rec.add_argument("--grace", type=float, default=5.0, metavar="SECONDS",
                      help="how long the server gets after SIGTERM before SIGKILL (default %(default)s)")
+    rec.add_argument("--spin-us", type=int, default=None, metavar="US",
+                     help="how long the relay polls after a message before it sleeps: "
+                          "fast servers answer sooner than a thread wakes (default 50 with "
+                          "two CPUs or more, else 0; 0 sleeps at once)")
     rec.add_argument("server", nargs=argparse.REMAINDER, metavar="SERVER [ARGS...]",
                      help=argparse.SUPPRESS)
     rec.set_defaults(run=_record)

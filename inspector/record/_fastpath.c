@@ -20,6 +20,8 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <string.h>
@@ -284,7 +286,20 @@ typedef struct {
     unsigned long long requests, replies, request_bytes, reply_bytes;
     int recording;     /* cleared when a trace write failed, here or in Python */
     int trace_errno;   /* the errno of a failed write here */
+    int dev_open, sock_open;  /* until /dev/fuse says ENODEV, until the socket's EOF */
+    size_t held;       /* a recorded request the full socket has not taken yet */
+    int pieces;        /* Python is putting a spliced reply together: hand it everything */
+    uint64_t spin_ns;
+    int piece_wait_ms;
 } Pump;
+
+#if defined(__x86_64__) || defined(__i386__)
+#define cpu_relax() __builtin_ia32_pause()
+#elif defined(__aarch64__)
+#define cpu_relax() __asm__ __volatile__("yield")
+#else
+#define cpu_relax() do {} while (0)
+#endif
 
 static uint64_t now_ns(void)
 {
@@ -385,17 +400,29 @@ static int Pump_init(Pump *self, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"devfd", "sockfd", "appender", "snaplen", "bufsize",
                              "data_request", "data_reply", "data_notify", "no_reply",
-                             "to_python", NULL};
+                             "to_python", "spin_us", "piece_wait_ms", NULL};
     PyObject *appender, *dreq, *drep, *dnot, *noreply, *topy;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iiO!nnO!O!O!OO", kwlist, &self->devfd,
+    unsigned int spin_us = 0;
+    self->piece_wait_ms = 200;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iiO!nnO!O!O!OO|Ii", kwlist, &self->devfd,
                                      &self->sockfd, &AppenderType, &appender, &self->snaplen,
                                      &self->bufsize, &PyDict_Type, &dreq, &PyDict_Type, &drep,
-                                     &PyDict_Type, &dnot, &noreply, &topy))
+                                     &PyDict_Type, &dnot, &noreply, &topy, &spin_us,
+                                     &self->piece_wait_ms))
         return -1;
-    if (self->bufsize < IN_HEADER || self->snaplen < 0) {
-        PyErr_SetString(PyExc_ValueError, "bufsize or snaplen out of range");
+    if (self->bufsize < IN_HEADER || self->snaplen < 0 || self->piece_wait_ms < 0) {
+        PyErr_SetString(PyExc_ValueError, "bufsize, snaplen or piece_wait_ms out of range");
         return -1;
     }
+    int flags = fcntl(self->devfd, F_GETFL);
+    if (flags < 0 || fcntl(self->devfd, F_SETFL, flags | O_NONBLOCK) < 0) {
+        PyErr_SetFromErrno(PyExc_OSError);  /* the loop polls, it never blocks in a read */
+        return -1;
+    }
+    self->spin_ns = (uint64_t)spin_us * 1000;
+    self->dev_open = self->sock_open = 1;
+    self->held = 0;
+    self->pieces = 0;
     if (fill_table(dreq, self->data_request, -1) || fill_table(drep, self->data_reply, -1) ||
         fill_table(dnot, self->data_notify, -1) || fill_set(noreply, self->no_reply) ||
         fill_set(topy, self->to_python))
@@ -439,146 +466,210 @@ static void Pump_dealloc(Pump *self)
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
-enum outcome { END, MESSAGE, UNSENT, REJECTED, OVERSIZE };
+/* What the loop hands back to Python (the first item of the tuple it returns). */
+enum outcome {
+    NONE,          /* keep looping */
+    REQUEST,       /* ("request", bytes): one for Python (INIT, odd opcodes, short) */
+    UNSENT,        /* ("unsent", unique, opcode, errno): the server's socket refused it */
+    REQUEST_END,   /* ("request_end", errno): /dev/fuse said ENODEV (or failed) */
+    REPLY,         /* ("reply", bytes): a piece, a lying header, INIT's reply; or any
+                    * reply while Python puts pieces together */
+    REJECTED,      /* ("rejected", unique, opcode or None, errno): /dev/fuse refused it */
+    OVERSIZE,      /* ("oversize", size): larger than the buffer; dropped */
+    REPLY_END,     /* ("reply_end", errno): every holder of the server's end closed it */
+    IDLE,          /* ("idle",): no message for `piece_wait_ms` while putting pieces together */
+    DONE,          /* ("done",): both ends are closed */
+};
 
-/* kernel -> server until something needs Python. Returns one of
- * ("end", errno) ("message", bytes) ("unsent", unique, opcode, errno). */
-static PyObject *Pump_requests(Pump *self, PyObject *unused)
-{
+typedef struct {
     enum outcome what;
-    ssize_t n = 0;
-    int err = 0;
-    uint32_t opcode = 0;
-    uint64_t unique = 0;
-    unsigned char *buf = self->request_buf;
-    if (!buf)
-        return PyErr_Format(PyExc_RuntimeError, "Pump not initialised");
-    Py_BEGIN_ALLOW_THREADS
-    for (;;) {
-        n = read(self->devfd, buf, (size_t)self->bufsize);
-        if (n < 0) {
-            if (errno == EINTR || errno == EAGAIN || errno == ENOENT)
-                continue;  /* ENOENT: the request was interrupted before we read it */
-            err = errno, what = END;
-            break;
-        }
-        if (n == 0) {
-            what = END;
-            break;
-        }
-        if (n < IN_HEADER) {
-            what = MESSAGE;
-            break;
-        }
-        opcode = u32_at(buf + 4);
-        unique = u64_at(buf + 8);
-        if (opcode >= TABLE || self->to_python[opcode]) {
-            what = MESSAGE;
-            break;
-        }
-        if (!self->no_reply[opcode])
-            pending_put(&self->pending, unique, opcode);
-        size_t kept = kept_of(self, (size_t)n, self->data_request[opcode]);
-        record(self, KIND_REQUEST, buf, kept, kept < (size_t)n ? (size_t)n : 0);
-        ssize_t sent;
-        do
-            sent = send(self->sockfd, buf, (size_t)n, MSG_NOSIGNAL);
-        while (sent < 0 && errno == EINTR);
-        if (sent < 0) {
-            err = errno, what = UNSENT;
-            pending_take(&self->pending, unique, 1);
-            break;
-        }
+    ssize_t n;
+    int err;
+    uint64_t unique;
+    long opcode;
+} Outcome;
+
+/* Forward the held request (read, recorded, not yet sent). */
+static void send_held(Pump *self, Outcome *out)
+{
+    ssize_t sent = send(self->sockfd, self->request_buf, self->held, MSG_DONTWAIT | MSG_NOSIGNAL);
+    if (sent < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+        return;  /* the server's socket is full: wait for POLLOUT */
+    uint64_t unique = u64_at(self->request_buf + 8);
+    if (sent < 0) {
+        out->what = UNSENT, out->err = errno, out->unique = unique;
+        out->opcode = u32_at(self->request_buf + 4);
+        pending_take(&self->pending, unique, 1);
+    } else {
         self->requests++;
-        self->request_bytes += (unsigned long long)n;
+        self->request_bytes += (unsigned long long)self->held;
     }
-    Py_END_ALLOW_THREADS
-    switch (what) {
-    case MESSAGE:
-        return Py_BuildValue("(sy#)", "message", buf, n);
-    case UNSENT:
-        return Py_BuildValue("(sKki)", "unsent", (unsigned long long)unique,
-                             (unsigned long)opcode, err);
-    default:
-        return Py_BuildValue("(si)", "end", err);
-    }
+    self->held = 0;
 }
 
-/* server -> kernel until something needs Python. Returns one of ("end", errno)
- * ("message", bytes) ("rejected", unique, opcode or None, errno) ("oversize", size). */
-static PyObject *Pump_replies(Pump *self, PyObject *unused)
+/* One request from /dev/fuse, if there is one: recorded, then forwarded. Returns whether
+ * anything happened. */
+static int take_request(Pump *self, Outcome *out)
 {
-    enum outcome what;
-    ssize_t n = 0;
-    int err = 0;
-    long opcode = -1;
-    uint64_t unique = 0;
+    unsigned char *buf = self->request_buf;
+    ssize_t n = read(self->devfd, buf, (size_t)self->bufsize);
+    if (n < 0) {
+        if (errno == EAGAIN || errno == EWOULDBLOCK)
+            return 0;
+        if (errno == EINTR || errno == ENOENT)
+            return 1;  /* ENOENT: the request was interrupted before we read it */
+        out->what = REQUEST_END, out->err = errno;
+        self->dev_open = 0;
+        return 1;
+    }
+    if (n == 0) {
+        out->what = REQUEST_END;
+        self->dev_open = 0;
+        return 1;
+    }
+    uint32_t opcode = n >= IN_HEADER ? u32_at(buf + 4) : TABLE;
+    if (opcode >= TABLE || self->to_python[opcode]) {
+        out->what = REQUEST, out->n = n;
+        return 1;
+    }
+    uint64_t unique = u64_at(buf + 8);
+    if (!self->no_reply[opcode])
+        pending_put(&self->pending, unique, opcode);
+    size_t kept = kept_of(self, (size_t)n, self->data_request[opcode]);
+    record(self, KIND_REQUEST, buf, kept, kept < (size_t)n ? (size_t)n : 0);
+    self->held = (size_t)n;
+    send_held(self, out);
+    return 1;
+}
+
+/* One message from the server's socket, if there is one: recorded, then written to
+ * /dev/fuse. Returns whether anything happened. */
+static int take_reply(Pump *self, Outcome *out)
+{
     unsigned char *buf = self->reply_buf;
-    if (!buf)
+    ssize_t n = recv(self->sockfd, buf, (size_t)self->bufsize, MSG_TRUNC | MSG_DONTWAIT);
+    if (n < 0) {
+        if (errno == EAGAIN || errno == EWOULDBLOCK)
+            return 0;
+        if (errno == EINTR)
+            return 1;
+        out->what = REPLY_END, out->err = errno;
+        self->sock_open = 0;
+        return 1;
+    }
+    if (n == 0) {
+        out->what = REPLY_END;
+        self->sock_open = 0;
+        return 1;
+    }
+    if (n > self->bufsize) {
+        out->what = OVERSIZE, out->n = n;
+        return 1;
+    }
+    /* a header that does not say this message's length (a piece of a spliced reply, or
+     * garbage: Python's reassembler tells which), or Python is putting pieces together */
+    if (self->pieces || n < OUT_HEADER || u32_at(buf) != (uint32_t)n) {
+        out->what = REPLY, out->n = n;
+        return 1;
+    }
+    int32_t error;
+    memcpy(&error, buf + 4, 4);
+    uint64_t unique = u64_at(buf + 8);
+    long opcode = pending_take(&self->pending, unique, 0);
+    if (opcode >= TABLE || (opcode >= 0 && self->to_python[opcode])) {
+        out->what = REPLY, out->n = n;
+        return 1;
+    }
+    if (opcode >= 0)
+        pending_take(&self->pending, unique, 1);
+    int data_at = -1;
+    if (!unique)
+        data_at = error > 0 && error < TABLE ? self->data_notify[error] : -1;
+    else if (opcode >= 0 && error == 0)
+        data_at = self->data_reply[opcode];
+    size_t kept = kept_of(self, (size_t)n, data_at);
+    record(self, KIND_REPLY, buf, kept, kept < (size_t)n ? (size_t)n : 0);
+    ssize_t written;
+    do
+        written = write(self->devfd, buf, (size_t)n);
+    while (written < 0 && errno == EINTR);
+    self->replies++;
+    self->reply_bytes += (unsigned long long)n;
+    if (written < 0)
+        out->what = REJECTED, out->err = errno, out->unique = unique, out->opcode = opcode;
+    return 1;
+}
+
+/* Relay both ways until something needs Python. After each message the loop polls both
+ * ends for `spin_us` before sleeping: a fast server answers, and a client asks again,
+ * sooner than a sleeping thread can be woken (two wake-ups saved per round trip). */
+static PyObject *Pump_run(Pump *self, PyObject *unused)
+{
+    Outcome out = {NONE, 0, 0, 0, -1};
+    if (!self->request_buf)
         return PyErr_Format(PyExc_RuntimeError, "Pump not initialised");
     Py_BEGIN_ALLOW_THREADS
-    for (;;) {
-        n = recv(self->sockfd, buf, (size_t)self->bufsize, MSG_TRUNC);
-        if (n < 0) {
-            if (errno == EINTR)
-                continue;
-            err = errno, what = END;
+    uint64_t busy_until = now_ns() + self->spin_ns;
+    while (out.what == NONE) {
+        int moved = 0;
+        if (self->held)
+            send_held(self, &out), moved = !self->held;
+        if (out.what == NONE && self->dev_open && !self->held)
+            moved |= take_request(self, &out);
+        if (out.what == NONE && self->sock_open)
+            moved |= take_reply(self, &out);
+        if (out.what != NONE)
+            break;
+        if (!self->dev_open && !self->sock_open) {
+            out.what = DONE;
             break;
         }
-        if (n == 0) {
-            what = END;
-            break;
+        uint64_t now = now_ns();
+        if (moved) {
+            busy_until = now + self->spin_ns;
+            continue;
         }
-        if (n > self->bufsize) {
-            what = OVERSIZE;
-            break;
+        if (now < busy_until) {
+            cpu_relax();
+            continue;
         }
-        /* a header that does not say this message's length: a piece of a spliced reply,
-         * or garbage; Python's reassembler tells which */
-        if (n < OUT_HEADER || u32_at(buf) != (uint32_t)n) {
-            what = MESSAGE;
-            break;
-        }
-        int32_t error;
-        memcpy(&error, buf + 4, 4);
-        unique = u64_at(buf + 8);
-        opcode = pending_take(&self->pending, unique, 0);
-        if (opcode >= TABLE || (opcode >= 0 && self->to_python[opcode])) {
-            what = MESSAGE;
-            break;
-        }
-        if (opcode >= 0)
-            pending_take(&self->pending, unique, 1);
-        int data_at = -1;
-        if (!unique)
-            data_at = error > 0 && error < TABLE ? self->data_notify[error] : -1;
-        else if (opcode >= 0 && error == 0)
-            data_at = self->data_reply[opcode];
-        size_t kept = kept_of(self, (size_t)n, data_at);
-        record(self, KIND_REPLY, buf, kept, kept < (size_t)n ? (size_t)n : 0);
-        ssize_t written;
-        do
-            written = write(self->devfd, buf, (size_t)n);
-        while (written < 0 && errno == EINTR);
-        self->replies++;
-        self->reply_bytes += (unsigned long long)n;
-        if (written < 0) {
-            err = errno, what = REJECTED;
-            break;
-        }
+        /* an end we don't wait on is left out: its POLLERR/POLLHUP would never let us sleep */
+        struct pollfd fds[2] = {{-1, POLLIN, 0}, {-1, POLLIN, 0}};
+        if (self->dev_open && !self->held)
+            fds[0].fd = self->devfd;
+        if (self->sock_open || self->held)
+            fds[1].fd = self->sockfd;
+        if (!self->sock_open)
+            fds[1].events = 0;
+        if (self->held)
+            fds[1].events |= POLLOUT;
+        int ready = poll(fds, 2, self->pieces ? self->piece_wait_ms : -1);
+        if (ready == 0)
+            out.what = IDLE;
+        busy_until = now_ns() + self->spin_ns;
     }
     Py_END_ALLOW_THREADS
-    switch (what) {
-    case MESSAGE:
-        return Py_BuildValue("(sy#)", "message", buf, n);
-    case OVERSIZE:
-        return Py_BuildValue("(sn)", "oversize", n);
+    switch (out.what) {
+    case REQUEST:
+        return Py_BuildValue("(sy#)", "request", self->request_buf, out.n);
+    case UNSENT:
+        return Py_BuildValue("(sKli)", "unsent", (unsigned long long)out.unique, out.opcode, out.err);
+    case REQUEST_END:
+        return Py_BuildValue("(si)", "request_end", out.err);
+    case REPLY:
+        return Py_BuildValue("(sy#)", "reply", self->reply_buf, out.n);
     case REJECTED:
-        if (opcode < 0)
-            return Py_BuildValue("(sKOi)", "rejected", (unsigned long long)unique, Py_None, err);
-        return Py_BuildValue("(sKli)", "rejected", (unsigned long long)unique, opcode, err);
+        if (out.opcode < 0)
+            return Py_BuildValue("(sKOi)", "rejected", (unsigned long long)out.unique, Py_None, out.err);
+        return Py_BuildValue("(sKli)", "rejected", (unsigned long long)out.unique, out.opcode, out.err);
+    case OVERSIZE:
+        return Py_BuildValue("(sn)", "oversize", out.n);
+    case REPLY_END:
+        return Py_BuildValue("(si)", "reply_end", out.err);
+    case IDLE:
+        return Py_BuildValue("(s)", "idle");
     default:
-        return Py_BuildValue("(si)", "end", err);
+        return Py_BuildValue("(s)", "done");
     }
 }
 
@@ -641,12 +732,22 @@ COUNTER(replies)
 COUNTER(request_bytes)
 COUNTER(reply_bytes)
 
+static PyObject *Pump_get_pieces(Pump *self, void *c) { return PyBool_FromLong(self->pieces); }
+static int Pump_set_pieces(Pump *self, PyObject *value, void *c)
+{
+    int on = value ? PyObject_IsTrue(value) : 0;
+    if (on < 0)
+        return -1;
+    self->pieces = on;
+    return 0;
+}
+static PyObject *Pump_get_dev_open(Pump *self, void *c) { return PyBool_FromLong(self->dev_open); }
+
 static PyObject *Pump_get_trace_errno(Pump *self, void *c) { return PyLong_FromLong(self->trace_errno); }
 static PyObject *Pump_get_pending_count(Pump *self, void *c) { return PyLong_FromSize_t(self->pending.used); }
 
 static PyMethodDef Pump_methods[] = {
-    {"requests", (PyCFunction)Pump_requests, METH_NOARGS, "relay kernel -> server until Python is needed"},
-    {"replies", (PyCFunction)Pump_replies, METH_NOARGS, "relay server -> kernel until Python is needed"},
+    {"run", (PyCFunction)Pump_run, METH_NOARGS, "relay both ways until Python is needed"},
     {"pending_put", (PyCFunction)Pump_pending_put, METH_VARARGS, "pending_put(unique, opcode)"},
     {"pending_get", (PyCFunction)Pump_pending_get, METH_O, "the opcode awaiting this unique's reply, or None"},
     {"pending_pop", (PyCFunction)Pump_pending_pop, METH_O, "pending_get, and forget it"},
@@ -661,6 +762,10 @@ static PyGetSetDef Pump_getset[] = {
     {"reply_bytes", (getter)Pump_get_reply_bytes, NULL, NULL, NULL},
     {"trace_errno", (getter)Pump_get_trace_errno, NULL, "errno of a failed trace write, or 0", NULL},
     {"pending_count", (getter)Pump_get_pending_count, NULL, "requests awaiting a reply", NULL},
+    {"pieces", (getter)Pump_get_pieces, (setter)Pump_set_pieces,
+     "while True every message from the server goes to Python, and `run` returns "
+     "(\"idle\",) after piece_wait_ms without one", NULL},
+    {"dev_open", (getter)Pump_get_dev_open, NULL, "/dev/fuse has not said ENODEV yet", NULL},
     {NULL}};
 
 static PyTypeObject PumpType = {

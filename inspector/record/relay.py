@@ -1,21 +1,25 @@
-"""The two message pumps between /dev/fuse and the server's socket, recording every message.
+"""The relay between /dev/fuse and the server's socket, recording every message.
 
-- kernel → server (`_requests`): one read of /dev/fuse (the buffer fits the largest
-  request a server may negotiate: a 4 MiB WRITE plus headers; smaller gives EINVAL),
-  record, then one `send` on the SOCK_SEQPACKET socket: one request, one message.
-- server → kernel (`_replies`): one `recv` (one message, whatever the server's threads
-  do), record, then one `write` to /dev/fuse.
+- kernel → server: one read of /dev/fuse (the buffer fits the largest request a server
+  may negotiate: a 4 MiB WRITE plus headers; smaller gives EINVAL), record, then one
+  `send` on the SOCK_SEQPACKET socket: one request, one message.
+- server → kernel: one `recv` (one message, whatever the server's threads do), record,
+  then one `write` to /dev/fuse.
 
-Each pump is a thread that runs the native loop (`_fastpath.c`) for ordinary messages,
-with the GIL released, and comes back here for everything else: INIT both ways, a reply
-in pieces, a message the kernel or the server refused, the end. The tables that loop
-uses (where file data starts, which requests get no reply) come from `dissectors`.
+One thread does both, in a C loop (`_fastpath.c`) with the GIL released, and comes back
+here for everything else: INIT both ways, a reply in pieces, a message the kernel or the
+server refused, the end. The loop polls both ends for `SPIN_US` after each message before
+it sleeps: a fast server's reply, and its client's next request, come sooner than a
+sleeping thread can be woken. A request the server's full socket cannot take yet is held
+(and /dev/fuse left unread) while replies keep flowing, so neither side can wedge the
+other. The loop's tables (where file data starts, which requests get no reply) come from
+`dissectors`.
 
 Order and durability: every message is recorded *before* it is forwarded, and the writer
 has it on disk when the call returns. So a `kill -9` of fusetrace loses nothing the kernel
 or the server saw, and a request the kernel sends *because of* a reply (RELEASE after an
 OPEN reply, NOTIFY_REPLY after a RETRIEVE notification) is always recorded after that
-reply, without a lock held across any forwarding. The price of recording first: the
+reply. The price of recording first: the
 kernel's verdict on a reply is not known yet. When its write fails (EINVAL for a malformed
 reply, ENOENT for a request that was interrupted or aborted, ENODEV after the unmount), a
 `reply_rejected` event follows the reply record with its `unique` and `write_errno`.
@@ -37,7 +41,7 @@ exact when one server thread splices at a time (another thread's whole reply bet
 pieces is recognised by its header and passed on); two spliced replies cut into each other
 cannot be told apart and end the session with an error.
 
-Replies carry no opcode, so the pumps share a unique → opcode map (entered before the
+Replies carry no opcode, so the loop keeps a unique → opcode map (entered before the
 request leaves, popped by its reply) for the snap length, which needs to know a READ reply
 when it sees one, and for telling a reply's header from file data.
 """
@@ -47,7 +51,6 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import select
 import socket
 import struct
 import threading
@@ -148,6 +151,13 @@ def mask_init(raw: bytes | memoryview, mask: int) -> tuple[bytes, str] | None:
 
 _OUT = struct.Struct("<IiQ")  # fuse_out_header: len, error, unique
 PIECE_WAIT_MS = 200  # the pieces of one splice arrive back to back; longer means no more come
+SPIN_US = 50  # how long the C loop polls after a message before it sleeps (see _fastpath.c)
+
+
+def default_spin_us() -> int:
+    """SPIN_US when this process may run on two CPUs or more; on one, polling would only
+    keep the server from running."""
+    return SPIN_US if len(os.sched_getaffinity(0)) > 1 else 0
 _MAX_NOTIFY_CODE = 64  # notification codes are small (7.45 ends at 9); room to grow
 
 
@@ -233,16 +243,16 @@ class Stats:
 
 
 class Relay:
-    """Pumps messages both ways until the kernel says ENODEV and the server's end closes.
+    """Relays messages both ways until the kernel says ENODEV and the server's end closes.
 
     `unmounted` is set when /dev/fuse reads ENODEV (unmounted or aborted), `server_closed`
     when the socket reads end-of-file (the last holder of the server's end closed it);
-    `changed` is called after either, from the pump's thread. The writer must append
-    through `native().Appender`: the C loops write their records through it.
+    `changed` is called after either, from the relay's thread. The writer must append
+    through `native().Appender`: the C loop writes its records through it.
     """
 
     def __init__(self, devfd: int, sock: socket.socket, writer: TraceWriter, snaplen: int,
-                 init_mask: int = FUSE_OVER_IO_URING,
+                 init_mask: int = FUSE_OVER_IO_URING, spin_us: int | None = None,
                  changed: Callable[[], None] | None = None) -> None:
         self.devfd = devfd
         self.sock = sock
@@ -259,23 +269,22 @@ class Relay:
         if not isinstance(writer.appender, fast.Appender):
             raise TypeError("the relay's TraceWriter must append through native().Appender")
         self._pump = fast.Pump(devfd=devfd, sockfd=sock.fileno(), appender=writer.appender,
-                          snaplen=snaplen, bufsize=BUFFER_SIZE, data_request=DATA_REQUESTS,
-                          data_reply=DATA_REPLIES, data_notify=DATA_NOTIFY, no_reply=_NO_REPLY,
-                          to_python={Opcode.INIT})
-        self._threads = [threading.Thread(target=self._run, args=(pump,), name=name, daemon=True)
-                         for pump, name in ((self._requests, "relay-requests"),
-                                            (self._replies, "relay-replies"))]
+                               snaplen=snaplen, bufsize=BUFFER_SIZE, data_request=DATA_REQUESTS,
+                               data_reply=DATA_REPLIES, data_notify=DATA_NOTIFY,
+                               no_reply=_NO_REPLY, to_python={Opcode.INIT},
+                               spin_us=default_spin_us() if spin_us is None else spin_us,
+                               piece_wait_ms=PIECE_WAIT_MS)
+        self._reassembler = Reassembler(lambda unique: self._pump.pending_get(unique) is not None)
+        self._thread = threading.Thread(target=self._run, name="relay", daemon=True)
 
     def start(self) -> None:
-        for thread in self._threads:
-            thread.start()
+        self._thread.start()
 
     def join(self, timeout: float) -> bool:
-        """Wait for both pumps (if started); True when both ended."""
-        for thread in self._threads:
-            if thread.ident is not None:
-                thread.join(timeout)
-        return not any(t.is_alive() for t in self._threads)
+        """Wait for the relay (if started); True when it ended."""
+        if self._thread.ident is not None:
+            self._thread.join(timeout)
+        return not self._thread.is_alive()
 
     @property
     def stats(self) -> Stats:
@@ -292,21 +301,19 @@ class Relay:
 
     @property
     def requests_running(self) -> bool:
-        return self._threads[0].is_alive()
+        """Whether requests may still come: /dev/fuse has not said ENODEV."""
+        return self._thread.is_alive() and self._pump.dev_open
 
-    def _run(self, pump: Callable[[], None]) -> None:
+    def _run(self) -> None:
         try:
-            pump()
+            self._relay()
         except Exception as exc:  # a bug here must still end the session, not hang it
-            name = threading.current_thread().name
-            log.exception("%s failed", name)
-            self.broken = f"{name} failed: {exc!r}"
+            log.exception("relay failed")
+            self.broken = f"relay failed: {exc!r}"
             self._record(self.writer.event, "proxy_error", reason=self.broken)
         finally:
-            if pump == self._requests:
-                self.unmounted.set()
-            else:
-                self.server_closed.set()
+            self.unmounted.set()
+            self.server_closed.set()
             self.changed()
 
     def _record(self, method: Callable[..., None], *args: Any, **meta: Any) -> None:
@@ -321,27 +328,48 @@ class Relay:
             self._trace_error = f"writing the trace failed: {exc}"
             log.error("%s; relaying on without recording", self._trace_error)
 
-    # --- kernel → server ----------------------------------------------------------------
-
-    def _requests(self) -> None:
+    def _relay(self) -> None:
+        """The C loop relays ordinary messages; what it hands back is dealt with here."""
         while True:
-            what, *rest = self._pump.requests()
-            if what == "message":
+            what, *rest = self._pump.run()
+            if what == "request":
                 self._request(rest[0])
+            elif what == "reply":
+                if not self._reply_piece(rest[0]):
+                    return
+            elif what == "rejected":
+                self._rejected(*rest)
             elif what == "unsent":
                 unique, opcode, err = rest
                 self._record(self.writer.event, "request_not_forwarded", unique=unique,
                              opcode=opcode, errno=err)
-            else:
-                err = rest[0]
-                if err and err != errno.ENODEV:
+            elif what == "idle":  # no more pieces came
+                self._flush_pieces()
+            elif what == "oversize":
+                self._record(self.writer.event, "proxy_error",
+                             reason=f"a {rest[0]}-byte message from the server exceeds the "
+                                    f"relay's {BUFFER_SIZE}-byte buffer; dropped")
+            elif what == "request_end":
+                if rest[0] and rest[0] != errno.ENODEV:
                     self._record(self.writer.event, "proxy_error",
-                                 reason=f"reading /dev/fuse: {os.strerror(err)}")
+                                 reason=f"reading /dev/fuse: {os.strerror(rest[0])}")
+                self.unmounted.set()
+                self.changed()
+            elif what == "reply_end":
+                self._flush_pieces()
+                if rest[0] and rest[0] not in (errno.ECONNRESET, errno.EBADF):
+                    self._record(self.writer.event, "proxy_error",
+                                 reason=f"reading the server's socket: {os.strerror(rest[0])}")
+                self.server_closed.set()
+                self.changed()
+            else:  # done: both ends closed
                 return
 
+    # --- kernel → server ----------------------------------------------------------------
+
     def _request(self, raw: bytes) -> None:
-        """A request the native loop leaves to us: INIT (maybe altered), or one too odd for
-        its tables. Recorded, then forwarded, as there."""
+        """A request the C loop leaves to us: INIT (maybe altered), or one too odd for its
+        tables. Recorded, then forwarded, as there."""
         opcode, unique, _ = peek_request(raw)
         meta: dict[str, Any] = {}
         if opcode == Opcode.INIT:
@@ -366,65 +394,26 @@ class Relay:
 
     # --- server → kernel ----------------------------------------------------------------
 
-    def _replies(self) -> None:
-        reassembler = Reassembler(lambda unique: self._pump.pending_get(unique) is not None)
-        poller = select.poll()
-        poller.register(self.sock, select.POLLIN)
-        buf: bytearray | None = None  # for the pieces of a spliced reply, read here
-        while True:
-            if reassembler.partial is None:
-                what, *rest = self._pump.replies()
-                if what == "message":
-                    message: memoryview | bytes = rest[0]
-                elif what == "rejected":
-                    unique, opcode, err = rest
-                    self._rejected(unique, opcode, err)
-                    continue
-                elif what == "oversize":
-                    self._oversize(rest[0])
-                    continue
-                else:
-                    if rest[0] and rest[0] not in (errno.ECONNRESET, errno.EBADF):
-                        self._record(self.writer.event, "proxy_error",
-                                     reason=f"reading the server's socket: {os.strerror(rest[0])}")
-                    return
-            else:
-                if not poller.poll(PIECE_WAIT_MS):
-                    stale = reassembler.flush()
-                    if stale is not None:
-                        self._forward(stale)
-                    continue
-                buf = buf or bytearray(BUFFER_SIZE)
-                try:
-                    n = self.sock.recv_into(buf, 0, socket.MSG_TRUNC)
-                except OSError as exc:
-                    if exc.errno not in (errno.ECONNRESET, errno.EBADF):
-                        self._record(self.writer.event, "proxy_error",
-                                     reason=f"reading the server's socket: {exc.strerror}")
-                    return
-                if n == 0:  # every holder of the server's end closed it
-                    stale = reassembler.flush()
-                    if stale is not None:
-                        self._forward(stale)
-                    return
-                if n > len(buf):
-                    self._oversize(n)
-                    continue
-                message = memoryview(buf)[:n]
-            try:
-                whole = reassembler.feed(memoryview(message))
-            except Interleaved as exc:
-                self.broken = (f"{exc}: the server splices replies from several threads at "
-                               f"once, which this relay cannot take apart")
-                self._record(self.writer.event, "proxy_error", reason=self.broken)
-                return
-            if whole is not None:
-                self._forward(whole)
+    def _reply_piece(self, raw: bytes) -> bool:
+        """A message the C loop leaves to us: a piece of a spliced reply, a header that
+        lies, INIT's reply. False when the relay cannot go on."""
+        try:
+            whole = self._reassembler.feed(memoryview(raw))
+        except Interleaved as exc:
+            self.broken = (f"{exc}: the server splices replies from several threads at "
+                           f"once, which this relay cannot take apart")
+            self._record(self.writer.event, "proxy_error", reason=self.broken)
+            return False
+        if whole is not None:
+            self._forward(whole)
+        self._pump.pieces = self._reassembler.partial is not None
+        return True
 
-    def _oversize(self, n: int) -> None:
-        self._record(self.writer.event, "proxy_error",
-                     reason=f"a {n}-byte message from the server exceeds the relay's "
-                            f"{BUFFER_SIZE}-byte buffer; dropped")
+    def _flush_pieces(self) -> None:
+        stale = self._reassembler.flush()
+        if stale is not None:
+            self._forward(stale)
+        self._pump.pieces = False
 
     def _rejected(self, unique: int, opcode: int | None, err: int) -> None:
         self._record(self.writer.event, "reply_rejected", unique=unique, opcode=opcode,

@@ -84,6 +84,7 @@ class RecordConfig:
     options: list[str] = field(default_factory=list)  # fusetrace's own -o items
     mountpoint: str | None = None  # --mountpoint: which server argument it is
     grace: float = GRACE
+    spin_us: int | None = None  # None: SPIN_US when there is a CPU to spare, else 0
 
 
 def _load_trap() -> tuple[Any, str | None]:
@@ -135,6 +136,8 @@ class Session:
         self.plan: MountPlan = self.command.mount_plan(cfg.options)
         if cfg.snaplen < 0:
             raise ArgumentError("-s/--snaplen must be 0 (keep all) or more")
+        if cfg.spin_us is not None and not 0 <= cfg.spin_us <= 1_000_000:
+            raise ArgumentError("--spin-us must be between 0 and 1000000")
         self.cfg = cfg
         self.trap_class, self.trap_missing = _load_trap()
         self.flavour = guess(server)
@@ -221,6 +224,7 @@ class Session:
         else:
             self.writer.event("ioctls_not_intercepted", reason=self.trap_missing)
         self.relay = Relay(self.devfd, self.ours, self.writer, self.cfg.snaplen,
+                           spin_us=self.cfg.spin_us,
                            changed=self.wake.set)
         self.proc = subprocess.Popen(server_argv, pass_fds=[child_fd],
                                      preexec_fn=self.trap.child_setup if self.trap else None,

@@ -295,6 +295,7 @@ def test_mountpoint_in_use(isolated: Path, fs_dirs: FsDirs) -> None:
     (["--", "/nonexistent/server", "{mnt}"], "/nonexistent/server: not an executable file"),
     (["--", "true", "-o", "blkdev", "{mnt}"], "-o blkdev: fuseblk (block device) mounts"),
     (["-s", "-1", "--", "true", "{mnt}"], "-s/--snaplen must be 0"),
+    (["--spin-us", "-5", "--", "true", "{mnt}"], "--spin-us must be between 0 and"),
 ])
 def test_bad_arguments_exit_2_with_one_line(tmp_path: Path, args: list[str], message: str) -> None:
     mnt = tmp_path / "mnt"

@@ -131,14 +131,15 @@ def test_relay_forwards_a_reply_longer_than_it_says_once_no_piece_follows(tmp_pa
 class Session:
     """A relay between a FakeDevice and a server socket, writing `trace`."""
 
-    def __init__(self, trace: Path, snaplen: int = 0) -> None:
+    def __init__(self, trace: Path, snaplen: int = 0, spin_us: int | None = None) -> None:
         self.dev = FakeDevice()
         self.ours, self.server = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         for s in (self.ours, self.server):
             s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8 << 20)
         self.trace = trace
         self.writer = TraceWriter(trace, {}, appender=Appender)
-        self.relay = Relay(self.dev.device.fileno(), self.ours, self.writer, snaplen=snaplen)
+        self.relay = Relay(self.dev.device.fileno(), self.ours, self.writer, snaplen=snaplen,
+                           spin_us=spin_us)
         self.relay.start()
 
     def end(self) -> list:
@@ -150,10 +151,12 @@ class Session:
         return list(TraceReader(self.trace))
 
 
-def test_replies_find_their_opcode_with_a_thousand_requests_in_flight(tmp_path: Path) -> None:
+@pytest.mark.parametrize("spin_us", [0, 50])  # sleeping at once, polling first
+def test_replies_find_their_opcode_with_a_thousand_requests_in_flight(tmp_path: Path,
+                                                                      spin_us: int) -> None:
     """The native unique → opcode table grows and deletes under load: every READ reply,
     answered in reverse order, is still known as one (its data is cut to the snap length)."""
-    s = Session(tmp_path / "t.fzt", snaplen=8)
+    s = Session(tmp_path / "t.fzt", snaplen=8, spin_us=spin_us)
     uniques = list(range(100, 2100, 2))
     for u in uniques:
         s.dev.kernel.send(bytes(FuseInHeader(opcode=Opcode.READ, unique=u, nodeid=2)
@@ -274,3 +277,50 @@ def test_record_without_the_c_part_says_how_to_build_it(tmp_path: Path) -> None:
     shown = subprocess.run([*run, "show", str(tmp_path / "u.fzt")], capture_output=True,
                            text=True, timeout=60, cwd=REPO)
     assert shown.returncode == 0 and "GETATTR" in shown.stdout
+
+
+def test_a_full_server_socket_holds_requests_while_replies_flow(tmp_path: Path) -> None:
+    """A server busy sending does not read: requests wait in the relay (in order, none
+    lost) and its replies still reach the kernel, so neither side wedges the other."""
+    dev = FakeDevice()
+    ours, server = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 << 10)
+    writer = TraceWriter(tmp_path / "t.fzt", {}, appender=Appender)
+    relay = Relay(dev.device.fileno(), ours, writer, snaplen=0)
+    relay.start()
+    writes = [bytes(FuseInHeader(opcode=Opcode.WRITE, unique=u, nodeid=2)
+                    / FuseWriteIn(size=8192) / FuseData(data=bytes([u % 256]) * 8192))
+              for u in range(2, 402, 2)]
+    for write in writes:  # 1.6 MiB: far more than the server's socket takes unread
+        dev.kernel.send(write)
+    server.settimeout(10)
+    dev.kernel.settimeout(10)
+    for u in (2, 4, 6):
+        server.send(_reply(u, struct.pack("<II", 8192, 0)))
+        assert dev.kernel.recv(100)[8:16] == struct.pack("<Q", u)
+    assert [server.recv(1 << 16) for _ in writes] == writes
+    server.close()
+    assert relay.server_closed.wait(5.0)
+    dev.kernel.close()
+    assert relay.join(5.0)
+    writer.close()
+    assert relay.stats.requests == len(writes) and relay.stats.replies == 3
+
+
+def test_a_spliced_reply_in_pieces_is_put_back_together(tmp_path: Path) -> None:
+    """Without the seccomp trap a splice arrives in pieces; another request's whole reply
+    may come between two of them."""
+    s = Session(tmp_path / "t.fzt")
+    for u in (10, 12):
+        s.dev.kernel.send(bytes(FuseInHeader(opcode=Opcode.READ, unique=u, nodeid=2)
+                                / FuseReadIn(size=1 << 17)))
+        s.server.recv(4096)
+    big, small = _reply(10, os.urandom(100_000)), _reply(12, b"x")
+    s.server.send(big[:40_000])
+    s.server.send(small)
+    s.server.send(big[40_000:])
+    assert s.dev.kernel.recv(1 << 17) == small
+    assert s.dev.kernel.recv(1 << 17) == big
+    replies = [r for r in s.end() if r.is_reply]
+    assert [r.raw for r in replies] == [small, big]
+    assert replies[1].meta == {"fragments": [40_000, len(big) - 40_000]}
