@@ -289,6 +289,7 @@ typedef struct {
     int dev_open, sock_open;  /* until /dev/fuse says ENODEV, until the socket's EOF */
     size_t held;       /* a recorded request the full socket has not taken yet */
     int pieces;        /* Python is putting a spliced reply together: hand it everything */
+    uint64_t last_reply_ns;  /* when the socket last gave a message */
     uint64_t spin_ns;
     int piece_wait_ms;
 } Pump;
@@ -562,6 +563,7 @@ static int take_reply(Pump *self, Outcome *out)
         self->sock_open = 0;
         return 1;
     }
+    self->last_reply_ns = now_ns();
     if (n > self->bufsize) {
         out->what = OVERSIZE, out->n = n;
         return 1;
@@ -625,6 +627,11 @@ static PyObject *Pump_run(Pump *self, PyObject *unused)
             break;
         }
         uint64_t now = now_ns();
+        uint64_t pieces_until = self->last_reply_ns + (uint64_t)self->piece_wait_ms * 1000000;
+        if (self->pieces && now >= pieces_until) {
+            out.what = IDLE;  /* requests may flow meanwhile; the pieces have stopped */
+            break;
+        }
         if (moved) {
             busy_until = now + self->spin_ns;
             continue;
@@ -643,9 +650,7 @@ static PyObject *Pump_run(Pump *self, PyObject *unused)
             fds[1].events = 0;
         if (self->held)
             fds[1].events |= POLLOUT;
-        int ready = poll(fds, 2, self->pieces ? self->piece_wait_ms : -1);
-        if (ready == 0)
-            out.what = IDLE;
+        poll(fds, 2, self->pieces ? (int)((pieces_until - now) / 1000000) + 1 : -1);
         busy_until = now_ns() + self->spin_ns;
     }
     Py_END_ALLOW_THREADS

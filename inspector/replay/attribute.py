@@ -8,18 +8,27 @@ whose opcode makes such ioctls (a BACKING_CLOSE made while a RELEASE and a LOOKU
 outstanding belongs to the RELEASE). With nothing outstanding (a server closing a backing id on
 FORGET, which gets no reply) it belongs to the last request sent.
 
+Backing ids settle the rest. A multi-threaded server may handle two RELEASEs at once,
+and the first answered need not be the one whose close came first: a BACKING_CLOSE of id
+N goes to the outstanding RELEASE of a handle whose open reply carried N, and a
+BACKING_OPEN that returned N is never given to an OPEN whose reply carries another id.
+
 The recording and the replay are attributed by this same rule, so their ioctls can be
 compared request by request, whatever else ran concurrently in the recorded session.
 """
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 
 from dissectors.constants import Opcode
 from dissectors.ioctls import DevIoctl
 
+from ..lifecycles.wire import open_out, request_fhs
+
 _OPENS = frozenset({Opcode.OPEN, Opcode.CREATE, Opcode.TMPFILE, Opcode.OPENDIR})
+_RELEASES = frozenset({Opcode.RELEASE, Opcode.RELEASEDIR})
 _CLOSES = frozenset({Opcode.RELEASE, Opcode.RELEASEDIR, Opcode.FORGET, Opcode.BATCH_FORGET,
                      Opcode.DESTROY})
 #: The opcodes whose handling makes an ioctl, most likely first (a server closes a backing
@@ -32,10 +41,24 @@ LIKELY: dict[int, tuple[frozenset[int], ...]] = {
 }
 
 
+_ID_RETURNED = frozenset({DevIoctl.BACKING_OPEN, DevIoctl.PASSTHROUGH_OPEN_V1,
+                          DevIoctl.PASSTHROUGH_OPEN_V2})
+
+
+def ioctl_backing_id(cmd: int, arg: bytes, result: int) -> int | None:
+    """The backing id an ioctl registered (its result) or closed (its argument)."""
+    if cmd in _ID_RETURNED:
+        return result if result > 0 else None
+    if cmd == DevIoctl.BACKING_CLOSE and len(arg) >= 4:
+        return struct.unpack_from("<I", arg)[0]
+    return None
+
+
 @dataclass
 class _Pending:
     token: int
     candidates: list[int]  # uniques
+    backing_id: int | None = None
 
 
 class Attributor:
@@ -49,16 +72,23 @@ class Attributor:
         self.last: int | None = None
         self.pending: list[_Pending] = []
         self.owned: dict[int | None, list[int]] = {}
+        self._fh_ids: dict[int, int] = {}  # open handle → backing id its open reply carried
+        self._carries: dict[int, int] = {}  # unique → backing id a request is known to carry
 
     def _own(self, token: int, unique: int | None) -> None:
         self.owned.setdefault(unique, []).append(token)
 
-    def request(self, unique: int, opcode: int, awaits_reply: bool) -> None:
+    def request(self, unique: int, opcode: int, awaits_reply: bool, raw: bytes = b"") -> None:
         self.last = unique
         if awaits_reply:
             self.outstanding[unique] = opcode
+        if opcode in _RELEASES:
+            for fh in request_fhs(opcode, raw):
+                backing_id = self._fh_ids.pop(fh, None)
+                if backing_id is not None and awaits_reply:
+                    self._carries[unique] = backing_id
 
-    def ioctl(self, token: int, cmd: int) -> None:
+    def ioctl(self, token: int, cmd: int, backing_id: int | None = None) -> None:
         if not self.outstanding:
             self._own(token, self.last)
             return
@@ -68,16 +98,28 @@ class Attributor:
             if preferred:
                 candidates = preferred
                 break
-        self.pending.append(_Pending(token, candidates))
+        known = ([u for u in candidates if self._carries.get(u) == backing_id]
+                 if backing_id is not None else [])
+        self.pending.append(_Pending(token, known or candidates, backing_id))
 
-    def reply(self, unique: int) -> None:
-        if self.outstanding.pop(unique, None) is None:
+    def reply(self, unique: int, raw: bytes = b"") -> None:
+        opcode = self.outstanding.pop(unique, None)
+        if opcode is None:
             return
+        carried = self._carries.pop(unique, None)
+        if opcode in _OPENS:
+            out = open_out(opcode, raw) if len(raw) >= 16 and raw[4:8] == bytes(4) else None
+            if out is not None and out[2]:
+                self._fh_ids[out[0]] = carried = out[2]
         keep = []
         for item in self.pending:
-            if unique in item.candidates:
+            if unique not in item.candidates:
+                keep.append(item)
+            elif (carried is None or item.backing_id is None or carried == item.backing_id
+                  or len(item.candidates) == 1):
                 self._own(item.token, unique)
-            else:
+            else:  # this request carries another id: the ioctl is one still outstanding's
+                item.candidates.remove(unique)
                 keep.append(item)
         self.pending = keep
 

@@ -33,7 +33,7 @@ from dissectors.quick import brief_reply, peek_reply
 from dissectors.structs import FuseInHeader
 from traces import TraceWriter
 
-from .attribute import Attributor
+from .attribute import Attributor, ioctl_backing_id
 from .emulate import IoctlCall, IoctlLog
 from .masks import Masks, notify_key
 from .report import Difference, FieldDiff, ReplayReport
@@ -214,7 +214,8 @@ class Replayer:
         for call in calls:
             if call.cmd in COMPARED_IOCTLS:
                 self.calls[call.seq] = call
-                self.attr.ioctl(call.seq, call.cmd)
+                self.attr.ioctl(call.seq, call.cmd,
+                                ioctl_backing_id(call.cmd, call.arg, call.result))
 
     def _send(self, ex: Exchange) -> None:
         self._drain_calls()
@@ -225,7 +226,7 @@ class Replayer:
             raw += bytes(ex.true_len - len(raw))
         self.rep.feed_request(raw)
         awaits = ex.answered and ex.opcode not in NO_REPLY_OPCODES
-        self.attr.request(ex.unique, ex.opcode, awaits)
+        self.attr.request(ex.unique, ex.opcode, awaits, raw)
         sent = self.sent[ex.unique] = _Sent(ex, view)
         try:
             self.server.send(raw)
@@ -283,7 +284,7 @@ class Replayer:
             self._extra_reply(sent, msg)
             return
         self.arrived[unique] = msg
-        self.attr.reply(unique)
+        self.attr.reply(unique, msg)
 
     def _extra_reply(self, sent: _Sent | None, msg: bytes) -> None:
         _, unique = peek_reply(msg)

@@ -23,7 +23,7 @@ from dissectors.ioctls import DevIoctl
 from dissectors.quick import peek_reply, peek_request
 from traces import Record, TraceReadError, TraceReader
 
-from .attribute import Attributor
+from .attribute import Attributor, ioctl_backing_id
 
 SEND, EXPECT = 0, 1
 #: ioctls a replay compares; CLONE and SYNC_INIT are the proxy's business, not the server's.
@@ -126,7 +126,8 @@ def _build(where: str, header: dict[str, Any], records: list[Any]) -> Script:
             exchanges[unique] = ex
             ordered.append(ex)
             steps.append((SEND, ex))
-            attributor.request(unique, opcode, opcode not in NO_REPLY_OPCODES and unique in answered)
+            attributor.request(unique, opcode, opcode not in NO_REPLY_OPCODES and unique in answered,
+                               rec.raw)
         elif rec.is_reply:
             _, unique = peek_reply(rec.raw)
             if unique == 0:
@@ -138,13 +139,14 @@ def _build(where: str, header: dict[str, Any], records: list[Any]) -> Script:
             ex.reply_index, ex.reply = rec.index, rec.raw
             ex.reply_true_len = _true_len(rec)
             steps.append((EXPECT, ex))
-            attributor.reply(unique)
+            attributor.reply(unique, rec.raw)
         elif rec.is_ioctl and rec.meta["cmd"] in COMPARED_IOCTLS:
             meta = rec.meta
             ioctls[rec.index] = IoctlRecord(rec.index, meta["cmd"], bytes(meta.get("arg") or b""),
                                             int(meta.get("result") or 0), int(meta.get("errno") or 0),
                                             meta.get("path"))
-            attributor.ioctl(rec.index, meta["cmd"])
+            call = ioctls[rec.index]
+            attributor.ioctl(rec.index, call.cmd, ioctl_backing_id(call.cmd, call.arg, call.result))
     attributor.finish()
     startup: list[IoctlRecord] = []
     for owner, tokens in attributor.owned.items():

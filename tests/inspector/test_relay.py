@@ -10,6 +10,7 @@ import socket
 import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -324,3 +325,30 @@ def test_a_spliced_reply_in_pieces_is_put_back_together(tmp_path: Path) -> None:
     replies = [r for r in s.end() if r.is_reply]
     assert [r.raw for r in replies] == [small, big]
     assert replies[1].meta == {"fragments": [40_000, len(big) - 40_000]}
+
+
+def test_a_cut_reply_is_given_up_on_while_requests_keep_coming(tmp_path: Path) -> None:
+    """A header that claims more than came: it is forwarded once no piece has come for
+    PIECE_WAIT_MS, even while the kernel keeps the relay busy with requests."""
+    s = Session(tmp_path / "t.fzt")
+    s.dev.kernel.send(bytes(FuseInHeader(opcode=Opcode.READ, unique=6, nodeid=2)
+                            / FuseReadIn(size=4096)))
+    s.server.recv(4096)
+    bad = bytearray(_reply(6, b"x" * 100))
+    struct.pack_into("<I", bad, 0, 4096 + 16)
+    s.server.send(bytes(bad))
+    s.dev.kernel.setblocking(False)
+    got, unique = None, 8
+    for _ in range(100):  # up to 2 s, a request every 20 ms
+        s.dev.kernel.send(bytes(FuseInHeader(opcode=Opcode.GETATTR, unique=unique, nodeid=1))
+                          + bytes(16))
+        unique += 2
+        time.sleep(0.02)
+        try:
+            got = s.dev.kernel.recv(8192)
+            break
+        except BlockingIOError:
+            continue
+    assert got == bad
+    s.dev.kernel.setblocking(True)
+    s.end()

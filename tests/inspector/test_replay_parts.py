@@ -8,9 +8,9 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from dissectors.constants import Opcode
+from dissectors.constants import FOPEN_PASSTHROUGH, Opcode
 from dissectors.ioctls import DevIoctl
-from dissectors.structs import FuseInHeader, FuseInitIn
+from dissectors.structs import FuseInHeader, FuseInitIn, FuseOpenOut, FuseOutHeader, FuseReleaseIn
 from inspector.replay import replay
 from inspector.replay.attribute import Attributor
 from inspector.replay.masks import Mask, Masks
@@ -120,3 +120,46 @@ def test_ioctls_belong_to_the_request_that_makes_them() -> None:
     a.ioctl(3, DevIoctl.BACKING_CLOSE)  # nothing outstanding: the last request sent
     a.finish()
     assert a.owned == {30: [1], 32: [2], 36: [3]}
+
+
+def _open_reply(unique: int, fh: int, backing_id: int) -> bytes:
+    return bytes(FuseOutHeader(unique=unique)
+                 / FuseOpenOut(fh=fh, open_flags=FOPEN_PASSTHROUGH, backing_id=backing_id))
+
+
+def _release(unique: int, fh: int) -> bytes:
+    return bytes(FuseInHeader(opcode=Opcode.RELEASE, unique=unique, nodeid=2)
+                 / FuseReleaseIn(fh=fh))
+
+
+def test_concurrent_releases_get_the_close_of_their_own_backing_id() -> None:
+    """Two RELEASEs handled at once by two server threads: the close of id 5 comes second
+    and the RELEASE of the handle that carried id 6 is answered first. Backing ids, not
+    the order of replies, say whose close is whose."""
+    a = Attributor()
+    for unique, fh, backing_id, token in ((10, 0xB, 5, 1), (12, 0xC, 6, 2)):
+        a.request(unique, Opcode.OPEN, True)
+        a.ioctl(token, DevIoctl.BACKING_OPEN, backing_id)
+        a.reply(unique, _open_reply(unique, fh, backing_id))
+    a.request(20, Opcode.RELEASE, True, _release(20, 0xC))
+    a.request(22, Opcode.RELEASE, True, _release(22, 0xB))
+    a.ioctl(3, DevIoctl.BACKING_CLOSE, 6)
+    a.ioctl(4, DevIoctl.BACKING_CLOSE, 5)
+    a.reply(20)
+    a.reply(22)
+    a.finish()
+    assert a.owned == {10: [1], 12: [2], 20: [3], 22: [4]}
+
+
+def test_an_open_is_not_given_another_opens_backing_id() -> None:
+    """Two OPENs at once: the one answered first carries id 8, so the BACKING_OPEN that
+    returned 7 stays with the other."""
+    a = Attributor()
+    a.request(10, Opcode.OPEN, True)
+    a.request(12, Opcode.OPEN, True)
+    a.ioctl(1, DevIoctl.BACKING_OPEN, 7)
+    a.ioctl(2, DevIoctl.BACKING_OPEN, 8)
+    a.reply(12, _open_reply(12, 0xA, 8))
+    a.reply(10, _open_reply(10, 0xB, 7))
+    a.finish()
+    assert a.owned == {10: [1], 12: [2]}
