@@ -435,16 +435,19 @@ class _Pass:
         """A `reply_rejected` event: the recorder learnt after recording the reply that
         the kernel refused it, so what the reply handed out never existed."""
         unique, err = meta.get("unique", 0), meta.get("write_errno", 0)
+        # ENODEV, or refused once the connection had ended: the mount was already gone,
+        # and its requests with it; nothing went wrong
+        harmless = err == _ENODEV or bool(meta.get("connection_gone"))
         found = self.recent.pop(unique, None)
         if found is None:  # a reply that handed out nothing: only the event is kept
-            if err != _ENODEV:
+            if not harmless:
                 what = _op(meta.get("opcode") or 0)
                 self.flag("reply-rejected", f"the kernel rejected the reply to {what} (unique "
                                             f"{unique}) with {errno_name(err)}, event #{i}: "
                                             f"{_rejection_cause(err, None)}", [i])
             return
         reply, asked, raw, interrupt = found
-        if err != _ENODEV:  # ENODEV: the mount was already gone, nothing went wrong
+        if not harmless:
             self.rejected(reply, err, asked, unique, interrupt, i)
         if asked.opcode in _ENTRY_REPLIES:
             lc = self.nodes.get(wire.entry_nodeid(raw) or 0)

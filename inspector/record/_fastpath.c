@@ -475,7 +475,8 @@ enum outcome {
     REQUEST_END,   /* ("request_end", errno): /dev/fuse said ENODEV (or failed) */
     REPLY,         /* ("reply", bytes): a piece, a lying header, INIT's reply; or any
                     * reply while Python puts pieces together */
-    REJECTED,      /* ("rejected", unique, opcode or None, errno): /dev/fuse refused it */
+    REJECTED,      /* ("rejected", unique, opcode or None, errno, gone): /dev/fuse refused
+                    * it; gone: the connection had ended (unmounted or aborted) */
     OVERSIZE,      /* ("oversize", size): larger than the buffer; dropped */
     REPLY_END,     /* ("reply_end", errno): every holder of the server's end closed it */
     IDLE,          /* ("idle",): no message for `piece_wait_ms` while putting pieces together */
@@ -488,7 +489,16 @@ typedef struct {
     int err;
     uint64_t unique;
     long opcode;
+    int gone;
 } Outcome;
+
+/* Whether the connection has ended: /dev/fuse polls POLLERR once it is unmounted or
+ * aborted. A reply refused then (ENOENT: its request was dropped) is nobody's bug. */
+static int connection_gone(int devfd)
+{
+    struct pollfd p = {devfd, POLLIN, 0};
+    return poll(&p, 1, 0) == 1 && (p.revents & POLLERR);
+}
 
 /* Forward the held request (read, recorded, not yet sent). */
 static void send_held(Pump *self, Outcome *out)
@@ -597,8 +607,10 @@ static int take_reply(Pump *self, Outcome *out)
     while (written < 0 && errno == EINTR);
     self->replies++;
     self->reply_bytes += (unsigned long long)n;
-    if (written < 0)
+    if (written < 0) {
         out->what = REJECTED, out->err = errno, out->unique = unique, out->opcode = opcode;
+        out->gone = connection_gone(self->devfd);
+    }
     return 1;
 }
 
@@ -607,7 +619,7 @@ static int take_reply(Pump *self, Outcome *out)
  * sooner than a sleeping thread can be woken (two wake-ups saved per round trip). */
 static PyObject *Pump_run(Pump *self, PyObject *unused)
 {
-    Outcome out = {NONE, 0, 0, 0, -1};
+    Outcome out = {NONE, 0, 0, 0, -1, 0};
     if (!self->request_buf)
         return PyErr_Format(PyExc_RuntimeError, "Pump not initialised");
     Py_BEGIN_ALLOW_THREADS
@@ -665,8 +677,10 @@ static PyObject *Pump_run(Pump *self, PyObject *unused)
         return Py_BuildValue("(sy#)", "reply", self->reply_buf, out.n);
     case REJECTED:
         if (out.opcode < 0)
-            return Py_BuildValue("(sKOi)", "rejected", (unsigned long long)out.unique, Py_None, out.err);
-        return Py_BuildValue("(sKli)", "rejected", (unsigned long long)out.unique, out.opcode, out.err);
+            return Py_BuildValue("(sKOiO)", "rejected", (unsigned long long)out.unique, Py_None,
+                                 out.err, out.gone ? Py_True : Py_False);
+        return Py_BuildValue("(sKliO)", "rejected", (unsigned long long)out.unique, out.opcode,
+                             out.err, out.gone ? Py_True : Py_False);
     case OVERSIZE:
         return Py_BuildValue("(sn)", "oversize", out.n);
     case REPLY_END:

@@ -51,6 +51,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import select
 import socket
 import struct
 import threading
@@ -98,6 +99,13 @@ def native() -> ModuleType:
         raise NotBuilt(f"recording needs the C part that `pip install -e .` builds with gcc "
                        f"and python3-dev (README, command 1): {exc}") from exc
     return _fastpath
+
+
+def _connection_gone(devfd: int) -> bool:
+    """Whether /dev/fuse says the connection ended (POLLERR: unmounted or aborted)."""
+    poller = select.poll()
+    poller.register(devfd, select.POLLIN)
+    return any(ev & select.POLLERR for _, ev in poller.poll(0))
 
 
 def server_socketpair() -> tuple[socket.socket, socket.socket, bool]:
@@ -415,9 +423,10 @@ class Relay:
             self._forward(stale)
         self._pump.pieces = False
 
-    def _rejected(self, unique: int, opcode: int | None, err: int) -> None:
+    def _rejected(self, unique: int, opcode: int | None, err: int, gone: bool) -> None:
+        """`connection_gone`: refused because the mount had ended (nobody's bug)."""
         self._record(self.writer.event, "reply_rejected", unique=unique, opcode=opcode,
-                     write_errno=err)
+                     write_errno=err, connection_gone=gone)
 
     def _forward(self, whole: tuple[memoryview | bytearray, list[int] | None]) -> None:
         """Record one reply or notification, then write it to /dev/fuse."""
@@ -435,7 +444,7 @@ class Relay:
         try:
             os.write(self.devfd, raw)
         except OSError as exc:
-            self._rejected(unique, opcode, exc.errno or errno.EIO)
+            self._rejected(unique, opcode, exc.errno or errno.EIO, _connection_gone(self.devfd))
         if opcode == Opcode.INIT:
             self.init_answered.set()
             self.changed()

@@ -276,6 +276,12 @@ def test_rejected_replies(s: Session) -> None:
     _, unique = s.request(Opcode.STATFS)
     s.reply(unique)
     s.event("reply_rejected", unique=unique, opcode=Opcode.STATFS, write_errno=errno.ENODEV)
+    _, unique = s.request(Opcode.OPEN, FuseOpenIn(), 2)
+    s.reply(unique, FuseOpenOut(fh=0x20))
+    _, unique = s.request(Opcode.RELEASE, FuseReleaseIn(fh=0x20), 2)
+    s.reply(unique)  # answered after the unmount: its request was dropped with the mount
+    s.event("reply_rejected", unique=unique, opcode=Opcode.RELEASE, write_errno=errno.ENOENT,
+            connection_gone=True)
     a = s.end()
     rejected = [(x.records, x.message.split(" with ")[1].split(":")[0]) for x in a.anomalies]
     assert rejected == [((reply - 1, reply, event), "EINVAL"), ((late - 1, late), "ENOENT")]
