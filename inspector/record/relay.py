@@ -22,7 +22,8 @@ OPEN reply, NOTIFY_REPLY after a RETRIEVE notification) is always recorded after
 reply. The price of recording first: the
 kernel's verdict on a reply is not known yet. When its write fails (EINVAL for a malformed
 reply, ENOENT for a request that was interrupted or aborted, ENODEV after the unmount), a
-`reply_rejected` event follows the reply record with its `unique` and `write_errno`.
+`reply_rejected` event follows the reply record with its `unique`, `write_errno` and
+`connection_gone` (the device polls POLLERR: the mount had ended, and its requests with it).
 (The bundled server's own `--trace` writes first and records after, with the errno in the
 reply's meta; it can afford the lock that keeps that ordered, being the only writer.)
 
