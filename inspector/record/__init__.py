@@ -6,8 +6,8 @@ convention since 3.3), and relays every message between the two, recording each 
 before it is forwarded.
 
 Modules: `args` (the server's command line: mountpoint heuristic, `-o` mount options),
-`relay` (the two message pumps, INIT masking; their per-message loops and the trace
-appender are C, in `_fastpath.c`), `session` (mount, server process,
+`relay` (the relay thread, INIT masking; its per-message loop and the trace appender
+are C, in `_fastpath.c`), `session` (mount, server process,
 every way a session ends), `progress` (the live stderr line), `cleanup` (run-directory
 notes and `fusetrace cleanup`), `trap` (seccomp interception of the server's /dev/fuse
 ioctls, when present).

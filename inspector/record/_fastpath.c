@@ -1,19 +1,20 @@
 /*
- * The recorder's hot path in C: the two relay pumps and the trace appender they share.
+ * The recorder's hot path in C: the relay loop and the trace appender it shares.
  *
  * Why native: in Python each relayed message cost ~35 us of CPU (interpreter, msgpack,
- * stats), more than a fast C server spends answering it. Here a pump loops with the GIL
- * released and does only what every ordinary message needs: read it, note its unique,
- * cut its file data to the snap length, append its record to the trace (one writev, before
- * forwarding, as the Python writer does), forward it. Anything else (INIT, which may be
- * altered; a reply cut into pieces; a refused write; the end) goes back to Python
- * (`relay.py`), which keeps every decision that is not per-message arithmetic.
+ * stats), more than a fast C server spends answering it. Here one loop serves both
+ * directions with the GIL released and does only what every ordinary message needs: read
+ * it, note its unique, cut its file data to the snap length, append its record to the
+ * trace (one writev, before forwarding, as the Python writer does), forward it. Anything
+ * else (INIT, which may be altered; a reply cut into pieces; a refused write; the end)
+ * goes back to Python (`relay.py`), which keeps every decision that is not per-message
+ * arithmetic.
  *
  * Protocol knowledge is not copied here: the opcode tables (which messages carry file data
  * and where it starts, which requests get no reply, which go to Python) are handed in by
  * `relay.py` from `dissectors`.
  *
- * Appender: the one lock and counter set for a trace file, shared by the pumps and by
+ * Appender: the one lock and counter set for a trace file, shared by the loop and by
  * `traces.TraceWriter` (Python records go through it too), so a failed write can be cut
  * back off the file without cutting anybody else's record.
  */
@@ -763,7 +764,6 @@ static int Pump_set_pieces(Pump *self, PyObject *value, void *c)
 static PyObject *Pump_get_dev_open(Pump *self, void *c) { return PyBool_FromLong(self->dev_open); }
 
 static PyObject *Pump_get_trace_errno(Pump *self, void *c) { return PyLong_FromLong(self->trace_errno); }
-static PyObject *Pump_get_pending_count(Pump *self, void *c) { return PyLong_FromSize_t(self->pending.used); }
 
 static PyMethodDef Pump_methods[] = {
     {"run", (PyCFunction)Pump_run, METH_NOARGS, "relay both ways until Python is needed"},
@@ -780,7 +780,6 @@ static PyGetSetDef Pump_getset[] = {
     {"request_bytes", (getter)Pump_get_request_bytes, NULL, NULL, NULL},
     {"reply_bytes", (getter)Pump_get_reply_bytes, NULL, NULL, NULL},
     {"trace_errno", (getter)Pump_get_trace_errno, NULL, "errno of a failed trace write, or 0", NULL},
-    {"pending_count", (getter)Pump_get_pending_count, NULL, "requests awaiting a reply", NULL},
     {"pieces", (getter)Pump_get_pieces, (setter)Pump_set_pieces,
      "while True every message from the server goes to Python, and `run` returns "
      "(\"idle\",) after piece_wait_ms without one", NULL},
@@ -790,7 +789,7 @@ static PyGetSetDef Pump_getset[] = {
 static PyTypeObject PumpType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "inspector.record._fastpath.Pump",
-    .tp_doc = "The relay's per-message loops (see relay.py)",
+    .tp_doc = "The relay's per-message loop (see relay.py)",
     .tp_basicsize = sizeof(Pump),
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_new = Pump_new,
