@@ -236,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="how long the server gets after SIGTERM before SIGKILL (default %(default)s)")
     rec.add_argument("--spin-us", type=int, default=None, metavar="US",
                      help="how long the relay polls after a message before it sleeps: "
-                          "fast servers answer sooner than a thread wakes (default 50 with "
+                          "fast servers answer sooner than a thread wakes (default 300 with "
                           "two CPUs or more, else 0; 0 sleeps at once)")
     rec.add_argument("server", nargs=argparse.REMAINDER, metavar="SERVER [ARGS...]",
                      help=argparse.SUPPRESS)

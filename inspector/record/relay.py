@@ -160,7 +160,7 @@ def mask_init(raw: bytes | memoryview, mask: int) -> tuple[bytes, str] | None:
 
 _OUT = struct.Struct("<IiQ")  # fuse_out_header: len, error, unique
 PIECE_WAIT_MS = 200  # the pieces of one splice arrive back to back; longer means no more come
-SPIN_US = 50  # how long the C loop polls after a message before it sleeps (see _fastpath.c)
+SPIN_US = 300  # how long the C loop polls after a message before it sleeps (see _fastpath.c)
 
 
 def default_spin_us() -> int:
