@@ -7,7 +7,7 @@ fails half-way is cut back off the file, so the trace stays a clean prefix. File
 mode 0600 whatever the umask: they can hold file contents.
 
 The appends themselves go through an `Appender`: `FileAppender` here, or the recorder's
-native one, which its C relay pumps write through too, under the same lock.
+native one, which its C relay loop writes through too, under the same lock.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ class Appender(Protocol):
 
     records: int
     bytes_written: int
+    closed: bool
 
     def append(self, data: bytes, count: int = 1) -> None:
         """Write `data` (`count` records) whole, or raise with the file as it was."""
@@ -72,6 +73,10 @@ class FileAppender:
                 raise
             self.records += count
             self.bytes_written += len(data)
+
+    @property
+    def closed(self) -> bool:
+        return self._fd < 0
 
     def close(self) -> None:
         with self._lock:
@@ -155,7 +160,6 @@ class TraceWriter(_Recorder):
         except BaseException:
             os.close(fd)
             raise
-        self._closed = False
         try:
             self.appender.append(head, 0)
         except BaseException:
@@ -170,7 +174,7 @@ class TraceWriter(_Recorder):
 
     @property
     def closed(self) -> bool:
-        return self._closed
+        return self.appender.closed
 
     @property
     def records(self) -> int:
@@ -181,7 +185,6 @@ class TraceWriter(_Recorder):
         return self.appender.bytes_written
 
     def close(self) -> None:
-        self._closed = True
         self.appender.close()
 
     def batch(self) -> Batch:

@@ -290,7 +290,7 @@ typedef struct {
     int dev_open, sock_open;  /* until /dev/fuse says ENODEV, until the socket's EOF */
     size_t held;       /* a recorded request the full socket has not taken yet */
     int pieces;        /* Python is putting a spliced reply together: hand it everything */
-    uint64_t last_reply_ns;  /* when the socket last gave a message */
+    uint64_t last_reply_ns;  /* when the socket last gave Python a message */
     uint64_t spin_ns;
     int piece_wait_ms;
 } Pump;
@@ -574,7 +574,6 @@ static int take_reply(Pump *self, Outcome *out)
         self->sock_open = 0;
         return 1;
     }
-    self->last_reply_ns = now_ns();
     if (n > self->bufsize) {
         out->what = OVERSIZE, out->n = n;
         return 1;
@@ -583,18 +582,18 @@ static int take_reply(Pump *self, Outcome *out)
      * garbage: Python's reassembler tells which), or Python is putting pieces together */
     if (self->pieces || n < OUT_HEADER || u32_at(buf) != (uint32_t)n) {
         out->what = REPLY, out->n = n;
+        self->last_reply_ns = now_ns();  /* the clock for giving up on missing pieces */
         return 1;
     }
     int32_t error;
     memcpy(&error, buf + 4, 4);
     uint64_t unique = u64_at(buf + 8);
-    long opcode = pending_take(&self->pending, unique, 0);
+    long opcode = pending_take(&self->pending, unique, 1);
     if (opcode >= TABLE || (opcode >= 0 && self->to_python[opcode])) {
+        pending_put(&self->pending, unique, (uint32_t)opcode);  /* Python's to take */
         out->what = REPLY, out->n = n;
         return 1;
     }
-    if (opcode >= 0)
-        pending_take(&self->pending, unique, 1);
     int data_at = -1;
     if (!unique)
         data_at = error > 0 && error < TABLE ? self->data_notify[error] : -1;
@@ -739,6 +738,11 @@ static PyObject *Pump_count(Pump *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
+static PyObject *Pump_connection_gone(Pump *self, PyObject *unused)
+{
+    return PyBool_FromLong(connection_gone(self->devfd));
+}
+
 static PyObject *Pump_stop_recording(Pump *self, PyObject *unused)
 {
     self->recording = 0;
@@ -772,6 +776,8 @@ static PyMethodDef Pump_methods[] = {
     {"pending_pop", (PyCFunction)Pump_pending_pop, METH_O, "pending_get, and forget it"},
     {"count", (PyCFunction)Pump_count, METH_VARARGS, "count(is_request, size): a message Python relayed"},
     {"stop_recording", (PyCFunction)Pump_stop_recording, METH_NOARGS, "relay on without recording"},
+    {"connection_gone", (PyCFunction)Pump_connection_gone, METH_NOARGS,
+     "whether /dev/fuse says the connection ended (unmounted or aborted)"},
     {NULL}};
 
 static PyGetSetDef Pump_getset[] = {

@@ -52,7 +52,6 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import select
 import socket
 import struct
 import threading
@@ -100,13 +99,6 @@ def native() -> ModuleType:
         raise NotBuilt(f"recording needs the C part that `pip install -e .` builds with gcc "
                        f"and python3-dev (README, command 1): {exc}") from exc
     return _fastpath
-
-
-def _connection_gone(devfd: int) -> bool:
-    """Whether /dev/fuse says the connection ended (POLLERR: unmounted or aborted)."""
-    poller = select.poll()
-    poller.register(devfd, select.POLLIN)
-    return any(ev & select.POLLERR for _, ev in poller.poll(0))
 
 
 def server_socketpair() -> tuple[socket.socket, socket.socket, bool]:
@@ -161,13 +153,13 @@ def mask_init(raw: bytes | memoryview, mask: int) -> tuple[bytes, str] | None:
 _OUT = struct.Struct("<IiQ")  # fuse_out_header: len, error, unique
 PIECE_WAIT_MS = 200  # the pieces of one splice arrive back to back; longer means no more come
 SPIN_US = 300  # how long the C loop polls after a message before it sleeps (see _fastpath.c)
+_MAX_NOTIFY_CODE = 64  # notification codes are small (7.45 ends at 9); room to grow
 
 
 def default_spin_us() -> int:
     """SPIN_US when this process may run on two CPUs or more; on one, polling would only
     keep the server from running."""
     return SPIN_US if len(os.sched_getaffinity(0)) > 1 else 0
-_MAX_NOTIFY_CODE = 64  # notification codes are small (7.45 ends at 9); room to grow
 
 
 class Interleaved(Exception):
@@ -445,7 +437,7 @@ class Relay:
         try:
             os.write(self.devfd, raw)
         except OSError as exc:
-            self._rejected(unique, opcode, exc.errno or errno.EIO, _connection_gone(self.devfd))
+            self._rejected(unique, opcode, exc.errno or errno.EIO, self._pump.connection_gone())
         if opcode == Opcode.INIT:
             self.init_answered.set()
             self.changed()

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 from dissectors.constants import Opcode
 from dissectors.ioctls import DevIoctl
+from dissectors.quick import peek_reply
 
 from ..lifecycles.wire import open_out, request_fhs
 
@@ -107,8 +108,8 @@ class Attributor:
         if opcode is None:
             return
         carried = self._carries.pop(unique, None)
-        if opcode in _OPENS:
-            out = open_out(opcode, raw) if len(raw) >= 16 and raw[4:8] == bytes(4) else None
+        if opcode in _OPENS and peek_reply(raw)[0] == 0:  # a successful open
+            out = open_out(opcode, raw)
             if out is not None and out[2]:
                 self._fh_ids[out[0]] = carried = out[2]
         keep = []
