@@ -13,6 +13,7 @@ from typing import Callable, Sequence
 from traces import TraceReadError, TraceReader
 
 from . import __version__
+from .record.flavour import Connect
 
 
 def _show(args: argparse.Namespace) -> int:
@@ -55,13 +56,6 @@ def _show_range(args: argparse.Namespace) -> int:
         sys.stdout.flush()
         if idx.tail:
             print(f"fusetrace: {args.trace}: {idx.tail}", file=sys.stderr)
-    return 0
-
-
-def _export(args: argparse.Namespace) -> int:
-    from .show import write_jsonl
-
-    write_jsonl(TraceReader(args.trace), sys.stdout)
     return 0
 
 
@@ -129,7 +123,7 @@ def _record(args: argparse.Namespace) -> int:
     return record(RecordConfig(server=args.server, trace=trace, snaplen=args.snaplen,
                                quiet=args.quiet, options=args.options,
                                mountpoint=args.mountpoint, grace=args.grace,
-                               spin_us=args.spin_us))
+                               connect=Connect(args.connect), spin_us=args.spin_us))
 
 
 def _cleanup(args: argparse.Namespace) -> int:
@@ -173,11 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
                            "'backing=3', 'lat>10ms' (see README: Browsing a trace)")
     show.set_defaults(run=_show)
 
-    export = sub.add_parser("export", help="write a trace as JSON lines for scripts")
-    export.add_argument("--jsonl", action="store_true", default=True,
-                        help="one JSON object per record (the default and only format)")
-    export.add_argument("trace", help="trace file (.fzt)")
-    export.set_defaults(run=_export)
+    from .export.command import add_parsers as add_exports
+
+    add_exports(sub)
 
     check = sub.add_parser(
         "check", help="list anomalies (leaked backing ids, rejected replies ...) with proof",
@@ -211,14 +203,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     rec = sub.add_parser(
         "record", help="run a FUSE server behind a recording proxy",
-        usage="fusetrace record [-w TRACE] [-s SNAPLEN] [-q] [-o OPTS] [--mountpoint PATH] "
-              "-- SERVER [ARGS...]",
-        description="Run SERVER as you would, mountpoint included: fusetrace mounts the "
-                    "mountpoint itself (root), hands SERVER a socket as /dev/fd/N in its "
-                    "place (libfuse >= 3.3 servers accept that) and records every message "
-                    "between the kernel and SERVER. Ends when the mount is unmounted, the "
-                    "server exits, or on Ctrl-C (twice to force).",
-        epilog="The mountpoint is the last of SERVER's arguments naming an existing "
+        usage="fusetrace record [-w TRACE] [-s SNAPLEN] [-q] [--connect HOW] [-o OPTS] "
+              "[--mountpoint PATH] [--grace S] -- SERVER [ARGS...]",
+        description="Run SERVER as you would: fusetrace records every message between the "
+                    "kernel and SERVER. As root, SERVER's command line is left as typed: "
+                    "its own open of /dev/fuse (or its fusermount3 helper's) gets the "
+                    "relay, and its mount is made for real as it asked. Otherwise fusetrace "
+                    "mounts SERVER's mountpoint itself and hands SERVER a socket as /dev/fd/N "
+                    "in its place (libfuse >= 3.3 servers accept that). Ends when the mount "
+                    "is unmounted, the server exits, or on Ctrl-C; after the unmount it waits "
+                    "for the server to exit for as long as it takes (Ctrl-C again kills it).",
+        epilog="Exit status: the server's (0 when it ended cleanly); 2 when it could not "
+               "start or never mounted; 130 when it had to be killed. With --connect dev-fd "
+               "the mountpoint is the last of SERVER's arguments naming an existing "
                "directory; its -o options allow_other, default_permissions, ro, fsname=, "
                "subtype=, max_read= and mount flags (nosuid, noatime ...) apply to the mount.")
     rec.add_argument("-w", "--write", metavar="TRACE",
@@ -232,8 +229,15 @@ def build_parser() -> argparse.ArgumentParser:
                      help="more mount options, on top of SERVER's own -o")
     rec.add_argument("--mountpoint", metavar="PATH",
                      help="which of SERVER's arguments is the mountpoint, when the guess is wrong")
-    rec.add_argument("--grace", type=float, default=5.0, metavar="SECONDS",
-                     help="how long the server gets after SIGTERM before SIGKILL (default %(default)s)")
+    rec.add_argument("--connect", choices=[c.value for c in Connect], default="auto",
+                     help="how SERVER gets its connection: auto (as root: let it mount by "
+                          "itself; else dev-fd), device-open (it opens /dev/fuse and mounts), "
+                          "helper (through fusermount3), dev-fd (fusetrace mounts, SERVER gets "
+                          "/dev/fd/N); -o implies dev-fd")
+    rec.add_argument("--grace", type=float, default=None, metavar="SECONDS",
+                     help="after the unmount, SIGTERM the server if it has not exited after "
+                          "SECONDS and SIGKILL it after twice that (default: wait as long as "
+                          "it takes; it may be saving data)")
     rec.add_argument("--spin-us", type=int, default=None, metavar="US",
                      help="how long the relay polls after a message before it sleeps: "
                           "fast servers answer sooner than a thread wakes (default 300 with "
