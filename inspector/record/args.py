@@ -150,23 +150,31 @@ def mount_plan(items: list[str], program: str) -> MountPlan:
 
 @dataclass
 class ServerCommand:
-    """The server's command line and where its mountpoint sits in it."""
+    """The server's command line and where its mountpoint sits in it (None when it could
+    not be told and the server mounts by itself: then only the server knows)."""
 
     argv: list[str]
-    mount_index: int
+    mount_index: int | None
 
     @classmethod
-    def parse(cls, argv: list[str], explicit: str | None = None) -> ServerCommand:
+    def parse(cls, argv: list[str], explicit: str | None = None,
+              required: bool = True) -> ServerCommand:
         if not argv:
             raise ArgumentError("no server command given: fusetrace record [OPTIONS] -- "
                                 "SERVER [ARGS...] MOUNTPOINT")
-        return cls(list(argv), find_mountpoint(argv, explicit))
+        try:
+            return cls(list(argv), find_mountpoint(argv, explicit))
+        except ArgumentError:
+            if required or explicit is not None:
+                raise
+            return cls(list(argv), None)
 
     @property
-    def mountpoint(self) -> str:
-        return self.argv[self.mount_index]
+    def mountpoint(self) -> str | None:
+        return None if self.mount_index is None else self.argv[self.mount_index]
 
     def with_mountpoint(self, replacement: str) -> list[str]:
+        assert self.mount_index is not None
         argv = list(self.argv)
         argv[self.mount_index] = replacement
         return argv

@@ -1,4 +1,5 @@
-"""How a server gets its /dev/fuse connection, guessed from the binary it runs.
+"""How a server gets its /dev/fuse connection: chosen for `record` (`Connect`), guessed
+from the binary for `replay` (`guess`).
 
 libfuse 3.3+ takes `/dev/fd/N` as its mountpoint and never opens the device: the cheapest
 way to interpose (nothing of the server's is trapped but its FUSE ioctls). libfuse 2
@@ -36,3 +37,27 @@ def guess(argv: list[str]) -> Flavour:
     if head[:4] == b"\x7fELF" and b"libfuse.so.2\0" in head and b"libfuse3.so" not in head:
         return Flavour.DEVICE_OPEN
     return Flavour.DEV_FD
+
+
+class Connect(enum.Enum):
+    """`fusetrace record --connect`: how the server is given its connection.
+
+    AUTO leaves the server's command line as typed and lets it get the device the way it
+    always does (opening /dev/fuse and calling mount(2), or running the fusermount3
+    helper, which does the same): the trap hands it the relay and mounts the real device
+    with the server's own source, type, flags and options, so /proc/self/mountinfo reads
+    as for a direct mount. DEVICE_OPEN and HELPER are that same path, named for what the
+    server is expected to do (the trace records what it did). DEV_FD mounts first and
+    hands the server `/dev/fd/N` in place of its mountpoint (libfuse >= 3.3 only; the
+    mount is fusetrace's, made from the server's `-o` options); it needs no seccomp for
+    the connection, and is the fallback where the trap is missing.
+    """
+
+    AUTO = "auto"
+    DEV_FD = "dev-fd"
+    DEVICE_OPEN = "device-open"
+    HELPER = "helper"
+
+    @property
+    def server_mounts(self) -> bool:
+        return self is not Connect.DEV_FD

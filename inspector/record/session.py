@@ -1,32 +1,34 @@
-"""One `fusetrace record` session: mount, start the server on a socket, relay, end cleanly.
+"""One `fusetrace record` session: connect the server to the relay, relay, end as it would.
 
-Set-up, in this order, so that a failure leaves nothing behind: check the arguments
-(server, root, mountpoint, options: one line and exit 2 for each problem), create the
-trace, open /dev/fuse, make a SOCK_SEQPACKET socketpair with 16 MiB buffers (forced, as
-root), mount(2) the mountpoint on the device, start the server with the mountpoint
-argument replaced by `/dev/fd/N` (its end of the socket, passed with `pass_fds`; the
-ioctl trap, when available, installs itself through `preexec_fn`), then relay.
+Set-up, in this order, so that a failure leaves nothing behind: check the arguments (one
+line and exit 2 for each problem), create the trace, open /dev/fuse, make a SOCK_SEQPACKET
+socketpair with 16 MiB buffers, start the server under the seccomp trap, then relay. How
+the server gets its connection (`Connect`):
 
-The session ends, every way, through `_finish`:
-- the kernel ends it (`umount`/`fusermount3 -u` by the user, or an abort): /dev/fuse
-  reads ENODEV; the server is then told with SIGTERM (libfuse treats the end of its
-  socket as a short read and would exit EIO), given a grace period, then SIGKILL. Exit 0.
-- the server ends it (exit, crash, or closing its end): fusetrace unmounts, lazily if
-  busy, and exits with the server's status (128+N for signal N; 1 if it exited 0 while
-  still mounted), with a one-line reason.
-- SIGINT/SIGTERM/SIGHUP to fusetrace: unmount, SIGTERM the server, SIGKILL after the
-  grace period, finish the trace, exit 0. A second signal forces it: abort the connection,
-  SIGKILL, exit 130.
-A server that does not answer in time has its connection aborted through
-/sys/fs/fuse/connections/N/abort (N from mountinfo: stat()ing the mount would hang), so
-nothing on the machine stays blocked; so does a lazily unmounted mount whose server is
-gone.
+- `auto` (root), `device-open`, `helper`: the server's command line is left as typed. Its
+  open of /dev/fuse (its own, or the fusermount3 helper's) gets the relay socket, and its
+  mount(2) of it is made for real on fusetrace's /dev/fuse, with the caller's
+  credentials, source, type, flags and options: /proc/self/mountinfo reads as for a direct
+  mount. The trace records which way it went (`connected`).
+- `dev-fd` (and `auto` without the trap, or as an ordinary user): fusetrace mounts from
+  the server's `-o` options and hands it `/dev/fd/N` in place of its mountpoint (libfuse
+  >= 3.3 takes that).
 
-Servers that daemonize (libfuse without `-f`) are followed: the session lasts until the
-last holder of the server's socket end closes it (the relay reads end-of-file), not until
-the first process exits. fusetrace is a child subreaper, so a daemonized server becomes
-its child and its exit status is recorded too; the holders are found in /proc when they
-must be signalled. The server's stdin, stdout and stderr are fusetrace's.
+The session ends, every way, through `_finish`, and no timer ever kills the server:
+- the kernel ends it (the user's `umount`, the server's own unmount, an abort): /dev/fuse
+  reads ENODEV. Each server thread blocked reading the relay is then given ENODEV as the
+  kernel would (`hangup`); threads waiting elsewhere get end-of-file once none is left
+  reading. fusetrace then waits for every server process to exit, as long as it takes,
+  saying for whom after a moment; Ctrl-C then kills them and says so (exit 130).
+  `--grace S` opts into SIGTERM after S seconds and SIGKILL after 2S.
+- the server ends it (exit, crash, closing its end): fusetrace unmounts, lazily if busy,
+  and exits with the server's status, with a one-line reason.
+- SIGINT/SIGTERM/SIGHUP to fusetrace: a Ctrl-C at the terminal reached the server too
+  (same process group), which is given a moment to end its session itself; otherwise
+  fusetrace unmounts as `fusermount3 -u` would. Then as for the kernel's end.
+The exit code is the server's (0 when it ended cleanly), 2 when it never got going, 130
+when it had to be killed. The trace's `session_end` says who ended the server and how,
+and what it saw that a direct mount would not have shown it (`differences`).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -56,21 +59,27 @@ from ..mounts import (
     mounted_device,
     mounts_at,
 )
+from . import creds, hangup
 from .args import ArgumentError, MountPlan, ServerCommand
 from .cleanup import Note, leftover_note, start_time
-from .flavour import Flavour, guess
+from .flavour import Connect
+from .processes import ServerProcesses, described, name_of
 from .progress import Progress
 from .relay import NotBuilt, Relay, native, server_socketpair
+from .signals import SignalWatch
 
 if TYPE_CHECKING:
-    from .trap import ServerMount
+    from .signals import Received
+    from .trap import ServerMount, ServerUnmount
 
 log = logging.getLogger(__name__)
 
-GRACE = 5.0  # seconds a server gets after SIGTERM
-INIT_WARNING = 10.0  # seconds before saying the server has not answered INIT
-_UNMOUNT_WAIT = 3.0  # seconds a plain unmount may take before the connection is aborted
-_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+INIT_WARNING = 10.0  # seconds before saying the server has not mounted / answered INIT
+OWN_END_WAIT = 2.0  # seconds a server that got the terminal's Ctrl-C has to unmount itself
+ANNOUNCE_AFTER = 2.0  # seconds of waiting before saying for whom
+EOF_AFTER = 1.0  # seconds with no thread left reading the relay before end-of-file
+TRACK_EVERY = 1.0  # seconds between looks for the socket's holders while relaying
+_DEV_FD = re.compile(r"/dev/fd/(\d+)$")
 
 
 @dataclass
@@ -83,7 +92,8 @@ class RecordConfig:
     quiet: bool = False
     options: list[str] = field(default_factory=list)  # fusetrace's own -o items
     mountpoint: str | None = None  # --mountpoint: which server argument it is
-    grace: float = GRACE
+    grace: float | None = None  # --grace: SIGTERM after this long, SIGKILL after twice
+    connect: Connect = Connect.AUTO
     spin_us: int | None = None  # None: SPIN_US when there is a CPU to spare, else 0
 
 
@@ -121,6 +131,32 @@ def _check_mountpoint(path: str) -> str:
     return target
 
 
+def _resolve(cfg: RecordConfig, trap_missing: str | None) -> tuple[Connect, str | None]:
+    """The way the server will be connected, and why it is not what was asked (None: as
+    asked). Raises ArgumentError when the asked way cannot be had."""
+    asked = cfg.connect
+    root = os.geteuid() == 0
+    if asked is Connect.AUTO:
+        if cfg.options:
+            return Connect.DEV_FD, "fusetrace's own -o options need a mount of fusetrace's"
+        if trap_missing:
+            return Connect.DEV_FD, trap_missing
+        if not root:
+            return Connect.DEV_FD, ("as an ordinary user the server's own mount(2) and "
+                                    "fusermount3 run unprivileged under the seccomp filter")
+        return Connect.AUTO, None
+    if asked.server_mounts:
+        if trap_missing:
+            raise ArgumentError(f"--connect {asked.value} needs the seccomp trap: {trap_missing}")
+        if not root:
+            raise ArgumentError(f"--connect {asked.value} needs root (as an ordinary user use "
+                                f"--connect dev-fd)")
+        if cfg.options:
+            raise ArgumentError(f"-o applies to fusetrace's own mount: use it with "
+                                f"--connect dev-fd, or give the options to the server")
+    return asked, None
+
+
 class Session:
     """A checked configuration; `run()` records one session and returns the exit code."""
 
@@ -128,43 +164,52 @@ class Session:
         """Check everything that can be checked before touching the system; raises
         ArgumentError (exit 2) with a one-line message."""
         server = list(cfg.server[1:] if cfg.server[:1] == ["--"] else cfg.server)
-        self.command = ServerCommand.parse(server, cfg.mountpoint)
-        if not os.path.exists("/dev/fuse"):
-            raise ArgumentError("/dev/fuse is missing (modprobe fuse)")
-        _check_program(server[0])
-        self.target = _check_mountpoint(self.command.mountpoint)
-        self.plan: MountPlan = self.command.mount_plan(cfg.options)
         if cfg.snaplen < 0:
             raise ArgumentError("-s/--snaplen must be 0 (keep all) or more")
         if cfg.spin_us is not None and not 0 <= cfg.spin_us <= 1_000_000:
             raise ArgumentError("--spin-us must be between 0 and 1000000")
-        self.cfg = cfg
+        if cfg.grace is not None and cfg.grace <= 0:
+            raise ArgumentError("--grace must be more than 0 seconds")
         self.trap_class, self.trap_missing = _load_trap()
-        self.flavour = guess(server)
-        if self.flavour is Flavour.DEVICE_OPEN and self.trap_class is None:
-            raise ArgumentError(f"{server[0]} opens /dev/fuse and mounts by itself (libfuse 2); "
-                                f"catching that needs the seccomp trap: {self.trap_missing}")
+        self.connect, self.connect_note = _resolve(cfg, self.trap_missing)
+        self.server_mounts = self.connect.server_mounts
+        self.command = ServerCommand.parse(server, cfg.mountpoint, required=not self.server_mounts)
+        if not os.path.exists("/dev/fuse"):
+            raise ArgumentError("/dev/fuse is missing (modprobe fuse)")
+        _check_program(server[0])
+        mountpoint = self.command.mountpoint
+        self.target: str | None = _check_mountpoint(mountpoint) if mountpoint else None
+        self.plan: MountPlan | None = (self.command.mount_plan(cfg.options)
+                                       if mountpoint else None)
+        self.cfg = cfg
         # set in run()
         self.writer: TraceWriter | None = None
         self.devfd = -1
         self.device: str | None = None
         self.note: Note | None = None
         self.proc: subprocess.Popen[bytes] | None = None
+        self.procs: ServerProcesses | None = None
         self.trap: Any = None
         self.relay: Relay | None = None
         self.ours: socket.socket | None = None
         self.theirs: socket.socket | None = None
         self.progress: Progress | None = None
         self.theirs_ino = -1
-        self.signals: list[int] = []
+        self.watch: SignalWatch | None = None
         self.wake = threading.Event()
-        self.exits: dict[int, int] = {}  # pid → exit code (negative: signal), recorded
         self.started = time.monotonic()
+        self.route: str | None = None  # how the server mounted: "device-open", "helper"
+        self.unmounted_by: str | None = None  # who ended the mount, once known
+        self.differences: list[str] = []  # what the server saw that it would not directly
+        self.ended_by = "itself"  # how the server's processes ended
+        self.told: dict[str, int] = {}  # "enodev": threads, "end-of-file": 1
+        self._signals_at_end = 0
+        self._killed: int | None = None  # the signal fusetrace had to end the server with
 
     # --- the whole session --------------------------------------------------------------
 
     def run(self) -> int:
-        previous = {sig: signal.signal(sig, self._on_signal) for sig in _SIGNALS}
+        self.watch = SignalWatch(self._on_signal)
         try:
             try:
                 self._start()
@@ -174,41 +219,49 @@ class Session:
                 return 2
             return self._finish(self._wait())
         finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+            self.watch.close()
 
-    def _on_signal(self, signum: int, frame: object) -> None:
-        """Only note it: the main loop acts (handlers run between bytecodes of a thread
-        that may hold locks)."""
-        self.signals.append(signum)
-        if len(self.signals) == 2 and not self.cfg.quiet:
-            os.write(2, b"\nfusetrace: forcing: aborting the connection\n")
+    def _on_signal(self, got: Received) -> None:
+        if len(self._signals) == self._signals_at_end + 1 and self._ending and not self.cfg.quiet:
+            os.write(2, f"\nfusetrace: {got.name}: killing the server\n".encode())
+        self.wake.set()
+
+    @property
+    def _signals(self) -> list[Received]:
+        return self.watch.received if self.watch is not None else []
+
+    _ending = False
 
     @property
     def forced(self) -> bool:
-        return len(self.signals) >= 2
+        """A signal came after the end had begun: stop waiting, kill."""
+        return self._ending and len(self._signals) > self._signals_at_end
 
     # --- set-up -----------------------------------------------------------------------
 
     def _header(self, server_argv: list[str]) -> dict[str, Any]:
-        opts = self.plan.options
-        return {"source": "proxy", "kernel": os.uname().release, "argv": self.command.argv,
-                "server_argv": server_argv, "mountpoint": self.target,
-                "options": self.plan.applied, "snaplen": self.cfg.snaplen,
-                "mount": {"source": self.plan.source, "fstype": opts.fstype,
-                          "flags": opts.flags}}
+        header: dict[str, Any] = {
+            "source": "proxy", "kernel": os.uname().release, "argv": self.command.argv,
+            "server_argv": server_argv, "mountpoint": self.target,
+            "snaplen": self.cfg.snaplen, "connect": self.connect.value}
+        if self.plan is not None:  # what the mount will be (from the server's -o)
+            opts = self.plan.options
+            header["options"] = self.plan.applied
+            header["mount"] = {"source": self.plan.source, "fstype": opts.fstype,
+                               "flags": opts.flags}
+        return header
 
     def _start(self) -> None:
         syscalls.set_child_subreaper()
         self.ours, self.theirs, capped = server_socketpair()
         child_fd = self.theirs.fileno()
-        device_open = self.flavour is Flavour.DEVICE_OPEN
-        # libfuse 3 and our servers take /dev/fd/N; libfuse 2 opens the device and mounts
-        # itself: its argv stays as typed and the trap hands it the relay and its mount to us.
-        server_argv = (self.command.argv if device_open
+        server_argv = (self.command.argv if self.server_mounts
                        else self.command.with_mountpoint(f"/dev/fd/{child_fd}"))
         self.writer = TraceWriter(self.cfg.trace, self._header(server_argv),
                                   appender=native().Appender)
+        if self.connect_note:
+            self.writer.event("connect_fallback", asked=self.cfg.connect.value,
+                              used=self.connect.value, why=self.connect_note)
         if capped:
             size = self.ours.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
             self.writer.event("socket_buffers_capped", bytes=size,
@@ -216,44 +269,50 @@ class Session:
                                   "message larger than this fails with EMSGSIZE")
         if os.geteuid() == 0:  # an ordinary user gets the device from fusermount3 instead
             self.devfd = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
-        if not device_open:
+        if not self.server_mounts:
             self._mount()
         if self.trap_class is not None:
-            self.trap = self.trap_class(child_fd, self.devfd, self.writer,
-                                        on_mount=self._server_mount if device_open else None)
+            self.trap = self.trap_class(
+                child_fd, self.devfd, self.writer,
+                on_mount=self._server_mount if self.server_mounts else None,
+                on_unmount=self._server_unmount)
         else:
             self.writer.event("ioctls_not_intercepted", reason=self.trap_missing)
         self.relay = Relay(self.devfd, self.ours, self.writer, self.cfg.snaplen,
-                           spin_us=self.cfg.spin_us,
-                           changed=self.wake.set)
-        self.proc = subprocess.Popen(server_argv, pass_fds=[child_fd],
-                                     preexec_fn=self.trap.child_setup if self.trap else None,
-                                     start_new_session=False)
+                           spin_us=self.cfg.spin_us, changed=self.wake.set)
+        trap = self.trap
+
+        def child_setup() -> None:
+            SignalWatch.child_setup()
+            if trap is not None:
+                trap.child_setup()
+
+        # a server that mounts by itself gets no extra descriptor: it opens the relay
+        self.proc = subprocess.Popen(server_argv, pass_fds=[] if self.server_mounts else [child_fd],
+                                     preexec_fn=child_setup)
         self.theirs_ino = os.fstat(child_fd).st_ino
         self.theirs.close()  # the server's now: EOF comes when its last holder closes it
+        self.procs = ServerProcesses(self.proc, self.theirs_ino, self._exited)
         self.writer.event("server_start", pid=self.proc.pid, argv=server_argv,
-                          via=self.flavour.value)
+                          connect=self.connect.value)
         if self.note is not None:
             self.note.server_pid, self.note.server_started = self.proc.pid, start_time(self.proc.pid)
             self.note.save()
         if self.trap is not None:
             self.trap.start(self.proc)
-        if not device_open:  # else once the server has mounted: an unmounted /dev/fuse says EPERM
+        if not self.server_mounts:  # else once it has mounted: an unmounted /dev/fuse says EPERM
             self.relay.start()
 
     def _mount(self) -> None:
+        assert self.plan is not None and self.target is not None
         opts = self.plan.options
         self.devfd, how = mount_fuse(self.plan.source, self.target, opts,
                                      self.devfd if self.devfd >= 0 else None)
         self._mounted(self.plan.source, self.target, opts.fstype, opts.flags, how)
 
-    def _mount_device(self, source: str, target: str, fstype: str, flags: int, data: str) -> None:
-        """mount(2) our /dev/fuse, and note it for `fusetrace cleanup`."""
-        syscalls.mount(source, target, fstype, flags, data)
-        self._mounted(source, target, fstype, flags, data)
-
     def _mounted(self, source: str, target: str, fstype: str, flags: int, data: str) -> None:
         assert self.writer is not None
+        self.target = target
         self.device = fuse_device(target, fstype)
         self.writer.event("mount", device=self.device, source=source, fstype=fstype,
                           flags=flags, data=data)
@@ -264,83 +323,120 @@ class Session:
         self.note.save()
 
     def _server_mount(self, req: ServerMount) -> int:
-        """The trap's `on_mount`: a libfuse 2 server mounting the relay. Done for real on
-        our /dev/fuse, where fusetrace expected it; elsewhere is refused (EPERM)."""
-        if req.target != self.target:
-            return errno.EPERM
+        """The trap's `on_mount`: the server (or its helper) mounting the relay. Made for
+        real on our /dev/fuse where it asked, as it asked, with the caller's credentials;
+        0 or the kernel's errno, as the server would have had it."""
+        if self.device is not None:
+            return errno.EBUSY  # one relay, one mount
+        data = f"fd={self.devfd}," + req.data if req.data else f"fd={self.devfd}"
         try:
-            self._mount_device(req.source, req.target, req.fstype, req.flags,
-                               f"fd={self.devfd}," + req.data if req.data else f"fd={self.devfd}")
+            with creds.assumed(creds.of_thread(req.pid, req.tid)):
+                syscalls.mount(req.source, req.target, req.fstype, req.flags, data)
         except OSError as exc:
             return exc.errno or errno.EIO
+        self.route = ("helper" if os.path.basename(req.program).startswith("fusermount")
+                      else "device-open")
+        self._mounted(req.source, req.target, req.fstype, req.flags, data)
+        self._event("connected", route=self.route, program=req.program, pid=req.pid)
         assert self.relay is not None
         self.relay.start()
         self.wake.set()
         return 0
 
+    def _server_unmount(self, req: ServerUnmount) -> int | None:
+        """The trap's `on_unmount`: a server process unmounting. Ours while mounted: done
+        for real with the caller's credentials. Ours and already gone (the user unmounted
+        first): answered 0, since directly its poll of /dev/fuse would have said POLLERR
+        and it would not have asked. Anything else runs untouched (None)."""
+        dev_fd = _DEV_FD.match(req.target)
+        if dev_fd and self.trap is not None and self.trap._is_relay(req.pid, int(dev_fd.group(1))):
+            self._event("server_unmount", pid=req.pid, target=req.target, errno=0,
+                        note="the server unmounted the /dev/fd/N it was given: answered 0")
+            return 0
+        if self.target is None or canonical(req.target) != self.target or self.device is None:
+            return None
+        if not mounted_device(self.target, self.device):
+            self.differences.append(
+                f"its umount2({req.target}) after the unmount was answered 0 by fusetrace "
+                f"(directly it would have seen POLLERR on /dev/fuse and not called it)")
+            self._event("server_unmount", pid=req.pid, target=req.target, errno=0,
+                        note="already unmounted: answered 0")
+            return 0
+        err = 0
+        try:
+            with creds.assumed(creds.of_thread(req.pid, req.tid)):
+                syscalls.umount2(self.target, req.flags)
+        except OSError as exc:
+            err = exc.errno or errno.EIO
+        if err == 0:
+            self.unmounted_by = f"the server (pid {req.pid})"
+        self._event("server_unmount", pid=req.pid, target=req.target, flags=req.flags,
+                    errno=err)
+        return err
+
     # --- while it runs ----------------------------------------------------------------
 
     def _wait(self) -> str:
         """Relay until something ends the session; returns what did."""
-        assert self.relay is not None and self.proc is not None and self.writer is not None
-        trap, writer, relay = self.trap, self.writer, self.relay
+        assert self.relay is not None and self.procs is not None and self.writer is not None
+        trap, writer, relay, procs = self.trap, self.writer, self.relay, self.procs
         self.progress = progress = Progress(
             lambda: relay.stats, lambda: writer.bytes_written,
             (lambda: trap.open_backing_ids) if trap else (lambda: None), self.cfg.quiet)
         warned = False
+        tracked = 0.0
         while True:
             self.wake.wait(0.1)
             self.wake.clear()
-            self._reap()
+            procs.reap()
             progress.tick()
-            if self.signals:
-                return f"interrupted by {signal.Signals(self.signals[0]).name}"
+            now = time.monotonic()
+            if now - tracked > TRACK_EVERY:
+                procs.track()
+                tracked = now
             if self.relay.broken:
                 return "relay failed"
-            if self.relay.unmounted.is_set():
+            if self.device is not None and self.relay.unmounted.is_set():
                 return "unmounted"
+            if self._signals and not self._server_ends_itself(now):
+                return f"interrupted by {self._signals[0].name}"
             if self.relay.server_closed.is_set():
                 return "server closed the connection"
-            status = self.exits.get(self.proc.pid)
-            if status:  # a failure; 0 may be a daemonizing parent: wait for the socket
+            if procs.main_status:  # a failure; 0 may be a daemonizing parent: wait for the socket
                 return "server exited"
-            if (not warned and not self.relay.init_answered.is_set()
-                    and time.monotonic() - self.started > INIT_WARNING):
+            if (procs.main_status is not None and self.device is None
+                    and not procs.children_left() and not procs.track()):
+                return "server exited"  # it never mounted and nothing of it is left
+            if not warned and now - self.started > INIT_WARNING and not relay.init_answered.is_set():
                 warned = True
                 progress.clear()
-                print(f"fusetrace: {self.command.argv[0]} has not answered the kernel's INIT "
-                      f"after {INIT_WARNING:g} s; does it take a /dev/fd/N mountpoint "
-                      f"(libfuse >= 3.3)?", file=sys.stderr)
+                print(f"fusetrace: {self._not_yet()}", file=sys.stderr)
 
-    def _reap(self) -> None:
-        """Collect exit statuses: the server, and any descendant it left to us."""
-        if self.proc is not None and self.proc.pid not in self.exits:
-            if self.proc.poll() is not None:
-                self._exited(self.proc.pid, self.proc.returncode)
-        while True:
-            try:
-                info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-            except ChildProcessError:
-                return
-            if info is None or info.si_pid == 0:
-                return
-            pid = info.si_pid
-            if self.proc is not None and pid == self.proc.pid:
-                self.proc.poll()
-                if pid not in self.exits:
-                    self._exited(pid, self.proc.returncode)
-                continue
-            try:
-                _, status = os.waitpid(pid, os.WNOHANG)
-            except ChildProcessError:
-                continue
-            self._exited(pid, os.waitstatus_to_exitcode(status))
+    def _server_ends_itself(self, now: float) -> bool:
+        """After a Ctrl-C at the terminal that the server got too: whether to give it more
+        time to unmount by itself."""
+        first = self._signals[0]
+        assert self.procs is not None
+        return (first.from_terminal and len(self._signals) == 1 and self.device is not None
+                and os.getpgid(0) == _pgid(self.proc.pid if self.proc else 0)
+                and now - first.at < OWN_END_WAIT and self.procs.main_status is None)
+
+    def _not_yet(self) -> str:
+        name = self.command.argv[0]
+        if self.device is None and self.server_mounts:
+            return (f"{name} has not mounted anything after {INIT_WARNING:g} s (still waiting; "
+                    f"Ctrl-C stops)")
+        if self.device is None:
+            return f"{name} has not mounted after {INIT_WARNING:g} s"
+        hint = (" does it take a /dev/fd/N mountpoint (libfuse >= 3.3)? as root, "
+                "--connect auto lets it mount by itself" if not self.server_mounts else "")
+        return f"{name} has not answered the kernel's INIT after {INIT_WARNING:g} s;{hint}"
 
     def _exited(self, pid: int, code: int) -> None:
-        self.exits[pid] = code
         how: dict[str, Any] = {"status": code} if code >= 0 else {
             "signal": -code, "signal_name": signal.Signals(-code).name}
         self._event("server_exit", pid=pid, **how)
+        self.wake.set()
 
     def _event(self, name: str, **data: Any) -> None:
         if self.writer is not None and not self.writer.closed:
@@ -349,6 +445,11 @@ class Session:
             except (OSError, ValueError) as exc:
                 log.error("trace: %s", exc)
 
+    def _say(self, message: str) -> None:
+        if self.progress is not None:
+            self.progress.clear()
+        print(f"fusetrace: {message}", file=sys.stderr)
+
     # --- ending -----------------------------------------------------------------------
 
     def _finish(self, reason: str, report: bool = True) -> int:
@@ -356,14 +457,18 @@ class Session:
         `report`, says why on stderr."""
         if self.progress is not None:
             self.progress.clear()
+        self._ending, self._signals_at_end = True, len(self._signals)
         relay = self.relay
-        by_kernel = relay is not None and relay.unmounted.is_set() and reason == "unmounted"
-        if by_kernel:
-            self._event("unmount", by="user or kernel", how="/dev/fuse read ENODEV")
+        if relay is not None and relay.unmounted.is_set() and reason == "unmounted":
+            self._event("unmount", by=self.unmounted_by or "the user or the kernel",
+                        how="/dev/fuse read ENODEV")
         elif self.device is not None:
             self._unmount()
-        if self.proc is not None:
-            self._stop_server(reason)
+        if self.procs is not None:
+            if reason == "set-up failed":  # nothing of the user's is in it yet
+                self._kill(signal.SIGKILL, "set-up failed")
+            else:
+                self._end_server(reason)
         if self.device is not None and (relay is None or relay.requests_running):
             if abort_connection(self.device):  # a lazily unmounted mount, still connected
                 self._event("abort", device=self.device, why="no server left")
@@ -372,12 +477,10 @@ class Session:
             relay.join(2.0)
         if self.trap is not None:
             self.trap.stop()
-        self._reap()
+        if self.procs is not None:
+            self.procs.reap()
         code, message = self._verdict(reason)
-        counts = {"requests": relay.stats.requests, "replies": relay.stats.replies} if relay else {}
-        if self.trap is not None:
-            counts["spliced_replies_sent_whole"] = self.trap.spliced
-        self._event("session_end", reason=reason, exit_code=code, **counts)
+        self._event("session_end", **self._summary(reason, code))
         self._close()
         if not report:
             return code
@@ -388,92 +491,169 @@ class Session:
                   file=sys.stderr)
         return code
 
+    def _summary(self, reason: str, code: int) -> dict[str, Any]:
+        out: dict[str, Any] = {"reason": reason, "exit_code": code, "server_ended": self.ended_by}
+        if self.told:
+            out["server_told"] = self.told
+        if self.differences:
+            out["differences"] = self.differences
+        if self.relay is not None:
+            out["requests"], out["replies"] = self.relay.stats.requests, self.relay.stats.replies
+        if self.trap is not None:
+            out["spliced_replies_sent_whole"] = self.trap.spliced
+        if self.procs is not None:
+            out["exits"] = {str(pid): c for pid, c in self.procs.exits.items()}
+        return out
+
     def _unmount(self) -> None:
-        """Unmount (lazily when busy) while the relay keeps going; after a few seconds, or
-        a second Ctrl-C, abort."""
-        assert self.device is not None
-        worker = BackgroundUnmount(self.target, self.device, _UNMOUNT_WAIT)
-        while not worker.done and not worker.overdue and not self.forced:
+        """Unmount (lazily when busy) while the relay keeps going, for as long as the
+        kernel takes (it may be writing back to the server). Aborted only when nothing is
+        left to answer it, or on a signal."""
+        assert self.device is not None and self.target is not None
+        worker = BackgroundUnmount(self.target, self.device, ANNOUNCE_AFTER)
+        said = False
+        while not worker.done:
             worker.join(0.1)
-        if not worker.done:
-            if abort_connection(self.device):
-                self._event("abort", device=self.device, why="unmount did not finish")
-            worker.join(5.0)
+            if self.procs is not None:
+                self.procs.reap()
+            gone = self.procs is None or not self.procs.alive()
+            if not worker.done and (self.forced or gone):
+                if abort_connection(self.device):
+                    self._event("abort", device=self.device,
+                                why="signal" if self.forced else "no server left to answer")
+                worker.join(5.0)
+                break
+            if worker.overdue and not said:
+                said = True
+                self._say(f"unmounting {self.target}: waiting for the server to answer "
+                          f"(writeback); Ctrl-C aborts the connection")
         if worker.error is not None:
             self._event("proxy_error", reason=f"unmounting {self.target}: {worker.error.strerror}")
         elif worker.outcome:
+            self.unmounted_by = "fusetrace"
             self._event("unmount", by="fusetrace", how=worker.outcome)
 
-    def _holders(self) -> set[int]:
-        """Processes holding the server's end of the socket, plus the server itself while
-        it runs."""
-        pids = syscalls.socket_holders(self.theirs_ino)
-        if self.proc is not None and self.proc.poll() is None:
-            pids.add(self.proc.pid)
-        return pids
-
-    def _server_gone(self) -> bool:
-        closed = self.relay is None or self.relay.server_closed.is_set()
-        return closed and self.proc is not None and self.proc.poll() is not None
-
-    def _wait_gone(self, seconds: float, allow_force: bool = True) -> bool:
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            self._reap()
-            if self._server_gone() or (allow_force and self.forced):
-                break
-            time.sleep(0.05)
-        return self._server_gone()
-
-    def _stop_server(self, reason: str) -> None:
-        """SIGTERM every holder, grace period, then abort the connection and SIGKILL."""
-        if reason in ("server exited", "server closed the connection") and self._wait_gone(1.0):
+    def _end_server(self, reason: str) -> None:
+        """Wait until every server process has exited, however long that takes; tell the
+        ones still reading the relay that the session is over as the kernel would."""
+        procs = self.procs
+        assert procs is not None
+        procs.reap()
+        procs.track()
+        if not procs.alive():
             return
-        holders = self._holders()
-        self._kill(holders, signal.SIGTERM)
-        if not self.forced and self._wait_gone(self.cfg.grace):
-            return
-        if self.device is not None and abort_connection(self.device):
-            self._event("abort", device=self.device, why="server did not stop after SIGTERM")
-        self._kill(holders | self._holders(), signal.SIGKILL)
-        self._wait_gone(5.0, allow_force=False)
+        if self.device is None and reason.startswith("interrupted") and not self._signals[0].from_terminal:
+            self._kill(signal.SIGTERM, "interrupted before it mounted")  # nothing of it is mounted
+        began = last_reader = time.monotonic()
+        said = False
+        grace_stage = 0
+        while True:
+            procs.reap()
+            live = procs.alive()
+            if not live:
+                return
+            now = time.monotonic()
+            if self.forced:
+                self._kill(signal.SIGKILL, f"{self._signals[-1].name} while waiting for it")
+                self._say(f"killed {self._who(live)}: what it had not saved is lost")
+                procs.reap()
+                return
+            if self.relay is None or not self.relay.requests_running:
+                if self._tell(set(live) | procs.track()):
+                    last_reader = now
+                elif now - last_reader > EOF_AFTER:
+                    self._end_of_file()
+            grace = self.cfg.grace
+            if grace is not None and grace_stage < 2 and now - began > grace * (grace_stage + 1):
+                sig = signal.SIGTERM if grace_stage == 0 else signal.SIGKILL
+                grace_stage += 1
+                self._kill(sig, f"--grace {grace:g}")
+                self._say(f"--grace {grace:g}: sent {sig.name} to {self._who(live)}")
+            if not said and now - began > ANNOUNCE_AFTER:
+                said = True
+                self._say(f"waiting for {self._who(live)} to exit after the unmount (it may be "
+                          f"saving data); Ctrl-C stops waiting and kills it")
+            self.wake.wait(0.05)
+            self.wake.clear()
 
-    def _kill(self, pids: set[int], sig: int) -> None:
-        for pid in sorted(pids):
+    def _who(self, pids: list[int]) -> str:
+        shown = ", ".join(f"{name_of(pid)} (pid {pid})" for pid in pids[:3])
+        return shown + (f" and {len(pids) - 3} more" if len(pids) > 3 else "")
+
+    def _tell(self, pids: set[int]) -> bool:
+        """Give ENODEV to each server thread blocked reading the relay; True when there
+        was one (so more may come)."""
+        if "end-of-file" in self.told or hangup.available() is not None:
+            return False
+        readers = hangup.blocked_readers(pids, self.theirs_ino)
+        for reader in readers:
             try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                continue
-            self._event("signal_sent", pid=pid, signal=sig, signal_name=signal.Signals(sig).name)
+                if not hangup.give_enodev(reader):
+                    continue
+            except OSError as exc:
+                self.differences.append(f"ENODEV could not be given ({exc.strerror}): "
+                                        f"end-of-file instead")
+                self._end_of_file()
+                return False
+            self.told["enodev"] = self.told.get("enodev", 0) + 1
+            self._event("enodev_given", pid=reader.pid, tid=reader.tid, fd=reader.fd)
+        return bool(readers)
+
+    def _end_of_file(self) -> None:
+        """The relay's sending side shut: a server thread that reads it now sees EOF."""
+        if "end-of-file" in self.told or self.ours is None:
+            return
+        self.told["end-of-file"] = 1
+        try:
+            self.ours.shutdown(socket.SHUT_WR)
+        except OSError:
+            return
+        self._event("end_of_file", why="no server thread was left blocked reading the relay")
+
+    def _kill(self, sig: int, why: str) -> None:
+        assert self.procs is not None
+        for pid in self.procs.signal(sig):
+            self._event("signal_sent", pid=pid, signal=sig, signal_name=signal.Signals(sig).name,
+                        why=why)
+        if sig == signal.SIGKILL or self._killed is None:
+            self._killed = sig
+            self.ended_by = f"{signal.Signals(sig).name} from fusetrace ({why})"
+        if sig == signal.SIGKILL:
+            deadline = time.monotonic() + 5.0  # SIGKILL is not refused: only the reaping waits
+            while self.procs.alive() and time.monotonic() < deadline:
+                self.procs.reap()
+                time.sleep(0.02)
 
     def _verdict(self, reason: str) -> tuple[int, str | None]:
         """Exit code and the one-line reason to print (None: print the summary)."""
-        relay = self.relay
-        if self.forced:
-            return 128 + signal.SIGINT, None
+        relay, procs = self.relay, self.procs
+        name = self.command.argv[0]
+        if self._killed == signal.SIGKILL and reason != "set-up failed":
+            return 128 + signal.SIGINT if self.forced else 128 + signal.SIGKILL, None
         if relay is not None and relay.broken:
             return 1, f"{relay.broken}; unmounted {self.target}"
-        if relay is not None and relay.trace_error:
-            return 1, f"{relay.trace_error}; the trace is incomplete"
-        if reason not in ("server exited", "server closed the connection"):
-            return 0, None
-        code = self.exits.get(self.proc.pid, 0) if self.proc is not None else 0
-        failed = [c for c in self.exits.values() if c]
-        if not code and failed:
-            code = failed[-1]
-        status = (f"was killed by {signal.Signals(-code).name}" if code < 0
-                  else f"exited with status {code}")
-        exit_code = 128 - code if code < 0 else code or 1
-        name = self.command.argv[0]
-        if relay is not None and not relay.init_answered.is_set():
-            return exit_code, (
-                f"{name} {status} before answering the kernel's INIT: fusetrace records "
-                f"servers that take libfuse's /dev/fd/N mountpoint (libfuse >= 3.3); servers "
-                f"that mount by themselves (libfuse 2, e.g. bindfs) or through fusermount3 "
-                f"are not covered yet; nothing is left mounted")
-        if code == 0:
-            return 1, f"{name} closed its connection while mounted; unmounted {self.target}"
-        return exit_code, f"{name} {status} while mounted; unmounted {self.target}"
+        trace_error = (relay.trace_error if relay is not None else None) or (
+            self.trap.trace_error if self.trap is not None else None)
+        if trace_error:
+            return 1, f"{trace_error}; the trace is incomplete"
+        code = procs.failure() if procs is not None else 0
+        if relay is not None and not relay.init_answered.is_set() and reason != "set-up failed":
+            status = described(code) if procs and procs.main_status is not None else "stopped"
+            where = ("before it mounted" if self.device is None
+                     else "before answering the kernel's INIT")
+            hint = (" (it may not take a /dev/fd/N mountpoint: as root, --connect auto lets "
+                    "it mount by itself)" if not self.server_mounts else "")
+            return 2, f"{name} {status} {where}{hint}; nothing is left mounted"
+        if reason in ("server exited", "server closed the connection"):
+            if code == 0:
+                return 1, f"{name} closed its connection while mounted; unmounted {self.target}"
+            return (128 - code if code < 0 else code), (
+                f"{name} {described(code)} while mounted; unmounted {self.target}")
+        if code:
+            return (128 - code if code < 0 else code), (
+                f"{name} {described(code)} after the unmount; "
+                f"{self.writer.records if self.writer else 0} records in {self.cfg.trace}")
+        return 0, None
 
     def _close(self) -> None:
         if self.writer is not None:
@@ -484,9 +664,16 @@ class Session:
         if self.devfd >= 0:
             os.close(self.devfd)
             self.devfd = -1
-        if self.note is not None and (self.device is None
+        if self.note is not None and (self.device is None or self.target is None
                                       or not mounted_device(self.target, self.device)):
             self.note.remove()
+
+
+def _pgid(pid: int) -> int:
+    try:
+        return os.getpgid(pid)
+    except OSError:
+        return -1
 
 
 def record(cfg: RecordConfig) -> int:

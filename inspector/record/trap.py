@@ -15,15 +15,27 @@ notification on a listener fd handed to fusetrace. The supervisor thread then, f
   server wrote them, result or errno, thread, the fd and the path behind it), and answers
   the server with the kernel's result or errno.
 
-FUSE_DEV_IOC_CLONE is refused with EINVAL (libfuse then carries on without clone_fd:
-cloning the real device would let the clone steal requests from the relay), and
-FUSE_DEV_IOC_SYNC_INIT gets ENOTTY (what kernels without it say). Both are recorded.
+The calls that pass a backing file (BACKING_OPEN, PASSTHROUGH_OPEN) are made with the
+calling thread's credentials (`creds`): the kernel checks CAP_SYS_ADMIN and keeps the
+caller's credentials for passthrough I/O. When the recorder's own machinery fails
+(pidfd_getfd refused by Yama or an LSM, credentials it cannot take), the record says so in
+`recorder_error` and the errno is the recorder's, never presented as the kernel's.
 
-Servers that get the device another way (libfuse 2 as root, e.g. bindfs; hand-written
-servers) are caught with `on_mount`: the filter also traps opens for O_RDWR (the path is
-checked here: only /dev/fuse is taken over) and mount(2). Their open of /dev/fuse returns a
-copy of the relay socket (SECCOMP_IOCTL_NOTIF_ADDFD), and their mount(2) of it goes to the
-recorder, which mounts the real device at the same place with the same options.
+FUSE_DEV_IOC_CLONE naming the relay socket (libfuse's `clone_fd`: a fresh /dev/fuse fd,
+cloned from the session's) is emulated: the new fd is replaced (SECCOMP_ADDFD_FLAG_SETFD)
+by another descriptor of the relay socket, so the server's per-thread channels all reach
+the relay and nothing it sees fails (cloning the real device would let the clone steal
+requests from the relay). FUSE_DEV_IOC_SYNC_INIT gets ENOTTY (what kernels without it
+say). Both are recorded.
+
+Servers that get the device themselves are caught with `on_mount`: the filter also traps
+opens for O_RDWR (the path is checked here: only /dev/fuse is taken over) and mount(2), in
+the server and everything it runs (the `fusermount3` helper included). Their open of
+/dev/fuse returns a copy of the relay socket (SECCOMP_IOCTL_NOTIF_ADDFD), and their
+mount(2) of it goes to the recorder, which mounts the real device at the same place with
+the same options. umount2(2) is trapped always (`on_unmount`): a server ending its session
+unmounts its mountpoint the way it would directly, and one told of an unmount that already
+happened is answered as the kernel's POLLERR would have spared it the call.
 
 Caveats: x86-64 and arm64 only; the supervisor needs CAP_SYS_PTRACE-equivalent access to
 the server (root here) for /proc/TID/mem and pidfd_getfd; an ioctl blocked in the
@@ -45,10 +57,12 @@ import struct
 import subprocess
 import threading
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 from dissectors.ioctls import DevIoctl
 from traces import TraceWriter
+
+from . import creds
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +82,7 @@ SECCOMP_IOCTL_NOTIF_SEND = (3 << 30) | (_RESP.size << 16) | (ord("!") << 8) | 1
 SECCOMP_IOCTL_NOTIF_ID_VALID = (1 << 30) | (8 << 16) | (ord("!") << 8) | 2
 _ADDFD = struct.Struct("<QIIII")  # struct seccomp_notif_addfd: id, flags, srcfd, newfd, newfd_flags
 SECCOMP_IOCTL_NOTIF_ADDFD = (1 << 30) | (_ADDFD.size << 16) | (ord("!") << 8) | 3
+SECCOMP_ADDFD_FLAG_SETFD = 1 << 0  # put the fd at the number given (like dup2)
 SECCOMP_ADDFD_FLAG_SEND = 1 << 1  # add the fd and answer the call with its number, atomically
 
 @dataclass(frozen=True)
@@ -79,13 +94,16 @@ class Arch:
     seccomp: int
     openat: int
     mount: int
+    umount2: int
     splice: int
     open: int | None  # legacy open(2); arm64 has none
 
 
 _ARCHES = {
-    "x86_64": Arch(0xC000003E, ioctl=16, seccomp=317, openat=257, mount=165, splice=275, open=2),
-    "aarch64": Arch(0xC00000B7, ioctl=29, seccomp=277, openat=56, mount=40, splice=76, open=None),
+    "x86_64": Arch(0xC000003E, ioctl=16, seccomp=317, openat=257, mount=165, umount2=166,
+                   splice=275, open=2),
+    "aarch64": Arch(0xC00000B7, ioctl=29, seccomp=277, openat=56, mount=40, umount2=39,
+                    splice=76, open=None),
 }
 NR_PIDFD_GETFD = 438  # the same on every architecture (added in 5.6)
 FUSE_IOCTL_TYPE = 229 << 8
@@ -137,9 +155,11 @@ def filter_program(audit_arch: int, rules: list[Rule]) -> list[tuple[int, int, i
 
 
 def rules_for(arch: Arch, device_open: bool) -> list[Rule]:
-    """FUSE ioctls and splice(2) always; with `device_open`, also opens of a file for O_RDWR (how
-    servers open /dev/fuse; the path is checked in user space) and mount(2)."""
-    rules = [Rule(arch.ioctl, arg=1, mask=0xFF00, value=FUSE_IOCTL_TYPE), Rule(arch.splice)]
+    """FUSE ioctls, splice(2) and umount2(2) always; with `device_open`, also opens of a
+    file for O_RDWR (how servers open /dev/fuse; the path is checked in user space) and
+    mount(2)."""
+    rules = [Rule(arch.ioctl, arg=1, mask=0xFF00, value=FUSE_IOCTL_TYPE), Rule(arch.splice),
+             Rule(arch.umount2)]
     if device_open:
         rules.append(Rule(arch.openat, arg=2, mask=_OPEN_FLAGS_MASK, value=O_RDWR))
         if arch.open is not None:
@@ -189,10 +209,25 @@ class ServerMount:
     fstype: str
     flags: int
     data: str  # the server's options with its `fd=N` removed
+    pid: int
+    tid: int  # the caller, whose credentials the mount is made with
+    program: str  # the caller's executable: the server, or a helper such as fusermount3
+
+
+@dataclass(frozen=True)
+class ServerUnmount:
+    """An umount2(2) a server process made."""
+
+    target: str  # absolute
+    flags: int
+    pid: int
+    tid: int
 
 
 #: The recorder's answer to a ServerMount: 0 or an errno.
 MountHandler = Callable[[ServerMount], int]
+#: The recorder's answer to a ServerUnmount: 0, an errno, or None (not ours: let it run).
+UnmountHandler = Callable[[ServerUnmount], "int | None"]
 _FD_OPTION = re.compile(r"(?:^|,)fd=(\d+)(?=,|$)")
 
 
@@ -240,6 +275,13 @@ def _tgid(tid: int) -> int:
     raise ProcessLookupError(tid)
 
 
+def _exe(pid: int) -> str:
+    try:
+        return os.readlink(f"/proc/{pid}/exe")
+    except OSError:
+        return ""
+
+
 def _fd_path(pid: int, fd: int) -> str | None:
     try:
         return os.readlink(f"/proc/{pid}/fd/{fd}")
@@ -274,18 +316,23 @@ class IoctlTrap:
         return None
 
     def __init__(self, relay_fd_in_child: int, device_fd: int, writer: TraceWriter,
-                 on_mount: MountHandler | None = None) -> None:
+                 on_mount: MountHandler | None = None,
+                 on_unmount: UnmountHandler | None = None) -> None:
         """`relay_fd_in_child` is the server's socket end, open here under the same number
         (subprocess's pass_fds keeps numbers); its inode is how the relay is recognised.
+        `device_fd` is the real /dev/fuse (-1 until there is one: `device_fd` may be set
+        later, once the recorder has mounted).
 
-        With `on_mount`, servers that open /dev/fuse and mount(2) it themselves (libfuse 2
-        as root, hand-written servers) are caught too: their open of /dev/fuse returns a
-        copy of the relay socket, and their mount(2) of it is handed to `on_mount`."""
+        With `on_mount`, servers that open /dev/fuse and mount(2) it themselves (directly
+        or through fusermount3) are caught too: their open of /dev/fuse returns a copy of
+        the relay socket, and their mount(2) of it is handed to `on_mount`."""
         self.relay_fd_in_child = relay_fd_in_child
         self.device_fd = device_fd
         self.writer = writer
         self.relay_inode = os.fstat(relay_fd_in_child).st_ino
         self.on_mount = on_mount
+        self.on_unmount = on_unmount
+        self.trace_error: str | None = None  # why ioctls stopped being recorded
         self._inject: int | None = os.dup(relay_fd_in_child) if on_mount else None
         self.open_backing_ids = 0
         self.spliced = 0  # replies the server spliced onto the relay, sent whole instead
@@ -400,6 +447,8 @@ class IoctlTrap:
             return self._handle_splice(note)
         if note.nr == self._arch.mount:
             return self._handle_mount(note)
+        if note.nr == self._arch.umount2:
+            return self._handle_umount(note)
         if note.nr in (self._arch.openat, self._arch.open):
             return self._handle_open(note)
         return self._handle_ioctl(note)
@@ -419,7 +468,7 @@ class IoctlTrap:
             log.warning("handing the relay to the server's open of /dev/fuse: %s", exc)
             return -1, exc.errno or errno.EIO, False
         pid = _tgid(note.tid)
-        self.writer.event("device_open", pid=pid, tid=note.tid, fd=newfd,
+        self._record(self.writer.event, "device_open", pid=pid, tid=note.tid, fd=newfd,
                           note="the server opened /dev/fuse itself and got the relay socket")
         return newfd, 0, None  # answered by ADDFD_FLAG_SEND
 
@@ -459,22 +508,37 @@ class IoctlTrap:
         pid = _tgid(note.tid)
         if not self._is_relay(pid, int(match.group(1))):
             return 0, 0, True  # a real /dev/fuse of its own: let it mount
-        target = _read_string(note.tid, note.args[1]) or ""
-        if not target.startswith("/"):
-            target = os.path.join(os.readlink(f"/proc/{pid}/cwd"), target)
-        request = ServerMount(_read_string(note.tid, note.args[0]) or fstype, target, fstype,
-                              note.args[3] & 0xFFFFFFFF,
-                              _FD_OPTION.sub("", data).strip(","))
+        request = ServerMount(_read_string(note.tid, note.args[0]) or fstype,
+                              _absolute(pid, _read_string(note.tid, note.args[1]) or ""),
+                              fstype, note.args[3] & 0xFFFFFFFF,
+                              _FD_OPTION.sub("", data).strip(","), pid, note.tid,
+                              _exe(pid))
         if not self._still_valid(note):
             return 0, 0, True
         err = self.on_mount(request)
-        self.writer.event("server_mount", pid=pid, source=request.source, target=target,
-                          fstype=fstype, flags=request.flags, options=request.data, errno=err)
+        self._record(self.writer.event, "server_mount", pid=pid, tid=note.tid,
+                     program=request.program, source=request.source, target=request.target,
+                     fstype=fstype, flags=request.flags, options=request.data, errno=err)
         if err == 0:
             self._drop_inject()
         return (0 if err == 0 else -1), err, False
 
+    def _handle_umount(self, note: Notification) -> tuple[int, int, bool | None]:
+        """A server's umount2(2): the recorder's to answer when it names the recorded mount."""
+        if self.on_unmount is None:
+            return 0, 0, True
+        pid = _tgid(note.tid)
+        target = _absolute(pid, _read_string(note.tid, note.args[0]) or "")
+        if not self._still_valid(note):
+            return 0, 0, True
+        err = self.on_unmount(ServerUnmount(target, note.args[1] & 0xFFFFFFFF, pid, note.tid))
+        if err is None:
+            return 0, 0, True
+        return (0 if err == 0 else -1), err, False
+
     def _handle_ioctl(self, note: Notification) -> tuple[int, int, bool | None]:
+        if note.cmd == DevIoctl.CLONE:
+            return self._handle_clone(note)
         if not self._is_relay(note.tid, note.fd):
             return 0, 0, True  # a real /dev/fuse or another device: not ours to touch
         cmd = note.cmd
@@ -486,15 +550,59 @@ class IoctlTrap:
         fd_at = _FD_AT.get(cmd)
         backing_fd = struct.unpack_from("<i", arg, fd_at)[0] if fd_at is not None and len(arg) >= 4 else None
         path = _fd_path(pid, backing_fd) if backing_fd is not None else None
-        result, err, note_text = self._perform(cmd, arg, pid, backing_fd, fd_at)
-        extra = {"note": note_text} if note_text else {}
-        self.writer.ioctl(cmd=cmd, arg=arg, result=result, errno=err, tid=note.tid, pid=pid,
-                          fd=backing_fd, path=path, **extra)
-        if err == 0 and cmd in _FD_AT:
+        outcome = self._perform(cmd, arg, pid, note.tid, backing_fd, fd_at)
+        extra: dict[str, Any] = {"note": outcome.note} if outcome.note else {}
+        if outcome.recorder_error:
+            extra["recorder_error"] = outcome.recorder_error
+        self._record(self.writer.ioctl, cmd=cmd, arg=arg, result=outcome.result,
+                     errno=outcome.errno, tid=note.tid, pid=pid, fd=backing_fd, path=path,
+                     **extra)
+        if outcome.errno == 0 and cmd in _FD_AT:
             self.open_backing_ids += 1
-        elif err == 0 and cmd == DevIoctl.BACKING_CLOSE:
+        elif outcome.errno == 0 and cmd == DevIoctl.BACKING_CLOSE:
             self.open_backing_ids -= 1
+        return outcome.result, outcome.errno, False
+
+    def _handle_clone(self, note: Notification) -> tuple[int, int, bool | None]:
+        """FUSE_DEV_IOC_CLONE naming the relay: the new fd becomes the relay too."""
+        arg = self._read_arg(note, 4)
+        pid = _tgid(note.tid)
+        session_fd = struct.unpack("<I", arg)[0] if len(arg) == 4 else -1
+        if not self._is_relay(pid, session_fd) or not self._still_valid(note):
+            return 0, 0, True  # a clone of a real device of the server's own
+        result, err, recorder_error = 0, 0, None
+        try:
+            pidfd = os.pidfd_open(pid)
+            try:
+                relay = pidfd_getfd(pidfd, session_fd)
+            finally:
+                os.close(pidfd)
+            try:
+                addfd = _ADDFD.pack(note.id, SECCOMP_ADDFD_FLAG_SETFD, relay, note.fd,
+                                    _cloexec(pid, note.fd))
+                fcntl.ioctl(self._listener, SECCOMP_IOCTL_NOTIF_ADDFD, bytearray(addfd))
+            finally:
+                os.close(relay)
+        except OSError as exc:
+            result, err = -1, exc.errno or errno.EIO
+            recorder_error = f"emulating the clone: {exc.strerror}"
+        extra = {"recorder_error": recorder_error} if recorder_error else {}
+        self._record(self.writer.ioctl, cmd=note.cmd, arg=arg, result=result, errno=err,
+                     tid=note.tid, pid=pid, fd=note.fd, path=None,
+                     note=f"emulated: fd {note.fd} now reaches the relay like fd {session_fd}",
+                     **extra)
         return result, err, False
+
+    def _record(self, method: Callable[..., None], *args: Any, **meta: Any) -> None:
+        """Record, or when the trace cannot be written note why once and go on: the
+        server's calls must get the kernel's answers whatever happens to the trace."""
+        if self.trace_error is not None:
+            return
+        try:
+            method(*args, **meta)
+        except (OSError, ValueError) as exc:
+            self.trace_error = f"writing the trace failed: {exc}"
+            log.error("%s; the server's ioctls go on unrecorded", self.trace_error)
 
     def _read_arg(self, note: Notification, size: int) -> bytes:
         fd = os.open(f"/proc/{note.tid}/mem", os.O_RDONLY | os.O_CLOEXEC)
@@ -503,30 +611,77 @@ class IoctlTrap:
         finally:
             os.close(fd)
 
-    def _perform(self, cmd: int, arg: bytes, pid: int, backing_fd: int | None,
-                 fd_at: int | None) -> tuple[int, int, str]:
-        """Do the ioctl on the real device: (result, errno, what fusetrace did instead)."""
-        if cmd == DevIoctl.CLONE:
-            return -1, errno.EINVAL, "refused: a clone of the real device would bypass the relay"
+    def _perform(self, cmd: int, arg: bytes, pid: int, tid: int, backing_fd: int | None,
+                 fd_at: int | None) -> Outcome:
+        """Do the ioctl on the real device with the caller's credentials."""
         if cmd == DevIoctl.SYNC_INIT:
-            return -1, errno.ENOTTY, "not relayed: answered as a kernel without SYNC_INIT"
+            return Outcome(-1, errno.ENOTTY, "not relayed: answered as a kernel without SYNC_INIT")
         ours = None
         buf = bytearray(arg)
         try:
             if backing_fd is not None and fd_at is not None:
-                pidfd = os.pidfd_open(pid)
                 try:
-                    ours = pidfd_getfd(pidfd, backing_fd)
+                    pidfd = os.pidfd_open(pid)
+                    try:
+                        ours = pidfd_getfd(pidfd, backing_fd)
+                    finally:
+                        os.close(pidfd)
                 except OSError as exc:
-                    return -1, exc.errno or errno.EBADF, f"could not take fd {backing_fd}: {exc.strerror}"
-                finally:
-                    os.close(pidfd)
+                    if exc.errno == errno.EBADF:  # what the kernel would say of a bad fd
+                        return Outcome(-1, errno.EBADF)
+                    return Outcome(-1, exc.errno or errno.EIO,
+                                   recorder_error=f"taking fd {backing_fd} from the server "
+                                                  f"(pidfd_getfd): {exc.strerror}")
                 struct.pack_into("<i", buf, fd_at, ours)
             try:
-                result = fcntl.ioctl(self.device_fd, cmd, buf) if buf else fcntl.ioctl(self.device_fd, cmd, 0)
+                caller = creds.of_thread(pid, tid)
             except OSError as exc:
-                return -1, exc.errno or errno.EIO, ""
-            return result, 0, ""
+                return Outcome(-1, exc.errno or errno.ESRCH,
+                               recorder_error=f"reading the caller's credentials: {exc.strerror}")
+            try:
+                with creds.assumed(caller):
+                    try:
+                        result = fcntl.ioctl(self.device_fd, cmd, buf) if buf else fcntl.ioctl(self.device_fd, cmd, 0)
+                    except OSError as exc:
+                        return Outcome(-1, exc.errno or errno.EIO)
+            except OSError as exc:
+                return Outcome(-1, exc.errno or errno.EPERM,
+                               recorder_error=f"taking on the caller's credentials: {exc.strerror}")
+            return Outcome(result, 0)
         finally:
             if ours is not None:
                 os.close(ours)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What an ioctl the recorder made for the server gave: the answer the server gets,
+    what fusetrace did instead (`note`), and a failure of the recorder's own
+    (`recorder_error`: then `errno` is the recorder's, not the kernel's)."""
+
+    result: int
+    errno: int
+    note: str = ""
+    recorder_error: str | None = None
+
+
+def _absolute(pid: int, path: str) -> str:
+    """A path as the calling process meant it (relative ones from its cwd)."""
+    if path.startswith("/"):
+        return path
+    try:
+        return os.path.join(os.readlink(f"/proc/{pid}/cwd"), path)
+    except OSError:
+        return path
+
+
+def _cloexec(pid: int, fd: int) -> int:
+    """O_CLOEXEC when the process's `fd` has it, so a replaced fd keeps its flag."""
+    try:
+        with open(f"/proc/{pid}/fdinfo/{fd}", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("flags:"):
+                    return os.O_CLOEXEC if int(line.split()[1], 8) & os.O_CLOEXEC else 0
+    except (OSError, ValueError):
+        pass
+    return 0
