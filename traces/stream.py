@@ -67,9 +67,15 @@ class TraceFile:
     def stat(self) -> os.stat_result:
         return os.fstat(self.fd)
 
+    def damage(self) -> str | None:
+        """Why the readable bytes end before the file does (a compressed trace's cut or
+        bad frame); None for a plain trace, whose readers find that themselves."""
+        return None
+
 
 def open_trace(path: str | os.PathLike[str]) -> TraceFile:
-    """Open `path` and check its header; any problem is a `TraceReadError`."""
+    """Open `path` (plain or compressed, see `compressed.py`) and check its header; any
+    problem is a `TraceReadError`."""
     where = os.fspath(path)
     try:
         fd = os.open(where, os.O_RDONLY | os.O_CLOEXEC)
@@ -83,7 +89,11 @@ def open_trace(path: str | os.PathLike[str]) -> TraceFile:
             raise TraceReadError(f"{where}: is a directory, not a trace")
         if not stat.S_ISREG(mode):
             raise TraceReadError(f"{where}: not a regular file")
-        obj, start = _read_header(fd, where)
+        from . import compressed  # it builds on this module
+
+        if compressed.is_compressed(os.pread(fd, 4, 0)):
+            return compressed.open_compressed(fd, where, _read_header, check_header)
+        obj, start = _read_header(lambda size, pos: os.pread(fd, size, pos), where)
         header, upgrade = check_header(obj, where)
         return TraceFile(fd, where, header, obj["format"], start, upgrade)
     except BaseException:
@@ -91,7 +101,7 @@ def open_trace(path: str | os.PathLike[str]) -> TraceFile:
         raise
 
 
-def _read_header(fd: int, where: str) -> tuple[Any, int]:
+def _read_header(pread: Callable[[int, int], bytes], where: str) -> tuple[Any, int]:
     unpacker = msgpack.Unpacker(raw=False, max_buffer_size=MAX_RECORD, **LIMITS)
     pos = 0
     while True:
@@ -103,7 +113,7 @@ def _read_header(fd: int, where: str) -> tuple[Any, int]:
             raise TraceReadError(f"{where}: not a fusetrace trace "
                                  f"(not msgpack: {str(exc) or type(exc).__name__})") from None
         try:
-            data = os.pread(fd, 64 << 10, pos)
+            data = pread(64 << 10, pos)
         except OSError as exc:
             raise TraceReadError(f"{where}: read error at byte {pos}: {exc.strerror}") from None
         if not data:
@@ -156,6 +166,8 @@ class Scan:
             if not data:
                 if read_at > self.end:
                     self.stop = f"incomplete record ({read_at - self.end} bytes)"
+                else:
+                    self.stop = self.trace.damage()
                 return
             try:
                 unpacker.feed(data)

@@ -7,7 +7,9 @@ fails half-way is cut back off the file, so the trace stays a clean prefix. File
 mode 0600 whatever the umask: they can hold file contents.
 
 The appends themselves go through an `Appender`: `FileAppender` here, or the recorder's
-native one, which its C relay loop writes through too, under the same lock.
+native one, which its C relay loop writes through too, under the same lock. A path
+ending in `.zst` is written compressed (`compressed.FrameSink`): the appender's
+descriptor is then a pipe to the compressing thread.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any, Callable, Protocol
 import msgpack
 
 from .compat import FORMAT_VERSION, MAGIC
+from .compressed import FrameSink
 from .records import TS_LIMIT, Kind
 
 _RESERVED = frozenset({"magic", "format"})
@@ -152,13 +155,20 @@ class TraceWriter(_Recorder):
         self._lock = threading.Lock()
         self._packer = msgpack.Packer(use_bin_type=True)
         head = self._packer.pack(self.header)
-        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND
-                     | os.O_CLOEXEC, 0o600)
+        self._sink: FrameSink | None = None
+        if self.path.endswith(".zst"):  # compressed: the appender writes into a pipe
+            self._sink = FrameSink(self.path)
+            fd = self._sink.write_fd
+        else:
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+                         | os.O_CLOEXEC, 0o600)
         try:
             os.fchmod(fd, 0o600)
             self.appender = appender(fd)
         except BaseException:
             os.close(fd)
+            if self._sink is not None:
+                self._sink.finish()
             raise
         try:
             self.appender.append(head, 0)
@@ -186,6 +196,9 @@ class TraceWriter(_Recorder):
 
     def close(self) -> None:
         self.appender.close()
+        if self._sink is not None:
+            sink, self._sink = self._sink, None
+            sink.finish()
 
     def batch(self) -> Batch:
         """Collect records and write them in one go when the `with` block ends."""

@@ -1,4 +1,4 @@
-"""The command line of `export`."""
+"""The command lines of `export`, `compress` and `decompress`."""
 
 from __future__ import annotations
 
@@ -32,6 +32,18 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compress(args: argparse.Namespace) -> int:
+    from traces.compressed import compress_file, decompress_file
+
+    if args.command == "compress":
+        note = compress_file(args.trace, args.output, args.level)
+    else:
+        note = decompress_file(args.trace, args.output)
+    if note:
+        print(f"fusetrace: {args.trace}: {note}", file=sys.stderr)
+    return 0
+
+
 def add_parsers(sub: Any) -> None:
     """Add the subcommands to the `fusetrace` parser's subparsers."""
     export = sub.add_parser(
@@ -48,6 +60,22 @@ def add_parsers(sub: Any) -> None:
                           "request, backing ids as spans with flow arrows to their opens")
     export.add_argument("-o", "--output", default="-", metavar="OUT",
                         help="file to write (default -: standard output)")
-    export.add_argument("trace", help="trace file (.fzt)")
+    export.add_argument("trace", help="trace file (.fzt or .fzt.zst)")
     export.set_defaults(run=_export)
+
+    comp = sub.add_parser(
+        "compress", help="compress a trace with zstd in independent frames (.fzt.zst)",
+        description="Every command reads the compressed trace as it reads the plain one, "
+                    "random access included.")
+    comp.add_argument("trace", help="trace file (.fzt)")
+    comp.add_argument("-o", "--output", metavar="OUT", help="default: TRACE.zst")
+    comp.add_argument("-l", "--level", type=int, default=3, metavar="N",
+                      help="zstd level (default %(default)s)")
+    comp.set_defaults(run=_compress)
+
+    decomp = sub.add_parser("decompress", help="a .fzt.zst trace back to a plain .fzt")
+    decomp.add_argument("trace", help="compressed trace (.fzt.zst)")
+    decomp.add_argument("-o", "--output", metavar="OUT",
+                        help="default: TRACE without its .zst")
+    decomp.set_defaults(run=_compress)
 

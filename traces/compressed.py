@@ -1,0 +1,334 @@
+"""Compressed traces (`.fzt.zst`): the plain trace's bytes in independent zstd frames.
+
+Layout: frame after frame, each preceded by a small zstd *skippable* frame that says how
+long it is, compressed and not:
+
+    [skippable 0x184D2A5E, 12 bytes: b"fzt1", u32 compressed size, u32 size] [zstd frame] ...
+
+so `zstd -d` reads the file as it is (it skips skippable frames) and gives the plain
+trace, while fusetrace walks the markers (one 20-byte read per frame) to a frame table
+and reads any byte range of the plain trace by decompressing only the frames that hold
+it. Every reader sees offsets of the plain trace: the index, `record(i)`, the TUI's live
+tail. Frames end wherever a megabyte or a second of writing ends, not at records: the
+readers already stop cleanly at a record cut at the end of what is readable.
+
+Writing (`FrameSink`): `TraceWriter` for a path ending in `.zst` hands its appender the
+write end of a pipe; a thread here reads it and writes a frame each `FRAME_BYTES` or
+`FRAME_SECONDS`, whichever comes first, and the rest when the writer closes. The
+appender (also the recorder's C loop) stays unchanged. Caveat: a crash of the writing
+process loses at most the frame it had not finished (up to a second or a megabyte of
+records); a file cut anywhere reads up to its last whole frame; a frame that fails its
+checksum ends the readable part there.
+"""
+
+from __future__ import annotations
+
+import bisect
+import os
+import select
+import struct
+import tempfile
+import threading
+import time
+from collections import OrderedDict
+from typing import Any, Callable
+
+import zstandard
+
+from .compat import RecordUpgrade
+from .errors import TraceReadError
+from .stream import TraceFile
+
+FRAME_BYTES = 1 << 20  # plain bytes per frame: random access decompresses one or two
+FRAME_SECONDS = 1.0  # a slow session still reaches the disk in whole frames this often
+_MARKER = struct.Struct("<II4sII")  # skippable magic, payload size, tag, compressed, plain
+_SKIPPABLE = 0x184D2A5E
+_TAG = b"fzt1"
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+_CACHED_FRAMES = 4
+
+
+def is_compressed(head: bytes) -> bool:
+    """Whether a file starting with `head` (4 bytes or more) is zstd of any kind."""
+    if head[:4] == _ZSTD_MAGIC:
+        return True
+    return len(head) >= 4 and int.from_bytes(head[:4], "little") & ~0xF == 0x184D2A50
+
+
+def marker(compressed: int, plain: int) -> bytes:
+    return _MARKER.pack(_SKIPPABLE, 12, _TAG, compressed, plain)
+
+
+class FrameTable:
+    """Where each frame sits, in the file and in the plain trace, and their bytes."""
+
+    def __init__(self, fd: int, where: str) -> None:
+        self.fd, self.where = fd, where
+        self.file_at: list[int] = []  # offset of each zstd frame in the file
+        self.sizes: list[int] = []  # its compressed size
+        self.plain_at: list[int] = [0]  # plain offset of each frame; last = plain end
+        self.next_marker = 0  # file offset where the next marker is expected
+        self.broken: str | None = None  # why the walk cannot go on (a bad frame)
+        self._dctx = zstandard.ZstdDecompressor()
+        self._cache: OrderedDict[int, bytes] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @property
+    def plain_end(self) -> int:
+        return self.plain_at[-1]
+
+    def walk(self) -> None:
+        """Add the whole frames written since the last walk (a cut last frame waits)."""
+        size = os.fstat(self.fd).st_size
+        while self.broken is None and self.next_marker + _MARKER.size <= size:
+            head = self._read(_MARKER.size, self.next_marker)
+            magic, length, tag, comp, plain = _MARKER.unpack(head)
+            if magic != _SKIPPABLE or length != 12 or tag != _TAG:
+                first = self.next_marker == 0
+                self.broken = (f"no frame marker at byte {self.next_marker}"
+                               + (" (compressed by plain zstd? use `zstd -d`, then "
+                                  "`fusetrace compress`)" if first else ""))
+                return
+            start = self.next_marker + _MARKER.size
+            if start + comp > size:
+                return  # the last frame is still being written, or was cut
+            self.file_at.append(start)
+            self.sizes.append(comp)
+            self.plain_at.append(self.plain_end + plain)
+            self.next_marker = start + comp
+
+    def frame(self, k: int) -> bytes:
+        data = self._cache.get(k)
+        if data is not None:
+            self._cache.move_to_end(k)
+            return data
+        blob = self._read(self.sizes[k], self.file_at[k])
+        want = self.plain_at[k + 1] - self.plain_at[k]
+        try:
+            data = self._dctx.decompress(blob, max_output_size=want)
+        except zstandard.ZstdError as exc:
+            data = None
+            why = str(exc)
+        else:
+            why = f"frame holds {len(data)} bytes, its marker says {want}"
+        if data is None or len(data) != want:
+            self._cut(k, f"bad frame {k} at byte {self.file_at[k]}: {why}")
+            return b""
+        self._cache[k] = data
+        if len(self._cache) > _CACHED_FRAMES:
+            self._cache.popitem(last=False)
+        return data
+
+    def _cut(self, k: int, why: str) -> None:
+        """Forget frame k and everything after it: the readable trace ends there."""
+        self.broken = why
+        del self.file_at[k:], self.sizes[k:], self.plain_at[k + 1:]
+        self._cache.clear()
+
+    def pread(self, size: int, offset: int) -> bytes:
+        """Plain bytes [offset, offset + size), fewer at the end of the whole frames."""
+        with self._lock:
+            if offset + size > self.plain_end:
+                self.walk()
+            parts: list[bytes] = []
+            k = bisect.bisect_right(self.plain_at, offset) - 1
+            while size > 0 and 0 <= k < len(self.file_at):
+                data = self.frame(k)
+                if not data:
+                    break
+                piece = data[offset - self.plain_at[k]:offset - self.plain_at[k] + size]
+                parts.append(piece)
+                offset += len(piece)
+                size -= len(piece)
+                k += 1
+            return b"".join(parts)
+
+    def damage(self) -> str | None:
+        """A bad frame, or a last frame cut short (still being written, or a crash)."""
+        if self.broken:
+            return self.broken
+        size = os.fstat(self.fd).st_size
+        if self.next_marker < size:
+            return (f"compressed frame {len(self.file_at)} cut short (at byte "
+                    f"{self.next_marker} of {size} of the file)")
+        return None
+
+    def _read(self, size: int, offset: int) -> bytes:
+        try:
+            return os.pread(self.fd, size, offset)
+        except OSError as exc:
+            raise TraceReadError(
+                f"{self.where}: read error at byte {offset}: {exc.strerror}") from None
+
+
+class CompressedTraceFile(TraceFile):
+    """A `TraceFile` whose offsets and reads are those of the plain trace inside."""
+
+    frames: FrameTable
+
+    def pread(self, size: int, offset: int) -> bytes:
+        return self.frames.pread(size, offset)
+
+    def damage(self) -> str | None:
+        return self.frames.damage()
+
+
+def open_compressed(fd: int, where: str,
+                    read_header: Callable[[Callable[[int, int], bytes], str], tuple[Any, int]],
+                    check: Callable[[Any, str], tuple[dict[str, Any], RecordUpgrade | None]]
+                    ) -> CompressedTraceFile:
+    """The trace opener's path for a compressed file (`stream.open_trace` calls it)."""
+    frames = FrameTable(fd, where)
+    frames.walk()
+    if frames.broken and not frames.file_at:
+        raise TraceReadError(f"{where}: not a fusetrace compressed trace ({frames.broken})")
+    obj, start = read_header(frames.pread, where)
+    header, upgrade = check(obj, where)
+    trace = CompressedTraceFile(fd, where, header, obj["format"], start, upgrade)
+    trace.frames = frames
+    return trace
+
+
+# --- writing ------------------------------------------------------------------------
+
+class FrameWriter:
+    """Frames with their markers onto an open file descriptor."""
+
+    def __init__(self, fd: int, level: int = 3) -> None:
+        self.fd = fd
+        self._cctx = zstandard.ZstdCompressor(level=level, write_checksum=True,
+                                              write_content_size=True)
+
+    def frame(self, plain: bytes) -> None:
+        if not plain:
+            return
+        blob = self._cctx.compress(plain)
+        data = memoryview(marker(len(blob), len(plain)) + blob)
+        while data:
+            data = data[os.write(self.fd, data):]
+
+
+class FrameSink:
+    """The compressing end of `TraceWriter` for a `.zst` path: `write_fd` takes the plain
+    bytes; `finish()` (after the write end is closed) writes the last frame."""
+
+    def __init__(self, path: str, level: int = 3) -> None:
+        self._out = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+                            | os.O_CLOEXEC, 0o600)
+        os.fchmod(self._out, 0o600)
+        self._read_fd, self.write_fd = os.pipe2(os.O_CLOEXEC)
+        self._frames = FrameWriter(self._out, level)
+        self.error: OSError | None = None
+        self._thread = threading.Thread(target=self._run, name="fusetrace-zstd", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        pending = bytearray()
+        since = 0.0
+        try:
+            while True:
+                wait = None if not pending else max(0.0, since + FRAME_SECONDS - time.monotonic())
+                ready, _, _ = select.select([self._read_fd], [], [], wait)
+                if ready:
+                    chunk = os.read(self._read_fd, FRAME_BYTES)
+                    if not chunk:
+                        break
+                    if not pending:
+                        since = time.monotonic()
+                    pending += chunk
+                if len(pending) >= FRAME_BYTES or (pending and time.monotonic() - since
+                                                   >= FRAME_SECONDS):
+                    self._frames.frame(bytes(pending))
+                    pending.clear()
+            self._frames.frame(bytes(pending))
+        except OSError as exc:
+            self.error = exc
+        finally:
+            os.close(self._read_fd)  # a writer still appending gets EPIPE, not a hang
+            os.close(self._out)
+
+    def finish(self) -> None:
+        """Wait for the last frame; raise what went wrong writing the file, if anything."""
+        self._thread.join()
+        if self.error is not None:
+            raise self.error
+
+
+# --- whole-file conversion ----------------------------------------------------------
+
+def _target(source: str, output: str | None, suffix_from: str, suffix_to: str) -> str:
+    if output:
+        return output
+    if suffix_from:
+        if not source.endswith(suffix_from):
+            raise TraceReadError(f"{source}: does not end in {suffix_from}; say where with -o")
+        out = source[:-len(suffix_from)]
+    else:
+        out = source + suffix_to
+    if os.path.exists(out):
+        raise TraceReadError(f"{out}: exists; name another with -o")
+    return out
+
+
+def _write_atomically(target: str, fill: Callable[[int], None]) -> None:
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(target)),
+                               prefix=f".{os.path.basename(target)}.")
+    try:
+        fill(fd)
+        os.close(fd)
+        fd = -1
+        os.replace(tmp, target)
+    except BaseException:
+        if fd >= 0:
+            os.close(fd)
+        os.unlink(tmp)
+        raise
+
+
+def compress_file(source: str, output: str | None = None, level: int = 3) -> str | None:
+    """Compress a plain trace byte for byte; returns a note for the user, or None."""
+    from .stream import open_trace
+
+    trace = open_trace(source)
+    try:
+        if isinstance(trace, CompressedTraceFile):
+            raise TraceReadError(f"{source}: already compressed")
+        target = _target(source, output, "", ".zst")
+
+        def fill(fd: int) -> None:
+            frames, offset = FrameWriter(fd, level), 0
+            while chunk := trace.pread(FRAME_BYTES, offset):
+                frames.frame(chunk)
+                offset += len(chunk)
+
+        _write_atomically(target, fill)
+    finally:
+        trace.close()
+    return None
+
+
+def decompress_file(source: str, output: str | None = None) -> str | None:
+    """The plain trace inside a compressed one, up to its last whole frame; returns a
+    note when the file ended in a cut or bad frame."""
+    from .stream import open_trace
+
+    trace = open_trace(source)
+    try:
+        if not isinstance(trace, CompressedTraceFile):
+            raise TraceReadError(f"{source}: not compressed")
+        target = _target(source, output, ".zst", "")
+        frames = trace.frames
+
+        def fill(fd: int) -> None:
+            offset = 0
+            while chunk := frames.pread(FRAME_BYTES, offset):
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(fd, view):]
+                offset += len(chunk)
+
+        _write_atomically(target, fill)
+        why = frames.damage()
+        return f"{why}; wrote the {len(frames.file_at)} whole frames before it" if why else None
+    finally:
+        trace.close()
