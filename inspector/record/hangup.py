@@ -10,9 +10,12 @@ blocked reading the relay socket is given ENODEV itself: `PTRACE_SEIZE` +
 to return -ENODEV instead of restarting, and the thread is let go. It sees exactly what
 the kernel would have said, and nothing else of it is touched.
 
-Threads that wait in poll/epoll rather than in a read cannot be told that way; they get
-end-of-file once no thread is left reading (the caller shuts the relay's sending side),
-and the trace says so.
+Threads that wait in poll/epoll for the relay to become readable (trio's pyfuse3, event
+loops) are told at their next read instead: the relay's sending side is shut so their
+wait ends, and the thread is followed syscall by syscall (`PTRACE_SYSCALL`) until it
+reads the relay, whose end-of-file is then turned into ENODEV. A thread that does not
+read the relay within a few syscalls or a moment is let go; it sees end-of-file, and the
+trace says so.
 
 Caveats: x86-64 and arm64 (the register that carries a syscall's result); needs ptrace
 access to the server (root, or the same user under Yama scope 0/1 for a descendant). When
@@ -25,6 +28,7 @@ import ctypes
 import errno
 import os
 import platform
+import time
 from dataclasses import dataclass
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -39,6 +43,18 @@ NT_PRSTATUS, NT_ARM_SYSTEM_CALL = 1, 0x404
 _WALL = 0x40000000
 #: What a socket read interrupted by ptrace returns in the kernel before it restarts.
 _RESTARTS = {512, 513, 514, 516}  # ERESTARTSYS, ERESTARTNOINTR, ERESTARTNOHAND, ERESTART_RESTARTBLOCK
+
+#: The syscalls a thread waits for a descriptor with: poll, select, epoll_wait, pselect6,
+#: ppoll, epoll_pwait, epoll_pwait2.
+WAIT_SYSCALLS = {
+    "x86_64": frozenset({7, 23, 232, 270, 271, 281, 441}),
+    "aarch64": frozenset({72, 73, 22, 441}),
+}
+PTRACE_SYSCALL, PTRACE_SETOPTIONS, PTRACE_GET_SYSCALL_INFO = 24, 0x4200, 0x420E
+PTRACE_O_TRACESYSGOOD = 1
+_SYSCALL_INFO_ENTRY, _SYSCALL_INFO_EXIT = 1, 2
+_FOLLOW_SYSCALLS = 64  # how many syscalls a waiting thread may make before it reads the relay
+_FOLLOW_SECONDS = 1.0
 
 #: The syscalls a server reads /dev/fuse with: read, pread64, readv, recvfrom, recvmsg,
 #: splice, preadv, recvmmsg, preadv2.
@@ -91,6 +107,23 @@ def blocked_readers(pids: set[int], inode: int) -> list[Reader]:
             except OSError:
                 continue
             found.append(Reader(pid, tid, call[1], call[0]))
+    return found
+
+
+def waiting_threads(pids: set[int]) -> list[Reader]:
+    """Threads of `pids` blocked in poll/select/epoll (on anything: which descriptors they
+    wait for is in their memory, not in /proc)."""
+    waits = WAIT_SYSCALLS.get(platform.machine(), frozenset())
+    found = []
+    for pid in sorted(pids):
+        try:
+            tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+        except OSError:
+            continue
+        for tid in tids:
+            call = _blocked_call(pid, tid)
+            if call is not None and call[0] in waits:
+                found.append(Reader(pid, tid, -1, call[0]))
     return found
 
 
@@ -162,6 +195,92 @@ def give_enodev(reader: Reader) -> bool:
             _ptrace(PTRACE_DETACH, reader.tid, 0, signal)
         except OSError:
             pass  # it died meanwhile
+
+
+class _SyscallInfo(ctypes.Structure):
+    """struct ptrace_syscall_info, up to the entry's first argument."""
+
+    _fields_ = [("op", ctypes.c_uint8), ("pad", ctypes.c_uint8 * 3), ("arch", ctypes.c_uint32),
+                ("ip", ctypes.c_uint64), ("sp", ctypes.c_uint64), ("nr_or_rval", ctypes.c_uint64),
+                ("arg0_or_is_error", ctypes.c_uint64), ("rest", ctypes.c_uint64 * 5)]
+
+
+def _set_result(tid: int, value: int) -> None:
+    if platform.machine() == "x86_64":
+        regs = (ctypes.c_uint64 * 27)()
+        _ptrace(PTRACE_GETREGS, tid, 0, ctypes.addressof(regs))
+        regs[10] = value & _U64
+        _ptrace(PTRACE_SETREGS, tid, 0, ctypes.addressof(regs))
+        return
+    regs = (ctypes.c_uint64 * 34)()
+    iov = _Iovec(ctypes.addressof(regs), ctypes.sizeof(regs))
+    _ptrace(PTRACE_GETREGSET, tid, NT_PRSTATUS, ctypes.addressof(iov))
+    regs[0] = value & _U64
+    _ptrace(PTRACE_SETREGSET, tid, NT_PRSTATUS, ctypes.addressof(iov))
+
+
+def _stop(tid: int, deadline: float) -> int | None:
+    """The tracee's next stop status, or None when it is gone or the deadline passed."""
+    while time.monotonic() < deadline:
+        got, status = os.waitpid(tid, _WALL | os.WNOHANG)
+        if got == 0:
+            time.sleep(0.001)
+            continue
+        if os.WIFEXITED(status) or os.WIFSIGNALED(status):
+            return None
+        return status
+    return None
+
+
+def enodev_at_next_read(waiter: Reader, inode: int) -> bool:
+    """Follow a thread waiting in poll/epoll until it reads socket `inode` (whose sending
+    side the caller has shut, so the wait ends), and make that read fail with ENODEV.
+    False when it did not read the socket soon; raises OSError when ptrace is refused."""
+    want = f"socket:[{inode}]"
+    reads = READ_SYSCALLS.get(platform.machine(), frozenset())
+    tid = waiter.tid
+    _ptrace(PTRACE_SEIZE, tid, 0, PTRACE_O_TRACESYSGOOD)
+    deadline = time.monotonic() + _FOLLOW_SECONDS
+    pending, done, stopped = False, False, False
+    try:
+        _ptrace(PTRACE_INTERRUPT, tid)
+        for _ in range(2 * _FOLLOW_SYSCALLS + 4):
+            status = _stop(tid, deadline)
+            stopped = status is not None
+            if status is None:
+                break
+            sig, pass_on = os.WSTOPSIG(status), 0
+            if sig == 0x80 | 5:  # SIGTRAP | 0x80: a syscall stop
+                info = _SyscallInfo()
+                _ptrace(PTRACE_GET_SYSCALL_INFO, tid, ctypes.sizeof(info), ctypes.addressof(info))
+                if info.op == _SYSCALL_INFO_ENTRY:
+                    fd = info.arg0_or_is_error & 0xFFFFFFFF
+                    pending = info.nr_or_rval in reads and _fd_is(waiter.pid, fd, want)
+                elif info.op == _SYSCALL_INFO_EXIT and pending:
+                    if ctypes.c_int64(info.nr_or_rval).value == 0:  # the end-of-file
+                        _set_result(tid, -errno.ENODEV)
+                        done = True
+                    break
+            elif status >> 16 == 0:  # a signal for the tracee: hand it over
+                pass_on = sig
+            _ptrace(PTRACE_SYSCALL, tid, 0, pass_on)
+            stopped = False
+        if not stopped:
+            _ptrace(PTRACE_INTERRUPT, tid)
+            _stop(tid, time.monotonic() + 0.5)
+        return done
+    finally:
+        try:
+            _ptrace(PTRACE_DETACH, tid)
+        except OSError:
+            pass  # it died meanwhile
+
+
+def _fd_is(pid: int, fd: int, target: str) -> bool:
+    try:
+        return os.readlink(f"/proc/{pid}/fd/{fd}") == target
+    except OSError:
+        return False
 
 
 def available() -> str | None:

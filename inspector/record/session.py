@@ -205,6 +205,8 @@ class Session:
         self.told: dict[str, int] = {}  # "enodev": threads, "end-of-file": 1
         self._signals_at_end = 0
         self._killed: int | None = None  # the signal fusetrace had to end the server with
+        self._walked: set[int] = set()  # threads followed to their next read
+        self._hangup_refused = False
 
     # --- the whole session --------------------------------------------------------------
 
@@ -562,7 +564,7 @@ class Session:
                 if self._tell(set(live) | procs.track()):
                     last_reader = now
                 elif now - last_reader > EOF_AFTER:
-                    self._end_of_file()
+                    self._end_of_file("no server thread was left reading the relay")
             grace = self.cfg.grace
             if grace is not None and grace_stage < 2 and now - began > grace * (grace_stage + 1):
                 sig = signal.SIGTERM if grace_stage == 0 else signal.SIGKILL
@@ -581,25 +583,37 @@ class Session:
         return shown + (f" and {len(pids) - 3} more" if len(pids) > 3 else "")
 
     def _tell(self, pids: set[int]) -> bool:
-        """Give ENODEV to each server thread blocked reading the relay; True when there
-        was one (so more may come)."""
-        if "end-of-file" in self.told or hangup.available() is not None:
+        """Give ENODEV to each server thread blocked reading the relay, and to threads
+        waiting in poll/epoll at their next read of it; True when a thread was reading
+        (so more may come)."""
+        if self._hangup_refused or hangup.available() is not None:
             return False
-        readers = hangup.blocked_readers(pids, self.theirs_ino)
-        for reader in readers:
-            try:
-                if not hangup.give_enodev(reader):
-                    continue
-            except OSError as exc:
-                self.differences.append(f"ENODEV could not be given ({exc.strerror}): "
-                                        f"end-of-file instead")
-                self._end_of_file()
-                return False
-            self.told["enodev"] = self.told.get("enodev", 0) + 1
-            self._event("enodev_given", pid=reader.pid, tid=reader.tid, fd=reader.fd)
+        try:
+            readers = [] if "end-of-file" in self.told else hangup.blocked_readers(
+                pids, self.theirs_ino)
+            for reader in readers:
+                if hangup.give_enodev(reader):
+                    self._told_enodev(reader, "blocked in read")
+            waiters = [w for w in hangup.waiting_threads(pids) if w.tid not in self._walked]
+            if waiters and not readers:
+                self._end_of_file("a thread waits in poll/epoll: told at its next read")
+                for waiter in waiters:
+                    self._walked.add(waiter.tid)
+                    if hangup.enodev_at_next_read(waiter, self.theirs_ino):
+                        self._told_enodev(waiter, "at its next read after poll/epoll")
+        except OSError as exc:
+            self._hangup_refused = True
+            self.differences.append(f"ENODEV could not be given ({exc.strerror}): "
+                                    f"end-of-file instead")
+            self._end_of_file("ptrace refused")
+            return False
         return bool(readers)
 
-    def _end_of_file(self) -> None:
+    def _told_enodev(self, thread: hangup.Reader, how: str) -> None:
+        self.told["enodev"] = self.told.get("enodev", 0) + 1
+        self._event("enodev_given", pid=thread.pid, tid=thread.tid, how=how)
+
+    def _end_of_file(self, why: str) -> None:
         """The relay's sending side shut: a server thread that reads it now sees EOF."""
         if "end-of-file" in self.told or self.ours is None:
             return
@@ -608,7 +622,7 @@ class Session:
             self.ours.shutdown(socket.SHUT_WR)
         except OSError:
             return
-        self._event("end_of_file", why="no server thread was left blocked reading the relay")
+        self._event("end_of_file", why=why)
 
     def _kill(self, sig: int, why: str) -> None:
         assert self.procs is not None

@@ -276,9 +276,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 async def _serve() -> None:
-    """pyfuse3's loop, cancelled by SIGTERM/SIGINT."""
+    """pyfuse3's loop until the session ends (the unmount: its read says ENODEV), or
+    cancelled by SIGTERM/SIGINT."""
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(pyfuse3.main)
+
+        async def serve_then_stop() -> None:
+            await pyfuse3.main()
+            nursery.cancel_scope.cancel()
+
+        nursery.start_soon(serve_then_stop)
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async for signum in signals:
                 log.info("stopping on %s", signal.Signals(signum).name)
