@@ -151,7 +151,7 @@ def unmount(target: str, device: str | None = None) -> str | None:
     if not found or (device is not None and found[-1].device != device):
         return None
     if os.geteuid() != 0:
-        return _fusermount_unmount(target)
+        return fusermount_unmount(target)
     try:
         syscalls.umount2(target)
         return "unmounted"
@@ -264,7 +264,8 @@ def fusermount(target: str, opts: MountOptions, timeout: float = 30.0) -> int:
     return fds[0]
 
 
-def _fusermount_unmount(target: str) -> str:
+def fusermount_unmount(target: str) -> str:
+    """`fusermount3 -u`, lazily (`-z`) when busy; "unmounted" or "detached"."""
     for args, how in ((["-u"], "unmounted"), (["-u", "-z"], "detached")):
         res = subprocess.run([FUSERMOUNT, *args, "--", target], capture_output=True, text=True,
                              timeout=30)

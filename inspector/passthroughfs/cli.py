@@ -14,6 +14,7 @@ from .backing import BackingFiles
 from .misbehave import SWITCHES, Misbehaviour, parse
 from .mounting import Connection, MountOptions
 from .ops import Operations
+from .saving import save
 from .server import Server
 from .tracing import Tracer
 
@@ -59,6 +60,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="get passthrough wrong on purpose (repeatable), see below")
     parser.add_argument("--threads", type=int, default=4, metavar="N",
                         help="worker threads (default 4)")
+    parser.add_argument("--mount-with", choices=("self", "fusermount3"), default="self",
+                        help="self: open /dev/fuse and mount(2) it (default); fusermount3: "
+                             "through the helper, with _FUSE_COMMFD")
+    parser.add_argument("--save-to", metavar="FILE",
+                        help="after the session, write a summary of SOURCE to FILE, slowly "
+                             "(as archive-backed servers write their archive)")
+    parser.add_argument("--save-seconds", type=float, default=3.0, metavar="S",
+                        help="how long writing --save-to takes (default %(default)s)")
     parser.add_argument("-d", "--debug", action="store_true", help="log every request")
     args = parser.parse_args(argv)
     args.options = _mount_options(args.options, parser)
@@ -105,7 +114,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "source_dir": args.source, "passthrough": args.passthrough,
                 "misbehave": sorted(misbehave.flags) + [
                     f"stall={op}:{s}" for op, s in misbehave.stalls.items()]}, args.snaplen)
-        conn = Connection(args.mountpoint, args.mount_options)
+        conn = Connection(args.mountpoint, args.mount_options,
+                          helper=args.mount_with == "fusermount3")
         ops = Operations(args.source, BackingFiles(conn.fd, tracer, misbehave),
                          args.timeouts, misbehave)
         server = Server(conn.fd, ops, tracer, misbehave, passthrough=args.passthrough,
@@ -115,6 +125,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         status = server.serve()
         conn.unmount()
         server.join(1.0)
+        if args.save_to:
+            save(args.source, args.save_to, args.save_seconds)
     except OSError as exc:
         log.error("%s", exc)
     finally:
