@@ -116,29 +116,32 @@ def connection_dir(device: str) -> str:
     return os.path.join(FUSE_CONNECTIONS, device.partition(":")[2])
 
 
-def ensure_fusectl() -> bool:
-    """Mount the fusectl filesystem on /sys/fs/fuse/connections if nobody did (systemd
-    usually does; minimal systems and containers often do not). True when it is there."""
-    if any(e.fstype == "fusectl" and e.mountpoint == FUSE_CONNECTIONS for e in mount_entries()):
-        return True
-    try:
-        syscalls.mount("fusectl", FUSE_CONNECTIONS, "fusectl", 0, "")
-    except OSError:
-        return False
-    return True
-
-
 def abort_connection(device: str) -> bool:
     """Abort the FUSE connection of the mount with `device`: every waiting and future
-    request fails with ENOTCONN and the device reads ENODEV. Mounts fusectl when needed.
-    False if the connection is gone already (or fusectl cannot be had)."""
-    if not ensure_fusectl():
-        return False
+    request fails with ENOTCONN and the device reads ENODEV. False if the connection is
+    gone already (or fusectl cannot be had).
+
+    Through fusectl at /sys/fs/fuse/connections; when nobody mounted it (minimal systems
+    and containers; systemd usually does) it is mounted for the moment and unmounted
+    again, so the host is left as it was."""
+    there = any(e.fstype == "fusectl" and e.mountpoint == FUSE_CONNECTIONS
+                for e in mount_entries())
+    if not there:
+        try:
+            syscalls.mount("fusectl", FUSE_CONNECTIONS, "fusectl", 0, "")
+        except OSError:
+            return False
     try:
         with open(os.path.join(connection_dir(device), "abort"), "w") as f:
             f.write("1")
     except OSError:
         return False
+    finally:
+        if not there:
+            try:
+                syscalls.umount2(FUSE_CONNECTIONS)
+            except OSError:
+                pass  # someone else mounted it meanwhile and holds it
     return True
 
 
