@@ -30,6 +30,7 @@ import os
 import platform
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.ptrace.restype = ctypes.c_long
@@ -53,7 +54,7 @@ WAIT_SYSCALLS = {
 PTRACE_SYSCALL, PTRACE_SETOPTIONS, PTRACE_GET_SYSCALL_INFO = 24, 0x4200, 0x420E
 PTRACE_O_TRACESYSGOOD = 1
 _SYSCALL_INFO_ENTRY, _SYSCALL_INFO_EXIT = 1, 2
-_FOLLOW_SYSCALLS = 64  # how many syscalls a waiting thread may make before it reads the relay
+_FOLLOW_SYSCALLS = 64  # other syscalls in a row after which a followed thread is let go
 _FOLLOW_SECONDS = 1.0
 
 #: The syscalls a server reads /dev/fuse with: read, pread64, readv, recvfrom, recvmsg,
@@ -180,15 +181,12 @@ def give_enodev(reader: Reader) -> bool:
     signal = 0
     try:
         _ptrace(PTRACE_INTERRUPT, reader.tid)
-        while True:
-            _, status = os.waitpid(reader.tid, _WALL)
-            if os.WIFEXITED(status) or os.WIFSIGNALED(status):
-                return False
-            if os.WIFSTOPPED(status) and status >> 16 == PTRACE_EVENT_STOP:
-                break
-            if os.WIFSTOPPED(status):  # a real signal arrived first: it is passed on
-                signal = os.WSTOPSIG(status)
-                return False
+        status = _stop(reader.tid, time.monotonic() + 1.0)
+        if status is None:
+            return False
+        if status >> 16 != PTRACE_EVENT_STOP:  # a real signal arrived first: pass it on
+            signal = os.WSTOPSIG(status)
+            return False
         return setter(reader.tid, reader)
     finally:
         try:
@@ -220,60 +218,96 @@ def _set_result(tid: int, value: int) -> None:
 
 
 def _stop(tid: int, deadline: float) -> int | None:
-    """The tracee's next stop status, or None when it is gone or the deadline passed."""
+    """The tracee's next ptrace stop status, or None when it exited (its status is left
+    for its parent: the server's exit must still be collected as such) or the deadline
+    passed."""
     while time.monotonic() < deadline:
-        got, status = os.waitpid(tid, _WALL | os.WNOHANG)
-        if got == 0:
+        try:
+            info = os.waitid(os.P_PID, tid, os.WEXITED | os.WSTOPPED | os.WNOHANG | os.WNOWAIT
+                             | _WALL)
+        except ChildProcessError:
+            return None
+        if info is None or info.si_pid == 0:
             time.sleep(0.001)
             continue
-        if os.WIFEXITED(status) or os.WIFSIGNALED(status):
+        if info.si_code != os.CLD_TRAPPED:
             return None
-        return status
+        return os.waitpid(tid, _WALL)[1]
     return None
 
 
-def enodev_at_next_read(waiter: Reader, inode: int) -> bool:
-    """Follow a thread waiting in poll/epoll until it reads socket `inode` (whose sending
-    side the caller has shut, so the wait ends), and make that read fail with ENODEV.
-    False when it did not read the socket soon; raises OSError when ptrace is refused."""
-    want = f"socket:[{inode}]"
+def enodev_at_reads(waiters: list[Reader], inode: int, shut: Callable[[], None]) -> list[Reader]:
+    """Make the reads of socket `inode` that threads waiting in poll/epoll are about to
+    make fail with ENODEV; returns the threads that were told.
+
+    Each thread is stopped first, then `shut` makes the socket readable (end-of-file) so
+    their waits end, then each is followed syscall by syscall: every read of the socket
+    that says end-of-file is turned into ENODEV (an event loop may read it from several
+    tasks). A thread is let go after _FOLLOW_SYSCALLS other syscalls in a row, or after
+    _FOLLOW_SECONDS. Raises OSError when ptrace is refused."""
+    stopped = []
+    try:
+        for waiter in waiters:
+            _ptrace(PTRACE_SEIZE, waiter.tid, 0, PTRACE_O_TRACESYSGOOD)
+            stopped.append(waiter)
+            _ptrace(PTRACE_INTERRUPT, waiter.tid)
+            if _stop(waiter.tid, time.monotonic() + 0.5) is None:
+                stopped.pop()
+                _detach(waiter.tid)
+    except OSError:
+        for waiter in stopped:
+            _detach(waiter.tid)
+        raise
+    shut()
+    told = []
+    for waiter in stopped:
+        try:
+            if _follow(waiter, f"socket:[{inode}]"):
+                told.append(waiter)
+        finally:
+            _detach(waiter.tid)
+    return told
+
+
+def _follow(waiter: Reader, want: str) -> bool:
+    """Run a stopped tracee until it is let go (see `enodev_at_reads`), leaving it stopped."""
     reads = READ_SYSCALLS.get(platform.machine(), frozenset())
     tid = waiter.tid
-    _ptrace(PTRACE_SEIZE, tid, 0, PTRACE_O_TRACESYSGOOD)
     deadline = time.monotonic() + _FOLLOW_SECONDS
-    pending, done, stopped = False, False, False
-    try:
-        _ptrace(PTRACE_INTERRUPT, tid)
-        for _ in range(2 * _FOLLOW_SYSCALLS + 4):
-            status = _stop(tid, deadline)
-            stopped = status is not None
-            if status is None:
-                break
-            sig, pass_on = os.WSTOPSIG(status), 0
-            if sig == 0x80 | 5:  # SIGTRAP | 0x80: a syscall stop
-                info = _SyscallInfo()
-                _ptrace(PTRACE_GET_SYSCALL_INFO, tid, ctypes.sizeof(info), ctypes.addressof(info))
-                if info.op == _SYSCALL_INFO_ENTRY:
-                    fd = info.arg0_or_is_error & 0xFFFFFFFF
-                    pending = info.nr_or_rval in reads and _fd_is(waiter.pid, fd, want)
-                elif info.op == _SYSCALL_INFO_EXIT and pending:
-                    if ctypes.c_int64(info.nr_or_rval).value == 0:  # the end-of-file
-                        _set_result(tid, -errno.ENODEV)
-                        done = True
-                    break
-            elif status >> 16 == 0:  # a signal for the tracee: hand it over
-                pass_on = sig
-            _ptrace(PTRACE_SYSCALL, tid, 0, pass_on)
-            stopped = False
-        if not stopped:
-            _ptrace(PTRACE_INTERRUPT, tid)
+    pending, done, quiet, pass_on = False, False, 0, 0
+    while quiet < _FOLLOW_SYSCALLS:
+        _ptrace(PTRACE_SYSCALL, tid, 0, pass_on)
+        status = _stop(tid, deadline)
+        if status is None:  # still running at the deadline (or gone): stop it to let go
+            try:
+                _ptrace(PTRACE_INTERRUPT, tid)
+            except OSError:
+                return done
             _stop(tid, time.monotonic() + 0.5)
-        return done
-    finally:
-        try:
-            _ptrace(PTRACE_DETACH, tid)
-        except OSError:
-            pass  # it died meanwhile
+            return done
+        sig, pass_on = os.WSTOPSIG(status), 0
+        if sig == 0x80 | 5:  # SIGTRAP | 0x80: a syscall stop
+            info = _SyscallInfo()
+            _ptrace(PTRACE_GET_SYSCALL_INFO, tid, ctypes.sizeof(info), ctypes.addressof(info))
+            if info.op == _SYSCALL_INFO_ENTRY:
+                fd = info.arg0_or_is_error & 0xFFFFFFFF
+                pending = info.nr_or_rval in reads and _fd_is(waiter.pid, fd, want)
+                quiet = 0 if pending else quiet + 1
+            elif info.op == _SYSCALL_INFO_EXIT and pending:
+                pending = False
+                if ctypes.c_int64(info.nr_or_rval).value == 0:  # the end-of-file
+                    _set_result(tid, -errno.ENODEV)
+                    done = True
+        elif status >> 16 == 0:  # a signal for the tracee: hand it over
+            pass_on = sig
+    return done
+
+
+def _detach(tid: int) -> None:
+    try:
+        _ptrace(PTRACE_DETACH, tid)
+    except OSError:
+        pass  # it died meanwhile
 
 
 def _fd_is(pid: int, fd: int, target: str) -> bool:

@@ -596,11 +596,11 @@ class Session:
                     self._told_enodev(reader, "blocked in read")
             waiters = [w for w in hangup.waiting_threads(pids) if w.tid not in self._walked]
             if waiters and not readers:
-                self._end_of_file("a thread waits in poll/epoll: told at its next read")
-                for waiter in waiters:
-                    self._walked.add(waiter.tid)
-                    if hangup.enodev_at_next_read(waiter, self.theirs_ino):
-                        self._told_enodev(waiter, "at its next read after poll/epoll")
+                self._walked.update(w.tid for w in waiters)
+                told = hangup.enodev_at_reads(waiters, self.theirs_ino, lambda: self._end_of_file(
+                    "a thread waits in poll/epoll: told at its next read"))
+                for waiter in told:
+                    self._told_enodev(waiter, "at its next read after poll/epoll")
         except OSError as exc:
             self._hangup_refused = True
             self.differences.append(f"ENODEV could not be given ({exc.strerror}): "
