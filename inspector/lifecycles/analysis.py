@@ -643,6 +643,11 @@ class _Pass:
         arg, result, err = meta.get("arg") or b"", meta.get("result", -1), meta.get("errno", 0)
         fd = int.from_bytes(arg[:4], "little", signed=True) if len(arg) >= 4 else None
         where = f"{name} #{i} (fd={fd}{', ' + meta['path'] if meta.get('path') else ''})"
+        if err and isinstance(meta.get("recorder_error"), str):
+            self.flag("recorder-failed", f"{where} was not made: fusetrace failed "
+                                         f"{meta['recorder_error']} (the server got "
+                                         f"{errno_name(err)} from fusetrace, not the kernel)", [i])
+            return
         if err:
             code, why = self.eperm_cause() if err == _EPERM else (
                 "backing-open-failed", f"failed with {errno_name(err)}")
@@ -669,8 +674,8 @@ class _Pass:
             return ("backing-eperm-not-negotiated", f"failed with EPERM: the INIT reply "
                     f"#{self.init_reply} did not ask for FUSE_PASSTHROUGH")
         return ("backing-eperm-no-cap", "failed with EPERM although passthrough was "
-                "negotiated: the process that performed it lacks CAP_SYS_ADMIN (under "
-                "`fusetrace record` that is the recorder: run it as root)")
+                "negotiated: the server thread that called it lacks CAP_SYS_ADMIN in its "
+                "effective capabilities")
 
     def backing_close(self, i: int, ts: int, bid: int, err: int) -> None:
         lc = self.backing.get(bid)

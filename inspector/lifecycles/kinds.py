@@ -25,6 +25,10 @@ ANOMALY_KINDS: dict[str, tuple[str, str]] = {
     "backing-eperm-no-cap": (
         "error", "BACKING_OPEN failed with EPERM although passthrough was negotiated: the "
                  "process calling it lacks CAP_SYS_ADMIN"),
+    "recorder-failed": (
+        "error", "a passthrough ioctl was not made because fusetrace's own machinery failed "
+                 "(pidfd_getfd refused by Yama or an LSM, credentials it could not take): "
+                 "the errno the server got is fusetrace's, not the kernel's"),
     "backing-unknown-id": ("error", "an open reply carries a backing id that was never opened "
                                     "(the open fails with EIO)"),
     "backing-used-after-close": ("error", "an open reply carries a backing id already closed "
