@@ -33,7 +33,7 @@ from .records import TS_LIMIT, Kind, Record, cut_note, decode, problem
 from .stream import LIMITS, Progress, Scan, TraceFile, open_trace
 
 CACHE_MAGIC = "fusetrace-index"
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: records checked field by field
 _ANCHOR_SPAN = 4096
 _COLUMNS = {"offset": "Q", "ts": "q", "kind": "B", "opcode": "I", "unique": "Q",
             "nodeid": "Q", "error": "i"}
@@ -187,8 +187,8 @@ class TraceIndex:
     def _scan(self, st: os.stat_result, progress: Progress | None) -> None:
         """Add rows from `_end` to the end of file, pairing replies with requests.
 
-        The hot loop checks REQUEST and REPLY records inline with exactly the rules of
-        `problem()`, which judges every other shape.
+        The hot loop checks REQUEST and REPLY records without meta inline with exactly the
+        rules of `problem()`, which judges every other record.
         """
         self._size, self._mtime = st.st_size, st.st_mtime_ns
         self.tail = None
@@ -201,8 +201,7 @@ class TraceIndex:
         scan = Scan(self._file, offset, chunk=1 << 20, progress=progress)
         for objs, ends in scan.batches():
             for obj, end in zip(objs, ends):
-                if not (type(obj) is list
-                        and (len(obj) == 3 or len(obj) == 4 and type(obj[3]) is dict)
+                if not (type(obj) is list and len(obj) == 3
                         and type(raw := obj[2]) is bytes and type(kind := obj[0]) is int
                         and (kind == 1 or kind == 2)
                         and type(ts := obj[1]) is int and 0 <= ts < ts_limit):
@@ -211,14 +210,18 @@ class TraceIndex:
                         self.tail = cut_note(offset, len(c["offset"]), f"bad record: {why}")
                         self._end = offset
                         return
-                    add_offset(offset)  # an IOCTL or EVENT: no message columns
-                    add_ts(obj[1])
-                    add_kind(obj[0])
-                    add_opcode(0)
-                    add_unique(0)
-                    add_nodeid(0)
-                    add_error(0)
-                elif kind == 1:
+                    kind, ts, raw = obj[0], obj[1], obj[2]
+                    if kind > 2:
+                        add_offset(offset)  # an IOCTL or EVENT: no message columns
+                        add_ts(ts)
+                        add_kind(kind)
+                        add_opcode(0)
+                        add_unique(0)
+                        add_nodeid(0)
+                        add_error(0)
+                        offset = end
+                        continue
+                if kind == 1:
                     opcode, unique, nodeid = peek_request(raw)
                     if unique and opcode not in no_reply:
                         pending[unique] = opcode

@@ -68,8 +68,7 @@ class TraceReader:
         scan = Scan(self._file, self.good_bytes, chunk=1 << 20, progress=progress)
         for objs in scan.objects():
             for k, obj in enumerate(objs):
-                if not (type(obj) is list and (len(obj) == 3 or len(obj) == 4 and type(obj[3]) is dict)
-                        and type(obj[2]) is bytes and type(kind := obj[0]) is int
+                if not (type(obj) is list and len(obj) == 3 and type(obj[2]) is bytes and type(kind := obj[0]) is int
                         and (kind == 1 or kind == 2)
                         and type(ts := obj[1]) is int and 0 <= ts < TS_LIMIT):
                     why = problem(obj)

@@ -6,16 +6,20 @@ On disk a record is a msgpack array, raw bytes first (see `writer.py`):
     [3, ts, meta]         IOCTL     a /dev/fuse ioctl the server made
     [4, ts, meta]         EVENT     session events, meta["event"] names it
 `problem()` is shared by the streaming reader and the index builder, so both stop at
-exactly the same record.
+exactly the same record. A trace is untrusted input: `problem()` checks every field a
+reader hands on (the known meta keys by type and range, whatever the kind; other values
+only as plain msgpack data, not nested too deeply), so the code above never meets an
+ioctl `arg` that is an integer or a `len` shorter than the bytes kept.
 """
 
 from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 TS_LIMIT = 1 << 63  # timestamps are stored as int64 in the index
+MAX_DEPTH = 8  # nesting of meta values (lists and maps); writers use two at most
 
 
 class Kind(enum.IntEnum):
@@ -87,6 +91,69 @@ def _short(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
+_U32, _U64, _I64 = (0, 1 << 32), (0, 1 << 64), (-(1 << 63), 1 << 63)
+_ERRNO = (0, 4096)  # what the kernel's -errno fits in (MAX_ERRNO)
+_FD = (-(1 << 31), 1 << 31)
+
+
+def _is_int(value: Any, span: tuple[int, int]) -> bool:
+    return type(value) is int and span[0] <= value < span[1]
+
+
+def _int_list(value: Any) -> bool:
+    return type(value) is list and all(_is_int(v, _U32) for v in value)
+
+
+#: meta key → (check, what it must be): one type per key whatever the record kind
+FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "event": (lambda v: type(v) is str, "a string"),
+    "cmd": (lambda v: _is_int(v, _U32), "a 32-bit ioctl number"),
+    "arg": (lambda v: type(v) is bytes, "bytes"),
+    "out": (lambda v: v is None or type(v) is bytes, "bytes or nil"),
+    "result": (lambda v: _is_int(v, _I64), "a 64-bit integer"),
+    "errno": (lambda v: _is_int(v, _ERRNO), "an errno (0-4095)"),
+    "write_errno": (lambda v: _is_int(v, _ERRNO), "an errno (0-4095)"),
+    "tid": (lambda v: _is_int(v, _U32), "a thread id"),
+    "pid": (lambda v: _is_int(v, _U32), "a process id"),
+    "fd": (lambda v: v is None or _is_int(v, _FD), "a file descriptor or nil"),
+    "path": (lambda v: v is None or type(v) is str, "a string or nil"),
+    "len": (lambda v: _is_int(v, _U32), "a 32-bit length"),
+    "original": (lambda v: type(v) is bytes, "bytes"),
+    "reason": (lambda v: type(v) is str, "a string"),
+    "fragments": (_int_list, "a list of lengths"),
+    "unique": (lambda v: _is_int(v, _U64), "a 64-bit unique"),
+    "opcode": (lambda v: v is None or _is_int(v, _U32), "an opcode or nil"),
+    "connection_gone": (lambda v: type(v) is bool, "true or false"),
+}
+
+_PLAIN = (type(None), bool, int, float, str, bytes)
+
+
+def _plain(value: Any, depth: int = 0) -> bool:
+    """Plain msgpack data (no extension types), nested at most MAX_DEPTH deep."""
+    kind = type(value)
+    if kind in _PLAIN:
+        return True
+    if depth >= MAX_DEPTH:
+        return False
+    if kind is list:
+        return all(_plain(v, depth + 1) for v in value)
+    if kind is dict:
+        return all(_plain(v, depth + 1) for v in value.values())  # keys: str or bytes
+    return False
+
+
+def _meta_problem(name: str, meta: dict[str, Any]) -> str | None:
+    for key, value in meta.items():  # keys are str or bytes (msgpack's strict_map_key)
+        rule = FIELDS.get(key)
+        if rule is not None:
+            if not rule[0](value):
+                return f"{name} {key} must be {rule[1]}, found {_short(value)}"
+        elif not _plain(value):
+            return f"{name} {key} is not plain data (or nested over {MAX_DEPTH} deep)"
+    return None
+
+
 def problem(obj: Any) -> str | None:
     """Why a decoded msgpack object is not a valid record, or None when it is."""
     if type(obj) is not list:
@@ -99,20 +166,27 @@ def problem(obj: Any) -> str | None:
         return f"unknown record kind {_short(kind)}"
     if type(ts) is not int or not 0 <= ts < TS_LIMIT:
         return f"bad timestamp {_short(ts)}"
+    name = Kind(kind).name
     if kind <= 2:
-        if type(obj[2]) is not bytes:
-            return f"{Kind(kind).name} without message bytes"
-        if n == 4 and type(obj[3]) is not dict:
-            return f"{Kind(kind).name} meta is not a map"
-        return None
+        raw = obj[2]
+        if type(raw) is not bytes:
+            return f"{name} without message bytes"
+        if n == 3:
+            return None
+        meta = obj[3]
+        if type(meta) is not dict:
+            return f"{name} meta is not a map"
+        if "len" in meta and _is_int(meta["len"], _U32) and meta["len"] < len(raw):
+            return f"{name} len {meta['len']} is shorter than the {len(raw)} bytes kept"
+        return _meta_problem(name, meta)
     meta = obj[2]
     if n != 3 or type(meta) is not dict:
-        return f"{Kind(kind).name} record without its map"
-    if kind == 3 and type(meta.get("cmd")) is not int:
+        return f"{name} record without its map"
+    if kind == 3 and "cmd" not in meta:
         return "IOCTL record without a command number"
-    if kind == 4 and type(meta.get("event")) is not str:
+    if kind == 4 and "event" not in meta:
         return "EVENT record without a name"
-    return None
+    return _meta_problem(name, meta)
 
 
 _KINDS = (None, *Kind)
