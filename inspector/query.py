@@ -321,22 +321,22 @@ class Not:
 
 @dataclass(frozen=True)
 class Both:
-    """`and` (all=True) or `or` of two parts."""
+    """`and` (all=True) or `or` of its parts: flat, so a long chain is no deep tree."""
 
-    left: Node
-    right: Node
+    parts: tuple[Node, ...]
     all: bool
 
     @property
     def needs_analysis(self) -> bool:
-        return self.left.needs_analysis or self.right.needs_analysis
+        return any(part.needs_analysis for part in self.parts)
 
     def mask(self, ev: _Eval) -> bytearray:
-        a = self.left.mask(ev)
-        if self.all and not any(a):
-            return a
-        b = self.right.mask(ev)
-        return _and(a, b) if self.all else _or(a, b)
+        out = self.parts[0].mask(ev)
+        for part in self.parts[1:]:
+            if self.all and not any(out):
+                return out
+            out = _and(out, part.mask(ev)) if self.all else _or(out, part.mask(ev))
+        return out
 
 
 Node = Atom | Not | Both
@@ -375,6 +375,11 @@ def _tokens(text: str) -> list[_Tok]:
         pos = m.end()
 
 
+#: how deep parentheses and 'not' may nest: far past any filter a person types, far
+#: short of Python's recursion limit (each level is a few frames of the parser)
+MAX_NESTING = 64
+
+
 class _Parser:
     """Recursive descent: or → and → not → atom."""
 
@@ -382,6 +387,7 @@ class _Parser:
         self.text = text
         self.toks = _tokens(text)
         self.at = 0
+        self.depth = 0  # parentheses and 'not's open around the current token
 
     @property
     def tok(self) -> _Tok:
@@ -406,28 +412,40 @@ class _Parser:
         return node
 
     def disjunction(self) -> Node:
-        node = self.conjunction()
+        parts = [self.conjunction()]
         while self.keyword("or"):
-            node = Both(node, self.conjunction(), all=False)
-        return node
+            parts.append(self.conjunction())
+        return parts[0] if len(parts) == 1 else Both(tuple(parts), all=False)
 
     def conjunction(self) -> Node:
-        node = self.negation()
+        parts = [self.negation()]
         while self.keyword("and"):
-            node = Both(node, self.negation(), all=True)
-        return node
+            parts.append(self.negation())
+        return parts[0] if len(parts) == 1 else Both(tuple(parts), all=True)
 
     def negation(self) -> Node:
+        if self.tok.kind == "word" and self.tok.text.lower() == "not" or (
+                self.tok.kind == "punct" and self.tok.text == "("):
+            if self.depth >= MAX_NESTING:
+                raise QueryError(self.text, self.tok.pos, f"filter nested more than "
+                                 f"{MAX_NESTING} deep (parentheses and 'not')")
+            self.depth += 1
+            try:
+                return self._nested()
+            finally:
+                self.depth -= 1
+        return self.atom()
+
+    def _nested(self) -> Node:
+        """`not X` or `( X )`, one level deeper."""
         if self.keyword("not"):
             return Not(self.negation())
-        if self.tok.kind == "punct" and self.tok.text == "(":
-            self.at += 1
-            node = self.disjunction()
-            if not (self.tok.kind == "punct" and self.tok.text == ")"):
-                raise self.error("')' or 'and'/'or'")
-            self.at += 1
-            return node
-        return self.atom()
+        self.at += 1  # the "("
+        node = self.disjunction()
+        if not (self.tok.kind == "punct" and self.tok.text == ")"):
+            raise self.error("')' or 'and'/'or'")
+        self.at += 1
+        return node
 
     def atom(self) -> Atom:
         tok = self.tok
