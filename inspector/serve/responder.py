@@ -6,11 +6,16 @@ passthrough (the served mount has no backing files) or io_uring (requests are re
 is answered at once, so there is nothing to interrupt). DESTROY gets an empty reply.
 Everything else gets the recorded reply the book picks, with the live `unique`, or the
 miss errno.
+
+The INIT reply's `max_write` and `max_pages` come from an untrusted trace: they are
+clamped to what this kernel allows (`fs.fuse.max_pages_limit` pages), so the read buffer
+they size stays bounded whatever the trace says.
 """
 
 from __future__ import annotations
 
 import errno
+import os
 import re
 
 from dissectors import SessionDecoder
@@ -44,6 +49,20 @@ PASSTHROUGH_NOTE = ("the recorded server opened this file with passthrough: its 
                     "cannot answer them")
 
 
+#: the kernel's cap on a connection's max_pages when the sysctl is missing (before 6.13)
+DEFAULT_MAX_PAGES_LIMIT = 256
+_MAX_PAGES_SYSCTL = "/proc/sys/fs/fuse/max_pages_limit"
+
+
+def max_pages_limit() -> int:
+    """How many pages this kernel lets one FUSE request carry."""
+    try:
+        with open(_MAX_PAGES_SYSCTL, encoding="ascii") as f:
+            return max(1, min(int(f.read()), 0xFFFF))  # max_pages is a u16 on the wire
+    except (OSError, ValueError):
+        return DEFAULT_MAX_PAGES_LIMIT
+
+
 def with_unique(reply: bytes, unique: int) -> bytes:
     return reply[:8] + unique.to_bytes(8, "little") + reply[16:]
 
@@ -66,6 +85,9 @@ class Responder:
         self.decoder = SessionDecoder()
         self.report = ServeReport(book.path, miss_errno, recorded=len(book.exchanges))
         self.destroyed = False
+        self.max_pages = max_pages_limit()
+        #: the largest WRITE payload the INIT reply lets the kernel send
+        self.max_write = self.max_pages * os.sysconf("SC_PAGE_SIZE")
 
     def respond(self, raw: bytes) -> bytes | None:
         brief = self.decoder.feed_request(raw).brief
@@ -144,5 +166,9 @@ class Responder:
             init.flags2 = flags >> 32
         if "max_stack_depth" in has:
             init.max_stack_depth = 0
+        if "max_write" in has:
+            init.max_write = min(init.max_write, self.max_write)
+        if "max_pages" in has:
+            init.max_pages = min(init.max_pages, self.max_pages)
         pkt.unique = req.unique
         return bytes(pkt)

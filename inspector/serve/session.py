@@ -2,7 +2,10 @@
 
 The mount uses the recorded mount options (`allow_other`, `default_permissions`,
 `max_read`, `ro` and the other flags: they change which requests the kernel sends) with
-source and type `fusetrace` / `fuse.fusetrace`. As root it is mount(2) on /dev/fuse, as
+source and type `fusetrace` / `fuse.fusetrace`. The trace is untrusted: of its recorded
+mount flags only the per-mount ones `-o` can name pass (no MS_BIND, MS_REMOUNT, MS_MOVE or
+propagation), and the mount is always nosuid and nodev, whatever the trace says: a
+crafted trace must not hand a local user a set-uid file or a device node. As root it is mount(2) on /dev/fuse, as
 an ordinary user fusermount3, like `fusetrace record`.
 
 One thread reads /dev/fuse and answers every request at once (nothing ever waits), with
@@ -19,7 +22,9 @@ machine stays blocked on a served mount.
 from __future__ import annotations
 
 import errno
+import functools
 import json
+import operator
 import os
 import select
 import signal
@@ -28,9 +33,6 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from dissectors.constants import Opcode
-from dissectors.context import DEFAULT_CONTEXT
-from dissectors.quick import brief_reply
 from traces import TraceReadError
 
 from ..mounts import (
@@ -42,7 +44,8 @@ from ..mounts import (
     mount_fuse,
     mounts_at,
 )
-from ..record.args import ArgumentError, mount_plan
+from .. import syscalls
+from ..record.args import MOUNT_FLAGS, ArgumentError, mount_plan
 from .book import BadTrace, ReplyBook
 from .report import ServeReport
 from .responder import Responder
@@ -52,6 +55,10 @@ _UNMOUNT_WAIT = 3.0
 _POLL_MS = 200
 _RETRY = {errno.EINTR, errno.EAGAIN, errno.ENOENT}
 _SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+#: the mount(2) flags a served mount may take from a trace: those `-o` options name
+SERVABLE_FLAGS = functools.reduce(operator.or_, (on for on, _ in MOUNT_FLAGS.values()))
 
 
 class ServeError(Exception):
@@ -78,8 +85,9 @@ def mount_options(header: dict[str, Any]) -> MountOptions:
         raise ServeError(f"recorded mount options: {exc}") from None
     mount = header.get("mount")
     flags = mount.get("flags") if isinstance(mount, dict) else None
-    if isinstance(flags, int):
-        opts.flags = flags
+    if type(flags) is int:
+        opts.flags = flags & SERVABLE_FLAGS
+    opts.flags |= syscalls.MS_NOSUID | syscalls.MS_NODEV
     opts.fsname, opts.subtype = FSNAME, FSNAME
     return opts
 
@@ -131,7 +139,7 @@ class ServeSession:
                 print(f"fusetrace: serving {self.cfg.trace} on {self.target} "
                       f"({len(self.book.exchanges)} recorded replies); unmount it or press "
                       "Ctrl-C to stop", file=sys.stderr)
-            reason = self._serve(_buffer_size(self.book))
+            reason = self._serve(buffer_size(self.responder.max_write))
         finally:
             self._finish()
             for sig, handler in previous.items():
@@ -218,10 +226,10 @@ class ServeSession:
             print(report.text(), file=sys.stderr)
 
 
-def _buffer_size(book: ReplyBook) -> int:
-    """A WRITE of max_write bytes plus headers; the kernel refuses smaller buffers."""
-    init = brief_reply(book.init_reply, DEFAULT_CONTEXT.for_reply(Opcode.INIT))
-    return max(init.get("max_write") or 0, 4096) + 8192
+def buffer_size(max_write: int) -> int:
+    """A WRITE of max_write bytes plus headers (the kernel refuses smaller buffers);
+    `max_write` is the clamped one the INIT reply granted, never the trace's own."""
+    return max(max_write, 4096) + 8192
 
 
 def serve(cfg: ServeConfig) -> int:
