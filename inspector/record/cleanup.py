@@ -1,7 +1,10 @@
 """Mounts left behind by a recorder that died, and `fusetrace cleanup [MOUNTPOINT]`.
 
 While it records, fusetrace keeps a note per mount in its run directory (`/run/fusetrace`
-for root, the user's runtime directory otherwise, or `$FUSETRACE_RUNDIR`): its own pid and start time, the mountpoint, the mount's device,
+for root, `$XDG_RUNTIME_DIR/fusetrace` otherwise, or `$FUSETRACE_RUNDIR`; without a
+runtime directory `/tmp/fusetrace-UID`, used only if it is a real directory of the user's
+own that nobody else can enter, so a name anyone can predict gives nobody a way in):
+its own pid and start time, the mountpoint, the mount's device,
 the server's pid and start time, the trace. When a recorder dies without cleaning up
 (`kill -9`), its /dev/fuse descriptor closes, the kernel aborts the connection, and the
 mount stays behind answering ENOTCONN: disconnected. `cleanup` finds the notes whose
@@ -23,6 +26,7 @@ import signal
 import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from stat import S_ISDIR
 from typing import IO
 
 from ..mounts import MountEntry, canonical, mounts_at, unmount
@@ -31,15 +35,51 @@ RUN_DIR = "/run/fusetrace"
 _PROBE_TIMEOUT = 2.0
 
 
-def run_dir() -> Path:
-    """`$FUSETRACE_RUNDIR`, else /run/fusetrace for root and the user's runtime directory
-    (`$XDG_RUNTIME_DIR/fusetrace`, or /tmp/fusetrace-UID) for anyone else."""
+class RunDirError(OSError):
+    """The run directory is not private: its notes could be read or planted by others."""
+
+
+def run_dir(create: bool = False) -> Path:
+    """`$FUSETRACE_RUNDIR`, else /run/fusetrace for root and `$XDG_RUNTIME_DIR/fusetrace`
+    (or /tmp/fusetrace-UID) for anyone else; made 0700 when `create`, and checked to be
+    a directory (not a symlink) owned by us that only we can use, when it exists."""
     if os.environ.get("FUSETRACE_RUNDIR"):
-        return Path(os.environ["FUSETRACE_RUNDIR"])
-    if os.geteuid() == 0:
-        return Path(RUN_DIR)
-    runtime = os.environ.get("XDG_RUNTIME_DIR")
-    return Path(runtime, "fusetrace") if runtime else Path(f"/tmp/fusetrace-{os.geteuid()}")
+        path = Path(os.environ["FUSETRACE_RUNDIR"])
+        if create:
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    elif os.geteuid() == 0:
+        path = Path(RUN_DIR)
+    else:
+        runtime = os.environ.get("XDG_RUNTIME_DIR")
+        path = Path(runtime, "fusetrace") if runtime else Path(f"/tmp/fusetrace-{os.geteuid()}")
+    if create:
+        try:
+            path.mkdir(mode=0o700)
+        except FileExistsError:
+            pass
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return path  # nothing recorded yet: no notes to read
+    if not S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o077:
+        raise RunDirError(f"run directory {path} is not a private directory of user "
+                          f"{os.geteuid()} (mode 0700, not a symlink); remove it or set "
+                          "FUSETRACE_RUNDIR")
+    return path
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Create `path` anew (never through a symlink, never over a file) and write it."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+
+
+def _read_private(path: Path) -> str:
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    with os.fdopen(fd, encoding="utf-8") as f:
+        return f.read()
 
 
 def start_time(pid: int) -> int | None:
@@ -88,10 +128,13 @@ class Note:
 
     def save(self) -> None:
         """Write the note atomically (a reader never sees half of it)."""
-        directory = run_dir()
-        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        directory = run_dir(create=True)
         tmp = directory / f".{self.path.name}.{os.getpid()}"
-        tmp.write_text(json.dumps(asdict(self)))
+        try:
+            tmp.unlink()  # a leftover of an earlier save by a process of the same pid
+        except FileNotFoundError:
+            pass
+        _write_private(tmp, json.dumps(asdict(self)))
         os.replace(tmp, self.path)
 
     def remove(self) -> None:
@@ -109,7 +152,7 @@ def notes() -> list[Note]:
     found = []
     for path in sorted(run_dir().glob("*.json")):
         try:
-            found.append(Note(**json.loads(path.read_text())))
+            found.append(Note(**json.loads(_read_private(path))))
         except (OSError, ValueError, TypeError):
             continue  # unreadable or from another version: not ours to judge
     return found
