@@ -77,8 +77,13 @@ class Reader:
 
 
 def _blocked_call(pid: int, tid: int) -> tuple[int, int] | None:
-    """(syscall number, first argument) of a thread blocked in a syscall, else None."""
+    """(syscall number, first argument) of a thread blocked in a syscall, else None (also
+    for a stopped thread: a tracer would resume it, which its SIGSTOP never would)."""
     try:
+        with open(f"/proc/{pid}/task/{tid}/stat", "rb") as f:
+            stat = f.read()
+        if stat[stat.rfind(b")") + 2:][:1] in (b"T", b"t"):
+            return None
         with open(f"/proc/{pid}/task/{tid}/syscall", encoding="ascii") as f:
             fields = f.read().split()
     except OSError:

@@ -143,7 +143,7 @@ def test_bindfs_opens_the_device_and_mounts_itself(isolated: Path, fs_dirs: FsDi
     with mounted_server(argv, mnt):
         expected = ro_workload(mnt)
     decoded = _recorded_like_direct(argv, mnt, isolated / "t.fzt", ro_workload, expected)
-    assert [e["via"] for e in events_of(decoded, "server_start")] == ["device-open"]
+    assert [e["route"] for e in events_of(decoded, "connected")] == ["device-open"]
     assert events_of(decoded, "device_open") and events_of(decoded, "server_mount")
     [init] = requests_of(decoded, Opcode.INIT)
     assert init.brief.get("minor") == 45  # the kernel's offer; libfuse 2 answers 7.19
