@@ -1,16 +1,18 @@
 """`fusetrace record`: run an unmodified FUSE server behind a recording proxy.
 
-fusetrace opens /dev/fuse and mounts the server's mountpoint itself, hands the server one
-end of a SOCK_SEQPACKET socketpair as `/dev/fd/N` in place of the mountpoint (libfuse's
-convention since 3.3), and relays every message between the two, recording each one
-before it is forwarded.
+The server gets one end of a SOCK_SEQPACKET socketpair in place of /dev/fuse (its own
+open of the device, or `/dev/fd/N` in place of its mountpoint), and every message
+between the kernel and the server is relayed and recorded before it is forwarded.
 
-Modules: `args` (the server's command line: mountpoint heuristic, `-o` mount options),
-`relay` (the relay thread, INIT masking; its per-message loop and the trace appender
-are C, in `_fastpath.c`), `session` (mount, server process,
-every way a session ends), `progress` (the live stderr line), `cleanup` (run-directory
-notes and `fusetrace cleanup`), `trap` (seccomp interception of the server's /dev/fuse
-ioctls, when present).
+Modules: `session` (set-up, every way a session ends), `flavour` (how the server gets
+its connection), `trap` (seccomp interception of the server's /dev/fuse open, mount,
+unmount, ioctls and splices), `creds` (taking on a server thread's credentials for its
+ioctls), `hangup` (telling server threads ENODEV as the kernel would), `processes` (the
+server's processes and their exits), `signals` (signals with their sender), `relay` (the
+relay thread, INIT masking; its per-message loop and the trace appender are C, in
+`_fastpath.c`), `args` (the server's command line: mountpoint heuristic, `-o` mount
+options), `progress` (the live stderr line), `cleanup` (run-directory notes and
+`fusetrace cleanup`).
 """
 
 from __future__ import annotations

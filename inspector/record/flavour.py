@@ -1,11 +1,10 @@
-"""How a server gets its /dev/fuse connection: chosen for `record` (`Connect`), guessed
-from the binary for `replay` (`guess`).
+"""How a server gets its /dev/fuse connection: chosen for `record` (`Connect`, from what
+the server does), guessed from the binary for `replay` (`guess`, which cannot watch).
 
-libfuse 3.3+ takes `/dev/fd/N` as its mountpoint and never opens the device: the cheapest
-way to interpose (nothing of the server's is trapped but its FUSE ioctls). libfuse 2
-(bindfs, sshfs of old …) does not know that convention: as root it opens /dev/fuse and
-calls mount(2) itself, so the recorder leaves its argv alone and catches that open and
-mount instead (the trap's `on_mount` mode), at the price of looking at each O_RDWR open.
+libfuse 3.3+ takes `/dev/fd/N` as its mountpoint and never opens the device. Everything
+else (libfuse 2, Go libraries, servers with their own FUSE code, the fusermount3 helper)
+opens /dev/fuse and calls mount(2), which the recorder's trap catches (its `on_mount`
+mode), at the price of looking at each O_RDWR open.
 """
 
 from __future__ import annotations
