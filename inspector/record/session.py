@@ -364,14 +364,12 @@ class Session:
             self._event("server_unmount", pid=req.pid, target=req.target, errno=0,
                         note="already unmounted: answered 0")
             return 0
-        err = 0
+        err, self.unmounted_by = 0, f"the server (pid {req.pid})"  # before: the relay sees it at once
         try:
             with creds.assumed(creds.of_thread(req.pid, req.tid)):
                 syscalls.umount2(self.target, req.flags)
         except OSError as exc:
-            err = exc.errno or errno.EIO
-        if err == 0:
-            self.unmounted_by = f"the server (pid {req.pid})"
+            err, self.unmounted_by = exc.errno or errno.EIO, None
         self._event("server_unmount", pid=req.pid, target=req.target, flags=req.flags,
                     errno=err)
         return err
@@ -402,6 +400,9 @@ class Session:
                 return "unmounted"
             if self._signals and not self._server_ends_itself(now):
                 return f"interrupted by {self._signals[0].name}"
+            ended = self.relay.server_closed.is_set() or bool(procs.main_status)
+            if ended and self._mount_gone():
+                return "unmounted"  # the server unmounted, then closed before /dev/fuse said so
             if self.relay.server_closed.is_set():
                 return "server closed the connection"
             if procs.main_status:  # a failure; 0 may be a daemonizing parent: wait for the socket
@@ -413,6 +414,10 @@ class Session:
                 warned = True
                 progress.clear()
                 print(f"fusetrace: {self._not_yet()}", file=sys.stderr)
+
+    def _mount_gone(self) -> bool:
+        return (self.device is not None and self.target is not None
+                and not mounted_device(self.target, self.device))
 
     def _server_ends_itself(self, now: float) -> bool:
         """After a Ctrl-C at the terminal that the server got too: whether to give it more
@@ -461,9 +466,10 @@ class Session:
             self.progress.clear()
         self._ending, self._signals_at_end = True, len(self._signals)
         relay = self.relay
-        if relay is not None and relay.unmounted.is_set() and reason == "unmounted":
-            self._event("unmount", by=self.unmounted_by or "the user or the kernel",
-                        how="/dev/fuse read ENODEV")
+        if reason == "unmounted":
+            how = ("/dev/fuse read ENODEV" if relay is not None and relay.unmounted.is_set()
+                   else "gone from mountinfo")
+            self._event("unmount", by=self.unmounted_by or "the user or the kernel", how=how)
         elif self.device is not None:
             self._unmount()
         if self.procs is not None:
