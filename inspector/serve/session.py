@@ -59,6 +59,7 @@ _SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 #: the mount(2) flags a served mount may take from a trace: those `-o` options name
 SERVABLE_FLAGS = functools.reduce(operator.or_, (on for on, _ in MOUNT_FLAGS.values()))
+_MS_MGC_VAL, _MS_MGC_MSK = 0xC0ED0000, 0xFFFF0000  # mount(2)'s pre-2.4 magic in the top half
 
 
 class ServeError(Exception):
@@ -86,6 +87,8 @@ def mount_options(header: dict[str, Any]) -> MountOptions:
     mount = header.get("mount")
     flags = mount.get("flags") if isinstance(mount, dict) else None
     if type(flags) is int:
+        if flags & _MS_MGC_MSK == _MS_MGC_VAL:  # the old magic: the kernel drops it too
+            flags &= ~_MS_MGC_MSK
         opts.flags = flags & SERVABLE_FLAGS
     opts.flags |= syscalls.MS_NOSUID | syscalls.MS_NODEV
     opts.fsname, opts.subtype = FSNAME, FSNAME
