@@ -33,9 +33,14 @@ def call(name, fd, cmd, arg):
         out[name] = -exc.errno
 call("backing_open", relay, 0x4010e501, bytearray(struct.pack("<iIQ", backing, 0, 0)))
 call("backing_close", relay, 0x4004e502, bytearray(struct.pack("<I", 7)))
-call("clone", relay, 0x8004e500, bytearray(4))
+fresh = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)  # libfuse's clone_fd, per thread
+call("clone", fresh, 0x8004e500, bytearray(struct.pack("<I", relay)))
+out["clone_is_relay"] = os.fstat(fresh).st_ino == os.fstat(relay).st_ino
+out["clone_cloexec"] = bool(fcntl.fcntl(fresh, fcntl.F_GETFD) & fcntl.FD_CLOEXEC)
 call("sync_init", relay, 0xe503, 0)
 null = os.open("/dev/null", os.O_RDONLY)
+other = os.open("/dev/fuse", os.O_RDWR)
+call("clone_other", other, 0x8004e500, bytearray(struct.pack("<I", null)))
 call("not_the_relay", null, 0x4004e502, bytearray(4))
 call("not_fuse", relay, 0x5401, bytearray(64))  # TCGETS: not trapped at all
 print(json.dumps({"out": out, "backing_fd": backing}))
@@ -88,7 +93,9 @@ def test_trap_takes_over_fuse_ioctls_on_the_relay_only(skip_without_seccomp: Non
     # (which would have said ENOTTY):
     assert got["backing_open"] == -errno.EPERM
     assert got["backing_close"] == -errno.EPERM
-    assert got["clone"] == -errno.EINVAL  # refused on purpose: libfuse falls back
+    assert got["clone"] == 0  # emulated: the fresh fd now reaches the relay
+    assert got["clone_is_relay"] and got["clone_cloexec"]
+    assert got["clone_other"] == -errno.EINVAL  # not naming the relay: the device's own answer
     assert got["sync_init"] == -errno.ENOTTY
     assert got["not_the_relay"] == -errno.ENOTTY  # /dev/null's own answer: continued untouched
     assert got["not_fuse"] == -errno.ENOTTY  # a socket's answer to TCGETS: never trapped
