@@ -7,6 +7,7 @@ from typing import Iterator, NamedTuple
 
 import pytest
 
+from host_state import host_state
 from inspector.testing import cleanup_mount, fuse_available, is_mounted
 
 
@@ -22,6 +23,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         skip = pytest.mark.skip(reason=f"FUSE mounts unavailable: {reason}")
         for item in marked:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def host_untouched() -> Iterator[None]:
+    """Fails the session if any test changed /dev/fuse or /tmp (mode, owner, device)."""
+    before = host_state()
+    yield
+    assert host_state() == before, "the tests changed the host's /dev/fuse or /tmp"
 
 
 @pytest.fixture

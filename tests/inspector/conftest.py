@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
 from inspector.testing import is_mounted
+from private_host import give_to_nobody, private_host
 from record_support import assert_no_strays
 
 
@@ -25,15 +24,24 @@ def isolated(requires_fuse: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 
 
 @pytest.fixture
-def nobody_dir() -> Iterator[Path]:
-    """A directory an ordinary user can use (pytest's tmp dirs are root's alone)."""
+def nobody_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A directory of user nobody's own, the test running in a private mount namespace
+    (`private_host`): there /dev/fuse is a node of the test's own that it may chmod, and
+    nobody can reach this checkout's interpreter wherever it lives. The host's /dev/fuse,
+    /tmp and mounts are left as they were."""
     if os.geteuid() != 0 or not Path("/usr/bin/setpriv").exists():
         pytest.skip("needs root and setpriv to become an ordinary user")
-    path = Path(tempfile.mkdtemp(prefix="fusetrace-nobody-", dir="/tmp"))
-    path.chmod(0o777)
-    try:
-        yield path
-    finally:
-        if is_mounted(path / "mnt"):
-            subprocess.run(["umount", "-l", str(path / "mnt")], timeout=30)
-        shutil.rmtree(path, ignore_errors=True)
+    path, scratch = tmp_path / "nobody", tmp_path / "dev"
+    path.mkdir(mode=0o700)
+    scratch.mkdir(mode=0o700)
+    (path / ".cache").mkdir()
+    give_to_nobody(path, path / ".cache")
+    monkeypatch.setenv("FUSETRACE_RUNDIR", str(path / "run"))
+    monkeypatch.setenv("HOME", str(path))  # setpriv keeps the environment: caches go here
+    monkeypatch.setenv("XDG_CACHE_HOME", str(path / ".cache"))
+    with private_host(scratch, [path], os.stat("/dev/fuse").st_mode & 0o777):
+        try:
+            yield path
+        finally:
+            if is_mounted(path / "mnt"):
+                subprocess.run(["umount", "-l", str(path / "mnt")], timeout=30)

@@ -23,6 +23,7 @@ from dissectors.constants import NO_REPLY_OPCODES, Opcode
 from dissectors.constants import FUSE_OVER_IO_URING
 from inspector.lifecycles import analyse
 from inspector.testing import DecodedTrace, decode_trace, is_mounted, record_command, tree
+from private_host import give_to_nobody
 
 REPO = Path(__file__).resolve().parents[2]
 PASSTHROUGHFS = [sys.executable, "-m", "inspector.passthroughfs"]
@@ -267,7 +268,10 @@ AS_NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
 
 @contextlib.contextmanager
 def dev_fuse_mode(mode: int) -> Iterator[None]:
-    """/dev/fuse with `mode` for the test (some machines keep it root-only), restored."""
+    """/dev/fuse with `mode` for the test (some machines keep it root-only), restored.
+    Only inside `nobody_dir`'s private mount namespace, on the test's own device node."""
+    if os.stat("/dev/fuse").st_dev == os.stat("/dev").st_dev:
+        raise AssertionError("dev_fuse_mode outside a private namespace would chmod the host's /dev/fuse")
     before = os.stat("/dev/fuse").st_mode & 0o777
     os.chmod("/dev/fuse", mode)
     try:
@@ -283,7 +287,7 @@ def record_as_nobody(server: Sequence[str], mnt: Path, trace: Path, *workload: l
     command run as nobody on the mount, then `fusermount3 -u` as nobody: the workloads'
     results, the unmount's, and fusetrace's (exit status, stderr). `mnt` is created."""
     mnt.mkdir()
-    mnt.chmod(0o777)
+    give_to_nobody(mnt)
     with dev_fuse_mode(0o666):
         rec = subprocess.Popen([*AS_NOBODY, *record_command(server, str(trace))],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)

@@ -8,8 +8,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -17,7 +15,8 @@ import pytest
 
 from inspector.lifecycles import analyse
 from inspector.testing import recorded_server
-from record_support import AS_NOBODY, PASSTHROUGHFS, fusetrace, mount_test, need, record_as_nobody
+from private_host import give_to_nobody
+from record_support import PASSTHROUGHFS, fusetrace, mount_test, need, record_as_nobody
 
 if TYPE_CHECKING:
     from conftest import FsDirs
@@ -140,15 +139,10 @@ def test_eperm_without_cap_sys_admin_is_told_apart(requires_fuse: None, nobody_d
     """As an ordinary user passthrough is negotiated, yet BACKING_OPEN fails with EPERM:
     the same errno as a connection without passthrough, and the trace tells which."""
     need("fusermount3")
-    python = os.path.realpath(sys.executable)
-    if subprocess.run([*AS_NOBODY, "test", "-x", python], timeout=10).returncode:
-        pytest.skip(f"user nobody cannot run {python} (a private directory): the server "
-                    f"here is a Python program")
     src, mnt, trace = nobody_dir / "source", nobody_dir / "mnt", nobody_dir / "t.fzt"
     src.mkdir()
     (src / "f").write_bytes(b"data\n")
-    src.chmod(0o777)
-    (src / "f").chmod(0o666)
+    give_to_nobody(src, src / "f")
     [seen], unmounted, (code, err) = record_as_nobody(
         [*PASSTHROUGHFS, str(src), str(mnt)], mnt, trace, ["cat", str(mnt / "f")])
     assert seen.stdout == "data\n" and unmounted.returncode == 0 and code == 0, (seen, err)

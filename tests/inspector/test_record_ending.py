@@ -20,6 +20,7 @@ import pytest
 from inspector.testing import is_mounted, record_command, recorded_server
 from traces import TraceReader
 
+from private_host import give_to_nobody
 from record_support import (
     AS_NOBODY,
     dev_fuse_mode,
@@ -421,7 +422,7 @@ def test_ordinary_user_without_access_to_dev_fuse_is_told_why(nobody_dir: Path) 
     need("fusermount3")
     mnt = nobody_dir / "mnt"
     mnt.mkdir()
-    mnt.chmod(0o777)
+    give_to_nobody(mnt)
     with dev_fuse_mode(0o600):
         res = subprocess.run([*AS_NOBODY, *record_command(["true", str(mnt)],
                                                           str(nobody_dir / "t.fzt"))],

@@ -25,10 +25,12 @@ from dissectors.ioctls import DevIoctl
 from inspector.replay import Masks, replay
 from inspector.testing import decode_trace, fuse_available, recorded_server, tree
 from record_support import (
+    AS_NOBODY,
     MEMFS,
     PASSTHROUGHFS,
     REPO,
     blob,
+    dev_fuse_mode,
     fusetrace,
     make_source,
     outcome,
@@ -37,7 +39,6 @@ from record_support import (
 )
 
 CRASHFS = [sys.executable, str(REPO / "tests" / "servers" / "crashfs.py")]
-AS_NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
 
 
 @dataclass
@@ -404,8 +405,7 @@ def test_cli_exit_codes_and_json(passthrough_trace: Recorded, tmp_path: Path) ->
 @pytest.mark.requires_fuse
 @pytest.mark.timeout(120)
 def test_ordinary_user_replays_without_dev_fuse(nobody_dir: Path) -> None:
-    """No root, no access to /dev/fuse: the server only ever talks to the replay's socket.
-    (squashfuse, because this venv's interpreter lives where an ordinary user cannot exec it.)"""
+    """No root, no access to /dev/fuse: the server only ever talks to the replay's socket."""
     for tool in ("squashfuse", "mksquashfs"):
         if shutil.which(tool) is None:
             pytest.skip(f"not installed: {tool}")
@@ -422,13 +422,9 @@ def test_ordinary_user_replays_without_dev_fuse(nobody_dir: Path) -> None:
         read_uncached(mnt / "big")
         assert rec.unmount_and_wait() == 0, rec.output()
     trace.chmod(0o644)
-    before = os.stat("/dev/fuse").st_mode & 0o777
-    os.chmod("/dev/fuse", 0o600)
-    try:
+    with dev_fuse_mode(0o600):  # the private namespace's own node (`nobody_dir`)
         res = subprocess.run([*AS_NOBODY, sys.executable, "-m", "inspector.cli", "replay",
                               str(trace), "--", *argv], capture_output=True, text=True,
                              timeout=60, cwd=REPO)
-    finally:
-        os.chmod("/dev/fuse", before)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "result: no differences" in res.stdout
