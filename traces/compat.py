@@ -13,11 +13,26 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from .errors import TraceReadError
+from .records import I64, U32, U64, fields_problem, is_int, str_list
 
 MAGIC = "fusetrace"
 FORMAT_VERSION = 1
 
 RecordUpgrade = Callable[[Any], Any]
+
+_STR = (lambda v: type(v) is str, "a string")
+_STRINGS = (str_list, "a list of strings")
+#: header key → (check, what it must be); other keys need only be plain data
+HEADER_FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "tool": _STR, "kernel": _STR, "source": _STR, "connect": _STR, "replay_of": _STR,
+    "created": (lambda v: is_int(v, I64), "a 64-bit integer"),
+    "snaplen": (lambda v: is_int(v, U32), "a 32-bit length"),
+    "argv": _STRINGS, "server_argv": _STRINGS, "options": _STRINGS,
+    "mountpoint": (lambda v: v is None or type(v) is str, "a string or nil"),
+    "mount": (lambda v: type(v) is dict and is_int(v.get("flags", 0), U64)
+              and all(type(v.get(k, "")) is str for k in ("source", "fstype", "data")),
+              "a map of source, fstype, data (strings) and flags (an integer)"),
+}
 
 
 @dataclass(frozen=True)
@@ -47,6 +62,9 @@ def check_header(obj: Any, where: str) -> tuple[dict[str, Any], RecordUpgrade | 
     header = obj
     for step in steps:
         header = step.header(header)
+    why = fields_problem("header", header, HEADER_FIELDS)
+    if why is not None:
+        raise TraceReadError(f"{where}: not a valid trace header: {why}")
     if not steps:
         return header, None
 

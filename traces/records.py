@@ -91,38 +91,42 @@ def _short(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-_U32, _U64, _I64 = (0, 1 << 32), (0, 1 << 64), (-(1 << 63), 1 << 63)
+U32, U64, I64 = (0, 1 << 32), (0, 1 << 64), (-(1 << 63), 1 << 63)
 _ERRNO = (0, 4096)  # what the kernel's -errno fits in (MAX_ERRNO)
 _FD = (-(1 << 31), 1 << 31)
 
 
-def _is_int(value: Any, span: tuple[int, int]) -> bool:
+def is_int(value: Any, span: tuple[int, int]) -> bool:
     return type(value) is int and span[0] <= value < span[1]
 
 
+def str_list(value: Any) -> bool:
+    return type(value) is list and all(type(v) is str for v in value)
+
+
 def _int_list(value: Any) -> bool:
-    return type(value) is list and all(_is_int(v, _U32) for v in value)
+    return type(value) is list and all(is_int(v, U32) for v in value)
 
 
 #: meta key → (check, what it must be): one type per key whatever the record kind
 FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "event": (lambda v: type(v) is str, "a string"),
-    "cmd": (lambda v: _is_int(v, _U32), "a 32-bit ioctl number"),
+    "cmd": (lambda v: is_int(v, U32), "a 32-bit ioctl number"),
     "arg": (lambda v: type(v) is bytes, "bytes"),
     "out": (lambda v: v is None or type(v) is bytes, "bytes or nil"),
-    "result": (lambda v: _is_int(v, _I64), "a 64-bit integer"),
-    "errno": (lambda v: _is_int(v, _ERRNO), "an errno (0-4095)"),
-    "write_errno": (lambda v: _is_int(v, _ERRNO), "an errno (0-4095)"),
-    "tid": (lambda v: _is_int(v, _U32), "a thread id"),
-    "pid": (lambda v: _is_int(v, _U32), "a process id"),
-    "fd": (lambda v: v is None or _is_int(v, _FD), "a file descriptor or nil"),
+    "result": (lambda v: is_int(v, I64), "a 64-bit integer"),
+    "errno": (lambda v: is_int(v, _ERRNO), "an errno (0-4095)"),
+    "write_errno": (lambda v: is_int(v, _ERRNO), "an errno (0-4095)"),
+    "tid": (lambda v: is_int(v, U32), "a thread id"),
+    "pid": (lambda v: is_int(v, U32), "a process id"),
+    "fd": (lambda v: v is None or is_int(v, _FD), "a file descriptor or nil"),
     "path": (lambda v: v is None or type(v) is str, "a string or nil"),
-    "len": (lambda v: _is_int(v, _U32), "a 32-bit length"),
+    "len": (lambda v: is_int(v, U32), "a 32-bit length"),
     "original": (lambda v: type(v) is bytes, "bytes"),
     "reason": (lambda v: type(v) is str, "a string"),
     "fragments": (_int_list, "a list of lengths"),
-    "unique": (lambda v: _is_int(v, _U64), "a 64-bit unique"),
-    "opcode": (lambda v: v is None or _is_int(v, _U32), "an opcode or nil"),
+    "unique": (lambda v: is_int(v, U64), "a 64-bit unique"),
+    "opcode": (lambda v: v is None or is_int(v, U32), "an opcode or nil"),
     "connection_gone": (lambda v: type(v) is bool, "true or false"),
 }
 
@@ -143,9 +147,11 @@ def _plain(value: Any, depth: int = 0) -> bool:
     return False
 
 
-def _meta_problem(name: str, meta: dict[str, Any]) -> str | None:
+def fields_problem(name: str, meta: dict[Any, Any],
+                   rules: dict[str, tuple[Callable[[Any], bool], str]] = FIELDS) -> str | None:
+    """Why a map's values break `rules` (or are not plain data), or None."""
     for key, value in meta.items():  # keys are str or bytes (msgpack's strict_map_key)
-        rule = FIELDS.get(key)
+        rule = rules.get(key)
         if rule is not None:
             if not rule[0](value):
                 return f"{name} {key} must be {rule[1]}, found {_short(value)}"
@@ -176,9 +182,9 @@ def problem(obj: Any) -> str | None:
         meta = obj[3]
         if type(meta) is not dict:
             return f"{name} meta is not a map"
-        if "len" in meta and _is_int(meta["len"], _U32) and meta["len"] < len(raw):
+        if "len" in meta and is_int(meta["len"], U32) and meta["len"] < len(raw):
             return f"{name} len {meta['len']} is shorter than the {len(raw)} bytes kept"
-        return _meta_problem(name, meta)
+        return fields_problem(name, meta)
     meta = obj[2]
     if n != 3 or type(meta) is not dict:
         return f"{name} record without its map"
@@ -186,7 +192,7 @@ def problem(obj: Any) -> str | None:
         return "IOCTL record without a command number"
     if kind == 4 and "event" not in meta:
         return "EVENT record without a name"
-    return _meta_problem(name, meta)
+    return fields_problem(name, meta)
 
 
 _KINDS = (None, *Kind)

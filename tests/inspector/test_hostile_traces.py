@@ -125,7 +125,7 @@ def _apply(edits: list[tuple[Any, ...]]) -> tuple[dict[str, Any], list[Any]]:
         if op == "item" and isinstance(rec, list):
             pos = min(edit[2], len(rec))
             rec[pos:pos + 1] = [edit[3]]
-        elif op == "meta" and isinstance(rec, list):
+        elif op == "meta" and isinstance(rec, list) and rec:
             if len(rec) == 3 and not isinstance(rec[2], dict):
                 rec.append({})
             meta = rec[-1] if isinstance(rec[-1], dict) else None
@@ -141,7 +141,7 @@ def _apply(edits: list[tuple[Any, ...]]) -> tuple[dict[str, Any], list[Any]]:
             rec[2] = bytes(raw)
         elif op == "deep" and isinstance(rec, list):
             rec.append(_deep(edit[2])) if len(rec) < 4 else rec.__setitem__(-1, _deep(edit[2]))
-        elif op == "kind" and isinstance(rec, list):
+        elif op == "kind" and isinstance(rec, list) and rec:
             rec[0] = edit[2]
         elif op == "dup":
             records.insert(i, list(rec) if isinstance(rec, list) else rec)

@@ -11,7 +11,7 @@ import msgpack
 import pytest
 from trace_helpers import in_header, out_header, packed
 
-from traces import TraceIndex, TraceReader
+from traces import TraceIndex, TraceReadError, TraceReader
 from traces.records import MAX_DEPTH, problem
 
 _HEADER = packed({"magic": "fusetrace", "format": 1, "tool": "test", "created": 0})
@@ -105,3 +105,25 @@ def test_a_record_with_meta_is_indexed_like_one_without(tmp_path: Path) -> None:
                 for i in range(len(idx))]
         assert idx.tail is None and idx.record(0).true_len == len(_REQ) + 9
     assert rows == [(5, 1, 1, 2, 0), (6, 2, 1, 2, -2), (7, 4, 0, 0, 0)]
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("argv", "srv /mnt", "header argv must be a list of strings"),
+    ("argv", ["srv", b"/mnt"], "header argv must be a list of strings"),
+    ("options", [1], "header options must be a list of strings"),
+    ("snaplen", -1, "header snaplen must be a 32-bit length"),
+    ("kernel", b"6.18", "header kernel must be a string"),
+    ("mountpoint", 5, "header mountpoint must be a string or nil"),
+    ("mount", {"flags": "ro"}, "header mount must be a map of"),
+    ("mount", [1], "header mount must be a map of"),
+    ("extra", msgpack.ExtType(1, b""), "header extra is not plain data"),
+])
+def test_a_bad_header_field_is_one_read_error(tmp_path: Path, field: str, value: Any,
+                                              message: str) -> None:
+    path = tmp_path / "t.fzt"
+    path.write_bytes(packed({"magic": "fusetrace", "format": 1, field: value})
+                     + packed([1, 0, _REQ]))
+    with pytest.raises(TraceReadError, match=f"not a valid trace header: {message}"):
+        TraceReader(path)
+    with pytest.raises(TraceReadError, match=message):
+        TraceIndex.open(path)
