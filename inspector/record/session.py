@@ -385,6 +385,7 @@ class Session:
             (lambda: trap.open_backing_ids) if trap else (lambda: None), self.cfg.quiet)
         warned = False
         tracked = 0.0
+        closed_at: float | None = None
         while True:
             self.wake.wait(0.1)
             self.wake.clear()
@@ -403,6 +404,11 @@ class Session:
             ended = self.relay.server_closed.is_set() or bool(procs.main_status)
             if ended and self._mount_gone():
                 return "unmounted"  # the server unmounted, then closed before /dev/fuse said so
+            if ended and closed_at is None:
+                closed_at = now
+            if (ended and procs.main_status is None and closed_at is not None
+                    and now - closed_at < OWN_END_WAIT):
+                continue  # libfuse 2 closes its device first, then unmounts: let it
             if self.relay.server_closed.is_set():
                 return "server closed the connection"
             if procs.main_status:  # a failure; 0 may be a daemonizing parent: wait for the socket

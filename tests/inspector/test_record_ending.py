@@ -431,3 +431,56 @@ def test_ordinary_user_without_access_to_dev_fuse_is_told_why(nobody_dir: Path) 
     line = _one_line(res.stderr)
     assert "fusermount3" in line and "/dev/fuse" in line
     assert not is_mounted(mnt)
+
+
+@mount_test
+def test_ctrl_c_at_the_terminal_lets_the_server_end_its_own_session(isolated: Path,
+                                                                  fs_dirs: FsDirs) -> None:
+    """Ctrl-C at a terminal reaches the foreground process group, server included, as
+    when it runs directly: bindfs unmounts by itself (its umount2 is made for it) and
+    exits 0; fusetrace sends it nothing and exits 0."""
+    import fcntl
+    import pty
+    import termios
+
+    need("bindfs")
+    (fs_dirs.source / "f").write_bytes(b"data\n")
+    argv = record_command(["bindfs", "-f", str(fs_dirs.source), str(fs_dirs.mountpoint)],
+                          isolated / "t.fzt")
+    master, slave = pty.openpty()
+
+    def controlling_terminal() -> None:
+        os.setsid()
+        fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
+
+    proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, cwd=REPO,
+                            preexec_fn=controlling_terminal)
+    os.close(slave)
+    try:
+        deadline = time.monotonic() + 15
+        while not is_mounted(fs_dirs.mountpoint):
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        assert (fs_dirs.mountpoint / "f").read_bytes() == b"data\n"
+        time.sleep(0.5)  # the RELEASE after the read is asynchronous: let it be answered
+        os.write(master, b"\x03")  # the terminal's line discipline sends SIGINT
+        code = proc.wait(15)
+        os.set_blocking(master, False)
+        try:
+            said = os.read(master, 65536).decode(errors="replace")
+        except OSError:
+            said = ""
+        assert code == 0, said
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+        os.close(master)
+    assert not is_mounted(fs_dirs.mountpoint)
+    decoded = check_trace(isolated / "t.fzt")
+    assert not events_of(decoded, "signal_sent")
+    [unmount] = events_of(decoded, "server_unmount")
+    assert unmount["errno"] == 0
+    assert events_of(decoded, "unmount")[0]["by"].startswith("the server")
+    [end] = events_of(decoded, "session_end")
+    assert end["server_ended"] == "itself" and end["exit_code"] == 0
