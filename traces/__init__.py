@@ -16,7 +16,7 @@ from .errors import TraceReadError
 from .index import Row, TraceIndex
 from .reader import TraceReader
 from .records import Kind, Record
-from .writer import Appender, FileAppender, TraceWriter
+from .writer import Appender, FileAppender, TraceWriteError, TraceWriter
 
 __all__ = ["FORMAT_VERSION", "Appender", "FileAppender", "Kind", "Record", "Row", "TraceIndex",
-           "TraceReadError", "TraceReader", "TraceWriter"]
+           "TraceReadError", "TraceReader", "TraceWriteError", "TraceWriter"]

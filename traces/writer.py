@@ -39,6 +39,11 @@ def tool_version() -> str:
         return "unknown"
 
 
+class TraceWriteError(OSError):
+    """A record could not be appended (disk full, I/O error): the file still ends after
+    the last whole record, and the message says where and why."""
+
+
 class Appender(Protocol):
     """Whole-record appends to an open trace file, and their counts."""
 
@@ -216,6 +221,11 @@ class TraceWriter(_Recorder):
             self.appender.append(data, count)
         except ValueError as exc:
             raise ValueError(f"{self.path}: {exc}") from None
+        except OSError as exc:
+            raise TraceWriteError(exc.errno, f"{self.path}: cannot append record "
+                                  f"{self.records} at byte {self.bytes_written}: "
+                                  f"{exc.strerror or exc}; the trace holds the "
+                                  f"{self.records} whole records before it") from exc
 
 
 class Batch(_Recorder):
