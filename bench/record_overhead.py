@@ -166,6 +166,8 @@ def main() -> int:
             modes["fusetrace record"] = [*FUSETRACE, "record", "-q", "-w", str(trace), "--"]
             modes["record --spin-us 0"] = [*FUSETRACE, "record", "-q", "--spin-us", "0",
                                            "-w", str(trace), "--"]
+            modes["record --connect dev-fd"] = [*FUSETRACE, "record", "-q", "--connect",
+                                                "dev-fd", "-w", str(trace), "--"]
         if shutil.which("strace"):
             modes["strace -f"] = ["strace", "-f", "-qq", "-o", "/dev/null"]
         print(f"{os.cpu_count()} cores, {args.seconds:g} s per run, median of {args.repeat}; "
