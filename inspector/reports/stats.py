@@ -108,14 +108,16 @@ def session_facts(a: Analysis) -> dict[str, Any]:
             "mountpoint": a.header.get("mountpoint"), "kernel": a.header.get("kernel"),
             "minor": init.get("minor"), "dialect": init.get("dialect"),
             "flags": flags_repr(init["flags"], INIT_FLAGS) if init else None,
-            "max_write": init.get("max_write"), "ended": a.end_reason if a.ended else None}
+            "max_write": init.get("max_write"), "ended": a.end_reason if a.ended else None,
+            "tail": a.tail}
 
 
 def write_stats(a: Analysis, out: IO[str]) -> None:
     ops, totals = collect(a.path)
     facts = session_facts(a)
     for k, v in facts.items():
-        print(f"{k + ':':<12} {v}", file=out)
+        if k != "tail" or v:  # a cut trace says where the counts stop
+            print(f"{k + ':':<12} {v}", file=out)
     print("totals:      " + ", ".join(f"{k} {v}" for k, v in totals.items()), file=out)
     print(f"\n{'opcode':<16}{'count':>9}{'p50 ms':>10}{'p90 ms':>10}{'p99 ms':>10}{'max ms':>10}"
           f"{'bytes in':>12}{'bytes out':>12}  errors", file=out)

@@ -289,4 +289,8 @@ def test_a_bad_record_is_a_note_not_a_traceback(tmp_path: Path, bad: list[Any]) 
         main(["check", str(path)])
     assert code in (0, 1)
     assert "after 20 good records: bad record:" in out.getvalue()
+    stats = io.StringIO()
+    with contextlib.redirect_stdout(stats):
+        assert main(["stats", str(path)]) == 0
+    assert "tail:        trace cut at byte" in stats.getvalue()
     drive(path)
