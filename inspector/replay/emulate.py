@@ -5,8 +5,8 @@ passthrough ioctls (caught on its socket exactly as when recording: same filter,
 hand-over) are answered here, deterministically and as the 6.18 kernel does:
 
 - BACKING_OPEN (and Android's PASSTHROUGH_OPEN forms): the next id of 1, 2, 3 … when the
-  fd is open in the server, flags are 0 and the replayed INIT granted passthrough
-  (EBADF, EINVAL, EPERM otherwise). Ids are never reused, as the kernel's cyclic
+  fd is open in the server, flags are 0, the replayed INIT granted passthrough and the
+  calling thread has CAP_SYS_ADMIN (EBADF, EINVAL, EPERM otherwise). Ids are never reused, as the kernel's cyclic
   allocator does not reuse them soon.
 - BACKING_CLOSE: 0 for an open id (and it is closed), ENOENT for any other.
 - CLONE: EINVAL, SYNC_INIT: ENOTTY, as the recorder answers them.
@@ -29,11 +29,13 @@ from typing import TYPE_CHECKING, Any, Callable, cast
 
 from dissectors.ioctls import DevIoctl
 
-from ..record.trap import IoctlTrap, ServerMount, pidfd_getfd
+from ..record import creds
+from ..record.trap import IoctlTrap, Outcome, ServerMount, pidfd_getfd
 
 if TYPE_CHECKING:
     from traces import TraceWriter
 
+CAP_SYS_ADMIN = 21
 _OPENS = frozenset({DevIoctl.BACKING_OPEN, DevIoctl.PASSTHROUGH_OPEN_V1,
                     DevIoctl.PASSTHROUGH_OPEN_V2})
 
@@ -89,32 +91,40 @@ class EmulatedTrap(IoctlTrap):
     def _mounted(request: ServerMount) -> int:
         return 0  # nothing is mounted in a replay: the server is told it worked
 
-    def _perform(self, cmd: int, arg: bytes, pid: int, backing_fd: int | None,
-                 fd_at: int | None) -> tuple[int, int, str]:
+    def _perform(self, cmd: int, arg: bytes, pid: int, tid: int, backing_fd: int | None,
+                 fd_at: int | None) -> Outcome:
         if cmd == DevIoctl.CLONE:
-            return -1, errno.EINVAL, "refused, as when recording"
+            return Outcome(-1, errno.EINVAL, "refused, as when recording")
         if cmd == DevIoctl.SYNC_INIT:
-            return -1, errno.ENOTTY, "answered as a kernel without SYNC_INIT"
+            return Outcome(-1, errno.ENOTTY, "answered as a kernel without SYNC_INIT")
         if cmd in _OPENS:
-            return self._open(cmd, arg, pid, backing_fd)
+            return self._open(cmd, arg, pid, tid, backing_fd)
         if cmd == DevIoctl.BACKING_CLOSE and len(arg) == 4:
             backing_id = struct.unpack("<I", arg)[0]
             if backing_id not in self.open_ids:
-                return -1, errno.ENOENT, "emulated"
+                return Outcome(-1, errno.ENOENT, "emulated")
             self.open_ids.discard(backing_id)
-            return 0, 0, "emulated"
-        return -1, errno.ENOTTY, "not a /dev/fuse ioctl this replay knows"
+            return Outcome(0, 0, "emulated")
+        return Outcome(-1, errno.ENOTTY, "not a /dev/fuse ioctl this replay knows")
 
-    def _open(self, cmd: int, arg: bytes, pid: int, backing_fd: int | None) -> tuple[int, int, str]:
+    def _open(self, cmd: int, arg: bytes, pid: int, tid: int,
+              backing_fd: int | None) -> Outcome:
         if backing_fd is None or not _has_fd(pid, backing_fd):
-            return -1, errno.EBADF, "emulated"
+            return Outcome(-1, errno.EBADF, "emulated")
         if cmd == DevIoctl.BACKING_OPEN and len(arg) >= 8 and struct.unpack_from("<I", arg, 4)[0]:
-            return -1, errno.EINVAL, "emulated: flags must be 0"
+            return Outcome(-1, errno.EINVAL, "emulated: flags must be 0")
         if not self.passthrough():
-            return -1, errno.EPERM, "emulated: INIT did not negotiate passthrough"
+            return Outcome(-1, errno.EPERM, "emulated: INIT did not negotiate passthrough")
+        try:
+            caller = creds.of_thread(pid, tid)
+        except OSError as exc:
+            return Outcome(-1, exc.errno or errno.ESRCH,
+                           recorder_error=f"reading the caller's credentials: {exc.strerror}")
+        if not caller.cap_effective >> CAP_SYS_ADMIN & 1:
+            return Outcome(-1, errno.EPERM, "emulated: the caller lacks CAP_SYS_ADMIN")
         backing_id, self.next_id = self.next_id, self.next_id + 1
         self.open_ids.add(backing_id)
-        return backing_id, 0, "emulated"
+        return Outcome(backing_id, 0, "emulated")
 
 
 def _has_fd(pid: int, fd: int) -> bool:
