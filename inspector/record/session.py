@@ -246,7 +246,9 @@ class Session:
             "source": "proxy", "kernel": os.uname().release, "argv": self.command.argv,
             "server_argv": server_argv, "mountpoint": self.target,
             "snaplen": self.cfg.snaplen, "connect": self.connect.value}
-        if self.plan is not None:  # what the mount will be (from the server's -o)
+        if self.plan is not None and not self.server_mounts:
+            # what fusetrace will mount (from the server's -o); a server mounting by
+            # itself chooses for itself: its `mount` event says what it chose
             opts = self.plan.options
             header["options"] = self.plan.applied
             header["mount"] = {"source": self.plan.source, "fstype": opts.fstype,

@@ -85,6 +85,7 @@ class ReplyBook:
     init_ctx: FuseContext  # what the recorded INIT negotiated
     exchanges: list[Exchange] = field(default_factory=list)
     passthrough_fhs: set[int] = field(default_factory=set)
+    mount: dict[str, Any] | None = None  # the recorded `mount` event: the mount as made
     _by_key: dict[Key, list[int]] = field(default_factory=dict)
     _taken: dict[Key, int] = field(default_factory=dict)  # candidates used, per key
     _changes: list[int] = field(default_factory=list)  # unused changes, sorted
@@ -165,6 +166,7 @@ class _Loader:
         self.init: tuple[Brief, bytes, FuseContext] | None = None
         self.exchanges: list[Exchange] = []
         self.passthrough_fhs: set[int] = set()
+        self.mount: dict[str, Any] | None = None
 
     def load(self) -> ReplyBook:
         with TraceReader(self.path) as reader:
@@ -172,6 +174,8 @@ class _Loader:
             snaplen = snaplen if type(snaplen) is int and snaplen > 0 else 0
             for rec in reader:
                 if rec.raw is None:
+                    if self.mount is None and rec.event == "mount":
+                        self.mount = rec.meta
                     continue
                 if rec.is_request:
                     self._request(rec.index, rec.raw)
@@ -186,7 +190,7 @@ class _Loader:
                            "(was the session recorded from its start?)")
         init_request, init_reply, ctx = self.init
         book = ReplyBook(self.path, header, snaplen, init_request, init_reply, ctx,
-                         passthrough_fhs=self.passthrough_fhs)
+                         passthrough_fhs=self.passthrough_fhs, mount=self.mount)
         for ex in sorted(self.exchanges, key=lambda e: e.index):  # the order asked
             book.add(ex)
         return book

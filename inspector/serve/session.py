@@ -75,17 +75,21 @@ class ServeConfig:
     quiet: bool = False
 
 
-def mount_options(header: dict[str, Any]) -> MountOptions:
-    """The recorded mount's options, with our own source and type."""
-    items = header.get("options")
-    items = [i for i in items if isinstance(i, str)] if isinstance(items, list) else []
+def mount_options(header: dict[str, Any], mount: dict[str, Any] | None = None) -> MountOptions:
+    """The recorded mount's options, with our own source and type. The `mount` event
+    (the mount as made, also when the server mounted by itself) wins over the header's
+    (what fusetrace meant to mount, from the server's -o)."""
+    items = _mount_data_items(mount) if mount is not None else None
+    flags_from = mount if items is not None else header.get("mount")
+    if items is None:
+        items = header.get("options")
+        items = [i for i in items if isinstance(i, str)] if isinstance(items, list) else []
     items = [i for i in items if not i.startswith(("fsname=", "subtype="))]
     try:
         opts = mount_plan(items, FSNAME).options
     except ArgumentError as exc:
         raise ServeError(f"recorded mount options: {exc}") from None
-    mount = header.get("mount")
-    flags = mount.get("flags") if isinstance(mount, dict) else None
+    flags = flags_from.get("flags") if isinstance(flags_from, dict) else None
     if type(flags) is int:
         if flags & _MS_MGC_MSK == _MS_MGC_VAL:  # the old magic: the kernel drops it too
             flags &= ~_MS_MGC_MSK
@@ -93,6 +97,15 @@ def mount_options(header: dict[str, Any]) -> MountOptions:
     opts.flags |= syscalls.MS_NOSUID | syscalls.MS_NODEV
     opts.fsname, opts.subtype = FSNAME, FSNAME
     return opts
+
+
+def _mount_data_items(mount: dict[str, Any]) -> list[str] | None:
+    """The -o items of a recorded mount(2)'s data string; None when the event holds none
+    (a mount through fusermount3 records its command line instead)."""
+    data = mount.get("data")
+    if not isinstance(data, str) or data.startswith("via "):
+        return None
+    return [item for item in data.split(",") if item]
 
 
 class ServeSession:
@@ -132,7 +145,7 @@ class ServeSession:
     def run(self) -> int:
         self.book = self._load()
         self._check_mountpoint()
-        opts = mount_options(self.book.header)
+        opts = mount_options(self.book.header, self.book.mount)
         self.responder = Responder(self.book, self.cfg.miss_errno)
         previous = {sig: signal.signal(sig, self._on_signal) for sig in _SIGNALS}
         reason = "not started"

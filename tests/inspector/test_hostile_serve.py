@@ -41,6 +41,26 @@ def test_a_served_mount_is_always_nosuid_and_nodev(header: dict[str, object]) ->
     assert not flags & ~SERVABLE_FLAGS
 
 
+def test_the_mount_as_made_wins_over_the_header() -> None:
+    """A server that mounted by itself (AUTO as root) left its options only in the `mount`
+    event; the header's guess must not drop them (a served memfs without
+    default_permissions gets ACCESS requests it never recorded)."""
+    mount = {"flags": syscalls.MS_NOSUID | syscalls.MS_NODEV | syscalls.MS_RDONLY | MS_BIND,
+             "data": "fd=6,default_permissions,rootmode=40000,user_id=0,group_id=0,"
+                     "max_read=65536,allow_other"}
+    opts = mount_options({"options": [], "mount": {"flags": 0}}, mount)
+    assert opts.default_permissions and opts.allow_other and opts.max_read == 65536
+    assert opts.flags & syscalls.MS_RDONLY and not opts.flags & MS_BIND
+
+
+def test_a_mount_through_fusermount_falls_back_to_the_header() -> None:
+    mount = {"flags": 0, "data": "via fusermount3 -o rw,default_permissions"}
+    opts = mount_options({"options": ["allow_other"], "mount": {"flags": syscalls.MS_RDONLY}},
+                         mount)
+    assert opts.allow_other and not opts.default_permissions
+    assert opts.flags & syscalls.MS_RDONLY
+
+
 def _trace(path: Path, max_write: int, max_pages: int) -> Path:
     init = FuseInHeader(opcode=Opcode.INIT, unique=1) / FuseInitIn(major=7, minor=45)
     with TraceWriter(path, {"source": "test"}) as w:
