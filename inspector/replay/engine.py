@@ -441,12 +441,11 @@ class Replayer:
                 fields.append(FieldDiff("result", str(rec.result), str(rep.result), problem))
         if rec.cmd == DevIoctl.BACKING_CLOSE and len(rec.arg) == 4 and len(rep.arg) == 4:
             rec_id, rep_id = struct.unpack("<I", rec.arg)[0], struct.unpack("<I", rep.arg)[0]
-            expected = self.tr.backing.forward.get(rec_id)
+            expected = (self.tr.backing_closed(rec_id) if rec.errno == 0
+                        else self.tr.backing.forward.get(rec_id))
             if expected != rep_id:
                 fields.append(FieldDiff("backing_id", str(rec_id), str(rep_id),
                                         f"recorded backing id {rec_id} is {expected} in this replay"))
-            if rec.errno == 0:
-                self.tr.backing.release(rec_id)
         if rec.cmd == DevIoctl.BACKING_OPEN and rec.arg[4:8] != rep.arg[4:8]:
             fields.append(FieldDiff("flags", rec.arg[4:8].hex(), rep.arg[4:8].hex()))
         if fields:

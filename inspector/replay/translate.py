@@ -35,9 +35,6 @@ class Table:
         """The replayed value for a recorded one (itself when never learned)."""
         return self.forward.get(recorded, recorded)
 
-    def in_use(self, recorded: int) -> bool:
-        return self.refs.get(recorded, 0) > 0
-
     def learn(self, recorded: int, replayed: int, refs: int = 1) -> str | None:
         """Note the pair; returns why it breaks the one-to-one rule, or None. The newest
         pair wins either way, so later requests follow what the server now says."""
@@ -47,21 +44,35 @@ class Table:
             return f"{self.what} {replayed} where the recording has {recorded}"
         problem = None
         before = self.forward.get(recorded)
-        if before is not None and before != replayed and self.in_use(recorded):
+        if before is not None and before != replayed:
             problem = (f"recorded {self.what} {recorded} is {before} in this replay and still "
                        f"in use, but now comes back as {replayed}")
+            self._unbind(recorded)
         other = self.backward.get(replayed)
-        if problem is None and other is not None and other != recorded and self.in_use(other):
+        if problem is None and other is not None and other != recorded:
             problem = (f"{self.what} {replayed} is handed out again while it still stands for "
                        f"recorded {self.what} {other}")
+        if other is not None and other != recorded:
+            self._unbind(other)
         self.forward[recorded] = replayed
         self.backward[replayed] = recorded
         self.refs[recorded] = self.refs.get(recorded, 0) + refs
         return problem
 
     def release(self, recorded: int, count: int = 1) -> None:
-        if recorded not in self.fixed and recorded in self.refs:
-            self.refs[recorded] -= count
+        """The recorded value's end (or `count` of its references): at zero both directions
+        are unbound, so a stale pair can never be mistaken for a live one."""
+        if recorded in self.fixed or recorded not in self.refs:
+            return
+        self.refs[recorded] -= count
+        if self.refs[recorded] <= 0:
+            self._unbind(recorded)
+
+    def _unbind(self, recorded: int) -> None:
+        replayed = self.forward.pop(recorded, None)
+        if replayed is not None and self.backward.get(replayed) == recorded:
+            del self.backward[replayed]
+        self.refs.pop(recorded, None)
 
 
 class Translator:
@@ -71,7 +82,8 @@ class Translator:
         self.nodes = Table("node id", fixed=(0, FUSE_ROOT_ID))  # 0: negative entry
         self.fhs = Table("file handle")
         self.backing = Table("backing id", fixed=(0,))  # 0: no passthrough
-        self.diroffs: dict[tuple[int, int], int] = {}  # (recorded dir fh, recorded off) → off
+        self.closed_backing: dict[int, int] = {}  # recorded → replayed, of ids since closed
+        self.diroffs: dict[int, dict[int, int]] = {}  # recorded dir fh → {recorded off: off}
 
     def rewrite(self, view: RequestView) -> list[tuple[int, int]]:
         """(offset, replayed value) for every server-chosen value in a recorded request."""
@@ -83,7 +95,7 @@ class Translator:
             elif kind == FH:
                 new = self.fhs.rewrite(value)
             elif kind == DIROFF:
-                new = self.diroffs.get((fh, value), value)
+                new = self.diroffs.get(fh, {}).get(value, value)
             else:
                 continue
             if new != value:
@@ -104,7 +116,7 @@ class Translator:
         if kind == FH:
             return self.fhs.learn(recorded, replayed)
         if kind == DIROFF:
-            self.diroffs[(dir_fh, recorded)] = replayed
+            self.diroffs.setdefault(dir_fh, {})[recorded] = replayed
             return None
         if kind == BACKING:
             return self.check_backing(recorded, replayed)
@@ -113,9 +125,9 @@ class Translator:
     def check_backing(self, recorded: int, replayed: int) -> str | None:
         """An open reply's backing id: it must be the one the server got from the
         (emulated) BACKING_OPEN that matches the recorded one."""
-        if self.backing.forward.get(recorded) == replayed:
-            return None
-        if replayed != 0 and not self.backing.in_use(self.backing.backward.get(replayed, -1)):
+        if self.backing.forward.get(recorded, self.closed_backing.get(recorded)) == replayed:
+            return None  # the same id, open (or closed on both sides alike)
+        if replayed != 0 and replayed not in self.backing.backward:
             return f"backing id {replayed} is not open (no BACKING_OPEN gave it, or it was closed)"
         if recorded in self.backing.forward:
             return (f"backing id {replayed} where the recording's {recorded} corresponds to "
@@ -131,5 +143,16 @@ class Translator:
             self.nodes.release(view.brief.nodeid, view.brief.get("nlookup") or 0)
 
     def released(self, view: RequestView) -> None:
-        """RELEASE / RELEASEDIR sent: the file handle goes out of use."""
-        self.fhs.release(view.brief.get("fh") or 0)
+        """RELEASE / RELEASEDIR sent: the file handle, and a directory's offsets, go out
+        of use."""
+        fh = view.brief.get("fh") or 0
+        self.fhs.release(fh)
+        self.diroffs.pop(fh, None)
+
+    def backing_closed(self, recorded: int) -> int | None:
+        """A recorded BACKING_CLOSE that succeeded: the replayed id it stood for."""
+        replayed = self.backing.forward.get(recorded)
+        if replayed is not None:
+            self.closed_backing[recorded] = replayed
+        self.backing.release(recorded)
+        return replayed
