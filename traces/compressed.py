@@ -180,8 +180,11 @@ def open_compressed(fd: int, where: str,
     """The trace opener's path for a compressed file (`stream.open_trace` calls it)."""
     frames = FrameTable(fd, where)
     frames.walk()
-    if frames.broken and not frames.file_at:
-        raise TraceReadError(f"{where}: not a fusetrace compressed trace ({frames.broken})")
+    if not frames.file_at:
+        if frames.broken:
+            raise TraceReadError(f"{where}: not a fusetrace compressed trace ({frames.broken})")
+        if why := frames.damage():
+            raise TraceReadError(f"{where}: {why}, nothing readable before it")
     obj, start = read_header(frames.pread, where)
     header, upgrade = check(obj, where)
     trace = CompressedTraceFile(fd, where, header, obj["format"], start, upgrade)

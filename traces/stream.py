@@ -164,10 +164,12 @@ class Scan:
         while self.stop is None:
             data = self.trace.pread(self.chunk, read_at)
             if not data:
+                why = self.trace.damage()
                 if read_at > self.end:
-                    self.stop = f"incomplete record ({read_at - self.end} bytes)"
+                    self.stop = (f"incomplete record ({read_at - self.end} bytes)"
+                                 + (f", {why}" if why else ""))
                 else:
-                    self.stop = self.trace.damage()
+                    self.stop = why
                 return
             try:
                 unpacker.feed(data)
