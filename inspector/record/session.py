@@ -671,7 +671,7 @@ class Session:
                      else "before answering the kernel's INIT")
             hint = (" (it may not take a /dev/fd/N mountpoint: as root, --connect auto lets "
                     "it mount by itself)" if not self.server_mounts else "")
-            return 2, f"error: {name} {status} {where}{hint}; nothing is left mounted"
+            return 2, f"error: {name} {status} {where}{hint}; fusetrace mounted nothing"
         if reason in ("server exited", "server closed the connection"):
             if code == 0:
                 return 1, f"{name} closed its connection while mounted; unmounted {self.target}"
