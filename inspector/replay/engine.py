@@ -26,15 +26,15 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from dissectors import SessionDecoder, line
-from dissectors.constants import FUSE_WRITEBACK_CACHE, NO_REPLY_OPCODES, Opcode
-from dissectors.context import DEFAULT_CONTEXT, Dialect
+from dissectors.constants import NO_REPLY_OPCODES, Opcode
+from dissectors.context import DEFAULT_CONTEXT
 from dissectors.ioctls import DevIoctl
 from dissectors.quick import brief_reply, peek_reply
 from dissectors.structs import FuseInHeader
 from traces import TraceWriter
 
 from .attribute import Attributor, ioctl_backing_id
-from .emulate import IoctlCall, IoctlLog
+from .emulate import IoctlCall, IoctlLog, negotiated_depth
 from .masks import Masks, notify_key
 from .report import Difference, FieldDiff, ReplayReport
 from .script import COMPARED_IOCTLS, SEND, Exchange, IoctlRecord, ReplayError, Script
@@ -125,13 +125,13 @@ class Replayer:
         self.sent: dict[int, _Sent] = {}
         self.outstanding: dict[int, _Sent] = {}
         self.last_index = -1
-        self.passthrough = False
+        self.stack_depth = 0  # passthrough's, as the replayed INIT negotiated it
         self.attr = Attributor()
         self.calls: dict[int, IoctlCall] = {}
         self._queue: list[IoctlCall] = []
         self._lock = threading.Lock()
         self.log = IoctlLog(None, self._on_call)
-        self.server = ServerUnderTest(server, self.log, lambda: self.passthrough, mountpoint)
+        self.server = ServerUnderTest(server, self.log, lambda: self.stack_depth, mountpoint)
         self.reads_by_length = script.cut_writes > 0
 
     # --- the run ----------------------------------------------------------------------
@@ -331,8 +331,8 @@ class Replayer:
         rep_brief = self.rep.feed_reply(raw).brief
         if ex.opcode == Opcode.INIT:
             ctx = self.rep.ctx
-            self.passthrough = (ctx.dialect is not Dialect.NONE
-                                and not ctx.flags & FUSE_WRITEBACK_CACHE)
+            self.stack_depth = negotiated_depth(ctx.dialect, ctx.flags,
+                                                rep_brief.get("max_stack_depth") or 0)
         rv = reply_view(ex.reply, rec_brief, ex.reply_true_len)
         pv = reply_view(raw, rep_brief)
         fields = self._compare_views(ex.opcode, rv, pv, sent.fh)

@@ -41,7 +41,7 @@ class Closed(Exception):
 
 
 class ServerUnderTest:
-    def __init__(self, argv: Sequence[str], log: IoctlLog, passthrough: Callable[[], bool],
+    def __init__(self, argv: Sequence[str], log: IoctlLog, passthrough: Callable[[], int],
                  mountpoint: str | None = None) -> None:
         argv = list(argv[1:] if argv[:1] == ["--"] else argv)
         if not argv:

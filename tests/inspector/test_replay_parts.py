@@ -3,7 +3,13 @@ nothing written), masks, the translation's one-to-one rule, ioctl attribution.""
 
 from __future__ import annotations
 
+import errno
+import os
+import socket
+import struct
+import threading
 from pathlib import Path
+from typing import Callable, Iterator
 
 import msgpack
 import pytest
@@ -13,8 +19,10 @@ from dissectors.ioctls import DevIoctl
 from dissectors.structs import FuseInHeader, FuseInitIn, FuseOpenOut, FuseOutHeader, FuseReleaseIn
 from inspector.replay import replay
 from inspector.replay.attribute import Attributor
+from inspector.replay.emulate import EmulatedTrap, IoctlLog
 from inspector.replay.masks import Mask, Masks
 from inspector.replay.translate import Table
+from inspector.syscalls import mount, umount2
 from record_support import MEMFS, fusetrace
 from traces import TraceWriter
 
@@ -163,3 +171,92 @@ def test_an_open_is_not_given_another_opens_backing_id() -> None:
     a.reply(10, _open_reply(10, 0xB, 7))
     a.finish()
     assert a.owned == {10: [1], 12: [2]}
+
+
+def test_a_reused_handle_leaves_no_stale_reverse_entry() -> None:
+    """The issue's reproducer: after RELEASE both directions are unbound, so a new handle
+    that happens to take the old replayed value is not a conflict."""
+    t = Table("file handle")
+    assert t.learn(0xA, 1) is None
+    t.release(0xA)
+    assert t.learn(0xA, 2) is None
+    assert t.learn(0xB, 1) is None
+    assert t.forward == {0xA: 2, 0xB: 1}
+
+
+# --- the emulated BACKING_OPEN, in the kernel's order -----------------------------------
+
+def _backing_map(fd: int, flags: int = 0, padding: int = 0) -> bytes:
+    return struct.pack("<iIQ", fd, flags, padding)
+
+
+@pytest.fixture
+def trap() -> Iterator[Callable[..., int]]:
+    """Calls the emulation as the trap would for this very thread; returns the errno (or
+    the id). `depth` is the max_stack_depth INIT negotiated (0: no passthrough)."""
+    if os.geteuid() != 0:
+        pytest.skip("BACKING_OPEN needs CAP_SYS_ADMIN")
+    ours, theirs = socket.socketpair()
+    depth = [1]
+    emulated = EmulatedTrap(theirs.fileno(), IoctlLog(None, lambda call: None), lambda: depth[0],
+                            False)
+
+    def call(fd: int, flags: int = 0, padding: int = 0, negotiated: int = 1,
+             cmd: int = DevIoctl.BACKING_OPEN) -> int:
+        depth[0] = negotiated
+        arg = _backing_map(fd, flags, padding) if cmd == DevIoctl.BACKING_OPEN else struct.pack("<I", fd)
+        out = emulated._perform(cmd, arg, os.getpid(), threading.get_native_id(), fd, 0)
+        return out.errno or -out.result
+
+    yield call
+    ours.close()
+    theirs.close()
+
+
+def test_backing_open_errors_come_in_the_kernels_order(trap: Callable[..., int],
+                                                      tmp_path: Path) -> None:
+    """fs/fuse/backing.c: EPERM (passthrough off) before EINVAL (flags, padding) before
+    EBADF before the file's type and stacking depth."""
+    bad_fd = 1000
+    (tmp_path / "f").write_bytes(b"x")
+    os.mkfifo(tmp_path / "fifo")
+    with open(tmp_path / "f", "rb") as f:
+        regular = f.fileno()
+        assert trap(bad_fd, flags=1, negotiated=0) == errno.EPERM
+        assert trap(bad_fd, flags=1) == errno.EINVAL
+        assert trap(bad_fd, padding=1) == errno.EINVAL
+        assert trap(regular, padding=1) == errno.EINVAL
+        assert trap(bad_fd) == errno.EBADF
+        d = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+        fifo = os.open(tmp_path / "fifo", os.O_RDONLY | os.O_NONBLOCK)
+        path_only = os.open(tmp_path / "f", os.O_PATH)
+        try:
+            assert trap(d) == errno.EISDIR
+            assert trap(fifo) == errno.EINVAL
+            assert trap(d, cmd=DevIoctl.PASSTHROUGH_OPEN_V1) == errno.EINVAL  # Android's
+            assert trap(path_only) == -1  # fget_raw: an O_PATH fd is a file too
+        finally:
+            for fd in (d, fifo, path_only):
+                os.close(fd)
+        assert trap(regular) == -2  # the next id
+
+
+def test_backing_open_on_a_stacked_filesystem_is_eloop(trap: Callable[..., int],
+                                                      tmp_path: Path) -> None:
+    """A file on overlayfs stacks one deep: ELOOP under max_stack_depth=1, fine under 2."""
+    for sub in ("lower", "upper", "work", "mnt"):
+        (tmp_path / sub).mkdir()
+    (tmp_path / "lower" / "f").write_bytes(b"x")
+    mnt = tmp_path / "mnt"
+    opts = f"lowerdir={tmp_path / 'lower'},upperdir={tmp_path / 'upper'},workdir={tmp_path / 'work'}"
+    try:
+        mount("overlay", str(mnt), "overlay", 0, opts)
+    except OSError as exc:
+        pytest.skip(f"cannot mount overlayfs here: {exc}")
+    try:
+        with open(mnt / "f", "rb") as f:
+            assert trap(f.fileno(), negotiated=1) == errno.ELOOP
+            assert trap(1000, negotiated=1) == errno.EBADF  # EBADF still comes first
+            assert trap(f.fileno(), negotiated=2) == -1
+    finally:
+        umount2(str(mnt))
