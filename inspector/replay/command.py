@@ -75,7 +75,5 @@ def run(args: argparse.Namespace) -> int:
     sys.stdout.flush()
     if report.error:
         print(f"fusetrace: error: {report.error}", file=sys.stderr)
-        if report.server_log:
-            print(f"fusetrace: the server's last output:\n{report.server_log}", file=sys.stderr)
         return 2
     return 0 if report.ok else 1

@@ -18,6 +18,7 @@ reported in record order.
 from __future__ import annotations
 
 import os
+import signal
 import struct
 import subprocess
 import threading
@@ -37,7 +38,7 @@ from .attribute import Attributor, ioctl_backing_id
 from .emulate import IoctlCall, IoctlLog, negotiated_depth
 from .masks import Masks, notify_key
 from .report import Difference, FieldDiff, ReplayReport
-from .script import COMPARED_IOCTLS, SEND, Exchange, IoctlRecord, ReplayError, Script
+from .script import COMPARED_IOCTLS, SEND, Exchange, IoctlRecord, ReplayError, Script, exit_text
 from .server import GRACE, Closed, ServerUnderTest
 from .translate import Translator
 from .views import (
@@ -57,6 +58,8 @@ from .views import (
 _FORGETS = frozenset({Opcode.FORGET, Opcode.BATCH_FORGET})
 _RELEASES = frozenset({Opcode.RELEASE, Opcode.RELEASEDIR})
 _NEVER_ANSWERED = NO_REPLY_OPCODES | {Opcode.INTERRUPT}
+_CRASH_SIGNALS = frozenset({signal.SIGSEGV, signal.SIGABRT, signal.SIGBUS, signal.SIGILL,
+                            signal.SIGFPE})
 _OPEN_IOCTLS = frozenset({DevIoctl.BACKING_OPEN, DevIoctl.PASSTHROUGH_OPEN_V1,
                           DevIoctl.PASSTHROUGH_OPEN_V2})
 
@@ -172,6 +175,7 @@ class Replayer:
             self.server.close()
         if report.error is None:
             self._sweep()
+            report.error = self._compare_exit()
         status = self.server.status()
         report.server_exit = (f"{status}" + (f" ({self.server.exit_note})" if self.server.exit_note
                                              else "")) if status else self.server.exit_note
@@ -295,28 +299,61 @@ class Replayer:
                                      "the server sent a reply the kernel would reject"))
 
     def _end(self) -> None:
-        """DESTROY (unless the trace had one), then the server's exit."""
-        if not any(ex.opcode == Opcode.DESTROY for ex in self.script.exchanges):
-            unique = max(ex.unique for ex in self.script.exchanges) + 2
-            raw = bytes(FuseInHeader(opcode=Opcode.DESTROY, unique=unique))
-            self._drain_calls()
-            try:
-                self.server.send(raw)
-                if self.writer is not None:
-                    self.writer.request(raw)
-                deadline = time.monotonic() + self.timeout
-                while unique not in self.arrived:
-                    msg = self.server.receive(deadline)
-                    if msg is None:
-                        break
-                    if peek_reply(msg)[1] == unique:
-                        if self.writer is not None:
-                            self.writer.reply(msg)
-                        break
-                    self._take(msg)
-            except Closed:
-                return  # ended its session on DESTROY: what DESTROY asks for
-        self.server.stop(self._take)
+        """End the server as the recorded session ended: after an unmount with ENODEV on
+        its reads (no DESTROY: the kernel sends one only to fuseblk mounts, and the trace
+        has it then), after a server that ended the session itself by waiting for it.
+        A trace that does not say gets a DESTROY (unless it had one) and SIGTERM."""
+        ending = self.script.ending
+        if ending is not None and ending.unmounted:
+            self.server.hang_up(self._take, self.timeout)
+        elif ending is not None and ending.by_itself:
+            self.server.wait_exit(self._take, self.timeout)
+        elif self._destroy():
+            self.server.stop(self._take)
+
+    def _destroy(self) -> bool:
+        """A DESTROY, when the trace has none; False when the server then closed."""
+        if any(ex.opcode == Opcode.DESTROY for ex in self.script.exchanges):
+            return True
+        unique = max(ex.unique for ex in self.script.exchanges) + 2
+        raw = bytes(FuseInHeader(opcode=Opcode.DESTROY, unique=unique))
+        self._drain_calls()
+        try:
+            self.server.send(raw)
+            if self.writer is not None:
+                self.writer.request(raw)
+            deadline = time.monotonic() + self.timeout
+            while unique not in self.arrived:
+                msg = self.server.receive(deadline)
+                if msg is None:
+                    break
+                if peek_reply(msg)[1] == unique:
+                    if self.writer is not None:
+                        self.writer.reply(msg)
+                    break
+                self._take(msg)
+        except Closed:
+            return False  # ended its session on DESTROY: what DESTROY asks for
+        return True
+
+    def _compare_exit(self) -> str | None:
+        """The server's exit against the recorded one (status, or the signal it died of);
+        returns the error when it crashed where the recorded one did not."""
+        ending, proc = self.script.ending, self.server.proc
+        if ending is None or ending.exit is None or proc is None or proc.returncode is None:
+            return None
+        if proc.returncode == ending.exit:
+            return None
+        recorded, replayed = exit_text(ending.exit), exit_text(proc.returncode)
+        how = f"the recorded session ended: {ending.reason}"
+        self.diffs.append(Difference(
+            ending.index, "server exit", how, f"the server {recorded} when recorded, "
+            f"{replayed} in this replay", [FieldDiff("exit", recorded, replayed,
+                                                    self.server.exit_note or "")]))
+        if -proc.returncode in _CRASH_SIGNALS:
+            return (f"the server crashed ({replayed}) as the session ended the way the "
+                    f"recorded one did ({ending.reason}), after its last request")
+        return None
 
     # --- comparing ------------------------------------------------------------------
 

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 _COLUMN = 34
+LOG_LINES = 10  # of the server's output, shown when the replay could not finish
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,7 @@ class ReplayReport:
     masks: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     server_exit: str | None = None
-    server_log: str = ""  # the end of the server's output (not part of text() or json())
+    server_log: str = ""  # the end of the server's output (in text() and json() on an error)
 
     @property
     def ok(self) -> bool:
@@ -97,11 +98,17 @@ class ReplayReport:
         if self.masks:
             lines.append("masked: " + ", ".join(self.masks))
         lines += [f"note: {note}" for note in self.notes]
+        n = len(self.differences)
+        found = f"{n} difference{'s' if n != 1 else ''}"
         if self.error:
             lines.append(f"error: {self.error}")
-        n = len(self.differences)
-        lines.append("result: " + ("no differences" if n == 0 else
-                                   f"{n} difference{'s' if n > 1 else ''}"))
+            tail = self.server_log.splitlines()[-LOG_LINES:]
+            if tail:
+                lines.append("the server's last output:")
+                lines += [f"  | {line}" for line in tail]
+            lines.append(f"result: the replay did not finish ({found} up to the error)")
+        else:
+            lines.append("result: " + ("no differences" if n == 0 else found))
         for diff in self.differences:
             lines += ["", diff.text()]
         return "\n".join(lines) + "\n"
@@ -110,6 +117,7 @@ class ReplayReport:
         return {"trace": self.trace, "server": self.server, "ok": self.ok, "error": self.error,
                 "counts": self.counts, "masks": self.masks, "notes": self.notes,
                 "server_exit": self.server_exit,
+                **({"server_log": self.server_log.splitlines()[-LOG_LINES:]} if self.error else {}),
                 "differences": [asdict(d) for d in self.differences]}
 
     def first_difference_text(self) -> str:

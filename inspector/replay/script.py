@@ -9,12 +9,16 @@ stops the replay with one line and nothing written). Then:
 - notifications from the server are kept apart: they are matched as a set at the end,
   not required to come at the same moment;
 - `steps` is the recorded order: SEND a request, EXPECT a reply. Requests the recorder
-  could not forward (`request_not_forwarded`) are left out: the server never saw them.
+  could not forward (`request_not_forwarded`) are left out: the server never saw them;
+- `ending` is how the recorded session ended (the recorder's `session_end` and the first
+  server process's `server_exit`), so the replay can end the server the same way and
+  compare its exit.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,6 +70,51 @@ class Exchange:
         return self.reply is not None
 
 
+@dataclass(frozen=True)
+class Ending:
+    """How the recorded session ended."""
+
+    index: int  # the session_end record
+    reason: str  # "unmounted", "interrupted by SIGINT", "server exited" …
+    server_ended: str  # "itself", or the signal fusetrace sent
+    exit: int | None  # the first server process's: status, or -signal (None: not seen)
+
+    @property
+    def unmounted(self) -> bool:
+        """The kernel ended the session (the user's umount, or fusetrace's on a signal):
+        the server was told with ENODEV on its read of the device."""
+        return self.reason == "unmounted" or self.reason.startswith("interrupted")
+
+    @property
+    def by_itself(self) -> bool:
+        """The server ended the session (it exited or closed its connection first)."""
+        return self.reason in ("server exited", "server closed the connection")
+
+
+def exit_text(code: int) -> str:
+    """An exit as `subprocess` reports it (-N: killed by signal N), in words."""
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exited with status {code}"
+
+
+def _ending(records: list[Any]) -> Ending | None:
+    main = next((r.meta.get("pid") for r in records if r.event == "server_start"), None)
+    code = None
+    for r in records:
+        if r.event == "server_exit" and r.meta.get("pid") == main and code is None:
+            code = (-int(r.meta["signal"]) if "signal" in r.meta
+                    else int(r.meta.get("status") or 0))
+    end = next((r for r in reversed(records) if r.event == "session_end"), None)
+    if end is None:
+        return None
+    return Ending(end.index, str(end.meta.get("reason") or ""),
+                  str(end.meta.get("server_ended") or "itself"), code)
+
+
 @dataclass
 class Script:
     path: str
@@ -75,6 +124,7 @@ class Script:
     notifications: list[tuple[int, bytes]]  # (record index, raw)
     startup_ioctls: list[IoctlRecord]  # made before the first request
     cut_writes: int  # WRITE requests whose data the snap length cut
+    ending: Ending | None = None  # None: the trace does not say (not made by `record`)
 
     @property
     def requests(self) -> int:
@@ -155,4 +205,5 @@ def _build(where: str, header: dict[str, Any], records: list[Any]) -> Script:
     if not ordered or ordered[0].opcode != Opcode.INIT:
         raise ReplayError(f"{where}: the trace does not start with the kernel's INIT request "
                           f"(a replay needs a session recorded from its start)")
-    return Script(where, header, ordered, steps, notifications, startup, cut_writes)
+    return Script(where, header, ordered, steps, notifications, startup, cut_writes,
+                  _ending(records))

@@ -7,10 +7,13 @@ socketpair, in its place. The recorder's seccomp trap is installed the same way,
 the kernel's side of the ioctls emulated (`emulate`). Its output goes to a file, shown
 when it fails.
 
-Ending, as an unmount ends a recorded session: SIGTERM to every process holding the
-server's end of the socket (a daemonized server is found by that socket in /proc, as the
-recorder does); after a grace period the socket is shut (libfuse reads that as the end
-of its connection), and after another, SIGKILL.
+Ending, as the recorded session ended (`hang_up`, `wait_exit`): after an unmount every
+server thread reading the connection gets ENODEV, as the kernel says it and as the
+recorder passes it on (`record.hangup`: ptrace); a server that ended the session itself
+is waited for. Processes are found by the server's end of the socket in /proc (a
+daemonized server too). When that does not end it, or when the trace does not say how
+the session ended, `stop`: SIGTERM, then end-of-file, then SIGKILL, a grace period apart,
+and `exit_note` says so.
 """
 
 from __future__ import annotations
@@ -25,14 +28,16 @@ import tempfile
 import time
 from typing import IO, Callable, Sequence
 
+from ..record import hangup
 from ..record.args import ArgumentError, ServerCommand
 from ..record.flavour import Flavour, guess
 from ..record.relay import BUFFER_SIZE, server_socketpair
 from ..record.trap import IoctlTrap
 from ..syscalls import socket_holders
 from .emulate import EmulatedTrap, IoctlLog
-from .script import ReplayError
+from .script import ReplayError, exit_text
 
+_WALL = 0x40000000  # waitpid: threads and tracees too
 GRACE = 3.0  # seconds the server gets to exit after its connection ends, then after SIGTERM
 
 
@@ -130,8 +135,7 @@ class ServerUnderTest:
         SIGSEGV"); None while it runs."""
         if self.proc is None or self.proc.poll() is None:
             return None
-        code = self.proc.returncode
-        return f"killed by {signal.Signals(-code).name}" if code < 0 else f"exited with status {code}"
+        return exit_text(self.proc.returncode)
 
     def end_input(self) -> None:
         """No more requests: the server reads the end of its connection."""
@@ -164,6 +168,58 @@ class ServerUnderTest:
                 self.proc.wait()
         if self.trap is not None:
             self.trap.stop()
+
+    def hang_up(self, on_message: Callable[[bytes], None], seconds: float) -> None:
+        """End the session as an unmount does: each thread blocked reading the connection,
+        and each waiting in poll/epoll at its next read, gets ENODEV; then `stop` if the
+        server is still there after `seconds`."""
+        why = hangup.available()
+        deadline = time.monotonic() + seconds
+        walked: set[int] = set()
+        traced: set[int] = set()
+        while why is None and self.sock is not None and time.monotonic() < deadline:
+            pids = self._holders()
+            try:
+                readers = hangup.blocked_readers(pids, self.inode)
+                for reader in readers:
+                    hangup.give_enodev(reader)
+                waiters = [w for w in hangup.waiting_threads(pids) if w.tid not in walked]
+                if waiters and not readers:
+                    walked.update(w.tid for w in waiters)
+                    hangup.enodev_at_reads(waiters, self.inode, self.end_input)
+                traced.update(t.tid for t in [*readers, *waiters])
+            except OSError as exc:
+                why = f"ptrace: {exc.strerror}"
+                break
+            _release_exited(traced - {self.proc.pid if self.proc else 0})
+            if self._wait_closed(0.05, on_message):
+                self._closed()
+                return
+        if why is not None:
+            self.exit_note = f"ENODEV could not be given ({why}): end-of-file instead"
+            self.end_input()
+            if self._wait_closed(GRACE, on_message):
+                self._closed()
+                return
+        else:
+            self.exit_note = f"still running {seconds:g} s after ENODEV: SIGTERM"
+        self.stop(on_message)
+
+    def wait_exit(self, on_message: Callable[[bytes], None], seconds: float) -> None:
+        """The recorded server ended the session by itself: wait for it to, then `stop`."""
+        if self._wait_closed(seconds, on_message):
+            self._closed()
+            return
+        self.exit_note = (f"still running {seconds:g} s after the last request (the recorded "
+                          f"server ended the session itself): SIGTERM")
+        self.stop(on_message)
+
+    def _closed(self) -> None:
+        """Every holder closed the connection: collect the exit."""
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+        self.stop()
 
     def kill(self) -> None:
         """A hung or broken server: no grace."""
@@ -209,3 +265,14 @@ class ServerUnderTest:
         if self.proc is not None and self.proc.poll() is None:
             pids.add(self.proc.pid)
         return pids
+
+
+def _release_exited(tids: set[int]) -> None:
+    """Reap, as their tracer, threads that exited while traced and are not children of
+    ours (a server started by a shell): until then their parent cannot see them exit."""
+    for tid in list(tids):
+        try:
+            if os.waitpid(tid, os.WNOHANG | _WALL)[0]:
+                tids.discard(tid)
+        except ChildProcessError:
+            tids.discard(tid)  # let go of and not ours: its parent reaps it

@@ -38,7 +38,7 @@ from record_support import (
     rw_workload,
 )
 
-CRASHFS = [sys.executable, str(REPO / "tests" / "servers" / "crashfs.py")]
+CRASHFS = [sys.executable, "-X", "faulthandler", str(REPO / "tests" / "servers" / "crashfs.py")]
 
 
 @dataclass
@@ -200,7 +200,8 @@ def test_passthroughfs_replays_without_differences(passthrough_trace: Recorded, 
     ids = [e.record.meta["result"] for e in replayed.entries
            if e.record.is_ioctl and e.record.meta["cmd"] == DevIoctl.BACKING_OPEN]
     assert ids == list(range(1, len(ids) + 1)) and ids
-    assert sum(e.record.is_request for e in replayed.entries) == report.counts["requests"] + 1  # + DESTROY
+    # ended as the recording was, by an unmount: no DESTROY (the kernel sends none to a fuse mount)
+    assert sum(e.record.is_request for e in replayed.entries) == report.counts["requests"]
 
 
 @pytest.mark.requires_fuse
@@ -379,9 +380,59 @@ def test_crashing_server_is_reported_with_the_request_it_crashed_on(memfs_trace:
     assert report.error is not None
     assert report.error.startswith("the server killed by SIGABRT while handling RMDIR")
     assert f"(record {first_rmdir})" in report.error
+    text = report.text()
+    assert "no differences" not in text
+    assert "result: the replay did not finish" in text
+    # the end of its stderr, where faulthandler names the function it died in
+    assert "the server's last output:" in text and "in rmdir" in text
     res = fusetrace("replay", str(memfs_trace.trace), "--", *argv)
     assert res.returncode == 2
     assert "error: the server killed by SIGABRT while handling RMDIR" in res.stderr
+    assert "no differences" not in res.stdout and "in rmdir" in res.stdout
+    as_json = fusetrace("replay", str(memfs_trace.trace), "--json", "--", *argv)
+    assert as_json.returncode == 2 and '"ok": false' in as_json.stdout
+    assert "in rmdir" in as_json.stdout
+
+
+@pytest.mark.requires_fuse
+@pytest.mark.timeout(120)
+def test_libfuse_server_ends_as_the_recording_did(tmp_path: Path) -> None:
+    """Recorded until unmounted, squashfuse (libfuse 3) exited 0; replayed, it is told
+    of the end the same way (ENODEV on its read), not with end-of-file (exit 8)."""
+    for tool in ("squashfuse", "mksquashfs"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"not installed: {tool}")
+    src, image, mnt, trace = (tmp_path / n for n in ("src", "image.sqfs", "mnt", "t.fzt"))
+    src.mkdir()
+    make_source(src)
+    subprocess.run(["mksquashfs", str(src), str(image), "-quiet", "-noappend"], check=True,
+                   capture_output=True, timeout=60)
+    mnt.mkdir()
+    argv = ["squashfuse", "-f", str(image), str(mnt)]
+    with recorded_server(argv, mnt, trace, "-s", "0") as rec:
+        tree(mnt)
+        assert rec.unmount_and_wait() == 0, rec.output()
+    report = replay(trace, argv)
+    assert report.ok, report.text()
+    assert report.server_exit == "exited with status 0"
+
+
+@pytest.mark.requires_fuse
+@pytest.mark.timeout(120)
+def test_a_different_exit_status_is_a_difference(memfs_trace: Recorded, tmp_path: Path) -> None:
+    """The same server behind a shell that exits 3 afterwards: every reply matches, the
+    exit does not (recorded 0), pinned to the recording's session_end."""
+    memfs = " ".join(MEMFS)
+    argv = ["sh", "-c", f'{memfs} "$1"; exit 3', "sh", str(tmp_path)]
+    report = replay(memfs_trace.trace, argv)
+    assert report.error is None, report.text()
+    [diff] = report.differences
+    end = [e.record.index for e in decode_trace(memfs_trace.trace).entries
+           if e.record.event == "session_end"]
+    assert (diff.record, diff.what) == (end[0], "server exit")
+    assert [(f.recorded, f.replayed) for f in diff.fields] == [
+        ("exited with status 0", "exited with status 3")]
+    assert report.server_exit == "exited with status 3"  # ENODEV reached it through the shell
 
 
 # --- the command line -------------------------------------------------------------------
