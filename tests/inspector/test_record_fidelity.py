@@ -1,6 +1,6 @@
 """Under `fusetrace record`, neither the server nor the user can tell: for servers of every
 family and every way of getting the connection, the same real workload (`shutil.copytree`,
-`tar x`, `git clone`, reads) run on the server mounted directly and under `record` gives
+`tar x`, `git clone`, `rsync -a`, reads) run on the server mounted directly and under `record` gives
 the same files, the same errors, the same mount in /proc/self/mountinfo (source, type,
 flags, options), the same exit status and the same data on disk afterwards.
 
@@ -89,9 +89,11 @@ def _inputs(base: Path) -> tuple[Path, Path, Path]:
 
 
 def rw_work(mnt: Path, inputs: tuple[Path, Path, Path]) -> dict[str, Any]:
-    """copytree, tar x, git clone into the mount; what the mount then shows."""
+    """copytree, tar x, git clone, rsync -a into the mount; what the mount then shows."""
     tree, tar, repo = inputs
     shutil.copytree(tree, mnt / "copied", symlinks=True)
+    subprocess.run(["rsync", "-a", f"{tree}/", str(mnt / "synced")], check=True, timeout=60,
+                   capture_output=True)
     subprocess.run(["tar", "xf", str(tar), "-C", str(mnt)], check=True, timeout=60)
     subprocess.run(["git", "clone", "-q", str(repo), str(mnt / "cloned")], check=True,
                    timeout=60, capture_output=True)
@@ -266,7 +268,7 @@ def _recorded(case: Case, base: Path, inputs: tuple[Path, Path, Path]) -> tuple[
 @pytest.mark.timeout(FIDELITY_TIMEOUT)
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_recorded_like_direct(case: Case, isolated: Path, tmp_path: Path) -> None:
-    need(*case.tools, "git", "tar")
+    need(*case.tools, "git", "tar", "rsync")
     if case.name == "pyfuse3-memfs":
         pytest.importorskip("pyfuse3")
     inputs = _inputs(tmp_path)
