@@ -37,14 +37,15 @@ __all__ = ["Difference", "FieldDiff", "Masks", "ReplayError", "ReplayReport", "r
 
 def replay(trace: str | PathLike[str], server: Sequence[str], *, masks: Masks | None = None,
            timeout: float = 10.0, overlap: bool = False, write: str | PathLike[str] | None = None,
-           mountpoint: str | None = None) -> ReplayReport:
+           mountpoint: str | None = None, strict_order: bool = False) -> ReplayReport:
     """Replay `trace` against `server` (its command line, mountpoint included).
 
     Never raises for a bad trace, a bad command line, or a server that crashes or hangs:
     the report's `error` says what happened (and nothing is written for a bad trace).
     `timeout` is per request; `overlap` reproduces the recorded concurrency instead of
     sending one request at a time; `write` saves the replayed conversation as a trace;
-    `mountpoint` names the server's mountpoint argument when the guess is wrong.
+    `mountpoint` names the server's mountpoint argument when the guess is wrong;
+    `strict_order` pairs directory entries by position instead of by name.
     """
     from .engine import Replayer
 
@@ -52,7 +53,8 @@ def replay(trace: str | PathLike[str], server: Sequence[str], *, masks: Masks | 
     argv = list(server)
     try:
         script = load(where)
-        replayer = Replayer(script, argv, masks or Masks(), timeout, overlap, mountpoint)
+        replayer = Replayer(script, argv, masks or Masks(), timeout, overlap, mountpoint,
+                            strict_order)
     except ReplayError as exc:
         return ReplayReport(where, argv, error=str(exc))
     writer = None

@@ -20,7 +20,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     rep = sub.add_parser(
         "replay", help="replay a trace against a FUSE server, nothing mounted, and diff the replies",
         usage="fusetrace replay TRACE [--json] [-w NEW.fzt] [--mask OPCODE.FIELD ...] "
-              "[--timeout S] [--overlap] [--mountpoint PATH] -- SERVER [ARGS...]",
+              "[--timeout S] [--overlap] [--strict-order] [--mountpoint PATH] -- SERVER [ARGS...]",
         description="Start SERVER as `fusetrace record` would (mountpoint included: it gets a "
                     "socket as /dev/fd/N in its place, nothing is mounted, no root needed), send "
                     "it the recorded requests in recorded order, and compare every reply, ioctl "
@@ -41,6 +41,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                      help="how long the server may take over one request (default %(default)s)")
     rep.add_argument("--overlap", action="store_true",
                      help="send requests with the recorded overlap instead of one at a time")
+    rep.add_argument("--strict-order", action="store_true",
+                     help="pair directory entries by position, not by name (the order counts)")
     rep.add_argument("--mountpoint", metavar="PATH",
                      help="which of SERVER's arguments is the mountpoint, when the guess is wrong")
     rep.add_argument("server", nargs=argparse.REMAINDER, metavar="SERVER [ARGS...]",
@@ -63,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
         print("fusetrace: error: --timeout must be more than 0", file=sys.stderr)
         return 2
     report = replay(args.trace, server, masks=masks, timeout=args.timeout, overlap=args.overlap,
-                    write=args.write, mountpoint=args.mountpoint)
+                    write=args.write, mountpoint=args.mountpoint, strict_order=args.strict_order)
     if report.error and not report.counts:  # it never started: the one line says it all
         print(f"fusetrace: error: {report.error}", file=sys.stderr)
         return 2

@@ -46,15 +46,19 @@ from .views import (
     IGNORED,
     NODE,
     PLAIN,
+    Entry,
     Item,
     RequestView,
     ReplyView,
+    entries,
+    names_text,
     patch,
     reply_view,
     request_view,
     show,
 )
 
+_DIR_READS = frozenset({Opcode.READDIR, Opcode.READDIRPLUS})
 _FORGETS = frozenset({Opcode.FORGET, Opcode.BATCH_FORGET})
 _RELEASES = frozenset({Opcode.RELEASE, Opcode.RELEASEDIR})
 _NEVER_ANSWERED = NO_REPLY_OPCODES | {Opcode.INTERRUPT}
@@ -112,8 +116,9 @@ class _Counts:
 
 class Replayer:
     def __init__(self, script: Script, server: Sequence[str], masks: Masks, timeout: float,
-                 overlap: bool, mountpoint: str | None = None) -> None:
+                 overlap: bool, mountpoint: str | None = None, strict_order: bool = False) -> None:
         self.script = script
+        self.strict_order = strict_order
         self.masks = masks
         self.timeout = timeout
         self.overlap = overlap
@@ -401,8 +406,52 @@ class Replayer:
                 for i, (x, y) in enumerate(zip(a, b)):
                     if x != y and spec.kinds[i] == PLAIN and not self._masked(op, spec.paths[i]):
                         diffs.append(FieldDiff(spec.paths[i], show(x, fmts[i]), show(y, fmts[i])))
-        self._compare_items(op, rv.tail, pv.tail, rv.cut, dir_fh, diffs)
+        if op in _DIR_READS and not self.strict_order:
+            self._compare_listing(op, rv.tail, pv.tail, rv.cut, dir_fh, diffs)
+        else:
+            self._compare_items(op, rv.tail, pv.tail, rv.cut, dir_fh, diffs)
         return diffs
+
+    def _compare_listing(self, op: int, rec: list[Item], rep: list[Item], cut: bool, dir_fh: int,
+                         diffs: list[FieldDiff]) -> None:
+        """Directory entries paired by name, not position (POSIX fixes no order): each pair's
+        fields compared and its node id and offset learned, an entry on one side only named
+        once, and a different order said once, as `order`."""
+        mine, rest = entries(rec)
+        theirs, rest2 = entries(rep)
+        waiting: dict[bytes, list[Entry]] = {}
+        for entry in theirs:
+            waiting.setdefault(entry.name, []).append(entry)
+        order: list[int] = []  # replayed positions of the recorded entries, in recorded order
+        offsets: list[tuple[int, int, int]] = []
+        for entry in mine:
+            found = waiting.get(entry.name)
+            if not found:
+                if not self._masked(op, entry.prefix + ".name"):
+                    diffs.append(FieldDiff(entry.prefix + ".name", show(entry.name, None), "-",
+                                           "the replayed listing has no entry of this name"))
+                continue
+            other = found.pop(0)
+            order.append(other.position)
+            offsets.append((entry.offset, other.position, other.offset))
+            self._compare_items(op, entry.fields(), other.relabelled(entry.prefix), False,
+                                dir_fh, diffs)
+        self.tr.learn_listing(dir_fh, offsets, len(theirs))
+        for found in waiting.values():
+            for other in found:
+                if cut and other.position >= len(mine):
+                    continue  # past where the snap length cut the recorded listing
+                if not self._masked(op, other.prefix + ".name"):
+                    diffs.append(FieldDiff(other.prefix + ".name", "-", show(other.name, None),
+                                           "the recorded listing has no entry of this name"))
+        if order != sorted(order) and not self._masked(op, "order"):
+            by_position = sorted(theirs, key=lambda e: e.position)
+            diffs.append(FieldDiff("order", names_text([e.name for e in mine]),
+                                   names_text([e.name for e in by_position]),
+                                   "the same entries in another order (--strict-order compares "
+                                   "positions)"))
+        if not cut:
+            self._compare_items(op, rest, rest2, False, dir_fh, diffs)
 
     def _compare_items(self, op: int, rec: list[Item], rep: list[Item], cut: bool, dir_fh: int,
                        diffs: list[FieldDiff]) -> None:

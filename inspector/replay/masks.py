@@ -8,7 +8,8 @@ more dotted parts of a field's path, matched as a whole run of parts anywhere in
 The defaults mask what legitimately differs between two runs of the same server on the same
 data: times (the clock moved on), generation and inode numbers (the backing filesystem
 hands out new ones, e.g. on a fresh copy of a directory), and STATFS's free blocks and
-inodes (the disk under a passthrough or overlay server is shared with everything else).
+inodes (the disk under a passthrough or overlay server is shared with everything else),
+and the order of a directory's entries (POSIX fixes none: entries are paired by name).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ DEFAULTS: tuple[tuple[str, str], ...] = (
     ("*.generation", "generation numbers"),
     ("*.ino", "inode numbers"),
     ("STATFS.bfree", "free space"), ("STATFS.bavail", "free space"), ("STATFS.ffree", "free space"),
+    ("READDIR.order", "directory order"), ("READDIRPLUS.order", "directory order"),
 )
 
 

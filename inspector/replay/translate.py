@@ -84,6 +84,8 @@ class Translator:
         self.backing = Table("backing id", fixed=(0,))  # 0: no passthrough
         self.closed_backing: dict[int, int] = {}  # recorded → replayed, of ids since closed
         self.diroffs: dict[int, dict[int, int]] = {}  # recorded dir fh → {recorded off: off}
+        #: recorded dir fh → (replayed entries listed so far, the furthest one's (rank, off))
+        self.listed: dict[int, tuple[int, tuple[int, int]]] = {}
 
     def rewrite(self, view: RequestView) -> list[tuple[int, int]]:
         """(offset, replayed value) for every server-chosen value in a recorded request."""
@@ -122,6 +124,21 @@ class Translator:
             return self.check_backing(recorded, replayed)
         return None
 
+    def learn_listing(self, dir_fh: int, pairs: list[tuple[int, int, int]], listed: int) -> None:
+        """A listing whose entries were paired by name: (recorded off, replayed position,
+        replayed off) of each pair in recorded order, `listed` the replayed entries.
+
+        A recorded offset means "after every entry listed up to this one"; its replayed
+        counterpart is the offset of whichever of those entries the replayed server listed
+        last, so a continuation goes on after the same entries (in another order, the
+        offset of the same-named entry would list some of them again)."""
+        base, furthest = self.listed.get(dir_fh, (0, (-1, 0)))
+        offsets = self.diroffs.setdefault(dir_fh, {})
+        for recorded, position, replayed in pairs:
+            furthest = max(furthest, (base + position, replayed))
+            offsets[recorded] = furthest[1]
+        self.listed[dir_fh] = (base + listed, furthest)
+
     def check_backing(self, recorded: int, replayed: int) -> str | None:
         """An open reply's backing id: it must be the one the server got from the
         (emulated) BACKING_OPEN that matches the recorded one."""
@@ -148,6 +165,7 @@ class Translator:
         fh = view.brief.get("fh") or 0
         self.fhs.release(fh)
         self.diroffs.pop(fh, None)
+        self.listed.pop(fh, None)
 
     def backing_closed(self, recorded: int) -> int | None:
         """A recorded BACKING_CLOSE that succeeded: the replayed id it stood for."""

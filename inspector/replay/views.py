@@ -194,6 +194,51 @@ def _dirents(raw: bytes, off: int, end: int, plus: bool) -> list[Item]:
     return items
 
 
+@dataclass
+class Entry:
+    """One directory entry of a listing: its items, all under `prefix` (`dirent[3]`)."""
+
+    prefix: str
+    position: int
+    name: bytes
+    items: list[Item]
+    offset: int = 0  # its `off`: where a listing continues after it
+
+    def fields(self) -> list[Item]:
+        """Its items but the offset (which `Translator.learn_listing` pairs)."""
+        return [item for item in self.items if item[2] != DIROFF]
+
+    def relabelled(self, prefix: str) -> list[Item]:
+        """Its fields under another entry's prefix (the entry it is paired with)."""
+        cut = len(self.prefix)
+        return [(prefix + path[cut:], value, kind, fmt) for path, value, kind, fmt in self.fields()]
+
+
+def entries(tail: list[Item]) -> tuple[list[Entry], list[Item]]:
+    """A listing's items as entries, in order, and the items that are no entry's."""
+    out: list[Entry] = []
+    rest: list[Item] = []
+    for item in tail:
+        head, dot, field = item[0].partition(".")
+        if not dot or not head.startswith(("dirent[", "direntplus[")):
+            rest.append(item)
+            continue
+        if not out or out[-1].prefix != head:
+            out.append(Entry(head, len(out), b"", []))
+        out[-1].items.append(item)
+        if field == "name":
+            out[-1].name = item[1]
+        elif item[2] == DIROFF:
+            out[-1].offset = item[1]
+    return out, rest
+
+
+def names_text(names: list[bytes], most: int = 6) -> str:
+    """Entry names as a short list, for an order difference."""
+    shown = ", ".join(n.decode(errors="replace") for n in names[:most])
+    return shown + (f" … ({len(names)})" if len(names) > most else "")
+
+
 def data_text(value: bytes) -> str:
     if len(value) <= 32:
         return repr(value)

@@ -15,7 +15,7 @@ import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import pytest
 
@@ -23,6 +23,7 @@ from dissectors import Message
 from dissectors.constants import Opcode
 from dissectors.ioctls import DevIoctl
 from inspector.replay import Masks, replay
+from inspector.syscalls import mount, umount2
 from inspector.testing import decode_trace, fuse_available, recorded_server, tree
 from record_support import (
     AS_NOBODY,
@@ -479,3 +480,62 @@ def test_ordinary_user_replays_without_dev_fuse(nobody_dir: Path) -> None:
                              timeout=60, cwd=REPO)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "result: no differences" in res.stdout
+
+
+# --- directories: names, not positions ----------------------------------------------------
+
+@pytest.fixture
+def tmpfs(tmp_path: Path) -> Iterator[Path]:
+    """A tmpfs of this test's own: it lists a directory newest entry first, so the order
+    of a listing is the reverse of the order its entries were made in."""
+    where = tmp_path / "tmpfs"
+    where.mkdir()
+    try:
+        mount("tmpfs", str(where), "tmpfs", 0, "size=16m")
+    except OSError as exc:
+        pytest.skip(f"cannot mount a tmpfs: {exc}")
+    try:
+        yield where
+    finally:
+        umount2(str(where))
+
+
+_NAMES = ("a", "b", "c", "d")
+
+
+def _listed_source(src: Path, names: tuple[str, ...]) -> None:
+    src.mkdir(parents=True)
+    for name in names:
+        (src / name).write_bytes(name.encode() * (100 * (ord(name) - 96)))  # sizes differ
+
+
+def _stat_each(m: Path) -> None:
+    for name in sorted(os.listdir(m)):
+        os.stat(m / name)
+        (m / name).read_bytes()
+
+
+@pytest.mark.requires_fuse
+@pytest.mark.timeout(120)
+def test_a_listing_in_another_order_pairs_entries_by_name(tmpfs: Path) -> None:
+    """Recorded over a directory listed d, c, b, a and replayed over one listed a, b, c, d:
+    entries are paired by name (each GETATTR goes to the node of its own name), and the
+    order is one masked difference; --strict-order compares positions."""
+    rec_src, mnt = tmpfs / "rec", tmpfs / "mnt"
+    _listed_source(rec_src, _NAMES)
+    mnt.mkdir()
+    trace = tmpfs / "t.fzt"
+    with recorded_server(_passthroughfs_plain(rec_src, mnt), mnt, trace, "-s", "0") as rec:
+        _stat_each(mnt)
+        assert rec.unmount_and_wait() == 0, rec.output()
+    _listed_source(tmpfs / "rep", _NAMES[::-1])
+    argv = _passthroughfs_plain(tmpfs / "rep", mnt)
+    report = replay(trace, argv)
+    assert report.ok, report.text()
+    bare = replay(trace, argv, masks=Masks(defaults=False))
+    orders = [(f.recorded, f.replayed) for d in bare.differences for f in d.fields
+              if f.path == "order"]
+    assert orders == [("., .., d, c, b, a", "., .., a, b, c, d")], bare.text()
+    strict = replay(trace, argv, strict_order=True)
+    assert not strict.ok
+    assert any(f.path.endswith(".name") for d in strict.differences for f in d.fields)
