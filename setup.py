@@ -1,10 +1,14 @@
-"""The recorder's C extension (`inspector/record/_fastpath.c`); everything else is in
-pyproject.toml. It needs gcc and python3-dev (.ci/install brings them) and is optional:
-without them all but `fusetrace record` still installs."""
+"""The C extensions: the recorder's relay (`inspector/record/_fastpath.c`) and the trace
+index's hot loop (`traces/_scan.c`); everything else is in pyproject.toml. They need gcc
+and python3-dev (.ci/install brings them) and are optional: without them all but
+`fusetrace record` still installs, and indexes are built in Python."""
 
 from setuptools import Extension, setup
 
-setup(ext_modules=[Extension(
-    "inspector.record._fastpath", ["inspector/record/_fastpath.c"], optional=True,
-    extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter",
-                        "-Wno-missing-field-initializers"])])
+_FLAGS = ["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter", "-Wno-missing-field-initializers"]
+
+setup(ext_modules=[
+    Extension("inspector.record._fastpath", ["inspector/record/_fastpath.c"], optional=True,
+              extra_compile_args=_FLAGS),
+    Extension("traces._scan", ["traces/_scan.c"], optional=True, extra_compile_args=_FLAGS),
+])

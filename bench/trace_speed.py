@@ -1,6 +1,6 @@
 """Trace file speed: generation, index build, cached open, random access, streaming, show.
 
-Figures are printed, not asserted (targets: index build ≥ 500k records/s, random access
+Figures are printed, not asserted (targets: index build ≥ 1M records/s, random access
 < 1 ms, `fusetrace show` ≥ 100k lines/s). Run: .venv/bin/python bench/trace_speed.py [records]
 """
 

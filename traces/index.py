@@ -21,16 +21,19 @@ import struct
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import msgpack
 
-from dissectors.constants import NO_REPLY_OPCODES
+from scapy.packet import Packet
+
+from dissectors.constants import IN_HEADER_SIZE, NO_REPLY_OPCODES, OUT_HEADER_SIZE
 from dissectors.quick import peek_reply, peek_request
+from dissectors.structs import FuseInHeader, FuseOutHeader
 
 from .errors import TraceReadError
 from .records import TS_LIMIT, Kind, Record, cut_note, decode, problem
-from .stream import LIMITS, Progress, Scan, TraceFile, open_trace
+from .stream import LIMITS, Progress, Scan, TraceFile, gc_paused, open_trace
 
 CACHE_MAGIC = "fusetrace-index"
 CACHE_VERSION = 2  # 2: records checked field by field
@@ -40,6 +43,31 @@ _COLUMNS = {"offset": "Q", "ts": "q", "kind": "B", "opcode": "I", "unique": "Q",
 _ROW_BYTES = sum(array.array(code).itemsize for code in _COLUMNS.values())
 _HEAD_LEN = struct.Struct("<I")
 _NO_REPLY = frozenset(int(op) for op in NO_REPLY_OPCODES)
+
+
+def _field_offset(cls: type[Packet], name: str) -> int:
+    """Where a fixed-size header field starts (from the Scapy struct: declared once)."""
+    at = 0
+    for fld in cls.fields_desc:
+        if fld.name == name:
+            return at
+        at += fld.sz
+    raise KeyError(name)
+
+
+#: what the C loop peeks at: fuse_in_header's size, opcode, unique, nodeid; then
+#: fuse_out_header's size, error, unique
+_LAYOUT = (IN_HEADER_SIZE, *(_field_offset(FuseInHeader, f) for f in ("opcode", "unique", "nodeid")),
+           OUT_HEADER_SIZE, *(_field_offset(FuseOutHeader, f) for f in ("error", "unique")))
+
+
+def _fast_rows() -> Callable[..., tuple[int, int, tuple[bytes, ...]]] | None:
+    """The C loop, or None when the extension was not built (the Python one is used)."""
+    try:
+        from ._scan import rows
+    except ImportError:
+        return None
+    return rows  # type: ignore[no-any-return]
 
 
 class Row(NamedTuple):
@@ -187,64 +215,65 @@ class TraceIndex:
     def _scan(self, st: os.stat_result, progress: Progress | None) -> None:
         """Add rows from `_end` to the end of file, pairing replies with requests.
 
-        The hot loop checks REQUEST and REPLY records without meta inline with exactly the
-        rules of `problem()`, which judges every other record.
+        Plain REQUEST and REPLY records (no meta but a true length) take the C loop (`_scan.c`) when it is
+        built, else `_add`; both check them with exactly the rules of `problem()`, which
+        judges every other record.
         """
         self._size, self._mtime = st.st_size, st.st_mtime_ns
         self.tail = None
-        c = self._cols
-        add_offset, add_ts, add_kind = c["offset"].append, c["ts"].append, c["kind"].append
-        add_opcode, add_unique = c["opcode"].append, c["unique"].append
-        add_nodeid, add_error = c["nodeid"].append, c["error"].append
-        pending, no_reply, ts_limit = self._pending, _NO_REPLY, TS_LIMIT
-        offset = self._end
-        scan = Scan(self._file, offset, chunk=1 << 20, progress=progress)
+        scan = Scan(self._file, self._end, chunk=1 << 20, progress=progress)
+        with gc_paused():  # a batch is thousands of fresh lists: collections free nothing
+            self._rows(scan)
+
+    def _rows(self, scan: Scan) -> None:
+        c, pending, ts_limit, fast = self._cols, self._pending, TS_LIMIT, _fast_rows()
+        columns = list(c.values())  # `error` last: len() counts whole rows only
+        offset = scan.start
         for objs, ends in scan.batches():
-            for obj, end in zip(objs, ends):
-                if not (type(obj) is list and len(obj) == 3
-                        and type(raw := obj[2]) is bytes and type(kind := obj[0]) is int
-                        and (kind == 1 or kind == 2)
-                        and type(ts := obj[1]) is int and 0 <= ts < ts_limit):
-                    why = problem(obj)
-                    if why is not None:
-                        self.tail = cut_note(offset, len(c["offset"]), f"bad record: {why}")
-                        self._end = offset
-                        return
-                    kind, ts, raw = obj[0], obj[1], obj[2]
-                    if kind > 2:
-                        add_offset(offset)  # an IOCTL or EVENT: no message columns
-                        add_ts(ts)
-                        add_kind(kind)
-                        add_opcode(0)
-                        add_unique(0)
-                        add_nodeid(0)
-                        add_error(0)
-                        offset = end
-                        continue
-                if kind == 1:
-                    opcode, unique, nodeid = peek_request(raw)
-                    if unique and opcode not in no_reply:
-                        pending[unique] = opcode
-                    add_offset(offset)
-                    add_ts(ts)
-                    add_kind(1)
-                    add_opcode(opcode)
-                    add_unique(unique)
-                    add_nodeid(nodeid)
-                    add_error(0)
-                else:
-                    error, unique = peek_reply(raw)
-                    add_offset(offset)
-                    add_ts(ts)
-                    add_kind(2)
-                    add_opcode(pending.pop(unique, 0) if unique else 0)
-                    add_unique(unique)
-                    add_nodeid(0)
-                    add_error(error)
-                offset = end
+            k, n = 0, len(objs)
+            while k < n:
+                if fast is not None:
+                    k, offset, data = fast(objs, ends, k, offset, ts_limit, pending, _NO_REPLY,
+                                           _LAYOUT)
+                    for col, part in zip(columns, data):
+                        col.frombytes(part)
+                    if k == n:
+                        break
+                why = self._add(objs[k], offset)
+                if why is not None:
+                    self.tail = cut_note(offset, len(c["offset"]), f"bad record: {why}")
+                    self._end = offset
+                    return
+                offset = ends[k]
+                k += 1
         self._end = offset
         if scan.stop is not None:
             self.tail = cut_note(offset, len(c["offset"]), scan.stop)
+
+    def _add(self, obj: Any, offset: int) -> str | None:
+        """One record's row; why it is no record, or None."""
+        c = self._cols
+        if not (type(obj) is list and len(obj) == 3
+                and type(raw := obj[2]) is bytes and type(kind := obj[0]) is int
+                and (kind == 1 or kind == 2)
+                and type(ts := obj[1]) is int and 0 <= ts < TS_LIMIT):
+            why = problem(obj)
+            if why is not None:
+                return why
+            kind, ts, raw = obj[0], obj[1], obj[2]
+        opcode = unique = nodeid = error = 0
+        if kind == 1:
+            opcode, unique, nodeid = peek_request(raw)
+            if unique and opcode not in _NO_REPLY:
+                self._pending[unique] = opcode
+        elif kind == 2:
+            error, unique = peek_reply(raw)
+            opcode = self._pending.pop(unique, 0) if unique else 0
+        # an IOCTL or EVENT: no message columns
+        for name, value in (("offset", offset), ("ts", ts), ("kind", kind), ("opcode", opcode),
+                            ("unique", unique), ("nodeid", nodeid), ("error", error)):
+            c[name].append(value)
+        return None
 
     def _anchor(self, end: int) -> bytes:
         """Digest of the header and the bytes before `end`: a cheap "same trace" check."""

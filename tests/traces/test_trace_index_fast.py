@@ -1,0 +1,71 @@
+"""The index's C loop (`traces/_scan.c`) and its Python loop build the same rows, pair
+the same replies and stop at the same bad record with the same note."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_trace_hostile import _HEADER, _REQ, BAD
+from trace_helpers import out_header, packed
+
+import traces.index as index_module
+from traces import TraceIndex
+from traces.testing import synthetic_trace
+
+if index_module._fast_rows() is None:
+    pytest.skip("traces/_scan.c is not built (pip install -e . needs gcc and python3-dev)",
+                allow_module_level=True)
+
+
+def _built(path: Path, fast: bool, monkeypatch: pytest.MonkeyPatch) -> TraceIndex:
+    with monkeypatch.context() as m:
+        if not fast:
+            m.setattr(index_module, "_fast_rows", lambda: None)
+        idx = TraceIndex(index_module.open_trace(path), [])
+        idx.refresh()
+    return idx
+
+
+def _same(path: Path, monkeypatch: pytest.MonkeyPatch) -> TraceIndex:
+    c, py = _built(path, True, monkeypatch), _built(path, False, monkeypatch)
+    assert {k: list(v) for k, v in c._cols.items()} == {k: list(v) for k, v in py._cols.items()}
+    assert (c._pending, c.tail, c._end) == (py._pending, py.tail, py._end)
+    return c
+
+
+def test_a_synthetic_session(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "t.fzt"
+    synthetic_trace(path, 30_000, seed=3)
+    idx = _same(path, monkeypatch)
+    assert len(idx) == 30_000 and idx.tail is None
+
+
+EDGES: list[list[Any]] = [
+    [1, 0, b"short"],  # a header cut short: zeros
+    [2, 1, b"x" * 15],
+    [1, 2, _REQ, {"len": len(_REQ)}],  # the true length: still the fast path
+    [1, 3, _REQ, {"len": (1 << 32) - 1}],
+    [2, 4, out_header(2, -2)],  # answers _REQ's unique 2
+    [2, 5, out_header(2)],  # a second answer: no opcode left
+    [2, (1 << 63) - 1, out_header(0, 1)],  # a notification at the last timestamp
+    [1, 6, _REQ, {"len": len(_REQ), "original": _REQ}],  # more meta: Python's
+    [3, 7, {"cmd": 0x4004E502}],
+    [4, 8, {"event": "x"}],
+    [True, 9, _REQ],  # bool is no kind: Python's problem() says so
+]
+
+
+def test_edges_and_every_bad_record(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "t.fzt"
+    path.write_bytes(_HEADER + b"".join(packed(r) for r in EDGES[:-1]))
+    idx = _same(path, monkeypatch)
+    assert len(idx) == len(EDGES) - 1 and idx.tail is None
+    assert [idx.opcode(i) for i in range(6)] == [0, 0, 1, 1, 1, 0]
+    for k, obj in enumerate([EDGES[-1], [1, 1 << 63, _REQ], [1, -1, _REQ], [7, 1, _REQ],
+                             *(bad for bad, _ in BAD)]):
+        bad = tmp_path / f"bad{k}.fzt"
+        bad.write_bytes(_HEADER + packed([1, 0, _REQ]) + packed(obj) + packed([1, 0, _REQ]))
+        idx = _same(bad, monkeypatch)
+        assert len(idx) == 1 and idx.tail is not None and "bad record" in idx.tail

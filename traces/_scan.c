@@ -1,0 +1,204 @@
+/* The trace index's hot loop in C (`traces/index.py` `_scan`).
+ *
+ * Given a batch of decoded records and their end offsets, append a row per record for
+ * as long as the records are plain REQUEST/REPLY arrays `[kind, ts, bytes]` or
+ * `[kind, ts, bytes, {"len": N}]` (the common cases); stop at the first other one, which Python judges and adds. The header
+ * offsets and the no-reply opcodes come from Python (the dissectors), so this file
+ * holds no protocol knowledge, and it takes only records `problem()` accepts.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+
+static uint32_t get_u32(const unsigned char *p) {
+    uint32_t v;
+    memcpy(&v, p, 4);
+    return v; /* little-endian host (x86_64, aarch64): the wire order */
+}
+
+static uint64_t get_u64(const unsigned char *p) {
+    uint64_t v;
+    memcpy(&v, p, 8);
+    return v;
+}
+
+static PyObject *LEN_KEY; /* "len" */
+
+/* Whether a message record's meta is just {"len": N} as `problem()` accepts it: the true
+ * length of a message cut by the snap length, 32-bit, not shorter than what was kept.
+ * Anything else is left to Python. */
+static int len_only(PyObject *meta, Py_ssize_t kept) {
+    if (!PyDict_CheckExact(meta) || PyDict_GET_SIZE(meta) != 1)
+        return 0;
+    PyObject *v = PyDict_GetItem(meta, LEN_KEY); /* borrowed; no error for a str key */
+    if (v == NULL || !PyLong_CheckExact(v))
+        return 0;
+    int overflow = 0;
+    long long n = PyLong_AsLongLongAndOverflow(v, &overflow);
+    return !overflow && n >= 0 && n < (1LL << 32) && n >= (long long)kept;
+}
+
+typedef struct {
+    Py_ssize_t in_size, in_opcode, in_unique, in_nodeid;
+    Py_ssize_t out_size, out_error, out_unique;
+} Layout;
+
+/* One column being filled: raw little-endian items, made a bytes object at the end. */
+typedef struct {
+    char *buf;
+    Py_ssize_t item, used;
+} Column;
+
+static void put(Column *c, const void *v) {
+    memcpy(c->buf + c->used, v, (size_t)c->item);
+    c->used += c->item;
+}
+
+/* rows(objs, ends, start, offset, ts_limit, pending, no_reply, layout)
+ *   -> (stop, offset, (offset, ts, kind, opcode, unique, nodeid, error) as bytes)
+ * `stop` is the index of the first record not taken (len(objs) when all were). */
+static PyObject *rows(PyObject *self, PyObject *args) {
+    PyObject *objs, *ends, *pending, *no_reply, *layout_t;
+    Py_ssize_t start;
+    unsigned long long offset;
+    unsigned long long ts_limit;
+    Layout L;
+    if (!PyArg_ParseTuple(args, "O!O!nKKO!O!O!", &PyList_Type, &objs, &PyList_Type, &ends,
+                          &start, &offset, &ts_limit, &PyDict_Type, &pending,
+                          &PyFrozenSet_Type, &no_reply, &PyTuple_Type, &layout_t))
+        return NULL;
+    if (!PyArg_ParseTuple(layout_t, "nnnnnnn", &L.in_size, &L.in_opcode, &L.in_unique,
+                          &L.in_nodeid, &L.out_size, &L.out_error, &L.out_unique))
+        return NULL;
+    Py_ssize_t n = PyList_GET_SIZE(objs);
+    if (PyList_GET_SIZE(ends) != n || start < 0 || start > n) {
+        PyErr_SetString(PyExc_ValueError, "objs and ends differ in length, or bad start");
+        return NULL;
+    }
+    Py_ssize_t count = n - start;
+    static const Py_ssize_t sizes[7] = {8, 8, 1, 4, 8, 8, 4};
+    Column cols[7];
+    char *block = PyMem_Malloc((size_t)(count ? count : 1) * 41);
+    if (block == NULL)
+        return PyErr_NoMemory();
+    Py_ssize_t at = 0;
+    for (int c = 0; c < 7; c++) {
+        cols[c].buf = block + at;
+        cols[c].item = sizes[c];
+        cols[c].used = 0;
+        at += sizes[c] * count;
+    }
+    Py_ssize_t i = start;
+    for (; i < n; i++) {
+        PyObject *obj = PyList_GET_ITEM(objs, i);
+        if (!PyList_CheckExact(obj) || PyList_GET_SIZE(obj) < 3 || PyList_GET_SIZE(obj) > 4)
+            break;
+        PyObject *k = PyList_GET_ITEM(obj, 0), *t = PyList_GET_ITEM(obj, 1);
+        PyObject *raw = PyList_GET_ITEM(obj, 2);
+        if (!PyBytes_CheckExact(raw) || !PyLong_CheckExact(k) || !PyLong_CheckExact(t))
+            break;
+        if (PyList_GET_SIZE(obj) == 4 && !len_only(PyList_GET_ITEM(obj, 3), PyBytes_GET_SIZE(raw)))
+            break;
+        int overflow = 0;
+        long kind = PyLong_AsLongAndOverflow(k, &overflow);
+        if (overflow || (kind != 1 && kind != 2))
+            break;
+        long long ts = PyLong_AsLongLongAndOverflow(t, &overflow);
+        if (overflow || ts < 0 || (unsigned long long)ts >= ts_limit)
+            break;
+        PyObject *end_o = PyList_GET_ITEM(ends, i);
+        unsigned long long end = PyLong_AsUnsignedLongLong(end_o);
+        if (end == (unsigned long long)-1 && PyErr_Occurred())
+            goto fail;
+        const unsigned char *p = (const unsigned char *)PyBytes_AS_STRING(raw);
+        Py_ssize_t len = PyBytes_GET_SIZE(raw);
+        uint32_t opcode = 0;
+        uint64_t unique = 0, nodeid = 0;
+        int32_t error = 0;
+        if (kind == 1) {
+            if (len >= L.in_size) {
+                opcode = get_u32(p + L.in_opcode);
+                unique = get_u64(p + L.in_unique);
+                nodeid = get_u64(p + L.in_nodeid);
+            }
+            if (unique) {
+                PyObject *op = PyLong_FromUnsignedLong(opcode);
+                if (op == NULL)
+                    goto fail;
+                int skip = PySet_Contains(no_reply, op);
+                PyObject *key = skip ? NULL : PyLong_FromUnsignedLongLong(unique);
+                int bad = skip < 0 || (!skip && (key == NULL || PyDict_SetItem(pending, key, op) < 0));
+                Py_DECREF(op);
+                Py_XDECREF(key);
+                if (bad)
+                    goto fail;
+            }
+        } else {
+            if (len >= L.out_size) {
+                error = (int32_t)get_u32(p + L.out_error);
+                unique = get_u64(p + L.out_unique);
+            }
+            if (unique) {
+                PyObject *key = PyLong_FromUnsignedLongLong(unique);
+                if (key == NULL)
+                    goto fail;
+                PyObject *op = PyDict_GetItemWithError(pending, key); /* borrowed */
+                if (op != NULL) {
+                    opcode = (uint32_t)PyLong_AsUnsignedLong(op);
+                    Py_INCREF(op);
+                    int bad = PyDict_DelItem(pending, key) < 0;
+                    Py_DECREF(op);
+                    if (bad) {
+                        Py_DECREF(key);
+                        goto fail;
+                    }
+                }
+                Py_DECREF(key);
+                if (PyErr_Occurred())
+                    goto fail;
+            }
+        }
+        int64_t ts64 = ts;
+        uint8_t kind8 = (uint8_t)kind;
+        uint64_t off64 = offset;
+        put(&cols[0], &off64);
+        put(&cols[1], &ts64);
+        put(&cols[2], &kind8);
+        put(&cols[3], &opcode);
+        put(&cols[4], &unique);
+        put(&cols[5], &nodeid);
+        put(&cols[6], &error);
+        offset = end;
+    }
+    PyObject *out = PyTuple_New(7);
+    if (out == NULL)
+        goto fail;
+    for (int c = 0; c < 7; c++) {
+        PyObject *b = PyBytes_FromStringAndSize(cols[c].buf, cols[c].used);
+        if (b == NULL) {
+            Py_DECREF(out);
+            goto fail;
+        }
+        PyTuple_SET_ITEM(out, c, b);
+    }
+    PyMem_Free(block);
+    return Py_BuildValue("nKN", i, offset, out);
+fail:
+    PyMem_Free(block);
+    return NULL;
+}
+
+static PyMethodDef methods[] = {
+    {"rows", rows, METH_VARARGS, "Index rows of plain REQUEST/REPLY records."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_scan", NULL, -1, methods};
+
+PyMODINIT_FUNC PyInit__scan(void) {
+    LEN_KEY = PyUnicode_InternFromString("len");
+    if (LEN_KEY == NULL)
+        return NULL;
+    return PyModule_Create(&module);
+}
