@@ -28,7 +28,7 @@ from typing import Any, Sequence
 
 from dissectors import SessionDecoder, line
 from dissectors.constants import NO_REPLY_OPCODES, Opcode
-from dissectors.context import DEFAULT_CONTEXT
+from dissectors.context import DEFAULT_CONTEXT, Dialect
 from dissectors.ioctls import DevIoctl
 from dissectors.quick import brief_reply, peek_reply
 from dissectors.structs import FuseInHeader
@@ -36,6 +36,7 @@ from traces import TraceWriter
 
 from .attribute import Attributor, ioctl_backing_id
 from .emulate import IoctlCall, IoctlLog, negotiated_depth
+from .hidden import WHY, WrittenThrough, hides
 from .masks import Masks, notify_key
 from .report import Difference, FieldDiff, ReplayReport
 from .script import COMPARED_IOCTLS, SEND, Exchange, IoctlRecord, ReplayError, Script, exit_text
@@ -58,6 +59,7 @@ from .views import (
     show,
 )
 
+_OPENS = frozenset({Opcode.OPEN, Opcode.CREATE})
 _DIR_READS = frozenset({Opcode.READDIR, Opcode.READDIRPLUS})
 _FORGETS = frozenset({Opcode.FORGET, Opcode.BATCH_FORGET})
 _RELEASES = frozenset({Opcode.RELEASE, Opcode.RELEASEDIR})
@@ -134,6 +136,9 @@ class Replayer:
         self.outstanding: dict[int, _Sent] = {}
         self.last_index = -1
         self.stack_depth = 0  # passthrough's, as the replayed INIT negotiated it
+        self.written = WrittenThrough()
+        self._hiding: tuple[str, ...] = ()  # path prefixes of the reply compared now it hides
+        self.hidden: dict[str, int] = {}  # mask → differences it hid
         self.attr = Attributor()
         self.calls: dict[int, IoctlCall] = {}
         self._queue: list[IoctlCall] = []
@@ -187,6 +192,12 @@ class Replayer:
         self._event("server_exit", how=report.server_exit or "")
         self.diffs.sort(key=lambda d: d.record)
         report.differences = self.diffs
+        report.hidden = dict(sorted(self.hidden.items()))
+        if self.written.ever:
+            report.notes.append(
+                f"{self.written.ever} file{'s were' if self.written.ever > 1 else ' was'} opened "
+                f"for writing through passthrough: their size, blocks and times are not "
+                f"compared from then on (the kernel writes the data; the trace has none of it)")
         c = self.counts
         report.counts = {"requests": c.requests, "replies": c.replies, "ioctls": c.ioctls,
                          "notifications": c.notifications, **c.extra}
@@ -249,6 +260,9 @@ class Replayer:
         self.last_index = ex.index
         if ex.opcode in _FORGETS:
             self.tr.forgotten(view)
+            for node in [n for _, n, _ in view.forgets] or [view.brief.nodeid]:
+                if node not in self.tr.nodes.refs:
+                    self.written.forgotten(node)
         elif ex.opcode in _RELEASES:
             self.tr.released(view)
 
@@ -363,7 +377,14 @@ class Replayer:
     # --- comparing ------------------------------------------------------------------
 
     def _masked(self, opcode: int | None, path: str) -> bool:
-        return self.masks.masked(opcode, path)
+        """Whether a field that differs is not compared; each mask that hides one counts."""
+        why = self.masks.which(opcode, path)
+        if why is None and self._hiding and hides(self._hiding, path):
+            why = WHY
+        if why is None:
+            return False
+        self.hidden[why] = self.hidden.get(why, 0) + 1
+        return True
 
     def _compare_reply(self, sent: _Sent, raw: bytes) -> None:
         ex = sent.ex
@@ -377,7 +398,14 @@ class Replayer:
                                                 rep_brief.get("max_stack_depth") or 0)
         rv = reply_view(ex.reply, rec_brief, ex.reply_true_len)
         pv = reply_view(raw, rep_brief)
+        if rv.error == 0 and ex.opcode in _OPENS:
+            self.written.opened(ex.opcode, ex.raw, ex.reply, sent.view.brief.nodeid,
+                                self.rec.ctx.dialect is Dialect.ANDROID)
+        self._hiding = self.written.prefixes(ex.opcode, sent.view.brief.nodeid, ex.reply, [
+            (path[:-len(".entry_out.nodeid")], value) for path, value, _, _ in rv.tail
+            if path.endswith(".entry_out.nodeid")])
         fields = self._compare_views(ex.opcode, rv, pv, sent.fh)
+        self._hiding = ()
         if not fields:
             return
         if rv.error != pv.error:
@@ -578,7 +606,7 @@ class Replayer:
         op = notify_key(view.error)
         parts = []
         for path, value, kind, _ in view.items()[1:]:
-            if kind == IGNORED or self._masked(op, path):
+            if kind == IGNORED or self.masks.masked(op, path):
                 continue
             if kind == NODE and not recorded:
                 value = self.tr.nodes.backward.get(value, value)

@@ -26,6 +26,7 @@ DEFAULTS: tuple[tuple[str, str], ...] = (
     ("*.atimensec", "times"), ("*.mtimensec", "times"), ("*.ctimensec", "times"),
     ("*.generation", "generation numbers"),
     ("*.ino", "inode numbers"),
+    ("STATFS.blocks", "host state"), ("STATFS.files", "host state"),
     ("STATFS.bfree", "free space"), ("STATFS.bavail", "free space"), ("STATFS.ffree", "free space"),
     ("READDIR.order", "directory order"), ("READDIRPLUS.order", "directory order"),
 )
@@ -76,12 +77,20 @@ class Masks:
         self.defaults = [Mask.parse(spec) for spec, _ in DEFAULTS] if defaults else []
         self.user = [Mask.parse(spec) for spec in user]
         self._all = (*self.defaults, *self.user)
-        self.masked = lru_cache(maxsize=None)(self._masked)
+        self.which = lru_cache(maxsize=None)(self._which)
 
-    def _masked(self, opcode: int | None, path: str) -> bool:
+    def masked(self, opcode: int | None, path: str) -> bool:
         """Whether the field at `path` (dotted) of a reply to `opcode` is not compared."""
+        return self.which(opcode, path) is not None
+
+    def _which(self, opcode: int | None, path: str) -> str | None:
+        """The first mask that covers the field, as `describe` lists it; None: compared."""
         parts = tuple(path.split("."))
-        return any(mask.covers(opcode, parts) for mask in self._all)
+        n = len(self.defaults)
+        for i, mask in enumerate(self._all):
+            if mask.covers(opcode, parts):
+                return f"{mask.text} ({'default' if i < n else '--mask'})"
+        return None
 
     def describe(self) -> list[str]:
         """One entry per mask, as the report lists them."""

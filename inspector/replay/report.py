@@ -78,6 +78,7 @@ class ReplayReport:
     counts: dict[str, int] = field(default_factory=dict)
     masks: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    hidden: dict[str, int] = field(default_factory=dict)  # mask → differences it hid
     server_exit: str | None = None
     server_log: str = ""  # the end of the server's output (in text() and json() on an error)
 
@@ -98,6 +99,9 @@ class ReplayReport:
         if self.masks:
             lines.append("masked: " + ", ".join(self.masks))
         lines += [f"note: {note}" for note in self.notes]
+        if self.hidden:
+            lines.append("differences hidden by masks: " + ", ".join(
+                f"{why}: {n}" for why, n in self.hidden.items()))
         n = len(self.differences)
         found = f"{n} difference{'s' if n != 1 else ''}"
         if self.error:
@@ -116,6 +120,7 @@ class ReplayReport:
     def json(self) -> dict[str, Any]:
         return {"trace": self.trace, "server": self.server, "ok": self.ok, "error": self.error,
                 "counts": self.counts, "masks": self.masks, "notes": self.notes,
+                "hidden": self.hidden,
                 "server_exit": self.server_exit,
                 **({"server_log": self.server_log.splitlines()[-LOG_LINES:]} if self.error else {}),
                 "differences": [asdict(d) for d in self.differences]}

@@ -23,6 +23,7 @@ from dissectors import Message
 from dissectors.constants import Opcode
 from dissectors.ioctls import DevIoctl
 from inspector.replay import Masks, replay
+from inspector.replay.hidden import WHY
 from inspector.syscalls import mount, umount2
 from inspector.testing import decode_trace, fuse_available, recorded_server, tree
 from record_support import (
@@ -310,7 +311,11 @@ def test_wrong_size_is_pinned_to_the_first_file_getattr(passthrough_trace: Recor
     [field] = first.fields
     assert field.path == "fuse_attr_out.attr.size"
     assert int(field.replayed) == int(field.recorded) + 1
-    assert {d.record for d in report.differences} == set(file_getattrs)
+    # `empty` is created (opened for writing) through passthrough: its size is not
+    # compared from then on, and the report counts what that hid
+    differing = {d.record for d in report.differences}
+    assert differing <= set(file_getattrs)
+    assert len(set(file_getattrs) - differing) == report.hidden[WHY] > 0
     assert "fuse_attr_out.attr.size" in report.first_difference_text()
 
 
@@ -539,3 +544,42 @@ def test_a_listing_in_another_order_pairs_entries_by_name(tmpfs: Path) -> None:
     strict = replay(trace, argv, strict_order=True)
     assert not strict.ok
     assert any(f.path.endswith(".name") for d in strict.differences for f in d.fields)
+
+
+# --- what the trace cannot hold -------------------------------------------------------------
+
+def _pt_writes(m: Path) -> None:
+    """Data written through passthrough: the kernel writes it, the server never sees it."""
+    (m / "new.bin").write_bytes(blob(50_000))
+    os.stat(m / "new.bin")
+    with open(m / "dir" / "a.txt", "r+b") as f:
+        f.seek(0, os.SEEK_END)
+        f.write(b"more\n" * 2000)
+        f.flush()
+        os.fstat(f.fileno())
+    os.stat(m / "dir" / "a.txt")
+    os.stat(m / "b.bin")
+    os.statvfs(m)
+
+
+@pytest.mark.requires_fuse
+@pytest.mark.timeout(120)
+def test_passthrough_writes_are_masked_and_counted(tmp_path: Path) -> None:
+    """After a writable passthrough open, the file's size, blocks and times are not
+    compared (the replayed server's file never got the data); the report says how many
+    differences that hid, and nothing else is hidden by it."""
+    (tmp_path / "rec").mkdir()
+    rec = _record(tmp_path / "rec", _passthroughfs, _pt_writes, _pt_source)
+    report = replay(rec.trace, rec.fresh(tmp_path / "a"))
+    assert report.ok, report.text()
+    assert report.hidden[WHY] > 0
+    assert any("opened for writing through passthrough" in note for note in report.notes)
+    assert f"{WHY}: {report.hidden[WHY]}" in report.text()
+    assert report.json()["hidden"] == report.hidden
+    # without the default masks, the written files' times are hidden by this one too;
+    # no size or block count differs anywhere
+    bare = replay(rec.trace, rec.fresh(tmp_path / "b"), masks=Masks(defaults=False))
+    assert bare.hidden[WHY] > report.hidden[WHY]
+    paths = {f.path.rsplit(".", 1)[-1] for d in bare.differences for f in d.fields}
+    assert paths <= {"ino", "atime", "mtime", "ctime", "atimensec", "mtimensec", "ctimensec",
+                     "bfree", "bavail", "ffree"}, bare.text()
