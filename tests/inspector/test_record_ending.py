@@ -354,6 +354,25 @@ def test_server_that_never_answers_init_gets_a_clear_error(isolated: Path,
 
 
 @mount_test
+@pytest.mark.parametrize("script, status", [
+    ("exit 0", "exited with status 0"),  # not a FUSE server at all
+    ("mount -t tmpfs none \"$1\" && umount \"$1\"", "exited with status 0"),  # mounts another fs
+    ("kill -TERM $$", "was killed by SIGTERM"),
+])
+def test_a_server_that_never_mounts_fuse_is_one_line(isolated: Path, fs_dirs: FsDirs,
+                                                     script: str, status: str) -> None:
+    mnt = fs_dirs.mountpoint
+    trace = isolated / "t.fzt"
+    res = subprocess.run(record_command(["sh", "-c", script, "sh", str(mnt)], trace),
+                         capture_output=True, text=True, timeout=30, cwd=REPO)
+    line = _one_line(res.stderr)
+    assert res.returncode == 2 and f"{status} before it mounted" in line, res.stderr
+    assert not is_mounted(mnt)
+    with TraceReader(trace) as reader:
+        assert [r for r in reader][-1].event == "session_end" and reader.tail is None
+
+
+@mount_test
 def test_mountpoint_in_use(isolated: Path, fs_dirs: FsDirs) -> None:
     subprocess.run(["mount", "-t", "tmpfs", "none", str(fs_dirs.mountpoint)], check=True)
     try:
