@@ -1,4 +1,4 @@
-"""The command lines of `export`, `compress` and `decompress`."""
+"""The command lines of `export`, `wireshark-plugin`, `compress` and `decompress`."""
 
 from __future__ import annotations
 
@@ -20,6 +20,10 @@ def _export(args: argparse.Namespace) -> int:
             from .perfetto import write_perfetto
 
             write_perfetto(args.trace, args.output)
+        elif args.pcapng:
+            from .pcapng import write_pcapng
+
+            write_pcapng(args.trace, args.output)
         else:
             from ..show import write_jsonl
             from traces import TraceReader
@@ -44,24 +48,45 @@ def _compress(args: argparse.Namespace) -> int:
     return 0
 
 
+def _wireshark_plugin(args: argparse.Namespace) -> int:
+    from .wireshark import install, plugin_path
+
+    print(install() if args.install else plugin_path())
+    return 0
+
+
 def add_parsers(sub: Any) -> None:
     """Add the subcommands to the `fusetrace` parser's subparsers."""
     export = sub.add_parser(
-        "export", help="write a trace for other tools: JSON lines, Perfetto",
+        "export", help="write a trace for other tools: JSON lines, Perfetto, Wireshark",
         description="Convert a trace: --jsonl (default) one JSON object per record for "
                     "scripts; --perfetto Chrome trace-event JSON for ui.perfetto.dev and "
-                    "chrome://tracing.",
-        epilog="A cut or garbled trace is refused with exit 2 (--perfetto) and "
+                    "chrome://tracing; --pcapng a capture for Wireshark and tshark "
+                    "(decoded by `fusetrace wireshark-plugin`).",
+        epilog="A cut or garbled trace is refused with exit 2 (--perfetto, --pcapng) and "
                "leaves no output file behind.")
     fmt = export.add_mutually_exclusive_group()
     fmt.add_argument("--jsonl", action="store_true", help="JSON lines (the default)")
     fmt.add_argument("--perfetto", action="store_true",
                      help="Chrome trace-event JSON: a track per requesting thread, a slice per "
                           "request, backing ids as spans with flow arrows to their opens")
+    fmt.add_argument("--pcapng", action="store_true",
+                     help="pcapng, every record a packet (link type USER0, ns timestamps); "
+                          "tshark -X lua_script:$(fusetrace wireshark-plugin) -r OUT decodes it")
     export.add_argument("-o", "--output", default="-", metavar="OUT",
                         help="file to write (default -: standard output)")
     export.add_argument("trace", help="trace file (.fzt or .fzt.zst)")
     export.set_defaults(run=_export)
+
+    plugin = sub.add_parser(
+        "wireshark-plugin", help="print the path of the Wireshark dissector for --pcapng",
+        description="The Lua dissector is generated from fusetrace's own decoders into "
+                    "the cache (again whenever they changed) and its path printed, for "
+                    "`tshark -X lua_script:PATH` or Wireshark's -X option.")
+    plugin.add_argument("--install", action="store_true",
+                        help="copy it to Wireshark's personal plugin folder "
+                             "(~/.local/lib/wireshark/plugins) and print that path")
+    plugin.set_defaults(run=_wireshark_plugin)
 
     comp = sub.add_parser(
         "compress", help="compress a trace with zstd in independent frames (.fzt.zst)",
