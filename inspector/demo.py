@@ -73,11 +73,10 @@ def run_demo(trace: str, no_passthrough: bool = False) -> int:
         (src / "existing.txt").write_text("was here before the mount\n")
         extra = ["--no-passthrough"] if no_passthrough else []
         server = [sys.executable, "-m", "inspector.passthroughfs", str(src), str(mnt), *extra]
-        names = "fsname=passthroughfs,subtype=passthroughfs"  # else "python3", after argv[0]
-        print(" ".join(["$ fusetrace record -w", trace, "-o", names, "--",
+        print(" ".join(["$ fusetrace record -w", trace, "--",
                         "python -m inspector.passthroughfs SOURCE MOUNTPOINT", *extra]),
               file=sys.stderr)
-        with recorded_server(server, mnt, trace_path, "-o", names, env=env) as rec:
+        with recorded_server(server, mnt, trace_path, env=env) as rec:
             workload(mnt)
             status = rec.unmount_and_wait()
         if status != 0:
