@@ -1,9 +1,10 @@
 """The few fields the lifecycle pass reads, unpacked straight from message bytes.
 
 Decoding every message through `dissectors.quick` would cost ~5 µs each; the pass reads
-one or two words of a handful of messages, so it unpacks them at their fixed offsets
-(struct layouts from include/uapi/linux/fuse.h, cross-checked against the dissectors'
-classes in tests/lifecycles/test_wire.py).
+one or two words of a handful of messages, so it unpacks them at their fixed offsets.
+Which words hold a file handle, and when, comes from the one table of ids
+(`dissectors.ids`), at the offsets of the dissectors' own structs (tests/dissectors/test_ids.py
+checks this view against the table).
 """
 
 from __future__ import annotations
@@ -11,7 +12,10 @@ from __future__ import annotations
 import struct
 from typing import Iterator
 
-from dissectors.constants import FATTR_FH, IN_HEADER_SIZE as IN, OUT_HEADER_SIZE as OUT, Opcode
+from dissectors.constants import IN_HEADER_SIZE as IN, OUT_HEADER_SIZE as OUT, Opcode
+from dissectors.context import DEFAULT_CONTEXT
+from dissectors.ids import Id, field_offsets, id_fields
+from dissectors.layouts import request_plan
 from dissectors.quick import compiled
 from dissectors.structs import FuseEntryOut
 
@@ -20,18 +24,43 @@ _U32 = struct.Struct("<I")
 _OPEN_OUT = struct.Struct("<QIi")  # fh open_flags backing_id (Android: passthrough_fh, u32)
 _FORGET_ONE = struct.Struct("<QQ")
 _DIRENT = struct.Struct("<QQII")
-_GETATTR_FH = 1
 
 #: fuse_entry_out (7.9+), alone in entry replies and at the head of each fuse_direntplus
 ENTRY_OUT_SIZE = compiled(FuseEntryOut).st.size
 
-#: Requests whose body starts with the file handle (fuse_read_in.fh, fuse_release_in.fh …).
-FH_FIRST = frozenset({
-    Opcode.READ, Opcode.WRITE, Opcode.FLUSH, Opcode.FSYNC, Opcode.RELEASE,
-    Opcode.RELEASEDIR, Opcode.READDIR, Opcode.READDIRPLUS, Opcode.FSYNCDIR, Opcode.LSEEK,
-    Opcode.FALLOCATE, Opcode.IOCTL, Opcode.POLL, Opcode.GETLK, Opcode.SETLK,
-    Opcode.SETLKW, Opcode.COPY_FILE_RANGE, Opcode.COPY_FILE_RANGE_64,
-})
+#: (offset, its struct, condition: (offset, struct, bit) of the flag word, or None)
+FhSlot = tuple[int, struct.Struct, tuple[int, struct.Struct, int] | None]
+
+
+def _fh_slots() -> dict[int, tuple[FhSlot, ...]]:
+    """opcode → where its requests carry file handles: the id table's FH fields of the
+    request's first struct (every FH field is in one), at the current protocol's layout."""
+    out: dict[int, tuple[FhSlot, ...]] = {}
+    for opcode in Opcode:
+        plan, _ = request_plan(DEFAULT_CONTEXT, opcode, 0, bytes(4096))
+        if not plan:
+            continue
+        first, slots = plan[0], []
+        offsets = field_offsets(first)
+        for idf in id_fields(first):
+            if idf.kind is not Id.FH or (idf.opcodes is not None and opcode not in idf.opcodes):
+                continue
+            at, code = offsets[idf.field]
+            cond = None
+            if idf.when is not None:
+                flag_at, flag_code = offsets[idf.when[0]]
+                cond = (IN + flag_at, struct.Struct(flag_code), idf.when[1])
+            slots.append((IN + at, struct.Struct(code), cond))
+        if slots:
+            out[opcode] = tuple(slots)
+    return out
+
+
+FH_SLOTS = _fh_slots()
+#: Requests whose body starts with the file handle, whatever their flags
+#: (fuse_read_in.fh, fuse_release_in.fh …).
+FH_FIRST = frozenset(op for op, slots in FH_SLOTS.items()
+                     if any(at == IN and cond is None for at, _, cond in slots))
 
 
 #: Where the new entry's name starts in requests that create one (after their fixed struct).
@@ -53,22 +82,18 @@ def u64_at(raw: bytes, offset: int) -> int | None:
 
 
 def request_fhs(opcode: int, raw: bytes) -> tuple[int, ...]:
-    """The file handles a request names (two for COPY_FILE_RANGE)."""
-    if opcode in FH_FIRST:
-        fh = u64_at(raw, IN)
-        if fh is None:
-            return ()
-        if opcode in (Opcode.COPY_FILE_RANGE, Opcode.COPY_FILE_RANGE_64):
-            out = u64_at(raw, IN + 24)  # fh_in, off_in, nodeid_out, fh_out
-            return (fh,) if out is None else (fh, out)
-        return (fh,)
-    if opcode == Opcode.GETATTR and len(raw) >= IN + 16:
-        flags = _U32.unpack_from(raw, IN)[0]
-        return (_U64.unpack_from(raw, IN + 8)[0],) if flags & _GETATTR_FH else ()
-    if opcode == Opcode.SETATTR and len(raw) >= IN + 16:
-        valid = _U32.unpack_from(raw, IN)[0]
-        return (_U64.unpack_from(raw, IN + 8)[0],) if valid & FATTR_FH else ()
-    return ()
+    """The file handles a request names (two for COPY_FILE_RANGE; GETATTR's and STATX's
+    only with FUSE_GETATTR_FH, SETATTR's only with FATTR_FH)."""
+    out = []
+    for at, st, cond in FH_SLOTS.get(opcode, ()):
+        if len(raw) < at + st.size:
+            continue
+        if cond is not None:
+            flag_at, flag, bit = cond
+            if len(raw) < flag_at + flag.size or not flag.unpack_from(raw, flag_at)[0] & bit:
+                continue
+        out.append(st.unpack_from(raw, at)[0])
+    return tuple(out)
 
 
 def open_out(opcode: int, raw: bytes) -> tuple[int, int, int] | None:

@@ -428,11 +428,13 @@ class Replayer:
             return diffs
         for (spec, a), (_, b) in zip(rv.layers, pv.layers):
             fmts = spec.comp.formatters
+            kinds = spec.kinds_for(op, a)
             for i in spec.special:
-                self._learn(op, spec.paths[i], spec.kinds[i], a[i], b[i], dir_fh, fmts[i], diffs)
+                if kinds[i] != PLAIN:
+                    self._learn(op, spec.paths[i], kinds[i], a[i], b[i], dir_fh, fmts[i], diffs)
             if a != b:
                 for i, (x, y) in enumerate(zip(a, b)):
-                    if x != y and spec.kinds[i] == PLAIN and not self._masked(op, spec.paths[i]):
+                    if x != y and kinds[i] == PLAIN and not self._masked(op, spec.paths[i]):
                         diffs.append(FieldDiff(spec.paths[i], show(x, fmts[i]), show(y, fmts[i])))
         if op in _DIR_READS and not self.strict_order:
             self._compare_listing(op, rv.tail, pv.tail, rv.cut, dir_fh, diffs)

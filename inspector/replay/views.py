@@ -8,11 +8,12 @@ and offsets are still the dissectors' own (`compiled()` flattens the same Scapy 
 
 Every field carries a *kind*: PLAIN values are compared as they are; NODE, FH, BACKING and
 DIROFF values are chosen by the server and compared through the replay's translation.
+Which fields those are, and under which condition (GETATTR's fh only with
+FUSE_GETATTR_FH …), comes from the one table of ids, `dissectors.ids`.
 """
 
 from __future__ import annotations
 
-import re
 import struct
 from dataclasses import dataclass
 from functools import lru_cache
@@ -21,65 +22,26 @@ from typing import Any, Callable
 from dissectors.constants import IN_HEADER_SIZE, OUT_HEADER_SIZE, Opcode
 from dissectors.fields import errno_name
 from dissectors.quick import Brief, Compiled, compiled
+from dissectors.ids import Id, IdField, field_offsets, id_fields
 from dissectors.structs import (
-    FuseCopyFileRangeIn,
+    FuseDirent,
     FuseEntryOut,
-    FuseEntryOutCompat,
-    FuseFallocateIn,
-    FuseFlushIn,
-    FuseFsyncIn,
-    FuseGetattrIn,
-    FuseIoctlIn,
-    FuseLinkIn,
-    FuseLkIn,
-    FuseLseekIn,
-    FuseNotifyDeleteOut,
-    FuseNotifyInvalEntryOut,
-    FuseNotifyInvalInodeOut,
+    FuseInHeader,
     FuseNotifyRetrieveOut,
-    FuseNotifyStoreOut,
-    FuseOpenOut,
-    FuseOpenOutAndroid,
-    FusePollIn,
-    FuseReadIn,
-    FuseReadInCompat,
-    FuseReleaseIn,
-    FuseRename2In,
-    FuseRenameIn,
-    FuseSetattrIn,
-    FuseSetupmappingIn,
-    FuseStatxIn,
-    FuseWriteIn,
-    FuseWriteInCompat,
     struct_name,
 )
 
 PLAIN, NODE, FH, BACKING, DIROFF, IGNORED = range(6)
-KIND_NAMES = {NODE: "node id", FH: "file handle", BACKING: "backing id", DIROFF: "directory offset"}
 
 Formatter = Callable[[Any], str] | None
 
-#: Server-chosen fields of reply and notification structs.
-_REPLY_KINDS: dict[type, dict[str, int]] = {
-    FuseEntryOut: {"nodeid": NODE}, FuseEntryOutCompat: {"nodeid": NODE},
-    FuseOpenOut: {"fh": FH, "backing_id": BACKING},
-    FuseOpenOutAndroid: {"fh": FH, "passthrough_fh": BACKING},
-    FuseNotifyInvalInodeOut: {"ino": NODE}, FuseNotifyInvalEntryOut: {"parent": NODE},
-    FuseNotifyDeleteOut: {"parent": NODE, "child": NODE}, FuseNotifyStoreOut: {"nodeid": NODE},
-    FuseNotifyRetrieveOut: {"nodeid": NODE, "notify_unique": IGNORED},
-}
-#: Fields of request structs that carry a value the server chose earlier.
-_REQUEST_KINDS: dict[type, dict[str, int]] = {
-    **{cls: {"fh": FH} for cls in (
-        FuseGetattrIn, FuseSetattrIn, FuseReadIn, FuseReadInCompat, FuseWriteIn, FuseWriteInCompat,
-        FuseReleaseIn, FuseFlushIn, FuseFsyncIn, FuseLkIn, FuseIoctlIn, FusePollIn,
-        FuseFallocateIn, FuseLseekIn, FuseSetupmappingIn, FuseStatxIn)},
-    FuseCopyFileRangeIn: {"fh_in": FH, "fh_out": FH, "nodeid_out": NODE},
-    FuseRenameIn: {"newdir": NODE}, FuseRename2In: {"newdir": NODE}, FuseLinkIn: {"oldnodeid": NODE},
-}
-_DIR_READS = frozenset({Opcode.READDIR, Opcode.READDIRPLUS})
-_TOKEN = re.compile(r"(\d*)([a-zA-Z?])")
+#: How the replay treats each kind of id of `dissectors.ids` (kernel-chosen ones are not
+#: compared in requests and never appear in replies).
+_VIEW_KIND = {Id.NODE: NODE, Id.FH: FH, Id.BACKING: BACKING, Id.DIROFF: DIROFF}
+#: Not compared at all: RETRIEVE's unique is the server's, and NOTIFY_REPLY's is not translated.
+_UNCOMPARED = {(FuseNotifyRetrieveOut, "notify_unique")}
 _DIRENT = struct.Struct("<QQII")  # fuse_dirent without its name
+_DIRENT_OFF_KIND = _VIEW_KIND[next(f.kind for f in id_fields(FuseDirent) if f.field == "off")]
 _U64 = struct.Struct("<Q")
 
 
@@ -89,30 +51,42 @@ class LayerSpec:
 
     comp: Compiled
     paths: tuple[str, ...]
-    kinds: tuple[int, ...]
+    kinds: tuple[int, ...]  # when every condition of `dissectors.ids` holds
     offsets: tuple[int, ...]
     special: tuple[int, ...]  # indices whose kind is not PLAIN
+    conds: tuple[tuple[int, IdField], ...]  # indices that are ids only under a condition
+
+    def kinds_for(self, opcode: int | None, values: tuple[Any, ...]) -> tuple[int, ...]:
+        """The kinds in one message: a conditional id whose condition fails is PLAIN."""
+        if not self.conds:
+            return self.kinds
+        kinds = list(self.kinds)
+        for i, idf in self.conds:
+            flags = {idf.when[0]: values[self.comp.index[idf.when[0]]]} if idf.when else {}
+            if not idf.applies(opcode, flags):
+                kinds[i] = PLAIN
+        return tuple(kinds)
 
     @property
     def size(self) -> int:
         return self.comp.st.size
 
 
-def _offsets(comp: Compiled) -> tuple[int, ...]:
-    out, at = [], 0
-    for count, code in _TOKEN.findall(comp.st.format.lstrip("<")):
-        out.append(at)
-        at += struct.calcsize("<" + count + code)
-    return tuple(out)
-
-
 @lru_cache(maxsize=None)
-def layer_spec(comp: Compiled, request: bool) -> LayerSpec:
-    table = (_REQUEST_KINDS if request else _REPLY_KINDS).get(comp.cls, {})
+def layer_spec(comp: Compiled) -> LayerSpec:
+    """A struct class's fields with the kinds `dissectors.ids` gives them."""
+    table = {f.field: f for f in id_fields(comp.cls)}
+    kinds = tuple(IGNORED if (comp.cls, name) in _UNCOMPARED else
+                  _VIEW_KIND.get(table[name].kind, PLAIN) if name in table else PLAIN
+                  for name in comp.names)
+    offsets = field_offsets(comp.cls)
+    conds = tuple((i, table[name]) for i, name in enumerate(comp.names)
+                  if name in table and kinds[i] != PLAIN
+                  and (table[name].when or table[name].opcodes is not None))
     prefix = struct_name(comp.cls)
-    kinds = tuple(table.get(name, PLAIN) for name in comp.names)
     return LayerSpec(comp, tuple(f"{prefix}.{name}" for name in comp.names), kinds,
-                     _offsets(comp), tuple(i for i, k in enumerate(kinds) if k != PLAIN))
+                     tuple(offsets[name][0] for name in comp.names),
+                     tuple(i for i, k in enumerate(kinds) if k != PLAIN), conds)
 
 
 # --- replies and notifications --------------------------------------------------------
@@ -137,7 +111,8 @@ class ReplyView:
         """Every field in order, the header's error first (for showing a whole message)."""
         out: list[Item] = [("error", self.brief.error, PLAIN, _errno_text)]
         for spec, values in self.layers:
-            out += [(spec.paths[i], v, spec.kinds[i], spec.comp.formatters[i])
+            kinds = spec.kinds_for(self.brief.opcode, values)
+            out += [(spec.paths[i], v, kinds[i], spec.comp.formatters[i])
                     for i, v in enumerate(values)]
         return out + self.tail
 
@@ -149,7 +124,7 @@ def _errno_text(value: int) -> str:
 def reply_view(raw: bytes, brief: Brief, true_len: int | None = None) -> ReplyView:
     """`brief`: the message's fast decode; `true_len`: its length as sent, when the
     recorded bytes were cut."""
-    layers = [(layer_spec(comp, False), values) for comp, values in brief.layers]
+    layers = [(layer_spec(comp), values) for comp, values in brief.layers]
     off = OUT_HEADER_SIZE + sum(spec.size for spec, _ in layers)
     end = min(brief.length, len(raw))
     tail: list[Item] = []
@@ -170,7 +145,7 @@ def reply_view(raw: bytes, brief: Brief, true_len: int | None = None) -> ReplyVi
 
 def _dirents(raw: bytes, off: int, end: int, plus: bool) -> list[Item]:
     items: list[Item] = []
-    entry = layer_spec(compiled(FuseEntryOut), False) if plus else None
+    entry = layer_spec(compiled(FuseEntryOut)) if plus else None
     k = 0
     while True:
         at = off + (entry.size if entry else 0)
@@ -185,7 +160,7 @@ def _dirents(raw: bytes, off: int, end: int, plus: bool) -> list[Item]:
             values = entry.comp.st.unpack_from(raw, off)
             items += [(f"{base}.entry_out.{name}", v, entry.kinds[i], entry.comp.formatters[i])
                       for i, (name, v) in enumerate(zip(entry.comp.names, values))]
-        items += [(f"{base}.ino", ino, PLAIN, None), (f"{base}.off", doff, DIROFF, None),
+        items += [(f"{base}.ino", ino, PLAIN, None), (f"{base}.off", doff, _DIRENT_OFF_KIND, None),
                   (f"{base}.type", dtype, PLAIN, None),
                   (f"{base}.name", bytes(raw[at + _DIRENT.size:at + _DIRENT.size + namelen]),
                    PLAIN, None)]
@@ -271,15 +246,18 @@ _FORGET_ONE = struct.Struct("<QQ")
 
 def request_view(raw: bytes, brief: Brief) -> RequestView:
     slots: list[tuple[int, int, int]] = []
-    if brief.opcode not in (None, Opcode.INIT) and len(raw) >= IN_HEADER_SIZE:
-        slots.append((16, NODE, brief.nodeid))  # fuse_in_header.nodeid
+    if len(raw) >= IN_HEADER_SIZE:
+        for idf in id_fields(FuseInHeader):
+            if idf.applies(brief.opcode, {}):
+                slots.append((field_offsets(FuseInHeader)[idf.field][0], _VIEW_KIND[idf.kind],
+                              brief.nodeid))
     at = IN_HEADER_SIZE
     for comp, values in brief.layers:
-        spec = layer_spec(comp, True)
+        spec = layer_spec(comp)
+        kinds = spec.kinds_for(brief.opcode, values)
         for i in spec.special:
-            slots.append((at + spec.offsets[i], spec.kinds[i], values[i]))
-        if brief.opcode in _DIR_READS and comp.cls in (FuseReadIn, FuseReadInCompat):
-            slots.append((at + spec.offsets[comp.index["offset"]], DIROFF, values[comp.index["offset"]]))
+            if kinds[i] != PLAIN:
+                slots.append((at + spec.offsets[i], kinds[i], values[i]))
         at += spec.size
     forgets: list[tuple[int, int, int]] = []
     if brief.opcode == Opcode.BATCH_FORGET and brief.layers:

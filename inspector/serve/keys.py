@@ -4,10 +4,13 @@ A request is reduced to its opcode and a map of fields: the node id, every field
 fixed structs, its names and its data. Left out are the values that differ between two
 runs of the same workload without changing what is asked:
 - `unique` (the kernel's request counter) and the caller's `pid`;
-- lock owners (`lock_owner`, `lk.owner`, `lk.pid`, `kh`): kernel pointers and pids;
+- the ids the kernel chooses afresh every run (lock owners, the locking pid, POLL's
+  `kh`: the kernel-chosen ids of `dissectors.ids`);
 - IOCTL's `arg`: in general the caller's pointer (Python's isatty() makes one on every
   open); the bytes it points to travel as the request's data and are compared;
 - padding and reserved words;
+- an id field whose condition in `dissectors.ids` fails (GETATTR's `fh` without
+  FUSE_GETATTR_FH, SETATTR's without FATTR_FH …): the word is not an id then;
 - in SETATTR, the fields its `valid` mask does not enable, `ctime` (the kernel's clock,
   sent with writeback caching), and times set to "now" (`FATTR_*_NOW`: the kernel fills
   in its clock).
@@ -23,7 +26,6 @@ from typing import Any
 from dissectors.constants import (
     FATTR_ATIME,
     FATTR_ATIME_NOW,
-    FATTR_FH,
     FATTR_GID,
     FATTR_MODE,
     FATTR_MTIME,
@@ -33,18 +35,19 @@ from dissectors.constants import (
     IN_HEADER_SIZE,
     Opcode,
 )
+from dissectors.ids import ID_FIELDS, KERNEL_CHOSEN, id_fields
 from dissectors.quick import Brief
 
 Fields = dict[str, Any]
 Key = tuple[int, tuple[tuple[str, Any], ...]]
 
-IGNORED = frozenset({"unique", "pid", "lock_owner", "owner", "lk.pid", "kh", "padding",
-                     "dummy", "unused", "unused4", "unused5", "reserved"})
+IGNORED = frozenset({"unique", "pid", "padding", "dummy", "unused", "unused4", "unused5",
+                     "reserved"} | {f.field for f in ID_FIELDS if f.kind in KERNEL_CHOSEN})
 
 #: SETATTR fields and the `valid` bit that makes the kernel send them.
 _SETATTR_FIELDS: dict[str, int] = {
     "mode": FATTR_MODE, "uid": FATTR_UID, "gid": FATTR_GID, "size": FATTR_SIZE,
-    "fh": FATTR_FH, "atime": FATTR_ATIME, "atimensec": FATTR_ATIME,
+    "atime": FATTR_ATIME, "atimensec": FATTR_ATIME,
     "mtime": FATTR_MTIME, "mtimensec": FATTR_MTIME,
 }
 _NOW = {"atime": FATTR_ATIME_NOW, "atimensec": FATTR_ATIME_NOW,
@@ -55,7 +58,11 @@ def request_fields(brief: Brief, raw: bytes, snaplen: int) -> Fields:
     """The fields of a request that must match, by name (see the module docstring)."""
     fields: Fields = {"nodeid": brief.nodeid}
     for comp, values in brief.layers:
-        for name, value in zip(comp.names, values):
+        named = dict(zip(comp.names, values))
+        for idf in id_fields(comp.cls):
+            if idf.when is not None and not idf.applies(brief.opcode, named):
+                named.pop(idf.field, None)  # not an id in this message: whatever it holds
+        for name, value in named.items():
             if name not in IGNORED:
                 fields[name] = value
     for name in ("name", "name2"):
