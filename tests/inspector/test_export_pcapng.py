@@ -5,8 +5,10 @@ requests, timestamps keep the ns, and damaged traces are refused without a file.
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
+import struct
 import subprocess
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
@@ -20,11 +22,68 @@ from scapy.fields import FieldListField, PacketField, PacketListField, StrField
 from scapy.packet import NoPayload, Packet
 
 from dissectors import fields as fuse_fields
-from dissectors.ioctls import FuseIoctlRaw, FuseIoctlU32
-from dissectors.structs import FuseRaw, FuseStruct
+from dissectors.constants import (
+    FOPEN_PASSTHROUGH,
+    FUSE_INIT_EXT,
+    FUSE_IOCTL_RETRY,
+    FUSE_PASSTHROUGH,
+    FUSE_PASSTHROUGH_ANDROID,
+    FUSE_SETXATTR_EXT,
+    NotifyCode,
+    Opcode,
+)
+from dissectors.ioctls import DevIoctl, FuseBackingMap, FuseIoctlRaw, FuseIoctlU32, FusePassthroughOut
+from dissectors.structs import (
+    FuseAttrCompat,
+    FuseAttrOut,
+    FuseAttrOutCompat,
+    FuseBatchForgetIn,
+    FuseData,
+    FuseDirent,
+    FuseDirentList,
+    FuseEntryOutCompat,
+    FuseExtensionList,
+    FuseExtHeader,
+    FuseFlushIn,
+    FuseForgetList,
+    FuseForgetOne,
+    FuseGetattrIn,
+    FuseGetxattrIn,
+    FuseGetxattrOut,
+    FuseInHeader,
+    FuseInitIn,
+    FuseInitInCompat,
+    FuseInitOut,
+    FuseIoctlIn,
+    FuseIoctlIovec,
+    FuseIoctlIovecList,
+    FuseIoctlOut,
+    FuseLseekIn,
+    FuseLseekOut,
+    FuseMkdirIn,
+    FuseName,
+    FuseNotifyInvalEntryOut,
+    FuseNotifyStoreOut,
+    FuseOpenIn,
+    FuseOpenOutAndroid,
+    FuseOutHeader,
+    FuseRaw,
+    FuseReadIn,
+    FuseReadInCompat,
+    FuseReleaseIn,
+    FuseSetxattrIn,
+    FuseSetxattrInCompat,
+    FuseStatx,
+    FuseStatxIn,
+    FuseStatxOut,
+    FuseStruct,
+    FuseWriteIn,
+    FuseWriteOut,
+)
 from inspector.export.wireshark import _Collector, layer_id, plugin_text
 from inspector.timeline import Entry, entries, event_text
-from traces import Kind, TraceReader
+from traces import TraceReader, TraceWriter
+from traces.testing import synthetic_trace
 from export_support import damaged_copies, record_session
 from record_support import FUSETRACE, REPO, fusetrace
 
@@ -173,11 +232,11 @@ def test_every_record_is_a_packet_at_its_ns(shown: list[dict[str, Any]],
                                                          else int(packet["frame"]["frame.cap_len"]) - 24))
 
 
-@needs_tshark
-def test_every_message_shows_the_dissectors_fields(shown: list[dict[str, Any]],
-                                                   decoded: list[Entry]) -> None:
-    """The Scapy packet of each request, reply and notification, field by field: the
-    filter name, the value, and the value's text as `show -v` prints it."""
+def compare_messages(shown: list[dict[str, Any]], decoded: list[Entry]) -> tuple[int, int]:
+    """Each request, reply and notification as tshark shows it against its Scapy packet,
+    field by field: the filter name, the value, and the value's text as `show -v` prints
+    it; raw layers where Scapy has them. Returns (fields, raw layers) compared."""
+    assert len(shown) == len(decoded)
     checked = raw = 0
     for packet, entry in zip(shown, decoded):
         if entry.message is None:
@@ -185,14 +244,20 @@ def test_every_message_shows_the_dissectors_fields(shown: list[dict[str, Any]],
         pkt = entry.message.packet()
         want = list(expected_fields(pkt))
         got = _message_fields(packet["fuse"])
-        assert len(got) == len(want), (entry.record.index, [g.name for g in got],
-                                       [w[0] for w in want])
+        assert [g.name for g in got] == [w[0] for w in want], entry.record.index
         for g, w in zip(got, want):
             _check_field(g, *w)
         raws = sum(1 for layer in _layers(pkt) if isinstance(layer, FuseRaw))
-        assert raws == sum(1 for f in packet["fuse"] if f.name == "fuse.reason")
+        assert raws == sum(1 for f in packet["fuse"] if f.name == "fuse.reason"), entry.record.index
         checked += len(want)
         raw += raws
+    return checked, raw
+
+
+@needs_tshark
+def test_every_message_shows_the_dissectors_fields(shown: list[dict[str, Any]],
+                                                   decoded: list[Entry]) -> None:
+    checked, _ = compare_messages(shown, decoded)
     assert checked > 1000  # the session holds a few hundred messages
 
 
@@ -293,3 +358,158 @@ def test_a_field_added_to_a_struct_appears_in_the_plugin() -> None:
     ops = got.layers[got.layer(FuseOpenOutPlus)]["ops"]
     assert [op["n"] for op in ops] == [f.name for f in FuseOpenOut.fields_desc] + ["new_field"]
     assert 'n="backing_id"' in plugin_text() and 'PASSTHROUGH' in plugin_text()
+
+
+# --- crafted sessions: what a live session with the bundled server does not show -------
+
+class Crafted:
+    """A FUSE conversation written record by record with the Scapy structs."""
+
+    def __init__(self, path: Path) -> None:
+        self.writer = TraceWriter(path, {"source": "test"})
+        self.ts = 10**9 + 123
+        self.unique = 0
+
+    def _tick(self) -> int:
+        self.ts += 1_000_001
+        return self.ts
+
+    def request(self, opcode: int, body: Packet | bytes = b"", nodeid: int = 1,
+                **hdr: Any) -> int:
+        self.unique += 2
+        raw = bytes(FuseInHeader(opcode=opcode, unique=self.unique, nodeid=nodeid, **hdr) / body)
+        self.writer.request(raw, ts=self._tick())
+        return self.unique
+
+    def reply(self, unique: int, body: Packet | bytes = b"", error: int = 0, **meta: Any) -> None:
+        self.writer.reply(bytes(FuseOutHeader(unique=unique, error=error) / body),
+                          ts=self._tick(), **meta)
+
+    def exchange(self, opcode: int, body: Packet | bytes, answer: Packet | bytes = b"",
+                 error: int = 0, nodeid: int = 1, **meta: Any) -> None:
+        self.reply(self.request(opcode, body, nodeid), answer, error, **meta)
+
+    def ioctl(self, cmd: int, arg: bytes, result: int, err: int = 0) -> None:
+        self.writer.ioctl(cmd=cmd, arg=arg, result=result, errno=err, ts=self._tick(),
+                          pid=7, tid=8, path="/src/f")
+
+    def init(self, minor: int, flags: int, compat_in: bool = False) -> None:
+        asked = (FuseInitInCompat(minor=minor, flags=flags & 0xFFFFFFFF) if compat_in
+                 else FuseInitIn(minor=minor, flags=flags & 0xFFFFFFFF, flags2=flags >> 32))
+        self.exchange(Opcode.INIT, asked, FuseInitOut(minor=minor, flags=flags & 0xFFFFFFFF,
+                                                      flags2=flags >> 32, max_write=1 << 17),
+                      nodeid=0)
+
+
+def _android(c: Crafted) -> None:
+    """Android's passthrough before 7.36: INIT bit 31, PASSTHROUGH_OPEN ioctls, passthrough_fh."""
+    c.init(35, FUSE_PASSTHROUGH_ANDROID | 1, compat_in=True)
+    c.ioctl(DevIoctl.BACKING_OPEN, bytes(FusePassthroughOut(fd=5)), 3)
+    c.ioctl(DevIoctl.PASSTHROUGH_OPEN_V2, struct.pack("<I", 6), 4)
+    c.ioctl(DevIoctl.PASSTHROUGH_OPEN_V1, bytes(5), -1, errno.EINVAL)
+    c.exchange(Opcode.OPEN, FuseOpenIn(flags=os.O_RDWR),
+               FuseOpenOutAndroid(fh=9, open_flags=FOPEN_PASSTHROUGH, passthrough_fh=3), nodeid=2)
+    c.exchange(Opcode.SETXATTR, FuseSetxattrInCompat(size=2) / FuseName(name=b"user.a") / FuseData(data=b"hi"))
+
+
+def _old_kernel(c: Crafted) -> None:
+    """A 7.8 connection: the compat structs of replies and requests."""
+    c.init(8, 0)
+    c.exchange(Opcode.LOOKUP, FuseName(name=b"old"), FuseEntryOutCompat(
+        nodeid=2, attr=FuseAttrCompat(mode=0o40755, nlink=2)))
+    c.exchange(Opcode.GETATTR, b"", FuseAttrOutCompat(attr=FuseAttrCompat(mode=0o100600)), nodeid=2)
+    c.exchange(Opcode.READ, FuseReadInCompat(fh=1, size=10), FuseData(data=b"0123456789"), nodeid=2)
+
+
+def _odd(c: Crafted) -> None:
+    """Lists, notifications, ioctl retries, extensions, the recorder's notes and the
+    bodies Scapy leaves raw."""
+    c.init(45, FUSE_INIT_EXT | FUSE_SETXATTR_EXT | FUSE_PASSTHROUGH)
+    c.ioctl(DevIoctl.BACKING_OPEN, bytes(FuseBackingMap(fd=4)), 1)
+    c.ioctl(DevIoctl.BACKING_CLOSE, struct.pack("<I", 1), 0)
+    c.ioctl(DevIoctl.CLONE, struct.pack("<I", 3), 0)
+    c.ioctl(DevIoctl.SYNC_INIT, b"", -1, errno.ENOTTY)
+    c.ioctl(0x1234, b"\x01", -1, errno.ENOTTY)
+    ask = FuseGetxattrIn(size=0) / FuseName(name=b"user.x")
+    c.exchange(Opcode.GETXATTR, ask, FuseGetxattrOut(size=12))
+    c.exchange(Opcode.GETXATTR, FuseGetxattrIn(size=64) / FuseName(name=b"user.x"),
+               FuseData(data=b"value\0of\0xattr"))
+    c.exchange(Opcode.SETXATTR, FuseSetxattrIn(size=1, setxattr_flags=1) / FuseName(name=b"n") / FuseData(data=b"v"))
+    c.request(Opcode.BATCH_FORGET, FuseBatchForgetIn(count=3) / FuseForgetList(
+        forgets=[FuseForgetOne(nodeid=n, nlookup=n * 2) for n in (5, 6, 7)]))
+    c.request(Opcode.BATCH_FORGET, FuseBatchForgetIn(count=4) / FuseForgetList(
+        forgets=[FuseForgetOne(nodeid=9, nlookup=1)]))  # fewer than its count
+    c.exchange(Opcode.IOCTL, FuseIoctlIn(fh=1, cmd=0x80045401, in_size=4) / FuseData(data=b"abcd"),
+               FuseIoctlOut(flags=FUSE_IOCTL_RETRY, in_iovs=1, out_iovs=1) / FuseIoctlIovecList(
+                   iovecs=[FuseIoctlIovec(base=0x7FFF0000, len=4), FuseIoctlIovec(base=0x10, len=8)]))
+    c.exchange(Opcode.IOCTL, FuseIoctlIn(fh=1, cmd=0x5401), FuseIoctlOut(result=3) / FuseData(data=b"out"))
+    c.exchange(Opcode.READDIR, FuseReadIn(fh=2, size=4096), FuseDirentList(dirents=[
+        FuseDirent(ino=1, off=1, type=4, name=b"."), FuseDirent(ino=2, off=2, type=4, name=b".."),
+        FuseDirent(ino=77, off=3, type=8, name=b"a-longer-name.txt")]))
+    ext = FuseExtensionList(extensions=[FuseExtHeader(type=32, data=struct.pack("<II", 1, 1000))])
+    c.reply(c.request(Opcode.MKDIR, FuseMkdirIn(mode=0o755, umask=0o22) / FuseName(name=b"d") / ext,
+                      total_extlen=len(bytes(ext)) // 8), b"", error=-errno.EEXIST)
+    c.exchange(Opcode.LSEEK, FuseLseekIn(fh=1, offset=10, whence=3), FuseLseekOut(offset=4096))
+    c.exchange(Opcode.STATX, FuseStatxIn(fh=1, sx_mask=0x7FF), FuseStatxOut(stat=FuseStatx(
+        mask=0x7FF, mode=0o100644, nlink=1)))
+    c.exchange(Opcode.WRITE, FuseWriteIn(fh=1, size=9000) / FuseData(data=b"w" * 64),
+               FuseWriteOut(size=9000))
+    c.writer.request(bytes(FuseInHeader(opcode=Opcode.READ, unique=999, nodeid=2) /
+                           FuseReadIn(fh=1, size=100)), ts=c._tick())
+    c.writer.reply(bytes(FuseOutHeader(unique=999) / FuseData(data=b"r" * 100))[:60],
+                   ts=c._tick(), len=116)  # cut by the snap length
+    c.exchange(Opcode.FLUSH, FuseFlushIn(fh=1), b"", write_errno=errno.EINVAL)
+    c.reply(0, FuseNotifyInvalEntryOut(parent=1) / FuseName(name=b"gone"), error=NotifyCode.INVAL_ENTRY)
+    c.reply(0, FuseNotifyStoreOut(nodeid=2, offset=0) / FuseData(data=b"stored"), error=NotifyCode.STORE)
+    c.reply(0, b"\x01\x02", error=99)  # unknown notify code
+    c.exchange(Opcode.OPEN, b"\x00\x00\x00\x00", b"", error=-errno.EIO)  # a short OPEN request
+    c.exchange(77, b"abc", b"xyz")  # an unknown opcode
+    c.reply(4242, FuseAttrOut())  # a reply to no request
+    c.exchange(Opcode.GETATTR, FuseGetattrIn(), b"\x00" * 8)  # a short reply
+    c.exchange(Opcode.RELEASE, FuseReleaseIn(fh=1), b"extra", error=0)  # bytes after nothing
+    c.writer.event("session_end", reason="unmounted", ts=c._tick())
+
+
+@needs_tshark
+@pytest.mark.parametrize("make", [_android, _old_kernel, _odd])
+def test_crafted_sessions_show_the_dissectors_fields(tmp_path: Path, make: Any) -> None:
+    trace, out = tmp_path / "t.fzt", tmp_path / "t.pcapng"
+    c = Crafted(trace)
+    make(c)
+    c.writer.close()
+    done = fusetrace("export", "--pcapng", "-o", str(out), str(trace))
+    assert done.returncode == 0, done.stderr
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    plugin = fusetrace("wireshark-plugin", env=env).stdout.strip()
+    shown = _packets(_tshark(out, "-X", f"lua_script:{plugin}", "-T", "pdml"))
+    with TraceReader(trace) as reader:
+        decoded = list(entries(reader))
+    checked, raw = compare_messages(shown, decoded)
+    assert checked > 20
+    if make is _odd:
+        assert raw >= 5
+    ioctls = [(p, e) for p, e in zip(shown, decoded) if e.ioctl is not None]
+    for packet, entry in ioctls:
+        names = {f.name: f for f in packet["fuse"]}
+        assert names["fuse.ioctl.cmd"].showname.startswith(f"cmd: {entry.ioctl.name} ")
+        for name, value in entry.ioctl.fields.items():
+            found = [f for f in packet["fuse"] if f.name.endswith(f".{name}")]
+            assert found and int(found[0].show, 0) == value, (name, value, found)
+
+
+@needs_tshark
+def test_synthetic_session_shows_the_dissectors_fields(tmp_path: Path) -> None:
+    """traces.testing's session: out-of-order replies, notifications, an altered INIT,
+    data cut by the snap length (the packets keep the true length)."""
+    trace, out = tmp_path / "s.fzt", tmp_path / "s.pcapng"
+    synthetic_trace(trace, 3000, seed=3)
+    assert fusetrace("export", "--pcapng", "-o", str(out), str(trace)).returncode == 0
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    plugin = fusetrace("wireshark-plugin", env=env).stdout.strip()
+    shown = _packets(_tshark(out, "-X", f"lua_script:{plugin}", "-T", "pdml"))
+    with TraceReader(trace) as reader:
+        decoded = list(entries(reader))
+    checked, _ = compare_messages(shown, decoded)
+    assert checked > 10000
+    cut = [p for p, e in zip(shown, decoded) if e.record.truncated]
+    assert cut and all("snap" in p["frame"].get("frame.comment", "") for p in cut)

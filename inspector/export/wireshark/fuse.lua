@@ -417,7 +417,8 @@ local function dissect_reply(tvb, pinfo, tree, off, st)
         if req then
             tree:add(f_request_in, req.frame)
             tree:add(f_opcode, req.opcode):set_text("opcode: " .. name)
-            tree:add(f_latency, (pinfo.abs_ts - req.ts) * 1e6)
+            local us = (pinfo.abs_ts - req.ts) * 1e6
+            tree:add(f_latency, us):set_text(string.format("latency: %.3f µs", us))
         end
         local plan
         if hdr.error ~= 0 then
@@ -484,7 +485,12 @@ function fuse.dissector(tvb, pinfo, tree)
     enc:add(f_version, tvb(0, 1))
     enc:add(f_kind, tvb(1, 1)):set_text("kind: " .. (KINDS[st.kind] or tostring(st.kind)))
     enc:add(f_dialect, tvb(2, 1)):set_text("dialect: " .. (DIALECTS[st.dialect] or tostring(st.dialect)))
-    enc:add(f_notes, tvb(3, 1))
+    local notes = {}
+    for name, bit in pairs(G.notes) do
+        if band(tvb(3, 1):uint(), bit) ~= 0 then notes[#notes + 1] = name end
+    end
+    table.sort(notes)
+    enc:add(f_notes, tvb(3, 1)):set_text("recorder notes: " .. (#notes > 0 and table.concat(notes, "|") or "none"))
     enc:add_le(f_minor, tvb(4, 4))
     enc:add_le(f_iflags, tvb(8, 8))
     enc:add_le(f_record, tvb(16, 8))
