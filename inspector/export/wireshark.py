@@ -209,7 +209,7 @@ class _Plans:
         self.plans: list[dict[str, Any]] = []
         self._ids: dict[str, int] = {}
 
-    def plan(self, result: tuple[list[Any], str], probe: Callable[[Any], Any] | None = None) -> int:
+    def plan(self, result: tuple[list[Any], str]) -> int:
         entries, reason = result
         lua: dict[str, Any] = {"reason": reason, "e": [self.entry(e) for e in entries],
                                "need": sum(struct_size(e) for e in _fixed_lead(entries))}
@@ -251,21 +251,34 @@ class _Plans:
             c = FuseContext(minor=minor, flags=flags, dialect=dialect, minor_known=True)
             return c.for_reply(reply_to, request) if reply_to is not None else c
 
+        def context_free(request: Any, bodies: Iterable[bytes]) -> None:
+            """Plans chosen by the body or the request must not depend on the connection
+            too: the rules below cannot say both."""
+            for body in bodies:
+                seen = {repr(resolve(ctx(m, f, d, request), body)) for m in (0, 35, 45)
+                        for f in (0, (1 << 64) - 1) for d in _DIALECTS}
+                if len(seen) > 1:
+                    raise GeneratorError("a plan depends on both the body and the connection")
+
         base = ctx(FUSE_KERNEL_MINOR_VERSION, 0, Dialect.NONE)
         by_len = {n: resolve(base, bytes(n)) for n in _LENGTHS}
-        shapes = {repr(r[0]) for r in by_len.values() if r[0]}
-        if len(shapes) > 1:  # chosen by the body's length: each side's own struct size
+        if len({repr(r[0]) for r in by_len.values() if r[0]}) > 1:
+            # chosen by the body's length (INIT: each side sends its own minor's struct)
+            context_free(None, (bytes(n) for n in _LENGTHS))
             steps, last = [], None
             for n, result in by_len.items():
                 if result[0] and repr(result[0]) != last:
                     steps.append({"min": n, "p": self.plan(result)})
                     last = repr(result[0])
-            return {"bylen": steps, "short": self.plan(by_len[0])}
+            return {"bylen": steps}
         if reply_to is not None:
             zero = resolve(ctx(FUSE_KERNEL_MINOR_VERSION, 0, Dialect.NONE, {"size": 0}), _PROBE_BODY)
             some = resolve(ctx(FUSE_KERNEL_MINOR_VERSION, 0, Dialect.NONE, {"size": 1}), _PROBE_BODY)
             if repr(zero) != repr(some):  # GETXATTR/LISTXATTR: size 0 asks for the size
+                context_free({"size": 0}, [_PROBE_BODY])
+                context_free({"size": 1}, [_PROBE_BODY])
                 return {"size0": self.plan(zero), "sized": self.plan(some)}
+        # which INIT flag bits change the plan (probed at the oldest and newest minor)
         mask = 0
         for bit in range(64):
             for minor in (0, FUSE_KERNEL_MINOR_VERSION):
@@ -370,6 +383,11 @@ def _tables() -> dict[str, Any]:
     }
 
 
+_LUA_KEYWORDS = frozenset(
+    "and break do else elseif end false for function goto if in local nil not or repeat "
+    "return then true until while".split())
+
+
 def lua(value: Any) -> str:
     """A Python value as a Lua literal (tables for dicts and lists, 1-based lists)."""
     if value is None:
@@ -385,7 +403,7 @@ def lua(value: Any) -> str:
         parts = []
         for k, v in value.items():
             key = f"[{k}]" if isinstance(k, int) else (
-                k if re.fullmatch(r"[A-Za-z_]\w*", k) else f"[{lua(k)}]")
+                k if re.fullmatch(r"[A-Za-z_]\w*", k) and k not in _LUA_KEYWORDS else f"[{lua(k)}]")
             parts.append(f"{key}={lua(v)}")
         return "{" + ",".join(parts) + "}"
     if isinstance(value, (list, tuple)):
