@@ -174,6 +174,8 @@ local function raw_layer(tvb, off, stop, tree, reason)
 end
 
 local decode_layer
+-- Labels are only worth formatting when the tree is shown (not for filters and -T fields).
+local LABELS = true
 
 -- decode the fields of `lid` from `off` (not past `stop`) under `tree`; returns the end,
 -- the values by field name, and a note when a list inside ended early (the rest is raw).
@@ -186,7 +188,8 @@ decode_layer = function(tvb, off, stop, lid, tree, prev)
             if off + op.size > stop then return off, vals, "cut " .. layer.label end
             local v, r = read_int(tvb, off, op)
             vals[op.n] = v
-            tree:add_le(PF[op.abbrev], r):set_text(op.n .. ": " .. value_text(op, v))
+            local item = tree:add_le(PF[op.abbrev], r)
+            if LABELS then item:set_text(op.n .. ": " .. value_text(op, v)) end
             off = off + op.size
         elseif k == "bytes" then
             if off + op.size > stop then return off, vals, "cut " .. layer.label end
@@ -254,7 +257,8 @@ decode_layer = function(tvb, off, stop, lid, tree, prev)
                     end
                 else
                     local v, r = read_int(tvb, off, op.item)
-                    sub:add_le(PF[op.abbrev], r):set_text(op.n .. ": " .. value_text(op.item, v))
+                    local shown = sub:add_le(PF[op.abbrev], r)
+                    if LABELS then shown:set_text(op.n .. ": " .. value_text(op.item, v)) end
                     off = off + size
                 end
                 n = n + 1
@@ -473,6 +477,7 @@ end
 
 function fuse.dissector(tvb, pinfo, tree)
     pinfo.cols.protocol = "FUSE"
+    LABELS = tree.visible
     local root = tree:add(fuse, tvb())
     if tvb:len() < G.encap_size then
         root:add_expert_info(PI_MALFORMED, PI_ERROR, "shorter than the fusetrace encapsulation")
