@@ -339,6 +339,23 @@ def test_the_installed_plugin_loads_without_x(pcap: Path, tmp_path: Path) -> Non
     assert "OPEN reply" in text or "CREATE reply" in text
 
 
+def test_an_independent_reader_reads_every_block(pcap: Path, decoded: list[Entry]) -> None:
+    """Scapy's pcapng reader: one USER0 interface at ns resolution, every record's bytes
+    after the 24-byte header, the recorder's notes as comments."""
+    from scapy.utils import PcapNgReader
+
+    with PcapNgReader(str(pcap)) as reader:
+        packets = list(reader)
+        assert [(i[0], i[2]["tsresol"]) for i in reader.interfaces] == [(147, 10**9)]
+    assert len(packets) == len(decoded)
+    for pkt, entry in zip(packets, decoded):
+        data, rec = bytes(pkt), entry.record
+        assert int(pkt.time * 10**9) == rec.ts
+        assert int.from_bytes(data[16:24], "little") == rec.index and data[1] == rec.kind
+        if rec.raw is not None:
+            assert data[24:] == rec.raw
+
+
 def test_stdout_is_the_same_capture(session: Path, pcap: Path) -> None:
     done = subprocess.run([*FUSETRACE, "export", "--pcapng", "-o", "-", str(session)],
                           capture_output=True, timeout=60, cwd=REPO)
