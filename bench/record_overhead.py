@@ -4,8 +4,11 @@ libfuse server), side by side in one run, as ratios.
 
 Figures are printed, never asserted. Run as root: .venv/bin/python bench/record_overhead.py
 [--seconds S] [--repeat N] [--only NAME]. Servers: the bundled passthrough filesystem
-(Python), and Debian's fuse-overlayfs (C, libfuse 3) for the metadata loops, with attribute
-and entry caching off so every stat reaches the server.
+(Python), `fastpt` (bench/fastpt/fastpt.c: C on the raw protocol, multi-threaded, with
+passthrough; built here with gcc when its source is newer than the binary), and Debian's
+fuse-overlayfs (C, libfuse 3) for the metadata loops, with attribute and entry caching off
+so every stat reaches the server. The Python server's own cost hides the recorder's;
+fastpt's does not.
 
 On a small machine one run of a mode moves by ±20 %, so each mode runs `--repeat` times,
 the modes taking turns, and the median is printed with the range of its ratio.
@@ -17,6 +20,7 @@ import argparse
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -32,6 +36,21 @@ SERVER = [sys.executable, "-m", "inspector.passthroughfs"]
 FUSETRACE = [sys.executable, "-m", "inspector.cli"]
 NO_CACHE = ["-o", "attr_timeout=0,entry_timeout=0"]
 BIG = 512 << 20
+FASTPT_DIR = Path(__file__).resolve().parent / "fastpt"
+
+
+def build_fastpt() -> Path | None:
+    """bench/fastpt/fastpt, compiled when missing or older than its source; None (and
+    why, on stderr) without gcc."""
+    source, binary = FASTPT_DIR / "fastpt.c", FASTPT_DIR / "fastpt"
+    if binary.exists() and binary.stat().st_mtime >= source.stat().st_mtime:
+        return binary
+    if not shutil.which("gcc"):
+        print("record_overhead: no gcc, so no fastpt runs", file=sys.stderr)
+        return None
+    subprocess.run(["gcc", "-O2", "-Wall", "-pthread", "-o", str(binary), str(source)],
+                   check=True)
+    return binary
 
 
 def stat_loop(mnt: Path, stop: float) -> int:
@@ -173,19 +192,22 @@ def main() -> int:
         print(f"{os.cpu_count()} cores, {args.seconds:g} s per run, median of {args.repeat}; "
               f"ratio = rate / direct rate (range over the rounds)")
         print(f"{'workload':40} {'mode':18} {'rate':>10} {'unit':>7} {'ratio':>6} {'range':>10}")
-        for name, (workload, server_args, unit) in WORKLOADS.items():
-            if args.only and args.only not in name:
-                continue
-            server = [*SERVER, str(src), str(mnt), *server_args]
-            compare(name, unit, {
-                mode: (lambda w=wrapper: measure(w, server, mnt, workload, args.seconds))
-                for mode, wrapper in modes.items()
-                if not ("read" in name and mode == "strace -f")  # that only measures strace
-            }, args.repeat)
+        fastpt = build_fastpt()
+        servers = {"": SERVER, **({"fastpt ": [str(fastpt)]} if fastpt else {})}
+        for label, program in servers.items():
+            for name, (workload, server_args, unit) in WORKLOADS.items():
+                if args.only and args.only not in f"{label}{name}":
+                    continue
+                server = [*program, str(src), str(mnt), *server_args]
+                compare(f"{label}{name}", unit, {
+                    mode: (lambda w=wrapper: measure(w, server, mnt, workload, args.seconds))
+                    for mode, wrapper in modes.items()
+                    if not ("read" in name and mode == "strace -f")  # that only measures strace
+                }, args.repeat)
         if not shutil.which("fuse-overlayfs"):
             return 0
         for name, workload in OVERLAY_WORKLOADS.items():
-            if args.only and args.only not in name:
+            if args.only and args.only not in f"overlayfs {name}":
                 continue
             compare(f"overlayfs {name}", "op/s", {
                 mode: (lambda w=wrapper, debug=mode == "libfuse -d":
