@@ -144,7 +144,8 @@ class Replayer:
         self._queue: list[IoctlCall] = []
         self._lock = threading.Lock()
         self.log = IoctlLog(None, self._on_call)
-        self.server = ServerUnderTest(server, self.log, lambda: self.stack_depth, mountpoint)
+        self.server = ServerUnderTest(server, self.log, lambda: self.stack_depth, mountpoint,
+                                      script.route)
         self.reads_by_length = script.cut_writes > 0
 
     # --- the run ----------------------------------------------------------------------

@@ -125,6 +125,7 @@ class Script:
     startup_ioctls: list[IoctlRecord]  # made before the first request
     cut_writes: int  # WRITE requests whose data the snap length cut
     ending: Ending | None = None  # None: the trace does not say (not made by `record`)
+    route: str | None = None  # how the server got its connection ("device-open", "helper")
 
     @property
     def requests(self) -> int:
@@ -205,5 +206,6 @@ def _build(where: str, header: dict[str, Any], records: list[Any]) -> Script:
     if not ordered or ordered[0].opcode != Opcode.INIT:
         raise ReplayError(f"{where}: the trace does not start with the kernel's INIT request "
                           f"(a replay needs a session recorded from its start)")
+    route = next((r.meta.get("route") for r in records if r.event == "connected"), None)
     return Script(where, header, ordered, steps, notifications, startup, cut_writes,
-                  _ending(records))
+                  _ending(records), route)

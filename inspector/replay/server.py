@@ -47,11 +47,17 @@ class Closed(Exception):
 
 class ServerUnderTest:
     def __init__(self, argv: Sequence[str], log: IoctlLog, passthrough: Callable[[], int],
-                 mountpoint: str | None = None) -> None:
+                 mountpoint: str | None = None, route: str | None = None) -> None:
+        """`route`: how the recorded server got its connection (the trace's `connected`
+        event); as root, a server that opened /dev/fuse and mounted by itself then is let
+        do so again (on the emulation), whatever its binary looks like (ntfs-3g's own
+        FUSE code takes no /dev/fd/N)."""
         argv = list(argv[1:] if argv[:1] == ["--"] else argv)
         if not argv:
             raise ReplayError("no server command given: fusetrace replay TRACE -- SERVER [ARGS...] MOUNTPOINT")
         self.flavour = guess(argv)
+        if route == "device-open" and os.geteuid() == 0:
+            self.flavour = Flavour.DEVICE_OPEN
         try:
             self.command = ServerCommand.parse(argv, mountpoint)
         except ArgumentError as exc:

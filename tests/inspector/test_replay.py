@@ -22,7 +22,7 @@ import pytest
 from dissectors import Message
 from dissectors.constants import Opcode
 from dissectors.ioctls import DevIoctl
-from inspector.replay import Masks, replay
+from inspector.replay import Masks, ReplayReport, replay
 from inspector.replay.hidden import WHY
 from inspector.syscalls import mount, umount2
 from inspector.testing import decode_trace, fuse_available, recorded_server, tree
@@ -206,6 +206,14 @@ def test_passthroughfs_replays_without_differences(passthrough_trace: Recorded, 
     assert sum(e.record.is_request for e in replayed.entries) == report.counts["requests"]
 
 
+def _stable(report: ReplayReport) -> str:
+    """The report but its counts of masked differences: how many times a masked clock
+    differed depends on when each second turned (a ctime equal by chance hides nothing)."""
+    lines = [line for line in report.text().splitlines()
+             if not line.startswith("differences hidden by masks:")]
+    return "\n".join(lines) + repr({k: v for k, v in report.json().items() if k != "hidden"})
+
+
 @pytest.mark.requires_fuse
 @pytest.mark.timeout(400)
 @pytest.mark.parametrize("which", ["memfs", "passthrough"])
@@ -217,7 +225,7 @@ def test_twenty_runs_give_identical_reports(which: str, request: pytest.FixtureR
         shutil.rmtree(tmp_path / "run", ignore_errors=True)  # the same paths every run
         report = replay(rec.trace, rec.fresh(tmp_path / "run"))
         assert report.ok, report.text()
-        reports.add(report.text() + repr(report.json()))
+        reports.add(_stable(report))
     assert len(reports) == 1
 
 
@@ -583,3 +591,115 @@ def test_passthrough_writes_are_masked_and_counted(tmp_path: Path) -> None:
     paths = {f.path.rsplit(".", 1)[-1] for d in bare.differences for f in d.fields}
     assert paths <= {"ino", "atime", "mtime", "ctime", "atimensec", "mtimensec", "ctimensec",
                      "bfree", "bavail", "ffree"}, bare.text()
+
+
+# --- real servers, real workloads -----------------------------------------------------------
+
+def _seed(where: Path) -> Path:
+    """What the workloads copy in: a small tree, its tarball, a git repository of it."""
+    tree_dir = where / "tree"
+    (tree_dir / "sub").mkdir(parents=True)
+    for i in range(8):
+        (tree_dir / f"f{i}.txt").write_bytes(blob(100 * i + 1))
+    (tree_dir / "sub" / "deep.bin").write_bytes(blob(100_000))
+    os.symlink("f1.txt", tree_dir / "link")
+    subprocess.run(["tar", "cf", str(where / "t.tar"), "-C", str(where), "tree"], check=True)
+    repo = where / "repo"
+    shutil.copytree(tree_dir, repo / "tree", symlinks=True)
+    git = ["git", "-C", str(repo), "-c", "user.email=t@t", "-c", "user.name=t"]
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-qm", "seed"], check=True)
+    return where
+
+
+def _real_workload(seed: Path, clone: bool = True) -> Callable[[Path], None]:
+    """`git clone`, `tar x`, `rsync -a`, `shutil.copytree`, `ls -lR`, `cat`."""
+    def work(m: Path) -> None:
+        if clone:
+            subprocess.run(["git", "clone", "-q", str(seed / "repo"), str(m / "clone")], check=True)
+        subprocess.run(["tar", "xf", str(seed / "t.tar"), "-C", str(m)], check=True)
+        subprocess.run(["rsync", "-a", f"{seed / 'tree'}/", str(m / "rs")], check=True)
+        shutil.copytree(seed / "tree", m / "ct", symlinks=True)
+        _read_all(m)
+    return work
+
+
+def _read_all(m: Path) -> None:
+    subprocess.run(["ls", "-lR", str(m)], check=True, capture_output=True)
+    for path in sorted(m.rglob("*.txt")):
+        path.read_bytes()
+
+
+def _image(kind: str) -> Callable[[Path], None]:
+    def fill(src: Path) -> None:
+        if kind == "squashfs":
+            subprocess.run(["mksquashfs", str(src.parent.parent / "seed" / "tree"),
+                            str(src / "image.sqfs"), "-quiet", "-noappend"], check=True,
+                           capture_output=True, timeout=60)
+        elif kind == "ntfs":
+            with open(src / "ntfs.img", "wb") as f:
+                f.truncate(64 << 20)
+            subprocess.run(["mkntfs", "-F", "-f", "-q", str(src / "ntfs.img")], check=True,
+                           capture_output=True, timeout=60)
+        else:
+            subprocess.run(["zip", "-qr", str(src / "a.zip"), "tree"],
+                           cwd=src.parent.parent / "seed", check=True)
+    return fill
+
+
+@dataclass
+class RealServer:
+    tools: tuple[str, ...]
+    argv: Callable[[Path, Path], list[str]]
+    fill: Callable[[Path], None] | None
+    clone: bool = True
+    writes: bool = True  # False: read-only, the workload only lists and reads
+
+
+#: Not here: gocryptfs (go-fuse). Replayed, it now and then hands out a new node id for a
+#: name whose old id the recording kept in use (LOOKUP 'config': 32 recorded, 41 replayed),
+#: and its files' blocks follow ext4's delayed allocation of the cipher files; both still
+#: to be understood.
+REAL = {
+    "bindfs": RealServer(("bindfs",), lambda s, m: ["bindfs", "-f", str(s), str(m)], lambda s: None),
+    "fuse-overlayfs": RealServer(("fuse-overlayfs",), _overlayfs, lambda s: None),
+    "squashfuse": RealServer(("squashfuse", "mksquashfs"),
+                             lambda s, m: ["squashfuse", "-f", str(s / "image.sqfs"), str(m)],
+                             _image("squashfs"), writes=False),
+    "ntfs-3g": RealServer(("ntfs-3g", "mkntfs"),
+                          lambda s, m: ["ntfs-3g", str(s / "ntfs.img"), str(m)], _image("ntfs")),
+    "fuse-zip": RealServer(("fuse-zip", "zip"),
+                           lambda s, m: ["fuse-zip", "-f", str(s / "a.zip"), str(m)], _image("zip")),
+    "pyfuse3-memfs": RealServer((), _memfs, None),
+    "passthroughfs": RealServer((), _passthroughfs_plain, lambda s: None),
+    # git clone opens one file from several processes at once: which open registers the
+    # backing id was a race in the recording (see the README's limits)
+    "passthroughfs-passthrough": RealServer((), _passthroughfs, lambda s: None, clone=False),
+}
+
+
+@pytest.mark.requires_fuse
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("name", list(REAL))
+def test_real_server_replays_identically_twenty_times(name: str, tmp_path: Path) -> None:
+    """A real workload recorded from the server, replayed 20 times against a fresh copy
+    of the initial state: no differences, the same report every time, and the server
+    exits as it did when recorded."""
+    server = REAL[name]
+    for tool in (*server.tools, "git", "rsync", "tar"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"not installed: {tool}")
+    seed = _seed(tmp_path / "seed")
+    base = tmp_path / "rec"
+    base.mkdir()
+    work = _real_workload(seed, server.clone) if server.writes else _read_all
+    rec = _record(base, server.argv, work, server.fill)
+    reports = set()
+    for _ in range(20):
+        shutil.rmtree(tmp_path / "run", ignore_errors=True)
+        report = replay(rec.trace, rec.fresh(tmp_path / "run"))
+        assert report.ok, report.text()
+        reports.add(_stable(report))
+    assert len(reports) == 1
+    assert report.counts["requests"] > 100
