@@ -15,6 +15,13 @@ local function field(abbrev, ctor, label, ...)
     return PF[abbrev]
 end
 
+-- layers with an int list fail whole when an item is cut (see decode_layer)
+for _, layer in pairs(G.layers) do
+    for _, op in ipairs(layer.ops) do
+        if op.k == "intlist" then layer.whole = true end
+    end
+end
+
 local INT_CTOR = {[1] = "uint8", [2] = "uint16", [4] = "uint32", [8] = "uint64"}
 local SINT_CTOR = {[1] = "int8", [2] = "int16", [4] = "int32", [8] = "int64"}
 
@@ -158,6 +165,12 @@ local function read_int(tvb, off, op)
     return r:le_uint(), r
 end
 
+-- bytes as UTF-8 text for labels and string fields (invalid sequences replaced)
+local function text(tvb, off, len)
+    if len <= 0 then return "" end
+    return tvb(off, len):string(ENC_UTF_8)
+end
+
 local function as_number(v)
     if type(v) == "number" then return v end
     return v:tonumber()
@@ -174,6 +187,9 @@ local function raw_layer(tvb, off, stop, tree, reason)
 end
 
 local decode_layer
+-- a tree that shows nothing, to measure a layer before showing it
+local UNSHOWN
+UNSHOWN = setmetatable({}, {__index = function() return function() return UNSHOWN end end})
 -- Labels are only worth formatting when the tree is shown (not for filters and -T fields).
 local LABELS = true
 
@@ -196,23 +212,22 @@ decode_layer = function(tvb, off, stop, lid, tree, prev)
             if op.size > 0 then tree:add(PF[op.abbrev], tvb(off, op.size)) end
             off = off + op.size
         elseif k == "cstr" then
-            local len, nul = 0, 0
-            while off + len < stop do
-                if tvb(off + len, 1):uint() == 0 then nul = 1; break end
-                len = len + 1
-            end
-            local r = tvb(off, len + nul)
-            local s = len > 0 and tvb(off, len):raw() or ""
-            tree:add(PF[op.abbrev], r, s):set_text(op.n .. ": " .. s .. (nul == 1 and "" or " (no NUL)"))
-            vals[op.n] = s
+            local chunk = stop > off and tvb(off, stop - off):raw() or ""
+            local z = chunk:find("\0", 1, true)
+            local len, nul = z and z - 1 or #chunk, z and 1 or 0
+            local s = text(tvb, off, len)
+            tree:add(PF[op.abbrev], tvb(off, len + nul), s):set_text(
+                op.n .. ": " .. s .. (nul == 1 and "" or " (no NUL)"))
+            vals[op.n] = chunk:sub(1, len)
             off = off + len + nul
         elseif k == "lenstr" or k == "lenbytes" then
-            local len = math.max(as_number(vals[op.from] or 0) - op.minus, 0)
-            if off + len > stop then return off, vals, "cut " .. layer.label end
-            if k == "lenstr" then
-                local s = len > 0 and tvb(off, len):raw() or ""
+            -- a length field below its fixed part is no element at all (fuse_ext_header)
+            local len = as_number(vals[op.from] or 0) - op.minus
+            if len < 0 or off + len > stop then return off, vals, "cut " .. layer.label end
+            vals[op.n] = len > 0 and tvb(off, len):raw() or ""
+            if len > 0 and k == "lenstr" then
+                local s = text(tvb, off, len)
                 tree:add(PF[op.abbrev], tvb(off, len), s):set_text(op.n .. ": " .. s)
-                vals[op.n] = s
             elseif len > 0 then
                 tree:add(PF[op.abbrev], tvb(off, len))
             end
@@ -240,21 +255,26 @@ decode_layer = function(tvb, off, stop, lid, tree, prev)
             local sub = tree:add(fuse, tvb(off, 0), op.n)
             local start, n = off, 0
             while off < stop and (count == nil or n < count) do
+                if stop - off < size and not elem then
+                    -- Scapy's FieldListField cannot stop inside an item: no layer at all
+                    return off, vals, nil, string.format("%s: %d bytes left of an item of %d",
+                                                         layer.label, stop - off, size)
+                end
                 if stop - off < size then
-                    note = string.format("%d bytes of an incomplete %s", stop - off,
-                                         elem and elem.label or op.n)
+                    note = string.format("%d bytes of an incomplete %s", stop - off, elem.label)
                     break
                 end
                 if elem then
-                    local item = sub:add(fuse, tvb(off, 0), elem.label)
-                    local istart, why = off, nil
-                    off, _, why = decode_layer(tvb, off, stop, op.l, item, nil)
-                    item:set_len(off - istart)
+                    -- measured first: an incomplete element is not shown, its bytes are raw
+                    local _, _, why = decode_layer(tvb, off, stop, op.l, UNSHOWN, nil)
                     if why then
-                        off = istart
                         note = string.format("%d bytes of an incomplete %s", stop - off, elem.label)
                         break
                     end
+                    local item = sub:add(fuse, tvb(off, 0), elem.label)
+                    local istart = off
+                    off = decode_layer(tvb, off, stop, op.l, item, nil)
+                    item:set_len(off - istart)
                 else
                     local v, r = read_int(tvb, off, op.item)
                     local shown = sub:add_le(PF[op.abbrev], r)
@@ -321,7 +341,7 @@ local function decode_body(tvb, off, stop, tree, plan, header, what, extension)
         local e = entries[depth]
         if e == nil then
             return raw_layer(tvb, off, stop, tree,
-                             string.format("%d unexpected bytes after %s", stop - off, prev_label))
+                             string.format("%d unexpected bytes after %s", stop - off, prev_label)), first
         end
         local lid = e
         if type(e) == "table" then
@@ -330,7 +350,11 @@ local function decode_body(tvb, off, stop, tree, plan, header, what, extension)
         local layer = G.layers[lid]
         if layer.size > 0 and stop - off < layer.size then
             return raw_layer(tvb, off, stop, tree, string.format("short %s: needs %d bytes, got %d",
-                                                                 layer.label, layer.size, stop - off))
+                                                                 layer.label, layer.size, stop - off)), first
+        end
+        if layer.whole then  -- a layer that may fail as a whole is measured first
+            local _, _, _, broken = decode_layer(tvb, off, stop, lid, UNSHOWN, prev)
+            if broken then return raw_layer(tvb, off, stop, tree, broken), first end
         end
         local sub = tree:add(fuse, tvb(off, 0), layer.label)
         local start, vals, note = off, nil, nil
@@ -374,7 +398,7 @@ local function dissect_request(tvb, pinfo, tree, off, st)
         local plan = pick(rules, st, stop - off - G.in_size, nil)
         _, body = decode_body(tvb, off + G.in_size, stop, tree, plan, hdr, name .. " request",
                               hdr.total_extlen ~= 0)
-    elseif stop > off + G.in_size then
+    else
         raw_layer(tvb, off + G.in_size, stop, tree, "unknown opcode " .. op)
     end
     if not pinfo.visited then
@@ -470,7 +494,7 @@ local function dissect_ioctl(tvb, pinfo, tree, off, st)
         local sub = tree:add(fuse, tvb(arg, arg_len), G.layers[how.l].label)
         decode_layer(tvb, arg, arg_end, how.l, sub, nil)
     end
-    if arg_end < tvb:len() then tree:add(f_path, tvb(arg_end)) end
+    if arg_end < tvb:len() then tree:add(f_path, tvb(arg_end), text(tvb, arg_end, tvb:len() - arg_end)) end
     local outcome = err == 0 and ("= " .. result) or ("= -1 (" .. (G.errnos[err] or err) .. ")")
     return name .. " " .. outcome
 end
@@ -507,9 +531,9 @@ function fuse.dissector(tvb, pinfo, tree)
     elseif st.kind == G.kinds.ioctl then
         info = dissect_ioctl(tvb, pinfo, root, off, st)
     else
-        local text = tvb:len() > off and tvb(off):raw() or ""
-        root:add(f_event, tvb(off), text)
-        info = text
+        local shown = text(tvb, off, tvb:len() - off)
+        root:add(f_event, tvb(off), shown)
+        info = shown
     end
     pinfo.cols.info = info
 end
