@@ -10,9 +10,11 @@ ioctls, emulated here), so it runs as an ordinary user and no /dev/fuse is touch
 
 Modules: `script` (the trace read and checked, requests paired with replies and ioctls),
 `attribute` (which request an ioctl belongs to), `views` (messages as named fields),
-`translate` (server-chosen values: recorded → replayed), `masks`, `emulate` (the trap
-with the kernel's side of the ioctls emulated), `server` (the process under test),
-`engine` (the loop and the comparisons), `report`, `command` (the CLI).
+`translate` (server-chosen values: recorded → replayed; which fields hold them is
+`dissectors.ids`), `masks`, `hidden` (what the trace cannot hold: files written through
+passthrough), `emulate` (the trap with the kernel's side of the ioctls emulated), `server`
+(the process under test, ended as the recording ended), `engine` (the loop and the
+comparisons, directory listings by name), `report`, `command` (the CLI).
 
 Caveats: a trace whose WRITE data was cut by the snap length replays the missing bytes as
 zeros (READ data is then compared by length); requests that block until a later request
