@@ -7,7 +7,11 @@ fails half-way is cut back off the file, so the trace stays a clean prefix. File
 mode 0600 whatever the umask: they can hold file contents.
 
 The appends themselves go through an `Appender`: `FileAppender` here, or the recorder's
-native one, which its C relay loop writes through too, under the same lock. A path
+native one, which its C relay loop writes through too, under the same lock. The first
+append that fails stops the trace: later records fail at once (the file stays a prefix of
+the session, with no hole), except closing ones (`closing_event`: where recording
+stopped, the session's end), which the native appender keeps room for (see `_fastpath.c`;
+`FileAppender` keeps none, so there they fit only if the disk has room again). A path
 ending in `.zst` is written compressed (`compressed.FrameSink`): the appender's
 descriptor is then a pipe to the compressing thread.
 """
@@ -44,15 +48,20 @@ class TraceWriteError(OSError):
     the last whole record, and the message says where and why."""
 
 
+Stop = tuple[int, int, int, int]  # errno, records before it, bytes before it, monotonic ns
+
+
 class Appender(Protocol):
     """Whole-record appends to an open trace file, and their counts."""
 
     records: int
     bytes_written: int
     closed: bool
+    stopped: Stop | None  # the append that stopped the trace
 
-    def append(self, data: bytes, count: int = 1) -> None:
-        """Write `data` (`count` records) whole, or raise with the file as it was."""
+    def append(self, data: bytes, count: int = 1, closing: bool = False) -> None:
+        """Write `data` (`count` records) whole, or raise with the file as it was; the
+        first failure stops the trace, after which only `closing` appends are tried."""
 
     def close(self) -> None: ...
 
@@ -66,18 +75,24 @@ class FileAppender:
         self._lock = threading.Lock()
         self.records = 0
         self.bytes_written = 0
+        self.stopped: Stop | None = None
 
-    def append(self, data: bytes, count: int = 1) -> None:
+    def append(self, data: bytes, count: int = 1, closing: bool = False) -> None:
         with self._lock:
             if self._fd < 0:
                 raise ValueError("trace writer is closed")
+            if self.stopped is not None and not closing:
+                raise OSError(self.stopped[0], os.strerror(self.stopped[0]))
             view, done = memoryview(data), 0
             try:
                 while done < len(view):
                     done += os.write(self._fd, view[done:])
-            except BaseException:
+            except BaseException as exc:
                 if done:  # keep the file a clean prefix of whole records
                     os.ftruncate(self._fd, self.bytes_written)
+                if not closing and isinstance(exc, OSError):
+                    self.stopped = (exc.errno or 0, self.records, self.bytes_written,
+                                    time.monotonic_ns())
                 raise
             self.records += count
             self.bytes_written += len(data)
@@ -196,6 +211,11 @@ class TraceWriter(_Recorder):
         return self.appender.records
 
     @property
+    def stopped(self) -> Stop | None:
+        """(errno, records, bytes, monotonic ns) of the append that stopped the trace."""
+        return self.appender.stopped
+
+    @property
     def bytes_written(self) -> int:
         return self.appender.bytes_written
 
@@ -216,12 +236,25 @@ class TraceWriter(_Recorder):
     def _emit(self, obj: list[Any]) -> None:
         self._write(self._pack(obj), 1)
 
-    def _write(self, data: bytes, count: int) -> None:
+    def closing_event(self, name: str, *, ts: int | None = None, **data: Any) -> None:
+        """`event`, written even after the trace stopped (into the room kept for it):
+        the note saying where recording stopped, the session's end."""
+        if "event" in data:
+            raise ValueError("event data cannot hold a key named 'event'")
+        self._write(self._pack([Kind.EVENT, self._ts(ts), {"event": name, **data}]), 1,
+                    closing=True)
+
+    def _write(self, data: bytes, count: int, closing: bool = False) -> None:
+        stopped = self.stopped
         try:
-            self.appender.append(data, count)
+            self.appender.append(data, count, closing)
         except ValueError as exc:
             raise ValueError(f"{self.path}: {exc}") from None
         except OSError as exc:
+            if stopped is not None and not closing:
+                raise TraceWriteError(exc.errno, f"{self.path}: recording stopped at record "
+                                      f"{stopped[1]} (byte {stopped[2]}): "
+                                      f"{os.strerror(stopped[0])}") from exc
             raise TraceWriteError(exc.errno, f"{self.path}: cannot append record "
                                   f"{self.records} at byte {self.bytes_written}: "
                                   f"{exc.strerror or exc}; the trace holds the "

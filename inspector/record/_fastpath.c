@@ -16,12 +16,19 @@
  *
  * Appender: the one lock and counter set for a trace file, shared by the loop and by
  * `traces.TraceWriter` (Python records go through it too), so a failed write can be cut
- * back off the file without cutting anybody else's record.
+ * back off the file without cutting anybody else's record. The first append that fails
+ * stops the trace for everybody (later ones fail at once with the same errno, so the file
+ * is a prefix of the session with no hole in it), and keeps where and when. On a file
+ * that allows it, RESERVE bytes past the last record stay allocated (fallocate
+ * KEEP_SIZE): an append that would eat into them fails instead, so the closing records
+ * (`closing=True`: the note saying where recording stopped, the session's end) still fit
+ * on a disk that filled up.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/falloc.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdint.h>
@@ -45,25 +52,75 @@ typedef struct {
     pthread_mutex_t lock;
     unsigned long long records;
     unsigned long long bytes;
+    unsigned long long reserved_to;  /* the file's blocks are allocated up to here */
+    int reserving;                   /* cleared when the file cannot reserve (a pipe, …) */
+    int stopped;                     /* errno of the append that stopped the trace, or 0 */
+    unsigned long long stop_records, stop_bytes, stop_ns;
 } Appender;
 
-/* Write every byte of iov, or cut what was written back off and return the errno.
- * Called with the lock held and the GIL released. */
-static int append_locked(Appender *a, struct iovec *iov, int iovcnt, unsigned count)
+#define RESERVE (16u << 10)  /* room kept for the closing records */
+#define RESERVE_GROW (1u << 20)  /* reserved ahead at a time, when the disk has it */
+
+static uint64_t now_ns(void);
+
+/* Make room for `total` more bytes with RESERVE still free after them; an errno when the
+ * disk has not got it (the reserve itself is kept). */
+static int reserve_locked(Appender *a, size_t total)
+{
+    unsigned long long need = a->bytes + total + RESERVE;
+    if (!a->reserving || need <= a->reserved_to)
+        return 0;
+    if (fallocate(a->fd, FALLOC_FL_KEEP_SIZE, (off_t)a->bytes,
+                  (off_t)(total + RESERVE + RESERVE_GROW)) == 0) {
+        a->reserved_to = need + RESERVE_GROW;
+        return 0;
+    }
+    if (errno == ENOSPC && fallocate(a->fd, FALLOC_FL_KEEP_SIZE, (off_t)a->bytes,
+                                     (off_t)(total + RESERVE)) == 0) {
+        a->reserved_to = need;
+        return 0;
+    }
+    if (errno == ENOSPC || errno == EDQUOT || errno == EIO)
+        return errno;
+    a->reserving = 0;  /* EOPNOTSUPP, ESPIPE, ENODEV …: appends take their chances */
+    return 0;
+}
+
+static int stop_locked(Appender *a, int err)
+{
+    a->stopped = err;
+    a->stop_records = a->records;
+    a->stop_bytes = a->bytes;
+    a->stop_ns = now_ns();
+    return err;
+}
+
+/* Write every byte of iov, or cut what was written back off and return the errno (which
+ * stops the trace unless `closing`). Called with the lock held and the GIL released. */
+static int append_locked(Appender *a, struct iovec *iov, int iovcnt, unsigned count,
+                         int closing)
 {
     size_t total = 0, done = 0;
     for (int i = 0; i < iovcnt; i++)
         total += iov[i].iov_len;
     if (a->fd < 0)
         return EBADF;
+    if (!closing && a->stopped)
+        return a->stopped;
+    int err = closing ? 0 : reserve_locked(a, total);
+    if (err)
+        return stop_locked(a, err);
     while (done < total) {
         ssize_t n = writev(a->fd, iov, iovcnt);
         if (n < 0) {
             if (errno == EINTR)
                 continue;
-            int err = errno;
-            if (done && ftruncate(a->fd, (off_t)a->bytes) < 0) { /* keep a clean prefix */ }
-            return err;
+            err = errno;
+            if (done) {  /* keep a clean prefix (this drops the reserve: make it again) */
+                if (ftruncate(a->fd, (off_t)a->bytes) < 0) { /* nothing better to do */ }
+                a->reserved_to = a->bytes;
+            }
+            return closing ? err : stop_locked(a, err);
         }
         done += (size_t)n;
         while (n > 0 && iovcnt > 0) {  /* skip what went out */
@@ -83,10 +140,11 @@ static int append_locked(Appender *a, struct iovec *iov, int iovcnt, unsigned co
     return 0;
 }
 
-static int appender_write(Appender *a, struct iovec *iov, int iovcnt, unsigned count)
+static int appender_write(Appender *a, struct iovec *iov, int iovcnt, unsigned count,
+                          int closing)
 {
     pthread_mutex_lock(&a->lock);
-    int err = append_locked(a, iov, iovcnt, count);
+    int err = append_locked(a, iov, iovcnt, count, closing);
     pthread_mutex_unlock(&a->lock);
     return err;
 }
@@ -96,6 +154,7 @@ static int Appender_init(Appender *self, PyObject *args, PyObject *kwds)
     static char *kwlist[] = {"fd", NULL};
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "i", kwlist, &self->fd))
         return -1;
+    self->reserving = 1;
     return 0;
 }
 
@@ -115,16 +174,18 @@ static void Appender_dealloc(Appender *self)
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
-static PyObject *Appender_append(Appender *self, PyObject *args)
+static PyObject *Appender_append(Appender *self, PyObject *args, PyObject *kwds)
 {
+    static char *kwlist[] = {"data", "count", "closing", NULL};
     Py_buffer data;
     unsigned count = 1;
-    if (!PyArg_ParseTuple(args, "y*|I", &data, &count))
+    int closing = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "y*|Ip", kwlist, &data, &count, &closing))
         return NULL;
     struct iovec iov = {data.buf, (size_t)data.len};
     int err;
     Py_BEGIN_ALLOW_THREADS
-    err = appender_write(self, &iov, 1, count);
+    err = appender_write(self, &iov, 1, count, closing);
     Py_END_ALLOW_THREADS
     PyBuffer_Release(&data);
     if (err == EBADF && self->fd < 0) {
@@ -145,6 +206,8 @@ static PyObject *Appender_close(Appender *self, PyObject *unused)
     pthread_mutex_lock(&self->lock);
     fd = self->fd;
     self->fd = -1;
+    if (fd >= 0 && self->reserving && self->reserved_to > self->bytes &&
+            ftruncate(fd, (off_t)self->bytes) < 0) { /* the reserve stays allocated: harmless */ }
     pthread_mutex_unlock(&self->lock);
     Py_END_ALLOW_THREADS
     if (fd >= 0)
@@ -155,11 +218,19 @@ static PyObject *Appender_close(Appender *self, PyObject *unused)
 static PyObject *Appender_get_records(Appender *self, void *c) { return PyLong_FromUnsignedLongLong(self->records); }
 static PyObject *Appender_get_bytes(Appender *self, void *c) { return PyLong_FromUnsignedLongLong(self->bytes); }
 static PyObject *Appender_get_closed(Appender *self, void *c) { return PyBool_FromLong(self->fd < 0); }
+static PyObject *Appender_get_stopped(Appender *self, void *c)
+{
+    if (!self->stopped)
+        Py_RETURN_NONE;
+    return Py_BuildValue("(iKKK)", self->stopped, self->stop_records, self->stop_bytes,
+                         self->stop_ns);
+}
 
 static PyMethodDef Appender_methods[] = {
-    {"append", (PyCFunction)Appender_append, METH_VARARGS,
-     "append(data, count=1): write `data` (`count` records) whole, or raise OSError with "
-     "the file cut back to its last whole record"},
+    {"append", (PyCFunction)(void (*)(void))Appender_append, METH_VARARGS | METH_KEYWORDS,
+     "append(data, count=1, closing=False): write `data` (`count` records) whole, or raise "
+     "OSError with the file cut back to its last whole record; the first failure stops the "
+     "trace, and after it only `closing` appends (into the reserve) are tried"},
     {"close", (PyCFunction)Appender_close, METH_NOARGS, "close the file"},
     {NULL}};
 
@@ -167,6 +238,8 @@ static PyGetSetDef Appender_getset[] = {
     {"records", (getter)Appender_get_records, NULL, "records written", NULL},
     {"bytes_written", (getter)Appender_get_bytes, NULL, "bytes written", NULL},
     {"closed", (getter)Appender_get_closed, NULL, "whether close() was called", NULL},
+    {"stopped", (getter)Appender_get_stopped, NULL,
+     "(errno, records, bytes, monotonic ns) of the append that stopped the trace, or None", NULL},
     {NULL}};
 
 static PyTypeObject AppenderType = {
@@ -286,7 +359,6 @@ typedef struct {
     unsigned char *request_buf, *reply_buf;
     unsigned long long requests, replies, request_bytes, reply_bytes;
     int recording;     /* cleared when a trace write failed, here or in Python */
-    int trace_errno;   /* the errno of a failed write here */
     int dev_open, sock_open;  /* until /dev/fuse says ENODEV, until the socket's EOF */
     size_t held;       /* a recorded request the full socket has not taken yet */
     int pieces;        /* Python is putting a spliced reply together: hand it everything */
@@ -344,11 +416,9 @@ static void record(Pump *self, int kind, const unsigned char *raw, size_t kept, 
         t = 6 + put_be(tail + 6, true_len, 4);
     }
     struct iovec iov[3] = {{head, h}, {(void *)raw, kept}, {tail, t}};
-    int err = appender_write(self->appender, iov, t ? 3 : 2, 1);
-    if (err) {
-        self->trace_errno = err;
-        self->recording = 0;  /* relay on without recording; Python reports it */
-    }
+    int err = appender_write(self->appender, iov, t ? 3 : 2, 1, 0);
+    if (err)
+        self->recording = 0;  /* relay on without recording; the appender keeps why */
 }
 
 /* How much of a message to keep: all of it, or its file data cut to the snap length. */
@@ -767,7 +837,6 @@ static int Pump_set_pieces(Pump *self, PyObject *value, void *c)
 }
 static PyObject *Pump_get_dev_open(Pump *self, void *c) { return PyBool_FromLong(self->dev_open); }
 
-static PyObject *Pump_get_trace_errno(Pump *self, void *c) { return PyLong_FromLong(self->trace_errno); }
 
 static PyMethodDef Pump_methods[] = {
     {"run", (PyCFunction)Pump_run, METH_NOARGS, "relay both ways until Python is needed"},
@@ -785,7 +854,6 @@ static PyGetSetDef Pump_getset[] = {
     {"replies_relayed", (getter)Pump_get_replies, NULL, NULL, NULL},
     {"request_bytes", (getter)Pump_get_request_bytes, NULL, NULL, NULL},
     {"reply_bytes", (getter)Pump_get_reply_bytes, NULL, NULL, NULL},
-    {"trace_errno", (getter)Pump_get_trace_errno, NULL, "errno of a failed trace write, or 0", NULL},
     {"pieces", (getter)Pump_get_pieces, (setter)Pump_set_pieces,
      "while True every message from the server goes to Python, and `run` returns "
      "(\"idle\",) after piece_wait_ms without one", NULL},

@@ -264,7 +264,6 @@ class Relay:
         self.unmounted = threading.Event()
         self.server_closed = threading.Event()
         self.init_answered = threading.Event()
-        self._trace_error: str | None = None
         self.broken: str | None = None  # why relaying had to stop
         fast = native()
         if not isinstance(writer.appender, fast.Appender):
@@ -294,13 +293,6 @@ class Relay:
                      pump.reply_bytes)
 
     @property
-    def trace_error(self) -> str | None:
-        """Why the trace stopped growing, if it did (relaying goes on regardless)."""
-        if self._trace_error is None and self._pump.trace_errno:
-            self._trace_error = f"writing the trace failed: {os.strerror(self._pump.trace_errno)}"
-        return self._trace_error
-
-    @property
     def requests_running(self) -> bool:
         """Whether requests may still come: /dev/fuse has not said ENODEV."""
         return self._thread.is_alive() and self._pump.dev_open
@@ -318,16 +310,15 @@ class Relay:
             self.changed()
 
     def _record(self, method: Callable[..., None], *args: Any, **meta: Any) -> None:
-        """Record, or if the trace cannot be written (disk full …) note it once and go on
-        relaying: the user's mount keeps working, and the session ends with the error."""
-        if self.trace_error is not None:
+        """Record, or once the trace cannot be written (disk full …; the writer keeps
+        where and why, and the session reports it at the end) go on relaying unrecorded:
+        the user's mount keeps working."""
+        if self.writer.stopped is not None:
             return
         try:
             method(*args, **meta)
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError):
             self._pump.stop_recording()
-            self._trace_error = f"writing the trace failed: {exc}"
-            log.error("%s; relaying on without recording", self._trace_error)
 
     def _relay(self) -> None:
         """The C loop relays ordinary messages; what it hands back is dealt with here."""

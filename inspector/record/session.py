@@ -29,6 +29,11 @@ The session ends, every way, through `_finish`, and no timer ever kills the serv
 The exit code is the server's (0 when it ended cleanly), 2 when it never got going, 130
 when it had to be killed. The trace's `session_end` says who ended the server and how,
 and what it saw that a direct mount would not have shown it (`differences`).
+
+When the trace cannot be written (a full disk), the mount is not touched: the relay and
+the trap go on relaying and performing ioctls unrecorded, the trace ends with a
+`recording_stopped` note (where, why, when) and `session_end`, written into the room the
+writer keeps for them, and the exit code is 1 with one line saying where it stopped.
 """
 
 from __future__ import annotations
@@ -454,11 +459,14 @@ class Session:
         self.wake.set()
 
     def _event(self, name: str, **data: Any) -> None:
-        if self.writer is not None and not self.writer.closed:
+        """Record a session event; once the trace has stopped (disk full …) nothing but
+        the closing records is written, and the stop is reported at the end."""
+        if self.writer is not None and not self.writer.closed and self.writer.stopped is None:
             try:
                 self.writer.event(name, **data)
             except (OSError, ValueError) as exc:
-                log.error("trace: %s", exc)
+                if self.writer.stopped is None:
+                    log.error("trace: %s", exc)
 
     def _say(self, message: str) -> None:
         if self.progress is not None:
@@ -495,8 +503,9 @@ class Session:
             self.trap.stop()
         if self.procs is not None:
             self.procs.reap()
-        code, message = self._verdict(reason)
-        self._event("session_end", **self._summary(reason, code))
+        noted = self._note_stop()
+        code, message = self._verdict(reason, noted)
+        self._closing_event("session_end", **self._summary(reason, code))
         self._close()
         if not report:
             return code
@@ -506,6 +515,30 @@ class Session:
             print(f"fusetrace: {reason}; {self.writer.records} records in {self.cfg.trace}",
                   file=sys.stderr)
         return code
+
+    def _note_stop(self) -> bool | None:
+        """Say at the trace's end where and why recording stopped, if it did (into the
+        room the writer kept for it); None when it did not stop, False when even the
+        note did not fit."""
+        stopped = self.writer.stopped if self.writer is not None else None
+        if stopped is None:
+            return None
+        err, records, size, when = stopped
+        return self._closing_event(
+            "recording_stopped", errno=err, reason=os.strerror(err), records=records,
+            bytes=size, at=when)
+
+    def _closing_event(self, name: str, **data: Any) -> bool:
+        """A closing record: written even after the trace stopped; True when it was."""
+        if self.writer is None or self.writer.closed:
+            return False
+        try:
+            self.writer.closing_event(name, **data)
+        except (OSError, ValueError) as exc:
+            if self.writer.stopped is None:
+                log.error("trace: %s", exc)
+            return False
+        return True
 
     def _summary(self, reason: str, code: int) -> dict[str, Any]:
         out: dict[str, Any] = {"reason": reason, "exit_code": code, "server_ended": self.ended_by}
@@ -652,18 +685,23 @@ class Session:
                 self.procs.reap()
                 time.sleep(0.02)
 
-    def _verdict(self, reason: str) -> tuple[int, str | None]:
-        """Exit code and the one-line reason to print (None: print the summary)."""
+    def _verdict(self, reason: str, noted: bool | None) -> tuple[int, str | None]:
+        """Exit code and the one-line reason to print (None: print the summary);
+        `noted` as `_note_stop` says."""
         relay, procs = self.relay, self.procs
         name = self.command.argv[0]
         if self._killed == signal.SIGKILL and reason != "set-up failed":
             return 128 + signal.SIGINT if self.forced else 128 + signal.SIGKILL, None
         if relay is not None and relay.broken:
             return 1, f"{relay.broken}; unmounted {self.target}"
-        trace_error = (relay.trace_error if relay is not None else None) or (
-            self.trap.trace_error if self.trap is not None else None)
-        if trace_error:
-            return 1, f"{trace_error}; the trace is incomplete"
+        stopped = self.writer.stopped if self.writer is not None else None
+        if stopped is not None:
+            err, records, size, _when = stopped
+            said = ("it says so at its end" if noted else
+                    "not even a note saying so fitted")
+            return 1, (f"recording stopped at record {records} (byte {size}) of "
+                       f"{self.cfg.trace}: {os.strerror(err)}; the session went on "
+                       f"unrecorded to its end: the trace is incomplete, {said}")
         code = procs.failure() if procs is not None else 0
         if relay is not None and not relay.init_answered.is_set() and reason != "set-up failed":
             status = described(code) if procs and procs.main_status is not None else "stopped"

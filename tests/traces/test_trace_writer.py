@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from trace_helpers import HEADER, in_header, out_header
 
-from traces import FORMAT_VERSION, Kind, TraceReader, TraceWriter
+from traces import FORMAT_VERSION, Kind, TraceReader, TraceWriteError, TraceWriter
 
 
 def test_round_trip_every_kind_and_meta(tmp_path: Path) -> None:
@@ -189,9 +189,14 @@ def test_failed_write_is_rolled_back(tmp_path: Path, monkeypatch: pytest.MonkeyP
             w.request(b"lost" * 100, ts=2)
         monkeypatch.setattr(os, "write", real_write)
         assert w.records == 1 and path.stat().st_size == w.bytes_written
-        w.request(b"after", ts=3)
+        assert w.stopped is not None and w.stopped[:3] == (errno.ENOSPC, 1, w.bytes_written)
+        with pytest.raises(TraceWriteError, match="recording stopped at record 1 "):
+            w.request(b"after", ts=3)  # room again, but a trace with a hole would mislead
+        w.closing_event("recording_stopped", ts=4)
     reader = TraceReader(path)
-    assert [r.raw for r in reader] == [b"kept", b"after"] and reader.tail is None
+    records = list(reader)
+    assert [r.raw for r in records[:1]] == [b"kept"] and reader.tail is None
+    assert [r.event for r in records[1:]] == ["recording_stopped"]
 
 
 _CHILD = """
