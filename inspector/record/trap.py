@@ -37,6 +37,12 @@ the same options. umount2(2) is trapped always (`on_unmount`): a server ending i
 unmounts its mountpoint the way it would directly, and one told of an unmount that already
 happened is answered as the kernel's POLLERR would have spared it the call.
 
+The common calls are handled in C (`_trapfast.c`, with the GIL released): BACKING_OPEN
+and BACKING_CLOSE on the relay from a caller with the recorder's own credentials, and
+opens for O_RDWR of anything but /dev/fuse. Python keeps the rest and every call the C
+loop hands back before it has done anything. Without the C part everything is done here,
+slower.
+
 Caveats: x86-64 and arm64 only; the supervisor needs CAP_SYS_PTRACE-equivalent access to
 the server (root here) for /proc/TID/mem and pidfd_getfd; an ioctl blocked in the
 supervisor blocks only the calling server thread.
@@ -64,7 +70,15 @@ from traces import TraceWriter
 
 from . import creds
 
+try:
+    from . import _trapfast
+except ImportError:  # not built: everything goes through Python
+    _trapfast = None  # type: ignore[assignment]
+
 log = logging.getLogger(__name__)
+#: What a recorder without the C trap says, once.
+NOT_BUILT = ("the ioctl trap runs in Python (each passthrough open costs ~0.3 ms more): "
+             "build its C part with `.venv/bin/pip install -e .` (gcc, python3-dev)")
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -317,7 +331,7 @@ class IoctlTrap:
 
     def __init__(self, relay_fd_in_child: int, device_fd: int, writer: TraceWriter,
                  on_mount: MountHandler | None = None,
-                 on_unmount: UnmountHandler | None = None) -> None:
+                 on_unmount: UnmountHandler | None = None, native: bool = True) -> None:
         """`relay_fd_in_child` is the server's socket end, open here under the same number
         (subprocess's pass_fds keeps numbers); its inode is how the relay is recognised.
         `device_fd` is the real /dev/fuse (-1 until there is one: `device_fd` may be set
@@ -325,16 +339,20 @@ class IoctlTrap:
 
         With `on_mount`, servers that open /dev/fuse and mount(2) it themselves (directly
         or through fusermount3) are caught too: their open of /dev/fuse returns a copy of
-        the relay socket, and their mount(2) of it is handed to `on_mount`."""
+        the relay socket, and their mount(2) of it is handed to `on_mount`.
+
+        `native=False` keeps every call in Python."""
         self.relay_fd_in_child = relay_fd_in_child
         self.device_fd = device_fd
         self.writer = writer
         self.relay_inode = os.fstat(relay_fd_in_child).st_ino
         self.on_mount = on_mount
         self.on_unmount = on_unmount
-        self.trace_error: str | None = None  # why ioctls stopped being recorded
+        self._trace_error: str | None = None  # why ioctls stopped being recorded
         self._inject: int | None = os.dup(relay_fd_in_child) if on_mount else None
-        self.open_backing_ids = 0
+        self._opened_here = 0  # backing ids opened minus closed through Python
+        self._native = native
+        self.fast: Any = None  # the C loop (_trapfast.Trap), once started
         self.spliced = 0  # replies the server spliced onto the relay, sent whole instead
         self._parent_end, self._child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._listener: int | None = None
@@ -374,8 +392,34 @@ class IoctlTrap:
         if not fds:
             raise RuntimeError("the server never handed over its seccomp listener")
         self._listener = fds[0]
+        self.fast = self._fast_loop()
         self._thread = threading.Thread(target=self._serve, name="ioctl-trap", daemon=True)
         self._thread.start()
+
+    def _fast_loop(self) -> Any:
+        """The C loop over our listener, or None (and why, once) when it cannot be used."""
+        if not self._native:
+            return None
+        if _trapfast is None:
+            log.warning(NOT_BUILT)
+            return None
+        return _trapfast.Trap(listener=self._listener, relay_inode=self.relay_inode,
+                              appender=self.writer.appender, nr_ioctl=self._arch.ioctl,
+                              nr_openat=self._arch.openat, nr_open=self._arch.open or -1,
+                              backing_open=DevIoctl.BACKING_OPEN,
+                              backing_close=DevIoctl.BACKING_CLOSE)
+
+    @property
+    def open_backing_ids(self) -> int:
+        """Backing ids the server opened and has not closed (as far as seen)."""
+        return self._opened_here + (self.fast.open_backing_ids if self.fast else 0)
+
+    @property
+    def trace_error(self) -> str | None:
+        """Why ioctls stopped being recorded, or None."""
+        if self._trace_error is None and self.fast is not None and self.fast.trace_errno:
+            self._trace_error = f"writing the trace failed: {os.strerror(self.fast.trace_errno)}"
+        return self._trace_error
 
     def stop(self) -> None:
         self._stopping.set()
@@ -386,25 +430,41 @@ class IoctlTrap:
             os.close(self._listener)
             self._listener = None
 
+    def _next(self, poller: select.poll) -> bytes | None | bool:
+        """The next notification for Python (its bytes), None after a while without one,
+        False once every process under the filter is gone."""
+        if self.fast is not None:
+            got: bytes | None | bool = self.fast.next(self.device_fd, 200)
+            return got
+        events = poller.poll(200)
+        if not events:
+            return None
+        if events[0][1] & (select.POLLHUP | select.POLLERR) and not events[0][1] & select.POLLIN:
+            return False
+        buf = bytearray(_NOTIF.size)  # NOTIF_RECV wants a zeroed buffer
+        try:
+            fcntl.ioctl(self._listener, SECCOMP_IOCTL_NOTIF_RECV, buf)
+        except OSError as exc:
+            if exc.errno in (errno.EINTR, errno.ENOENT):
+                return None  # the caller died or was interrupted before we got it
+            raise
+        return bytes(buf)
+
     def _serve(self) -> None:
         assert self._listener is not None
         poller = select.poll()
         poller.register(self._listener, select.POLLIN)
         while not self._stopping.is_set():
-            events = poller.poll(200)
-            if not events:
-                continue
-            if events[0][1] & (select.POLLHUP | select.POLLERR) and not events[0][1] & select.POLLIN:
-                return  # every process under the filter is gone
-            buf = bytearray(_NOTIF.size)  # NOTIF_RECV wants a zeroed buffer
             try:
-                fcntl.ioctl(self._listener, SECCOMP_IOCTL_NOTIF_RECV, buf)
+                got = self._next(poller)
             except OSError as exc:
-                if exc.errno in (errno.EINTR, errno.ENOENT):
-                    continue  # the caller died or was interrupted before we got it
                 log.error("seccomp listener: %s", exc)
                 return
-            nid, tid, _flags, nr, _arch, _ip, *args = _NOTIF.unpack(buf)
+            if got is False:
+                return  # every process under the filter is gone
+            if not got:
+                continue
+            nid, tid, _flags, nr, _arch, _ip, *args = _NOTIF.unpack(got)
             note = Notification(nid, tid, nr, tuple(args))
             try:
                 val, err, cont = self._handle(note)
@@ -558,9 +618,9 @@ class IoctlTrap:
                      errno=outcome.errno, tid=note.tid, pid=pid, fd=backing_fd, path=path,
                      **extra)
         if outcome.errno == 0 and cmd in _FD_AT:
-            self.open_backing_ids += 1
+            self._opened_here += 1
         elif outcome.errno == 0 and cmd == DevIoctl.BACKING_CLOSE:
-            self.open_backing_ids -= 1
+            self._opened_here -= 1
         return outcome.result, outcome.errno, False
 
     def _handle_clone(self, note: Notification) -> tuple[int, int, bool | None]:
@@ -601,7 +661,9 @@ class IoctlTrap:
         try:
             method(*args, **meta)
         except (OSError, ValueError) as exc:
-            self.trace_error = f"writing the trace failed: {exc}"
+            self._trace_error = f"writing the trace failed: {exc}"
+            if self.fast is not None:
+                self.fast.stop_recording()
             log.error("%s; the server's ioctls go on unrecorded", self.trace_error)
 
     def _read_arg(self, note: Notification, size: int) -> bytes:

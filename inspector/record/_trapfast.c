@@ -1,0 +1,442 @@
+/*
+ * The seccomp trap's hot path in C (see trap.py): the calls every passthrough open and
+ * release makes, handled with the GIL released.
+ *
+ * Why native: in Python each trapped BACKING_OPEN or BACKING_CLOSE cost ~280 us (receive,
+ * /proc reads, pidfd_getfd, credentials, record, answer, all through the interpreter),
+ * several times what a fast C server spends on the whole open. `Trap.next()` loops here
+ * and does, for those two ioctls on the relay socket: validate (the fd is the relay, the
+ * notification is still valid), read the argument, take the backing fd from the server,
+ * make the ioctl on the real /dev/fuse, append the record (the msgpack `TraceWriter.ioctl`
+ * makes, through the writer's appender: the GIL is taken for that one call), answer. An open for O_RDWR of a path
+ * other than /dev/fuse is let through here too. Everything else, and anything that does
+ * not go the ordinary way before the ioctl is made (a caller whose credentials differ from
+ * the recorder's, a fd that cannot be taken, an argument that cannot be read, a path that
+ * is not plain ASCII), goes back to Python untouched, which handles it from the start.
+ *
+ * The ioctl numbers are handed in by trap.py from `dissectors.ioctls`.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/seccomp.h>
+#include <poll.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/syscall.h>
+#include <sys/uio.h>
+#include <time.h>
+#include <unistd.h>
+
+#define KIND_IOCTL 3 /* traces.records.Kind */
+
+typedef struct {
+    char status[2048];  /* the parts of /proc/TID/status the kernel's checks read */
+    int tgid;
+} Creds;
+
+typedef struct {
+    PyObject_HEAD
+    int listener, nr_ioctl, nr_openat, nr_open;
+    unsigned long backing_open, backing_close;
+    char relay_link[64];  /* "socket:[INODE]" */
+    PyObject *appender;  /* the TraceWriter's: append(bytes) */
+    int recording, trace_errno, have_mine;
+    long long open_backing_ids;
+    unsigned long long handled, continued;
+    Creds mine;
+} Trap;
+
+/* Append a record through the writer's appender (its lock and its rules for a trace that
+ * cannot grow), taking the GIL for that call only: 0 or an errno. */
+static int append(PyObject *appender, const unsigned char *data, size_t len)
+{
+    int err = 0;
+    PyGILState_STATE gil = PyGILState_Ensure();
+    PyObject *r = PyObject_CallMethod(appender, "append", "y#", (const char *)data, (Py_ssize_t)len);
+    if (r) {
+        Py_DECREF(r);
+    } else {
+        PyObject *type, *value, *tb;
+        PyErr_Fetch(&type, &value, &tb);
+        PyErr_NormalizeException(&type, &value, &tb);
+        err = EIO;
+        if (value && PyErr_GivenExceptionMatches(value, PyExc_OSError)) {
+            PyObject *no = PyObject_GetAttrString(value, "errno");
+            if (no && PyLong_Check(no))
+                err = (int)PyLong_AsLong(no);
+            Py_XDECREF(no);
+            PyErr_Clear();
+        } else if (value && PyErr_GivenExceptionMatches(value, PyExc_ValueError)) {
+            err = EBADF;  /* the writer is closed */
+        }
+        Py_XDECREF(type), Py_XDECREF(value), Py_XDECREF(tb);
+    }
+    PyGILState_Release(gil);
+    return err ? err : 0;
+}
+
+/* ------------------------------------------------------------------ msgpack */
+
+typedef struct { unsigned char b[1024]; size_t n; } Buf;
+
+static void put_be(Buf *o, uint64_t v, int bytes)
+{
+    for (int i = bytes - 1; i >= 0; i--)
+        o->b[o->n + (size_t)i] = (unsigned char)(v >> (8 * (bytes - 1 - i)));
+    o->n += (size_t)bytes;
+}
+
+static void mp_int(Buf *o, int64_t v)
+{
+    if (v >= 0 && v < 128) {
+        o->b[o->n++] = (unsigned char)v;
+    } else if (v < 0 && v >= -32) {
+        o->b[o->n++] = (unsigned char)(0xe0 | (v + 32));
+    } else if (v >= 0) {
+        int w = v < 0x100 ? 1 : v < 0x10000 ? 2 : v < 0x100000000ll ? 4 : 8;
+        o->b[o->n++] = (unsigned char)(w == 1 ? 0xcc : w == 2 ? 0xcd : w == 4 ? 0xce : 0xcf);
+        put_be(o, (uint64_t)v, w);
+    } else {
+        int w = v >= -128 ? 1 : v >= -32768 ? 2 : v >= -2147483648ll ? 4 : 8;
+        o->b[o->n++] = (unsigned char)(w == 1 ? 0xd0 : w == 2 ? 0xd1 : w == 4 ? 0xd2 : 0xd3);
+        put_be(o, (uint64_t)v, w);
+    }
+}
+
+static void mp_str(Buf *o, const char *s, size_t len)  /* len < 256 here */
+{
+    if (len < 32) {
+        o->b[o->n++] = (unsigned char)(0xa0 | len);
+    } else {
+        o->b[o->n++] = 0xd9;
+        o->b[o->n++] = (unsigned char)len;
+    }
+    memcpy(o->b + o->n, s, len);
+    o->n += len;
+}
+
+static void mp_key(Buf *o, const char *key) { mp_str(o, key, strlen(key)); }
+
+/* ------------------------------------------------------------------ /proc */
+
+static int readlink_of(int pid, int fd, char *out, size_t size)
+{
+    char proc[64];
+    snprintf(proc, sizeof proc, "/proc/%d/fd/%d", pid, fd);
+    ssize_t n = readlink(proc, out, size - 1);
+    if (n < 0)
+        return -1;
+    out[n] = 0;
+    return (int)n;
+}
+
+/* The status lines that make a thread's credentials (Uid Gid Groups CapEff CapPrm, in the
+ * order /proc prints them) and its Tgid. 0, or -1 when it cannot be read. */
+static int creds_of(const char *path, Creds *c)
+{
+    char raw[4096];
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    ssize_t n = read(fd, raw, sizeof raw - 1);
+    close(fd);
+    if (n <= 0)
+        return -1;
+    raw[n] = 0;
+    size_t used = 0;
+    c->tgid = -1;
+    for (char *line = raw, *end; *line; line = end + 1) {
+        end = strchr(line, '\n');
+        if (!end)
+            break;
+        size_t len = (size_t)(end - line) + 1;
+        if (!strncmp(line, "Tgid:", 5)) {
+            c->tgid = atoi(line + 5);
+        } else if (!strncmp(line, "Uid:", 4) || !strncmp(line, "Gid:", 4)
+                   || !strncmp(line, "Groups:", 7) || !strncmp(line, "CapEff:", 7)
+                   || !strncmp(line, "CapPrm:", 7)) {
+            if (used + len >= sizeof c->status)
+                return -1;
+            memcpy(c->status + used, line, len);
+            used += len;
+        }
+    }
+    c->status[used] = 0;
+    return c->tgid > 0 ? 0 : -1;
+}
+
+/* ------------------------------------------------------------------ the loop */
+
+static int respond(Trap *t, uint64_t id, int64_t val, int err, int cont)
+{
+    struct seccomp_notif_resp resp = {.id = id, .val = cont ? 0 : val, .error = cont ? 0 : -err,
+                                      .flags = cont ? SECCOMP_USER_NOTIF_FLAG_CONTINUE : 0};
+    return ioctl(t->listener, SECCOMP_IOCTL_NOTIF_SEND, &resp);
+}
+
+static int still_valid(Trap *t, uint64_t id)
+{
+    return ioctl(t->listener, SECCOMP_IOCTL_NOTIF_ID_VALID, &id) == 0;
+}
+
+static int read_mem(int tid, uint64_t address, void *out, size_t len)
+{
+    struct iovec local = {out, len}, remote = {(void *)(uintptr_t)address, len};
+    return process_vm_readv(tid, &local, 1, &remote, 1, 0) == (ssize_t)len ? 0 : -1;
+}
+
+enum { TO_PYTHON, DONE };
+
+/* An open for O_RDWR: let it through unless it names /dev/fuse. */
+static int open_call(Trap *t, const struct seccomp_notif *n)
+{
+    uint64_t address = n->data.nr == t->nr_openat ? n->data.args[1] : n->data.args[0];
+    char path[10];  /* strlen("/dev/fuse") + 1 */
+    size_t first = 4096 - (size_t)(address % 4096);  /* the string may end before a page gap */
+    if (first > sizeof path)
+        first = sizeof path;
+    if (!address || read_mem((int)n->pid, address, path, first) < 0)
+        return TO_PYTHON;
+    if (memchr(path, 0, first) == NULL && first < sizeof path
+        && read_mem((int)n->pid, address + first, path + first, sizeof path - first) < 0)
+        return TO_PYTHON;
+    if (!memcmp(path, "/dev/fuse", sizeof path))
+        return TO_PYTHON;
+    respond(t, n->id, 0, 0, 1);
+    t->continued++;
+    return DONE;
+}
+
+static void record_ioctl(Trap *t, uint32_t cmd, const unsigned char *arg, size_t size,
+                         int result, int err, int tid, int pid, int backing_fd,
+                         const char *path)
+{
+    struct timespec ts;
+    Buf o = {.n = 0};
+    if (!t->recording)
+        return;
+    clock_gettime(CLOCK_MONOTONIC, &ts);  /* time.monotonic_ns() */
+    o.b[o.n++] = 0x93;
+    o.b[o.n++] = KIND_IOCTL;
+    o.b[o.n++] = 0xcf;
+    put_be(&o, (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec, 8);
+    o.b[o.n++] = 0x89;  /* the keys and order of TraceWriter.ioctl */
+    mp_key(&o, "cmd"), mp_int(&o, cmd);
+    mp_key(&o, "arg"), o.b[o.n++] = 0xc4, o.b[o.n++] = (unsigned char)size;
+    memcpy(o.b + o.n, arg, size), o.n += size;
+    mp_key(&o, "result"), mp_int(&o, result);
+    mp_key(&o, "errno"), mp_int(&o, err);
+    mp_key(&o, "tid"), mp_int(&o, tid);
+    mp_key(&o, "pid"), mp_int(&o, pid);
+    mp_key(&o, "fd");
+    if (backing_fd >= 0)
+        mp_int(&o, backing_fd);
+    else
+        o.b[o.n++] = 0xc0;
+    mp_key(&o, "path");
+    if (path)
+        mp_str(&o, path, strlen(path));
+    else
+        o.b[o.n++] = 0xc0;
+    mp_key(&o, "out"), o.b[o.n++] = 0xc0;
+    int e = append(t->appender, o.b, o.n);
+    if (e) {
+        t->trace_errno = e;
+        t->recording = 0;  /* go on unrecorded; Python reports it */
+    }
+}
+
+/* BACKING_OPEN / BACKING_CLOSE on the relay, made on the real device. */
+static int ioctl_call(Trap *t, const struct seccomp_notif *n, int device)
+{
+    uint32_t cmd = (uint32_t)n->data.args[1];
+    int tid = (int)n->pid, fd = (int)(uint32_t)n->data.args[0];
+    char link[80], path[256] = "";
+    unsigned char arg[16], buf[16];
+    size_t size = (cmd >> 16) & 0x3FFF;
+    int is_open = cmd == t->backing_open, backing_fd = -1, have_path = 0;
+    if ((!is_open && cmd != t->backing_close) || device < 0 || size > sizeof arg)
+        return TO_PYTHON;
+    if (readlink_of(tid, fd, link, sizeof link) < 0 || strcmp(link, t->relay_link)) {
+        respond(t, n->id, 0, 0, 1);  /* a real /dev/fuse or another device: untouched */
+        t->continued++;
+        return DONE;
+    }
+    if (read_mem(tid, n->data.args[2], arg, size) < 0)
+        return TO_PYTHON;
+    if (!still_valid(t, n->id)) {
+        respond(t, n->id, 0, 0, 1);
+        return DONE;
+    }
+    char status_path[64];
+    Creds caller;
+    snprintf(status_path, sizeof status_path, "/proc/%d/status", tid);
+    if (!t->have_mine) {
+        if (creds_of("/proc/thread-self/status", &t->mine) < 0)
+            return TO_PYTHON;
+        t->have_mine = 1;
+    }
+    if (creds_of(status_path, &caller) < 0 || strcmp(caller.status, t->mine.status))
+        return TO_PYTHON;  /* not ours to be: creds.assumed() in Python */
+    int pid = caller.tgid, ours = -1;
+    memcpy(buf, arg, size);
+    if (is_open) {
+        memcpy(&backing_fd, arg, 4);
+        int n_path = readlink_of(pid, backing_fd, path, sizeof path);
+        have_path = n_path >= 0;
+        for (int i = 0; i < n_path; i++)
+            if ((unsigned char)path[i] >= 0x80)
+                return TO_PYTHON;  /* str with surrogates in Python: its writer decides */
+        int pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
+        if (pidfd < 0)
+            return TO_PYTHON;
+        ours = (int)syscall(SYS_pidfd_getfd, pidfd, backing_fd, 0);
+        close(pidfd);
+        if (ours < 0)
+            return TO_PYTHON;  /* EBADF or a refusal: Python says which */
+        memcpy(buf, &ours, 4);
+    }
+    int result = ioctl(device, cmd, buf), err = result < 0 ? errno : 0;
+    if (ours >= 0)
+        close(ours);
+    record_ioctl(t, cmd, arg, size, result, err, tid, pid, backing_fd, have_path ? path : NULL);
+    if (!err)
+        t->open_backing_ids += is_open ? 1 : -1;
+    respond(t, n->id, result, err, 0);
+    t->handled++;
+    return DONE;
+}
+
+/* Wait for and handle notifications until one is Python's: 0 and *out filled, 1 on
+ * timeout, 2 when every process under the filter is gone, -1 with errno. */
+static int serve(Trap *t, int device, int timeout_ms, struct seccomp_notif *out)
+{
+    struct pollfd p = {.fd = t->listener, .events = POLLIN};
+    for (;;) {
+        int r = poll(&p, 1, timeout_ms);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0)
+            return -1;
+        if (r == 0)
+            return 1;
+        if ((p.revents & (POLLHUP | POLLERR)) && !(p.revents & POLLIN))
+            return 2;
+        memset(out, 0, sizeof *out);  /* NOTIF_RECV wants a zeroed buffer */
+        if (ioctl(t->listener, SECCOMP_IOCTL_NOTIF_RECV, out) < 0) {
+            if (errno == EINTR || errno == ENOENT)
+                continue;  /* the caller died or was interrupted before we got it */
+            return -1;
+        }
+        int nr = out->data.nr, how = TO_PYTHON;
+        if (nr == t->nr_ioctl)
+            how = ioctl_call(t, out, device);
+        else if (nr == t->nr_openat || nr == t->nr_open)
+            how = open_call(t, out);
+        if (how == TO_PYTHON)
+            return 0;
+    }
+}
+
+static PyObject *Trap_next(Trap *self, PyObject *args)
+{
+    int device, timeout_ms, r;
+    struct seccomp_notif note;
+    if (!PyArg_ParseTuple(args, "ii", &device, &timeout_ms))
+        return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    r = serve(self, device, timeout_ms, &note);
+    Py_END_ALLOW_THREADS
+    if (r < 0)
+        return PyErr_SetFromErrno(PyExc_OSError);
+    if (r == 1)
+        Py_RETURN_NONE;
+    if (r == 2)
+        Py_RETURN_FALSE;
+    return PyBytes_FromStringAndSize((const char *)&note, sizeof note);
+}
+
+static int Trap_init(Trap *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"listener", "relay_inode", "appender", "nr_ioctl", "nr_openat",
+                             "nr_open", "backing_open", "backing_close", NULL};
+    unsigned long long inode;
+    PyObject *appender;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iKOiiikk", kwlist, &self->listener, &inode,
+                                     &appender, &self->nr_ioctl, &self->nr_openat,
+                                     &self->nr_open, &self->backing_open, &self->backing_close))
+        return -1;
+    snprintf(self->relay_link, sizeof self->relay_link, "socket:[%llu]", inode);
+    Py_INCREF(appender);
+    Py_XSETREF(self->appender, appender);
+    self->recording = 1;
+    return 0;
+}
+
+static void Trap_dealloc(Trap *self)
+{
+    Py_XDECREF(self->appender);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *Trap_stop_recording(Trap *self, PyObject *unused)
+{
+    self->recording = 0;
+    Py_RETURN_NONE;
+}
+
+static PyObject *Trap_get_open(Trap *self, void *c) { return PyLong_FromLongLong(self->open_backing_ids); }
+static PyObject *Trap_get_handled(Trap *self, void *c) { return PyLong_FromUnsignedLongLong(self->handled); }
+static PyObject *Trap_get_continued(Trap *self, void *c) { return PyLong_FromUnsignedLongLong(self->continued); }
+static PyObject *Trap_get_trace_errno(Trap *self, void *c) { return PyLong_FromLong(self->trace_errno); }
+
+static PyMethodDef Trap_methods[] = {
+    {"next", (PyCFunction)Trap_next, METH_VARARGS,
+     "next(device_fd, timeout_ms): handle notifications until one is Python's: its "
+     "struct seccomp_notif bytes; None after timeout_ms without one; False when the "
+     "listener hung up"},
+    {"stop_recording", (PyCFunction)Trap_stop_recording, METH_NOARGS, "go on without recording"},
+    {NULL}};
+
+static PyGetSetDef Trap_getset[] = {
+    {"open_backing_ids", (getter)Trap_get_open, NULL, "backing ids opened here minus closed", NULL},
+    {"handled", (getter)Trap_get_handled, NULL, "ioctls made and recorded here", NULL},
+    {"continued", (getter)Trap_get_continued, NULL, "calls let through here", NULL},
+    {"trace_errno", (getter)Trap_get_trace_errno, NULL, "errno of a failed trace write, or 0", NULL},
+    {NULL}};
+
+static PyTypeObject TrapType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "inspector.record._trapfast.Trap",
+    .tp_doc = "The seccomp trap's per-call loop (see trap.py)",
+    .tp_basicsize = sizeof(Trap),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Trap_init,
+    .tp_dealloc = (destructor)Trap_dealloc,
+    .tp_methods = Trap_methods,
+    .tp_getset = Trap_getset,
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "_trapfast", "The seccomp trap's hot path (see _trapfast.c)", -1,
+};
+
+PyMODINIT_FUNC PyInit__trapfast(void)
+{
+    if (PyType_Ready(&TrapType) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (!m)
+        return NULL;
+    Py_INCREF(&TrapType);
+    if (PyModule_AddObject(m, "Trap", (PyObject *)&TrapType) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}
