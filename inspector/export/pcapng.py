@@ -50,7 +50,7 @@ NOTE_BITS = {"snap": 1, "rejected": 2, "altered": 4, "spliced": 8}
 
 _SHB, _IDB, _EPB = 0x0A0D0D0A, 1, 6
 _OPT_END, _OPT_COMMENT, _IF_NAME, _IF_DESCRIPTION, _IF_TSRESOL = 0, 1, 2, 3, 9
-_SHB_HARDWARE, _SHB_USERAPPL = 2, 4
+_SHB_USERAPPL = 4
 _U64 = (1 << 64) - 1
 
 
@@ -85,7 +85,7 @@ def header_blocks(source: str) -> bytes:
 def packet_block(ts_ns: int, data: bytes, original_len: int, comment: str) -> bytes:
     """An enhanced packet block on interface 0; `ts_ns` in the interface's ns units."""
     body = struct.pack("<IIIII", 0, (ts_ns >> 32) & 0xFFFFFFFF, ts_ns & 0xFFFFFFFF, len(data),
-                       max(original_len, len(data)))
+                       min(max(original_len, len(data)), 0xFFFFFFFF))
     opts = [(_OPT_COMMENT, comment.encode())] if comment else []
     return _block(_EPB, body + _pad(data) + _options(opts))
 

@@ -565,7 +565,7 @@ def test_synthetic_session_shows_the_dissectors_fields(tmp_path: Path) -> None:
     assert all(int(p["frame"]["frame.len"]) > int(p["frame"]["frame.cap_len"]) for p in cut)
 
 
-def _garbage(c: Crafted, seed: int, n: int = 1200) -> None:
+def _garbage(c: Crafted, seed: int, n: int = 700) -> None:
     """Random opcodes and bodies, random replies and notifications, over a connection
     whose minor and flags come from the seed: every corner the plans and lists have."""
     rng = random.Random(seed)
@@ -611,5 +611,5 @@ def test_garbage_shows_as_the_dissectors_decode_it(tmp_path: Path, seed: int) ->
     with TraceReader(trace) as reader:
         decoded = list(entries(reader))
     checked, raw = compare_messages(shown, decoded)
-    assert checked > 10000 and raw > 100
+    assert checked > 5000 and raw > 50
     assert compare_ioctls(shown, decoded) >= 3
