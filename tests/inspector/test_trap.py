@@ -2,7 +2,8 @@
 
 End-to-end passthrough through the recorder is tested in test_record.py; here the trap's
 plumbing is pinned down: which ioctls it takes over, what the caller gets back, what is
-recorded, and that everything else runs untouched.
+recorded, and that everything else runs untouched. Each test runs twice: with the C loop
+(`_trapfast`, where BACKING_OPEN/CLOSE are handled) and with everything in Python.
 """
 
 from __future__ import annotations
@@ -17,7 +18,12 @@ from pathlib import Path
 
 import pytest
 
+from dissectors import FuseOutHeader
+from dissectors.constants import FUSE_INIT_EXT, FUSE_PASSTHROUGH
 from dissectors.ioctls import DevIoctl
+from dissectors.structs import FuseInitOut
+from inspector import syscalls
+from inspector.record import trap as trap_module
 from inspector.record.trap import IoctlTrap
 from traces import Kind, TraceReader, TraceWriter
 
@@ -47,12 +53,22 @@ print(json.dumps({"out": out, "backing_fd": backing}))
 """
 
 
+@pytest.fixture(params=["c", "python"])
+def native(request: pytest.FixtureRequest) -> bool:
+    """Whether the trap's C loop is used."""
+    if request.param == "c" and trap_module._trapfast is None:
+        pytest.skip(trap_module.NOT_BUILT)
+    return request.param == "c"
+
+
 def run_trapped(trace: Path, child_end: socket.socket, device: int, script: str,
-                args: list[str], on_mount: object = None) -> tuple[bytes, int]:
+                args: list[str], native: bool, on_mount: object = None
+                ) -> tuple[bytes, int, int]:
     """Run `script` as a child under the trap (its relay end passed as child_end):
-    (its stdout, its pid)."""
+    (its stdout, its pid, how many ioctls the C loop made)."""
     with TraceWriter(str(trace), {"source": "test"}) as writer:
-        trap = IoctlTrap(child_end.fileno(), device, writer, on_mount=on_mount)  # type: ignore[arg-type]
+        trap = IoctlTrap(child_end.fileno(), device, writer, on_mount=on_mount,  # type: ignore[arg-type]
+                         native=native)
         proc = subprocess.Popen([sys.executable, "-c", script, *args],
                                 pass_fds=[child_end.fileno()], preexec_fn=trap.child_setup,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -60,7 +76,8 @@ def run_trapped(trace: Path, child_end: socket.socket, device: int, script: str,
         out, err = proc.communicate(timeout=20)
         trap.stop()
     assert proc.returncode == 0, err.decode()
-    return out, proc.pid
+    assert (trap.fast is not None) == native
+    return out, proc.pid, trap.fast.handled if trap.fast else 0
 
 
 @pytest.fixture
@@ -74,15 +91,15 @@ def skip_without_seccomp() -> None:
 
 @pytest.mark.timeout(30)
 def test_trap_takes_over_fuse_ioctls_on_the_relay_only(skip_without_seccomp: None,
-                                                      tmp_path: Path) -> None:
+                                                      tmp_path: Path, native: bool) -> None:
     trace = tmp_path / "trap.fzt"
     backing = tmp_path / "backing.bin"
     backing.write_bytes(b"x" * 10)
     relay, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     device = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)  # no mount: the kernel says EPERM
     try:
-        out, pid = run_trapped(trace, child_end, device, CHILD,
-                               [str(child_end.fileno()), str(backing)])
+        out, pid, in_c = run_trapped(trace, child_end, device, CHILD,
+                                     [str(child_end.fileno()), str(backing)], native)
     finally:
         os.close(device)
         relay.close()
@@ -110,6 +127,8 @@ def test_trap_takes_over_fuse_ioctls_on_the_relay_only(skip_without_seccomp: Non
     assert opened["arg"][:4] == result["backing_fd"].to_bytes(4, "little")  # as the server wrote it
     assert opened["tid"] == opened["pid"] == pid
     assert "note" in records[2].meta and "note" in records[3].meta
+    assert set(records[0].meta) == set(records[2].meta) - {"note"}  # the same fields either way
+    assert in_c == (2 if native else 0)  # BACKING_OPEN and BACKING_CLOSE; the rest in Python
 
 
 def test_available_says_why_not() -> None:
@@ -130,9 +149,8 @@ print(json.dumps({"socket": is_socket, "mount": res, "errno": ctypes.get_errno()
 
 @pytest.mark.timeout(30)
 def test_server_that_opens_dev_fuse_and_mounts_itself(skip_without_seccomp: None,
-                                                     tmp_path: Path) -> None:
+                                                     tmp_path: Path, native: bool) -> None:
     """Its open of /dev/fuse returns the relay socket; its mount(2) is done for real."""
-    from inspector import syscalls
     from inspector.record.trap import ServerMount
 
     mnt = tmp_path / "mnt"
@@ -151,8 +169,8 @@ def test_server_that_opens_dev_fuse_and_mounts_itself(skip_without_seccomp: None
         return 0
 
     try:
-        out, _ = run_trapped(tmp_path / "t.fzt", child_end, device, DEVICE_OPENER, [str(mnt)],
-                             on_mount=mount_for_real)
+        out, _, _ = run_trapped(tmp_path / "t.fzt", child_end, device, DEVICE_OPENER,
+                                [str(mnt)], native, on_mount=mount_for_real)
         got = json.loads(out)
         assert got == {"socket": True, "mount": 0, "errno": got["errno"]}
         mounted = [line.split() for line in Path("/proc/self/mountinfo").read_text().splitlines()
@@ -168,3 +186,76 @@ def test_server_that_opens_dev_fuse_and_mounts_itself(skip_without_seccomp: None
         child_end.close()
     events = [r.meta for r in TraceReader(str(tmp_path / "t.fzt")) if r.kind is Kind.EVENT]
     assert [e["event"] for e in events] == ["device_open", "server_mount"]
+
+
+THREADED = r"""
+import fcntl, json, os, struct, sys, threading
+relay, path = int(sys.argv[1]), sys.argv[2]
+done, lock, start = [], threading.Lock(), threading.Barrier(4)
+def call(cmd, arg):
+    try:
+        return fcntl.ioctl(relay, cmd, bytearray(arg))
+    except OSError as exc:
+        return -exc.errno
+def worker():
+    tid, mine = threading.get_native_id(), []
+    start.wait()
+    for _ in range(30):
+        fd = os.open(path, os.O_RDONLY)
+        backing_id = call(0x4010e501, struct.pack("<iIQ", fd, 0, 0))
+        os.close(fd)
+        mine.append([tid, 0x4010e501, backing_id])
+        if backing_id > 0:
+            mine.append([tid, 0x4004e502, call(0x4004e502, struct.pack("<I", backing_id))])
+    with lock:
+        done.extend(mine)
+threads = [threading.Thread(target=worker) for _ in range(4)]
+for t in threads: t.start()
+for t in threads: t.join()
+print(json.dumps(done))
+"""
+
+
+def _connect_with_passthrough(device: int, mnt: Path) -> None:
+    """Mount `device` on `mnt` and answer its INIT with passthrough on, so that
+    BACKING_OPEN succeeds; nothing else is asked of it while nobody uses the mount."""
+    syscalls.mount("trap-test", str(mnt), "fuse.trap-test", 0,
+                   f"fd={device},rootmode=40000,user_id=0,group_id=0")
+    init = os.read(device, 1 << 21)
+    unique = int.from_bytes(init[8:16], "little")
+    reply = FuseOutHeader(unique=unique) / FuseInitOut(
+        flags=FUSE_INIT_EXT, flags2=FUSE_PASSTHROUGH >> 32, max_stack_depth=1, max_write=4096)
+    os.write(device, bytes(reply))
+
+
+@pytest.mark.timeout(60)
+def test_backing_ids_from_several_threads_at_once(skip_without_seccomp: None, tmp_path: Path,
+                                                  native: bool) -> None:
+    """Four server threads register and drop backing ids at the same time: every call
+    gets the kernel's answer and is recorded once, with that answer and its thread."""
+    mnt, backing = tmp_path / "mnt", tmp_path / "backing.bin"
+    mnt.mkdir()
+    backing.write_bytes(b"x" * 100)
+    trace = tmp_path / "t.fzt"
+    relay, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    device = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
+    try:
+        _connect_with_passthrough(device, mnt)
+        out, pid, in_c = run_trapped(trace, child_end, device, THREADED,
+                                     [str(child_end.fileno()), str(backing)], native)
+    finally:
+        if any(f" {mnt} " in line for line in Path("/proc/self/mountinfo").read_text().splitlines()):
+            syscalls.umount2(str(mnt), syscalls.MNT_DETACH)
+        os.close(device)
+        relay.close()
+        child_end.close()
+    calls = sorted(tuple(c) for c in json.loads(out))
+    assert len(calls) == 4 * 30 * 2  # every BACKING_OPEN succeeded and was closed
+    assert all(result > 0 for _, cmd, result in calls if cmd == DevIoctl.BACKING_OPEN)
+    assert all(result == 0 for _, cmd, result in calls if cmd == DevIoctl.BACKING_CLOSE)
+    assert len({tid for tid, _, _ in calls}) == 4
+    records = [r.meta for r in TraceReader(str(trace)) if r.kind is Kind.IOCTL]
+    assert sorted((m["tid"], m["cmd"], m["result"]) for m in records) == calls
+    assert all(m["pid"] == pid and m["errno"] == 0 for m in records)
+    assert all(m["path"] == str(backing) for m in records if m["cmd"] == DevIoctl.BACKING_OPEN)
+    assert in_c == (len(calls) if native else 0)
