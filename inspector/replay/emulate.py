@@ -99,8 +99,9 @@ class EmulatedTrap(IoctlTrap):
         """`passthrough()` is the max_stack_depth the replayed INIT reply negotiated
         passthrough with (0: not negotiated)."""
         # The trap only calls `ioctl` and `event` on its writer: the log stands in for it.
+        # native=False: the C loop would make the ioctls on a device; here Python emulates them.
         super().__init__(relay_fd_in_child, -1, cast("TraceWriter", log),
-                         on_mount=self._mounted if device_open else None)
+                         on_mount=self._mounted if device_open else None, native=False)
         self.passthrough = passthrough
         self.next_id = 1
         self.open_ids: set[int] = set()
