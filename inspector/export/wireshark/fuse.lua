@@ -192,6 +192,8 @@ local UNSHOWN
 UNSHOWN = setmetatable({}, {__index = function() return function() return UNSHOWN end end})
 -- Labels are only worth formatting when the tree is shown (not for filters and -T fields).
 local LABELS = true
+-- the names (C strings) a message carries, for the Info column
+local NAMES = {}
 
 -- decode the fields of `lid` from `off` (not past `stop`) under `tree`; returns the end,
 -- the values by field name, and a note when a list inside ended early (the rest is raw).
@@ -219,6 +221,7 @@ decode_layer = function(tvb, off, stop, lid, tree, prev)
             tree:add(PF[op.abbrev], tvb(off, len + nul), s):set_text(
                 op.n .. ": " .. s .. (nul == 1 and "" or " (no NUL)"))
             vals[op.n] = chunk:sub(1, len)
+            if tree ~= UNSHOWN and #NAMES < 2 then NAMES[#NAMES + 1] = op.n .. "=" .. s end
             off = off + len + nul
         elseif k == "lenstr" or k == "lenbytes" then
             -- a length field below its fixed part is no element at all (fuse_ext_header)
@@ -413,7 +416,9 @@ local function dissect_request(tvb, pinfo, tree, off, st)
     local me = state[pinfo.number]
     if me and me.reply then tree:add(f_reply_in, me.reply) end
     if stop < tvb:len() then tree:add(f_trailing, tvb(stop)) end
-    return string.format("%s unique=%s nodeid=%s", name, key, tostring(hdr.nodeid))
+    local info = string.format("%s unique=%s nodeid=%s", name, key, tostring(hdr.nodeid))
+    if #NAMES > 0 then info = info .. " " .. table.concat(NAMES, " ") end
+    return info
 end
 
 local function dissect_reply(tvb, pinfo, tree, off, st)
@@ -501,7 +506,7 @@ end
 
 function fuse.dissector(tvb, pinfo, tree)
     pinfo.cols.protocol = "FUSE"
-    LABELS = tree.visible
+    LABELS, NAMES = tree.visible, {}
     local root = tree:add(fuse, tvb())
     if tvb:len() < G.encap_size then
         root:add_expert_info(PI_MALFORMED, PI_ERROR, "shorter than the fusetrace encapsulation")
