@@ -613,3 +613,29 @@ def test_garbage_shows_as_the_dissectors_decode_it(tmp_path: Path, seed: int) ->
     checked, raw = compare_messages(shown, decoded)
     assert checked > 5000 and raw > 50
     assert compare_ioctls(shown, decoded) >= 3
+
+
+def test_mutated_traces_export_whole_or_refuse(session: Path, tmp_path: Path) -> None:
+    """Bytes flipped anywhere in a recorded trace: the export is made or refused with an
+    ExportError or TraceReadError (one line at the command line), never another exception,
+    and a refusal leaves no file."""
+    from inspector.export.output import ExportError
+    from inspector.export.pcapng import write_pcapng
+    from traces import TraceReadError
+
+    data, rng = session.read_bytes(), random.Random(16)
+    made = refused = 0
+    for n in range(60):
+        bad = bytearray(data)
+        for _ in range(rng.randint(1, 4)):
+            bad[rng.randrange(len(bad))] = rng.getrandbits(8)
+        trace, out = tmp_path / f"m{n}.fzt", tmp_path / f"m{n}.pcapng"
+        trace.write_bytes(bytes(bad))
+        try:
+            write_pcapng(str(trace), str(out))
+            made += 1
+        except (ExportError, TraceReadError):
+            assert not out.exists()
+            refused += 1
+    assert made and refused
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
