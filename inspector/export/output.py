@@ -29,7 +29,10 @@ def atomic_output(path: str, binary: bool) -> Iterator[IO[bytes] | IO[str]]:
         (sys.stdout.buffer if binary else sys.stdout).flush()
         return
     where = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=where, prefix=f".{os.path.basename(path)}.")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=where, prefix=f".{os.path.basename(path)}.")
+    except OSError as exc:  # name the file asked for, not the temporary one
+        raise ExportError(f"cannot write {path}: {exc.strerror or exc}") from None
     try:
         with os.fdopen(fd, "wb" if binary else "w") as out:
             yield out

@@ -639,3 +639,10 @@ def test_mutated_traces_export_whole_or_refuse(session: Path, tmp_path: Path) ->
             refused += 1
     assert made and refused
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_an_unwritable_target_is_one_line(session: Path, tmp_path: Path) -> None:
+    target = tmp_path / "no such dir" / "out.pcapng"
+    done = fusetrace("export", "--pcapng", "-o", str(target), str(session))
+    assert done.returncode == 2 and done.stderr == (
+        f"fusetrace: error: cannot write {target}: No such file or directory\n")
