@@ -180,6 +180,7 @@ local function raw_layer(tvb, off, stop, tree, reason)
     local range = stop > off and tvb(off, stop - off) or tvb(off, 0)
     local sub = tree:add(fuse, range, string.format("raw %d bytes (%s)", stop - off, reason))
     sub:add(f_reason, range, reason)
+    sub:add_expert_info(PI_MALFORMED, PI_WARN, reason)
     if stop > off then
         sub:add(PF["fuse." .. G.raw .. ".load"], range)
     end
@@ -326,7 +327,7 @@ local function pick(rules, st, body_len, size)
     return {e = {}, need = 0, reason = "no layout for this connection state"}
 end
 
-local function decode_body(tvb, off, stop, tree, plan, header, what, extension)
+local function decode_body(tvb, off, stop, tree, plan, header, header_lid, what, extension)
     local entries = plan.e
     if extension then
         entries = {}
@@ -338,7 +339,7 @@ local function decode_body(tvb, off, stop, tree, plan, header, what, extension)
         return raw_layer(tvb, off, stop, tree, string.format("short %s: needs %d bytes, got %d",
                                                              what, plan.need, stop - off))
     end
-    local prev, prev_label, first = header, "header", nil
+    local prev, prev_label, first = header, G.layers[header_lid].label, nil
     local depth = 1
     while off < stop do
         local e = entries[depth]
@@ -399,8 +400,8 @@ local function dissect_request(tvb, pinfo, tree, off, st)
     local body
     if rules then
         local plan = pick(rules, st, stop - off - G.in_size, nil)
-        _, body = decode_body(tvb, off + G.in_size, stop, tree, plan, hdr, name .. " request",
-                              hdr.total_extlen ~= 0)
+        _, body = decode_body(tvb, off + G.in_size, stop, tree, plan, hdr, G.in_header,
+                              name .. " request", hdr.total_extlen ~= 0)
     else
         raw_layer(tvb, off + G.in_size, stop, tree, "unknown opcode " .. op)
     end
@@ -436,7 +437,7 @@ local function dissect_reply(tvb, pinfo, tree, off, st)
         local pid = G.notifies[hdr.error]
         local name = G.notify_names[hdr.error] or ("notify " .. hdr.error)
         local plan = pid and G.plans[pid] or {e = {}, need = 0, reason = "unknown notify code " .. hdr.error}
-        decode_body(tvb, body, stop, tree, plan, hdr, name .. " notification", false)
+        decode_body(tvb, body, stop, tree, plan, hdr, G.out_header, name .. " notification", false)
         info = name
     else
         if not pinfo.visited then
@@ -463,8 +464,11 @@ local function dissect_reply(tvb, pinfo, tree, off, st)
         else
             plan = pick(G.replies[req.opcode], st, stop - body, req.size)
         end
-        decode_body(tvb, body, stop, tree, plan, hdr, name .. " reply", false)
+        decode_body(tvb, body, stop, tree, plan, hdr, G.out_header, name .. " reply", false)
         info = string.format("%s reply unique=%s %s", name, key, errno_text(hdr.error))
+        if hdr.error < 0 then
+            tree:add_expert_info(PI_RESPONSE_CODE, PI_NOTE, name .. ": " .. errno_text(hdr.error))
+        end
     end
     if stop < tvb:len() then tree:add(f_trailing, tvb(stop)) end
     return info
