@@ -47,7 +47,14 @@ from dissectors.constants import (
     Opcode,
 )
 from dissectors.context import Dialect, FuseContext
-from dissectors.ioctls import DevIoctl, FuseIoctlRaw, FuseIoctlU32, dissect_ioctl_arg, ioctl_arg_fields, ioctl_name
+from dissectors.ioctls import (
+    DevIoctl,
+    FuseIoctlRaw,
+    FuseIoctlU32,
+    dissect_ioctl_arg,
+    ioctl_arg_fields,
+    ioctl_name,
+)
 from dissectors.layouts import notify_plan, reply_plan, request_plan, struct_size
 from dissectors.structs import (
     FuseElement,
