@@ -42,6 +42,19 @@ typedef struct {
     int tgid;
 } Creds;
 
+/* A thread last seen with the recorder's own credentials, as of generation `gen`; its
+ * pidfd tells whether it is still the same thread (a tid can be reused). */
+typedef struct {
+    int tid, tgid, pidfd;
+    unsigned gen;
+} Known;
+
+#define KNOWN 64
+#define MAX_CRED_CALLS 16
+#ifndef PIDFD_THREAD
+#define PIDFD_THREAD O_EXCL  /* Linux 6.9 */
+#endif
+
 typedef struct {
     PyObject_HEAD
     int listener, nr_ioctl, nr_openat, nr_open;
@@ -52,6 +65,10 @@ typedef struct {
     long long open_backing_ids;
     unsigned long long handled, continued;
     Creds mine;
+    int cred_calls[MAX_CRED_CALLS], n_cred_calls;
+    unsigned gen;  /* bumped by every change of credentials seen */
+    Known known[KNOWN];
+    int next_known;
 } Trap;
 
 /* Append a record through the writer's appender (its lock and its rules for a trace that
@@ -173,6 +190,56 @@ static int creds_of(const char *path, Creds *c)
     return c->tgid > 0 ? 0 : -1;
 }
 
+/* The caller's tgid and a pidfd for it (to be closed when *own), or -1 when its
+ * credentials differ from the recorder's or cannot be read. Reading /proc/TID/status
+ * costs ~20 us, so a thread found equal is remembered until it ends or a thread under the
+ * filter changes credentials (setuid & co. and capset are trapped for that). Not seen: an
+ * exec of a set-user-ID or file-capability program by a remembered thread, which only a
+ * root recorder's servers can do (otherwise NO_NEW_PRIVS is set) and which a FUSE server
+ * that then calls BACKING_OPEN itself does not. */
+static int same_creds(Trap *t, int tid, int *pidfd, int *own)
+{
+    Known *k = NULL;
+    for (int i = 0; i < KNOWN; i++)
+        if (t->known[i].pidfd >= 0 && t->known[i].tid == tid) {
+            k = &t->known[i];
+            break;
+        }
+    if (k) {
+        struct pollfd p = {.fd = k->pidfd, .events = POLLIN};
+        if (k->gen == t->gen && poll(&p, 1, 0) == 0) {  /* readable: that thread ended */
+            *pidfd = k->pidfd, *own = 0;
+            return k->tgid;
+        }
+        close(k->pidfd);
+        k->pidfd = -1;
+    }
+    char path[64];
+    Creds caller;
+    snprintf(path, sizeof path, "/proc/%d/status", tid);
+    if (!t->have_mine) {
+        if (creds_of("/proc/thread-self/status", &t->mine) < 0)
+            return -1;
+        t->have_mine = 1;
+    }
+    if (creds_of(path, &caller) < 0 || strcmp(caller.status, t->mine.status))
+        return -1;
+    int fd = (int)syscall(SYS_pidfd_open, tid, PIDFD_THREAD);
+    if (fd >= 0) {
+        k = &t->known[t->next_known];
+        t->next_known = (t->next_known + 1) % KNOWN;
+        if (k->pidfd >= 0)
+            close(k->pidfd);
+        *k = (Known){.tid = tid, .tgid = caller.tgid, .pidfd = fd, .gen = t->gen};
+        *pidfd = fd, *own = 0;
+    } else {
+        *pidfd = (int)syscall(SYS_pidfd_open, caller.tgid, 0), *own = 1;
+        if (*pidfd < 0)
+            return -1;
+    }
+    return caller.tgid;
+}
+
 /* ------------------------------------------------------------------ the loop */
 
 static int respond(Trap *t, uint64_t id, int64_t val, int err, int cont)
@@ -276,17 +343,9 @@ static int ioctl_call(Trap *t, const struct seccomp_notif *n, int device)
         respond(t, n->id, 0, 0, 1);
         return DONE;
     }
-    char status_path[64];
-    Creds caller;
-    snprintf(status_path, sizeof status_path, "/proc/%d/status", tid);
-    if (!t->have_mine) {
-        if (creds_of("/proc/thread-self/status", &t->mine) < 0)
-            return TO_PYTHON;
-        t->have_mine = 1;
-    }
-    if (creds_of(status_path, &caller) < 0 || strcmp(caller.status, t->mine.status))
+    int pidfd, own, ours = -1, pid = same_creds(t, tid, &pidfd, &own);
+    if (pid < 0)
         return TO_PYTHON;  /* not ours to be: creds.assumed() in Python */
-    int pid = caller.tgid, ours = -1;
     memcpy(buf, arg, size);
     if (is_open) {
         memcpy(&backing_fd, arg, 4);
@@ -294,16 +353,16 @@ static int ioctl_call(Trap *t, const struct seccomp_notif *n, int device)
         have_path = n_path >= 0;
         for (int i = 0; i < n_path; i++)
             if ((unsigned char)path[i] >= 0x80)
-                return TO_PYTHON;  /* str with surrogates in Python: its writer decides */
-        int pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
-        if (pidfd < 0)
-            return TO_PYTHON;
-        ours = (int)syscall(SYS_pidfd_getfd, pidfd, backing_fd, 0);
-        close(pidfd);
-        if (ours < 0)
-            return TO_PYTHON;  /* EBADF or a refusal: Python says which */
-        memcpy(buf, &ours, 4);
+                n_path = -2;  /* str with surrogates in Python: its writer decides */
+        if (n_path != -2)
+            ours = (int)syscall(SYS_pidfd_getfd, pidfd, backing_fd, 0);
     }
+    if (own)
+        close(pidfd);
+    if (is_open && ours < 0)
+        return TO_PYTHON;  /* EBADF or a refusal (Python says which), or an odd path */
+    if (is_open)
+        memcpy(buf, &ours, 4);
     int result = ioctl(device, cmd, buf), err = result < 0 ? errno : 0;
     if (ours >= 0)
         close(ours);
@@ -337,6 +396,14 @@ static int serve(Trap *t, int device, int timeout_ms, struct seccomp_notif *out)
             return -1;
         }
         int nr = out->data.nr, how = TO_PYTHON;
+        for (int i = 0; i < t->n_cred_calls; i++)
+            if (nr == t->cred_calls[i]) {
+                t->gen++;  /* before the change is made: the next look reads /proc again */
+                respond(t, out->id, 0, 0, 1);
+                how = DONE;
+            }
+        if (how == DONE)
+            continue;
         if (nr == t->nr_ioctl)
             how = ioctl_call(t, out, device);
         else if (nr == t->nr_openat || nr == t->nr_open)
@@ -367,13 +434,26 @@ static PyObject *Trap_next(Trap *self, PyObject *args)
 static int Trap_init(Trap *self, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"listener", "relay_inode", "appender", "nr_ioctl", "nr_openat",
-                             "nr_open", "backing_open", "backing_close", NULL};
+                             "nr_open", "backing_open", "backing_close", "cred_changes", NULL};
     unsigned long long inode;
-    PyObject *appender;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iKOiiikk", kwlist, &self->listener, &inode,
+    PyObject *appender, *cred_changes;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iKOiiikkO", kwlist, &self->listener, &inode,
                                      &appender, &self->nr_ioctl, &self->nr_openat,
-                                     &self->nr_open, &self->backing_open, &self->backing_close))
+                                     &self->nr_open, &self->backing_open, &self->backing_close,
+                                     &cred_changes))
         return -1;
+    PyObject *calls = PySequence_Fast(cred_changes, "cred_changes must be a sequence of ints");
+    if (!calls)
+        return -1;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(calls);
+    for (Py_ssize_t i = 0; i < n && i < MAX_CRED_CALLS; i++)
+        self->cred_calls[i] = (int)PyLong_AsLong(PySequence_Fast_GET_ITEM(calls, i));
+    self->n_cred_calls = n < MAX_CRED_CALLS ? (int)n : MAX_CRED_CALLS;
+    Py_DECREF(calls);
+    if (PyErr_Occurred())
+        return -1;
+    for (int i = 0; i < KNOWN; i++)
+        self->known[i].pidfd = -1;
     snprintf(self->relay_link, sizeof self->relay_link, "socket:[%llu]", inode);
     /* The caller waits for each answer: wake the two of us up on one CPU, one after the
      * other, instead of through the scheduler (refused before 6.6: a little slower). */
@@ -386,6 +466,9 @@ static int Trap_init(Trap *self, PyObject *args, PyObject *kwds)
 
 static void Trap_dealloc(Trap *self)
 {
+    for (int i = 0; i < KNOWN; i++)
+        if (self->known[i].pidfd >= 0)
+            close(self->known[i].pidfd);
     Py_XDECREF(self->appender);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }

@@ -111,13 +111,21 @@ class Arch:
     umount2: int
     splice: int
     open: int | None  # legacy open(2); arm64 has none
+    #: The calls that change a thread's credentials: seeing one tells the C loop that the
+    #: credentials it found equal to the recorder's may no longer be.
+    cred_changes: tuple[int, ...] = ()
 
 
 _ARCHES = {
+    # cred_changes: setuid setgid setreuid setregid setgroups setresuid setresgid setfsuid
+    # setfsgid capset (not execve: the server's own exec would wait for a supervisor that
+    # starts only once Popen has returned)
     "x86_64": Arch(0xC000003E, ioctl=16, seccomp=317, openat=257, mount=165, umount2=166,
-                   splice=275, open=2),
+                   splice=275, open=2,
+                   cred_changes=(105, 106, 113, 114, 116, 117, 119, 122, 123, 126)),
     "aarch64": Arch(0xC00000B7, ioctl=29, seccomp=277, openat=56, mount=40, umount2=39,
-                    splice=76, open=None),
+                    splice=76, open=None,
+                    cred_changes=(146, 144, 145, 143, 159, 147, 149, 151, 152, 91)),
 }
 NR_PIDFD_GETFD = 438  # the same on every architecture (added in 5.6)
 FUSE_IOCTL_TYPE = 229 << 8
@@ -168,12 +176,15 @@ def filter_program(audit_arch: int, rules: list[Rule]) -> list[tuple[int, int, i
             (_RET_K, 0, 0, SECCOMP_RET_ALLOW)]
 
 
-def rules_for(arch: Arch, device_open: bool) -> list[Rule]:
+def rules_for(arch: Arch, device_open: bool, cred_changes: bool = False) -> list[Rule]:
     """FUSE ioctls, splice(2) and umount2(2) always; with `device_open`, also opens of a
     file for O_RDWR (how servers open /dev/fuse; the path is checked in user space) and
-    mount(2)."""
+    mount(2); with `cred_changes`, the calls that change credentials (let through: the C
+    loop only notes them)."""
     rules = [Rule(arch.ioctl, arg=1, mask=0xFF00, value=FUSE_IOCTL_TYPE), Rule(arch.splice),
              Rule(arch.umount2)]
+    if cred_changes:
+        rules += [Rule(nr) for nr in arch.cred_changes]
     if device_open:
         rules.append(Rule(arch.openat, arg=2, mask=_OPEN_FLAGS_MASK, value=O_RDWR))
         if arch.open is not None:
@@ -351,7 +362,7 @@ class IoctlTrap:
         self._trace_error: str | None = None  # why ioctls stopped being recorded
         self._inject: int | None = os.dup(relay_fd_in_child) if on_mount else None
         self._opened_here = 0  # backing ids opened minus closed through Python
-        self._native = native
+        self._asked_native = native
         self.fast: Any = None  # the C loop (_trapfast.Trap), once started
         self.spliced = 0  # replies the server spliced onto the relay, sent whole instead
         self._parent_end, self._child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -360,7 +371,9 @@ class IoctlTrap:
         self._stopping = threading.Event()
         self._arch = _ARCHES[platform.machine()]
         self._nr_ioctl, self._nr_seccomp = self._arch.ioctl, self._arch.seccomp
-        program = filter_program(self._arch.audit, rules_for(self._arch, on_mount is not None))
+        self._native = native and _trapfast is not None
+        program = filter_program(self._arch.audit, rules_for(self._arch, on_mount is not None,
+                                                             cred_changes=self._native))
         self._filters = (_SockFilter * len(program))(*[_SockFilter(*ins) for ins in program])
         self._prog = _SockFprog(len(program), self._filters)
 
@@ -399,15 +412,15 @@ class IoctlTrap:
     def _fast_loop(self) -> Any:
         """The C loop over our listener, or None (and why, once) when it cannot be used."""
         if not self._native:
-            return None
-        if _trapfast is None:
-            log.warning(NOT_BUILT)
+            if self._asked_native:
+                log.warning(NOT_BUILT)
             return None
         return _trapfast.Trap(listener=self._listener, relay_inode=self.relay_inode,
                               appender=self.writer.appender, nr_ioctl=self._arch.ioctl,
                               nr_openat=self._arch.openat, nr_open=self._arch.open or -1,
                               backing_open=DevIoctl.BACKING_OPEN,
-                              backing_close=DevIoctl.BACKING_CLOSE)
+                              backing_close=DevIoctl.BACKING_CLOSE,
+                              cred_changes=self._arch.cred_changes)
 
     @property
     def open_backing_ids(self) -> int:
@@ -511,6 +524,8 @@ class IoctlTrap:
             return self._handle_umount(note)
         if note.nr in (self._arch.openat, self._arch.open):
             return self._handle_open(note)
+        if note.nr != self._arch.ioctl:
+            return 0, 0, True  # a change of credentials (the C loop's to note): let through
         return self._handle_ioctl(note)
 
     def _handle_open(self, note: Notification) -> tuple[int, int, bool | None]:

@@ -259,3 +259,49 @@ def test_backing_ids_from_several_threads_at_once(skip_without_seccomp: None, tm
     assert all(m["pid"] == pid and m["errno"] == 0 for m in records)
     assert all(m["path"] == str(backing) for m in records if m["cmd"] == DevIoctl.BACKING_OPEN)
     assert in_c == (len(calls) if native else 0)
+
+
+CHANGES_IDENTITY = r"""
+import fcntl, json, os, struct, sys
+relay, fd = int(sys.argv[1]), os.open(sys.argv[2], os.O_RDONLY)
+def backing_open():
+    try:
+        return fcntl.ioctl(relay, 0x4010e501, bytearray(struct.pack("<iIQ", fd, 0, 0)))
+    except OSError as exc:
+        return -exc.errno
+got = [backing_open()]
+os.seteuid(65534)  # effective capabilities gone: the kernel refuses BACKING_OPEN
+got.append(backing_open())
+os.seteuid(0)
+got.append(backing_open())
+print(json.dumps(got))
+"""
+
+
+@pytest.mark.timeout(60)
+def test_a_thread_that_changes_identity_is_seen_with_the_new_one(
+        skip_without_seccomp: None, tmp_path: Path, native: bool) -> None:
+    """The C loop remembers threads it found with the recorder's credentials; a seteuid
+    in between must make it look again (and hand the call to Python, which takes them)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    mnt, backing = tmp_path / "mnt", tmp_path / "backing.bin"
+    mnt.mkdir()
+    backing.write_bytes(b"x")
+    relay, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    device = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
+    try:
+        _connect_with_passthrough(device, mnt)
+        out, _, in_c = run_trapped(tmp_path / "t.fzt", child_end, device, CHANGES_IDENTITY,
+                                   [str(child_end.fileno()), str(backing)], native)
+    finally:
+        if any(f" {mnt} " in line for line in Path("/proc/self/mountinfo").read_text().splitlines()):
+            syscalls.umount2(str(mnt), syscalls.MNT_DETACH)
+        os.close(device)
+        relay.close()
+        child_end.close()
+    first, refused, again = json.loads(out)
+    assert first > 0 and refused == -errno.EPERM and again > 0
+    records = [r.meta for r in TraceReader(str(tmp_path / "t.fzt")) if r.kind is Kind.IOCTL]
+    assert [m["errno"] for m in records] == [0, errno.EPERM, 0]
+    assert in_c == (2 if native else 0)  # the refused one was made by Python as euid 65534
