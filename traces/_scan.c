@@ -1,4 +1,5 @@
-/* The trace index's hot loop in C (`traces/index.py` `_scan`).
+/* The trace index's hot loop in C (`traces/index.py` `_scan`), and the reader's check of
+ * plain records (`traces/reader.py` `arrays`).
  *
  * Given a batch of decoded records and their end offsets, append a row per record for
  * as long as the records are plain REQUEST/REPLY arrays `[kind, ts, bytes]` or
@@ -37,6 +38,43 @@ static int len_only(PyObject *meta, Py_ssize_t kept) {
     int overflow = 0;
     long long n = PyLong_AsLongLongAndOverflow(v, &overflow);
     return !overflow && n >= 0 && n < (1LL << 32) && n >= (long long)kept;
+}
+
+/* Whether a record is a plain REQUEST/REPLY (as `problem()` accepts it): its kind, ts
+ * and message bytes. */
+static int plain(PyObject *obj, unsigned long long ts_limit, long *kind, long long *ts,
+                 PyObject **raw) {
+    if (!PyList_CheckExact(obj) || PyList_GET_SIZE(obj) < 3 || PyList_GET_SIZE(obj) > 4)
+        return 0;
+    PyObject *k = PyList_GET_ITEM(obj, 0), *t = PyList_GET_ITEM(obj, 1);
+    *raw = PyList_GET_ITEM(obj, 2);
+    if (!PyBytes_CheckExact(*raw) || !PyLong_CheckExact(k) || !PyLong_CheckExact(t))
+        return 0;
+    if (PyList_GET_SIZE(obj) == 4 && !len_only(PyList_GET_ITEM(obj, 3), PyBytes_GET_SIZE(*raw)))
+        return 0;
+    int overflow = 0;
+    *kind = PyLong_AsLongAndOverflow(k, &overflow);
+    if (overflow || (*kind != 1 && *kind != 2))
+        return 0;
+    *ts = PyLong_AsLongLongAndOverflow(t, &overflow);
+    return !overflow && *ts >= 0 && (unsigned long long)*ts < ts_limit;
+}
+
+/* plain_until(objs, start, ts_limit) -> the index of the first record from `start` that
+ * is not plain (len(objs) when all are): the reader checks only those in Python. */
+static PyObject *plain_until(PyObject *self, PyObject *args) {
+    PyObject *objs;
+    Py_ssize_t i;
+    unsigned long long ts_limit;
+    if (!PyArg_ParseTuple(args, "O!nK", &PyList_Type, &objs, &i, &ts_limit))
+        return NULL;
+    long kind;
+    long long ts;
+    PyObject *raw;
+    for (Py_ssize_t n = PyList_GET_SIZE(objs); i < n; i++)
+        if (!plain(PyList_GET_ITEM(objs, i), ts_limit, &kind, &ts, &raw))
+            break;
+    return PyLong_FromSsize_t(i);
 }
 
 typedef struct {
@@ -91,21 +129,10 @@ static PyObject *rows(PyObject *self, PyObject *args) {
     }
     Py_ssize_t i = start;
     for (; i < n; i++) {
-        PyObject *obj = PyList_GET_ITEM(objs, i);
-        if (!PyList_CheckExact(obj) || PyList_GET_SIZE(obj) < 3 || PyList_GET_SIZE(obj) > 4)
-            break;
-        PyObject *k = PyList_GET_ITEM(obj, 0), *t = PyList_GET_ITEM(obj, 1);
-        PyObject *raw = PyList_GET_ITEM(obj, 2);
-        if (!PyBytes_CheckExact(raw) || !PyLong_CheckExact(k) || !PyLong_CheckExact(t))
-            break;
-        if (PyList_GET_SIZE(obj) == 4 && !len_only(PyList_GET_ITEM(obj, 3), PyBytes_GET_SIZE(raw)))
-            break;
-        int overflow = 0;
-        long kind = PyLong_AsLongAndOverflow(k, &overflow);
-        if (overflow || (kind != 1 && kind != 2))
-            break;
-        long long ts = PyLong_AsLongLongAndOverflow(t, &overflow);
-        if (overflow || ts < 0 || (unsigned long long)ts >= ts_limit)
+        long kind;
+        long long ts;
+        PyObject *raw;
+        if (!plain(PyList_GET_ITEM(objs, i), ts_limit, &kind, &ts, &raw))
             break;
         PyObject *end_o = PyList_GET_ITEM(ends, i);
         unsigned long long end = PyLong_AsUnsignedLongLong(end_o);
@@ -191,6 +218,7 @@ fail:
 
 static PyMethodDef methods[] = {
     {"rows", rows, METH_VARARGS, "Index rows of plain REQUEST/REPLY records."},
+    {"plain_until", plain_until, METH_VARARGS, "The first record that is not plain."},
     {NULL, NULL, 0, NULL},
 };
 

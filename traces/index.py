@@ -21,7 +21,7 @@ import struct
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 import msgpack
 
@@ -31,6 +31,7 @@ from dissectors.constants import IN_HEADER_SIZE, NO_REPLY_OPCODES, OUT_HEADER_SI
 from dissectors.quick import peek_reply, peek_request
 from dissectors.structs import FuseInHeader, FuseOutHeader
 
+from . import native
 from .errors import TraceReadError
 from .records import TS_LIMIT, Kind, Record, cut_note, decode, problem
 from .stream import LIMITS, Progress, Scan, TraceFile, gc_paused, open_trace
@@ -59,15 +60,6 @@ def _field_offset(cls: type[Packet], name: str) -> int:
 #: fuse_out_header's size, error, unique
 _LAYOUT = (IN_HEADER_SIZE, *(_field_offset(FuseInHeader, f) for f in ("opcode", "unique", "nodeid")),
            OUT_HEADER_SIZE, *(_field_offset(FuseOutHeader, f) for f in ("error", "unique")))
-
-
-def _fast_rows() -> Callable[..., tuple[int, int, tuple[bytes, ...]]] | None:
-    """The C loop, or None when the extension was not built (the Python one is used)."""
-    try:
-        from ._scan import rows
-    except ImportError:
-        return None
-    return rows  # type: ignore[no-any-return]
 
 
 class Row(NamedTuple):
@@ -226,7 +218,7 @@ class TraceIndex:
             self._rows(scan)
 
     def _rows(self, scan: Scan) -> None:
-        c, pending, ts_limit, fast = self._cols, self._pending, TS_LIMIT, _fast_rows()
+        c, pending, ts_limit, fast = self._cols, self._pending, TS_LIMIT, native.rows
         columns = list(c.values())  # `error` last: len() counts whole rows only
         offset = scan.start
         for objs, ends in scan.batches():

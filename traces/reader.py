@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from typing import Any, Iterator
 
+from . import native
 from .records import TS_LIMIT, Record, cut_note, decode, problem
 from .stream import Progress, Scan, open_trace
 
@@ -66,18 +67,27 @@ class TraceReader:
         The i-th array is record i."""
         self.tail, self.good_records, self.good_bytes = None, 0, self._file.start
         scan = Scan(self._file, self.good_bytes, chunk=1 << 20, progress=progress)
+        fast = native.plain_until
         for objs in scan.objects():
-            for k, obj in enumerate(objs):
-                if not (type(obj) is list and len(obj) == 3 and type(obj[2]) is bytes and type(kind := obj[0]) is int
-                        and (kind == 1 or kind == 2)
+            k, n = 0, len(objs)
+            while k < n:
+                if fast is not None:  # plain records in C: only the others are judged here
+                    k = fast(objs, k, TS_LIMIT)
+                    if k == n:
+                        break
+                obj = objs[k]
+                if not (type(obj) is list and len(obj) == 3 and type(obj[2]) is bytes
+                        and type(kind := obj[0]) is int and (kind == 1 or kind == 2)
                         and type(ts := obj[1]) is int and 0 <= ts < TS_LIMIT):
                     why = problem(obj)
                     if why is not None:
+                        yield from objs[:k]
                         self.good_records += k
                         self.good_bytes = scan.span(scan.batch_start, k)
                         self.tail = cut_note(self.good_bytes, self.good_records, f"bad record: {why}")
                         return
-                yield obj
+                k += 1
+            yield from objs
             self.good_records += len(objs)
             self.good_bytes = scan.end
         if scan.stop is not None:

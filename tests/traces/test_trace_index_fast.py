@@ -1,5 +1,6 @@
-"""The index's C loop (`traces/_scan.c`) and its Python loop build the same rows, pair
-the same replies and stop at the same bad record with the same note."""
+"""The C loops (`traces/_scan.c`) and their Python twins agree: the index builds the same
+rows and pairs the same replies, the reader's `arrays()` passes the same records, and
+both stop at the same bad record with the same note."""
 
 from __future__ import annotations
 
@@ -11,10 +12,10 @@ from test_trace_hostile import _HEADER, _REQ, BAD
 from trace_helpers import out_header, packed
 
 import traces.index as index_module
-from traces import TraceIndex
+from traces import TraceIndex, TraceReader, native
 from traces.testing import synthetic_trace
 
-if index_module._fast_rows() is None:
+if native.rows is None:
     pytest.skip("traces/_scan.c is not built (pip install -e . needs gcc and python3-dev)",
                 allow_module_level=True)
 
@@ -22,13 +23,23 @@ if index_module._fast_rows() is None:
 def _built(path: Path, fast: bool, monkeypatch: pytest.MonkeyPatch) -> TraceIndex:
     with monkeypatch.context() as m:
         if not fast:
-            m.setattr(index_module, "_fast_rows", lambda: None)
+            m.setattr(native, "rows", None)
         idx = TraceIndex(index_module.open_trace(path), [])
         idx.refresh()
     return idx
 
 
+def _arrays(path: Path, fast: bool, monkeypatch: pytest.MonkeyPatch) -> tuple[Any, ...]:
+    with monkeypatch.context() as m:
+        if not fast:
+            m.setattr(native, "plain_until", None)
+        with TraceReader(path) as reader:
+            got = list(reader.arrays())
+            return got, reader.tail, reader.good_records, reader.good_bytes
+
+
 def _same(path: Path, monkeypatch: pytest.MonkeyPatch) -> TraceIndex:
+    assert _arrays(path, True, monkeypatch) == _arrays(path, False, monkeypatch)
     c, py = _built(path, True, monkeypatch), _built(path, False, monkeypatch)
     assert {k: list(v) for k, v in c._cols.items()} == {k: list(v) for k, v in py._cols.items()}
     assert (c._pending, c.tail, c._end) == (py._pending, py.tail, py._end)
