@@ -112,6 +112,8 @@ class Attributor:
             out = open_out(opcode, raw)
             if out is not None and out[2]:
                 self._fh_ids[out[0]] = carried = out[2]
+            elif out is not None:
+                carried = 0  # it carries none: a BACKING_OPEN that gave an id is another's
         keep = []
         for item in self.pending:
             if unique not in item.candidates:

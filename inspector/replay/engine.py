@@ -245,7 +245,11 @@ class Replayer:
         raw = patch(ex.raw, self.tr.rewrite(view))
         if ex.true_len is not None:  # cut by the snap length: the rest as zeros
             raw += bytes(ex.true_len - len(raw))
-        self.rep.feed_request(raw)
+        pending = self.rec.pending.get(ex.unique)
+        if pending is not None and ex.opcode != Opcode.INIT and self.rep.ctx == self.rec.ctx:
+            self.rep.pending[ex.unique] = pending  # what decoding its reply needs: the same
+        else:
+            self.rep.feed_request(raw)
         awaits = ex.answered and ex.opcode not in NO_REPLY_OPCODES
         self.attr.request(ex.unique, ex.opcode, awaits, raw)
         sent = self.sent[ex.unique] = _Sent(ex, view)
@@ -525,7 +529,8 @@ class Replayer:
     def _compare_ioctls(self, sent: _Sent) -> None:
         self._drain_calls()
         mine = [self.calls[t] for t in self.attr.owned.pop(sent.ex.unique, [])]
-        self._pair_ioctls(sent.ex.ioctls, mine, sent.text(), sent.ex.index)
+        if mine or sent.ex.ioctls:  # (the request's text is costly: only when needed)
+            self._pair_ioctls(sent.ex.ioctls, mine, sent.text(), sent.ex.index)
 
     def _pair_ioctls(self, recorded: list[IoctlRecord], replayed: list[IoctlCall], during: str,
                      where: int) -> None:

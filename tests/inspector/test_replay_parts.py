@@ -16,7 +16,14 @@ import pytest
 
 from dissectors.constants import FOPEN_PASSTHROUGH, Opcode
 from dissectors.ioctls import DevIoctl
-from dissectors.structs import FuseInHeader, FuseInitIn, FuseOpenOut, FuseOutHeader, FuseReleaseIn
+from dissectors.structs import (
+    FuseEntryOut,
+    FuseInHeader,
+    FuseInitIn,
+    FuseOpenOut,
+    FuseOutHeader,
+    FuseReleaseIn,
+)
 from inspector.replay import replay
 from inspector.replay.attribute import Attributor
 from inspector.replay.emulate import EmulatedTrap, IoctlLog
@@ -171,6 +178,20 @@ def test_an_open_is_not_given_another_opens_backing_id() -> None:
     a.reply(10, _open_reply(10, 0xB, 7))
     a.finish()
     assert a.owned == {10: [1], 12: [2]}
+
+
+def test_an_open_without_passthrough_is_not_given_a_backing_open() -> None:
+    """rsync's CREATE and an OPENDIR at once: the OPENDIR is answered first, without a
+    backing id, so the BACKING_OPEN that returned 10 is the CREATE's."""
+    a = Attributor()
+    a.request(10, Opcode.CREATE, True)
+    a.request(12, Opcode.OPENDIR, True)
+    a.ioctl(1, DevIoctl.BACKING_OPEN, 10)
+    a.reply(12, _open_reply(12, 0xA, 0))
+    a.reply(10, bytes(FuseOutHeader(unique=10) / FuseEntryOut(nodeid=5)
+                      / FuseOpenOut(fh=0xB, open_flags=FOPEN_PASSTHROUGH, backing_id=10)))
+    a.finish()
+    assert a.owned == {10: [1]}
 
 
 def test_a_reused_handle_leaves_no_stale_reverse_entry() -> None:
