@@ -158,7 +158,7 @@ def compare(name: str, unit: str, runs: dict[str, Callable[[], float]], repeat: 
         ratios = [r / b for r, b in zip(got, base)]
         spread = f"{min(ratios):.2f}-{max(ratios):.2f}" if repeat > 1 else ""
         median = statistics.median(got)
-        print(f"{name:40} {mode:18} {median:10.0f} {unit:>7} "
+        print(f"{name:40} {mode:24} {median:10.0f} {unit:>7} "
               f"{median / statistics.median(base):6.2f} {spread:>10}")
         sys.stdout.flush()
 
@@ -191,7 +191,7 @@ def main() -> int:
             modes["strace -f"] = ["strace", "-f", "-qq", "-o", "/dev/null"]
         print(f"{os.cpu_count()} cores, {args.seconds:g} s per run, median of {args.repeat}; "
               f"ratio = rate / direct rate (range over the rounds)")
-        print(f"{'workload':40} {'mode':18} {'rate':>10} {'unit':>7} {'ratio':>6} {'range':>10}")
+        print(f"{'workload':40} {'mode':24} {'rate':>10} {'unit':>7} {'ratio':>6} {'range':>10}")
         fastpt = build_fastpt()
         servers = {"": SERVER, **({"fastpt ": [str(fastpt)]} if fastpt else {})}
         for label, program in servers.items():

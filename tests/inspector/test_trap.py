@@ -76,7 +76,7 @@ def run_trapped(trace: Path, child_end: socket.socket, device: int, script: str,
         out, err = proc.communicate(timeout=20)
         trap.stop()
     assert proc.returncode == 0, err.decode()
-    assert (trap.fast is not None) == native
+    assert (trap.fast is not None) == (native and trap_module._trapfast is not None)
     return out, proc.pid, trap.fast.handled if trap.fast else 0
 
 
@@ -129,6 +129,27 @@ def test_trap_takes_over_fuse_ioctls_on_the_relay_only(skip_without_seccomp: Non
     assert "note" in records[2].meta and "note" in records[3].meta
     assert set(records[0].meta) == set(records[2].meta) - {"note"}  # the same fields either way
     assert in_c == (2 if native else 0)  # BACKING_OPEN and BACKING_CLOSE; the rest in Python
+
+
+@pytest.mark.timeout(30)
+def test_without_the_c_loop_python_does_it_all_and_says_how_to_build_it(
+        skip_without_seccomp: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(trap_module, "_trapfast", None)
+    backing = tmp_path / "backing.bin"
+    backing.write_bytes(b"x")
+    relay, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    device = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
+    try:
+        out, _, in_c = run_trapped(tmp_path / "t.fzt", child_end, device, CHILD,
+                                   [str(child_end.fileno()), str(backing)], native=True)
+    finally:
+        os.close(device)
+        relay.close()
+        child_end.close()
+    assert json.loads(out)["out"]["backing_open"] == -errno.EPERM and in_c == 0
+    said = [r.getMessage() for r in caplog.records if r.name == trap_module.__name__]
+    assert said == [trap_module.NOT_BUILT] and "pip install -e ." in said[0]
 
 
 def test_available_says_why_not() -> None:
