@@ -14,8 +14,9 @@ from typing import Any
 
 from scapy.fields import Field, FlagsField, LEIntField, LESignedIntField, StrField
 
-_OPEN_ACCMODE = {os.O_RDONLY: "O_RDONLY", os.O_WRONLY: "O_WRONLY", os.O_RDWR: "O_RDWR"}
-_OPEN_FLAGS = {
+#: the name tables below are public: the Wireshark plugin generator reads them too
+OPEN_ACCMODE = {os.O_RDONLY: "O_RDONLY", os.O_WRONLY: "O_WRONLY", os.O_RDWR: "O_RDWR"}
+OPEN_FLAGS = {
     value: name
     for name in (
         "O_CREAT", "O_EXCL", "O_NOCTTY", "O_TRUNC", "O_APPEND", "O_NONBLOCK", "O_DSYNC",
@@ -25,9 +26,9 @@ _OPEN_FLAGS = {
     if (value := getattr(os, name, 0))
 }
 # O_TMPFILE includes O_DIRECTORY and O_SYNC includes O_DSYNC: print the larger name only.
-_OPEN_FLAGS.pop(getattr(os, "O_TMPFILE", 0), None)
-_OPEN_FLAGS[0o20000000] = "__O_TMPFILE"
-_OPEN_FLAGS[0o4000000] = "__O_SYNC"
+OPEN_FLAGS.pop(getattr(os, "O_TMPFILE", 0), None)
+OPEN_FLAGS[0o20000000] = "__O_TMPFILE"
+OPEN_FLAGS[0o4000000] = "__O_SYNC"
 
 
 def _kernel_o_largefile() -> int:
@@ -48,9 +49,9 @@ def _kernel_o_largefile() -> int:
 
 
 if _kernel_o_largefile():
-    _OPEN_FLAGS[_kernel_o_largefile()] = "O_LARGEFILE"
+    OPEN_FLAGS[_kernel_o_largefile()] = "O_LARGEFILE"
 
-_FILE_TYPES = {
+FILE_TYPES = {
     stat.S_IFREG: "S_IFREG", stat.S_IFDIR: "S_IFDIR", stat.S_IFLNK: "S_IFLNK",
     stat.S_IFCHR: "S_IFCHR", stat.S_IFBLK: "S_IFBLK", stat.S_IFIFO: "S_IFIFO",
     stat.S_IFSOCK: "S_IFSOCK",
@@ -65,7 +66,7 @@ def errno_name(err: int) -> str:
 @lru_cache(maxsize=4096)
 def mode_repr(mode: int) -> str:
     """`0o100644` → `S_IFREG|0644`, as strace prints modes."""
-    kind = _FILE_TYPES.get(stat.S_IFMT(mode))
+    kind = FILE_TYPES.get(stat.S_IFMT(mode))
     perms = f"{stat.S_IMODE(mode):04o}"
     return f"{kind}|{perms}" if kind else perms
 
@@ -73,9 +74,9 @@ def mode_repr(mode: int) -> str:
 @lru_cache(maxsize=4096)
 def open_flags_repr(flags: int) -> str:
     """`0o100102` → `O_RDWR|O_CREAT|O_LARGEFILE`."""
-    parts = [_OPEN_ACCMODE.get(flags & os.O_ACCMODE, f"{flags & os.O_ACCMODE:#o}")]
+    parts = [OPEN_ACCMODE.get(flags & os.O_ACCMODE, f"{flags & os.O_ACCMODE:#o}")]
     rest = flags & ~os.O_ACCMODE
-    for value, name in sorted(_OPEN_FLAGS.items()):
+    for value, name in sorted(OPEN_FLAGS.items()):
         if rest & value == value:
             parts.append(name)
             rest &= ~value

@@ -383,9 +383,9 @@ def _tables() -> dict[str, Any]:
         "ioctls": ioctls, "ioctl_u32": u32_names,
         "layers": layers.layers, "tables": layers.tables,
         "errnos": dict(errno.errorcode),
-        "file_types": {int(k): v for k, v in fuse_fields._FILE_TYPES.items()},
-        "accmodes": {int(k): v for k, v in fuse_fields._OPEN_ACCMODE.items()},
-        "open_flags": [[v, n] for v, n in sorted(fuse_fields._OPEN_FLAGS.items())],
+        "file_types": {int(k): v for k, v in fuse_fields.FILE_TYPES.items()},
+        "accmodes": {int(k): v for k, v in fuse_fields.OPEN_ACCMODE.items()},
+        "open_flags": [[v, n] for v, n in sorted(fuse_fields.OPEN_FLAGS.items())],
         "accmode_mask": os.O_ACCMODE, "s_ifmt": stat.S_IFMT(0o177777),
     }
 
