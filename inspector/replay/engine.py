@@ -10,9 +10,10 @@ is reproduced (and the server's own ordering may vary).
 
 Comparison happens request by request: first the ioctls the server made while handling
 it (so a BACKING_OPEN's id is known before the OPEN reply that carries it), then the
-reply, field by field through the translation and the masks. Notifications are matched
-as a set at the end. Differences are pinned to the recorded record they concern and
-reported in record order.
+reply, field by field through the translation and the masks (directory listings entry
+by entry, paired by name). Notifications are matched as a set at the end, and the
+server's exit with the recorded one once it was ended as the recording ended.
+Differences are pinned to the recorded record they concern and reported in record order.
 """
 
 from __future__ import annotations

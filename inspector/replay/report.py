@@ -2,7 +2,10 @@
 
 Everything here is a function of the trace, the server's answers and the masks: no
 timestamps, pids, socket numbers or durations, so the same trace against the same
-server gives byte-identical reports run after run.
+server gives byte-identical reports run after run. One exception: `hidden` counts the
+differences each mask hid, and whether a masked clock differed (a ctime in whole seconds)
+depends on when the replay ran. The server's last output is shown only when the replay
+could not finish.
 """
 
 from __future__ import annotations
