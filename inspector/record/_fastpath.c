@@ -808,6 +808,29 @@ static PyObject *Pump_count(Pump *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
+/* Grow both buffers (a held request is kept): called between two `run`s, by the thread
+ * that calls `run`. */
+static PyObject *Pump_resize(Pump *self, PyObject *arg)
+{
+    Py_ssize_t size = PyLong_AsSsize_t(arg);
+    if (size == -1 && PyErr_Occurred())
+        return NULL;
+    if (size <= self->bufsize)
+        Py_RETURN_NONE;
+    unsigned char *request_buf = realloc(self->request_buf, (size_t)size);
+    if (!request_buf)
+        return PyErr_NoMemory();
+    self->request_buf = request_buf;
+    unsigned char *reply_buf = realloc(self->reply_buf, (size_t)size);
+    if (!reply_buf)
+        return PyErr_NoMemory();  /* the request buffer is bigger, harmlessly */
+    self->reply_buf = reply_buf;
+    self->bufsize = size;
+    Py_RETURN_NONE;
+}
+
+static PyObject *Pump_get_bufsize(Pump *self, void *c) { return PyLong_FromSsize_t(self->bufsize); }
+
 static PyObject *Pump_connection_gone(Pump *self, PyObject *unused)
 {
     return PyBool_FromLong(connection_gone(self->devfd));
@@ -845,6 +868,8 @@ static PyMethodDef Pump_methods[] = {
     {"pending_pop", (PyCFunction)Pump_pending_pop, METH_O, "pending_get, and forget it"},
     {"count", (PyCFunction)Pump_count, METH_VARARGS, "count(is_request, size): a message Python relayed"},
     {"stop_recording", (PyCFunction)Pump_stop_recording, METH_NOARGS, "relay on without recording"},
+    {"resize", (PyCFunction)Pump_resize, METH_O,
+     "resize(bufsize): grow both buffers (between two runs, from run's thread)"},
     {"connection_gone", (PyCFunction)Pump_connection_gone, METH_NOARGS,
      "whether /dev/fuse says the connection ended (unmounted or aborted)"},
     {NULL}};
@@ -858,6 +883,7 @@ static PyGetSetDef Pump_getset[] = {
      "while True every message from the server goes to Python, and `run` returns "
      "(\"idle\",) after piece_wait_ms without one", NULL},
     {"dev_open", (getter)Pump_get_dev_open, NULL, "/dev/fuse has not said ENODEV yet", NULL},
+    {"bufsize", (getter)Pump_get_bufsize, NULL, "the size of each buffer (the largest message)", NULL},
     {NULL}};
 
 static PyTypeObject PumpType = {

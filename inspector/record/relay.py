@@ -1,8 +1,16 @@
 """The relay between /dev/fuse and the server's socket, recording every message.
 
-- kernel → server: one read of /dev/fuse (the buffer fits the largest request a server
-  may negotiate: a 4 MiB WRITE plus headers; smaller gives EINVAL), record, then one
-  `send` on the SOCK_SEQPACKET socket: one request, one message.
+- kernel → server: one read of /dev/fuse, record, then one `send` on the SOCK_SEQPACKET
+  socket: one request, one message.
+
+Sizes: the kernel refuses (EINVAL) a read of /dev/fuse smaller than a WRITE of the
+negotiated max_write plus its headers, and a SEQPACKET message cannot be larger than
+`features.seqpacket_limit` (4 MiB + 68 KiB on x86-64, whatever the buffers). So the INIT
+reply is the one reply that may be altered: a server asking for more (max_write, or
+max_pages within fs.fuse.max_pages_limit) than one message carries gets what fits, and
+the record keeps what it sent as `original` and why as `reason` (`fit_init_reply`); the
+buffers, `BUFFER_SIZE` (libfuse's 4 MiB) until then, are then sized from what the kernel
+took (`buffer_size`).
 - server → kernel: one `recv` (one message, whatever the server's threads do), record,
   then one `write` to /dev/fuse.
 
@@ -68,6 +76,7 @@ from dissectors.constants import (
     OUT_HEADER_SIZE,
     Opcode,
 )
+from dissectors.constants import FUSE_MAX_PAGES
 from dissectors.quick import (
     DATA_NOTIFY,
     DATA_REPLIES,
@@ -76,12 +85,19 @@ from dissectors.quick import (
     peek_request,
     snap,
 )
+from dissectors.structs import FuseInitOut, FuseInitOutCompat22, FuseWriteIn
 from traces import TraceWriter
+
+from ..features import max_pages_limit, seqpacket_limit
 
 log = logging.getLogger(__name__)
 
-#: The largest message either way: max_write 4 MiB (max_pages 1024) plus headers, with room.
-BUFFER_SIZE = (4 << 20) + (64 << 10)
+#: Room beyond the file data for the largest other message (a 64 KiB xattr value, its name).
+ROOM = 64 << 10
+#: The buffers before INIT: libfuse's largest max_write (4 MiB) plus headers, with room.
+BUFFER_SIZE = (4 << 20) + ROOM
+_WRITE_HEADERS = IN_HEADER_SIZE + len(bytes(FuseWriteIn()))
+_DEFAULT_MAX_PAGES = 32  # the kernel's max_pages when the server does not say (FUSE_MAX_PAGES)
 SOCKET_BUFFER = 16 << 20
 SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
@@ -156,6 +172,67 @@ SPIN_US = 300  # how long the C loop polls after a message before it sleeps (see
 _MAX_NOTIFY_CODE = 64  # notification codes are small (7.45 ends at 9); room to grow
 
 
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+_INIT_OUT_SIZES = ((len(bytes(FuseInitOut())), FuseInitOut),
+                   (len(bytes(FuseInitOutCompat22())), FuseInitOutCompat22))
+
+
+def _init_out(body: bytes) -> tuple[Any, int] | None:
+    """fuse_init_out as the kernel reads it (the 7.22 layout when shorter), and its size;
+    None before 7.5 (max_write 4096)."""
+    for size, struct_class in _INIT_OUT_SIZES:
+        if len(body) >= size:
+            return struct_class(body[:size]), size
+    return None
+
+
+def _sizes(init: Any, pages_limit: int) -> tuple[int, int | None]:
+    """(max_write, max_pages or None when not negotiated) as the kernel takes them."""
+    pages = (max(1, min(init.max_pages, pages_limit))
+             if int(init.flags) & FUSE_MAX_PAGES and "max_pages" in init.fields else None)
+    return max(4096, init.max_write), pages
+
+
+def fit_init_reply(raw: bytes | memoryview, limit: int, pages_limit: int
+                   ) -> tuple[bytes, str] | None:
+    """The INIT reply with max_write and max_pages lowered so that a WRITE request and a
+    READ reply fit in a `limit`-byte message, and the reason; None when they fit."""
+    body = bytes(raw[OUT_HEADER_SIZE:])
+    parsed = _init_out(body)
+    if parsed is None:
+        return None
+    init, size = parsed
+    max_write, pages = _sizes(init, pages_limit)
+    fit_write = (limit - _WRITE_HEADERS) // _PAGE * _PAGE
+    fit_pages = (limit - OUT_HEADER_SIZE) // _PAGE
+    changed = []
+    if max_write > fit_write:
+        init.max_write = fit_write
+        changed.append(f"max_write {max_write} to {fit_write}")
+    if pages is not None and pages > fit_pages:
+        init.max_pages = fit_pages
+        changed.append(f"max_pages {pages} to {fit_pages}")
+    if not changed:
+        return None
+    return (bytes(raw[:OUT_HEADER_SIZE]) + bytes(init)[:size] + body[size:],
+            f"lowered {' and '.join(changed)} in INIT: a SOCK_SEQPACKET message carries at "
+            f"most {limit} bytes here")
+
+
+def buffer_size(init_reply: bytes | memoryview, pages_limit: int) -> int:
+    """How big the buffers must be once the kernel took this INIT reply: a read of
+    /dev/fuse must fit a WRITE of max_write (as the kernel stores it, at least 4096) plus
+    its headers, and a reply may carry max_pages pages (capped by `pages_limit`, the
+    sysctl), each with `ROOM` to spare; never less than `BUFFER_SIZE`."""
+    parsed = _init_out(bytes(init_reply[OUT_HEADER_SIZE:]))
+    if parsed is None:
+        return BUFFER_SIZE
+    max_write, pages = _sizes(parsed[0], pages_limit)
+    largest = max(_WRITE_HEADERS + max_write,
+                  OUT_HEADER_SIZE + (pages or _DEFAULT_MAX_PAGES) * _PAGE)
+    return max(BUFFER_SIZE, largest + ROOM)
+
+
 def default_spin_us() -> int:
     """SPIN_US when this process may run on two CPUs or more; on one, polling would only
     keep the server from running."""
@@ -174,8 +251,9 @@ class Reassembler:
     server may send while another thread's spliced reply is still arriving.
     """
 
-    def __init__(self, pending: Callable[[int], bool]) -> None:
+    def __init__(self, pending: Callable[[int], bool], limit: int = BUFFER_SIZE) -> None:
         self.pending = pending
+        self.limit = limit  # the longest message a header may claim
         self.partial: bytearray | None = None
         self.want = 0
         self.sizes: list[int] = []
@@ -185,7 +263,7 @@ class Reassembler:
         if len(raw) < OUT_HEADER_SIZE:
             return None
         length, error, unique = _OUT.unpack_from(raw)
-        if not OUT_HEADER_SIZE <= length <= BUFFER_SIZE:
+        if not OUT_HEADER_SIZE <= length <= self.limit:
             return None
         if unique == 0:
             ok = 0 < error < _MAX_NOTIFY_CODE
@@ -340,7 +418,7 @@ class Relay:
             elif what == "oversize":
                 self._record(self.writer.event, "proxy_error",
                              reason=f"a {rest[0]}-byte message from the server exceeds the "
-                                    f"relay's {BUFFER_SIZE}-byte buffer; dropped")
+                                    f"relay's {self._pump.bufsize}-byte buffer; dropped")
             elif what == "request_end":
                 if rest[0] and rest[0] != errno.ENODEV:
                     self._record(self.writer.event, "proxy_error",
@@ -415,10 +493,15 @@ class Relay:
     def _forward(self, whole: tuple[memoryview | bytearray, list[int] | None]) -> None:
         """Record one reply or notification, then write it to /dev/fuse."""
         raw, pieces = whole
-        _error, unique = peek_reply(raw)
+        error, unique = peek_reply(raw)
         opcode = self._pump.pending_pop(unique) if unique else None
-        kept, true_len = snap(raw, False, opcode, self.snaplen)
         meta: dict[str, Any] = {}
+        if opcode == Opcode.INIT and not error:
+            altered = fit_init_reply(raw, self._message_limit(), max_pages_limit())
+            if altered is not None:
+                meta = {"original": bytes(raw), "reason": altered[1]}
+                raw = altered[0]
+        kept, true_len = snap(raw, False, opcode, self.snaplen)
         if true_len is not None:
             meta["len"] = true_len
         if pieces is not None:
@@ -429,6 +512,27 @@ class Relay:
             os.write(self.devfd, raw)
         except OSError as exc:
             self._rejected(unique, opcode, exc.errno or errno.EIO, self._pump.connection_gone())
+        else:
+            if opcode == Opcode.INIT and not error:
+                self._grow(buffer_size(raw, max_pages_limit()))
         if opcode == Opcode.INIT:
             self.init_answered.set()
             self.changed()
+
+    def _grow(self, size: int) -> None:
+        """Buffers for the sizes the kernel just took."""
+        if size <= self._pump.bufsize:
+            return
+        try:
+            self._pump.resize(size)
+        except MemoryError:
+            self._record(self.writer.event, "proxy_error",
+                         reason=f"the INIT reply asks for {size}-byte messages, more than "
+                                f"this process can allocate: the kernel will refuse reads")
+            return
+        self._reassembler.limit = size
+
+    def _message_limit(self) -> int:
+        """The largest message our end of the socket sends (the server's end is set up
+        the same way, `server_socketpair`); the kernel reports twice the size set."""
+        return seqpacket_limit(self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) // 2)

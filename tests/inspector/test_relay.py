@@ -4,6 +4,7 @@ table under load, refused messages, and a trace that stops growing."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import socket
@@ -12,21 +13,43 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Iterator
 
 import pytest
 from inspector.record._fastpath import Appender
 
 from dissectors import FuseInHeader, FuseOutHeader
-from dissectors.constants import FUSE_INIT_EXT, FUSE_OVER_IO_URING, NotifyCode, Opcode
+from dissectors.constants import (
+    FUSE_INIT_EXT,
+    FUSE_MAX_PAGES,
+    FUSE_OVER_IO_URING,
+    NotifyCode,
+    Opcode,
+)
 from dissectors.structs import (
     FuseData,
     FuseInitIn,
+    FuseInitOut,
+    FuseInitOutCompat22,
     FuseNotifyStoreOut,
     FuseReadIn,
     FuseWriteIn,
 )
-from inspector.record.relay import Relay, mask_init
+from inspector.features import seqpacket_limit
+from inspector.record.relay import (
+    BUFFER_SIZE,
+    ROOM,
+    Relay,
+    buffer_size,
+    fit_init_reply,
+    mask_init,
+)
+from inspector.testing import recorded_server
+from record_support import read_uncached
 from traces import TraceReader, TraceWriter
+
+if TYPE_CHECKING:
+    from conftest import FsDirs
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -353,3 +376,110 @@ def test_a_cut_reply_is_given_up_on_while_requests_keep_coming(tmp_path: Path) -
     assert got == bad
     s.dev.kernel.setblocking(True)
     s.end()
+
+
+# --- buffers sized from what INIT negotiated -------------------------------------------
+
+def _init_reply(**fields: int) -> bytes:
+    return bytes(FuseOutHeader(unique=2) / FuseInitOut(**fields))
+
+
+def test_buffers_fit_what_the_kernel_took_from_init() -> None:
+    """max_write sizes the /dev/fuse reads (the kernel's EINVAL rule), max_pages within the
+    sysctl sizes the replies; never below the 4 MiB a relay starts with."""
+    page = os.sysconf("SC_PAGE_SIZE")
+    big = _init_reply(max_write=16 << 20, max_pages=4096, flags=FUSE_MAX_PAGES)
+    assert buffer_size(big, pages_limit=4096) == 80 + (16 << 20) + ROOM
+    pages_only = _init_reply(max_write=1 << 20, max_pages=4096, flags=FUSE_MAX_PAGES)
+    assert buffer_size(pages_only, pages_limit=8192) == 16 + 4096 * page + ROOM
+    assert buffer_size(pages_only, pages_limit=256) == BUFFER_SIZE  # the sysctl caps it
+    no_flag = _init_reply(max_write=1 << 20, max_pages=4096)  # max_pages not negotiated
+    assert buffer_size(no_flag, pages_limit=8192) == BUFFER_SIZE
+    old = bytes(FuseOutHeader(unique=2) / FuseInitOutCompat22(max_write=8 << 20))
+    assert buffer_size(old, pages_limit=256) == 80 + (8 << 20) + ROOM
+
+
+def test_an_init_reply_asking_more_than_a_message_carries_is_lowered_and_says_so() -> None:
+    page = os.sysconf("SC_PAGE_SIZE")
+    asked = _init_reply(max_write=8 << 20, max_pages=2048, flags=FUSE_MAX_PAGES, time_gran=1)
+    limit = (4 << 20) + 4000
+    raw, reason = fit_init_reply(asked, limit, pages_limit=4096) or (b"", "")
+    got = FuseInitOut(raw[16:])
+    assert len(raw) == len(asked) and raw[:16] == asked[:16] and got.time_gran == 1
+    assert got.max_write == 4 << 20 and got.max_pages == (limit - 16) // page
+    assert reason == (f"lowered max_write {8 << 20} to {4 << 20} and max_pages 2048 to "
+                      f"{(limit - 16) // page} in INIT: a SOCK_SEQPACKET message carries at "
+                      f"most {limit} bytes here")
+    assert fit_init_reply(asked, limit, pages_limit=256) is not None  # max_write alone
+    assert fit_init_reply(raw, limit, pages_limit=4096) is None  # it fits now
+    assert 80 + (4 << 20) <= seqpacket_limit(16 << 20)  # libfuse's 4 MiB passes here
+
+
+_LARGE_SERVER = """
+import sys
+import inspector.passthroughfs.server as server
+server.MAX_WRITE, server.MAX_PAGES = {size}, {pages}
+server.BUFFER_SIZE = server.MAX_WRITE + 8192
+from inspector.passthroughfs.cli import main
+sys.exit(main())
+"""
+
+
+@contextlib.contextmanager
+def max_pages_limit_at(pages: int) -> Iterator[None]:
+    """fs.fuse.max_pages_limit at `pages` while the block runs, then as it was. A
+    connection takes the limit when it is made, so the block only needs to mount."""
+    sysctl = Path("/proc/sys/fs/fuse/max_pages_limit")
+    try:
+        old = sysctl.read_text()
+        sysctl.write_text(str(pages))
+    except OSError as exc:
+        pytest.skip(f"fs.fuse.max_pages_limit cannot be raised here: {exc.strerror}")
+    try:
+        yield
+    finally:
+        sysctl.write_text(old)
+
+
+@pytest.mark.requires_fuse
+@pytest.mark.timeout(60)
+def test_a_server_negotiating_8_mib_requests_is_relayed(isolated: Path, fs_dirs: FsDirs) -> None:
+    """max_write 8 MiB, max_pages 2048: with 4 MiB buffers every read of /dev/fuse would
+    get EINVAL, and no SEQPACKET message carries 8 MiB. The INIT reply is lowered to what
+    one message carries (recorded as altered), the buffers sized from it: an 8 MiB
+    write(2) goes through in the largest pieces that fit, and reads back whole."""
+    src, mnt = fs_dirs
+    pages = 2048
+    size = pages * os.sysconf("SC_PAGE_SIZE")
+    argv = [sys.executable, "-c", _LARGE_SERVER.format(size=size, pages=pages),
+            str(src), str(mnt), "--no-passthrough"]
+    data = os.urandom(size)
+    with contextlib.ExitStack() as stack:
+        with max_pages_limit_at(pages):
+            rec = stack.enter_context(recorded_server(argv, mnt, isolated / "t.fzt", cwd=REPO))
+        fd = os.open(mnt / "f", os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            assert os.write(fd, data) == size
+        finally:
+            os.close(fd)
+        assert read_uncached(mnt / "f") == data
+        assert rec.unmount_and_wait() == 0, rec.output()
+    assert (src / "f").read_bytes() == data
+    limit = seqpacket_limit(16 << 20)
+    writes: list[int] = []
+    pending: dict[int, int] = {}
+    with TraceReader(isolated / "t.fzt") as reader:
+        for r in reader:
+            assert r.event not in ("proxy_error", "request_not_forwarded", "reply_rejected"), r.meta
+            if r.is_request and r.raw is not None:
+                opcode, unique = struct.unpack_from("<4xIQ", r.raw)
+                pending[unique] = opcode
+                if opcode == Opcode.WRITE:
+                    writes.append(r.true_len - 80)
+            elif r.is_reply and r.raw is not None:
+                opcode = pending.pop(struct.unpack_from("<8xQ", r.raw)[0], 0)
+                if opcode == Opcode.INIT:
+                    assert r.meta["reason"].startswith(f"lowered max_write {size} to ")
+                    assert FuseInitOut(r.meta["original"][16:]).max_write == size
+    largest = (limit - 80) // 4096 * 4096
+    assert sum(writes) == size and max(writes) == largest, writes
