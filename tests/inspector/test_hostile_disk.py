@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Iterator
 
 import pytest
 
+from inspector import features
 from inspector.record.relay import native
-from inspector.record.trap import IoctlTrap
 from inspector.testing import recorded_server
 from record_support import PASSTHROUGHFS, blob, mount_test, read_uncached
 from traces import TraceReader, TraceWriteError, TraceWriter
@@ -58,8 +58,9 @@ def _open_and_read(mnt: Path, rounds: int) -> None:
 @pytest.mark.timeout(120)
 def test_a_full_disk_mid_record_keeps_the_mount_and_says_where_recording_stopped(
         isolated: Path, fs_dirs: FsDirs, small_disk: Path) -> None:
-    if IoctlTrap.available():
-        pytest.skip(f"seccomp user notification: {IoctlTrap.available()}")
+    for probe in (features.seccomp_user_notification, features.passthrough):
+        if (reason := probe()) is not None:
+            pytest.skip(reason)
     src, mnt = fs_dirs
     (src / "big").write_bytes(blob())
     trace = small_disk / "t.fzt"
