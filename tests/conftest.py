@@ -3,26 +3,41 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterator, NamedTuple
+from typing import Callable, Iterator, NamedTuple
 
 import pytest
 
 from host_state import host_state
+from inspector import features
 from inspector.testing import cleanup_mount, fuse_available, is_mounted
+
+#: marker → (what it needs, the probe saying why not); probes run once, only when used
+_NEEDS: dict[str, tuple[str, Callable[[], str | None]]] = {
+    "requires_fuse": ("FUSE mounts unavailable", fuse_available),
+    "requires_passthrough": ("FUSE passthrough unavailable", features.passthrough),
+    "requires_seccomp_notify": ("seccomp user notification unavailable",
+                                features.seccomp_user_notification),
+}
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "requires_fuse: skip (saying why) unless FUSE mounts work here (root, /dev/fuse)")
+    config.addinivalue_line(
+        "markers", "requires_passthrough: skip (saying why) unless a real BACKING_OPEN works here")
+    config.addinivalue_line(
+        "markers", "requires_seccomp_notify: skip (saying why) unless the recorder's seccomp "
+                   "trap can be installed here")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    marked = [item for item in items if item.get_closest_marker("requires_fuse")]
-    reason = fuse_available() if marked else None
-    if reason:
-        skip = pytest.mark.skip(reason=f"FUSE mounts unavailable: {reason}")
-        for item in marked:
-            item.add_marker(skip)
+    for marker, (what, probe) in _NEEDS.items():
+        marked = [item for item in items if item.get_closest_marker(marker)]
+        reason = probe() if marked else None
+        if reason:
+            skip = pytest.mark.skip(reason=f"{what}: {reason}")
+            for item in marked:
+                item.add_marker(skip)
 
 
 @pytest.fixture(scope="session", autouse=True)

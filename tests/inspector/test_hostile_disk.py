@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Iterator
 
 import pytest
 
-from inspector import features
 from inspector.record.relay import native
 from inspector.testing import recorded_server
 from record_support import PASSTHROUGHFS, blob, mount_test, read_uncached
@@ -55,12 +54,11 @@ def _open_and_read(mnt: Path, rounds: int) -> None:
 
 
 @mount_test
+@pytest.mark.requires_seccomp_notify
+@pytest.mark.requires_passthrough
 @pytest.mark.timeout(120)
 def test_a_full_disk_mid_record_keeps_the_mount_and_says_where_recording_stopped(
         isolated: Path, fs_dirs: FsDirs, small_disk: Path) -> None:
-    for probe in (features.seccomp_user_notification, features.passthrough):
-        if (reason := probe()) is not None:
-            pytest.skip(reason)
     src, mnt = fs_dirs
     (src / "big").write_bytes(blob())
     trace = small_disk / "t.fzt"
