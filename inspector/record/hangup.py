@@ -223,9 +223,9 @@ def _set_result(tid: int, value: int) -> None:
 
 
 def _stop(tid: int, deadline: float) -> int | None:
-    """The tracee's next ptrace stop status, or None when it exited (its status is left
-    for its parent: the server's exit must still be collected as such) or the deadline
-    passed."""
+    """The tracee's next ptrace stop status, or None when it exited or the deadline
+    passed. An exit is left for the parent when that is us (the server's exit must still
+    be collected as such); otherwise it is released (see `_release`)."""
     while time.monotonic() < deadline:
         try:
             info = os.waitid(os.P_PID, tid, os.WEXITED | os.WSTOPPED | os.WNOHANG | os.WNOWAIT
@@ -236,9 +236,28 @@ def _stop(tid: int, deadline: float) -> int | None:
             time.sleep(0.001)
             continue
         if info.si_code != os.CLD_TRAPPED:
+            _release(tid)
             return None
         return os.waitpid(tid, _WALL)[1]
     return None
+
+
+def _release(tid: int) -> None:
+    """Collect a tracee's exit as its tracer when we are not its parent: until the tracer
+    waits, the kernel tells its real parent nothing (a shell wrapper would wait for the
+    server forever), and a traced thread is never reaped at all."""
+    try:
+        with open(f"/proc/{tid}/status", encoding="ascii") as f:
+            fields = dict(line.split(":", 1) for line in f if ":" in line)
+        ours = int(fields["PPid"]) == os.getpid() and int(fields["Tgid"]) == tid
+    except (OSError, KeyError, ValueError):
+        ours = False  # a thread already gone: nobody else will collect it
+    if ours:
+        return
+    try:
+        os.waitpid(tid, _WALL | os.WNOHANG)
+    except ChildProcessError:
+        pass
 
 
 def enodev_at_reads(waiters: list[Reader], inode: int, shut: Callable[[], None]) -> list[Reader]:
