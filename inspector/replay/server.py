@@ -37,7 +37,6 @@ from ..syscalls import socket_holders
 from .emulate import EmulatedTrap, IoctlLog
 from .script import ReplayError, exit_text
 
-_WALL = 0x40000000  # waitpid: threads and tracees too
 GRACE = 3.0  # seconds the server gets to exit after its connection ends, then after SIGTERM
 
 
@@ -182,7 +181,6 @@ class ServerUnderTest:
         why = hangup.available()
         deadline = time.monotonic() + seconds
         walked: set[int] = set()
-        traced: set[int] = set()
         while why is None and self.sock is not None and time.monotonic() < deadline:
             pids = self._holders()
             try:
@@ -193,11 +191,9 @@ class ServerUnderTest:
                 if waiters and not readers:
                     walked.update(w.tid for w in waiters)
                     hangup.enodev_at_reads(waiters, self.inode, self.end_input)
-                traced.update(t.tid for t in [*readers, *waiters])
             except OSError as exc:
                 why = f"ptrace: {exc.strerror}"
                 break
-            _release_exited(traced - {self.proc.pid if self.proc else 0})
             if self._wait_closed(0.05, on_message):
                 self._closed()
                 return
@@ -271,14 +267,3 @@ class ServerUnderTest:
         if self.proc is not None and self.proc.poll() is None:
             pids.add(self.proc.pid)
         return pids
-
-
-def _release_exited(tids: set[int]) -> None:
-    """Reap, as their tracer, threads that exited while traced and are not children of
-    ours (a server started by a shell): until then their parent cannot see them exit."""
-    for tid in list(tids):
-        try:
-            if os.waitpid(tid, os.WNOHANG | _WALL)[0]:
-                tids.discard(tid)
-        except ChildProcessError:
-            tids.discard(tid)  # let go of and not ours: its parent reaps it
