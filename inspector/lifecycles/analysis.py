@@ -14,6 +14,7 @@ import os
 import struct
 from dataclasses import dataclass
 from functools import partial
+from itertools import islice
 from typing import Any, Callable, NamedTuple
 
 from dissectors import SessionDecoder
@@ -30,7 +31,9 @@ from dissectors.constants import (
 )
 from dissectors.context import Dialect
 from dissectors.fields import errno_name, flags_repr
+from dissectors.ids import field_offsets
 from dissectors.ioctls import DevIoctl
+from dissectors.structs import FuseInHeader, FuseOutHeader
 from dissectors.summary import opcode_name as _op
 from traces import Kind, TraceIndex, TraceReader
 from traces.stream import gc_paused
@@ -38,6 +41,11 @@ from traces.stream import gc_paused
 from . import wire
 from .kinds import severity
 from .model import CLOSED, LEAKED, MISUSED, OPEN_AT_END, Anomaly, LifeEvent, Lifecycle
+
+try:  # the common records in C when the extension is built (setup.py), else all in Python
+    from ._pass import run as fast_run
+except ImportError:
+    fast_run = None
 
 Progress = Callable[[int, int], None]
 
@@ -53,9 +61,15 @@ _PLAIN = frozenset(Opcode) - _ENTRY_REPLIES - _OPENS - _DIR_OPS - _RELEASES - _N
     Opcode.INIT, Opcode.GETATTR, Opcode.SETATTR} - wire.FH_FIRST
 _FH_NAMED = wire.FH_FIRST | {Opcode.GETATTR, Opcode.SETATTR}  # requests that may name a handle
 _MAKES_IDS = _ENTRY_REPLIES | _OPENS | {Opcode.READDIRPLUS}  # replies that hand out ids
+#: GETATTR's handle: (where it ends, where its flag word is, that word's struct, the bit)
+_GETATTR_FH = next((at + st.size, flag_at, flag, bit)
+                   for at, st, (flag_at, flag, bit) in wire.FH_SLOTS[Opcode.GETATTR])
+
+
 def _getattr_fh(raw: bytes) -> bool:
     """Does this GETATTR name a file handle (FUSE_GETATTR_FH in getattr_flags)?"""
-    return len(raw) >= wire.IN + 16 and bool(raw[wire.IN] & 1)
+    end, flag_at, flag, bit = _GETATTR_FH
+    return len(raw) >= end and bool(flag.unpack_from(raw, flag_at)[0] & bit)
 
 
 #: Requests that use one handle, named first in their body → is it a directory handle?
@@ -67,6 +81,50 @@ _OUT_PEEK = struct.Struct("<4xiQ")  # fuse_out_header: error, unique
 _ANDROID_OPENS = frozenset({DevIoctl.PASSTHROUGH_OPEN_V1, DevIoctl.PASSTHROUGH_OPEN_V2})
 _EPERM, _ENOENT, _EINVAL, _ENODEV = 1, 2, 22, 19
 _RECENT = 4096
+
+#: What `_pass.c` may take by itself. Requests, by opcode: left to Python, paired only,
+#: paired unless the GETATTR names a handle, a use of a file (directory) handle named first
+#: in the body, paired keeping the request (for the name an entry reply labels its node
+#: with). Replies, by their request's opcode: left to Python, paired only, an entry reply,
+#: paired only when it is an error.
+_R_PY, _R_PAIR, _R_COND, _R_FH_FILE, _R_FH_DIR, _R_NAMED = range(6)
+_P_PY, _P_PAIR, _P_ENTRY, _P_IF_ERROR = range(4)
+
+
+def _request_class(op: int) -> int:
+    """What `_Pass.request` does with this opcode, when it is as plain as `_pass.c` needs."""
+    if op in _PLAIN:
+        return _R_PAIR
+    if op == Opcode.GETATTR:
+        return _R_COND
+    if op in _FH_USES:
+        return _R_FH_DIR if _FH_USES[op] else _R_FH_FILE
+    if op in _NO_REPLY or op in _FH_NAMED or op == Opcode.INIT:
+        return _R_PY
+    return _R_NAMED if op in _ENTRY_REPLIES else _R_PAIR  # opens, unknown opcodes
+
+
+def _reply_class(op: int) -> int:
+    if op == Opcode.INIT:
+        return _P_PY
+    if op not in _MAKES_IDS:
+        return _P_PAIR
+    return _P_ENTRY if op in _ENTRY_REPLIES and op not in _OPENS else _P_IF_ERROR
+
+
+_OPCODES = range(max(Opcode) + 1)
+_IN_AT, _OUT_AT = field_offsets(FuseInHeader), field_offsets(FuseOutHeader)
+#: (classes of requests, of replies, event names of requests, of replies, GETATTR's
+#: condition, where `_pass.c` reads: fuse_in_header's size, opcode, unique, nodeid;
+#: fuse_out_header's size, error, unique; the handle named first; an entry reply's nodeid;
+#: the resend bit of uniques)
+_FAST_TABLES = (
+    bytes(_request_class(op) for op in _OPCODES), bytes(_reply_class(op) for op in _OPCODES),
+    tuple(_op(op) for op in _OPCODES), tuple(f"{_op(op)} reply" for op in _OPCODES),
+    {Opcode.GETATTR: (_GETATTR_FH[0], _GETATTR_FH[1], _GETATTR_FH[2].size, _GETATTR_FH[3])},
+    (wire.IN, _IN_AT["opcode"][0], _IN_AT["unique"][0], _IN_AT["nodeid"][0],
+     wire.OUT, _OUT_AT["error"][0], _OUT_AT["unique"][0], wire.IN, wire.OUT,
+     FUSE_UNIQUE_RESEND))
 
 
 
@@ -223,16 +281,19 @@ def analyse(source: str | os.PathLike[str] | TraceIndex, progress: Progress | No
         if isinstance(source, TraceIndex):
             result._index, result._owns_index = source, False
         walker = _Pass(result)
-        request, reply, other = walker.request, walker.reply, walker.other
+        record, records = walker.record, reader.arrays(progress)
         with gc_paused():
-            for i, obj in enumerate(reader.arrays(progress)):
-                kind = obj[0]
-                if kind == 1:
-                    request(i, obj[1], obj[2])
-                elif kind == 2:
-                    reply(i, obj[1], obj[2], obj[3] if len(obj) == 4 else None)
-                else:
-                    other(i, obj)
+            if fast_run is None:
+                for i, obj in enumerate(records):
+                    record(i, obj)
+            else:  # C takes the common records and hands back each other one
+                state, i = walker.fast_state(), 0
+                while True:
+                    i, obj, walker.highest = fast_run(state, records, i, walker.highest)
+                    if obj is None:
+                        break
+                    record(i, obj)
+                    i += 1
         result.tail = reader.tail
         result.records = reader.good_records
         walker.finish()
@@ -281,7 +342,24 @@ class _Pass:
         gens.append(lc)
         return lc
 
+    def fast_state(self) -> tuple[Any, ...]:
+        """What `_pass.run` works on: this pass's own tables, and how to read records."""
+        requests, replies, names, reply_names, conds, layout = _FAST_TABLES
+        return (self.asked, self.interrupted, self.recent, self.fhs, self.unseen, self.nodes,
+                _Asked, LifeEvent, requests, replies, names, reply_names, conds, layout,
+                2 * _RECENT, _RECENT, b"")
+
     # --- records ----------------------------------------------------------------------
+
+    def record(self, i: int, obj: list[Any]) -> None:
+        """Record `i`, as its on-disk array (see `traces.records`)."""
+        kind = obj[0]
+        if kind == 1:
+            self.request(i, obj[1], obj[2])
+        elif kind == 2:
+            self.reply(i, obj[1], obj[2], obj[3] if len(obj) == 4 else None)
+        else:
+            self.other(i, obj)
 
     def other(self, i: int, obj: list[Any]) -> None:
         """An IOCTL or EVENT record, as its on-disk array (see `traces.records`)."""
@@ -410,8 +488,9 @@ class _Pass:
             return
         recent = self.recent  # until the recorder says whether the kernel took it
         recent[unique] = (i, asked, raw, interrupt)
-        if len(recent) > 2 * _RECENT:  # keep the latest, trimming now and then
-            self.recent = dict(list(recent.items())[-_RECENT:])
+        if len(recent) > 2 * _RECENT:  # keep the latest, trimming now and then (in place)
+            for old in list(islice(recent, len(recent) - _RECENT)):
+                del recent[old]
         if opcode in _ENTRY_REPLIES:
             node = wire.entry_nodeid(raw)
             if node:
