@@ -274,8 +274,9 @@ class Session:
         if capped:
             size = self.ours.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
             self.writer.event("socket_buffers_capped", bytes=size,
-                              why="forcing 16 MiB socket buffers needs CAP_NET_ADMIN; a "
-                                  "message larger than this fails with EMSGSIZE")
+                              why="forcing 16 MiB socket buffers needs CAP_NET_ADMIN: the "
+                                  "server's INIT reply is lowered to requests that fit, and "
+                                  "any other message larger than this fails with EMSGSIZE")
         if os.geteuid() == 0:  # an ordinary user gets the device from fusermount3 instead
             self.devfd = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
         if not self.server_mounts:
