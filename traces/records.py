@@ -108,27 +108,44 @@ def _int_list(value: Any) -> bool:
     return type(value) is list and all(is_int(v, U32) for v in value)
 
 
-#: meta key → (check, what it must be): one type per key whatever the record kind
-FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "event": (lambda v: type(v) is str, "a string"),
-    "cmd": (lambda v: is_int(v, U32), "a 32-bit ioctl number"),
-    "arg": (lambda v: type(v) is bytes, "bytes"),
-    "out": (lambda v: v is None or type(v) is bytes, "bytes or nil"),
-    "result": (lambda v: is_int(v, I64), "a 64-bit integer"),
-    "errno": (lambda v: is_int(v, _ERRNO), "an errno (0-4095)"),
-    "write_errno": (lambda v: is_int(v, _ERRNO), "an errno (0-4095)"),
-    "tid": (lambda v: is_int(v, U32), "a thread id"),
-    "pid": (lambda v: is_int(v, U32), "a process id"),
-    "fd": (lambda v: v is None or is_int(v, _FD), "a file descriptor or nil"),
-    "path": (lambda v: v is None or type(v) is str, "a string or nil"),
-    "len": (lambda v: is_int(v, U32), "a 32-bit length"),
-    "original": (lambda v: type(v) is bytes, "bytes"),
-    "reason": (lambda v: type(v) is str, "a string"),
-    "fragments": (_int_list, "a list of lengths"),
-    "unique": (lambda v: is_int(v, U64), "a 64-bit unique"),
-    "opcode": (lambda v: v is None or is_int(v, U32), "an opcode or nil"),
-    "connection_gone": (lambda v: type(v) is bool, "true or false"),
+_NIL = type(None)
+#: meta key → (the types it may have, the span an int must lie in or None, what it must
+#: be): one type per key whatever the record kind
+_SPECS: dict[str, tuple[tuple[type, ...], tuple[int, int] | None, str]] = {
+    "event": ((str,), None, "a string"),
+    "cmd": ((int,), U32, "a 32-bit ioctl number"),
+    "arg": ((bytes,), None, "bytes"),
+    "out": ((_NIL, bytes), None, "bytes or nil"),
+    "result": ((int,), I64, "a 64-bit integer"),
+    "errno": ((int,), _ERRNO, "an errno (0-4095)"),
+    "write_errno": ((int,), _ERRNO, "an errno (0-4095)"),
+    "tid": ((int,), U32, "a thread id"),
+    "pid": ((int,), U32, "a process id"),
+    "fd": ((_NIL, int), _FD, "a file descriptor or nil"),
+    "path": ((_NIL, str), None, "a string or nil"),
+    "len": ((int,), U32, "a 32-bit length"),
+    "original": ((bytes,), None, "bytes"),
+    "reason": ((str,), None, "a string"),
+    "unique": ((int,), U64, "a 64-bit unique"),
+    "opcode": ((_NIL, int), U32, "an opcode or nil"),
+    "connection_gone": ((bool,), None, "true or false"),
 }
+
+
+def _check(types: tuple[type, ...], span: tuple[int, int] | None) -> Callable[[Any], bool]:
+    if span is None:
+        return lambda v: type(v) in types
+    lo, hi = span
+    return lambda v: type(v) in types and (type(v) is not int or lo <= v < hi)
+
+
+#: meta key → (check, what it must be)
+FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    **{key: (_check(types, span), what) for key, (types, span, what) in _SPECS.items()},
+    "fragments": (_int_list, "a list of lengths"),
+}
+#: the same, unpacked for `_meta_problem`'s loop: key → (types, lowest, past the highest)
+_QUICK = {key: (types, *(span or (0, 0))) for key, (types, span, _) in _SPECS.items()}
 
 _PLAIN = (type(None), bool, int, float, str, bytes)
 
@@ -160,6 +177,22 @@ def fields_problem(name: str, meta: dict[Any, Any],
     return None
 
 
+def _meta_problem(name: str, meta: dict[Any, Any]) -> str | None:
+    """`fields_problem(name, meta)`, quicker for the common keys and values: the first one
+    it is not sure of sends the whole map to `fields_problem`."""
+    quick, plain = _QUICK, _PLAIN
+    for key, value in meta.items():
+        spec = quick.get(key)
+        kind = type(value)
+        if spec is not None:
+            if kind in spec[0] and (kind is not int or spec[1] <= value < spec[2]):
+                continue
+        elif kind in plain and key not in FIELDS:
+            continue
+        return fields_problem(name, meta)
+    return None
+
+
 def problem(obj: Any) -> str | None:
     """Why a decoded msgpack object is not a valid record, or None when it is."""
     if type(obj) is not list:
@@ -172,7 +205,7 @@ def problem(obj: Any) -> str | None:
         return f"unknown record kind {_short(kind)}"
     if type(ts) is not int or not 0 <= ts < TS_LIMIT:
         return f"bad timestamp {_short(ts)}"
-    name = Kind(kind).name
+    name = _KINDS[kind].name
     if kind <= 2:
         raw = obj[2]
         if type(raw) is not bytes:
@@ -184,7 +217,7 @@ def problem(obj: Any) -> str | None:
             return f"{name} meta is not a map"
         if "len" in meta and is_int(meta["len"], U32) and meta["len"] < len(raw):
             return f"{name} len {meta['len']} is shorter than the {len(raw)} bytes kept"
-        return fields_problem(name, meta)
+        return _meta_problem(name, meta)
     meta = obj[2]
     if n != 3 or type(meta) is not dict:
         return f"{name} record without its map"
@@ -192,7 +225,7 @@ def problem(obj: Any) -> str | None:
         return "IOCTL record without a command number"
     if kind == 4 and "event" not in meta:
         return "EVENT record without a name"
-    return fields_problem(name, meta)
+    return _meta_problem(name, meta)
 
 
 _KINDS = (None, *Kind)

@@ -40,7 +40,8 @@ from traces.stream import gc_paused
 
 from . import wire
 from .kinds import severity
-from .model import CLOSED, LEAKED, MISUSED, OPEN_AT_END, Anomaly, LifeEvent, Lifecycle
+from .model import (CLOSED, LEAKED, MISUSED, OPEN_AT_END, Anomaly, LifeEvent, Lifecycle,
+                    new_event as _new_event)
 
 try:  # the common records in C when the extension is built (setup.py), else all in Python
     from ._pass import run as fast_run
@@ -146,10 +147,8 @@ class _Asked(NamedTuple):
     raw: bytes = b""  # the request, for the name of a LOOKUP/MKDIR/CREATE/... (read lazily)
 
 
-#: Tuple constructors without the named tuples' Python-level __new__ (a frame per call
-#: counts when a pass makes millions).
+#: A tuple constructor without the named tuple's Python-level __new__ (see `new_event`).
 _new_asked = partial(tuple.__new__, _Asked)
-_new_event = partial(tuple.__new__, LifeEvent)
 
 
 @dataclass(slots=True)
