@@ -679,7 +679,8 @@ class IoctlTrap:
             self._trace_error = f"writing the trace failed: {exc}"
             if self.fast is not None:
                 self.fast.stop_recording()
-            log.error("%s; the server's ioctls go on unrecorded", self.trace_error)
+            if not getattr(self.writer, "stopped", None):  # else the session says it, once
+                log.error("%s; the server's ioctls go on unrecorded", self.trace_error)
 
     def _read_arg(self, note: Notification, size: int) -> bytes:
         fd = os.open(f"/proc/{note.tid}/mem", os.O_RDONLY | os.O_CLOEXEC)

@@ -33,6 +33,7 @@ from dissectors.session import decode_reply
 from dissectors.structs import FuseOutHeader
 from dissectors.summary import line, opcode_name
 
+from ..features import max_pages_limit
 from .book import NOT_MATCHED, ReplyBook
 from .keys import Fields, key_of, request_fields
 from .report import Miss, ServeReport
@@ -47,20 +48,6 @@ _UNIQUE = re.compile(r" unique=\d+")
 PASSTHROUGH_NOTE = ("the recorded server opened this file with passthrough: its reads and "
                     "writes went to the backing file, never through the trace, so the trace "
                     "cannot answer them")
-
-
-#: the kernel's cap on a connection's max_pages when the sysctl is missing (before 6.13)
-DEFAULT_MAX_PAGES_LIMIT = 256
-_MAX_PAGES_SYSCTL = "/proc/sys/fs/fuse/max_pages_limit"
-
-
-def max_pages_limit() -> int:
-    """How many pages this kernel lets one FUSE request carry."""
-    try:
-        with open(_MAX_PAGES_SYSCTL, encoding="ascii") as f:
-            return max(1, min(int(f.read()), 0xFFFF))  # max_pages is a u16 on the wire
-    except (OSError, ValueError):
-        return DEFAULT_MAX_PAGES_LIMIT
 
 
 def with_unique(reply: bytes, unique: int) -> bytes:

@@ -13,7 +13,7 @@ from dissectors.context import DEFAULT_CONTEXT
 from dissectors.structs import FuseInHeader, FuseInitIn, FuseInitOut, FuseOutHeader
 from inspector import syscalls
 from inspector.serve import ReplyBook, Responder
-from inspector.serve.responder import max_pages_limit
+from inspector.features import max_pages_limit
 from inspector.serve.session import SERVABLE_FLAGS, buffer_size, mount_options
 from traces import TraceWriter
 
