@@ -48,7 +48,7 @@ typedef struct {
     unsigned long long resend;
 } Layout;
 
-static PyObject *S_EVENTS, *S_COUNT_ATTR, *S_LABEL, *S_WRITE_ERRNO, *ONE, *NO_DETAIL;
+static PyObject *S_EVENTS, *S_COUNT_ATTR, *S_LABEL, *S_WRITE_ERRNO, *LEN_KEY, *ONE, *NO_DETAIL;
 
 static uint64_t get_u64(const unsigned char *p) {
     uint64_t v;
@@ -357,9 +357,136 @@ static PyObject *run(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     return Py_BuildValue("nOK", i, Py_None, highest);
 }
 
+/* tally(records, layout, no_reply) -> (per opcode, per kind, notifications, unanswered):
+ * `fusetrace stats`'s pass (inspector/reports/stats.py `collect`). Per opcode, in the order
+ * first seen: [count, bytes in, bytes out, latencies in ns in reply order, {error: count}
+ * in the order first seen]. `layout` is (the shortest message read, fuse_in_header's opcode
+ * and unique, fuse_out_header's error and unique); `no_reply` the opcodes no reply answers. */
+static PyObject *tally(PyObject *self, PyObject *args) {
+    PyObject *records, *no_reply, *layout;
+    Py_ssize_t min_len, in_opcode, in_unique, out_error, out_unique;
+    if (!PyArg_ParseTuple(args, "OO!O!", &records, &PyTuple_Type, &layout, &PyFrozenSet_Type,
+                          &no_reply)
+        || !PyArg_ParseTuple(layout, "nnnnn", &min_len, &in_opcode, &in_unique, &out_error,
+                             &out_unique))
+        return NULL;
+    PyObject *ops = PyDict_New(), *kinds = PyDict_New(), *asked = PyDict_New(), *obj;
+    long long notifications = 0;
+    if (ops == NULL || kinds == NULL || asked == NULL)
+        goto fail;
+    while ((obj = PyIter_Next(records)) != NULL) {
+        int bad = 0;
+        PyObject *kind = PyList_CheckExact(obj) && PyList_GET_SIZE(obj) >= 3
+                             ? PyList_GET_ITEM(obj, 0) : NULL;
+        if (kind == NULL || !PyLong_CheckExact(kind)) {
+            Py_DECREF(obj);
+            PyErr_SetString(PyExc_TypeError, "tally() takes checked record arrays");
+            goto fail;
+        }
+        PyObject *seen = PyDict_GetItemWithError(kinds, kind);
+        PyObject *more = seen == NULL ? (PyErr_Occurred() ? NULL : PyLong_FromLong(1))
+                                      : PyNumber_Add(seen, ONE);
+        bad = more == NULL || PyDict_SetItem(kinds, kind, more) < 0;
+        Py_XDECREF(more);
+        long kd = bad ? 0 : PyLong_AsLong(kind);
+        PyObject *raw = PyList_GET_ITEM(obj, 2);
+        if (bad || (kd != 1 && kd != 2) || !PyBytes_CheckExact(raw)
+            || PyBytes_GET_SIZE(raw) < min_len) {
+            Py_DECREF(obj);
+            if (bad)
+                goto fail;
+            continue;
+        }
+        const unsigned char *p = (const unsigned char *)PyBytes_AS_STRING(raw);
+        long long true_len = PyBytes_GET_SIZE(raw);
+        if (PyList_GET_SIZE(obj) == 4 && PyDict_CheckExact(PyList_GET_ITEM(obj, 3))) {
+            PyObject *n = PyDict_GetItemWithError(PyList_GET_ITEM(obj, 3), LEN_KEY);
+            if (n != NULL)
+                true_len = PyLong_AsLongLong(n);
+        }
+        long long ts = PyLong_AsLongLong(PyList_GET_ITEM(obj, 1));
+        PyObject *key = PyLong_FromUnsignedLongLong(get_u64(p + (kd == 1 ? in_unique : out_unique)));
+        if (key == NULL || PyErr_Occurred()) {
+            Py_XDECREF(key);
+            Py_DECREF(obj);
+            goto fail;
+        }
+        int unique = PyObject_IsTrue(key);
+        if (kd == 1) {
+            PyObject *op = PyLong_FromUnsignedLong(get_u32(p + in_opcode)), *st = NULL;
+            if (op != NULL && (st = PyDict_GetItemWithError(ops, op)) == NULL && !PyErr_Occurred()) {
+                st = Py_BuildValue("[LLLNN]", 0LL, 0LL, 0LL, PyList_New(0), PyDict_New());
+                bad = st == NULL || PyDict_SetItem(ops, op, st) < 0;
+                Py_XDECREF(st); /* the dict holds it */
+            }
+            bad = bad || st == NULL;
+            for (int f = 0; f < 2 && !bad; f++) { /* count += 1, bytes in += true_len */
+                PyObject *add = f ? PyLong_FromLongLong(true_len) : Py_NewRef(ONE);
+                PyObject *sum = add ? PyNumber_Add(PyList_GET_ITEM(st, f), add) : NULL;
+                Py_XDECREF(add);
+                bad = sum == NULL || PyList_SetItem(st, f, sum) < 0;
+            }
+            int wants = bad ? 0 : PySet_Contains(no_reply, op);
+            if (!bad && unique && wants == 0) {
+                PyObject *pending = Py_BuildValue("LO", ts, st);
+                bad = pending == NULL || PyDict_SetItem(asked, key, pending) < 0;
+                Py_XDECREF(pending);
+            }
+            bad = bad || wants < 0;
+            Py_XDECREF(op);
+        } else if (!unique) {
+            notifications++;
+        } else {
+            PyObject *pending = PyDict_GetItemWithError(asked, key);
+            if (pending != NULL) {
+                Py_INCREF(pending);
+                bad = PyDict_DelItem(asked, key) < 0;
+                PyObject *st = PyTuple_GET_ITEM(pending, 1);
+                long long asked_ts = PyLong_AsLongLong(PyTuple_GET_ITEM(pending, 0));
+                PyObject *lat = bad ? NULL : PyLong_FromLongLong(ts - asked_ts);
+                bad = lat == NULL || PyList_Append(PyList_GET_ITEM(st, 3), lat) < 0;
+                Py_XDECREF(lat);
+                PyObject *add = bad ? NULL : PyLong_FromLongLong(true_len);
+                PyObject *sum = add ? PyNumber_Add(PyList_GET_ITEM(st, 2), add) : NULL;
+                Py_XDECREF(add);
+                bad = bad || sum == NULL || PyList_SetItem(st, 2, sum) < 0;
+                int32_t error = (int32_t)get_u32(p + out_error);
+                if (!bad && error) {
+                    PyObject *errors = PyList_GET_ITEM(st, 4), *e = PyLong_FromLong(error);
+                    PyObject *had = e ? PyDict_GetItemWithError(errors, e) : NULL;
+                    PyObject *n = e == NULL || PyErr_Occurred() ? NULL
+                                  : had ? PyNumber_Add(had, ONE) : Py_NewRef(ONE);
+                    bad = n == NULL || PyDict_SetItem(errors, e, n) < 0;
+                    Py_XDECREF(n);
+                    Py_XDECREF(e);
+                }
+                Py_DECREF(pending);
+            }
+            bad = bad || PyErr_Occurred();
+        }
+        Py_DECREF(key);
+        Py_DECREF(obj);
+        if (bad || unique < 0)
+            goto fail;
+    }
+    if (PyErr_Occurred())
+        goto fail;
+    PyObject *out = Py_BuildValue("OOLn", ops, kinds, notifications, PyDict_GET_SIZE(asked));
+    Py_DECREF(ops);
+    Py_DECREF(kinds);
+    Py_DECREF(asked);
+    return out;
+fail:
+    Py_XDECREF(ops);
+    Py_XDECREF(kinds);
+    Py_XDECREF(asked);
+    return NULL;
+}
+
 static PyMethodDef methods[] = {
     {"run", (PyCFunction)(void (*)(void))run, METH_FASTCALL,
-     "Take the common records of a batch; stop at the first Python must see."},
+     "Take the common records; hand back the first Python must see."},
+    {"tally", tally, METH_VARARGS, "`fusetrace stats`'s figures per opcode."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -370,9 +497,10 @@ PyMODINIT_FUNC PyInit__pass(void) {
     S_COUNT_ATTR = PyUnicode_InternFromString("count");
     S_LABEL = PyUnicode_InternFromString("label");
     S_WRITE_ERRNO = PyUnicode_InternFromString("write_errno");
+    LEN_KEY = PyUnicode_InternFromString("len");
     ONE = PyLong_FromLong(1);
     NO_DETAIL = PyUnicode_FromString("");
-    if (!S_EVENTS || !S_COUNT_ATTR || !S_LABEL || !S_WRITE_ERRNO || !ONE || !NO_DETAIL)
+    if (!S_EVENTS || !S_COUNT_ATTR || !S_LABEL || !S_WRITE_ERRNO || !LEN_KEY || !ONE || !NO_DETAIL)
         return NULL;
     return PyModule_Create(&module);
 }

@@ -16,15 +16,26 @@ from typing import IO, Any
 
 from dissectors.constants import INIT_FLAGS, NO_REPLY_OPCODES
 from dissectors.fields import errno_name, flags_repr
+from dissectors.ids import field_offsets
+from dissectors.structs import FuseInHeader, FuseOutHeader
 from dissectors.summary import opcode_name
 from traces import Kind, TraceReader
 from traces.stream import gc_paused
 
 from ..lifecycles import Analysis
 
-_LEN = struct.Struct("<I")
-_IN = struct.Struct("<4xIQ")  # opcode, unique
-_OUT = struct.Struct("<4xiQ")  # error, unique
+try:  # the pass in C when the extension is built (setup.py), else in Python
+    from ..lifecycles._pass import tally
+except ImportError:
+    tally = None
+
+_IN_AT, _OUT_AT = field_offsets(FuseInHeader), field_offsets(FuseOutHeader)
+_IN = struct.Struct(f"<{_IN_AT['opcode'][0]}xIQ")  # opcode, unique
+_OUT = struct.Struct(f"<{_OUT_AT['error'][0]}xiQ")  # error, unique
+#: what `tally` reads: the shortest message it looks into, then where the fields above are
+_LAYOUT = (_IN.size, _IN_AT["opcode"][0], _IN_AT["unique"][0], _OUT_AT["error"][0],
+           _OUT_AT["unique"][0])
+_NO_REPLY = frozenset(int(op) for op in NO_REPLY_OPCODES)
 
 
 @dataclass
@@ -45,6 +56,32 @@ class OpStats:
 
 def collect(path: str) -> tuple[dict[str, OpStats], dict[str, int]]:
     """Per-opcode figures and totals of one trace."""
+    if tally is None:
+        return _collect(path)
+    ops: dict[str, OpStats] = {}
+    totals = Counter[str]()
+    with TraceReader(path) as reader, gc_paused():
+        per_opcode, kinds, notifications, unanswered = tally(reader.arrays(), _LAYOUT, _NO_REPLY)
+    for opcode, (count, bytes_in, bytes_out, latencies, errors) in per_opcode.items():
+        st = ops.setdefault(opcode_name(opcode), OpStats())
+        st.count += count
+        st.bytes_in += bytes_in
+        st.bytes_out += bytes_out
+        st.latencies += latencies
+        for error, n in errors.items():
+            st.errors[errno_name(error)] += n
+    if notifications:
+        totals["notifications"] = notifications
+    for kind, n in sorted(kinds.items()):
+        totals[Kind(kind).name.lower()] = n
+    totals["unanswered"] = unanswered
+    for st in ops.values():
+        st.latencies.sort()
+    return ops, dict(totals)
+
+
+def _collect(path: str) -> tuple[dict[str, OpStats], dict[str, int]]:
+    """`collect` in Python, one record at a time."""
     ops: dict[str, OpStats] = {}
     asked: dict[int, tuple[int, OpStats]] = {}
     totals = Counter[str]()
@@ -54,7 +91,7 @@ def collect(path: str) -> tuple[dict[str, OpStats], dict[str, int]]:
         for obj in reader.arrays():
             kind = obj[0]
             kinds[kind] += 1
-            if kind > Kind.REPLY or len(raw := obj[2]) < 16:
+            if kind > Kind.REPLY or len(raw := obj[2]) < _IN.size:
                 continue
             true_len = obj[3].get("len", len(raw)) if len(obj) == 4 else len(raw)
             if kind == Kind.REQUEST:

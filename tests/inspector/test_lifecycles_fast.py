@@ -1,9 +1,9 @@
-"""The lifecycle pass's C loop (`inspector/lifecycles/_pass.c`) against the Python one: the
-same lifecycles, events, anomalies and verdicts on synthetic sessions and on hostile ones
-(duplicate and stray replies, rejected replies, interrupts, GETATTR with and without a
-handle, short messages, unknown opcodes, resent uniques, enough entry replies to trim the
-table of recent ones). Without the extension the Python pass runs alone (test_lifecycles.py
-covers it); these tests need both."""
+"""The C loops of `inspector/lifecycles/_pass.c` against the Python ones: the same
+lifecycles, events, anomalies and verdicts, and the same `stats` figures, on synthetic
+sessions and on hostile ones (duplicate and stray replies, rejected replies, interrupts,
+GETATTR with and without a handle, short messages, unknown opcodes, resent uniques, enough
+entry replies to trim the table of recent ones). Without the extension the Python passes
+run alone (test_lifecycles.py and test_check.py cover them); these tests need both."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from dissectors.structs import (FuseAttr, FuseDirent, FuseDirentplus, FuseEntryO
                                 FuseInterruptIn, FuseName, FuseOpenIn, FuseOpenOut,
                                 FuseOutHeader, FuseReadIn, FuseReleaseIn)
 from inspector.lifecycles import Analysis, analysis
+from inspector.reports import stats
 from traces import TraceWriter
 from traces.testing import synthetic_trace
 
@@ -50,9 +51,18 @@ def everything(a: Analysis) -> list[Any]:
     return out
 
 
+def figures(path: Path) -> list[Any]:
+    ops, totals = stats.collect(str(path))
+    return [totals, [(name, vars(st), list(st.errors)) for name, st in ops.items()]]
+
+
 def assert_same(path: Path, monkeypatch: pytest.MonkeyPatch) -> Analysis:
     fast, slow = both(path, monkeypatch)
     assert everything(fast) == everything(slow)
+    quick = figures(path)
+    with monkeypatch.context() as m:
+        m.setattr(stats, "tally", None)
+        assert quick == figures(path)
     return fast
 
 
@@ -196,6 +206,8 @@ def test_hostile_sessions(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, seed:
     a = assert_same(path, monkeypatch)
     found = {x.code for x in a.anomalies}
     assert {"reply-duplicate", "reply-rejected", "fh-unknown", "node-over-forgotten"} <= found
+    totals, ops = figures(path)
+    assert totals["notifications"] and any(errors for _, _, errors in ops)
 
 
 def test_recent_replies_trimmed_alike(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
