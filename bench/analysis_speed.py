@@ -1,8 +1,9 @@
 """Whole-trace analysis speed on a synthetic trace: lifecycles of every id, `fusetrace
 check`, `follow` of one backing id, `stats`.
 
-Figures are printed, not asserted (targets on 1M records: lifecycles < 5 s, check < 10 s,
-follow one id < 2 s once lifecycles exist). Run: .venv/bin/python bench/analysis_speed.py [records]
+Figures are printed, not asserted (targets on 1M records, issue 14: lifecycles < 2.5 s, goal
+< 1 s; check < 4 s; follow one id < 2 s once lifecycles exist). Run:
+.venv/bin/python bench/analysis_speed.py [records]
 """
 
 from __future__ import annotations

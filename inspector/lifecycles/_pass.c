@@ -1,11 +1,11 @@
 /* The lifecycle pass's common records in C (`inspector/lifecycles/analysis.py` `_Pass`).
  *
- * run(state, records, i, highest) -> (i, record or None, highest) pulls checked records
- * (numbered from `i`) from the iterator `records` and takes each the pass would only pair
- * or note in passing: a request that only waits for its reply, a use of a handle already
- * seen in use, a reply that only ends its request, an entry reply that adds a lookup to a
- * labelled node. It returns, having changed nothing for it, the first other record and its
- * number: Python takes that one, then calls again. None: the records are over.
+ * run(state, records, record, walker) pulls checked records from the iterator `records`
+ * and takes each the pass would only pair or note in passing: a request that only waits
+ * for its reply, a use of a handle already seen in use, a reply that only ends its
+ * request, an entry reply that adds a lookup to a labelled node. Every other record goes,
+ * untouched, to record(i, obj) in Python; walker.highest (the highest unique the kernel
+ * sent) is kept up to date for it.
  *
  * Which opcodes are which, the header offsets and where the file handle sits all come
  * from Python (the dissectors, through `_Pass.fast_state`): this file holds no protocol
@@ -48,7 +48,7 @@ typedef struct {
     unsigned long long resend;
 } Layout;
 
-static PyObject *S_EVENTS, *S_COUNT_ATTR, *S_LABEL, *S_WRITE_ERRNO, *LEN_KEY, *ONE, *NO_DETAIL;
+static PyObject *S_HIGHEST, *S_EVENTS, *S_COUNT_ATTR, *S_LABEL, *S_WRITE_ERRNO, *LEN_KEY, *ONE, *NO_DETAIL;
 
 static uint64_t get_u64(const unsigned char *p) {
     uint64_t v;
@@ -319,19 +319,18 @@ static int trim(PyObject *recent, Py_ssize_t keep) {
 
 static PyObject *run(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 4 || !PyTuple_CheckExact(args[0]) || PyTuple_GET_SIZE(args[0]) != S_COUNT) {
-        PyErr_SetString(PyExc_TypeError, "run(state, records, i, highest)");
+        PyErr_SetString(PyExc_TypeError, "run(state, records, record, walker)");
         return NULL;
     }
-    PyObject *state = args[0], *records = args[1], *obj;
-    Py_ssize_t i = PyLong_AsSsize_t(args[2]);
-    unsigned long long highest = PyLong_AsUnsignedLongLong(args[3]);
-    if (PyErr_Occurred())
-        return NULL;
+    PyObject *state = args[0], *records = args[1], *record = args[2], *walker = args[3], *obj;
     Layout L;
     if (!read_layout(PyTuple_GET_ITEM(state, S_LAYOUT), &L))
         return NULL;
-    Py_ssize_t keep = PyLong_AsSsize_t(PyTuple_GET_ITEM(state, S_RECENT_KEEP));
-    if (keep == -1 && PyErr_Occurred())
+    Py_ssize_t keep = PyLong_AsSsize_t(PyTuple_GET_ITEM(state, S_RECENT_KEEP)), i = 0;
+    PyObject *high = PyObject_GetAttr(walker, S_HIGHEST);
+    unsigned long long highest = high ? PyLong_AsUnsignedLongLong(high) : 0;
+    Py_XDECREF(high);
+    if (PyErr_Occurred())
         return NULL;
     for (; (obj = PyIter_Next(records)) != NULL; i++) {
         int got = 0;
@@ -346,15 +345,29 @@ static PyObject *run(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
         }
         if (got == 2)
             got = trim(PyTuple_GET_ITEM(state, S_RECENT), keep) < 0 ? -1 : 1;
-        if (got == 0)
-            return Py_BuildValue("nNK", i, obj, highest);
+        if (got == 0) { /* Python's turn, with the highest unique so far */
+            PyObject *n = PyLong_FromSsize_t(i), *done = NULL;
+            high = PyLong_FromUnsignedLongLong(highest);
+            if (n != NULL && high != NULL && PyObject_SetAttr(walker, S_HIGHEST, high) == 0)
+                done = PyObject_CallFunctionObjArgs(record, n, obj, NULL);
+            Py_XDECREF(n);
+            Py_XDECREF(high);
+            high = done ? PyObject_GetAttr(walker, S_HIGHEST) : NULL;
+            highest = high ? PyLong_AsUnsignedLongLong(high) : 0;
+            got = high == NULL || PyErr_Occurred() ? -1 : 1;
+            Py_XDECREF(high);
+            Py_XDECREF(done);
+        }
         Py_DECREF(obj);
         if (got < 0)
             return NULL;
     }
     if (PyErr_Occurred())
         return NULL;
-    return Py_BuildValue("nOK", i, Py_None, highest);
+    high = PyLong_FromUnsignedLongLong(highest);
+    int bad = high == NULL || PyObject_SetAttr(walker, S_HIGHEST, high) < 0;
+    Py_XDECREF(high);
+    return bad ? NULL : Py_NewRef(Py_None);
 }
 
 /* tally(records, layout, no_reply) -> (per opcode, per kind, notifications, unanswered):
@@ -485,7 +498,7 @@ fail:
 
 static PyMethodDef methods[] = {
     {"run", (PyCFunction)(void (*)(void))run, METH_FASTCALL,
-     "Take the common records; hand back the first Python must see."},
+     "Take the common records; hand the others to Python."},
     {"tally", tally, METH_VARARGS, "`fusetrace stats`'s figures per opcode."},
     {NULL, NULL, 0, NULL},
 };
@@ -493,6 +506,7 @@ static PyMethodDef methods[] = {
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_pass", NULL, -1, methods};
 
 PyMODINIT_FUNC PyInit__pass(void) {
+    S_HIGHEST = PyUnicode_InternFromString("highest");
     S_EVENTS = PyUnicode_InternFromString("events");
     S_COUNT_ATTR = PyUnicode_InternFromString("count");
     S_LABEL = PyUnicode_InternFromString("label");
@@ -500,7 +514,7 @@ PyMODINIT_FUNC PyInit__pass(void) {
     LEN_KEY = PyUnicode_InternFromString("len");
     ONE = PyLong_FromLong(1);
     NO_DETAIL = PyUnicode_FromString("");
-    if (!S_EVENTS || !S_COUNT_ATTR || !S_LABEL || !S_WRITE_ERRNO || !LEN_KEY || !ONE || !NO_DETAIL)
+    if (!S_HIGHEST || !S_EVENTS || !S_COUNT_ATTR || !S_LABEL || !S_WRITE_ERRNO || !LEN_KEY || !ONE || !NO_DETAIL)
         return NULL;
     return PyModule_Create(&module);
 }

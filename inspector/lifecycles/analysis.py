@@ -285,14 +285,8 @@ def analyse(source: str | os.PathLike[str] | TraceIndex, progress: Progress | No
             if fast_run is None:
                 for i, obj in enumerate(records):
                     record(i, obj)
-            else:  # C takes the common records and hands back each other one
-                state, i = walker.fast_state(), 0
-                while True:
-                    i, obj, walker.highest = fast_run(state, records, i, walker.highest)
-                    if obj is None:
-                        break
-                    record(i, obj)
-                    i += 1
+            else:  # C takes the common records and hands each other one to `record`
+                fast_run(walker.fast_state(), records, record, walker)
         result.tail = reader.tail
         result.records = reader.good_records
         walker.finish()
