@@ -1,5 +1,6 @@
 /* The trace index's hot loop in C (`traces/index.py` `_scan`), and the reader's check of
- * plain records (`traces/reader.py` `arrays`).
+ * plain records (`traces/reader.py` `arrays`; IOCTL and EVENT records too, by the rules
+ * `traces/records.py` passes through `traces/native.py`).
  *
  * Given a batch of decoded records and their end offsets, append a row per record for
  * as long as the records are plain REQUEST/REPLY arrays `[kind, ts, bytes]` or
@@ -60,20 +61,98 @@ static int plain(PyObject *obj, unsigned long long ts_limit, long *kind, long lo
     return !overflow && *ts >= 0 && (unsigned long long)*ts < ts_limit;
 }
 
-/* plain_until(objs, start, ts_limit) -> the index of the first record from `start` that
- * is not plain (len(objs) when all are): the reader checks only those in Python. */
-static PyObject *plain_until(PyObject *self, PyObject *args) {
-    PyObject *objs;
+/* Whether every value of an IOCTL or EVENT record's map is as `problem()` wants it, by
+ * `quick` (key -> (types, lowest, past the highest int), `records.QUICK_RULES`): a key not in
+ * it is fine with a plain scalar unless `fields` (`records.FIELDS`) has a rule for it. 0
+ * leaves the record to Python. */
+static int meta_ok(PyObject *meta, PyObject *quick, PyObject *fields) {
+    Py_ssize_t pos = 0;
+    PyObject *key, *value;
+    while (PyDict_Next(meta, &pos, &key, &value)) {
+        PyObject *spec = PyUnicode_CheckExact(key) ? PyDict_GetItemWithError(quick, key) : NULL;
+        PyTypeObject *type = Py_TYPE(value);
+        if (spec == NULL) {
+            if (PyErr_Occurred())
+                return -1;
+            int ruled = PyDict_Contains(fields, key);
+            if (ruled != 0)
+                return ruled < 0 ? -1 : 0;
+            if (value != Py_None && type != &PyBool_Type && type != &PyLong_Type
+                && type != &PyFloat_Type && type != &PyUnicode_Type && type != &PyBytes_Type)
+                return 0;
+            continue;
+        }
+        if (!PyTuple_CheckExact(spec) || PyTuple_GET_SIZE(spec) != 3
+            || !PyTuple_CheckExact(PyTuple_GET_ITEM(spec, 0)))
+            return 0;
+        PyObject *types = PyTuple_GET_ITEM(spec, 0);
+        int typed = 0;
+        for (Py_ssize_t t = 0; t < PyTuple_GET_SIZE(types) && !typed; t++)
+            typed = (PyObject *)type == PyTuple_GET_ITEM(types, t);
+        if (!typed)
+            return 0;
+        if (type == &PyLong_Type) {
+            int lo = PyObject_RichCompareBool(PyTuple_GET_ITEM(spec, 1), value, Py_LE);
+            int hi = lo == 1 ? PyObject_RichCompareBool(value, PyTuple_GET_ITEM(spec, 2), Py_LT) : lo;
+            if (hi != 1)
+                return hi < 0 ? -1 : 0;
+        }
+    }
+    return 1;
+}
+
+static PyObject *CMD_KEY, *EVENT_KEY;
+
+/* Whether an IOCTL or EVENT record is as `problem()` accepts it, judged by `meta_ok`. */
+static int plain_other(PyObject *obj, unsigned long long ts_limit, PyObject *rules) {
+    if (rules == NULL || !PyList_CheckExact(obj) || PyList_GET_SIZE(obj) != 3)
+        return 0;
+    PyObject *k = PyList_GET_ITEM(obj, 0), *t = PyList_GET_ITEM(obj, 1), *meta = PyList_GET_ITEM(obj, 2);
+    if (!PyLong_CheckExact(k) || !PyLong_CheckExact(t) || !PyDict_CheckExact(meta))
+        return 0;
+    int overflow = 0;
+    long kind = PyLong_AsLongAndOverflow(k, &overflow);
+    if (overflow || (kind != 3 && kind != 4))
+        return 0;
+    long long ts = PyLong_AsLongLongAndOverflow(t, &overflow);
+    if (overflow || ts < 0 || (unsigned long long)ts >= ts_limit)
+        return 0;
+    int named = PyDict_Contains(meta, kind == 3 ? CMD_KEY : EVENT_KEY);
+    if (named != 1)
+        return named;
+    return meta_ok(meta, PyTuple_GET_ITEM(rules, 0), PyTuple_GET_ITEM(rules, 1));
+}
+
+/* plain_until(objs, start, ts_limit, rules=None) -> the index of the first record from
+ * `start` that is not plain (len(objs) when all are): the reader checks only those in
+ * Python. With `rules` ((records.QUICK_RULES, records.FIELDS)), IOCTL and EVENT records whose
+ * maps hold only values those rules are sure of count as plain too. */
+static PyObject *plain_until(PyObject *self, PyObject *args, PyObject *kwargs) {
+    static char *names[] = {"objs", "start", "ts_limit", "rules", NULL};
+    PyObject *objs, *rules = NULL;
     Py_ssize_t i;
     unsigned long long ts_limit;
-    if (!PyArg_ParseTuple(args, "O!nK", &PyList_Type, &objs, &i, &ts_limit))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!nK|O!", names, &PyList_Type, &objs, &i,
+                                     &ts_limit, &PyTuple_Type, &rules))
         return NULL;
+    if (rules != NULL && (PyTuple_GET_SIZE(rules) != 2 || !PyDict_Check(PyTuple_GET_ITEM(rules, 0))
+                          || !PyDict_Check(PyTuple_GET_ITEM(rules, 1)))) {
+        PyErr_SetString(PyExc_TypeError, "rules: (dict, dict)");
+        return NULL;
+    }
     long kind;
     long long ts;
     PyObject *raw;
-    for (Py_ssize_t n = PyList_GET_SIZE(objs); i < n; i++)
-        if (!plain(PyList_GET_ITEM(objs, i), ts_limit, &kind, &ts, &raw))
+    for (Py_ssize_t n = PyList_GET_SIZE(objs); i < n; i++) {
+        PyObject *obj = PyList_GET_ITEM(objs, i);
+        if (plain(obj, ts_limit, &kind, &ts, &raw))
+            continue;
+        int other = plain_other(obj, ts_limit, rules);
+        if (other < 0)
+            return NULL;
+        if (!other)
             break;
+    }
     return PyLong_FromSsize_t(i);
 }
 
@@ -218,7 +297,8 @@ fail:
 
 static PyMethodDef methods[] = {
     {"rows", rows, METH_VARARGS, "Index rows of plain REQUEST/REPLY records."},
-    {"plain_until", plain_until, METH_VARARGS, "The first record that is not plain."},
+    {"plain_until", (PyCFunction)(void (*)(void))plain_until, METH_VARARGS | METH_KEYWORDS,
+     "The first record that is not plain."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -226,7 +306,9 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_scan", NULL, -1, me
 
 PyMODINIT_FUNC PyInit__scan(void) {
     LEN_KEY = PyUnicode_InternFromString("len");
-    if (LEN_KEY == NULL)
+    CMD_KEY = PyUnicode_InternFromString("cmd");
+    EVENT_KEY = PyUnicode_InternFromString("event");
+    if (LEN_KEY == NULL || CMD_KEY == NULL || EVENT_KEY == NULL)
         return NULL;
     return PyModule_Create(&module);
 }

@@ -3,11 +3,18 @@ an equivalent Python loop (the extension is optional, like the relay's)."""
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, Callable
+
+from .records import FIELDS, QUICK_RULES
 
 rows: Callable[..., tuple[int, int, tuple[bytes, ...]]] | None
 plain_until: Callable[[list[Any], int, int], int] | None
 try:
-    from ._scan import plain_until, rows
+    from . import _scan
 except ImportError:
     rows = plain_until = None
+else:
+    rows = _scan.rows
+    #: IOCTL and EVENT records are judged in C too, by the rules of `records.problem`
+    plain_until = partial(_scan.plain_until, rules=(QUICK_RULES, FIELDS))

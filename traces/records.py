@@ -144,8 +144,9 @@ FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     **{key: (_check(types, span), what) for key, (types, span, what) in _SPECS.items()},
     "fragments": (_int_list, "a list of lengths"),
 }
-#: the same, unpacked for `_meta_problem`'s loop: key → (types, lowest, past the highest)
-_QUICK = {key: (types, *(span or (0, 0))) for key, (types, span, _) in _SPECS.items()}
+#: the same, unpacked for `_meta_problem`'s loop and `_scan.c`'s: key → (types, lowest,
+#: past the highest int)
+QUICK_RULES = {key: (types, *(span or (0, 0))) for key, (types, span, _) in _SPECS.items()}
 
 _PLAIN = (type(None), bool, int, float, str, bytes)
 
@@ -180,7 +181,7 @@ def fields_problem(name: str, meta: dict[Any, Any],
 def _meta_problem(name: str, meta: dict[Any, Any]) -> str | None:
     """`fields_problem(name, meta)`, quicker for the common keys and values: the first one
     it is not sure of sends the whole map to `fields_problem`."""
-    quick, plain = _QUICK, _PLAIN
+    quick, plain = QUICK_RULES, _PLAIN
     for key, value in meta.items():
         spec = quick.get(key)
         kind = type(value)
