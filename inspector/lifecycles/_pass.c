@@ -1,11 +1,12 @@
 /* The lifecycle pass's common records in C (`inspector/lifecycles/analysis.py` `_Pass`).
  *
- * run(state, records, record, walker) pulls checked records from the iterator `records`
+ * run(state, records, handlers, walker) pulls checked records from the iterator `records`
  * and takes each the pass would only pair or note in passing: a request that only waits
  * for its reply, a use of a handle already seen in use, a reply that only ends its
  * request, an entry reply that adds a lookup to a labelled node. Every other record goes,
- * untouched, to record(i, obj) in Python; walker.highest (the highest unique the kernel
- * sent) is kept up to date for it.
+ * untouched, to Python: `handlers` is (record, request, reply, other) of `_Pass`, called as
+ * `_Pass.record` would; walker.highest (the highest unique the kernel sent) is kept up to
+ * date for them.
  *
  * Which opcodes are which, the header offsets and where the file handle sits all come
  * from Python (the dissectors, through `_Pass.fast_state`): this file holds no protocol
@@ -319,10 +320,14 @@ static int trim(PyObject *recent, Py_ssize_t keep) {
 
 static PyObject *run(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 4 || !PyTuple_CheckExact(args[0]) || PyTuple_GET_SIZE(args[0]) != S_COUNT) {
-        PyErr_SetString(PyExc_TypeError, "run(state, records, record, walker)");
+        PyErr_SetString(PyExc_TypeError, "run(state, records, handlers, walker)");
         return NULL;
     }
-    PyObject *state = args[0], *records = args[1], *record = args[2], *walker = args[3], *obj;
+    PyObject *state = args[0], *records = args[1], *handlers = args[2], *walker = args[3], *obj;
+    if (!PyTuple_CheckExact(handlers) || PyTuple_GET_SIZE(handlers) != 4) {
+        PyErr_SetString(PyExc_TypeError, "handlers: (record, request, reply, other)");
+        return NULL;
+    }
     Layout L;
     if (!read_layout(PyTuple_GET_ITEM(state, S_LAYOUT), &L))
         return NULL;
@@ -334,10 +339,15 @@ static PyObject *run(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
         return NULL;
     for (; (obj = PyIter_Next(records)) != NULL; i++) {
         int got = 0;
+        long kd = 0;
+        PyObject *ts = NULL, *raw = NULL;
         if (PyList_CheckExact(obj) && PyList_GET_SIZE(obj) >= 3) {
-            PyObject *kind = PyList_GET_ITEM(obj, 0), *ts = PyList_GET_ITEM(obj, 1),
-                     *raw = PyList_GET_ITEM(obj, 2);
-            long kd = PyLong_CheckExact(kind) && PyBytes_CheckExact(raw) ? PyLong_AsLong(kind) : 0;
+            PyObject *kind = PyList_GET_ITEM(obj, 0);
+            ts = PyList_GET_ITEM(obj, 1);
+            raw = PyList_GET_ITEM(obj, 2);
+            kd = PyLong_CheckExact(kind) ? PyLong_AsLong(kind) : 0;
+            if (!PyBytes_CheckExact(raw) && kd <= 2)
+                kd = 0;
             if (kd == 1)
                 got = request(state, &L, i, ts, raw, &highest);
             else if (kd == 2)
@@ -348,8 +358,17 @@ static PyObject *run(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
         if (got == 0) { /* Python's turn, with the highest unique so far */
             PyObject *n = PyLong_FromSsize_t(i), *done = NULL;
             high = PyLong_FromUnsignedLongLong(highest);
-            if (n != NULL && high != NULL && PyObject_SetAttr(walker, S_HIGHEST, high) == 0)
-                done = PyObject_CallFunctionObjArgs(record, n, obj, NULL);
+            if (n != NULL && high != NULL && PyObject_SetAttr(walker, S_HIGHEST, high) == 0) {
+                if (kd == 1)
+                    done = PyObject_CallFunctionObjArgs(PyTuple_GET_ITEM(handlers, 1), n, ts, raw, NULL);
+                else if (kd == 2)
+                    done = PyObject_CallFunctionObjArgs(PyTuple_GET_ITEM(handlers, 2), n, ts, raw,
+                                                        PyList_GET_SIZE(obj) == 4 ? PyList_GET_ITEM(obj, 3) : Py_None, NULL);
+                else if (kd == 3 || kd == 4)
+                    done = PyObject_CallFunctionObjArgs(PyTuple_GET_ITEM(handlers, 3), n, obj, NULL);
+                else
+                    done = PyObject_CallFunctionObjArgs(PyTuple_GET_ITEM(handlers, 0), n, obj, NULL);
+            }
             Py_XDECREF(n);
             Py_XDECREF(high);
             high = done ? PyObject_GetAttr(walker, S_HIGHEST) : NULL;

@@ -9,7 +9,7 @@ session that ended by a crash only says what was open at its end.
 
 Most records only pair a request with its reply or add a step to an id already followed;
 when the extension is built, `_pass.c` takes those (four in five of a typical trace) on
-these very tables and hands every other record to `_Pass.record`, so both ways give the
+these very tables and hands every other record to `_Pass`'s methods, so both ways give the
 same result (tests/inspector/test_lifecycles_fast.py).
 """
 
@@ -290,8 +290,9 @@ def analyse(source: str | os.PathLike[str] | TraceIndex, progress: Progress | No
             if fast_run is None:
                 for i, obj in enumerate(records):
                     record(i, obj)
-            else:  # C takes the common records and hands each other one to `record`
-                fast_run(walker.fast_state(), records, record, walker)
+            else:  # C takes the common records and hands each other one to Python
+                handlers = (record, walker.request, walker.reply, walker.other)
+                fast_run(walker.fast_state(), records, handlers, walker)
         result.tail = reader.tail
         result.records = reader.good_records
         walker.finish()
