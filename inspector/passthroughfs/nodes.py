@@ -54,6 +54,7 @@ class NodeTable:
 
     def __init__(self, root: str) -> None:
         self._lock = threading.Lock()
+        self._root = root
         root_node = Node(FUSE_ROOT_ID, key_of(os.lstat(root)), [root], 1)
         self._nodes: dict[int, Node] = {FUSE_ROOT_ID: root_node}
         self._by_key: dict[Key, int] = {root_node.key: FUSE_ROOT_ID}
@@ -67,7 +68,20 @@ class NodeTable:
         return node.path
 
     def child(self, parent: int, name: bytes) -> str:
-        return os.path.join(self.path(parent), os.fsdecode(name))
+        """`name` in directory `parent`, never outside SOURCE. The kernel sends one path
+        component (and LOOKUP ".." only for an NFS export's parent); a replayed or fuzzed
+        request may send anything: a name with '/' or NUL, or an empty one, is refused,
+        ".." of the root is the root, and a parent that is no directory is ENOTDIR."""
+        if not name or b"/" in name or b"\0" in name:
+            raise OSError(errno.EINVAL, f"not a file name: {name!r}")
+        base = self.path(parent)
+        if not stat.S_ISDIR(os.lstat(base).st_mode):  # a symlink's target is not ours
+            raise OSError(errno.ENOTDIR, base)
+        if name == b".":
+            return base
+        if name == b"..":
+            return base if base == self._root else os.path.dirname(base)
+        return os.path.join(base, os.fsdecode(name))
 
     def remember(self, path: str, st: os.stat_result) -> int:
         """Count one lookup of the inode `st` reached as `path`; returns its node id."""

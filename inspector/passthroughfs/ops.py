@@ -188,6 +188,9 @@ class Operations:
         handle = self.handles.find_file(req.get("fh")) if valid & FATTR_FH else None
         path = self.nodes.path(req.nodeid)
         target: int | str = handle.fd if handle else path
+        if (valid & (FATTR_MODE | FATTR_SIZE) and not handle
+                and stat.S_ISLNK(os.lstat(path).st_mode)):  # chmod/truncate would follow it
+            raise OSError(errno.EOPNOTSUPP if valid & FATTR_MODE else errno.EINVAL, path)
         if valid & FATTR_MODE:
             os.chmod(target, stat.S_IMODE(req.get("mode")))
         if valid & (FATTR_UID | FATTR_GID):
@@ -291,7 +294,8 @@ class Operations:
         flags &= ~os.O_APPEND
         if self.writeback and flags & os.O_ACCMODE == os.O_WRONLY:
             flags = (flags & ~os.O_ACCMODE) | os.O_RDWR
-        return flags | os.O_CLOEXEC
+        # the kernel resolves symlinks itself: a node that is one is never opened through
+        return flags | os.O_CLOEXEC | os.O_NOFOLLOW
 
     def _opened(self, fd: int, st: os.stat_result) -> FuseOpenOut:
         """Register a new open; passthrough for regular files when the kernel agreed."""
@@ -406,7 +410,8 @@ class Operations:
     # --- directories ----------------------------------------------------------------
 
     def opendir(self, req: Request) -> Packet:
-        fd = os.open(self.nodes.path(req.nodeid), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        fd = os.open(self.nodes.path(req.nodeid),
+                     os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | os.O_NOFOLLOW)
         return FuseOpenOut(fh=self.handles.add(DirHandle(fd, req.nodeid)))
 
     @staticmethod
