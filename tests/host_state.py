@@ -6,9 +6,10 @@ import os
 
 
 def host_state() -> dict[str, tuple[int, ...] | None]:
-    """What the suite must leave as it found: /dev/fuse's node and /tmp's mode and owner."""
+    """What the suite must leave as it found: the device nodes tests and servers touch
+    (a confused server once chmod'ed /dev/null) and /tmp's mode and owner."""
     state: dict[str, tuple[int, ...] | None] = {}
-    for path in ("/dev/fuse", "/tmp"):
+    for path in ("/dev/fuse", "/dev/null", "/dev/zero", "/tmp"):
         try:
             st = os.stat(path)
         except FileNotFoundError:
