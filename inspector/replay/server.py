@@ -96,7 +96,8 @@ class ServerUnderTest:
                                          stderr=self.output)
         except OSError as exc:
             theirs.close()
-            raise ReplayError(f"cannot start {argv[0]}: {exc.strerror}") from None
+            where = f" ({exc.filename})" if exc.filename and exc.filename != argv[0] else ""
+            raise ReplayError(f"cannot start {argv[0]}: {exc.strerror}{where}") from None
         self.inode = os.fstat(child_fd).st_ino
         theirs.close()
         try:
