@@ -15,6 +15,7 @@ same result (tests/inspector/test_lifecycles_fast.py).
 
 from __future__ import annotations
 
+import errno
 import os
 import struct
 from dataclasses import dataclass
@@ -86,6 +87,13 @@ _IN_PEEK = struct.Struct("<4xIQQ")  # fuse_in_header: opcode, unique, nodeid
 _OUT_PEEK = struct.Struct("<4xiQ")  # fuse_out_header: error, unique
 _ANDROID_OPENS = frozenset({DevIoctl.PASSTHROUGH_OPEN_V1, DevIoctl.PASSTHROUGH_OPEN_V2})
 _EPERM, _ENOENT, _EINVAL, _ENODEV = 1, 2, 22, 19
+#: errnos by which a kernel says it has no passthrough at all (not the server's doing)
+_UNSUPPORTED = {
+    errno.ENOTTY: ("backing-unsupported", "failed with ENOTTY: this kernel has no "
+                   "FUSE_DEV_IOC_BACKING_OPEN (older than 6.9): passthrough is not available"),
+    errno.EOPNOTSUPP: ("backing-unsupported", "failed with EOPNOTSUPP: this kernel was built "
+                       "without CONFIG_FUSE_PASSTHROUGH"),
+}
 _RECENT = 4096
 
 #: What `_pass.c` may take by itself. Requests, by opcode: left to Python, paired only,
@@ -727,8 +735,8 @@ class _Pass:
                                          f"{errno_name(err)} from fusetrace, not the kernel)", [i])
             return
         if err:
-            code, why = self.eperm_cause() if err == _EPERM else (
-                "backing-open-failed", f"failed with {errno_name(err)}")
+            code, why = self.eperm_cause() if err == _EPERM else _UNSUPPORTED.get(err, (
+                "backing-open-failed", f"failed with {errno_name(err)}"))
             self.flag(code, f"{where} {why}", [i, *([self.init_reply] if self.init_reply is not
                                                      None and err == _EPERM else [])])
             return

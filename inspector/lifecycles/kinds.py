@@ -25,6 +25,9 @@ ANOMALY_KINDS: dict[str, tuple[str, str]] = {
     "backing-eperm-no-cap": (
         "error", "BACKING_OPEN failed with EPERM although passthrough was negotiated: the "
                  "process calling it lacks CAP_SYS_ADMIN"),
+    "backing-unsupported": (
+        "error", "BACKING_OPEN failed with ENOTTY or EOPNOTSUPP: this kernel has no passthrough "
+                 "(older than 6.9, or built without CONFIG_FUSE_PASSTHROUGH)"),
     "recorder-failed": (
         "error", "a passthrough ioctl was not made because fusetrace's own machinery failed "
                  "(pidfd_getfd refused by Yama or an LSM, credentials it could not take): "

@@ -171,6 +171,16 @@ def test_eperm_causes_are_told_apart(s: Session, init: dict[str, int], code: str
     assert set(found) <= {"init-passthrough-off"}
 
 
+@pytest.mark.parametrize(("err", "says"), [(errno.ENOTTY, "older than 6.9"),
+                                           (errno.EOPNOTSUPP, "CONFIG_FUSE_PASSTHROUGH")])
+def test_a_kernel_without_passthrough_is_named(s: Session, err: int, says: str) -> None:
+    s.init()
+    failed = s.backing_open(0, err)
+    a = s.end()
+    assert codes(a) == {"backing-unsupported": (failed,)}
+    assert says in a.anomalies[0].message
+
+
 def test_ids_misused_in_open_replies(s: Session) -> None:
     s.init()
     s.backing_open(1)
