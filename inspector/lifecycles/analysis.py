@@ -64,9 +64,9 @@ _DIR_OPS = frozenset({Opcode.OPENDIR, Opcode.READDIR, Opcode.READDIRPLUS, Opcode
 _RELEASES = frozenset({Opcode.RELEASE, Opcode.RELEASEDIR})
 _NO_REPLY = frozenset(NO_REPLY_OPCODES) | {Opcode.INTERRUPT}
 #: Requests that name no id the pass follows: only their pairing with a reply matters.
-_PLAIN = frozenset(Opcode) - _ENTRY_REPLIES - _OPENS - _DIR_OPS - _RELEASES - _NO_REPLY - {
-    Opcode.INIT, Opcode.GETATTR, Opcode.SETATTR} - wire.FH_FIRST
-_FH_NAMED = wire.FH_FIRST | {Opcode.GETATTR, Opcode.SETATTR}  # requests that may name a handle
+_FH_NAMED = frozenset(wire.FH_SLOTS)  # requests that may name a handle (see dissectors.ids)
+_PLAIN = (frozenset(Opcode) - _ENTRY_REPLIES - _OPENS - _DIR_OPS - _RELEASES - _NO_REPLY
+          - {Opcode.INIT} - _FH_NAMED)
 _MAKES_IDS = _ENTRY_REPLIES | _OPENS | {Opcode.READDIRPLUS}  # replies that hand out ids
 #: GETATTR's handle: (where it ends, where its flag word is, that word's struct, the bit)
 _GETATTR_FH = next((at + st.size, flag_at, flag, bit)

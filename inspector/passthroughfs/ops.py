@@ -31,6 +31,7 @@ from dissectors.constants import (
     IN_HEADER_SIZE,
     Opcode,
 )
+from dissectors.ids import FUSE_GETATTR_FH
 from dissectors.quick import Brief, compiled
 from dissectors.structs import (
     FuseBatchForgetIn,
@@ -60,7 +61,6 @@ from .nodes import NodeTable, key_of
 NO_REPLY = object()
 """Returned by handlers of requests the kernel expects no reply to."""
 
-FUSE_GETATTR_FH = 1
 FSYNC_FDATASYNC = 1
 RENAME_EXCHANGE = 2
 _DIRENT_HEAD = 24  # fuse_dirent without its name

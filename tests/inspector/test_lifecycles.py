@@ -15,11 +15,13 @@ from scapy.packet import Packet
 from dissectors.constants import (FOPEN_DIRECT_IO, FOPEN_PASSTHROUGH, FUSE_INIT_EXT,
                                   FUSE_PASSTHROUGH, FUSE_PASSTHROUGH_ANDROID_EXT,
                                   FUSE_WRITEBACK_CACHE, Opcode)
+from dissectors.ids import FUSE_GETATTR_FH
 from dissectors.ioctls import DevIoctl, FuseBackingMap, FusePassthroughOut
 from dissectors.structs import (FuseAttr, FuseBatchForgetIn, FuseEntryOut, FuseForgetIn,
                                 FuseForgetList, FuseForgetOne, FuseInHeader, FuseInitIn,
                                 FuseInitOut, FuseInterruptIn, FuseName, FuseOpenIn, FuseOpenOut,
-                                FuseOpenOutAndroid, FuseOutHeader, FuseReadIn, FuseReleaseIn)
+                                FuseOpenOutAndroid, FuseOutHeader, FuseReadIn, FuseReleaseIn,
+                                FuseStatxIn)
 from inspector.lifecycles import Analysis, analyse
 from inspector.lifecycles.wire import direntplus_nodeids, request_fhs
 from traces import TraceWriter
@@ -179,6 +181,15 @@ def test_a_kernel_without_passthrough_is_named(s: Session, err: int, says: str) 
     a = s.end()
     assert codes(a) == {"backing-unsupported": (failed,)}
     assert says in a.anomalies[0].message
+
+
+def test_statx_naming_a_handle_uses_it(s: Session) -> None:
+    """STATX's fh is a handle only with FUSE_GETATTR_FH (dissectors.ids): with it an
+    unknown one is flagged like any use, without it the field is nobody's."""
+    s.init()
+    s.request(Opcode.STATX, FuseStatxIn(getattr_flags=0, fh=0x77), nodeid=1)
+    named, _ = s.request(Opcode.STATX, FuseStatxIn(getattr_flags=FUSE_GETATTR_FH, fh=0x66))
+    assert codes(s.end()).get("fh-unknown") == (named,)
 
 
 def test_ids_misused_in_open_replies(s: Session) -> None:
