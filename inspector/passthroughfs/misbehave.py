@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 
 from dissectors.constants import Opcode
 
+LONG_NAME = 200  # crash-long-name: names longer than this crash the server
+
 #: Switch name → what it does, for `--help`.
 SWITCHES: dict[str, str] = {
     "leak-backing-id": "never BACKING_CLOSE a backing id",
@@ -24,6 +26,10 @@ SWITCHES: dict[str, str] = {
     "wrong-errno": "RMDIR of a non-empty directory fails with EEXIST instead of ENOTEMPTY",
     "reuse-fh": "hand a file open the previous open's fh again while that is still open",
     "stall=OPCODE:SECONDS": "delay every reply to OPCODE by SECONDS",
+    # Seeded bugs, for `fusetrace reduce` and `fuzz` to find:
+    "crash-long-name": f"abort() on a request naming more than {LONG_NAME} bytes",
+    "short-statfs": "cut the STATFS reply 4 bytes short",
+    "hang-append": "never reply to an OPEN with O_APPEND",
 }
 UNKNOWN_BACKING_ID = 4242
 

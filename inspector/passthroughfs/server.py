@@ -12,6 +12,7 @@ import errno
 import logging
 import os
 import signal
+import struct
 import threading
 import time
 from typing import Any
@@ -31,7 +32,7 @@ from dissectors.quick import brief_reply, brief_request
 from dissectors.structs import FuseInitOut, FuseOutHeader
 from dissectors.summary import line
 
-from .misbehave import Misbehaviour
+from .misbehave import LONG_NAME, Misbehaviour
 from .ops import NO_REPLY, Operations, Request
 from .tracing import Tracer
 
@@ -130,12 +131,16 @@ class Server:
         self.tracer.request(raw)
         req = Request(raw, brief_request(raw, self.ctx))
         log.debug("-> %s", line(req.brief))
+        if self.misbehave.flags and self._seeded_bug(req):
+            return
         reply = self._handle(req)
         if reply is None:
             return
         if log.isEnabledFor(logging.DEBUG):
             answered = self.ctx.for_reply(req.opcode, {"size": req.get("size")})
             log.debug("<- %s", line(brief_reply(reply, answered)))
+        if req.opcode == Opcode.STATFS and "short-statfs" in self.misbehave:
+            reply = struct.pack("<I", len(reply) - 4) + reply[4:-4]
         stall = self.misbehave.stall(req.opcode)
         if stall:
             time.sleep(stall)
@@ -146,6 +151,14 @@ class Server:
             self._unsent(req, reply)
         if req.opcode == Opcode.DESTROY:
             self.stop("DESTROY")
+
+    def _seeded_bug(self, req: Request) -> bool:
+        """The seeded bugs taken before handling: crash, or drop the request (a hang)."""
+        name = req.brief.extras.get("name")
+        if "crash-long-name" in self.misbehave and isinstance(name, bytes) and len(name) > LONG_NAME:
+            os.abort()
+        return (req.opcode == Opcode.OPEN and "hang-append" in self.misbehave
+                and bool((req.get("flags") or 0) & os.O_APPEND))
 
     def _handle(self, req: Request) -> bytes | None:
         """The reply bytes for a request, or None when none is due."""
