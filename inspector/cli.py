@@ -288,6 +288,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_replay(sub)
 
+    from .reduce.command import add_parser as add_reduce
+
+    add_reduce(sub)
+
     demo = sub.add_parser("demo", help="record the bundled passthrough filesystem through the proxy, "
                                        "use it, show its trace")
     demo.add_argument("-w", "--write", default="fusetrace-demo.fzt", metavar="TRACE",

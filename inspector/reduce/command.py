@@ -1,0 +1,98 @@
+"""`fusetrace reduce`: the command line around `reduce_trace()`.
+
+Exit status: 0 when a smaller (or equal) failing trace was written, 2 on bad input or a
+trace whose replay does not fail.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from traces import TraceReadError
+
+from .ddmin import NotFailing, reduce_trace
+from .signature import Selector
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    red = sub.add_parser(
+        "reduce", help="shrink a trace whose replay fails to the fewest messages failing the same way",
+        usage="fusetrace reduce TRACE -o SMALL.fzt [--keep FILTER] [--jobs N] [--timeout S] "
+              "[--fresh DIR] -- SERVER [ARGS...]",
+        description="Delta debugging over the trace's exchanges (INIT, the session's events and "
+                    "the replies that handed out the node ids and handles kept requests use "
+                    "always stay): replays candidates against SERVER and keeps the smallest "
+                    "that fails the same way (a crash or hang in the same opcode, or, with "
+                    "--keep, a difference in the same fields of a message the filter selects). "
+                    "Ctrl-C leaves the smallest found so far in SMALL.fzt.")
+    red.add_argument("trace", metavar="TRACE")
+    red.add_argument("-o", "--output", metavar="SMALL.fzt", help="where the reduced trace goes")
+    red.add_argument("--keep", metavar="FILTER",
+                     help="the failure is a difference in a record this filter selects "
+                          "(the filter language of `fusetrace show`, e.g. 'op=READDIR and err')")
+    red.add_argument("--jobs", type=int, default=1, metavar="N", help="replays run at once")
+    red.add_argument("--timeout", type=float, default=2.0, metavar="SECONDS",
+                     help="per request before the server counts as hanging (default %(default)s)")
+    red.add_argument("--fresh", metavar="DIR",
+                     help="SERVER's argument DIR is copied afresh for every replay "
+                          "(a server that changes its source directory)")
+    red.add_argument("server", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    red.set_defaults(run=run, reduce_parser=red)
+
+
+def _selector(text: str) -> Selector:
+    from inspector.query import QueryContext, parse
+    from traces import TraceIndex
+
+    query = parse(text)  # QueryError (a ValueError) on a bad filter
+
+    def chosen(path: str) -> set[int]:
+        idx = TraceIndex.open(path)
+        try:
+            return set(query.select(QueryContext(idx)))
+        finally:
+            close = getattr(idx, "close", None)
+            if close is not None:
+                close()
+    return chosen
+
+
+def run(args: argparse.Namespace) -> int:
+    server = list(args.server)
+    if "--" in server:
+        at = server.index("--")
+        args.reduce_parser.parse_args([*server[:at], args.trace], namespace=args)
+        server = server[at + 1:]
+    if not server or not args.output:
+        return _fail("want TRACE -o SMALL.fzt -- SERVER [ARGS...]")
+    if args.jobs < 1 or args.timeout <= 0:
+        return _fail("--jobs must be at least 1 and --timeout more than 0")
+    if args.fresh is not None and args.fresh not in server:
+        return _fail(f"--fresh {args.fresh}: not one of SERVER's arguments")
+    try:
+        keep = _selector(args.keep) if args.keep else None
+    except ValueError as exc:
+        return _fail(f"--keep: {exc}")
+    from rich.progress import Progress, TextColumn
+
+    try:
+        with Progress(TextColumn("reducing: {task.fields[replays]} replays, smallest "
+                                 "{task.fields[size]} messages"),
+                      disable=not sys.stderr.isatty(), transient=True) as bar:
+            task = bar.add_task("reduce", total=None, replays=0, size="?")
+            result = reduce_trace(args.trace, args.output, server, keep=keep, jobs=args.jobs,
+                                  timeout=args.timeout, fresh=args.fresh,
+                                  progress=lambda r, m: bar.update(task, replays=r, size=m))
+    except (TraceReadError, NotFailing, OSError) as exc:
+        return _fail(f"{args.trace}: {exc}")
+    how = " (interrupted: the smallest so far)" if result.interrupted else ""
+    print(f"{os.fspath(args.output)}: {result.messages} of {result.messages_before} messages, "
+          f"{result.signature.text()}{how}; {result.replays} replays")
+    return 0
+
+
+def _fail(message: str) -> int:
+    print(f"fusetrace: error: {message}", file=sys.stderr)
+    return 2

@@ -1,0 +1,140 @@
+"""Delta debugging over a trace's exchanges, candidates replayed `jobs` at a time.
+
+Candidates of one round are tried in a fixed order and the first that still fails wins,
+whatever order their replays finish in: the result does not depend on `jobs`. Every
+smaller failing trace found is written to the output at once, so an interrupt (or a kill)
+leaves the smallest so far there.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+from dissectors.constants import Opcode
+from inspector.replay import replay
+
+from .signature import Selector, Signature, signature
+from .units import Cut, cut
+
+
+class NotFailing(Exception):
+    """The whole trace's replay does not fail: nothing to keep failing."""
+
+
+@dataclass
+class Reduction:
+    signature: Signature
+    messages_before: int
+    messages: int  # request/reply/ioctl records kept
+    replays: int
+    interrupted: bool = False
+
+
+Progress = Callable[[int, int], None]  # (replays so far, messages in the smallest so far)
+
+
+class _Tester:
+    """Replays candidates (by sets of units), each on a fresh copy of `fresh` if given."""
+
+    def __init__(self, c: Cut, server: Sequence[str], keep: Selector | None, timeout: float,
+                 fresh: str | None, work: Path) -> None:
+        self.cut, self.server, self.keep, self.timeout = c, list(server), keep, timeout
+        self.fresh, self.work = fresh, work
+        self.replays = 0
+        self.seen: dict[tuple[int, ...], Signature | None] = {}
+
+    def run(self, units: tuple[int, ...], n: int) -> Signature | None:
+        if units in self.seen:
+            return self.seen[units]
+        where = self.work / f"c{n}"
+        where.mkdir()
+        trace = where / "t.fzt"
+        self.cut.write(trace, units)
+        argv = self.server
+        if self.fresh is not None:
+            copy = where / "fresh"
+            shutil.copytree(self.fresh, copy, symlinks=True)
+            argv = [str(copy) if a == self.fresh else a for a in argv]
+        report = replay(trace, argv, timeout=self.timeout)
+        last = _opname(self.cut.units[units[-1]].opcode) if units else ""
+        sig = signature(report, trace, last, self.keep)
+        shutil.rmtree(where, ignore_errors=True)
+        self.seen[units] = sig
+        self.replays += 1
+        return sig
+
+
+def _opname(opcode: int) -> str:
+    try:
+        return Opcode(opcode).name
+    except ValueError:
+        return str(opcode)
+
+
+def reduce_trace(path: str | os.PathLike[str], out: str | os.PathLike[str],
+                 server: Sequence[str], *, keep: Selector | None = None, jobs: int = 1,
+                 timeout: float = 2.0, fresh: str | None = None,
+                 progress: Progress | None = None) -> Reduction:
+    """Write to `out` the smallest trace found whose replay fails as `path`'s does."""
+    c = cut(path)
+    everything = [i for i in range(len(c.units)) if i not in c.fixed]
+    with tempfile.TemporaryDirectory(prefix="fusetrace-reduce-") as tmp, \
+            ThreadPoolExecutor(max(1, jobs)) as pool:
+        tester = _Tester(c, server, keep, timeout, fresh, Path(tmp))
+        counter = iter(range(1 << 62))
+        full = tuple(c.closure(everything))
+        target = tester.run(full, next(counter))
+        if target is None:
+            raise NotFailing("the trace's replay does not fail" + (
+                " in a difference the filter selects" if keep else ""))
+        before = c.messages(full)
+        result = Reduction(target, before, before, tester.replays)
+        c.write(out, full)
+
+        def fails(groups: list[list[int]]) -> int | None:
+            """The index of the first group whose candidate fails as the target does."""
+            for start in range(0, len(groups), max(1, jobs)):
+                batch = groups[start:start + max(1, jobs)]
+                keys = [tuple(c.closure(g)) for g in batch]
+                sigs = list(pool.map(lambda k: tester.run(k, next(counter)), keys))
+                for i, sig in enumerate(sigs):
+                    if sig == target:
+                        return start + i
+            return None
+
+        cur, n = everything, 2
+        try:
+            while len(cur) >= 2:
+                size = -(-len(cur) // n)
+                chunks = [cur[i:i + size] for i in range(0, len(cur), size)]
+                complements = [[u for u in cur if u not in set(ch)] for ch in chunks]
+                tries = chunks + (complements if len(chunks) > 2 else [])
+                hit = fails(tries)
+                if hit is not None:
+                    cur = tries[hit]
+                    n = 2 if hit < len(chunks) else max(n - 1, 2)
+                    kept = c.closure(cur)
+                    c.write(out, kept)
+                    result.messages = c.messages(kept)
+                elif n < len(cur):
+                    n = min(2 * n, len(cur))
+                else:
+                    break
+                result.replays = tester.replays
+                if progress is not None:
+                    progress(tester.replays, result.messages)
+            if len(cur) == 1 and fails([[]]) is not None:
+                cur = []
+                kept = c.closure(cur)
+                c.write(out, kept)
+                result.messages = c.messages(kept)
+        except KeyboardInterrupt:
+            result.interrupted = True
+        result.replays = tester.replays
+        return result
