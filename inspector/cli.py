@@ -292,6 +292,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_reduce(sub)
 
+    from .fuzz.command import add_parser as add_fuzz
+
+    add_fuzz(sub)
+
     demo = sub.add_parser("demo", help="record the bundled passthrough filesystem through the proxy, "
                                        "use it, show its trace")
     demo.add_argument("-w", "--write", default="fusetrace-demo.fzt", metavar="TRACE",

@@ -139,7 +139,7 @@ class Server:
         if log.isEnabledFor(logging.DEBUG):
             answered = self.ctx.for_reply(req.opcode, {"size": req.get("size")})
             log.debug("<- %s", line(brief_reply(reply, answered)))
-        if req.opcode == Opcode.STATFS and "short-statfs" in self.misbehave:
+        if req.opcode == Opcode.STATFS and "short-statfs" in self.misbehave and len(reply) > 16:
             reply = struct.pack("<I", len(reply) - 4) + reply[4:-4]
         stall = self.misbehave.stall(req.opcode)
         if stall:

@@ -18,6 +18,8 @@ from inspector.replay import ReplayReport
 
 _HANDLING = re.compile(r"^the server (.*?) while handling (\S+)")
 _HANG = re.compile(r"^no reply to (\S+) .*the server hangs on it")
+#: the signals that mean a crash, not the replay ending the server
+CRASH_SIGNALS = ("SIGSEGV", "SIGABRT", "SIGBUS", "SIGFPE", "SIGILL")
 _CRASHED = re.compile(r"^the server crashed \((.*?)\)")
 
 
@@ -52,7 +54,7 @@ def signature(report: ReplayReport, trace: str | os.PathLike[str], last_opcode: 
         return Signature("crash", last_opcode, _signal(m.group(1)))
     if err:
         return Signature("error", "", re.sub(r"\d+", "N", err))
-    if report.server_exit and "killed by" in report.server_exit:
+    if report.server_exit and any(s in report.server_exit for s in CRASH_SIGNALS):
         return Signature("crash", last_opcode, _signal(report.server_exit))
     if report.differences:
         d = report.differences[0]

@@ -56,20 +56,24 @@ class Cut:
     def messages(self, units: Iterable[int]) -> int:
         return sum(len(self.units[u].records) for u in units)
 
-    def write(self, path: str | os.PathLike[str], units: Iterable[int]) -> None:
-        """The candidate as an ordinary trace: kept records in their recorded order."""
+    def write(self, path: str | os.PathLike[str], units: Iterable[int],
+              replaced: dict[int, bytes] | None = None) -> None:
+        """The candidate as an ordinary trace: kept records in their recorded order
+        (`replaced`: record index → the bytes to write instead, for `fuzz`)."""
         keep = set(self.always)
         for u in units:
             keep.update(self.units[u].records)
         with TraceWriter(path, dict(self.header)) as out:
             for i in sorted(keep):
-                _copy(out, self.records[i])
+                _copy(out, self.records[i], (replaced or {}).get(i))
 
 
-def _copy(out: TraceWriter, rec: Record) -> None:
+def _copy(out: TraceWriter, rec: Record, raw: bytes | None = None) -> None:
     meta = dict(rec.meta)
     if rec.kind is Kind.REQUEST:
-        out.request(rec.raw or b"", ts=rec.ts, **meta)
+        if raw is not None:
+            meta.pop("len", None)
+        out.request(rec.raw or b"" if raw is None else raw, ts=rec.ts, **meta)
     elif rec.kind is Kind.REPLY:
         out.reply(rec.raw or b"", ts=rec.ts, **meta)
     elif rec.kind is Kind.IOCTL:
