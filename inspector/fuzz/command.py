@@ -44,7 +44,9 @@ def run(args: argparse.Namespace) -> int:
         found = fuzz(args.trace, server, args.output, seconds=args.seconds, seed=args.seed,
                      timeout=args.timeout)
     except (TraceReadError, OSError) as exc:
-        print(f"fusetrace: error: {args.trace}: {exc}", file=sys.stderr)
+        text = str(exc)
+        print(f"fusetrace: error: {text if args.trace in text else f'{args.trace}: {text}'}",
+              file=sys.stderr)
         return 2
     for f in found:
         print(f"{f.trace}: {f.what} (after {f.tries} requests)")

@@ -86,7 +86,8 @@ def run(args: argparse.Namespace) -> int:
                                   timeout=args.timeout, fresh=args.fresh,
                                   progress=lambda r, m: bar.update(task, replays=r, size=m))
     except (TraceReadError, NotFailing, OSError) as exc:
-        return _fail(f"{args.trace}: {exc}")
+        text = str(exc)
+        return _fail(text if args.trace in text else f"{args.trace}: {text}")
     how = " (interrupted: the smallest so far)" if result.interrupted else ""
     print(f"{os.fspath(args.output)}: {result.messages} of {result.messages_before} messages, "
           f"{result.signature.text()}{how}; {result.replays} replays")
