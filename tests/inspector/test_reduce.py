@@ -103,3 +103,18 @@ def test_a_bad_trace_is_one_line_and_exit_2(tmp_path: Path) -> None:
                            str(tmp_path / "x.fzt"), "--", *PASSTHROUGHFS, str(tmp_path),
                            str(tmp_path / "mnt")], capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+
+
+def test_keep_shrinks_to_a_difference_the_filter_selects(crashing: tuple[Path, list[str]],
+                                                        tmp_path: Path) -> None:
+    """Replayed on the source the recording left, the LOOKUPs that failed (the files did
+    not exist yet) now succeed: --keep picks those differences among all."""
+    trace, server = crashing
+    correct = [a for a in server if a not in ("--misbehave", "crash-long-name")]
+    small = tmp_path / "keep.fzt"
+    done = subprocess.run([sys.executable, "-m", "inspector.cli", "reduce", str(trace), "-o",
+                           str(small), "--keep", "op=LOOKUP and err", "--jobs", "2", "--",
+                           *correct], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "reply in LOOKUP" in done.stdout and "error" in done.stdout, done.stdout
+    assert _requests(small) == [Opcode.INIT, Opcode.LOOKUP]
