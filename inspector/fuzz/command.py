@@ -7,6 +7,7 @@ import sys
 
 from traces import TraceReadError
 
+from ..replay.command import server_after_dashes
 from .run import fuzz
 
 
@@ -31,11 +32,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 def run(args: argparse.Namespace) -> int:
-    server = list(args.server)
-    if "--" in server:
-        at = server.index("--")
-        args.fuzz_parser.parse_args([*server[:at], args.trace], namespace=args)
-        server = server[at + 1:]
+    server = server_after_dashes(args, args.fuzz_parser)
     if not server or args.seconds <= 0 or args.timeout <= 0:
         print("fusetrace: error: want TRACE [--seconds S > 0] -- SERVER [ARGS...]",
               file=sys.stderr)

@@ -12,6 +12,7 @@ import sys
 
 from traces import TraceReadError
 
+from ..replay.command import server_after_dashes
 from .ddmin import NotFailing, reduce_trace
 from .signature import Selector
 
@@ -60,11 +61,7 @@ def _selector(text: str) -> Selector:
 
 
 def run(args: argparse.Namespace) -> int:
-    server = list(args.server)
-    if "--" in server:
-        at = server.index("--")
-        args.reduce_parser.parse_args([*server[:at], args.trace], namespace=args)
-        server = server[at + 1:]
+    server = server_after_dashes(args, args.reduce_parser)
     if not server or not args.output:
         return _fail("want TRACE -o SMALL.fzt -- SERVER [ARGS...]")
     if args.jobs < 1 or args.timeout <= 0:

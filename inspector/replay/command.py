@@ -50,12 +50,20 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     rep.set_defaults(run=run, replay_parser=rep)
 
 
-def run(args: argparse.Namespace) -> int:
+def server_after_dashes(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list[str]:
+    """SERVER [ARGS...] from after `--`: argparse's REMAINDER takes all that follows TRACE,
+    so options typed between TRACE and `--` are parsed here, as options (replay, reduce,
+    fuzz)."""
     server = list(args.server)
-    if "--" in server:  # options typed after TRACE land here: parse them as options
+    if "--" in server:
         at = server.index("--")
-        args.replay_parser.parse_args([*server[:at], args.trace], namespace=args)
+        parser.parse_args([*server[:at], args.trace], namespace=args)
         server = server[at + 1:]
+    return server
+
+
+def run(args: argparse.Namespace) -> int:
+    server = server_after_dashes(args, args.replay_parser)
     try:
         masks = Masks(args.mask, defaults=not args.no_default_masks)
     except ValueError as exc:
