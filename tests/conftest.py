@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 from pathlib import Path
 from typing import Callable, Iterator, NamedTuple
 
@@ -59,6 +61,23 @@ def requires_fuse() -> None:
 class FsDirs(NamedTuple):
     source: Path
     mountpoint: Path
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Path]:
+    """A tmpfs of the test module's SMALL_DISK bytes (default 64 KiB) for this test alone,
+    unmounted whatever happens: a disk that fills up for real."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount a small tmpfs")
+    size = getattr(request.module, "SMALL_DISK", 64 << 10)
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "fusetrace-full",
+                    str(disk)], check=True, timeout=30)
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=True, timeout=30)
 
 
 @pytest.fixture

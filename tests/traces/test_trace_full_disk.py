@@ -6,27 +6,11 @@ from __future__ import annotations
 
 import errno
 import os
-import subprocess
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
 from traces import TraceReader, TraceWriteError, TraceWriter
-
-
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    if os.geteuid() != 0:
-        pytest.skip("needs root to mount a small tmpfs")
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k,mode=0700", "fusetrace-full", str(disk)],
-                   check=True, timeout=30)
-    try:
-        yield disk
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], check=True, timeout=30)
 
 
 @pytest.mark.parametrize("batched", [False, True])
