@@ -13,17 +13,7 @@
 #include <stdint.h>
 #include <string.h>
 
-static uint32_t get_u32(const unsigned char *p) {
-    uint32_t v;
-    memcpy(&v, p, 4);
-    return v; /* little-endian host (x86_64, aarch64): the wire order */
-}
-
-static uint64_t get_u64(const unsigned char *p) {
-    uint64_t v;
-    memcpy(&v, p, 8);
-    return v;
-}
+#include "le.h"
 
 static PyObject *LEN_KEY; /* "len" */
 

@@ -17,6 +17,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "../../traces/le.h"
+
 /* What `state` holds, in this order (see `_Pass.fast_state`). */
 enum {
     S_ASKED,        /* dict unique -> _Asked */
@@ -50,18 +52,6 @@ typedef struct {
 } Layout;
 
 static PyObject *S_HIGHEST, *S_EVENTS, *S_COUNT_ATTR, *S_LABEL, *S_WRITE_ERRNO, *LEN_KEY, *ONE, *NO_DETAIL;
-
-static uint64_t get_u64(const unsigned char *p) {
-    uint64_t v;
-    memcpy(&v, p, 8);
-    return v; /* little-endian host (x86_64, aarch64): the wire order */
-}
-
-static uint32_t get_u32(const unsigned char *p) {
-    uint32_t v;
-    memcpy(&v, p, 4);
-    return v;
-}
 
 /* A new instance of a tuple subclass (a NamedTuple) holding `items` (references stolen;
  * on failure they are released). */

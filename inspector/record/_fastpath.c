@@ -38,6 +38,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "../../traces/le.h"
+
 #define TABLE 64          /* opcodes and notify codes below this are handled here */
 #define IN_HEADER 40      /* sizeof(struct fuse_in_header) */
 #define OUT_HEADER 16     /* sizeof(struct fuse_out_header) */
@@ -429,8 +431,6 @@ static size_t kept_of(const Pump *self, size_t n, int data_at)
     return (size_t)data_at + (size_t)self->snaplen;
 }
 
-static uint32_t u32_at(const unsigned char *p) { uint32_t v; memcpy(&v, p, 4); return v; }
-static uint64_t u64_at(const unsigned char *p) { uint64_t v; memcpy(&v, p, 8); return v; }
 
 /* Fill a table from a {int: int} dict (missing keys: `none`). */
 static int fill_table(PyObject *dict, int16_t *table, int16_t none)
@@ -577,10 +577,10 @@ static void send_held(Pump *self, Outcome *out)
     ssize_t sent = send(self->sockfd, self->request_buf, self->held, MSG_DONTWAIT | MSG_NOSIGNAL);
     if (sent < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
         return;  /* the server's socket is full: wait for POLLOUT */
-    uint64_t unique = u64_at(self->request_buf + 8);
+    uint64_t unique = get_u64(self->request_buf + 8);
     if (sent < 0) {
         out->what = UNSENT, out->err = errno, out->unique = unique;
-        out->opcode = u32_at(self->request_buf + 4);
+        out->opcode = get_u32(self->request_buf + 4);
         pending_take(&self->pending, unique, 1);
     } else {
         self->requests++;
@@ -609,12 +609,12 @@ static int take_request(Pump *self, Outcome *out)
         self->dev_open = 0;
         return 1;
     }
-    uint32_t opcode = n >= IN_HEADER ? u32_at(buf + 4) : TABLE;
+    uint32_t opcode = n >= IN_HEADER ? get_u32(buf + 4) : TABLE;
     if (opcode >= TABLE || self->to_python[opcode]) {
         out->what = REQUEST, out->n = n;
         return 1;
     }
-    uint64_t unique = u64_at(buf + 8);
+    uint64_t unique = get_u64(buf + 8);
     if (!self->no_reply[opcode])
         pending_put(&self->pending, unique, opcode);
     size_t kept = kept_of(self, (size_t)n, self->data_request[opcode]);
@@ -650,14 +650,14 @@ static int take_reply(Pump *self, Outcome *out)
     }
     /* a header that does not say this message's length (a piece of a spliced reply, or
      * garbage: Python's reassembler tells which), or Python is putting pieces together */
-    if (self->pieces || n < OUT_HEADER || u32_at(buf) != (uint32_t)n) {
+    if (self->pieces || n < OUT_HEADER || get_u32(buf) != (uint32_t)n) {
         out->what = REPLY, out->n = n;
         self->last_reply_ns = now_ns();  /* the clock for giving up on missing pieces */
         return 1;
     }
     int32_t error;
     memcpy(&error, buf + 4, 4);
-    uint64_t unique = u64_at(buf + 8);
+    uint64_t unique = get_u64(buf + 8);
     long opcode = pending_take(&self->pending, unique, 1);
     if (opcode >= TABLE || (opcode >= 0 && self->to_python[opcode])) {
         pending_put(&self->pending, unique, (uint32_t)opcode);  /* Python's to take */
