@@ -249,6 +249,24 @@ def _connect_with_passthrough(device: int, mnt: Path) -> None:
     os.write(device, bytes(reply))
 
 
+def _run_with_passthrough(trace: Path, mnt: Path, script: str, backing: Path,
+                          native: bool) -> tuple[bytes, int, int]:
+    """`run_trapped(script, relay fd, backing)` on a real connection mounted on `mnt` with
+    passthrough on; unmounted and closed whatever happens."""
+    relay, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    device = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
+    try:
+        _connect_with_passthrough(device, mnt)
+        return run_trapped(trace, child_end, device, script,
+                           [str(child_end.fileno()), str(backing)], native)
+    finally:
+        if any(f" {mnt} " in line for line in Path("/proc/self/mountinfo").read_text().splitlines()):
+            syscalls.umount2(str(mnt), syscalls.MNT_DETACH)
+        os.close(device)
+        relay.close()
+        child_end.close()
+
+
 @pytest.mark.timeout(60)
 def test_backing_ids_from_several_threads_at_once(skip_without_seccomp: None, tmp_path: Path,
                                                   native: bool) -> None:
@@ -258,18 +276,7 @@ def test_backing_ids_from_several_threads_at_once(skip_without_seccomp: None, tm
     mnt.mkdir()
     backing.write_bytes(b"x" * 100)
     trace = tmp_path / "t.fzt"
-    relay, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    device = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
-    try:
-        _connect_with_passthrough(device, mnt)
-        out, pid, in_c = run_trapped(trace, child_end, device, THREADED,
-                                     [str(child_end.fileno()), str(backing)], native)
-    finally:
-        if any(f" {mnt} " in line for line in Path("/proc/self/mountinfo").read_text().splitlines()):
-            syscalls.umount2(str(mnt), syscalls.MNT_DETACH)
-        os.close(device)
-        relay.close()
-        child_end.close()
+    out, pid, in_c = _run_with_passthrough(trace, mnt, THREADED, backing, native)
     calls = sorted(tuple(c) for c in json.loads(out))
     assert len(calls) == 4 * 30 * 2  # every BACKING_OPEN succeeded and was closed
     assert all(result > 0 for _, cmd, result in calls if cmd == DevIoctl.BACKING_OPEN)
@@ -309,18 +316,8 @@ def test_a_thread_that_changes_identity_is_seen_with_the_new_one(
     mnt, backing = tmp_path / "mnt", tmp_path / "backing.bin"
     mnt.mkdir()
     backing.write_bytes(b"x")
-    relay, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    device = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
-    try:
-        _connect_with_passthrough(device, mnt)
-        out, _, in_c = run_trapped(tmp_path / "t.fzt", child_end, device, CHANGES_IDENTITY,
-                                   [str(child_end.fileno()), str(backing)], native)
-    finally:
-        if any(f" {mnt} " in line for line in Path("/proc/self/mountinfo").read_text().splitlines()):
-            syscalls.umount2(str(mnt), syscalls.MNT_DETACH)
-        os.close(device)
-        relay.close()
-        child_end.close()
+    out, _, in_c = _run_with_passthrough(tmp_path / "t.fzt", mnt, CHANGES_IDENTITY, backing,
+                                         native)
     first, refused, again = json.loads(out)
     assert first > 0 and refused == -errno.EPERM and again > 0
     records = [r.meta for r in TraceReader(str(tmp_path / "t.fzt")) if r.kind is Kind.IOCTL]
