@@ -525,6 +525,16 @@ def _odd(c: Crafted) -> None:
     c.writer.event("session_end", reason="unmounted", ts=c._tick())
 
 
+def _shown_and_decoded(trace: Path, out: Path, tmp_path: Path) -> tuple[list[Any], list[Any]]:
+    """What tshark with the generated plugin shows of `out` (the export of `trace`), and
+    what the dissectors decode of the trace itself, message by message."""
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    plugin = fusetrace("wireshark-plugin", env=env).stdout.strip()
+    shown = _packets(_tshark(out, "-X", f"lua_script:{plugin}", "-T", "pdml"))
+    with TraceReader(trace) as reader:
+        return shown, list(entries(reader))
+
+
 @needs_tshark
 @pytest.mark.parametrize("make", [_android, _old_kernel, _odd])
 def test_crafted_sessions_show_the_dissectors_fields(tmp_path: Path, make: Any) -> None:
@@ -534,11 +544,7 @@ def test_crafted_sessions_show_the_dissectors_fields(tmp_path: Path, make: Any) 
     c.writer.close()
     done = fusetrace("export", "--pcapng", "-o", str(out), str(trace))
     assert done.returncode == 0, done.stderr
-    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
-    plugin = fusetrace("wireshark-plugin", env=env).stdout.strip()
-    shown = _packets(_tshark(out, "-X", f"lua_script:{plugin}", "-T", "pdml"))
-    with TraceReader(trace) as reader:
-        decoded = list(entries(reader))
+    shown, decoded = _shown_and_decoded(trace, out, tmp_path)
     checked, raw = compare_messages(shown, decoded)
     assert checked > 20
     if make is _odd:
@@ -553,11 +559,7 @@ def test_synthetic_session_shows_the_dissectors_fields(tmp_path: Path) -> None:
     trace, out = tmp_path / "s.fzt", tmp_path / "s.pcapng"
     synthetic_trace(trace, 3000, seed=3)
     assert fusetrace("export", "--pcapng", "-o", str(out), str(trace)).returncode == 0
-    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
-    plugin = fusetrace("wireshark-plugin", env=env).stdout.strip()
-    shown = _packets(_tshark(out, "-X", f"lua_script:{plugin}", "-T", "pdml"))
-    with TraceReader(trace) as reader:
-        decoded = list(entries(reader))
+    shown, decoded = _shown_and_decoded(trace, out, tmp_path)
     checked, _ = compare_messages(shown, decoded)
     assert checked > 10000
     cut = [p for p, e in zip(shown, decoded) if e.record.truncated]
@@ -605,11 +607,7 @@ def test_garbage_shows_as_the_dissectors_decode_it(tmp_path: Path, seed: int) ->
     _garbage(c, seed)
     c.writer.close()
     assert fusetrace("export", "--pcapng", "-o", str(out), str(trace)).returncode == 0
-    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
-    plugin = fusetrace("wireshark-plugin", env=env).stdout.strip()
-    shown = _packets(_tshark(out, "-X", f"lua_script:{plugin}", "-T", "pdml"))
-    with TraceReader(trace) as reader:
-        decoded = list(entries(reader))
+    shown, decoded = _shown_and_decoded(trace, out, tmp_path)
     checked, raw = compare_messages(shown, decoded)
     assert checked > 5000 and raw > 50
     assert compare_ioctls(shown, decoded) >= 3
