@@ -68,6 +68,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                              "(as archive-backed servers write their archive)")
     parser.add_argument("--save-seconds", type=float, default=3.0, metavar="S",
                         help="how long writing --save-to takes (default %(default)s)")
+    parser.add_argument("--notify-renames", action="store_true",
+                        help="after a rename, invalidate the replaced entry (NOTIFY_INVAL_ENTRY) "
+                             "from a thread of its own while the rename is answered, as rclone does")
     parser.add_argument("-d", "--debug", action="store_true", help="log every request")
     args = parser.parse_args(argv)
     args.options = _mount_options(args.options, parser)
@@ -119,7 +122,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         ops = Operations(args.source, BackingFiles(conn.fd, tracer, misbehave),
                          args.timeouts, misbehave)
         server = Server(conn.fd, ops, tracer, misbehave, passthrough=args.passthrough,
-                        threads=args.threads, max_stack_depth=args.max_stack_depth)
+                        threads=args.threads, max_stack_depth=args.max_stack_depth,
+                        notify_renames=args.notify_renames)
         server.install_signal_handlers()
         conn.mount()
         status = server.serve()

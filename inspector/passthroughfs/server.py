@@ -25,11 +25,13 @@ from dissectors.constants import (
     FUSE_PASSTHROUGH,
     FUSE_WRITEBACK_CACHE,
     INIT_FLAGS,
+    OUT_HEADER_SIZE,
+    NotifyCode,
     Opcode,
 )
 from dissectors.context import DEFAULT_CONTEXT, FuseContext, dialect_of
 from dissectors.quick import brief_reply, brief_request
-from dissectors.structs import FuseInitOut, FuseOutHeader
+from dissectors.structs import FuseInitOut, FuseName, FuseNotifyInvalEntryOut, FuseOutHeader
 from dissectors.summary import line
 
 from .misbehave import LONG_NAME, Misbehaviour
@@ -46,6 +48,8 @@ _INIT_BITS = {name: bit for bit, name in INIT_FLAGS.items()}
 WANTED_FLAGS = sum(_INIT_BITS[name] for name in (
     "ASYNC_READ", "BIG_WRITES", "MAX_PAGES", "INIT_EXT", "PARALLEL_DIROPS",
     "DO_READDIRPLUS", "READDIRPLUS_AUTO"))
+_RENAMES = (Opcode.RENAME, Opcode.RENAME2)
+NOTIFY_HEAD_START = 0.001  # seconds the notification gets to reach the kernel before the reply
 #: read() errors that only mean "no request for you this time".
 _RETRY = {errno.EINTR, errno.EAGAIN, errno.ENOENT}
 
@@ -54,8 +58,10 @@ class Server:
     """Serves one connection with `threads` workers until it ends or a signal arrives."""
 
     def __init__(self, fd: int, ops: Operations, tracer: Tracer, misbehave: Misbehaviour,
-                 *, passthrough: bool = True, threads: int = 4, max_stack_depth: int = 1) -> None:
+                 *, passthrough: bool = True, threads: int = 4, max_stack_depth: int = 1,
+                 notify_renames: bool = False) -> None:
         self.fd = fd
+        self.notify_renames = notify_renames
         self.ops = ops
         self.tracer = tracer
         self.misbehave = misbehave
@@ -144,6 +150,8 @@ class Server:
         stall = self.misbehave.stall(req.opcode)
         if stall:
             time.sleep(stall)
+        if self.notify_renames and req.opcode in _RENAMES and len(reply) == OUT_HEADER_SIZE:
+            self._invalidate_meanwhile(req.get("newdir"), req.name2)
         err = self.tracer.send(self.fd, reply, req.opcode)
         if err:
             log.log(logging.DEBUG if err == errno.ENOENT else logging.WARNING,
@@ -151,6 +159,28 @@ class Server:
             self._unsent(req, reply)
         if req.opcode == Opcode.DESTROY:
             self.stop("DESTROY")
+
+    def _invalidate_meanwhile(self, parent: int, name: bytes) -> None:
+        """Tell the kernel to forget the entry a rename replaced, from a thread of its own
+        and before the rename's reply, as rclone does. The kernel holds that write until
+        the rename (which holds the directory) is answered, and this worker answers it
+        meanwhile: a relay that writes one message at a time deadlocks here. The server's
+        own --trace leaves these notifications out (its lock would queue the reply behind
+        the held write)."""
+        note = bytes(FuseOutHeader(error=NotifyCode.INVAL_ENTRY)
+                     / FuseNotifyInvalEntryOut(parent=parent) / FuseName(name=name))
+        started = threading.Event()
+
+        def write() -> None:
+            started.set()
+            try:
+                os.write(self.fd, note)
+            except OSError as exc:  # ENOENT: the entry was not cached
+                log.debug("INVAL_ENTRY %r: %s", name, exc)
+
+        threading.Thread(target=write, name="inval-entry", daemon=True).start()
+        started.wait()
+        time.sleep(NOTIFY_HEAD_START)
 
     def _seeded_bug(self, req: Request) -> bool:
         """The seeded bugs taken before handling: crash, or drop the request (a hang)."""

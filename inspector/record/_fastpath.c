@@ -32,6 +32,7 @@
 #include <poll.h>
 #include <pthread.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
@@ -348,7 +349,229 @@ static long pending_take(Pending *p, uint64_t unique, int pop)
     return found;
 }
 
+/* ------------------------------------------------------------------ Notifier */
+
+/* Notifications (unique 0) are written to /dev/fuse by a pool of threads, never by the
+ * lane that received them: the kernel may hold such a write on an inode or directory lock
+ * (INVAL_ENTRY and DELETE take the parent's, STORE and RETRIEVE page locks) until a
+ * request in that directory is answered, and that answer may be the next message the lane
+ * would relay. The lane waits NOTIFY_WAIT_NS for the write, so the kernel sees the server's
+ * messages in the order it sent them whenever the write does not block; past that it goes
+ * on, and a pool thread carries the waiting write. A write that waits never holds back
+ * another: the pool grows by one thread whenever no thread is idle (to MAX_NOTIFIERS;
+ * beyond that, or when a thread cannot be made, the lane writes itself). */
+
+#define MAX_NOTIFIERS 256
+#define NOTIFY_WAIT_NS 1000000ull
+#define LATE_MAX 64
+
+enum { QUEUED, WRITTEN, LEFT };
+
+typedef struct Notice {
+    struct Notice *next;
+    int state;   /* QUEUED; WRITTEN (err set); LEFT: its lane stopped waiting */
+    int err;
+    size_t n;
+    unsigned char data[];
+} Notice;
+
+typedef struct {
+    pthread_mutex_t lock;
+    pthread_cond_t work, done;
+    Notice *head, *tail;
+    int idle, threads, refs, stopping, devfd;
+    /* writes refused after their lane stopped waiting: (notify code, errno) for Python */
+    int late[LATE_MAX][2];
+    int late_count;
+    unsigned long late_lost;
+} Notifier;
+
+static Notifier *notifier_new(int devfd)
+{
+    Notifier *nf = calloc(1, sizeof *nf);
+    if (!nf)
+        return NULL;
+    pthread_condattr_t attr;
+    pthread_condattr_init(&attr);
+    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+    pthread_mutex_init(&nf->lock, NULL);
+    pthread_cond_init(&nf->work, NULL);
+    pthread_cond_init(&nf->done, &attr);
+    pthread_condattr_destroy(&attr);
+    nf->devfd = devfd;
+    nf->refs = 1;  /* the Pump's */
+    return nf;
+}
+
+/* Drop one reference (called with the lock held; unlocks). */
+static void notifier_release_locked(Notifier *nf)
+{
+    int last = --nf->refs == 0;
+    pthread_mutex_unlock(&nf->lock);
+    if (!last)
+        return;
+    for (Notice *n = nf->head, *next; n; n = next) {
+        next = n->next;
+        free(n);
+    }
+    pthread_cond_destroy(&nf->work);
+    pthread_cond_destroy(&nf->done);
+    pthread_mutex_destroy(&nf->lock);
+    free(nf);
+}
+
+static int write_whole(int fd, const unsigned char *buf, size_t n)
+{
+    ssize_t w;
+    do
+        w = write(fd, buf, n);
+    while (w < 0 && errno == EINTR);
+    return w < 0 ? errno : 0;
+}
+
+static void *notifier_main(void *arg)
+{
+    Notifier *nf = arg;
+    pthread_mutex_lock(&nf->lock);
+    for (;;) {
+        while (!nf->head && !nf->stopping) {
+            nf->idle++;
+            pthread_cond_wait(&nf->work, &nf->lock);
+            nf->idle--;
+        }
+        if (!nf->head)
+            break;
+        Notice *n = nf->head;
+        nf->head = n->next;
+        if (!nf->head)
+            nf->tail = NULL;
+        pthread_mutex_unlock(&nf->lock);
+        int err = write_whole(nf->devfd, n->data, n->n);
+        pthread_mutex_lock(&nf->lock);
+        if (n->state == LEFT) {
+            if (err && nf->late_count < LATE_MAX) {
+                int32_t code;
+                memcpy(&code, n->data + 4, 4);
+                nf->late[nf->late_count][0] = code;
+                nf->late[nf->late_count++][1] = err;
+            } else if (err) {
+                nf->late_lost++;
+            }
+            free(n);
+        } else {
+            n->err = err;
+            n->state = WRITTEN;
+            pthread_cond_broadcast(&nf->done);
+        }
+    }
+    nf->threads--;
+    notifier_release_locked(nf);
+    return NULL;
+}
+
+/* Write a notification through the pool. Returns 1 with `*err` set when the write ended
+ * within NOTIFY_WAIT_NS, 0 when it is still waiting in the kernel (its errno, if any, goes
+ * to `late`). Called without the GIL. */
+static int notify(Notifier *nf, const unsigned char *buf, size_t n, int *err)
+{
+    Notice *x = malloc(sizeof *x + n);
+    if (!x) {
+        *err = write_whole(nf->devfd, buf, n);
+        return 1;
+    }
+    memcpy(x->data, buf, n);
+    x->n = n, x->next = NULL, x->state = QUEUED, x->err = 0;
+    pthread_mutex_lock(&nf->lock);
+    if (!nf->idle) {
+        pthread_t tid;
+        pthread_attr_t attr;
+        int made = nf->threads < MAX_NOTIFIERS && !nf->stopping;
+        if (made) {
+            pthread_attr_init(&attr);
+            pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+            pthread_attr_setstacksize(&attr, 64 << 10);
+            made = pthread_create(&tid, &attr, notifier_main, nf) == 0;
+            pthread_attr_destroy(&attr);
+        }
+        if (!made) {  /* no thread to carry it: write it here, as a direct server would */
+            pthread_mutex_unlock(&nf->lock);
+            free(x);
+            *err = write_whole(nf->devfd, buf, n);
+            return 1;
+        }
+        nf->threads++, nf->refs++;
+    }
+    if (nf->tail)
+        nf->tail->next = x;
+    else
+        nf->head = x;
+    nf->tail = x;
+    pthread_cond_signal(&nf->work);
+    struct timespec until;
+    clock_gettime(CLOCK_MONOTONIC, &until);
+    until.tv_nsec += (long)NOTIFY_WAIT_NS;
+    if (until.tv_nsec >= 1000000000L)
+        until.tv_sec++, until.tv_nsec -= 1000000000L;
+    while (x->state == QUEUED) {
+        if (pthread_cond_timedwait(&nf->done, &nf->lock, &until) == ETIMEDOUT &&
+                x->state == QUEUED) {
+            x->state = LEFT;  /* the pool thread frees it */
+            pthread_mutex_unlock(&nf->lock);
+            return 0;
+        }
+    }
+    *err = x->err;
+    pthread_mutex_unlock(&nf->lock);
+    free(x);
+    return 1;
+}
+
+/* ------------------------------------------------------------------ spinning */
+
+/* Polling before sleeping saves two wake-ups per round trip, but only with a CPU to spare:
+ * on a machine where threads wait for a CPU, a polling relay keeps the server (or the
+ * client) from running. So lanes poll only while the kernel's CPU pressure (PSI, the time
+ * some task waited for a CPU) stayed under SPIN_PRESSURE of the last period. */
+
+#define PSI_PERIOD_NS 20000000ull
+#define SPIN_PRESSURE 0.02
+
+typedef struct {
+    pthread_mutex_t lock;
+    int fd;             /* /proc/pressure/cpu, or -1: no PSI, spin as asked */
+    uint64_t at_ns, stall_us;
+    volatile int ok;
+} SpinGate;
+
+static uint64_t psi_some_total(int fd)
+{
+    char text[256];
+    ssize_t n = pread(fd, text, sizeof text - 1, 0);
+    if (n <= 0)
+        return 0;
+    text[n] = 0;
+    char *total = strstr(text, "total=");  /* the first line is "some" */
+    return total ? strtoull(total + 6, NULL, 10) : 0;
+}
+
+static int spin_allowed(SpinGate *g, uint64_t now)
+{
+    if (g->fd < 0 || now - g->at_ns < PSI_PERIOD_NS || pthread_mutex_trylock(&g->lock))
+        return g->ok;
+    if (now - g->at_ns >= PSI_PERIOD_NS) {
+        uint64_t stall = psi_some_total(g->fd);
+        uint64_t period_us = (now - g->at_ns) / 1000;
+        g->ok = g->at_ns && period_us &&
+                (double)(stall - g->stall_us) / (double)period_us < SPIN_PRESSURE;
+        g->at_ns = now, g->stall_us = stall;
+    }
+    pthread_mutex_unlock(&g->lock);
+    return g->ok;
+}
+
 /* ------------------------------------------------------------------ Pump */
+
+#define MAX_LANES 16
 
 typedef struct {
     PyObject_HEAD
@@ -358,15 +581,18 @@ typedef struct {
     int16_t data_request[TABLE], data_reply[TABLE], data_notify[TABLE];
     uint8_t no_reply[TABLE], to_python[TABLE];
     Pending pending;
-    unsigned char *request_buf, *reply_buf;
-    unsigned long long requests, replies, request_bytes, reply_bytes;
+    unsigned char *request_buf, *reply_buf[MAX_LANES];
+    Py_ssize_t request_size, reply_size[MAX_LANES];
+    int lanes;         /* reply lanes; with one, Python may put spliced pieces together */
+    unsigned long long requests, replies, request_bytes, reply_bytes;  /* atomic */
     int recording;     /* cleared when a trace write failed, here or in Python */
-    int dev_open, sock_open;  /* until /dev/fuse says ENODEV, until the socket's EOF */
-    size_t held;       /* a recorded request the full socket has not taken yet */
+    int dev_open;      /* until /dev/fuse says ENODEV */
     int pieces;        /* Python is putting a spliced reply together: hand it everything */
     uint64_t last_reply_ns;  /* when the socket last gave Python a message */
     uint64_t spin_ns;
     int piece_wait_ms;
+    Notifier *notifier;
+    SpinGate gate;
 } Pump;
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -376,6 +602,8 @@ typedef struct {
 #else
 #define cpu_relax() do {} while (0)
 #endif
+
+#define ADD(field, value) __atomic_add_fetch(&(field), (value), __ATOMIC_RELAXED)
 
 static uint64_t now_ns(void)
 {
@@ -472,43 +700,45 @@ static int Pump_init(Pump *self, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"devfd", "sockfd", "appender", "snaplen", "bufsize",
                              "data_request", "data_reply", "data_notify", "no_reply",
-                             "to_python", "spin_us", "piece_wait_ms", NULL};
+                             "to_python", "spin_us", "piece_wait_ms", "lanes", NULL};
     PyObject *appender, *dreq, *drep, *dnot, *noreply, *topy;
     unsigned int spin_us = 0;
     self->piece_wait_ms = 200;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iiO!nnO!O!O!OO|Ii", kwlist, &self->devfd,
+    self->lanes = 1;
+    if (self->notifier)
+        return PyErr_SetString(PyExc_RuntimeError, "Pump already initialised"), -1;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iiO!nnO!O!O!OO|Iii", kwlist, &self->devfd,
                                      &self->sockfd, &AppenderType, &appender, &self->snaplen,
                                      &self->bufsize, &PyDict_Type, &dreq, &PyDict_Type, &drep,
                                      &PyDict_Type, &dnot, &noreply, &topy, &spin_us,
-                                     &self->piece_wait_ms))
+                                     &self->piece_wait_ms, &self->lanes))
         return -1;
-    if (self->bufsize < IN_HEADER || self->snaplen < 0 || self->piece_wait_ms < 0) {
-        PyErr_SetString(PyExc_ValueError, "bufsize, snaplen or piece_wait_ms out of range");
+    if (self->bufsize < IN_HEADER || self->snaplen < 0 || self->piece_wait_ms < 0 ||
+            self->lanes < 1 || self->lanes > MAX_LANES) {
+        PyErr_SetString(PyExc_ValueError, "bufsize, snaplen, piece_wait_ms or lanes out of range");
         return -1;
     }
     int flags = fcntl(self->devfd, F_GETFL);
     if (flags < 0 || fcntl(self->devfd, F_SETFL, flags | O_NONBLOCK) < 0) {
-        PyErr_SetFromErrno(PyExc_OSError);  /* the loop polls, it never blocks in a read */
+        PyErr_SetFromErrno(PyExc_OSError);  /* the request lane polls before it reads */
         return -1;
     }
     self->spin_ns = (uint64_t)spin_us * 1000;
-    self->dev_open = self->sock_open = 1;
-    self->held = 0;
+    self->dev_open = 1;
     self->pieces = 0;
     if (fill_table(dreq, self->data_request, -1) || fill_table(drep, self->data_reply, -1) ||
         fill_table(dnot, self->data_notify, -1) || fill_set(noreply, self->no_reply) ||
         fill_set(topy, self->to_python))
         return -1;
-    Py_INCREF(appender);
-    Py_XSETREF(self->appender, (Appender *)appender);
-    free(self->request_buf);
-    free(self->reply_buf);
-    self->request_buf = malloc((size_t)self->bufsize);
-    self->reply_buf = malloc((size_t)self->bufsize);
-    if (!self->request_buf || !self->reply_buf) {
+    self->notifier = notifier_new(self->devfd);
+    if (!self->notifier) {
         PyErr_NoMemory();
         return -1;
     }
+    Py_INCREF(appender);
+    Py_XSETREF(self->appender, (Appender *)appender);
+    self->gate.fd = open("/proc/pressure/cpu", O_RDONLY | O_CLOEXEC);
+    self->gate.ok = self->gate.fd < 0;
     self->recording = 1;
     return 0;
 }
@@ -519,6 +749,8 @@ static PyObject *Pump_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     if (!self)
         return NULL;
     pthread_mutex_init(&self->pending.lock, NULL);
+    pthread_mutex_init(&self->gate.lock, NULL);
+    self->gate.fd = -1;
     self->pending.slots = calloc(256, sizeof(Slot));
     self->pending.mask = 255;
     if (!self->pending.slots) {
@@ -530,15 +762,25 @@ static PyObject *Pump_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 
 static void Pump_dealloc(Pump *self)
 {
+    if (self->notifier) {  /* idle pool threads end; one still writing frees it after */
+        pthread_mutex_lock(&self->notifier->lock);
+        self->notifier->stopping = 1;
+        pthread_cond_broadcast(&self->notifier->work);
+        notifier_release_locked(self->notifier);
+    }
     free(self->pending.slots);
     pthread_mutex_destroy(&self->pending.lock);
+    pthread_mutex_destroy(&self->gate.lock);
+    if (self->gate.fd >= 0)
+        close(self->gate.fd);
     free(self->request_buf);
-    free(self->reply_buf);
+    for (int i = 0; i < MAX_LANES; i++)
+        free(self->reply_buf[i]);
     Py_XDECREF(self->appender);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
-/* What the loop hands back to Python (the first item of the tuple it returns). */
+/* What a lane hands back to Python (the first item of the tuple it returns). */
 enum outcome {
     NONE,          /* keep looping */
     REQUEST,       /* ("request", bytes): one for Python (INIT, odd opcodes, short) */
@@ -551,7 +793,6 @@ enum outcome {
     OVERSIZE,      /* ("oversize", size): larger than the buffer; dropped */
     REPLY_END,     /* ("reply_end", errno): every holder of the server's end closed it */
     IDLE,          /* ("idle",): no message for `piece_wait_ms` while putting pieces together */
-    DONE,          /* ("done",): both ends are closed */
 };
 
 typedef struct {
@@ -571,30 +812,30 @@ static int connection_gone(int devfd)
     return poll(&p, 1, 0) == 1 && (p.revents & POLLERR);
 }
 
-/* Forward the held request (read, recorded, not yet sent). */
-static void send_held(Pump *self, Outcome *out)
+/* Whether a lane that found nothing polls again rather than sleeps. */
+static int spinning(Pump *self, uint64_t busy_until)
 {
-    ssize_t sent = send(self->sockfd, self->request_buf, self->held, MSG_DONTWAIT | MSG_NOSIGNAL);
-    if (sent < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
-        return;  /* the server's socket is full: wait for POLLOUT */
-    uint64_t unique = get_u64(self->request_buf + 8);
-    if (sent < 0) {
-        out->what = UNSENT, out->err = errno, out->unique = unique;
-        out->opcode = get_u32(self->request_buf + 4);
-        pending_take(&self->pending, unique, 1);
-    } else {
-        self->requests++;
-        self->request_bytes += (unsigned long long)self->held;
-    }
-    self->held = 0;
+    uint64_t now = now_ns();
+    return now < busy_until && spin_allowed(&self->gate, now);
 }
 
-/* One request from /dev/fuse, if there is one: recorded, then forwarded. Returns whether
- * anything happened. */
+static int grow(unsigned char **buf, Py_ssize_t *size, Py_ssize_t want)
+{
+    if (*size >= want)
+        return 0;
+    unsigned char *bigger = realloc(*buf, (size_t)want);
+    if (!bigger)
+        return -1;
+    *buf = bigger, *size = want;
+    return 0;
+}
+
+/* One request from /dev/fuse, if there is one: recorded, then forwarded (waiting for room
+ * in the server's socket: only this lane waits). Returns whether anything happened. */
 static int take_request(Pump *self, Outcome *out)
 {
     unsigned char *buf = self->request_buf;
-    ssize_t n = read(self->devfd, buf, (size_t)self->bufsize);
+    ssize_t n = read(self->devfd, buf, (size_t)self->request_size);
     if (n < 0) {
         if (errno == EAGAIN || errno == EWOULDBLOCK)
             return 0;
@@ -619,37 +860,55 @@ static int take_request(Pump *self, Outcome *out)
         pending_put(&self->pending, unique, opcode);
     size_t kept = kept_of(self, (size_t)n, self->data_request[opcode]);
     record(self, KIND_REQUEST, buf, kept, kept < (size_t)n ? (size_t)n : 0);
-    self->held = (size_t)n;
-    send_held(self, out);
+    ssize_t sent;
+    for (;;) {
+        sent = send(self->sockfd, buf, (size_t)n, MSG_NOSIGNAL);
+        if (sent >= 0)
+            break;
+        if (errno == EINTR)
+            continue;
+        if (errno == EAGAIN || errno == EWOULDBLOCK) {  /* a non-blocking socket: wait */
+            struct pollfd p = {self->sockfd, POLLOUT, 0};
+            poll(&p, 1, -1);
+            continue;
+        }
+        break;
+    }
+    if (sent < 0) {
+        out->what = UNSENT, out->err = errno, out->unique = unique, out->opcode = opcode;
+        pending_take(&self->pending, unique, 1);
+    } else {
+        ADD(self->requests, 1);
+        ADD(self->request_bytes, (unsigned long long)n);
+    }
     return 1;
 }
 
-/* One message from the server's socket, if there is one: recorded, then written to
- * /dev/fuse. Returns whether anything happened. */
-static int take_reply(Pump *self, Outcome *out)
+/* One message from the server's socket (waiting for it unless `flags` says
+ * MSG_DONTWAIT): recorded, then written to /dev/fuse (a notification through the
+ * pool). Returns whether anything happened. */
+static int take_reply(Pump *self, int lane, Outcome *out, int flags)
 {
-    unsigned char *buf = self->reply_buf;
-    ssize_t n = recv(self->sockfd, buf, (size_t)self->bufsize, MSG_TRUNC | MSG_DONTWAIT);
+    unsigned char *buf = self->reply_buf[lane];
+    ssize_t n = recv(self->sockfd, buf, (size_t)self->reply_size[lane], MSG_TRUNC | flags);
     if (n < 0) {
         if (errno == EAGAIN || errno == EWOULDBLOCK)
             return 0;
         if (errno == EINTR)
             return 1;
         out->what = REPLY_END, out->err = errno;
-        self->sock_open = 0;
         return 1;
     }
     if (n == 0) {
         out->what = REPLY_END;
-        self->sock_open = 0;
         return 1;
     }
-    if (n > self->bufsize) {
+    if (n > self->reply_size[lane]) {
         out->what = OVERSIZE, out->n = n;
         return 1;
     }
     /* a header that does not say this message's length (a piece of a spliced reply, or
-     * garbage: Python's reassembler tells which), or Python is putting pieces together */
+     * garbage: Python tells which), or Python is putting pieces together */
     if (self->pieces || n < OUT_HEADER || get_u32(buf) != (uint32_t)n) {
         out->what = REPLY, out->n = n;
         self->last_reply_ns = now_ns();  /* the clock for giving up on missing pieces */
@@ -671,68 +930,43 @@ static int take_reply(Pump *self, Outcome *out)
         data_at = self->data_reply[opcode];
     size_t kept = kept_of(self, (size_t)n, data_at);
     record(self, KIND_REPLY, buf, kept, kept < (size_t)n ? (size_t)n : 0);
-    ssize_t written;
-    do
-        written = write(self->devfd, buf, (size_t)n);
-    while (written < 0 && errno == EINTR);
-    self->replies++;
-    self->reply_bytes += (unsigned long long)n;
-    if (written < 0) {
-        out->what = REJECTED, out->err = errno, out->unique = unique, out->opcode = opcode;
+    ADD(self->replies, 1);
+    ADD(self->reply_bytes, (unsigned long long)n);
+    int err = 0;
+    if (unique)
+        err = write_whole(self->devfd, buf, (size_t)n);
+    else if (!notify(self->notifier, buf, (size_t)n, &err))
+        return 1;  /* still waiting in the kernel: a pool thread carries it */
+    if (err) {
+        out->what = REJECTED, out->err = err, out->unique = unique, out->opcode = opcode;
         out->gone = connection_gone(self->devfd);
     }
     return 1;
 }
 
-/* Relay both ways until something needs Python. After each message the loop polls both
- * ends for `spin_us` before sleeping: a fast server answers, and a client asks again,
- * sooner than a sleeping thread can be woken (two wake-ups saved per round trip). */
-static PyObject *Pump_run(Pump *self, PyObject *unused)
+/* The request lane: /dev/fuse → server, until something needs Python. After each request
+ * it polls for `spin_us` before sleeping (where `spin_allowed`): a client asks again
+ * sooner than a sleeping thread can be woken. */
+static PyObject *Pump_run_requests(Pump *self, PyObject *unused)
 {
     Outcome out = {NONE, 0, 0, 0, -1, 0};
-    if (!self->request_buf)
+    if (!self->notifier)
         return PyErr_Format(PyExc_RuntimeError, "Pump not initialised");
+    if (grow(&self->request_buf, &self->request_size, self->bufsize) < 0)
+        return PyErr_NoMemory();
     Py_BEGIN_ALLOW_THREADS
     uint64_t busy_until = now_ns() + self->spin_ns;
     while (out.what == NONE) {
-        int moved = 0;
-        if (self->held)
-            send_held(self, &out), moved = !self->held;
-        if (out.what == NONE && self->dev_open && !self->held)
-            moved |= take_request(self, &out);
-        if (out.what == NONE && self->sock_open)
-            moved |= take_reply(self, &out);
-        if (out.what != NONE)
-            break;
-        if (!self->dev_open && !self->sock_open) {
-            out.what = DONE;
-            break;
-        }
-        uint64_t now = now_ns();
-        uint64_t pieces_until = self->last_reply_ns + (uint64_t)self->piece_wait_ms * 1000000;
-        if (self->pieces && now >= pieces_until) {
-            out.what = IDLE;  /* requests may flow meanwhile; the pieces have stopped */
-            break;
-        }
-        if (moved) {
-            busy_until = now + self->spin_ns;
+        if (take_request(self, &out)) {
+            busy_until = now_ns() + self->spin_ns;
             continue;
         }
-        if (now < busy_until) {
+        if (spinning(self, busy_until)) {
             cpu_relax();
             continue;
         }
-        /* an end we don't wait on is left out: its POLLERR/POLLHUP would never let us sleep */
-        struct pollfd fds[2] = {{-1, POLLIN, 0}, {-1, POLLIN, 0}};
-        if (self->dev_open && !self->held)
-            fds[0].fd = self->devfd;
-        if (self->sock_open || self->held)
-            fds[1].fd = self->sockfd;
-        if (!self->sock_open)
-            fds[1].events = 0;
-        if (self->held)
-            fds[1].events |= POLLOUT;
-        poll(fds, 2, self->pieces ? (int)((pieces_until - now) / 1000000) + 1 : -1);
+        struct pollfd p = {self->devfd, POLLIN, 0};
+        poll(&p, 1, -1);
         busy_until = now_ns() + self->spin_ns;
     }
     Py_END_ALLOW_THREADS
@@ -741,10 +975,59 @@ static PyObject *Pump_run(Pump *self, PyObject *unused)
         return Py_BuildValue("(sy#)", "request", self->request_buf, out.n);
     case UNSENT:
         return Py_BuildValue("(sKli)", "unsent", (unsigned long long)out.unique, out.opcode, out.err);
-    case REQUEST_END:
+    default:
         return Py_BuildValue("(si)", "request_end", out.err);
+    }
+}
+
+/* A reply lane: server → /dev/fuse, until something needs Python. Lanes receive from the
+ * same socket (one whole message each) and write in parallel. Lane 0 polls for `spin_us`
+ * after each message before sleeping; the others sleep in recv at once (the kernel wakes
+ * one of them per message). */
+static PyObject *Pump_run_replies(Pump *self, PyObject *arg)
+{
+    Outcome out = {NONE, 0, 0, 0, -1, 0};
+    long lane = PyLong_AsLong(arg);
+    if (lane == -1 && PyErr_Occurred())
+        return NULL;
+    if (!self->notifier)
+        return PyErr_Format(PyExc_RuntimeError, "Pump not initialised");
+    if (lane < 0 || lane >= self->lanes)
+        return PyErr_Format(PyExc_ValueError, "lane %ld: this pump has %d", lane, self->lanes);
+    if (grow(&self->reply_buf[lane], &self->reply_size[lane], self->bufsize) < 0)
+        return PyErr_NoMemory();
+    Py_BEGIN_ALLOW_THREADS
+    uint64_t busy_until = lane ? 0 : now_ns() + self->spin_ns;
+    while (out.what == NONE) {
+        if (self->pieces) {  /* only with one lane: Python puts a reply together */
+            uint64_t now = now_ns();
+            uint64_t until = self->last_reply_ns + (uint64_t)self->piece_wait_ms * 1000000;
+            if (now >= until) {
+                out.what = IDLE;
+                break;
+            }
+            struct pollfd p = {self->sockfd, POLLIN, 0};
+            if (poll(&p, 1, (int)((until - now) / 1000000) + 1) <= 0)
+                continue;
+            take_reply(self, (int)lane, &out, MSG_DONTWAIT);
+            continue;
+        }
+        int polling = busy_until && spinning(self, busy_until);
+        if (take_reply(self, (int)lane, &out, polling ? MSG_DONTWAIT : 0)) {
+            busy_until = lane ? 0 : now_ns() + self->spin_ns;
+            continue;
+        }
+        if (polling) {
+            cpu_relax();
+        } else {  /* a non-blocking socket said EAGAIN: sleep until it has a message */
+            struct pollfd p = {self->sockfd, POLLIN, 0};
+            poll(&p, 1, -1);
+        }
+    }
+    Py_END_ALLOW_THREADS
+    switch (out.what) {
     case REPLY:
-        return Py_BuildValue("(sy#)", "reply", self->reply_buf, out.n);
+        return Py_BuildValue("(sy#)", "reply", self->reply_buf[lane], out.n);
     case REJECTED:
         if (out.opcode < 0)
             return Py_BuildValue("(sKOiO)", "rejected", (unsigned long long)out.unique, Py_None,
@@ -753,13 +1036,51 @@ static PyObject *Pump_run(Pump *self, PyObject *unused)
                              out.err, out.gone ? Py_True : Py_False);
     case OVERSIZE:
         return Py_BuildValue("(sn)", "oversize", out.n);
-    case REPLY_END:
-        return Py_BuildValue("(si)", "reply_end", out.err);
     case IDLE:
         return Py_BuildValue("(s)", "idle");
     default:
-        return Py_BuildValue("(s)", "done");
+        return Py_BuildValue("(si)", "reply_end", out.err);
     }
+}
+
+static PyObject *Pump_late_rejections(Pump *self, PyObject *unused)
+{
+    Notifier *nf = self->notifier;
+    if (!nf)
+        return PyList_New(0);
+    int late[LATE_MAX][2], count;
+    unsigned long lost;
+    pthread_mutex_lock(&nf->lock);
+    count = nf->late_count, lost = nf->late_lost;
+    memcpy(late, nf->late, sizeof late);
+    nf->late_count = 0, nf->late_lost = 0;
+    pthread_mutex_unlock(&nf->lock);
+    PyObject *list = PyList_New(0);
+    for (int i = 0; list && i < count; i++) {
+        PyObject *item = Py_BuildValue("(ii)", late[i][0], late[i][1]);
+        if (!item || PyList_Append(list, item) < 0)
+            Py_CLEAR(list);
+        Py_XDECREF(item);
+    }
+    if (list && lost) {
+        PyObject *item = Py_BuildValue("(ik)", -1, lost);
+        if (!item || PyList_Append(list, item) < 0)
+            Py_CLEAR(list);
+        Py_XDECREF(item);
+    }
+    return list;
+}
+
+static PyObject *Pump_notifications_waiting(Pump *self, PyObject *unused)
+{
+    Notifier *nf = self->notifier;
+    int busy = 0;
+    if (nf) {
+        pthread_mutex_lock(&nf->lock);
+        busy = nf->threads - nf->idle;
+        pthread_mutex_unlock(&nf->lock);
+    }
+    return PyLong_FromLong(busy);
 }
 
 static PyObject *Pump_pending_put(Pump *self, PyObject *args)
@@ -802,30 +1123,26 @@ static PyObject *Pump_count(Pump *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "pK", &is_request, &size))
         return NULL;
     if (is_request)
-        self->requests++, self->request_bytes += size;
+        ADD(self->requests, 1), ADD(self->request_bytes, size);
     else
-        self->replies++, self->reply_bytes += size;
+        ADD(self->replies, 1), ADD(self->reply_bytes, size);
     Py_RETURN_NONE;
 }
 
-/* Grow both buffers (a held request is kept): called between two `run`s, by the thread
- * that calls `run`. */
+/* The size every lane's buffer grows to when it next starts `run_*`: called after INIT's
+ * reply, before the lanes that were waiting for it start (see relay.py). */
 static PyObject *Pump_resize(Pump *self, PyObject *arg)
 {
     Py_ssize_t size = PyLong_AsSsize_t(arg);
     if (size == -1 && PyErr_Occurred())
         return NULL;
-    if (size <= self->bufsize)
-        Py_RETURN_NONE;
-    unsigned char *request_buf = realloc(self->request_buf, (size_t)size);
-    if (!request_buf)
-        return PyErr_NoMemory();
-    self->request_buf = request_buf;
-    unsigned char *reply_buf = realloc(self->reply_buf, (size_t)size);
-    if (!reply_buf)
-        return PyErr_NoMemory();  /* the request buffer is bigger, harmlessly */
-    self->reply_buf = reply_buf;
-    self->bufsize = size;
+    if (size > self->bufsize) {
+        unsigned char *probe = malloc((size_t)size);  /* fail here, not in a lane */
+        if (!probe)
+            return PyErr_NoMemory();
+        free(probe);
+        self->bufsize = size;
+    }
     Py_RETURN_NONE;
 }
 
@@ -843,7 +1160,8 @@ static PyObject *Pump_stop_recording(Pump *self, PyObject *unused)
 }
 
 #define COUNTER(name) \
-    static PyObject *Pump_get_##name(Pump *self, void *c) { return PyLong_FromUnsignedLongLong(self->name); }
+    static PyObject *Pump_get_##name(Pump *self, void *c) \
+    { return PyLong_FromUnsignedLongLong(__atomic_load_n(&self->name, __ATOMIC_RELAXED)); }
 COUNTER(requests)
 COUNTER(replies)
 COUNTER(request_bytes)
@@ -855,21 +1173,34 @@ static int Pump_set_pieces(Pump *self, PyObject *value, void *c)
     int on = value ? PyObject_IsTrue(value) : 0;
     if (on < 0)
         return -1;
+    if (on && self->lanes > 1) {
+        PyErr_SetString(PyExc_ValueError, "pieces are put together with one reply lane only");
+        return -1;
+    }
     self->pieces = on;
     return 0;
 }
 static PyObject *Pump_get_dev_open(Pump *self, void *c) { return PyBool_FromLong(self->dev_open); }
+static PyObject *Pump_get_lanes(Pump *self, void *c) { return PyLong_FromLong(self->lanes); }
 
 
 static PyMethodDef Pump_methods[] = {
-    {"run", (PyCFunction)Pump_run, METH_NOARGS, "relay both ways until Python is needed"},
+    {"run_requests", (PyCFunction)Pump_run_requests, METH_NOARGS,
+     "the request lane: relay /dev/fuse -> server until Python is needed"},
+    {"run_replies", (PyCFunction)Pump_run_replies, METH_O,
+     "run_replies(lane): a reply lane, server -> /dev/fuse, until Python is needed"},
+    {"late_rejections", (PyCFunction)Pump_late_rejections, METH_NOARGS,
+     "[(notify code, errno)] of notifications the kernel refused after their lane went on "
+     "(code -1: that many more were lost)"},
+    {"notifications_waiting", (PyCFunction)Pump_notifications_waiting, METH_NOARGS,
+     "how many notification writes are waiting in the kernel now"},
     {"pending_put", (PyCFunction)Pump_pending_put, METH_VARARGS, "pending_put(unique, opcode)"},
     {"pending_get", (PyCFunction)Pump_pending_get, METH_O, "the opcode awaiting this unique's reply, or None"},
     {"pending_pop", (PyCFunction)Pump_pending_pop, METH_O, "pending_get, and forget it"},
     {"count", (PyCFunction)Pump_count, METH_VARARGS, "count(is_request, size): a message Python relayed"},
     {"stop_recording", (PyCFunction)Pump_stop_recording, METH_NOARGS, "relay on without recording"},
     {"resize", (PyCFunction)Pump_resize, METH_O,
-     "resize(bufsize): grow both buffers (between two runs, from run's thread)"},
+     "resize(bufsize): the buffer size each lane takes when it next starts"},
     {"connection_gone", (PyCFunction)Pump_connection_gone, METH_NOARGS,
      "whether /dev/fuse says the connection ended (unmounted or aborted)"},
     {NULL}};
@@ -880,16 +1211,17 @@ static PyGetSetDef Pump_getset[] = {
     {"request_bytes", (getter)Pump_get_request_bytes, NULL, NULL, NULL},
     {"reply_bytes", (getter)Pump_get_reply_bytes, NULL, NULL, NULL},
     {"pieces", (getter)Pump_get_pieces, (setter)Pump_set_pieces,
-     "while True every message from the server goes to Python, and `run` returns "
-     "(\"idle\",) after piece_wait_ms without one", NULL},
+     "while True (one lane only) every message from the server goes to Python, and "
+     "`run_replies` returns (\"idle\",) after piece_wait_ms without one", NULL},
     {"dev_open", (getter)Pump_get_dev_open, NULL, "/dev/fuse has not said ENODEV yet", NULL},
     {"bufsize", (getter)Pump_get_bufsize, NULL, "the size of each buffer (the largest message)", NULL},
+    {"lanes", (getter)Pump_get_lanes, NULL, "how many reply lanes may run", NULL},
     {NULL}};
 
 static PyTypeObject PumpType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "inspector.record._fastpath.Pump",
-    .tp_doc = "The relay's per-message loop (see relay.py)",
+    .tp_doc = "The relay's per-message lanes (see relay.py)",
     .tp_basicsize = sizeof(Pump),
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_new = Pump_new,

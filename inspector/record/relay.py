@@ -14,14 +14,18 @@ took (`buffer_size`).
 - server → kernel: one `recv` (one message, whatever the server's threads do), record,
   then one `write` to /dev/fuse.
 
-One thread does both, in a C loop (`_fastpath.c`) with the GIL released, and comes back
-here for everything else: INIT both ways, a reply in pieces, a message the kernel or the
-server refused, the end. The loop polls both ends for `SPIN_US` after each message before
-it sleeps: a fast server's reply, and its client's next request, come sooner than a
-sleeping thread can be woken. A request the server's full socket cannot take yet is held
-(and /dev/fuse left unread) while replies keep flowing, so neither side can wedge the
-other. The loop's tables (where file data starts, which requests get no reply) come from
-`dissectors`.
+Lanes (`_fastpath.c`, C with the GIL released): one thread carries requests, several carry
+replies, each taking one whole message from the socket; notifications are written by a pool
+that grows whenever none of its threads is free, so a write the kernel holds on a lock
+(INVAL_ENTRY waits for the directory a LOOKUP holds) never holds back the reply that frees
+it. Whatever the server's threads do at once, the relay lets happen at once. The lanes
+come back here for everything else: INIT both ways, a reply in pieces, a message the kernel
+or the server refused, the end. A lane polls its end for `SPIN_US` after each message
+before it sleeps (a fast server's reply, and its client's next request, come sooner than a
+sleeping thread can be woken), but only while no thread waits for a CPU (the kernel's CPU
+pressure, PSI): on a busy machine polling would keep the server from running. A request the
+server's full socket cannot take yet holds only the request lane. The lanes' tables (where
+file data starts, which requests get no reply) come from `dissectors`.
 
 Order and durability: every message is recorded *before* it is forwarded, and the writer
 has it on disk when the call returns. So a `kill -9` of fusetrace loses nothing the kernel
@@ -63,6 +67,7 @@ import os
 import socket
 import struct
 import threading
+import time
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, Callable
@@ -168,6 +173,7 @@ def mask_init(raw: bytes | memoryview, mask: int) -> tuple[bytes, str] | None:
 
 _OUT = struct.Struct("<IiQ")  # fuse_out_header: len, error, unique
 PIECE_WAIT_MS = 200  # the pieces of one splice arrive back to back; longer means no more come
+MAX_LANES = 8  # reply lanes; the C side allows 16
 SPIN_US = 300  # how long the C loop polls after a message before it sleeps (see _fastpath.c)
 _MAX_NOTIFY_CODE = 64  # notification codes are small (7.45 ends at 9); room to grow
 
@@ -231,6 +237,12 @@ def buffer_size(init_reply: bytes | memoryview, pages_limit: int) -> int:
     largest = max(_WRITE_HEADERS + max_write,
                   OUT_HEADER_SIZE + (pages or _DEFAULT_MAX_PAGES) * _PAGE)
     return max(BUFFER_SIZE, largest + ROOM)
+
+
+def default_lanes() -> int:
+    """Reply lanes: one per CPU this process may use, at least two (a lane waiting in the
+    kernel must never be the only one) and at most `MAX_LANES`."""
+    return max(2, min(MAX_LANES, len(os.sched_getaffinity(0))))
 
 
 def default_spin_us() -> int:
@@ -322,17 +334,30 @@ class Stats:
 
 
 class Relay:
-    """Relays messages both ways until the kernel says ENODEV and the server's end closes.
+    """Relays messages both ways, in lanes, until the kernel says ENODEV and the server's
+    end closes.
+
+    Lanes: one thread carries requests (/dev/fuse → socket); `lanes` threads carry replies
+    (socket → /dev/fuse), each taking one whole message from the socket and writing it,
+    so the replies of several server threads reach the kernel in parallel and none waits
+    behind another; notifications are written by the C loop's pool (`_fastpath.c`), so
+    one the kernel holds on a lock never holds back the reply that releases it. With one
+    lane (no seccomp trap: spliced replies may arrive in pieces) replies keep their order
+    and `Reassembler` puts pieces back together.
+
+    Before INIT is answered only the request lane and reply lane 0 run; the request lane
+    reads nothing more until the INIT reply has been written (the kernel sends nothing
+    else meanwhile), so every lane sizes its buffer from what the kernel took.
 
     `unmounted` is set when /dev/fuse reads ENODEV (unmounted or aborted), `server_closed`
-    when the socket reads end-of-file (the last holder of the server's end closed it);
-    `changed` is called after either, from the relay's thread. The writer must append
-    through `native().Appender`: the C loop writes its records through it.
+    when every reply lane read end-of-file (the last holder of the server's end closed
+    it); `changed` is called after either, from a lane's thread. The writer must append
+    through `native().Appender`: the C lanes write their records through it.
     """
 
     def __init__(self, devfd: int, sock: socket.socket, writer: TraceWriter, snaplen: int,
                  init_mask: int = FUSE_OVER_IO_URING, spin_us: int | None = None,
-                 changed: Callable[[], None] | None = None) -> None:
+                 changed: Callable[[], None] | None = None, lanes: int | None = None) -> None:
         self.devfd = devfd
         self.sock = sock
         self.writer = writer
@@ -343,6 +368,7 @@ class Relay:
         self.server_closed = threading.Event()
         self.init_answered = threading.Event()
         self.broken: str | None = None  # why relaying had to stop
+        self.lanes = default_lanes() if lanes is None else lanes
         fast = native()
         if not isinstance(writer.appender, fast.Appender):
             raise TypeError("the relay's TraceWriter must append through native().Appender")
@@ -351,18 +377,37 @@ class Relay:
                                data_reply=DATA_REPLIES, data_notify=DATA_NOTIFY,
                                no_reply=_NO_REPLY, to_python={Opcode.INIT},
                                spin_us=default_spin_us() if spin_us is None else spin_us,
-                               piece_wait_ms=PIECE_WAIT_MS)
-        self._reassembler = Reassembler(lambda unique: self._pump.pending_get(unique) is not None)
-        self._thread = threading.Thread(target=self._run, name="relay", daemon=True)
+                               piece_wait_ms=PIECE_WAIT_MS, lanes=self.lanes)
+        self._reassembler = (Reassembler(lambda unique: self._pump.pending_get(unique) is not None)
+                             if self.lanes == 1 else None)
+        self._threads: list[threading.Thread] = []
+        self._lock = threading.Lock()
+        self._reply_lanes = 0  # reply lanes running
 
     def start(self) -> None:
-        self._thread.start()
+        self._spawn(self._requests, "relay-requests")
+        self._start_reply_lane(0)
+
+    def _spawn(self, body: Callable[[], None], name: str) -> None:
+        thread = threading.Thread(target=self._guarded, args=(body,), name=name, daemon=True)
+        with self._lock:
+            self._threads.append(thread)
+        thread.start()
+
+    def _start_reply_lane(self, lane: int) -> None:
+        with self._lock:
+            self._reply_lanes += 1
+        self._spawn(lambda: self._replies(lane), f"relay-replies-{lane}")
 
     def join(self, timeout: float) -> bool:
-        """Wait for the relay (if started); True when it ended."""
-        if self._thread.ident is not None:
-            self._thread.join(timeout)
-        return not self._thread.is_alive()
+        """Wait for every lane (if started); True when all ended."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            threads = list(self._threads)
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        self._late_rejections()
+        return not any(thread.is_alive() for thread in threads)
 
     @property
     def stats(self) -> Stats:
@@ -373,19 +418,22 @@ class Relay:
     @property
     def requests_running(self) -> bool:
         """Whether requests may still come: /dev/fuse has not said ENODEV."""
-        return self._thread.is_alive() and self._pump.dev_open
+        return not self.unmounted.is_set() and self._pump.dev_open
 
-    def _run(self) -> None:
+    def _guarded(self, body: Callable[[], None]) -> None:
         try:
-            self._relay()
+            body()
         except Exception as exc:  # a bug here must still end the session, not hang it
             log.exception("relay failed")
-            self.broken = f"relay failed: {exc!r}"
-            self._record(self.writer.event, "proxy_error", reason=self.broken)
-        finally:
-            self.unmounted.set()
-            self.server_closed.set()
-            self.changed()
+            self._stop(f"relay failed: {exc!r}")
+
+    def _stop(self, why: str) -> None:
+        """Relaying cannot go on: say why, and let the session end."""
+        self.broken = why
+        self._record(self.writer.event, "proxy_error", reason=why)
+        self.unmounted.set()
+        self.server_closed.set()
+        self.changed()
 
     def _record(self, method: Callable[..., None], *args: Any, **meta: Any) -> None:
         """Record, or once the trace cannot be written (disk full …; the writer keeps
@@ -398,48 +446,76 @@ class Relay:
         except (OSError, ValueError):
             self._pump.stop_recording()
 
-    def _relay(self) -> None:
-        """The C loop relays ordinary messages; what it hands back is dealt with here."""
+    def _requests(self) -> None:
+        """The request lane: the C loop relays; what it hands back is dealt with here."""
         while True:
-            what, *rest = self._pump.run()
+            what, *rest = self._pump.run_requests()
             if what == "request":
-                self._request(rest[0])
-            elif what == "reply":
-                if not self._reply_piece(rest[0]):
-                    return
-            elif what == "rejected":
-                self._rejected(*rest)
+                if self._request(rest[0]) == Opcode.INIT:
+                    self._await_init()
             elif what == "unsent":
                 unique, opcode, err = rest
                 self._record(self.writer.event, "request_not_forwarded", unique=unique,
                              opcode=opcode, errno=err)
+            else:  # request_end
+                if rest[0] and rest[0] != errno.ENODEV:
+                    self._record(self.writer.event, "proxy_error",
+                                 reason=f"reading /dev/fuse: {os.strerror(rest[0])}")
+                self.unmounted.set()
+                self.changed()
+                return
+
+    def _await_init(self) -> None:
+        """Read nothing more until INIT is answered (the buffers grow then), or the
+        connection or the server is gone."""
+        while not self.init_answered.wait(0.1):
+            if self.server_closed.is_set() or self._pump.connection_gone():
+                return
+
+    def _replies(self, lane: int) -> None:
+        """A reply lane: the C loop relays; what it hands back is dealt with here."""
+        while True:
+            what, *rest = self._pump.run_replies(lane)
+            self._late_rejections()
+            if what == "reply":
+                if not self._reply_piece(rest[0]):
+                    return
+            elif what == "rejected":
+                self._rejected(*rest)
             elif what == "idle":  # no more pieces came
                 self._flush_pieces()
             elif what == "oversize":
                 self._record(self.writer.event, "proxy_error",
                              reason=f"a {rest[0]}-byte message from the server exceeds the "
                                     f"relay's {self._pump.bufsize}-byte buffer; dropped")
-            elif what == "request_end":
-                if rest[0] and rest[0] != errno.ENODEV:
-                    self._record(self.writer.event, "proxy_error",
-                                 reason=f"reading /dev/fuse: {os.strerror(rest[0])}")
-                self.unmounted.set()
-                self.changed()
-            elif what == "reply_end":
+            else:  # reply_end
                 self._flush_pieces()
                 if rest[0] and rest[0] not in (errno.ECONNRESET, errno.EBADF):
                     self._record(self.writer.event, "proxy_error",
                                  reason=f"reading the server's socket: {os.strerror(rest[0])}")
-                self.server_closed.set()
-                self.changed()
-            else:  # done: both ends closed
+                with self._lock:
+                    self._reply_lanes -= 1
+                    last = self._reply_lanes == 0
+                if last:
+                    self.server_closed.set()
+                    self.changed()
                 return
+
+    def _late_rejections(self) -> None:
+        """Notifications the kernel refused after their lane had gone on (see
+        `_fastpath.c`): recorded when next seen, after the records that followed them."""
+        for code, err in self._pump.late_rejections():
+            if code < 0:
+                self._record(self.writer.event, "proxy_error",
+                             reason=f"{err} more refused notifications were not recorded")
+            else:
+                self._rejected(0, None, err, self._pump.connection_gone(), notify_code=code)
 
     # --- kernel → server ----------------------------------------------------------------
 
-    def _request(self, raw: bytes) -> None:
+    def _request(self, raw: bytes) -> int | None:
         """A request the C loop leaves to us: INIT (maybe altered), or one too odd for its
-        tables. Recorded, then forwarded, as there."""
+        tables. Recorded, then forwarded, as there. Returns its opcode."""
         opcode, unique, _ = peek_request(raw)
         meta: dict[str, Any] = {}
         if opcode == Opcode.INIT:
@@ -459,20 +535,25 @@ class Relay:
             self._pump.pending_pop(unique)
             self._record(self.writer.event, "request_not_forwarded", unique=unique,
                          opcode=opcode, errno=exc.errno)
-            return
+            return opcode
         self._pump.count(True, len(raw))
+        return opcode
 
     # --- server → kernel ----------------------------------------------------------------
 
     def _reply_piece(self, raw: bytes) -> bool:
         """A message the C loop leaves to us: a piece of a spliced reply, a header that
-        lies, INIT's reply. False when the relay cannot go on."""
+        lies, INIT's reply. False when the relay cannot go on. With several lanes there
+        are no pieces (the trap sends spliced replies whole): a header that lies is
+        forwarded as it came, and refused by the kernel as it would be directly."""
+        if self._reassembler is None:
+            self._forward((memoryview(raw), None))
+            return True
         try:
             whole = self._reassembler.feed(memoryview(raw))
         except Interleaved as exc:
-            self.broken = (f"{exc}: the server splices replies from several threads at "
-                           f"once, which this relay cannot take apart")
-            self._record(self.writer.event, "proxy_error", reason=self.broken)
+            self._stop(f"{exc}: the server splices replies from several threads at once, "
+                       f"which this relay cannot take apart")
             return False
         if whole is not None:
             self._forward(whole)
@@ -480,15 +561,17 @@ class Relay:
         return True
 
     def _flush_pieces(self) -> None:
-        stale = self._reassembler.flush()
+        stale = self._reassembler.flush() if self._reassembler is not None else None
         if stale is not None:
             self._forward(stale)
-        self._pump.pieces = False
+        if self._reassembler is not None:
+            self._pump.pieces = False
 
-    def _rejected(self, unique: int, opcode: int | None, err: int, gone: bool) -> None:
+    def _rejected(self, unique: int, opcode: int | None, err: int, gone: bool,
+                  **more: Any) -> None:
         """`connection_gone`: refused because the mount had ended (nobody's bug)."""
         self._record(self.writer.event, "reply_rejected", unique=unique, opcode=opcode,
-                     write_errno=err, connection_gone=gone)
+                     write_errno=err, connection_gone=gone, **more)
 
     def _forward(self, whole: tuple[memoryview | bytearray, list[int] | None]) -> None:
         """Record one reply or notification, then write it to /dev/fuse."""
@@ -516,6 +599,9 @@ class Relay:
             if opcode == Opcode.INIT and not error:
                 self._grow(buffer_size(raw, max_pages_limit()))
         if opcode == Opcode.INIT:
+            if not self.init_answered.is_set():
+                for lane in range(1, self.lanes):
+                    self._start_reply_lane(lane)
             self.init_answered.set()
             self.changed()
 
@@ -530,7 +616,8 @@ class Relay:
                          reason=f"the INIT reply asks for {size}-byte messages, more than "
                                 f"this process can allocate: the kernel will refuse reads")
             return
-        self._reassembler.limit = size
+        if self._reassembler is not None:
+            self._reassembler.limit = size
 
     def _message_limit(self) -> int:
         """The largest message our end of the socket sends (the server's end is set up

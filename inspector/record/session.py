@@ -288,8 +288,10 @@ class Session:
                 on_unmount=self._server_unmount)
         else:
             self.writer.event("ioctls_not_intercepted", reason=self.trap_missing)
+        # without the trap a spliced reply arrives in pieces: one reply lane keeps them in order
         self.relay = Relay(self.devfd, self.ours, self.writer, self.cfg.snaplen,
-                           spin_us=self.cfg.spin_us, changed=self.wake.set)
+                           spin_us=self.cfg.spin_us, changed=self.wake.set,
+                           lanes=None if self.trap is not None else 1)
         trap = self.trap
 
         def child_setup() -> None:

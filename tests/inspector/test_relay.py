@@ -90,22 +90,22 @@ def test_relay_records_before_forwarding_and_keeps_boundaries(tmp_path: Path) ->
     init = _init(0x3FFFFFFF | FUSE_INIT_EXT, FUSE_OVER_IO_URING >> 32)  # a kernel with io_uring on
     read = bytes(FuseInHeader(opcode=Opcode.READ, unique=4, nodeid=2) / FuseReadIn(size=1 << 20))
     dev.kernel.send(init)
-    dev.kernel.send(read)
+    dev.kernel.send(read)  # a kernel sends nothing before INIT is answered: the relay waits
     assert server.recv(1 << 21) == mask_init(init, FUSE_OVER_IO_URING)[0]  # type: ignore[index]
+    server.send(_reply(2, b""))
+    assert len(dev.kernel.recv(100)) == 16
     assert server.recv(1 << 21) == read
     big = _reply(4, os.urandom(1 << 20))
     server.send(big)
     assert dev.kernel.recv(1 << 21) == big  # one message, whole
-    server.send(_reply(2, b""))
-    assert len(dev.kernel.recv(100)) == 16
     server.close()
     dev.kernel.close()  # the relay's writes now fail: EPIPE, recorded
     assert relay.join(5.0)
     writer.close()
     records = list(TraceReader(tmp_path / "t.fzt"))
-    assert [r.kind.name for r in records] == ["REQUEST", "REQUEST", "REPLY", "REPLY"]
+    assert [r.kind.name for r in records] == ["REQUEST", "REPLY", "REQUEST", "REPLY"]
     assert records[0].meta["original"] == init and "io_uring" in records[0].meta["reason"]
-    assert records[2].true_len == len(big) and len(records[2].raw or b"") == 16 + 100
+    assert records[3].true_len == len(big) and len(records[3].raw or b"") == 16 + 100
     assert relay.stats.requests == 2 and relay.stats.replies == 2
     assert relay.server_closed.is_set()
 
@@ -130,13 +130,16 @@ def test_relay_records_a_rejected_reply_after_it(tmp_path: Path) -> None:
 
 
 
-def test_relay_forwards_a_reply_longer_than_it_says_once_no_piece_follows(tmp_path: Path) -> None:
+@pytest.mark.parametrize("lanes", [1, 2])
+def test_relay_forwards_a_reply_longer_than_it_says(tmp_path: Path, lanes: int) -> None:
     """A server bug, not a splice: the header claims more than was sent. It still reaches
-    the kernel (which refuses it) and the trace, as it would without the relay."""
+    the kernel (which refuses it) and the trace, as it would without the relay: with one
+    lane once no piece follows, with several (no pieces: the trap sends splices whole) at
+    once."""
     dev = FakeDevice()
     ours, server = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     writer = TraceWriter(tmp_path / "t.fzt", {}, appender=Appender)
-    relay = Relay(dev.device.fileno(), ours, writer, snaplen=0)
+    relay = Relay(dev.device.fileno(), ours, writer, snaplen=0, lanes=lanes)
     relay.start()
     read = bytes(FuseInHeader(opcode=Opcode.READ, unique=6, nodeid=2) / FuseReadIn(size=4096))
     dev.kernel.send(read)
@@ -144,14 +147,14 @@ def test_relay_forwards_a_reply_longer_than_it_says_once_no_piece_follows(tmp_pa
     bad = bytearray(_reply(6, b"x" * 100))
     struct.pack_into("<I", bad, 0, 4096 + 16)
     server.send(bytes(bad))
-    assert dev.kernel.recv(8192) == bad  # after PIECE_WAIT_MS
+    assert dev.kernel.recv(8192) == bad  # with one lane after PIECE_WAIT_MS
     server.close()
     assert relay.server_closed.wait(5.0)
     dev.kernel.close()
     assert relay.join(5.0)
     writer.close()
     [reply] = [r for r in TraceReader(tmp_path / "t.fzt") if r.is_reply]
-    assert reply.raw == bad and reply.meta == {"fragments": [116]}
+    assert reply.raw == bad and reply.meta == ({"fragments": [116]} if lanes == 1 else {})
 
 
 
@@ -159,7 +162,8 @@ def test_relay_forwards_a_reply_longer_than_it_says_once_no_piece_follows(tmp_pa
 class Session:
     """A relay between a FakeDevice and a server socket, writing `trace`."""
 
-    def __init__(self, trace: Path, snaplen: int = 0, spin_us: int | None = None) -> None:
+    def __init__(self, trace: Path, snaplen: int = 0, spin_us: int | None = None,
+                 lanes: int | None = None) -> None:
         self.dev = FakeDevice()
         self.ours, self.server = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         for s in (self.ours, self.server):
@@ -167,7 +171,7 @@ class Session:
         self.trace = trace
         self.writer = TraceWriter(trace, {}, appender=Appender)
         self.relay = Relay(self.dev.device.fileno(), self.ours, self.writer, snaplen=snaplen,
-                           spin_us=spin_us)
+                           spin_us=spin_us, lanes=lanes)
         self.relay.start()
 
     def end(self) -> list:
@@ -339,7 +343,7 @@ def test_a_full_server_socket_holds_requests_while_replies_flow(tmp_path: Path) 
 def test_a_spliced_reply_in_pieces_is_put_back_together(tmp_path: Path) -> None:
     """Without the seccomp trap a splice arrives in pieces; another request's whole reply
     may come between two of them."""
-    s = Session(tmp_path / "t.fzt")
+    s = Session(tmp_path / "t.fzt", lanes=1)  # pieces come only without the trap: one lane
     for u in (10, 12):
         s.dev.kernel.send(bytes(FuseInHeader(opcode=Opcode.READ, unique=u, nodeid=2)
                                 / FuseReadIn(size=1 << 17)))
@@ -358,7 +362,7 @@ def test_a_spliced_reply_in_pieces_is_put_back_together(tmp_path: Path) -> None:
 def test_a_cut_reply_is_given_up_on_while_requests_keep_coming(tmp_path: Path) -> None:
     """A header that claims more than came: it is forwarded once no piece has come for
     PIECE_WAIT_MS, even while the kernel keeps the relay busy with requests."""
-    s = Session(tmp_path / "t.fzt")
+    s = Session(tmp_path / "t.fzt", lanes=1)  # pieces come only without the trap: one lane
     s.dev.kernel.send(bytes(FuseInHeader(opcode=Opcode.READ, unique=6, nodeid=2)
                             / FuseReadIn(size=4096)))
     s.server.recv(4096)
