@@ -524,6 +524,9 @@ class _Pass:
         # ENODEV, or refused once the connection had ended: the mount was already gone,
         # and its requests with it; nothing went wrong
         harmless = err == _ENODEV or bool(meta.get("connection_gone"))
+        # a notification refused with ENOENT: the kernel had nothing cached to invalidate
+        # (libfuse's callers ignore it too), which a race with a FORGET makes ordinary
+        harmless |= not unique and err == _ENOENT
         found = self.recent.pop(unique, None)
         if found is None:  # a reply that handed out nothing: only the event is kept
             if not harmless:
