@@ -124,6 +124,7 @@ _SPECS: dict[str, tuple[tuple[type, ...], tuple[int, int] | None, str]] = {
     "fd": ((_NIL, int), _FD, "a file descriptor or nil"),
     "path": ((_NIL, str), None, "a string or nil"),
     "len": ((int,), U32, "a 32-bit length"),
+    "server_ns": ((int,), U64, "nanoseconds"),
     "original": ((bytes,), None, "bytes"),
     "reason": ((str,), None, "a string"),
     "unique": ((int,), U64, "a 64-bit unique"),

@@ -264,6 +264,7 @@ static PyTypeObject AppenderType = {
  * backward-shift deletion; unique 0 marks an empty slot (the kernel never uses it). */
 typedef struct {
     uint64_t unique;
+    uint64_t sent_ns;  /* when the request was handed to the server (0: not known) */
     uint32_t opcode;
 } Slot;
 
@@ -298,7 +299,7 @@ static int pending_grow(Pending *p)
     return 0;
 }
 
-static void pending_put(Pending *p, uint64_t unique, uint32_t opcode)
+static void pending_put(Pending *p, uint64_t unique, uint32_t opcode, uint64_t sent_ns)
 {
     if (!unique)
         return;
@@ -314,11 +315,13 @@ static void pending_put(Pending *p, uint64_t unique, uint32_t opcode)
         p->used++;
     p->slots[i].unique = unique;
     p->slots[i].opcode = opcode;
+    p->slots[i].sent_ns = sent_ns;
     pthread_mutex_unlock(&p->lock);
 }
 
-/* The opcode pending for `unique`, or -1; removed when `pop`. */
-static long pending_take(Pending *p, uint64_t unique, int pop)
+/* The opcode pending for `unique`, or -1 (and when it was sent, if `sent_ns`); removed
+ * when `pop`. */
+static long pending_take(Pending *p, uint64_t unique, int pop, uint64_t *sent_ns)
 {
     long found = -1;
     if (!unique)
@@ -329,6 +332,8 @@ static long pending_take(Pending *p, uint64_t unique, int pop)
         i = (i + 1) & p->mask;
     if (p->slots[i].unique) {
         found = p->slots[i].opcode;
+        if (sent_ns)
+            *sent_ns = p->slots[i].sent_ns;
         if (pop) {
             size_t hole = i, j = i;
             for (;;) {  /* shift later members of the run back over the hole */
@@ -619,15 +624,18 @@ static size_t put_be(unsigned char *out, uint64_t value, int bytes)
     return (size_t)bytes;
 }
 
-/* Append the record [kind, ts, raw[:kept]] (+ {"len": true_len} when cut), the msgpack
- * the Python writer would make. Called without the GIL. */
-static void record(Pump *self, int kind, const unsigned char *raw, size_t kept, size_t true_len)
+/* Append the record [kind, ts, raw[:kept]] (+ a map with "len": true_len when cut, and
+ * "server_ns" when known: how long the server held the request, from the relay's handing
+ * it over to its reply's arrival), the msgpack the Python writer would make. Called
+ * without the GIL. */
+static void record(Pump *self, int kind, const unsigned char *raw, size_t kept, size_t true_len,
+                   uint64_t server_ns)
 {
-    unsigned char head[1 + 1 + 9 + 5], tail[1 + 4 + 5];
+    unsigned char head[1 + 1 + 9 + 5], tail[1 + (4 + 5) + (10 + 9)];
     size_t h = 0, t = 0;
     if (!self->recording)
         return;
-    head[h++] = true_len ? 0x94 : 0x93;  /* fixarray */
+    head[h++] = true_len || server_ns ? 0x94 : 0x93;  /* fixarray */
     head[h++] = (unsigned char)kind;       /* positive fixint */
     head[h++] = 0xcf;                      /* uint64 */
     h += put_be(head + h, now_ns(), 8);
@@ -641,9 +649,16 @@ static void record(Pump *self, int kind, const unsigned char *raw, size_t kept, 
         head[h++] = 0xc6;
         h += put_be(head + h, kept, 4);
     }
-    if (true_len) {
-        memcpy(tail, "\x81\xa3len\xce", 6);  /* fixmap 1, fixstr "len", uint32 */
-        t = 6 + put_be(tail + 6, true_len, 4);
+    if (true_len || server_ns) {
+        tail[t++] = (unsigned char)(0x80 | (!!true_len + !!server_ns));  /* fixmap */
+        if (true_len) {
+            memcpy(tail + t, "\xa3len\xce", 5);  /* fixstr "len", uint32 */
+            t += 5 + put_be(tail + t + 5, true_len, 4);
+        }
+        if (server_ns) {
+            memcpy(tail + t, "\xa9server_ns\xcf", 11);  /* fixstr "server_ns", uint64 */
+            t += 11 + put_be(tail + t + 11, server_ns, 8);
+        }
     }
     struct iovec iov[3] = {{head, h}, {(void *)raw, kept}, {tail, t}};
     int err = appender_write(self->appender, iov, t ? 3 : 2, 1, 0);
@@ -856,10 +871,10 @@ static int take_request(Pump *self, Outcome *out)
         return 1;
     }
     uint64_t unique = get_u64(buf + 8);
-    if (!self->no_reply[opcode])
-        pending_put(&self->pending, unique, opcode);
     size_t kept = kept_of(self, (size_t)n, self->data_request[opcode]);
-    record(self, KIND_REQUEST, buf, kept, kept < (size_t)n ? (size_t)n : 0);
+    record(self, KIND_REQUEST, buf, kept, kept < (size_t)n ? (size_t)n : 0, 0);
+    if (!self->no_reply[opcode])  /* before it leaves: its reply may come at once */
+        pending_put(&self->pending, unique, opcode, now_ns());
     ssize_t sent;
     for (;;) {
         sent = send(self->sockfd, buf, (size_t)n, MSG_NOSIGNAL);
@@ -876,7 +891,7 @@ static int take_request(Pump *self, Outcome *out)
     }
     if (sent < 0) {
         out->what = UNSENT, out->err = errno, out->unique = unique, out->opcode = opcode;
-        pending_take(&self->pending, unique, 1);
+        pending_take(&self->pending, unique, 1, NULL);
     } else {
         ADD(self->requests, 1);
         ADD(self->request_bytes, (unsigned long long)n);
@@ -891,6 +906,7 @@ static int take_reply(Pump *self, int lane, Outcome *out, int flags)
 {
     unsigned char *buf = self->reply_buf[lane];
     ssize_t n = recv(self->sockfd, buf, (size_t)self->reply_size[lane], MSG_TRUNC | flags);
+    uint64_t arrived = now_ns();
     if (n < 0) {
         if (errno == EAGAIN || errno == EWOULDBLOCK)
             return 0;
@@ -917,9 +933,10 @@ static int take_reply(Pump *self, int lane, Outcome *out, int flags)
     int32_t error;
     memcpy(&error, buf + 4, 4);
     uint64_t unique = get_u64(buf + 8);
-    long opcode = pending_take(&self->pending, unique, 1);
+    uint64_t sent = 0;
+    long opcode = pending_take(&self->pending, unique, 1, &sent);
     if (opcode >= TABLE || (opcode >= 0 && self->to_python[opcode])) {
-        pending_put(&self->pending, unique, (uint32_t)opcode);  /* Python's to take */
+        pending_put(&self->pending, unique, (uint32_t)opcode, sent);  /* Python's to take */
         out->what = REPLY, out->n = n;
         return 1;
     }
@@ -929,7 +946,8 @@ static int take_reply(Pump *self, int lane, Outcome *out, int flags)
     else if (opcode >= 0 && error == 0)
         data_at = self->data_reply[opcode];
     size_t kept = kept_of(self, (size_t)n, data_at);
-    record(self, KIND_REPLY, buf, kept, kept < (size_t)n ? (size_t)n : 0);
+    record(self, KIND_REPLY, buf, kept, kept < (size_t)n ? (size_t)n : 0,
+           sent && arrived > sent ? arrived - sent : 0);
     ADD(self->replies, 1);
     ADD(self->reply_bytes, (unsigned long long)n);
     int err = 0;
@@ -1089,7 +1107,7 @@ static PyObject *Pump_pending_put(Pump *self, PyObject *args)
     unsigned int opcode;
     if (!PyArg_ParseTuple(args, "KI", &unique, &opcode))
         return NULL;
-    pending_put(&self->pending, unique, opcode);
+    pending_put(&self->pending, unique, opcode, 0);
     Py_RETURN_NONE;
 }
 
@@ -1105,7 +1123,7 @@ static PyObject *Pump_pending_get(Pump *self, PyObject *arg)
     unsigned long long unique = PyLong_AsUnsignedLongLongMask(arg);
     if (PyErr_Occurred())
         return NULL;
-    return pending_result(pending_take(&self->pending, unique, 0));
+    return pending_result(pending_take(&self->pending, unique, 0, NULL));
 }
 
 static PyObject *Pump_pending_pop(Pump *self, PyObject *arg)
@@ -1113,7 +1131,7 @@ static PyObject *Pump_pending_pop(Pump *self, PyObject *arg)
     unsigned long long unique = PyLong_AsUnsignedLongLongMask(arg);
     if (PyErr_Occurred())
         return NULL;
-    return pending_result(pending_take(&self->pending, unique, 1));
+    return pending_result(pending_take(&self->pending, unique, 1, NULL));
 }
 
 static PyObject *Pump_count(Pump *self, PyObject *args)

@@ -124,6 +124,45 @@ def _collect(path: str) -> tuple[dict[str, OpStats], dict[str, int]]:
     return ops, dict(totals)
 
 
+@dataclass
+class RelaySplit:
+    """Where the time of the exchanges recorded by `fusetrace record` went: the server's
+    share (from the relay handing it the request to its reply reaching the relay: the
+    relay's own wake-up for the reply counts here) and what the relay added (the rest of
+    the recorded latency: reading, recording and handing the request over)."""
+
+    server: list[int] = field(default_factory=list)  # ns, sorted
+    added: list[int] = field(default_factory=list)  # ns, sorted
+
+    def percentile(self, which: str, p: float) -> int | None:
+        values = getattr(self, which)
+        return values[max(0, math.ceil(p / 100 * len(values)) - 1)] if values else None
+
+
+def relay_split(path: str) -> RelaySplit:
+    """One pass pairing each reply that carries `server_ns` (see `_fastpath.c`) with its
+    request's record time."""
+    split = RelaySplit()
+    asked: dict[int, int] = {}
+    with TraceReader(path) as reader, gc_paused():
+        for obj in reader.arrays():
+            kind = obj[0]
+            if kind > Kind.REPLY or len(raw := obj[2]) < _IN.size:
+                continue
+            if kind == Kind.REQUEST:
+                asked[_IN.unpack_from(raw)[1]] = obj[1]
+                continue
+            unique = _OUT.unpack_from(raw)[1]
+            sent = asked.pop(unique, None)
+            server = obj[3].get("server_ns") if len(obj) == 4 else None
+            if sent is not None and type(server) is int:
+                split.server.append(server)
+                split.added.append(max(0, obj[1] - sent - server))
+    split.server.sort()
+    split.added.sort()
+    return split
+
+
 def _ms(ns: int | None) -> str:
     return "-" if ns is None else f"{ns / 1e6:.3f}"
 
@@ -163,6 +202,13 @@ def write_stats(a: Analysis, out: IO[str]) -> None:
         print(f"{name:<16}{st.count:>9}{_ms(st.percentile(50)):>10}{_ms(st.percentile(90)):>10}"
               f"{_ms(st.percentile(99)):>10}{_ms(st.latencies[-1] if st.latencies else None):>10}"
               f"{st.bytes_in:>12}{st.bytes_out:>12}  {errors}", file=out)
+    split = relay_split(a.path)
+    if split.server:
+        print(f"\nrecording   {'p50 ms':>10}{'p99 ms':>10}  ({len(split.server)} exchanges; "
+              f"the relay's wake-ups count as the server's)", file=out)
+        for label, which in (("server", "server"), ("relay added", "added")):
+            print(f"{label:<12}{_ms(split.percentile(which, 50)):>10}"
+                  f"{_ms(split.percentile(which, 99)):>10}", file=out)
     rows = backing_rows(a)
     if rows:
         print(f"\n{'backing id':>10} {'opens':>6} {'lifetime ms':>12}  verdict / path", file=out)
@@ -173,7 +219,11 @@ def write_stats(a: Analysis, out: IO[str]) -> None:
 
 def stats_json(a: Analysis) -> dict[str, Any]:
     ops, totals = collect(a.path)
+    split = relay_split(a.path)
     return {"session": session_facts(a), "totals": totals, "backing": backing_rows(a),
+            "recording": {"exchanges": len(split.server),
+                          **{f"{which}_p{p}_ns": split.percentile(which, p)
+                             for which in ("server", "added") for p in (50, 99)}},
             "opcodes": {name: {"count": st.count, "errors": dict(st.errors),
                                "p50_ns": st.percentile(50), "p90_ns": st.percentile(90),
                                "p99_ns": st.percentile(99),

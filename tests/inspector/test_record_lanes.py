@@ -21,6 +21,7 @@ import pytest
 
 from dissectors import Message
 from dissectors.constants import NotifyCode, Opcode
+from inspector.reports.stats import relay_split
 from inspector.testing import recorded_server
 
 from record_support import PASSTHROUGHFS, check_trace, need
@@ -129,3 +130,9 @@ def test_eight_clients_on_a_multithreaded_server_are_recorded_in_causal_order(
     reads = [e for e in decoded.entries if isinstance(e.decoded, Message)
              and e.record.is_request and e.decoded.brief.opcode == Opcode.READ]
     assert len(reads) >= 8 * 20  # every file read through the server at least once
+    split = relay_split(str(trace))  # every reply the C lanes relayed says how long it took
+    replies = [e for e in decoded.entries if isinstance(e.decoded, Message)
+               and e.record.is_reply and e.decoded.brief.unique
+               and e.decoded.brief.opcode != Opcode.INIT]
+    assert len(split.server) == len(replies) and all(n > 0 for n in split.server)
+    assert split.percentile("added", 50) is not None
