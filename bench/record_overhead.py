@@ -1,6 +1,7 @@
 """What recording costs: each workload on the same server, direct and under `fusetrace record`
 (and under `strace -f`, what users reach for today, and libfuse's own `-d` log for a
-libfuse server), side by side in one run, as ratios.
+libfuse server), side by side in one run, as ratios; beside them the ceiling, the same
+relay recording nothing of the messages (`record --forward-only`).
 
 Figures are printed, never asserted. Run as root: .venv/bin/python bench/record_overhead.py
 [--seconds S] [--repeat N] [--only NAME]. Servers: the bundled passthrough filesystem
@@ -185,6 +186,9 @@ def main() -> int:
             modes["fusetrace record"] = [*FUSETRACE, "record", "-q", "-w", str(trace), "--"]
             modes["record --spin-us 0"] = [*FUSETRACE, "record", "-q", "--spin-us", "0",
                                            "-w", str(trace), "--"]
+            # the ceiling: the same relay and trap, recording nothing of the messages
+            modes["relay only (ceiling)"] = [*FUSETRACE, "record", "-q", "--forward-only",
+                                             "-w", str(trace), "--"]
             modes["record --connect dev-fd"] = [*FUSETRACE, "record", "-q", "--connect",
                                                 "dev-fd", "-w", str(trace), "--"]
         if shutil.which("strace"):

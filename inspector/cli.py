@@ -123,7 +123,8 @@ def _record(args: argparse.Namespace) -> int:
     return record(RecordConfig(server=args.server, trace=trace, snaplen=args.snaplen,
                                quiet=args.quiet, options=args.options,
                                mountpoint=args.mountpoint, grace=args.grace,
-                               connect=Connect(args.connect), spin_us=args.spin_us))
+                               connect=Connect(args.connect), spin_us=args.spin_us,
+                               forward_only=args.forward_only))
 
 
 def _cleanup(args: argparse.Namespace) -> int:
@@ -241,7 +242,12 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--spin-us", type=int, default=None, metavar="US",
                      help="how long the relay polls after a message before it sleeps: "
                           "fast servers answer sooner than a thread wakes (default 300 with "
-                          "two CPUs or more, else 0; 0 sleeps at once)")
+                          "two CPUs or more and no thread waiting for a CPU, else 0; 0 sleeps "
+                          "at once)")
+    rec.add_argument("--forward-only", action="store_true",
+                     help="relay without recording the messages (ioctls and session events "
+                          "still are): what the relay alone costs, e.g. to compare with a "
+                          "recording run, or to see whether a bug needs the recorder to show")
     rec.add_argument("server", nargs=argparse.REMAINDER, metavar="SERVER [ARGS...]",
                      help=argparse.SUPPRESS)
     rec.set_defaults(run=_record)

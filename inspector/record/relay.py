@@ -357,7 +357,8 @@ class Relay:
 
     def __init__(self, devfd: int, sock: socket.socket, writer: TraceWriter, snaplen: int,
                  init_mask: int = FUSE_OVER_IO_URING, spin_us: int | None = None,
-                 changed: Callable[[], None] | None = None, lanes: int | None = None) -> None:
+                 changed: Callable[[], None] | None = None, lanes: int | None = None,
+                 record_messages: bool = True) -> None:
         self.devfd = devfd
         self.sock = sock
         self.writer = writer
@@ -380,6 +381,9 @@ class Relay:
                                piece_wait_ms=PIECE_WAIT_MS, lanes=self.lanes)
         self._reassembler = (Reassembler(lambda unique: self._pump.pending_get(unique) is not None)
                              if self.lanes == 1 else None)
+        self.record_messages = record_messages  # False: relay only (`record --forward-only`)
+        if not record_messages:
+            self._pump.stop_recording()
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
         self._reply_lanes = 0  # reply lanes running
@@ -528,7 +532,8 @@ class Relay:
         kept, true_len = snap(raw, True, None, self.snaplen)
         if true_len is not None:
             meta["len"] = true_len
-        self._record(self.writer.request, kept, **meta)
+        if self.record_messages:
+            self._record(self.writer.request, kept, **meta)
         try:
             self.sock.send(raw)
         except OSError as exc:
@@ -589,7 +594,8 @@ class Relay:
             meta["len"] = true_len
         if pieces is not None:
             meta["fragments"] = pieces
-        self._record(self.writer.reply, kept, **meta)
+        if self.record_messages:
+            self._record(self.writer.reply, kept, **meta)
         self._pump.count(False, len(raw))
         try:
             os.write(self.devfd, raw)

@@ -100,6 +100,7 @@ class RecordConfig:
     grace: float | None = None  # --grace: SIGTERM after this long, SIGKILL after twice
     connect: Connect = Connect.AUTO
     spin_us: int | None = None  # None: SPIN_US when there is a CPU to spare, else 0
+    forward_only: bool = False  # relay the messages without recording them
 
 
 def _load_trap() -> tuple[Any, str | None]:
@@ -268,6 +269,9 @@ class Session:
                        else self.command.with_mountpoint(f"/dev/fd/{child_fd}"))
         self.writer = TraceWriter(self.cfg.trace, self._header(server_argv),
                                   appender=native().Appender)
+        if self.cfg.forward_only:
+            self.writer.event("messages_not_recorded", reason="record --forward-only: the "
+                              "requests, replies and notifications were relayed, not recorded")
         if self.connect_note:
             self.writer.event("connect_fallback", asked=self.cfg.connect.value,
                               used=self.connect.value, why=self.connect_note)
@@ -291,7 +295,8 @@ class Session:
         # without the trap a spliced reply arrives in pieces: one reply lane keeps them in order
         self.relay = Relay(self.devfd, self.ours, self.writer, self.cfg.snaplen,
                            spin_us=self.cfg.spin_us, changed=self.wake.set,
-                           lanes=None if self.trap is not None else 1)
+                           lanes=None if self.trap is not None else 1,
+                           record_messages=not self.cfg.forward_only)
         trap = self.trap
 
         def child_setup() -> None:
