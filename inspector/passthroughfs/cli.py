@@ -71,6 +71,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--notify-renames", action="store_true",
                         help="after a rename, invalidate the replaced entry (NOTIFY_INVAL_ENTRY) "
                              "from a thread of its own while the rename is answered, as rclone does")
+    parser.add_argument("--clone-fd", action="store_true",
+                        help="each worker reads and answers on a clone of the session's "
+                             "descriptor (FUSE_DEV_IOC_CLONE), as libfuse's clone_fd does")
     parser.add_argument("-d", "--debug", action="store_true", help="log every request")
     args = parser.parse_args(argv)
     args.options = _mount_options(args.options, parser)
@@ -123,7 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                          args.timeouts, misbehave)
         server = Server(conn.fd, ops, tracer, misbehave, passthrough=args.passthrough,
                         threads=args.threads, max_stack_depth=args.max_stack_depth,
-                        notify_renames=args.notify_renames)
+                        notify_renames=args.notify_renames, clone_fd=args.clone_fd)
         server.install_signal_handlers()
         conn.mount()
         status = server.serve()

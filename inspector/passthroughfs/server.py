@@ -9,6 +9,7 @@ main thread waits for that or for SIGTERM/SIGINT, and the caller unmounts.
 from __future__ import annotations
 
 import errno
+import fcntl
 import logging
 import os
 import signal
@@ -29,6 +30,7 @@ from dissectors.constants import (
     NotifyCode,
     Opcode,
 )
+from dissectors.ioctls import DevIoctl
 from dissectors.context import DEFAULT_CONTEXT, FuseContext, dialect_of
 from dissectors.quick import brief_reply, brief_request
 from dissectors.structs import FuseInitOut, FuseName, FuseNotifyInvalEntryOut, FuseOutHeader
@@ -59,9 +61,10 @@ class Server:
 
     def __init__(self, fd: int, ops: Operations, tracer: Tracer, misbehave: Misbehaviour,
                  *, passthrough: bool = True, threads: int = 4, max_stack_depth: int = 1,
-                 notify_renames: bool = False) -> None:
+                 notify_renames: bool = False, clone_fd: bool = False) -> None:
         self.fd = fd
         self.notify_renames = notify_renames
+        self.clone_fd = clone_fd
         self.ops = ops
         self.tracer = tracer
         self.misbehave = misbehave
@@ -112,10 +115,37 @@ class Server:
 
     # --- workers --------------------------------------------------------------------
 
+    def _channel(self) -> int:
+        """The descriptor this worker reads and answers on: with `clone_fd` a clone of the
+        session's of its own (libfuse's clone_fd: the kernel takes a reply only on the
+        descriptor that read its request), else the session's."""
+        if not self.clone_fd:
+            return self.fd
+        fd = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
+        try:
+            fcntl.ioctl(fd, DevIoctl.CLONE, struct.pack("<I", self.fd))
+        except OSError:
+            os.close(fd)
+            raise
+        return fd
+
     def _work(self) -> None:
+        try:
+            fd = self._channel()
+        except OSError as exc:
+            log.error("cloning the session's descriptor: %s", exc)
+            self.stop(f"clone failed: {exc}", 1)
+            return
+        try:
+            self._work_on(fd)
+        finally:
+            if fd != self.fd:
+                os.close(fd)
+
+    def _work_on(self, fd: int) -> None:
         while not self._stopped.is_set():
             try:
-                raw = os.read(self.fd, BUFFER_SIZE)
+                raw = os.read(fd, BUFFER_SIZE)
             except OSError as exc:
                 if exc.errno in _RETRY:
                     continue
@@ -129,11 +159,11 @@ class Server:
                 self.stop("end of file on the connection")
                 return
             try:
-                self._serve_one(raw)
+                self._serve_one(raw, fd)
             except Exception:  # a bug in a handler must not kill the worker
                 log.exception("handling a request")
 
-    def _serve_one(self, raw: bytes) -> None:
+    def _serve_one(self, raw: bytes, fd: int) -> None:
         self.tracer.request(raw)
         req = Request(raw, brief_request(raw, self.ctx))
         log.debug("-> %s", line(req.brief))
@@ -152,7 +182,7 @@ class Server:
             time.sleep(stall)
         if self.notify_renames and req.opcode in _RENAMES and len(reply) == OUT_HEADER_SIZE:
             self._invalidate_meanwhile(req.get("newdir"), req.name2)
-        err = self.tracer.send(self.fd, reply, req.opcode)
+        err = self.tracer.send(fd, reply, req.opcode)
         if err:
             log.log(logging.DEBUG if err == errno.ENOENT else logging.WARNING,
                     "reply to %s #%d: %s", _name(req.opcode), req.unique, os.strerror(err))

@@ -26,6 +26,8 @@ from typing import Any, Callable
 
 import pytest
 
+from dissectors import IoctlCall
+from dissectors.ioctls import DevIoctl
 from inspector.testing import cleanup_mount, is_mounted, recorded_server, wait_for_mount
 
 from record_support import (
@@ -204,6 +206,12 @@ CASES = [
          lambda b: [*PASSTHROUGHFS, str(b / "src"), str(b / "mnt"), "--mount-with",
                     "fusermount3"],
          lambda b: _dirs(b, "src"), after=lambda b: tree_of(b / "src")),
+    # every worker on a clone of the session's descriptor (libfuse's clone_fd), and a
+    # notification sent from a thread of its own while the rename is answered (rclone)
+    Case("passthroughfs-clone-fd-notify", (),
+         lambda b: [*PASSTHROUGHFS, str(b / "src"), str(b / "mnt"), "--clone-fd",
+                    "--notify-renames"],
+         lambda b: _dirs(b, "src"), after=lambda b: tree_of(b / "src")),
 ]
 
 
@@ -287,3 +295,7 @@ def test_recorded_like_direct(case: Case, isolated: Path, tmp_path: Path) -> Non
     assert connected["route"] == ("helper" if case.name in ("gocryptfs", "passthroughfs-helper")
                                   else "device-open")
     assert not is_mounted(tmp_path / "recorded" / "mnt")
+    if "--clone-fd" in case.argv(tmp_path):
+        clones = [e for e in decoded.entries if isinstance(e.decoded, IoctlCall)
+                  and e.decoded.cmd == DevIoctl.CLONE]
+        assert len(clones) == 4 and all(e.decoded.result == 0 for e in clones)
