@@ -586,12 +586,13 @@ typedef struct {
     int16_t data_request[TABLE], data_reply[TABLE], data_notify[TABLE];
     uint8_t no_reply[TABLE], to_python[TABLE];
     Pending pending;
-    unsigned char *request_buf, *reply_buf[MAX_LANES];
-    Py_ssize_t request_size, reply_size[MAX_LANES];
+    unsigned char *request_buf, *reply_buf[MAX_LANES + 1];  /* + the request lane's */
+    Py_ssize_t request_size, reply_size[MAX_LANES + 1];
     int lanes;         /* reply lanes; with one, Python may put spliced pieces together */
     unsigned long long requests, replies, request_bytes, reply_bytes;  /* atomic */
     int recording;     /* cleared when a trace write failed, here or in Python */
     int dev_open;      /* until /dev/fuse says ENODEV */
+    int sock_seen_end; /* the request lane saw the socket's end: it polls only /dev/fuse */
     int pieces;        /* Python is putting a spliced reply together: hand it everything */
     uint64_t last_reply_ns;  /* when the socket last gave Python a message */
     uint64_t spin_ns;
@@ -789,7 +790,7 @@ static void Pump_dealloc(Pump *self)
     if (self->gate.fd >= 0)
         close(self->gate.fd);
     free(self->request_buf);
-    for (int i = 0; i < MAX_LANES; i++)
+    for (int i = 0; i <= MAX_LANES; i++)
         free(self->reply_buf[i]);
     Py_XDECREF(self->appender);
     Py_TYPE(self)->tp_free((PyObject *)self);
@@ -962,15 +963,49 @@ static int take_reply(Pump *self, int lane, Outcome *out, int flags)
     return 1;
 }
 
-/* The request lane: /dev/fuse → server, until something needs Python. After each request
- * it polls for `spin_us` before sleeping (where `spin_allowed`): a client asks again
- * sooner than a sleeping thread can be woken. */
+/* The tuple a lane returns to Python for an outcome (`reply` holds a REPLY's bytes). */
+static PyObject *outcome_value(Pump *self, const Outcome *out, const unsigned char *reply)
+{
+    switch (out->what) {
+    case REQUEST:
+        return Py_BuildValue("(sy#)", "request", self->request_buf, out->n);
+    case UNSENT:
+        return Py_BuildValue("(sKli)", "unsent", (unsigned long long)out->unique, out->opcode,
+                             out->err);
+    case REQUEST_END:
+        return Py_BuildValue("(si)", "request_end", out->err);
+    case REPLY:
+        return Py_BuildValue("(sy#)", "reply", reply, out->n);
+    case REJECTED:
+        if (out->opcode < 0)
+            return Py_BuildValue("(sKOiO)", "rejected", (unsigned long long)out->unique, Py_None,
+                                 out->err, out->gone ? Py_True : Py_False);
+        return Py_BuildValue("(sKliO)", "rejected", (unsigned long long)out->unique, out->opcode,
+                             out->err, out->gone ? Py_True : Py_False);
+    case OVERSIZE:
+        return Py_BuildValue("(sn)", "oversize", out->n);
+    case IDLE:
+        return Py_BuildValue("(s)", "idle");
+    default:
+        return Py_BuildValue("(si)", "reply_end", out->err);
+    }
+}
+
+/* The request lane: /dev/fuse → server, until something needs Python. After a message it
+ * polls both ends for `spin_us` before sleeping (where `spin_allowed`), relaying a reply
+ * itself when one comes (with several reply lanes; with one, replies keep their order in
+ * it): one polling thread catches a fast server's reply and the client's next request
+ * sooner than a sleeping thread can be woken, where two would only take each other's
+ * CPU. */
 static PyObject *Pump_run_requests(Pump *self, PyObject *unused)
 {
     Outcome out = {NONE, 0, 0, 0, -1, 0};
     if (!self->notifier)
         return PyErr_Format(PyExc_RuntimeError, "Pump not initialised");
-    if (grow(&self->request_buf, &self->request_size, self->bufsize) < 0)
+    int replies_too = self->lanes > 1 && self->spin_ns;
+    if (grow(&self->request_buf, &self->request_size, self->bufsize) < 0 ||
+            (replies_too && grow(&self->reply_buf[MAX_LANES], &self->reply_size[MAX_LANES],
+                                 self->bufsize) < 0))
         return PyErr_NoMemory();
     Py_BEGIN_ALLOW_THREADS
     uint64_t busy_until = now_ns() + self->spin_ns;
@@ -980,6 +1015,13 @@ static PyObject *Pump_run_requests(Pump *self, PyObject *unused)
             continue;
         }
         if (spinning(self, busy_until)) {
+            if (replies_too && !self->sock_seen_end &&
+                    take_reply(self, MAX_LANES, &out, MSG_DONTWAIT)) {
+                if (out.what == REPLY_END)  /* the reply lanes see it too, and say so */
+                    out.what = NONE, self->sock_seen_end = 1;
+                busy_until = now_ns() + self->spin_ns;
+                continue;
+            }
             cpu_relax();
             continue;
         }
@@ -988,20 +1030,13 @@ static PyObject *Pump_run_requests(Pump *self, PyObject *unused)
         busy_until = now_ns() + self->spin_ns;
     }
     Py_END_ALLOW_THREADS
-    switch (out.what) {
-    case REQUEST:
-        return Py_BuildValue("(sy#)", "request", self->request_buf, out.n);
-    case UNSENT:
-        return Py_BuildValue("(sKli)", "unsent", (unsigned long long)out.unique, out.opcode, out.err);
-    default:
-        return Py_BuildValue("(si)", "request_end", out.err);
-    }
+    return outcome_value(self, &out, self->reply_buf[MAX_LANES]);
 }
 
 /* A reply lane: server → /dev/fuse, until something needs Python. Lanes receive from the
- * same socket (one whole message each) and write in parallel. Lane 0 polls for `spin_us`
- * after each message before sleeping; the others sleep in recv at once (the kernel wakes
- * one of them per message). */
+ * same socket (one whole message each; the kernel wakes one of them per message) and
+ * write in parallel. With one lane (pieces may come), it polls for `spin_us` after each
+ * message before it sleeps, as the request lane does with several. */
 static PyObject *Pump_run_replies(Pump *self, PyObject *arg)
 {
     Outcome out = {NONE, 0, 0, 0, -1, 0};
@@ -1014,8 +1049,9 @@ static PyObject *Pump_run_replies(Pump *self, PyObject *arg)
         return PyErr_Format(PyExc_ValueError, "lane %ld: this pump has %d", lane, self->lanes);
     if (grow(&self->reply_buf[lane], &self->reply_size[lane], self->bufsize) < 0)
         return PyErr_NoMemory();
+    int spins = self->lanes == 1 && self->spin_ns;
     Py_BEGIN_ALLOW_THREADS
-    uint64_t busy_until = lane ? 0 : now_ns() + self->spin_ns;
+    uint64_t busy_until = spins ? now_ns() + self->spin_ns : 0;
     while (out.what == NONE) {
         if (self->pieces) {  /* only with one lane: Python puts a reply together */
             uint64_t now = now_ns();
@@ -1032,7 +1068,7 @@ static PyObject *Pump_run_replies(Pump *self, PyObject *arg)
         }
         int polling = busy_until && spinning(self, busy_until);
         if (take_reply(self, (int)lane, &out, polling ? MSG_DONTWAIT : 0)) {
-            busy_until = lane ? 0 : now_ns() + self->spin_ns;
+            busy_until = spins ? now_ns() + self->spin_ns : 0;
             continue;
         }
         if (polling) {
@@ -1043,22 +1079,7 @@ static PyObject *Pump_run_replies(Pump *self, PyObject *arg)
         }
     }
     Py_END_ALLOW_THREADS
-    switch (out.what) {
-    case REPLY:
-        return Py_BuildValue("(sy#)", "reply", self->reply_buf[lane], out.n);
-    case REJECTED:
-        if (out.opcode < 0)
-            return Py_BuildValue("(sKOiO)", "rejected", (unsigned long long)out.unique, Py_None,
-                                 out.err, out.gone ? Py_True : Py_False);
-        return Py_BuildValue("(sKliO)", "rejected", (unsigned long long)out.unique, out.opcode,
-                             out.err, out.gone ? Py_True : Py_False);
-    case OVERSIZE:
-        return Py_BuildValue("(sn)", "oversize", out.n);
-    case IDLE:
-        return Py_BuildValue("(s)", "idle");
-    default:
-        return Py_BuildValue("(si)", "reply_end", out.err);
-    }
+    return outcome_value(self, &out, self->reply_buf[lane]);
 }
 
 static PyObject *Pump_late_rejections(Pump *self, PyObject *unused)

@@ -20,9 +20,10 @@ that grows whenever none of its threads is free, so a write the kernel holds on 
 (INVAL_ENTRY waits for the directory a LOOKUP holds) never holds back the reply that frees
 it. Whatever the server's threads do at once, the relay lets happen at once. The lanes
 come back here for everything else: INIT both ways, a reply in pieces, a message the kernel
-or the server refused, the end. A lane polls its end for `SPIN_US` after each message
-before it sleeps (a fast server's reply, and its client's next request, come sooner than a
-sleeping thread can be woken), but only while no thread waits for a CPU (the kernel's CPU
+or the server refused, the end. The request lane polls both ends for `SPIN_US` after each
+message before it sleeps, relaying the replies it finds itself (a fast server's reply, and
+its client's next request, come sooner than a sleeping thread can be woken; one polling
+thread, not one per lane), but only while no thread waits for a CPU (the kernel's CPU
 pressure, PSI): on a busy machine polling would keep the server from running. A request the
 server's full socket cannot take yet holds only the request lane. The lanes' tables (where
 file data starts, which requests get no reply) come from `dissectors`.
@@ -451,7 +452,8 @@ class Relay:
             self._pump.stop_recording()
 
     def _requests(self) -> None:
-        """The request lane: the C loop relays; what it hands back is dealt with here."""
+        """The request lane: the C loop relays; what it hands back is dealt with here
+        (replies too: it relays those it finds while it polls)."""
         while True:
             what, *rest = self._pump.run_requests()
             if what == "request":
@@ -461,12 +463,14 @@ class Relay:
                 unique, opcode, err = rest
                 self._record(self.writer.event, "request_not_forwarded", unique=unique,
                              opcode=opcode, errno=err)
-            else:  # request_end
+            elif what == "request_end":
                 if rest[0] and rest[0] != errno.ENODEV:
                     self._record(self.writer.event, "proxy_error",
                                  reason=f"reading /dev/fuse: {os.strerror(rest[0])}")
                 self.unmounted.set()
                 self.changed()
+                return
+            elif not self._reply_outcome(what, rest):
                 return
 
     def _await_init(self) -> None:
@@ -480,19 +484,7 @@ class Relay:
         """A reply lane: the C loop relays; what it hands back is dealt with here."""
         while True:
             what, *rest = self._pump.run_replies(lane)
-            self._late_rejections()
-            if what == "reply":
-                if not self._reply_piece(rest[0]):
-                    return
-            elif what == "rejected":
-                self._rejected(*rest)
-            elif what == "idle":  # no more pieces came
-                self._flush_pieces()
-            elif what == "oversize":
-                self._record(self.writer.event, "proxy_error",
-                             reason=f"a {rest[0]}-byte message from the server exceeds the "
-                                    f"relay's {self._pump.bufsize}-byte buffer; dropped")
-            else:  # reply_end
+            if what == "reply_end":
                 self._flush_pieces()
                 if rest[0] and rest[0] not in (errno.ECONNRESET, errno.EBADF):
                     self._record(self.writer.event, "proxy_error",
@@ -504,6 +496,23 @@ class Relay:
                     self.server_closed.set()
                     self.changed()
                 return
+            if not self._reply_outcome(what, rest):
+                return
+
+    def _reply_outcome(self, what: str, rest: list[Any]) -> bool:
+        """A reply-side outcome a lane hands back; False when relaying cannot go on."""
+        self._late_rejections()
+        if what == "reply":
+            return self._reply_piece(rest[0])
+        if what == "rejected":
+            self._rejected(*rest)
+        elif what == "idle":  # no more pieces came
+            self._flush_pieces()
+        elif what == "oversize":
+            self._record(self.writer.event, "proxy_error",
+                         reason=f"a {rest[0]}-byte message from the server exceeds the "
+                                f"relay's {self._pump.bufsize}-byte buffer; dropped")
+        return True
 
     def _late_rejections(self) -> None:
         """Notifications the kernel refused after their lane had gone on (see
