@@ -22,7 +22,7 @@ from scapy.packet import Packet, Raw
 
 from .context import Dialect
 from .fields import NoteField
-from .quick import compiled
+from .flat import compiled
 
 FUSE_DEV_IOC_MAGIC = 229
 

@@ -41,6 +41,7 @@ from .constants import (
     ATTR_FLAGS,
     CUSE_INIT_FLAGS,
     FATTR_FLAGS,
+    FUSE_DIRENT_ALIGN,
     FOPEN_FLAGS,
     FSYNC_FLAGS,
     GETATTR_FLAGS,
@@ -57,6 +58,7 @@ from .constants import (
     WRITE_FLAGS,
     Opcode,
 )
+from .flat import compiled
 from .fields import (
     AlignPadField,
     CStringField,
@@ -132,8 +134,6 @@ class FastBuild:
 
 
 def _packer_for(cls: type) -> Any:
-    from .quick import compiled
-
     try:
         return compiled(cls)
     except TypeError:
@@ -287,6 +287,11 @@ class FuseHeader(FuseLayer):
 
     #: Filled by `layouts.py`: (header, body bytes) → (plan, reason when the plan is raw).
     planner: "Callable[[FuseHeader, bytes], tuple[list[Any], str]] | None" = None
+    #: Filled by `summary.py`: the message's one-line text (`summary()`).
+    liner: "Callable[[FuseHeader], str] | None" = None
+
+    def summary(self, intern: int = 0) -> str:
+        return type(self).liner(self) if type(self).liner else super().summary(intern)
 
     def next_layer(self, depth: int, prev: Packet, s: bytes) -> tuple[type[Packet], str]:
         if depth == 0:
@@ -336,11 +341,6 @@ class FuseInHeader(FuseHeader):
     def hashret(self) -> bytes:
         return self.unique.to_bytes(8, "little")
 
-    def summary(self, intern: int = 0) -> str:
-        from .summary import request_line
-
-        return request_line(self)
-
 
 class FuseOutHeader(FuseHeader):
     """server → kernel: replies (unique ≠ 0) and notifications (unique = 0, error = code)."""
@@ -357,11 +357,6 @@ class FuseOutHeader(FuseHeader):
 
     def answers(self, other: Packet) -> bool:
         return isinstance(other, FuseInHeader) and other.unique == self.unique
-
-    def summary(self, intern: int = 0) -> str:
-        from .summary import reply_line
-
-        return reply_line(self)
 
 
 # --- attributes and their relatives --------------------------------------------------
@@ -954,6 +949,15 @@ class FuseFallocateIn(FuseStruct):
     ]
 
 
+#: fuse_dirent's fixed part: ino, off, namelen, type (FUSE_NAME_OFFSET)
+FUSE_NAME_OFFSET = 24
+
+
+def dirent_size(namelen: int) -> int:
+    """Bytes one fuse_dirent with a name of `namelen` bytes takes (FUSE_DIRENT_SIZE)."""
+    return (FUSE_NAME_OFFSET + namelen + FUSE_DIRENT_ALIGN - 1) & ~(FUSE_DIRENT_ALIGN - 1)
+
+
 class FuseDirent(FuseElement):
     """One READDIR entry; the name is padded to an 8-byte boundary (FUSE_DIRENT_ALIGN)."""
 
@@ -967,11 +971,11 @@ class FuseDirent(FuseElement):
         FieldLenField("namelen", None, length_of="name", fmt="<I"),
         LEIntField("type", 0),  # DT_* (the mode's type bits >> 12)
         StrLenField("name", b"", length_from=lambda p: p.namelen),
-        AlignPadField("padding", 8, 24, "name"),
+        AlignPadField("padding", FUSE_DIRENT_ALIGN, FUSE_NAME_OFFSET, "name"),
     ]
 
     def wire_size(self) -> int | None:
-        return 24 + ((self.namelen + 7) & ~7) if self.namelen is not None else None
+        return dirent_size(self.namelen) if self.namelen is not None else None
 
     def mysummary(self) -> str:
         return self.sprintf("%name% ino=%ino% off=%off%")
