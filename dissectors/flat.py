@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Callable
 
-from scapy.fields import Field, FieldLenField, FlagsField, PacketField, StrFixedLenField
+from scapy.fields import Field, FieldLenField, FlagsField, PacketField, StrField, StrFixedLenField
 from scapy.packet import Packet
 
 from .fields import (
@@ -71,14 +71,14 @@ def _flatten(cls: type[Packet], prefix: str = "", head: bool = False
             out += _flatten(fld.cls, name + ".")
         elif isinstance(fld, StrFixedLenField):
             out.append((name, f"{fld.length_from(None)}s", None))
+        elif isinstance(fld, StrField) or not hasattr(fld, "fmt"):  # names, data, lists
+            if head:
+                break
+            raise TypeError(f"{cls.__name__}.{fld.name}: not a fixed-size field")
         elif isinstance(fld, FlagsField):
             out.append((name, _CODES[abs(fld.size) // 8], _formatter(fld)))
-        elif isinstance(fld, FieldLenField) or hasattr(fld, "fmt"):
-            out.append((name, fld.fmt.lstrip("<!>"), _formatter(fld)))
-        elif head:
-            break
         else:
-            raise TypeError(f"{cls.__name__}.{fld.name}: not a fixed-size field")
+            out.append((name, fld.fmt.lstrip("<!>"), _formatter(fld)))
     return out
 
 

@@ -25,11 +25,8 @@ from typing import Any, NamedTuple
 
 import msgpack
 
-from scapy.packet import Packet
-
-from dissectors.constants import IN_HEADER_SIZE, NO_REPLY_OPCODES, OUT_HEADER_SIZE
+from dissectors.constants import NO_REPLY_OPCODES
 from dissectors.quick import peek_reply, peek_request
-from dissectors.structs import FuseInHeader, FuseOutHeader
 
 from . import native
 from .errors import TraceReadError
@@ -44,22 +41,6 @@ _COLUMNS = {"offset": "Q", "ts": "q", "kind": "B", "opcode": "I", "unique": "Q",
 _ROW_BYTES = sum(array.array(code).itemsize for code in _COLUMNS.values())
 _HEAD_LEN = struct.Struct("<I")
 _NO_REPLY = frozenset(int(op) for op in NO_REPLY_OPCODES)
-
-
-def _field_offset(cls: type[Packet], name: str) -> int:
-    """Where a fixed-size header field starts (from the Scapy struct: declared once)."""
-    at = 0
-    for fld in cls.fields_desc:
-        if fld.name == name:
-            return at
-        at += fld.sz
-    raise KeyError(name)
-
-
-#: what the C loop peeks at: fuse_in_header's size, opcode, unique, nodeid; then
-#: fuse_out_header's size, error, unique
-_LAYOUT = (IN_HEADER_SIZE, *(_field_offset(FuseInHeader, f) for f in ("opcode", "unique", "nodeid")),
-           OUT_HEADER_SIZE, *(_field_offset(FuseOutHeader, f) for f in ("error", "unique")))
 
 
 class Row(NamedTuple):
@@ -225,8 +206,7 @@ class TraceIndex:
             k, n = 0, len(objs)
             while k < n:
                 if fast is not None:
-                    k, offset, data = fast(objs, ends, k, offset, ts_limit, pending, _NO_REPLY,
-                                           _LAYOUT)
+                    k, offset, data = fast(objs, ends, k, offset, ts_limit, pending, _NO_REPLY)
                     for col, part in zip(columns, data):
                         col.frombytes(part)
                     if k == n:

@@ -31,6 +31,11 @@ class Kind(enum.IntEnum):
     EVENT = 4
 
 
+#: An IOCTL record's map, in the order `TraceWriter.ioctl` writes it; the C trap writes the
+#: same bytes (through `traces/facts.h`).
+IOCTL_KEYS = ("cmd", "arg", "result", "errno", "tid", "pid", "fd", "path", "out")
+
+
 @dataclass(slots=True)
 class Record:
     """One record: where it sits in the file, when it happened, the bytes and their notes.
