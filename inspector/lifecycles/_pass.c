@@ -1,7 +1,7 @@
 /* The lifecycle pass's common records in C (`inspector/lifecycles/analysis.py` `_Pass`).
  *
  * run(state, records, handlers, walker) pulls checked records from the iterator `records`
- * and takes each the pass would only pair or note in passing: a request that only waits
+ * and takes each the pass would only pair or note in passing (it returns how many it took): a request that only waits
  * for its reply, a use of a handle already seen in use, a reply that only ends its
  * request, an entry reply that adds a lookup to a labelled node. Every other record goes,
  * untouched, to Python: `handlers` is (record, request, reply, other) of `_Pass`, called as
@@ -317,6 +317,7 @@ static PyObject *run(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     Py_XDECREF(high);
     if (PyErr_Occurred())
         return NULL;
+    Py_ssize_t taken = 0;
     for (; (obj = PyIter_Next(records)) != NULL; i++) {
         int got = 0;
         long kd = 0;
@@ -333,6 +334,7 @@ static PyObject *run(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
             else if (kd == FT_KIND_REPLY)
                 got = reply(state, i, obj, ts, raw);
         }
+        taken += got > 0;
         if (got == 2)
             got = trim(PyTuple_GET_ITEM(state, S_RECENT), keep) < 0 ? -1 : 1;
         if (got == 0) { /* Python's turn, with the highest unique so far */
@@ -366,7 +368,7 @@ static PyObject *run(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     high = PyLong_FromUnsignedLongLong(highest);
     int bad = high == NULL || PyObject_SetAttr(walker, S_HIGHEST, high) < 0;
     Py_XDECREF(high);
-    return bad ? NULL : Py_NewRef(Py_None);
+    return bad ? NULL : PyLong_FromSsize_t(taken);
 }
 
 /* tally(records, min_len, no_reply) -> (per opcode, per kind, notifications, unanswered):

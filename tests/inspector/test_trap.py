@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from c_extensions import c_extension
 
 from dissectors import FuseOutHeader
 from dissectors.constants import FUSE_INIT_EXT, FUSE_PASSTHROUGH
@@ -26,6 +27,7 @@ from inspector import syscalls
 from inspector.record import trap as trap_module
 from inspector.record.trap import IoctlTrap
 from traces import Kind, TraceReader, TraceWriter
+from traces.records import IOCTL_KEYS
 
 CHILD = r"""
 import fcntl, json, os, struct, sys
@@ -55,9 +57,9 @@ print(json.dumps({"out": out, "backing_fd": backing}))
 
 @pytest.fixture(params=["c", "python"])
 def native(request: pytest.FixtureRequest) -> bool:
-    """Whether the trap's C loop is used."""
-    if request.param == "c" and trap_module._trapfast is None:
-        pytest.skip(trap_module.NOT_BUILT)
+    """Whether the trap's C loop is used (a missing build fails: see c_extensions)."""
+    if request.param == "c":
+        c_extension("inspector.record._trapfast")
     return request.param == "c"
 
 
@@ -128,7 +130,42 @@ def test_trap_takes_over_fuse_ioctls_on_the_relay_only(skip_without_seccomp: Non
     assert opened["tid"] == opened["pid"] == pid
     assert "note" in records[2].meta and "note" in records[3].meta
     assert set(records[0].meta) == set(records[2].meta) - {"note"}  # the same fields either way
+    assert list(opened) == list(IOCTL_KEYS)  # in TraceWriter.ioctl's order, from C too
     assert in_c == (2 if native else 0)  # BACKING_OPEN and BACKING_CLOSE; the rest in Python
+
+
+def _long_path(root: Path, length: int) -> Path:
+    """A file whose absolute path is exactly `length` bytes (directories of ≤ 200 bytes)."""
+    path = root
+    while len(str(path)) + 1 + 200 < length - 2:
+        path = path / ("d" * 200)
+    path.mkdir(parents=True, exist_ok=True)
+    leaf = path / ("f" * (length - len(str(path)) - 1))
+    leaf.write_bytes(b"x")
+    assert len(str(leaf)) == length
+    return leaf
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("length", [406, 3000])
+def test_backing_paths_of_any_length_are_recorded_whole(skip_without_seccomp: None,
+                                                          tmp_path: Path, native: bool,
+                                                          length: int) -> None:
+    """The C trap once cut them at 255 bytes; the Python trap never did."""
+    backing = _long_path(tmp_path, length)
+    relay, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    device = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
+    try:
+        _, _, in_c = run_trapped(tmp_path / "t.fzt", child_end, device, CHILD,
+                                 [str(child_end.fileno()), str(backing)], native)
+    finally:
+        os.close(device)
+        relay.close()
+        child_end.close()
+    opened = next(r.meta for r in TraceReader(str(tmp_path / "t.fzt"))
+                  if r.kind is Kind.IOCTL and r.meta["cmd"] == DevIoctl.BACKING_OPEN)
+    assert opened["path"] == str(backing)
+    assert in_c == (2 if native else 0)  # the C loop recorded it, not a fallback
 
 
 @pytest.mark.timeout(30)
