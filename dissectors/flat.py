@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Callable
 
-from scapy.fields import Field, FieldLenField, FlagsField, PacketField, StrField, StrFixedLenField
+from scapy.fields import Field, FlagsField, PacketField, StrField, StrFixedLenField
 from scapy.packet import Packet
 
 from .fields import (

@@ -51,6 +51,12 @@ def reader(cls: type, *fields: str) -> struct.Struct:
     return struct.Struct(fmt)
 
 
+def put(cls: type, field: str, buf: bytearray, value: int, base: int = 0) -> None:
+    """Write one field of a `cls` struct that starts at `base` of `buf`, in place."""
+    at, code = field_offsets(cls)[field]
+    struct.pack_into(code, buf, base + at, value)
+
+
 IN_HEADER_SIZE = compiled(FuseInHeader).st.size
 OUT_HEADER_SIZE = compiled(FuseOutHeader).st.size
 #: fuse_in_header / fuse_out_header field → offset

@@ -40,7 +40,16 @@ from scapy.volatile import VolatileValue
 from .constants import (
     ATTR_FLAGS,
     CUSE_INIT_FLAGS,
+    FATTR_ATIME,
+    FATTR_ATIME_NOW,
+    FATTR_CTIME,
     FATTR_FLAGS,
+    FATTR_GID,
+    FATTR_MODE,
+    FATTR_MTIME,
+    FATTR_MTIME_NOW,
+    FATTR_SIZE,
+    FATTR_UID,
     FUSE_DIRENT_ALIGN,
     FOPEN_FLAGS,
     FSYNC_FLAGS,
@@ -613,6 +622,18 @@ class FuseSetattrIn(FuseStruct):
         LEIntField("gid", 0),
         LEIntField("unused5", 0),
     ]
+
+
+#: The `valid` bit under which the kernel fills in each value of fuse_setattr_in (its ids,
+#: fh and lock_owner, are in `dissectors.ids`).
+SETATTR_VALID: dict[str, int] = {
+    "mode": FATTR_MODE, "uid": FATTR_UID, "gid": FATTR_GID, "size": FATTR_SIZE,
+    "atime": FATTR_ATIME, "atimensec": FATTR_ATIME, "mtime": FATTR_MTIME,
+    "mtimensec": FATTR_MTIME, "ctime": FATTR_CTIME, "ctimensec": FATTR_CTIME,
+}
+#: The bits with which the kernel sets a time to its own clock ("now") whatever is sent.
+SETATTR_NOW: dict[str, int] = {"atime": FATTR_ATIME_NOW, "atimensec": FATTR_ATIME_NOW,
+                               "mtime": FATTR_MTIME_NOW, "mtimensec": FATTR_MTIME_NOW}
 
 
 class FuseOpenIn(FuseStruct):
