@@ -134,6 +134,12 @@ class SessionDecoder:
             self._negotiated(brief)
         return Message(raw, brief, ctx)
 
+    def expect(self, unique: int, opcode: int) -> None:
+        """A request this decoder was not fed (it lies before the slice of a trace being
+        read) waits for its reply: decode that reply as an answer to `opcode`. A request it
+        was fed keeps its own entry."""
+        self.pending.setdefault(unique, _Pending(opcode, None))
+
     def request_text(self, raw: bytes) -> str:
         """`feed_request(raw).text`, straight from the bytes when the layout allows."""
         if len(raw) >= _OP_UNIQUE.size:
