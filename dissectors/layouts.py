@@ -361,6 +361,14 @@ def notify_plan(code: int, body: bytes) -> PlanResult:
     return _check_fixed(plan, body, lambda: f"{_notify_name(code)} notification")
 
 
+def request_struct(opcode: int, ctx: FuseContext = DEFAULT_CONTEXT) -> type[Packet] | None:
+    """The fixed struct a request's body starts with (fuse_open_in, fuse_read_in …), or
+    None when it starts with a name or nothing."""
+    plan, _ = request_plan(ctx, opcode, 0, bytes(4096))
+    first = plan[0] if plan else None
+    return first if isinstance(first, type) and issubclass(first, FuseStruct) else None
+
+
 def fixed_size_before(layer: type[Packet], direction: str, key: int,
                       ctx: FuseContext = DEFAULT_CONTEXT) -> int:
     """Bytes of the fixed structs a body holds before `layer` (e.g. where a WRITE's data

@@ -13,12 +13,14 @@ from .constants import NO_REPLY_OPCODES, Opcode
 from .context import DEFAULT_CONTEXT
 from .layouts import REPLIES, REQUESTS, reply_plan, request_plan
 from .structs import (
+    FuseAttrOut,
     FuseBatchForgetIn,
     FuseEntryOut,
     FuseForgetIn,
     FuseOpenOut,
     FuseReadIn,
     FuseReleaseIn,
+    FuseStatxOut,
 )
 
 O = Opcode
@@ -29,9 +31,9 @@ def _requests_with(*layers: type) -> frozenset[Opcode]:
         request_plan(DEFAULT_CONTEXT, op, 0, bytes(4096))[0]))
 
 
-def _replies_with(layer: type) -> frozenset[Opcode]:
-    return frozenset(op for op in REPLIES
-                     if layer in reply_plan(DEFAULT_CONTEXT.for_reply(op), 0, bytes(4096))[0])
+def _replies_with(*layers: type) -> frozenset[Opcode]:
+    return frozenset(op for op in REPLIES if set(layers) & set(
+        reply_plan(DEFAULT_CONTEXT.for_reply(op), 0, bytes(4096))[0]))
 
 
 #: Replies that hand the kernel a node id (and a lookup): fuse_entry_out.
@@ -39,6 +41,8 @@ ENTRY_REPLIES = _replies_with(FuseEntryOut)
 #: Replies that hand the kernel a file handle: fuse_open_out (CREATE's and TMPFILE's after
 #: their fuse_entry_out).
 OPEN_REPLIES = _replies_with(FuseOpenOut)
+#: Replies that give the attributes of the request's own node (fuse_attr_out, fuse_statx_out).
+ATTR_REPLIES = _replies_with(FuseAttrOut, FuseStatxOut)
 #: Requests that end a file handle.
 RELEASES = _requests_with(FuseReleaseIn)
 #: Requests that drop lookups of node ids.

@@ -18,11 +18,11 @@ from dissectors.ioctls import ioctl_name
 from dissectors.offsets import reader
 from dissectors.opcodes import UNPAIRED
 from dissectors.structs import FuseInHeader
-from traces import Kind, TraceIndex, TraceReader
+from traces import TraceIndex, TraceReader
+from traces.records import IOCTL, REPLY, REQUEST
 
 _NO_REPLY = frozenset(int(op) for op in UNPAIRED)
 _PID = reader(FuseInHeader, "pid")
-REQUEST, REPLY, IOCTL, EVENT = (int(k) for k in Kind)
 
 
 class Exchanges:

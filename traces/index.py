@@ -30,7 +30,7 @@ from dissectors.quick import peek_reply, peek_request
 
 from . import native
 from .errors import TraceReadError
-from .records import TS_LIMIT, Kind, Record, cut_note, decode, problem
+from .records import REPLY, REQUEST, TS_LIMIT, Kind, Record, cut_note, decode, problem
 from .stream import LIMITS, Progress, Scan, TraceFile, gc_paused, open_trace
 
 CACHE_MAGIC = "fusetrace-index"
@@ -227,18 +227,18 @@ class TraceIndex:
         c = self._cols
         if not (type(obj) is list and len(obj) == 3
                 and type(raw := obj[2]) is bytes and type(kind := obj[0]) is int
-                and (kind == 1 or kind == 2)
+                and (kind == REQUEST or kind == REPLY)
                 and type(ts := obj[1]) is int and 0 <= ts < TS_LIMIT):
             why = problem(obj)
             if why is not None:
                 return why
             kind, ts, raw = obj[0], obj[1], obj[2]
         opcode = unique = nodeid = error = 0
-        if kind == 1:
+        if kind == REQUEST:
             opcode, unique, nodeid = peek_request(raw)
             if unique and opcode not in _NO_REPLY:
                 self._pending[unique] = opcode
-        elif kind == 2:
+        elif kind == REPLY:
             error, unique = peek_reply(raw)
             opcode = self._pending.pop(unique, 0) if unique else 0
         # an IOCTL or EVENT: no message columns

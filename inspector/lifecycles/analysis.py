@@ -74,7 +74,7 @@ def _getattr_fh(raw: bytes) -> bool:
 
 #: Requests that use one handle, named first in their body → is it a directory handle?
 _FH_USES = {op: op in DIR_HANDLE_OPS for op in wire.FH_FIRST - RELEASES
-            - {Opcode.COPY_FILE_RANGE, Opcode.COPY_FILE_RANGE_64}}
+            if len(wire.FH_SLOTS[op]) == 1}  # not COPY_FILE_RANGE's two
 _IN_PEEK = reader(FuseInHeader, "opcode", "unique", "nodeid")
 _OUT_PEEK = reader(FuseOutHeader, "error", "unique")
 _ANDROID_OPENS = frozenset({DevIoctl.PASSTHROUGH_OPEN_V1, DevIoctl.PASSTHROUGH_OPEN_V2})
