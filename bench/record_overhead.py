@@ -31,7 +31,7 @@ from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from inspector.testing import fuse_available, mounted_server  # noqa: E402
+from inspector.running import fuse_available, mounted_server  # noqa: E402
 
 SERVER = [sys.executable, "-m", "inspector.passthroughfs"]
 FUSETRACE = [sys.executable, "-m", "inspector.cli"]

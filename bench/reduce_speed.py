@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from inspector.fuzz import fuzz  # noqa: E402
 from inspector.reduce import reduce_trace  # noqa: E402
-from inspector.testing import recorded_server  # noqa: E402
+from inspector.running import recorded_server  # noqa: E402
 from traces import Kind, TraceReader  # noqa: E402
 
 PT = [sys.executable, "-m", "inspector.passthroughfs"]

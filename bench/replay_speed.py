@@ -19,7 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from inspector.replay import replay  # noqa: E402
-from inspector.testing import fuse_available, recorded_server  # noqa: E402
+from inspector.running import fuse_available, recorded_server  # noqa: E402
 from traces import TraceReader  # noqa: E402
 
 MEMFS = [sys.executable, str(Path(__file__).resolve().parent.parent / "tests" / "servers" / "memfs.py")]

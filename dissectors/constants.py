@@ -16,8 +16,7 @@ FUSE_ROOT_ID = 1
 FUSE_MIN_READ_BUFFER = 8192
 FUSE_UNIQUE_RESEND = 1 << 63  # 7.40: a resent request has the top bit of unique set
 
-IN_HEADER_SIZE = 40  # struct fuse_in_header
-OUT_HEADER_SIZE = 16  # struct fuse_out_header
+FUSE_DIRENT_ALIGN = 8  # fuse_dirent and fuse_direntplus are padded to this
 
 
 class Opcode(enum.IntEnum):
@@ -238,3 +237,13 @@ FUSE_COMPAT_SETXATTR_IN_SIZE = 8  # without FUSE_SETXATTR_EXT
 FUSE_COMPAT_INIT_OUT_SIZE = 8  # before 7.5
 FUSE_COMPAT_22_INIT_OUT_SIZE = 24  # before 7.23
 FUSE_COMPAT_INIT_IN_SIZE = 16  # before 7.36 (no flags2)
+
+
+def __getattr__(name: str) -> int:
+    """IN_HEADER_SIZE and OUT_HEADER_SIZE are computed from the header structs
+    (`dissectors.offsets`); importers that name this module still get them."""
+    if name in ("IN_HEADER_SIZE", "OUT_HEADER_SIZE"):
+        from . import offsets
+
+        return getattr(offsets, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -18,10 +18,8 @@ READDIRPLUS entries) are named by their element struct: `fuse_forget_one.nodeid`
 from __future__ import annotations
 
 import enum
-import re
 from dataclasses import dataclass
 from functools import lru_cache
-from struct import calcsize as struct_size
 from typing import Mapping
 
 from .constants import (
@@ -34,7 +32,8 @@ from .constants import (
     WRITE_FLAGS,
     Opcode,
 )
-from .quick import compiled
+from .offsets import field_offsets
+from .opcodes import DIR_READS
 from .structs import (
     FuseCopyFileRangeIn,
     FuseDirent,
@@ -99,7 +98,6 @@ FUSE_READ_LOCKOWNER = _bit(READ_FLAGS, "LOCKOWNER")
 FUSE_WRITE_LOCKOWNER = _bit(WRITE_FLAGS, "LOCKOWNER")
 FUSE_RELEASE_FLOCK_UNLOCK = _bit(RELEASE_FLAGS, "FLOCK_UNLOCK")
 
-_DIR_READS = frozenset({Opcode.READDIR, Opcode.READDIRPLUS})
 #: Every request names its node in the header, except INIT's (always 0).
 _NOT_INIT = frozenset(int(op) for op in Opcode) - {Opcode.INIT, Opcode.CUSE_INIT}
 
@@ -109,7 +107,7 @@ class IdField:
     """One field that carries an id, and the condition under which it does."""
 
     struct: type
-    field: str  # flattened name, as `dissectors.quick.compiled(struct).names` has it
+    field: str  # flattened name, as `dissectors.flat.compiled(struct).names` has it
     kind: Id
     when: tuple[str, int] | None = None  # (a field of the same struct, bit): only if set
     opcodes: frozenset[int] | None = None  # only in messages of these opcodes
@@ -141,8 +139,8 @@ ID_FIELDS: tuple[IdField, ...] = (
     IdField(FuseRenameIn, "newdir", Id.NODE),
     IdField(FuseRename2In, "newdir", Id.NODE),
     IdField(FuseLinkIn, "oldnodeid", Id.NODE),
-    IdField(FuseReadIn, "offset", Id.DIROFF, opcodes=_DIR_READS),
-    IdField(FuseReadInCompat, "offset", Id.DIROFF, opcodes=_DIR_READS),
+    IdField(FuseReadIn, "offset", Id.DIROFF, opcodes=DIR_READS),
+    IdField(FuseReadInCompat, "offset", Id.DIROFF, opcodes=DIR_READS),
     IdField(FuseReadIn, "lock_owner", Id.LOCK_OWNER, when=("read_flags", FUSE_READ_LOCKOWNER)),
     IdField(FuseWriteIn, "lock_owner", Id.LOCK_OWNER, when=("write_flags", FUSE_WRITE_LOCKOWNER)),
     IdField(FuseReleaseIn, "lock_owner", Id.LOCK_OWNER,
@@ -182,18 +180,5 @@ def ids_in(struct: type, opcode: int | None, values: Mapping[str, int]) -> dict[
     return {f.field: f.kind for f in id_fields(struct) if f.applies(opcode, values)}
 
 
-_TOKEN = re.compile(r"(\d*)([a-zA-Z?])")
-
-
-@lru_cache(maxsize=None)
-def field_offsets(struct: type) -> dict[str, tuple[int, str]]:
-    """field name → (byte offset in the struct, its struct format code), for reading an
-    id or its condition straight from message bytes."""
-    comp = compiled(struct)
-    out, at = {}, 0
-    tokens = [(count, code) for count, code in _TOKEN.findall(comp.st.format.lstrip("<"))
-              if code != "x"]
-    for name, (count, code) in zip(comp.names, tokens):
-        out[name] = (at, "<" + count + code)
-        at += struct_size("<" + count + code)
-    return out
+__all__ = ["ID_FIELDS", "KERNEL_CHOSEN", "SERVER_CHOSEN", "Id", "IdField", "field_offsets",
+           "id_fields", "ids_in"]

@@ -22,7 +22,7 @@ from scapy.packet import Packet, Raw
 
 from .context import Dialect
 from .fields import NoteField
-from .quick import compiled
+from .flat import compiled
 
 FUSE_DEV_IOC_MAGIC = 229
 
@@ -77,6 +77,16 @@ class FuseIoctlU32(Packet):
 class FuseIoctlRaw(Packet):
     name = "raw ioctl argument"
     fields_desc = [NoteField("reason", b""), Raw().fields_desc[0]]
+
+
+#: The ioctls that pass one of the server's file descriptors, and the field holding it
+#: (Android's V0 has the number of BACKING_OPEN: its fuse_passthrough_out.fd is at the same
+#: offset as fuse_backing_map.fd).
+FD_ARGS: dict[int, tuple[type[Packet], str]] = {
+    DevIoctl.BACKING_OPEN: (FuseBackingMap, "fd"),
+    DevIoctl.PASSTHROUGH_OPEN_V1: (FusePassthroughOut, "fd"),
+    DevIoctl.PASSTHROUGH_OPEN_V2: (FuseIoctlU32, "value"),
+}
 
 
 def ioctl_name(cmd: int, dialect: Dialect = Dialect.NONE) -> str:

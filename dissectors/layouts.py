@@ -306,15 +306,19 @@ def _check_fixed(plan: Plan, body: bytes, what: Callable[[], str]) -> PlanResult
     return plan, ""
 
 
-#: Plans that depend only on the opcode and the connection, not on the body or the
-#: request's fields, are resolved once per context (the list path's hot spot).
-_BODY_DEPENDENT = frozenset({O.INIT, O.GETXATTR, O.LISTXATTR})
+#: Replies whose layout depends on the request's fields, not only on its opcode.
+NEEDS_REQUEST = frozenset({O.GETXATTR, O.LISTXATTR})
+#: Plans that depend on more than the opcode and the connection (INIT's sizes, the request's
+#: fields); the others are resolved once per context (the list path's hot spot).
+BODY_DEPENDENT = NEEDS_REQUEST | {O.INIT}
 
 
-def _plan_for(table: dict[int, Any], direction: str, ctx: FuseContext, opcode: int,
-              body: bytes) -> PlanResult:
+def plan_for(table: dict[int, Any], direction: str, ctx: FuseContext, opcode: int,
+             body: bytes) -> PlanResult:
+    """The plan of `opcode` in `table` (REQUESTS or REPLIES), cached in `ctx` unless it
+    depends on the body."""
     entry = table[opcode]
-    if opcode in _BODY_DEPENDENT:
+    if opcode in BODY_DEPENDENT:
         return _resolve(entry, ctx, body)
     key = (direction, opcode)
     found = ctx.plans.get(key)
@@ -326,7 +330,7 @@ def _plan_for(table: dict[int, Any], direction: str, ctx: FuseContext, opcode: i
 def request_plan(ctx: FuseContext, opcode: int, total_extlen: int, body: bytes) -> PlanResult:
     if opcode not in REQUESTS:
         return [], f"unknown opcode {opcode}"
-    plan, reason = _plan_for(REQUESTS, "request", ctx, opcode, body)
+    plan, reason = plan_for(REQUESTS, "request", ctx, opcode, body)
     if reason:
         return [], reason
     if total_extlen:
@@ -344,7 +348,7 @@ def reply_plan(ctx: FuseContext, error: int, body: bytes) -> PlanResult:
         return [], f"the kernel expects no reply to {_op_name(opcode)}"
     if opcode not in REPLIES:
         return [], f"reply to unknown opcode {opcode}"
-    plan, reason = _plan_for(REPLIES, "reply", ctx, opcode, body)
+    plan, reason = plan_for(REPLIES, "reply", ctx, opcode, body)
     if reason:
         return [], reason
     return _check_fixed(plan, body, lambda: f"{_op_name(opcode)} reply")
@@ -355,6 +359,30 @@ def notify_plan(code: int, body: bytes) -> PlanResult:
     if plan is None:
         return [], f"unknown notify code {code}"
     return _check_fixed(plan, body, lambda: f"{_notify_name(code)} notification")
+
+
+def request_struct(opcode: int, ctx: FuseContext = DEFAULT_CONTEXT) -> type[Packet] | None:
+    """The fixed struct a request's body starts with (fuse_open_in, fuse_read_in …), or
+    None when it starts with a name or nothing."""
+    plan, _ = request_plan(ctx, opcode, 0, bytes(4096))
+    first = plan[0] if plan else None
+    return first if isinstance(first, type) and issubclass(first, FuseStruct) else None
+
+
+def fixed_size_before(layer: type[Packet], direction: str, key: int,
+                      ctx: FuseContext = DEFAULT_CONTEXT) -> int:
+    """Bytes of the fixed structs a body holds before `layer` (e.g. where a WRITE's data
+    starts after fuse_write_in): `direction` is "request", "reply" or "notify", `key` the
+    opcode or notify code."""
+    if direction == "notify":
+        plan = NOTIFICATIONS[key]
+    elif direction == "request":
+        plan, _ = request_plan(ctx, key, 0, bytes(4096))
+    else:
+        plan, _ = reply_plan(ctx.for_reply(key), 0, bytes(4096))
+    if layer not in plan:
+        raise ValueError(f"{struct_name(layer)} is not in the {direction} plan of {key}")
+    return sum(struct_size(entry) for entry in plan[:plan.index(layer)])
 
 
 def _op_name(opcode: int) -> str:

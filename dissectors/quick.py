@@ -8,109 +8,40 @@ list counts are read; `Brief.text()` formats a field only when it is shown.
 
 from __future__ import annotations
 
-import struct
-from dataclasses import dataclass
 from functools import lru_cache
 from types import SimpleNamespace
-from typing import Any, Callable
+from typing import Any
 
-from scapy.fields import (
-    Field,
-    FieldLenField,
-    FlagsField,
-    PacketField,
-    StrFixedLenField,
-)
-from scapy.packet import Packet
-
-from .constants import IN_HEADER_SIZE, OUT_HEADER_SIZE, NotifyCode, Opcode
+from .constants import NotifyCode, Opcode
 from .context import DEFAULT_CONTEXT, FuseContext
-from .fields import (
-    ErrnoField,
-    ModeField,
-    OpenFlagsField,
-    errno_name,
-    flags_repr,
-    mode_repr,
-    open_flags_repr,
-)
-from .layouts import notify_plan, reply_plan, request_plan
+from .flat import Compiled, compiled, fixed_head
+from .layouts import fixed_size_before, notify_plan, reply_plan, request_plan
+from .offsets import IN_HEADER_SIZE, OUT_HEADER_SIZE, reader
 from .structs import (
     FuseData,
+    FuseDirent,
     FuseDirentList,
     FuseDirentplusList,
+    FuseEntryOut,
+    FuseInHeader,
     FuseName,
     FuseNames,
+    FuseOutHeader,
     FuseStruct,
+    dirent_size,
     struct_name,
 )
 
-_IN = struct.Struct("<IIQQIIIHH")
-_OUT = struct.Struct("<IiQ")
-_DIRENT = struct.Struct("<QQII")
-_IN_PEEK = struct.Struct("<4xIQQ")  # opcode, unique, nodeid: what indexes need, nothing more
-_OUT_PEEK = struct.Struct("<4xiQ")
-_CODES = {1: "B", 2: "H", 4: "I", 8: "Q"}
+__all__ = ["Brief", "Compiled", "brief_reply", "brief_request", "compiled", "data_offset",
+           "peek_reply", "peek_request", "snap"]
 
-Formatter = Callable[[Any], str]
-
-
-@dataclass(frozen=True, eq=False)  # one instance per class: identity is equality
-class Compiled:
-    """A struct class as one `struct.Struct` with flattened member names."""
-
-    cls: type[Packet]
-    st: struct.Struct
-    names: tuple[str, ...]
-    formatters: tuple[Formatter | None, ...]
-    index: dict[str, int]
-
-
-def _formatter(fld: Field) -> Formatter | None:
-    if isinstance(fld, ModeField):
-        return mode_repr
-    if isinstance(fld, OpenFlagsField):
-        return open_flags_repr
-    if isinstance(fld, ErrnoField):
-        return lambda v: f"{v} ({errno_name(v)})" if v < 0 else str(v)
-    if isinstance(fld, FlagsField):
-        table = {1 << i: n for i, n in enumerate(fld.names) if not n.startswith("bit")}
-        return lru_cache(maxsize=1024)(lambda v: flags_repr(v, table))
-    if type(fld).__name__.startswith("X"):
-        return hex
-    enum = getattr(fld, "i2s", None)
-    if enum:
-        return lambda v: enum.get(v, str(v))
-    return None
-
-
-def _flatten(cls: type[Packet], prefix: str = "") -> list[tuple[str, str, Formatter | None]]:
-    out: list[tuple[str, str, Formatter | None]] = []
-    for fld in cls.fields_desc:
-        name = prefix + fld.name
-        if isinstance(fld, PacketField):
-            out += _flatten(fld.cls, name + ".")
-        elif isinstance(fld, StrFixedLenField):
-            out.append((name, f"{fld.length_from(None)}s", None))
-        elif isinstance(fld, FlagsField):
-            out.append((name, _CODES[abs(fld.size) // 8], _formatter(fld)))
-        elif isinstance(fld, FieldLenField) or hasattr(fld, "fmt"):
-            out.append((name, fld.fmt.lstrip("<!>"), _formatter(fld)))
-        else:
-            raise TypeError(f"{cls.__name__}.{fld.name}: not a fixed-size field")
-    return out
-
-
-@lru_cache(maxsize=None)
-def compiled(cls: type[Packet]) -> Compiled:
-    parts = _flatten(cls)
-    return Compiled(
-        cls=cls,
-        st=struct.Struct("<" + "".join(code for _, code, _ in parts)),
-        names=tuple(name for name, _, _ in parts),
-        formatters=tuple(fmt for _, _, fmt in parts),
-        index={name: i for i, (name, _, _) in enumerate(parts)},
-    )
+_IN = reader(FuseInHeader, "len", "opcode", "unique", "nodeid", "pid", "total_extlen")
+_OUT = reader(FuseOutHeader, "len", "error", "unique")
+_IN_PEEK = reader(FuseInHeader, "opcode", "unique", "nodeid")  # what indexes need, nothing more
+_OUT_PEEK = reader(FuseOutHeader, "error", "unique")
+_DIRENT_SIZE = fixed_head(FuseDirent).st.size
+_DIRENT_NAMELEN = reader(FuseDirent, "namelen")
+_ENTRY_OUT_SIZE = compiled(FuseEntryOut).st.size
 
 
 class Brief:
@@ -154,21 +85,22 @@ class Brief:
         return repr(value.decode("utf-8", "backslashreplace")) if isinstance(value, bytes) else str(value)
 
 
-# Steps a plan compiles to, so walking a message does no class tests.
-_STRUCT, _NAMES, _DATA, _DIRENTS, _CALL, _STOP = range(6)
+#: Steps a plan compiles to, so walking a message does no class tests (`steps`); the
+#: one-line fast path of `summary.py` walks the same steps.
+STRUCT, NAMES, _DATA, _DIRENTS, _CALL, _STOP = range(6)
 
 
 @lru_cache(maxsize=None)
-def _steps(plan: tuple[Any, ...]) -> tuple[tuple[Any, ...], ...]:
+def steps(plan: tuple[Any, ...]) -> tuple[tuple[Any, ...], ...]:
     steps: list[tuple[Any, ...]] = []
     for entry in plan:
         if not isinstance(entry, type):
             steps.append((_CALL, entry))
         elif issubclass(entry, FuseStruct):
-            steps.append((_STRUCT, compiled(entry), struct_name(entry)))
+            steps.append((STRUCT, compiled(entry), struct_name(entry)))
         elif entry is FuseName or entry is FuseNames:
             keys = ("name",) if entry is FuseName else ("name", "name2")
-            steps.append((_NAMES, keys, struct_name(entry)))
+            steps.append((NAMES, keys, struct_name(entry)))
         elif entry is FuseData:
             steps.append((_DATA,))
         elif entry is FuseDirentList or entry is FuseDirentplusList:
@@ -181,20 +113,20 @@ def _steps(plan: tuple[Any, ...]) -> tuple[tuple[Any, ...], ...]:
 def _walk(brief: Brief, plan: list[Any], raw: bytes, start: int, end: int, header: str) -> None:
     """Read the plan's fixed structs and cheap facts of its variable parts from raw[start:end]."""
     off, prev = start, header
-    for step in _steps(tuple(plan)):
+    for step in steps(tuple(plan)):
         kind = step[0]
         if kind == _CALL and brief.layers:
             # A plan function of the previous layer (IOCTL reply: iovecs or data by flags).
             comp, values = brief.layers[-1]
             entry = step[1](SimpleNamespace(**dict(zip(comp.names, values))), raw[off:end])
-            step = _steps((entry,))[0] if isinstance(entry, type) else (_STOP,)
+            step = steps((entry,))[0] if isinstance(entry, type) else (_STOP,)
             kind = step[0]
-        if kind == _STRUCT:
+        if kind == STRUCT:
             comp = step[1]
             brief.layers.append((comp, comp.st.unpack_from(raw, off)))
             off += comp.st.size
             prev = step[2]
-        elif kind == _NAMES:
+        elif kind == NAMES:
             for key in step[1]:
                 nul = raw.find(b"\0", off, end)
                 if nul < 0:
@@ -222,10 +154,10 @@ def _walk(brief: Brief, plan: list[Any], raw: bytes, start: int, end: int, heade
 
 def _count_dirents(raw: bytes, off: int, end: int, plus: bool) -> tuple[int, int]:
     """(complete entries, bytes left over after them)."""
-    count, skip = 0, 128 if plus else 0
-    while off + skip + _DIRENT.size <= end:
-        namelen = _DIRENT.unpack_from(raw, off + skip)[2]
-        stop = off + skip + ((_DIRENT.size + namelen + 7) & ~7)
+    count, skip = 0, _ENTRY_OUT_SIZE if plus else 0
+    while off + skip + _DIRENT_SIZE <= end:
+        namelen = _DIRENT_NAMELEN.unpack_from(raw, off + skip)[0]
+        stop = off + skip + dirent_size(namelen)
         if stop > end:
             break
         off, count = stop, count + 1
@@ -235,7 +167,7 @@ def _count_dirents(raw: bytes, off: int, end: int, plus: bool) -> tuple[int, int
 def brief_request(raw: bytes, ctx: FuseContext = DEFAULT_CONTEXT) -> Brief:
     if len(raw) < IN_HEADER_SIZE:
         return Brief("request", len(raw), 0, reason=f"short fuse_in_header: {len(raw)} bytes")
-    length, opcode, unique, nodeid, _uid, _gid, pid, extlen, _pad = _IN.unpack_from(raw)
+    length, opcode, unique, nodeid, pid, extlen = _IN.unpack_from(raw)
     brief = Brief("request", length, unique, opcode, nodeid, pid=pid)
     end = min(length, len(raw))
     body = memoryview(raw)[IN_HEADER_SIZE:end]
@@ -278,10 +210,14 @@ def peek_reply(raw: bytes) -> tuple[int, int]:
     return _OUT_PEEK.unpack_from(raw)
 
 
-#: Requests and replies whose tail is file data, and where that data starts.
-DATA_REQUESTS = {Opcode.WRITE: IN_HEADER_SIZE + 40, Opcode.NOTIFY_REPLY: IN_HEADER_SIZE + 40}
-DATA_REPLIES = {Opcode.READ: OUT_HEADER_SIZE}
-DATA_NOTIFY = {NotifyCode.STORE: OUT_HEADER_SIZE + 24}
+#: Requests and replies whose tail is file data, and where that data starts (after the
+#: fixed structs their plans put before it, at the current protocol).
+DATA_REQUESTS = {op: IN_HEADER_SIZE + fixed_size_before(FuseData, "request", op)
+                 for op in (Opcode.WRITE, Opcode.NOTIFY_REPLY)}
+DATA_REPLIES = {op: OUT_HEADER_SIZE + fixed_size_before(FuseData, "reply", op)
+                for op in (Opcode.READ,)}
+DATA_NOTIFY = {code: OUT_HEADER_SIZE + fixed_size_before(FuseData, "notify", code)
+               for code in (NotifyCode.STORE,)}
 
 
 def data_offset(raw: bytes, is_request: bool, opcode: int | None) -> int | None:

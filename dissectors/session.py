@@ -8,7 +8,6 @@ the full Scapy packet only when asked.
 
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +16,8 @@ from scapy.packet import Packet
 from .constants import FUSE_INIT_EXT, NO_REPLY_OPCODES, Opcode
 from .context import DEFAULT_CONTEXT, Dialect, FuseContext, dialect_of
 from .ioctls import dissect_ioctl_arg, ioctl_arg_fields, ioctl_name
+from .layouts import NEEDS_REQUEST
+from .offsets import reader, unique_of
 from .quick import Brief, brief_reply, brief_request
 from .structs import FuseInHeader, FuseOutHeader, FuseRaw, struct_name
 from .summary import compile_line, line
@@ -94,10 +95,8 @@ def _errno(err: int) -> str:
     return errno_name(err)
 
 
-_OP_UNIQUE = struct.Struct("<IQ")  # fuse_in_header.opcode, .unique
+_OP_UNIQUE = reader(FuseInHeader, "opcode", "unique")
 
-#: Replies whose layout depends on the request's fields, not only on its opcode.
-_NEEDS_REQUEST = frozenset({Opcode.GETXATTR, Opcode.LISTXATTR})
 
 
 @dataclass
@@ -122,12 +121,12 @@ class SessionDecoder:
             self.kernel_minor = brief.get("minor")
             self.kernel_flags = _flags64(brief)
         if brief.opcode is not None and brief.opcode not in NO_REPLY_OPCODES and brief.unique:
-            wanted = {"size": brief.get("size")} if brief.opcode in _NEEDS_REQUEST else None
+            wanted = {"size": brief.get("size")} if brief.opcode in NEEDS_REQUEST else None
             self.pending[brief.unique] = _Pending(brief.opcode, wanted)
         return Message(raw, brief, self.ctx)
 
     def feed_reply(self, raw: bytes) -> Message:
-        unique = int.from_bytes(raw[8:16], "little") if len(raw) >= 16 else 0
+        unique = unique_of(raw)
         pending = self.pending.pop(unique, None) if unique else None
         ctx = self._context_for(pending)
         brief = brief_reply(raw, ctx)
@@ -135,10 +134,16 @@ class SessionDecoder:
             self._negotiated(brief)
         return Message(raw, brief, ctx)
 
+    def expect(self, unique: int, opcode: int) -> None:
+        """A request this decoder was not fed (it lies before the slice of a trace being
+        read) waits for its reply: decode that reply as an answer to `opcode`. A request it
+        was fed keeps its own entry."""
+        self.pending.setdefault(unique, _Pending(opcode, None))
+
     def request_text(self, raw: bytes) -> str:
         """`feed_request(raw).text`, straight from the bytes when the layout allows."""
-        if len(raw) >= 16:
-            opcode, unique = _OP_UNIQUE.unpack_from(raw, 4)
+        if len(raw) >= _OP_UNIQUE.size:
+            opcode, unique = _OP_UNIQUE.unpack_from(raw)
             fn = compile_line("request", opcode, self.ctx)
             text = fn(raw) if fn is not None else None
             if text is not None:
@@ -149,7 +154,7 @@ class SessionDecoder:
 
     def reply_text(self, raw: bytes) -> str:
         """`feed_reply(raw).text`, straight from the bytes when the layout allows."""
-        unique = int.from_bytes(raw[8:16], "little") if len(raw) >= 16 else 0
+        unique = unique_of(raw)
         pending = self.pending.get(unique) if unique else None
         if pending is not None and pending.request is None and pending.opcode != Opcode.INIT:
             fn = compile_line("reply", pending.opcode, self.ctx)

@@ -40,7 +40,17 @@ from scapy.volatile import VolatileValue
 from .constants import (
     ATTR_FLAGS,
     CUSE_INIT_FLAGS,
+    FATTR_ATIME,
+    FATTR_ATIME_NOW,
+    FATTR_CTIME,
     FATTR_FLAGS,
+    FATTR_GID,
+    FATTR_MODE,
+    FATTR_MTIME,
+    FATTR_MTIME_NOW,
+    FATTR_SIZE,
+    FATTR_UID,
+    FUSE_DIRENT_ALIGN,
     FOPEN_FLAGS,
     FSYNC_FLAGS,
     GETATTR_FLAGS,
@@ -57,6 +67,7 @@ from .constants import (
     WRITE_FLAGS,
     Opcode,
 )
+from .flat import compiled
 from .fields import (
     AlignPadField,
     CStringField,
@@ -132,8 +143,6 @@ class FastBuild:
 
 
 def _packer_for(cls: type) -> Any:
-    from .quick import compiled
-
     try:
         return compiled(cls)
     except TypeError:
@@ -287,6 +296,11 @@ class FuseHeader(FuseLayer):
 
     #: Filled by `layouts.py`: (header, body bytes) → (plan, reason when the plan is raw).
     planner: "Callable[[FuseHeader, bytes], tuple[list[Any], str]] | None" = None
+    #: Filled by `summary.py`: the message's one-line text (`summary()`).
+    liner: "Callable[[FuseHeader], str] | None" = None
+
+    def summary(self, intern: int = 0) -> str:
+        return type(self).liner(self) if type(self).liner else super().summary(intern)
 
     def next_layer(self, depth: int, prev: Packet, s: bytes) -> tuple[type[Packet], str]:
         if depth == 0:
@@ -336,11 +350,6 @@ class FuseInHeader(FuseHeader):
     def hashret(self) -> bytes:
         return self.unique.to_bytes(8, "little")
 
-    def summary(self, intern: int = 0) -> str:
-        from .summary import request_line
-
-        return request_line(self)
-
 
 class FuseOutHeader(FuseHeader):
     """server → kernel: replies (unique ≠ 0) and notifications (unique = 0, error = code)."""
@@ -357,11 +366,6 @@ class FuseOutHeader(FuseHeader):
 
     def answers(self, other: Packet) -> bool:
         return isinstance(other, FuseInHeader) and other.unique == self.unique
-
-    def summary(self, intern: int = 0) -> str:
-        from .summary import reply_line
-
-        return reply_line(self)
 
 
 # --- attributes and their relatives --------------------------------------------------
@@ -618,6 +622,18 @@ class FuseSetattrIn(FuseStruct):
         LEIntField("gid", 0),
         LEIntField("unused5", 0),
     ]
+
+
+#: The `valid` bit under which the kernel fills in each value of fuse_setattr_in (its ids,
+#: fh and lock_owner, are in `dissectors.ids`).
+SETATTR_VALID: dict[str, int] = {
+    "mode": FATTR_MODE, "uid": FATTR_UID, "gid": FATTR_GID, "size": FATTR_SIZE,
+    "atime": FATTR_ATIME, "atimensec": FATTR_ATIME, "mtime": FATTR_MTIME,
+    "mtimensec": FATTR_MTIME, "ctime": FATTR_CTIME, "ctimensec": FATTR_CTIME,
+}
+#: The bits with which the kernel sets a time to its own clock ("now") whatever is sent.
+SETATTR_NOW: dict[str, int] = {"atime": FATTR_ATIME_NOW, "atimensec": FATTR_ATIME_NOW,
+                               "mtime": FATTR_MTIME_NOW, "mtimensec": FATTR_MTIME_NOW}
 
 
 class FuseOpenIn(FuseStruct):
@@ -954,6 +970,15 @@ class FuseFallocateIn(FuseStruct):
     ]
 
 
+#: fuse_dirent's fixed part: ino, off, namelen, type (FUSE_NAME_OFFSET)
+FUSE_NAME_OFFSET = 24
+
+
+def dirent_size(namelen: int) -> int:
+    """Bytes one fuse_dirent with a name of `namelen` bytes takes (FUSE_DIRENT_SIZE)."""
+    return (FUSE_NAME_OFFSET + namelen + FUSE_DIRENT_ALIGN - 1) & ~(FUSE_DIRENT_ALIGN - 1)
+
+
 class FuseDirent(FuseElement):
     """One READDIR entry; the name is padded to an 8-byte boundary (FUSE_DIRENT_ALIGN)."""
 
@@ -967,11 +992,11 @@ class FuseDirent(FuseElement):
         FieldLenField("namelen", None, length_of="name", fmt="<I"),
         LEIntField("type", 0),  # DT_* (the mode's type bits >> 12)
         StrLenField("name", b"", length_from=lambda p: p.namelen),
-        AlignPadField("padding", 8, 24, "name"),
+        AlignPadField("padding", FUSE_DIRENT_ALIGN, FUSE_NAME_OFFSET, "name"),
     ]
 
     def wire_size(self) -> int | None:
-        return 24 + ((self.namelen + 7) & ~7) if self.namelen is not None else None
+        return dirent_size(self.namelen) if self.namelen is not None else None
 
     def mysummary(self) -> str:
         return self.sprintf("%name% ino=%ino% off=%off%")

@@ -6,17 +6,15 @@ message reads the same everywhere. Which fields a line shows is a table per opco
 
 from __future__ import annotations
 
-import struct
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 from .constants import NotifyCode, Opcode
-from .context import DEFAULT_CONTEXT
+from .context import DEFAULT_CONTEXT, FuseContext
 from .fields import errno_name
-
-if TYPE_CHECKING:
-    from .context import FuseContext
-    from .quick import Brief
-    from .structs import FuseHeader
+from .layouts import BODY_DEPENDENT, REPLIES, REQUESTS, plan_for
+from .offsets import IN_HEADER_SIZE, OUT_HEADER_SIZE, reader
+from .quick import NAMES, STRUCT, Brief, brief_reply, brief_request, steps
+from .structs import FuseHeader, FuseInHeader, FuseOutHeader
 
 O = Opcode
 _ENTRY = ("nodeid", "generation", "attr.size", "attr.mode")
@@ -149,7 +147,7 @@ def _compile(names: tuple[str, ...], comps: tuple[Any, ...]) -> list[_Getter]:
     return out
 
 
-def _fields(brief: "Brief", names: tuple[str, ...]) -> str:
+def _fields(brief: Brief, names: tuple[str, ...]) -> str:
     comps = tuple(comp for comp, _ in brief.layers)
     key = (names, comps)
     getters = _getters.get(key)
@@ -171,7 +169,7 @@ def _join(*parts: str) -> str:
     return " ".join(p for p in parts if p)
 
 
-def line(brief: "Brief") -> str:
+def line(brief: Brief) -> str:
     """The message as one line, without time or direction (the caller adds those)."""
     if brief.direction == "request":
         head = f"{opcode_name(brief.opcode)} unique={brief.unique} nodeid={brief.nodeid}"
@@ -189,27 +187,22 @@ def line(brief: "Brief") -> str:
     return _join(head, body, note)
 
 
-def request_line(hdr: "FuseHeader") -> str:
-    from .quick import brief_request
-
+def request_line(hdr: FuseHeader) -> str:
     return line(brief_request(bytes(hdr), hdr.ctx or DEFAULT_CONTEXT))
 
 
-def reply_line(hdr: "FuseHeader") -> str:
-    from .quick import brief_reply
-
+def reply_line(hdr: FuseHeader) -> str:
     return line(brief_reply(bytes(hdr), hdr.ctx or DEFAULT_CONTEXT))
-
 
 
 # --- the list hot path: a line straight from bytes --------------------------------------
 
-_HEAD_IN = struct.Struct("<IIQQ")  # len, opcode, unique, nodeid
-_HEAD_OUT = struct.Struct("<IiQ")  # len, error, unique
+_HEAD_IN = reader(FuseInHeader, "len", "unique", "nodeid", "total_extlen")
+_HEAD_OUT = reader(FuseOutHeader, "len", "error", "unique")
 LineFn = Callable[[bytes], "str | None"]
 
 
-def compile_line(direction: str, opcode: int, ctx: "FuseContext") -> LineFn | None:
+def compile_line(direction: str, opcode: int, ctx: FuseContext) -> LineFn | None:
     """A function giving `line(brief)` for one layout straight from the bytes.
 
     Only for layouts of fixed structs and names; it returns None for any message that is
@@ -224,29 +217,26 @@ def compile_line(direction: str, opcode: int, ctx: "FuseContext") -> LineFn | No
     return fn
 
 
-def _build_line(direction: str, opcode: int, ctx: "FuseContext") -> LineFn | None:
-    from .layouts import REPLIES, REQUESTS, _plan_for
-    from .quick import _NAMES, _STRUCT, _steps
-
+def _build_line(direction: str, opcode: int, ctx: FuseContext) -> LineFn | None:
     table, names = (REQUESTS, REQUEST_FIELDS) if direction == "request" else (REPLIES, REPLY_FIELDS)
-    if opcode not in table or opcode in (O.INIT, O.GETXATTR, O.LISTXATTR):
+    if opcode not in table or opcode in BODY_DEPENDENT:
         return None
-    plan, reason = _plan_for(table, direction, ctx if direction == "request" else ctx.for_reply(opcode),
-                             opcode, b"")
+    plan, reason = plan_for(table, direction, ctx if direction == "request" else ctx.for_reply(opcode),
+                            opcode, b"")
     if reason:
         return None
-    steps = _steps(tuple(plan))
-    if any(step[0] not in (_STRUCT, _NAMES) for step in steps):
+    walk = steps(tuple(plan))
+    if any(step[0] not in (STRUCT, NAMES) for step in walk):
         return None
-    comps = tuple(step[1] for step in steps if step[0] == _STRUCT)
+    comps = tuple(step[1] for step in walk if step[0] == STRUCT)
     getters = _compile(names.get(opcode, ()), comps)
     opname = opcode_name(opcode)
-    hdr_size = 40 if direction == "request" else 16
+    hdr_size = IN_HEADER_SIZE if direction == "request" else OUT_HEADER_SIZE
 
     def fields(raw: bytes) -> str | None:
         off, layers, extras = hdr_size, [], {}
-        for step in steps:
-            if step[0] == _STRUCT:
+        for step in walk:
+            if step[0] == STRUCT:
                 st = step[1].st
                 if off + st.size > len(raw):
                     return None
@@ -272,10 +262,10 @@ def _build_line(direction: str, opcode: int, ctx: "FuseContext") -> LineFn | Non
 
     if direction == "request":
         def request(raw: bytes) -> str | None:
-            if len(raw) < 40 or raw[36:38] != b"\0\0":  # total_extlen: extensions take the slow path
+            if len(raw) < IN_HEADER_SIZE:
                 return None
-            length, _op, unique, nodeid = _HEAD_IN.unpack_from(raw)
-            body = fields(raw) if length == len(raw) else None
+            length, unique, nodeid, extlen = _HEAD_IN.unpack_from(raw)
+            body = fields(raw) if length == len(raw) and not extlen else None  # extensions: slow path
             if body is None:
                 return None
             return f"{opname} unique={unique} nodeid={nodeid} {body}" if body else \
@@ -283,15 +273,20 @@ def _build_line(direction: str, opcode: int, ctx: "FuseContext") -> LineFn | Non
         return request
 
     def reply(raw: bytes) -> str | None:
-        if len(raw) < 16:
+        if len(raw) < OUT_HEADER_SIZE:
             return None
         length, error, unique = _HEAD_OUT.unpack_from(raw)
         if length != len(raw) or not unique:
             return None
         if error:
-            return f"{opname} unique={unique} error={error} ({errno_name(error)})" if length == 16 else None
+            return (f"{opname} unique={unique} error={error} ({errno_name(error)})"
+                    if length == OUT_HEADER_SIZE else None)
         body = fields(raw)
         if body is None:
             return None
         return f"{opname} unique={unique} {body}" if body else f"{opname} unique={unique}"
     return reply
+
+
+FuseInHeader.liner = staticmethod(request_line)
+FuseOutHeader.liner = staticmethod(reply_line)

@@ -24,7 +24,7 @@ from .reports.check import write_check
 from .reports.common import analysed
 from .reports.follow import write_follow
 from .show import show_lines
-from .testing import fuse_available, recorded_server
+from .running import fuse_available, recorded_server
 
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[1])
 

@@ -13,14 +13,16 @@ import array
 import threading
 from typing import Callable
 
-from dissectors.constants import NO_REPLY_OPCODES, Opcode
 from dissectors.context import Dialect
 from dissectors.ioctls import ioctl_name
-from traces import Kind, TraceIndex, TraceReader
+from dissectors.offsets import reader
+from dissectors.opcodes import UNPAIRED
+from dissectors.structs import FuseInHeader
+from traces import TraceIndex, TraceReader
+from traces.records import IOCTL, REPLY, REQUEST
 
-_NO_REPLY = frozenset(int(op) for op in NO_REPLY_OPCODES) | {int(Opcode.INTERRUPT)}
-_PID_AT = 32  # fuse_in_header.pid
-REQUEST, REPLY, IOCTL, EVENT = (int(k) for k in Kind)
+_NO_REPLY = frozenset(int(op) for op in UNPAIRED)
+_PID = reader(FuseInHeader, "pid")
 
 
 class Exchanges:
@@ -97,8 +99,8 @@ class Exchanges:
                 if len(out) >= n:
                     break
                 kind = obj[0]
-                if kind == REQUEST and len(obj[2]) >= _PID_AT + 4:
-                    out.append(int.from_bytes(obj[2][_PID_AT:_PID_AT + 4], "little"))
+                if kind == REQUEST and len(obj[2]) >= _PID.size:
+                    out.append(_PID.unpack_from(obj[2])[0])
                 elif kind == IOCTL:
                     pid = obj[2].get("pid")
                     out.append(pid if type(pid) is int else 0)

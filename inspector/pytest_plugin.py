@@ -257,7 +257,7 @@ class Cassette:
     # --- with a mount ---------------------------------------------------------------------
 
     def _record(self, workload: Callable[[Path], Any], action: str) -> Outcome:
-        from inspector.testing import recorded_server
+        from inspector.running import recorded_server
 
         if self.options.server is None:
             pytest.fail(f"{self.nodeid}: cannot record {self.path}: @pytest.mark.fusetrace "
@@ -279,7 +279,7 @@ class Cassette:
         return Outcome(action, result)
 
     def _serve(self, workload: Callable[[Path], Any], fail: bool) -> Outcome:
-        from inspector.testing import mounted_server
+        from inspector.running import mounted_server
 
         mnt = self.tmp_factory.mktemp("fusetrace-serve")
         report_path = mnt.parent / f"{mnt.name}.json"

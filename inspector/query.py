@@ -33,8 +33,9 @@ from dissectors.constants import Opcode
 from dissectors.context import Dialect
 from dissectors.ioctls import DevIoctl
 from traces import TraceIndex
+from traces.records import EVENT, IOCTL, REPLY, REQUEST
 
-from .exchanges import EVENT, IOCTL, REPLY, REQUEST, Exchanges
+from .exchanges import Exchanges
 
 if TYPE_CHECKING:
     from .lifecycles import Analysis

@@ -14,7 +14,6 @@ from typing import Callable, Iterator
 from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
 
 from dissectors import Opcode, SessionDecoder
-from dissectors.session import _Pending
 from traces import Kind, Record, TraceIndex
 
 #: Below this size the index builds faster than a progress bar is worth drawing.
@@ -75,6 +74,6 @@ def records_in(idx: TraceIndex, rows: range, dec: SessionDecoder) -> Iterator[Re
     for i in rows:
         if idx.kind(i) is Kind.REPLY:
             unique = idx.unique(i)
-            if unique and unique not in dec.pending and idx.opcode(i):
-                dec.pending[unique] = _Pending(idx.opcode(i), None)
+            if unique and idx.opcode(i):
+                dec.expect(unique, idx.opcode(i))
         yield idx.record(i)

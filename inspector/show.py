@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
-import struct
 from typing import IO, Any, Iterable, Iterator
 
 from scapy.utils import hexdump
 
 from dissectors import SessionDecoder
 from dissectors.constants import NO_REPLY_OPCODES
+from dissectors.offsets import reader, unique_of
+from dissectors.structs import FuseInHeader
 from traces import Kind, Record, TraceReader
 
 from .timeline import ARROWS, Entry, annotate, entries, event_text, feed_ioctl, ioctl_text
@@ -23,8 +24,7 @@ def _latency(ns: int | None) -> str:
     return f" (+{ns / 1_000_000:.2f}ms)"
 
 
-_UNIQUE = struct.Struct("<Q")  # `unique` sits at byte 8 of both headers
-_OP_UNIQUE = struct.Struct("<IQ")  # fuse_in_header.opcode, .unique
+_OP_UNIQUE = reader(FuseInHeader, "opcode", "unique")
 
 
 def show_lines(records: Iterable[Record], verbose: bool = False, hexa: bool = False,
@@ -48,15 +48,15 @@ def show_lines(records: Iterable[Record], verbose: bool = False, hexa: bool = Fa
             text = dec.request_text(raw)
             if rec.meta:
                 text = annotate(text, rec)
-            if len(raw) >= 16:
-                opcode, unique = _OP_UNIQUE.unpack_from(raw, 4)
+            if len(raw) >= _OP_UNIQUE.size:
+                opcode, unique = _OP_UNIQUE.unpack_from(raw)
                 if opcode not in NO_REPLY_OPCODES:  # FORGETs would pile up here forever
                     asked[unique] = rec.ts
         elif kind is Kind.REPLY:
             text = dec.reply_text(raw)
             if rec.meta:
                 text = annotate(text, rec)
-            asked_ts = asked.pop(_UNIQUE.unpack_from(raw, 8)[0], None) if len(raw) >= 16 else None
+            asked_ts = asked.pop(unique_of(raw), None) if unique_of(raw) else None
             latency = _latency(rec.ts - asked_ts) if asked_ts is not None else ""
         elif kind is Kind.IOCTL:
             text = ioctl_text(feed_ioctl(dec, rec), rec)

@@ -4,15 +4,17 @@
  *
  * Given a batch of decoded records and their end offsets, append a row per record for
  * as long as the records are plain REQUEST/REPLY arrays `[kind, ts, bytes]` or
- * `[kind, ts, bytes, {"len": N}]` (the common cases); stop at the first other one, which Python judges and adds. The header
- * offsets and the no-reply opcodes come from Python (the dissectors), so this file
- * holds no protocol knowledge, and it takes only records `problem()` accepts.
+ * `[kind, ts, bytes, {"len": N}]` (the common cases); stop at the first other one, which
+ * Python judges and adds. The header offsets and record kinds come from `facts.h`
+ * (generated from the dissectors) and the no-reply opcodes from Python, so this file holds
+ * no protocol knowledge, and it takes only records `problem()` accepts.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
 #include <string.h>
 
+#include "facts.h"
 #include "le.h"
 
 static PyObject *LEN_KEY; /* "len" */
@@ -45,7 +47,7 @@ static int plain(PyObject *obj, unsigned long long ts_limit, long *kind, long lo
         return 0;
     int overflow = 0;
     *kind = PyLong_AsLongAndOverflow(k, &overflow);
-    if (overflow || (*kind != 1 && *kind != 2))
+    if (overflow || (*kind != FT_KIND_REQUEST && *kind != FT_KIND_REPLY))
         return 0;
     *ts = PyLong_AsLongLongAndOverflow(t, &overflow);
     return !overflow && *ts >= 0 && (unsigned long long)*ts < ts_limit;
@@ -102,12 +104,12 @@ static int plain_other(PyObject *obj, unsigned long long ts_limit, PyObject *rul
         return 0;
     int overflow = 0;
     long kind = PyLong_AsLongAndOverflow(k, &overflow);
-    if (overflow || (kind != 3 && kind != 4))
+    if (overflow || (kind != FT_KIND_IOCTL && kind != FT_KIND_EVENT))
         return 0;
     long long ts = PyLong_AsLongLongAndOverflow(t, &overflow);
     if (overflow || ts < 0 || (unsigned long long)ts >= ts_limit)
         return 0;
-    int named = PyDict_Contains(meta, kind == 3 ? CMD_KEY : EVENT_KEY);
+    int named = PyDict_Contains(meta, kind == FT_KIND_IOCTL ? CMD_KEY : EVENT_KEY);
     if (named != 1)
         return named;
     return meta_ok(meta, PyTuple_GET_ITEM(rules, 0), PyTuple_GET_ITEM(rules, 1));
@@ -146,11 +148,6 @@ static PyObject *plain_until(PyObject *self, PyObject *args, PyObject *kwargs) {
     return PyLong_FromSsize_t(i);
 }
 
-typedef struct {
-    Py_ssize_t in_size, in_opcode, in_unique, in_nodeid;
-    Py_ssize_t out_size, out_error, out_unique;
-} Layout;
-
 /* One column being filled: raw little-endian items, made a bytes object at the end. */
 typedef struct {
     char *buf;
@@ -162,21 +159,17 @@ static void put(Column *c, const void *v) {
     c->used += c->item;
 }
 
-/* rows(objs, ends, start, offset, ts_limit, pending, no_reply, layout)
+/* rows(objs, ends, start, offset, ts_limit, pending, no_reply)
  *   -> (stop, offset, (offset, ts, kind, opcode, unique, nodeid, error) as bytes)
  * `stop` is the index of the first record not taken (len(objs) when all were). */
 static PyObject *rows(PyObject *self, PyObject *args) {
-    PyObject *objs, *ends, *pending, *no_reply, *layout_t;
+    PyObject *objs, *ends, *pending, *no_reply;
     Py_ssize_t start;
     unsigned long long offset;
     unsigned long long ts_limit;
-    Layout L;
-    if (!PyArg_ParseTuple(args, "O!O!nKKO!O!O!", &PyList_Type, &objs, &PyList_Type, &ends,
+    if (!PyArg_ParseTuple(args, "O!O!nKKO!O!", &PyList_Type, &objs, &PyList_Type, &ends,
                           &start, &offset, &ts_limit, &PyDict_Type, &pending,
-                          &PyFrozenSet_Type, &no_reply, &PyTuple_Type, &layout_t))
-        return NULL;
-    if (!PyArg_ParseTuple(layout_t, "nnnnnnn", &L.in_size, &L.in_opcode, &L.in_unique,
-                          &L.in_nodeid, &L.out_size, &L.out_error, &L.out_unique))
+                          &PyFrozenSet_Type, &no_reply))
         return NULL;
     Py_ssize_t n = PyList_GET_SIZE(objs);
     if (PyList_GET_SIZE(ends) != n || start < 0 || start > n) {
@@ -212,11 +205,11 @@ static PyObject *rows(PyObject *self, PyObject *args) {
         uint32_t opcode = 0;
         uint64_t unique = 0, nodeid = 0;
         int32_t error = 0;
-        if (kind == 1) {
-            if (len >= L.in_size) {
-                opcode = get_u32(p + L.in_opcode);
-                unique = get_u64(p + L.in_unique);
-                nodeid = get_u64(p + L.in_nodeid);
+        if (kind == FT_KIND_REQUEST) {
+            if (len >= FT_IN_HEADER_SIZE) {
+                opcode = get_u32(p + FT_IN_OPCODE_AT);
+                unique = get_u64(p + FT_IN_UNIQUE_AT);
+                nodeid = get_u64(p + FT_IN_NODEID_AT);
             }
             if (unique) {
                 PyObject *op = PyLong_FromUnsignedLong(opcode);
@@ -231,9 +224,9 @@ static PyObject *rows(PyObject *self, PyObject *args) {
                     goto fail;
             }
         } else {
-            if (len >= L.out_size) {
-                error = (int32_t)get_u32(p + L.out_error);
-                unique = get_u64(p + L.out_unique);
+            if (len >= FT_OUT_HEADER_SIZE) {
+                error = (int32_t)get_u32(p + FT_OUT_ERROR_AT);
+                unique = get_u64(p + FT_OUT_UNIQUE_AT);
             }
             if (unique) {
                 PyObject *key = PyLong_FromUnsignedLongLong(unique);

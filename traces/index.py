@@ -25,15 +25,12 @@ from typing import Any, NamedTuple
 
 import msgpack
 
-from scapy.packet import Packet
-
-from dissectors.constants import IN_HEADER_SIZE, NO_REPLY_OPCODES, OUT_HEADER_SIZE
+from dissectors.constants import NO_REPLY_OPCODES
 from dissectors.quick import peek_reply, peek_request
-from dissectors.structs import FuseInHeader, FuseOutHeader
 
 from . import native
 from .errors import TraceReadError
-from .records import TS_LIMIT, Kind, Record, cut_note, decode, problem
+from .records import REPLY, REQUEST, TS_LIMIT, Kind, Record, cut_note, decode, problem
 from .stream import LIMITS, Progress, Scan, TraceFile, gc_paused, open_trace
 
 CACHE_MAGIC = "fusetrace-index"
@@ -44,22 +41,6 @@ _COLUMNS = {"offset": "Q", "ts": "q", "kind": "B", "opcode": "I", "unique": "Q",
 _ROW_BYTES = sum(array.array(code).itemsize for code in _COLUMNS.values())
 _HEAD_LEN = struct.Struct("<I")
 _NO_REPLY = frozenset(int(op) for op in NO_REPLY_OPCODES)
-
-
-def _field_offset(cls: type[Packet], name: str) -> int:
-    """Where a fixed-size header field starts (from the Scapy struct: declared once)."""
-    at = 0
-    for fld in cls.fields_desc:
-        if fld.name == name:
-            return at
-        at += fld.sz
-    raise KeyError(name)
-
-
-#: what the C loop peeks at: fuse_in_header's size, opcode, unique, nodeid; then
-#: fuse_out_header's size, error, unique
-_LAYOUT = (IN_HEADER_SIZE, *(_field_offset(FuseInHeader, f) for f in ("opcode", "unique", "nodeid")),
-           OUT_HEADER_SIZE, *(_field_offset(FuseOutHeader, f) for f in ("error", "unique")))
 
 
 class Row(NamedTuple):
@@ -225,8 +206,7 @@ class TraceIndex:
             k, n = 0, len(objs)
             while k < n:
                 if fast is not None:
-                    k, offset, data = fast(objs, ends, k, offset, ts_limit, pending, _NO_REPLY,
-                                           _LAYOUT)
+                    k, offset, data = fast(objs, ends, k, offset, ts_limit, pending, _NO_REPLY)
                     for col, part in zip(columns, data):
                         col.frombytes(part)
                     if k == n:
@@ -247,18 +227,18 @@ class TraceIndex:
         c = self._cols
         if not (type(obj) is list and len(obj) == 3
                 and type(raw := obj[2]) is bytes and type(kind := obj[0]) is int
-                and (kind == 1 or kind == 2)
+                and (kind == REQUEST or kind == REPLY)
                 and type(ts := obj[1]) is int and 0 <= ts < TS_LIMIT):
             why = problem(obj)
             if why is not None:
                 return why
             kind, ts, raw = obj[0], obj[1], obj[2]
         opcode = unique = nodeid = error = 0
-        if kind == 1:
+        if kind == REQUEST:
             opcode, unique, nodeid = peek_request(raw)
             if unique and opcode not in _NO_REPLY:
                 self._pending[unique] = opcode
-        elif kind == 2:
+        elif kind == REPLY:
             error, unique = peek_reply(raw)
             opcode = self._pending.pop(unique, 0) if unique else 0
         # an IOCTL or EVENT: no message columns

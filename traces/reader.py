@@ -12,7 +12,7 @@ import os
 from typing import Any, Iterator
 
 from . import native
-from .records import TS_LIMIT, Record, cut_note, decode, problem
+from .records import REPLY, REQUEST, TS_LIMIT, Record, cut_note, decode, problem
 from .stream import Progress, Scan, open_trace
 
 
@@ -77,7 +77,7 @@ class TraceReader:
                         break
                 obj = objs[k]
                 if not (type(obj) is list and len(obj) == 3 and type(obj[2]) is bytes
-                        and type(kind := obj[0]) is int and (kind == 1 or kind == 2)
+                        and type(kind := obj[0]) is int and (kind == REQUEST or kind == REPLY)
                         and type(ts := obj[1]) is int and 0 <= ts < TS_LIMIT):
                     why = problem(obj)
                     if why is not None:

@@ -31,6 +31,14 @@ class Kind(enum.IntEnum):
     EVENT = 4
 
 
+#: The kinds as plain ints, for the loops that compare millions of them.
+REQUEST, REPLY, IOCTL, EVENT = (int(k) for k in Kind)
+
+#: An IOCTL record's map, in the order `TraceWriter.ioctl` writes it; the C trap writes the
+#: same bytes (through `traces/facts.h`).
+IOCTL_KEYS = ("cmd", "arg", "result", "errno", "tid", "pid", "fd", "path", "out")
+
+
 @dataclass(slots=True)
 class Record:
     """One record: where it sits in the file, when it happened, the bytes and their notes.
@@ -203,12 +211,12 @@ def problem(obj: Any) -> str | None:
     if n != 3 and n != 4:
         return f"record array of {n} items"
     kind, ts = obj[0], obj[1]
-    if type(kind) is not int or not 1 <= kind <= 4:
+    if type(kind) is not int or not REQUEST <= kind <= EVENT:
         return f"unknown record kind {_short(kind)}"
     if type(ts) is not int or not 0 <= ts < TS_LIMIT:
         return f"bad timestamp {_short(ts)}"
     name = _KINDS[kind].name
-    if kind <= 2:
+    if kind <= REPLY:
         raw = obj[2]
         if type(raw) is not bytes:
             return f"{name} without message bytes"
@@ -223,9 +231,9 @@ def problem(obj: Any) -> str | None:
     meta = obj[2]
     if n != 3 or type(meta) is not dict:
         return f"{name} record without its map"
-    if kind == 3 and "cmd" not in meta:
+    if kind == IOCTL and "cmd" not in meta:
         return "IOCTL record without a command number"
-    if kind == 4 and "event" not in meta:
+    if kind == EVENT and "event" not in meta:
         return "EVENT record without a name"
     return _meta_problem(name, meta)
 
@@ -236,7 +244,7 @@ _KINDS = (None, *Kind)
 def decode(obj: Any, index: int, offset: int) -> Record:
     """A `Record` from an object `problem()` accepted."""
     kind = _KINDS[obj[0]]
-    if kind <= 2:
+    if kind <= REPLY:
         return Record(index, offset, kind, obj[1], obj[2], obj[3] if len(obj) == 4 else {})
     return Record(index, offset, kind, obj[1], None, obj[2])
 

@@ -12,6 +12,7 @@ sizes and lengths with `struct.pack_into`, which makes a million records take se
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import struct
@@ -21,8 +22,9 @@ from typing import Any, Iterator
 
 from dissectors.constants import (FOPEN_PASSTHROUGH, FUSE_INIT_EXT, FUSE_OVER_IO_URING,
                                   FUSE_PASSTHROUGH)
-from dissectors.constants import NotifyCode, Opcode
+from dissectors.constants import FUSE_ROOT_ID, NotifyCode, Opcode
 from dissectors.ioctls import DevIoctl, FuseBackingMap, FuseIoctlU32
+from dissectors.offsets import IN_HEADER_SIZE, OUT_HEADER_SIZE, field_offsets
 from dissectors.structs import (
     FuseAttr, FuseAttrOut, FuseData, FuseEntryOut, FuseForgetIn, FuseGetattrIn, FuseInHeader,
     FuseInitIn, FuseInitOut, FuseName, FuseNotifyInvalInodeOut, FuseOpenIn, FuseOpenOut,
@@ -34,9 +36,7 @@ from .writer import TraceWriter
 SNAPLEN = 64
 NAMES = 200
 _DATA = b"synthetic file data, " * 4
-_U32, _I32, _U64 = struct.Struct("<I"), struct.Struct("<i"), struct.Struct("<Q")
-_ENOENT, _EACCES = 2, 13
-_ROOT = 1
+_WRITE_DATA_AT = IN_HEADER_SIZE + len(bytes(FuseWriteIn()))
 
 Item = tuple[Kind, bytes | None, dict[str, Any]]
 
@@ -104,16 +104,38 @@ def _templates() -> _Templates:
     )
 
 
-def _patch(template: bytes, *fields: tuple[struct.Struct, int, int],
-           cut: int | None = None) -> bytes:
-    """A copy of `template` (first `cut` bytes) with (struct, offset, value) fields set.
+Field = tuple[int, str, int]  # (offset in the message, struct format, value)
 
-    Offsets are the kernel's: fuse_in_header len @0, unique @8, nodeid @16, body @40;
-    fuse_out_header len @0, error @4, unique @8, body @16.
-    """
+
+def _at(cls: type, name: str, value: int, base: int = 0) -> Field:
+    """Field `name` of a `cls` struct that starts at `base` of a message, set to `value`."""
+    at, code = field_offsets(cls)[name]
+    return base + at, code, value
+
+
+def _in(name: str, value: int) -> Field:
+    return _at(FuseInHeader, name, value)
+
+
+def _out(name: str, value: int) -> Field:
+    return _at(FuseOutHeader, name, value)
+
+
+def _req(cls: type, name: str, value: int) -> Field:
+    """A field of a request's first body struct."""
+    return _at(cls, name, value, IN_HEADER_SIZE)
+
+
+def _rep(cls: type, name: str, value: int) -> Field:
+    """A field of a reply's first body struct."""
+    return _at(cls, name, value, OUT_HEADER_SIZE)
+
+
+def _patch(template: bytes, *fields: Field, cut: int | None = None) -> bytes:
+    """A copy of `template` (first `cut` bytes) with the fields set."""
     buf = bytearray(template[:cut])
-    for st, offset, value in fields:
-        st.pack_into(buf, offset, value)
+    for offset, code, value in fields:
+        struct.pack_into(code, buf, offset, value)
     return bytes(buf)
 
 
@@ -124,7 +146,7 @@ class _Session:
     rng: random.Random
     t: _Templates
     unique: int = 0
-    nodes: dict[int, int] = field(default_factory=lambda: {_ROOT: 1})  # nodeid → lookups
+    nodes: dict[int, int] = field(default_factory=lambda: {FUSE_ROOT_ID: 1})  # nodeid → lookups
     by_name: dict[int, int] = field(default_factory=dict)  # name index → nodeid
     name_of: dict[int, int] = field(default_factory=dict)  # nodeid → name index
     files: list[tuple[int, int, int]] = field(default_factory=list)  # (fh, nodeid, backing id)
@@ -132,32 +154,32 @@ class _Session:
     next_fh: int = 1
     next_backing: int = 1
 
-    def request(self, template: bytes, nodeid: int, *fields: tuple[struct.Struct, int, int],
+    def request(self, template: bytes, nodeid: int, *fields: Field,
                 cut: int | None = None, **meta: Any) -> tuple[int, Item]:
         self.unique += 2  # the kernel steps uniques by 2 (FUSE_REQ_ID_STEP)
-        raw = _patch(template, (_U64, 8, self.unique), (_U64, 16, nodeid), *fields, cut=cut)
+        raw = _patch(template, _in("unique", self.unique), _in("nodeid", nodeid), *fields, cut=cut)
         return self.unique, (Kind.REQUEST, raw, meta)
 
-    def reply(self, template: bytes, unique: int, *fields: tuple[struct.Struct, int, int],
+    def reply(self, template: bytes, unique: int, *fields: Field,
               cut: int | None = None, **meta: Any) -> Item:
-        return Kind.REPLY, _patch(template, (_U64, 8, unique), *fields, cut=cut), meta
+        return Kind.REPLY, _patch(template, _out("unique", unique), *fields, cut=cut), meta
 
-    def error(self, unique: int, errno: int) -> Item:
-        return self.reply(self.t.error, unique, (_I32, 4, -errno))
+    def error(self, unique: int, err: int) -> Item:
+        return self.reply(self.t.error, unique, _out("error", -err))
 
     # Each operation returns its items; the last one is the reply (when there is one).
 
     def init(self) -> list[Item]:
         u, req = self.request(self.t.init, 0,
                               reason="masked FUSE_OVER_IO_URING: the proxy cannot relay io_uring")
-        req[2]["original"] = _patch(self.t.init_offered, (_U64, 8, u))
+        req[2]["original"] = _patch(self.t.init_offered, _in("unique", u))
         return [req, self.reply(self.t.init_reply, u)]
 
     def lookup(self) -> list[Item]:
         name = self.rng.randrange(NAMES)
-        u, req = self.request(self.t.lookup[name], _ROOT)
+        u, req = self.request(self.t.lookup[name], FUSE_ROOT_ID)
         if name not in self.by_name and self.rng.random() < 0.3:
-            return [req, self.error(u, _ENOENT)]
+            return [req, self.error(u, errno.ENOENT)]
         node = self.by_name.get(name)
         if node is None:
             node = self.by_name[name] = self.next_node
@@ -165,21 +187,23 @@ class _Session:
             self.next_node += 1
         self.nodes[node] = self.nodes.get(node, 0) + 1
         size = self.rng.randrange(1 << 20)
-        return [req, self.reply(self.t.entry, u, (_U64, 16, node), (_U64, 56, node),
-                                (_U64, 64, size))]
+        return [req, self.reply(self.t.entry, u, _rep(FuseEntryOut, "nodeid", node),
+                                _rep(FuseEntryOut, "attr.ino", node),
+                                _rep(FuseEntryOut, "attr.size", size))]
 
     def getattr(self) -> list[Item]:
         node = self._some_node()
         u, req = self.request(self.t.getattr, node)
-        return [req, self.reply(self.t.attr, u, (_U64, 32, node), (_U64, 40, 4096))]
+        return [req, self.reply(self.t.attr, u, _rep(FuseAttrOut, "attr.ino", node),
+                                _rep(FuseAttrOut, "attr.size", 4096))]
 
     def _some_node(self) -> int:
-        node = self.by_name.get(self.rng.randrange(NAMES), _ROOT)
-        return node if node in self.nodes else _ROOT
+        node = self.by_name.get(self.rng.randrange(NAMES), FUSE_ROOT_ID)
+        return node if node in self.nodes else FUSE_ROOT_ID
 
     def open(self) -> list[Item]:
         node = self._some_node()
-        if node == _ROOT:
+        if node == FUSE_ROOT_ID:
             return self.lookup()
         if len(self.files) >= 32:
             return self.release()
@@ -188,7 +212,7 @@ class _Session:
             return self.getattr()
         u, req = self.request(self.t.open, node)
         if self.rng.random() < 0.05:
-            return [req, self.error(u, _EACCES)]
+            return [req, self.error(u, errno.EACCES)]
         fh, self.next_fh = self.next_fh, self.next_fh + 1
         items = [req]
         backing = 0
@@ -196,13 +220,14 @@ class _Session:
             backing, self.next_backing = self.next_backing, self.next_backing + 1
             fd = 10 + len(self.files)
             items.append((Kind.IOCTL, None, {
-                "cmd": int(DevIoctl.BACKING_OPEN), "arg": _patch(self.t.backing_map, (_I32, 0, fd)),
+                "cmd": int(DevIoctl.BACKING_OPEN), "arg": _patch(self.t.backing_map, _at(FuseBackingMap, "fd", fd)),
                 "result": backing, "errno": 0, "tid": 4243, "pid": 4243, "fd": fd,
                 "path": f"/srv/data/node{node}", "out": None}))
-            items.append(self.reply(self.t.opened, u, (_U64, 16, fh), (_U32, 24, FOPEN_PASSTHROUGH),
-                                    (_I32, 28, backing)))
+            items.append(self.reply(self.t.opened, u, _rep(FuseOpenOut, "fh", fh),
+                                    _rep(FuseOpenOut, "open_flags", FOPEN_PASSTHROUGH),
+                                    _rep(FuseOpenOut, "backing_id", backing)))
         else:
-            items.append(self.reply(self.t.opened, u, (_U64, 16, fh)))
+            items.append(self.reply(self.t.opened, u, _rep(FuseOpenOut, "fh", fh)))
         self.files.append((fh, node, backing))
         return items
 
@@ -219,12 +244,13 @@ class _Session:
         fh, node = picked
         size = self.rng.choice((4096, 16384, 131072))
         got = self.rng.choice((size, size, size // 2, 0))
-        u, req = self.request(self.t.read, node, (_U64, 40, fh),
-                              (_U64, 48, 4096 * self.rng.randrange(64)), (_U32, 56, size))
-        snap = 16 + min(got, SNAPLEN)
-        reply = self.reply(self.t.data_reply, u, (_U32, 0, 16 + got), cut=snap)
+        u, req = self.request(self.t.read, node, _req(FuseReadIn, "fh", fh),
+                              _req(FuseReadIn, "offset", 4096 * self.rng.randrange(64)),
+                              _req(FuseReadIn, "size", size))
+        snap = OUT_HEADER_SIZE + min(got, SNAPLEN)
+        reply = self.reply(self.t.data_reply, u, _out("len", OUT_HEADER_SIZE + got), cut=snap)
         if got > SNAPLEN:
-            reply[2]["len"] = 16 + got
+            reply[2]["len"] = OUT_HEADER_SIZE + got
         return [req, reply]
 
     def write(self) -> list[Item]:
@@ -233,39 +259,42 @@ class _Session:
             return self.open()
         fh, node = picked
         size = self.rng.choice((10, 4096, 65536))
-        u, req = self.request(self.t.write, node, (_U32, 0, 80 + size), (_U64, 40, fh),
-                              (_U64, 48, 4096 * self.rng.randrange(64)), (_U32, 56, size),
-                              cut=80 + min(size, SNAPLEN))
+        u, req = self.request(self.t.write, node, _in("len", _WRITE_DATA_AT + size),
+                              _req(FuseWriteIn, "fh", fh),
+                              _req(FuseWriteIn, "offset", 4096 * self.rng.randrange(64)),
+                              _req(FuseWriteIn, "size", size),
+                              cut=_WRITE_DATA_AT + min(size, SNAPLEN))
         if size > SNAPLEN:
-            req[2]["len"] = 80 + size
-        return [req, self.reply(self.t.written, u, (_U32, 16, size))]
+            req[2]["len"] = _WRITE_DATA_AT + size
+        return [req, self.reply(self.t.written, u, _rep(FuseWriteOut, "size", size))]
 
     def release(self) -> list[Item]:
         if not self.files:
             return self.getattr()
         fh, node, backing = self.files.pop(self.rng.randrange(len(self.files)))
-        u, req = self.request(self.t.release, node, (_U64, 40, fh))
+        u, req = self.request(self.t.release, node, _req(FuseReleaseIn, "fh", fh))
         items = [req, self.reply(self.t.error, u)]
         if backing:
             items.append((Kind.IOCTL, None, {
                 "cmd": int(DevIoctl.BACKING_CLOSE),
-                "arg": _patch(self.t.backing_id, (_U32, 0, backing)),
+                "arg": _patch(self.t.backing_id, _at(FuseIoctlU32, "value", backing)),
                 "result": 0, "errno": 0, "tid": 4243, "pid": 4243, "fd": None, "path": None,
                 "out": None}))
         return items
 
     def forget(self) -> list[Item]:
         node = self._some_node()
-        if node == _ROOT or any(n == node for _, n, _ in self.files):
+        if node == FUSE_ROOT_ID or any(n == node for _, n, _ in self.files):
             return self.getattr()
         lookups = self.nodes.pop(node)
         del self.by_name[self.name_of.pop(node)]
-        _, req = self.request(self.t.forget, node, (_U64, 40, lookups))
+        _, req = self.request(self.t.forget, node, _req(FuseForgetIn, "nlookup", lookups))
         return [req]
 
     def notify(self) -> list[Item]:
         node = self._some_node()
-        return [(Kind.REPLY, _patch(self.t.inval_inode, (_U64, 16, node)), {})]
+        return [(Kind.REPLY, _patch(self.t.inval_inode, _rep(FuseNotifyInvalInodeOut, "ino", node)),
+                 {})]
 
 
 _OPS = ("lookup", "getattr", "open", "read", "write", "release", "forget", "notify")

@@ -30,7 +30,7 @@ import msgpack
 
 from .compat import FORMAT_VERSION, MAGIC
 from .compressed import FrameSink
-from .records import TS_LIMIT, Kind
+from .records import IOCTL_KEYS, TS_LIMIT, Kind
 
 _RESERVED = frozenset({"magic", "format"})
 
@@ -145,8 +145,9 @@ class _Recorder(abc.ABC):
               out: bytes | None = None, ts: int | None = None, **extra: Any) -> None:
         """A /dev/fuse ioctl the server made: `path` is what `fd` pointed to at call time,
         `out` the argument after the call."""
-        meta = {"cmd": cmd, "arg": arg, "result": result, "errno": errno, "tid": tid,
-                "pid": pid, "fd": fd, "path": path, "out": out, **extra}
+        meta = dict(zip(IOCTL_KEYS, (cmd, arg, result, errno, tid, pid, fd, path, out),
+                        strict=True))
+        meta.update(extra)
         self._emit([Kind.IOCTL, self._ts(ts), meta])
 
     def event(self, name: str, *, ts: int | None = None, **data: Any) -> None:

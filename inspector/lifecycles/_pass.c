@@ -1,22 +1,24 @@
 /* The lifecycle pass's common records in C (`inspector/lifecycles/analysis.py` `_Pass`).
  *
  * run(state, records, handlers, walker) pulls checked records from the iterator `records`
- * and takes each the pass would only pair or note in passing: a request that only waits
+ * and takes each the pass would only pair or note in passing (it returns how many it took): a request that only waits
  * for its reply, a use of a handle already seen in use, a reply that only ends its
  * request, an entry reply that adds a lookup to a labelled node. Every other record goes,
  * untouched, to Python: `handlers` is (record, request, reply, other) of `_Pass`, called as
  * `_Pass.record` would; walker.highest (the highest unique the kernel sent) is kept up to
  * date for them.
  *
- * Which opcodes are which, the header offsets and where the file handle sits all come
- * from Python (the dissectors, through `_Pass.fast_state`): this file holds no protocol
- * knowledge, only the pass's own bookkeeping on the very objects Python keeps.
+ * Which opcodes are which comes from Python (the dissectors, through `_Pass.fast_state`),
+ * the header offsets and record kinds from `traces/facts.h` (generated from the
+ * dissectors): this file holds no protocol knowledge, only the pass's own bookkeeping on
+ * the very objects Python keeps.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
 #include <string.h>
 
+#include "../../traces/facts.h"
 #include "../../traces/le.h"
 
 /* What `state` holds, in this order (see `_Pass.fast_state`). */
@@ -34,7 +36,6 @@ enum {
     S_NAMES,        /* tuple: opcode -> event name of a request */
     S_REPLY_NAMES,  /* tuple: opcode -> event name of its reply */
     S_CONDS,        /* dict opcode -> (length, flag offset, flag size, bit) for R_COND */
-    S_LAYOUT,       /* tuple of the offsets below */
     S_RECENT_MAX,   /* int: past this many entries, `recent` is trimmed ... */
     S_RECENT_KEEP,  /* int: ... to the latest this many */
     S_EMPTY,        /* b"" */
@@ -44,12 +45,10 @@ enum {
 enum { R_PY, R_PAIR, R_COND, R_FH_FILE, R_FH_DIR, R_NAMED };  /* requests */
 enum { P_PY, P_PAIR, P_ENTRY, P_IF_ERROR };                   /* replies, by request opcode */
 
-typedef struct {
-    Py_ssize_t in_size, in_opcode, in_unique, in_nodeid;
-    Py_ssize_t out_size, out_error, out_unique;
-    Py_ssize_t fh_at, entry_nodeid_at;
-    unsigned long long resend;
-} Layout;
+/* The handle a request names first starts its body; an entry reply's node id is in the
+ * fuse_entry_out its body starts with. */
+#define FH_AT FT_IN_HEADER_SIZE
+#define ENTRY_NODEID_AT (FT_OUT_HEADER_SIZE + FT_ENTRY_OUT_NODEID_AT)
 
 static PyObject *S_HIGHEST, *S_EVENTS, *S_COUNT_ATTR, *S_LABEL, *S_WRITE_ERRNO, *LEN_KEY, *ONE, *NO_DETAIL;
 
@@ -87,12 +86,6 @@ static int add_event(PyObject *state, PyObject *lc, Py_ssize_t i, PyObject *ts, 
     return bad ? -1 : 0;
 }
 
-static int read_layout(PyObject *t, Layout *L) {
-    return PyArg_ParseTuple(t, "nnnnnnnnnK", &L->in_size, &L->in_opcode, &L->in_unique,
-                            &L->in_nodeid, &L->out_size, &L->out_error, &L->out_unique,
-                            &L->fh_at, &L->entry_nodeid_at, &L->resend);
-}
-
 /* Pop `key` from `d` into *value (a new reference, or Py_None when absent). */
 static int pop(PyObject *d, PyObject *key, PyObject **value) {
     PyObject *v = PyDict_GetItemWithError(d, key);
@@ -112,14 +105,14 @@ static int pop(PyObject *d, PyObject *key, PyObject **value) {
 }
 
 /* One request: 1 taken, 0 left to Python, -1 error. */
-static int request(PyObject *state, const Layout *L, Py_ssize_t i, PyObject *ts, PyObject *raw,
+static int request(PyObject *state, Py_ssize_t i, PyObject *ts, PyObject *raw,
                    unsigned long long *highest) {
     const unsigned char *p = (const unsigned char *)PyBytes_AS_STRING(raw);
     Py_ssize_t len = PyBytes_GET_SIZE(raw);
-    if (len < L->in_size)
+    if (len < FT_IN_HEADER_SIZE)
         return 1; /* too short to name anything: the pass skips it */
-    uint32_t opcode = get_u32(p + L->in_opcode);
-    uint64_t unique = get_u64(p + L->in_unique), nodeid = get_u64(p + L->in_nodeid);
+    uint32_t opcode = get_u32(p + FT_IN_OPCODE_AT);
+    uint64_t unique = get_u64(p + FT_IN_UNIQUE_AT), nodeid = get_u64(p + FT_IN_NODEID_AT);
     PyObject *classes = PyTuple_GET_ITEM(state, S_REQUESTS);
     int cls = opcode < (uint64_t)PyBytes_GET_SIZE(classes)
                   ? ((const unsigned char *)PyBytes_AS_STRING(classes))[opcode] : R_PY;
@@ -143,9 +136,9 @@ static int request(PyObject *state, const Layout *L, Py_ssize_t i, PyObject *ts,
         }
         cls = R_PAIR;
     } else if (cls == R_FH_FILE || cls == R_FH_DIR) {
-        if (len < L->fh_at + 8)
+        if (len < FH_AT + 8)
             return 0;
-        PyObject *fh = PyLong_FromUnsignedLongLong(get_u64(p + L->fh_at));
+        PyObject *fh = PyLong_FromUnsignedLongLong(get_u64(p + FH_AT));
         if (fh == NULL)
             return -1;
         PyObject *key = PyTuple_Pack(2, cls == R_FH_DIR ? Py_True : Py_False, fh);
@@ -162,7 +155,7 @@ static int request(PyObject *state, const Layout *L, Py_ssize_t i, PyObject *ts,
     } else if (cls != R_PAIR && cls != R_NAMED) {
         return 0;
     }
-    if (unique > *highest && !(unique & L->resend))
+    if (unique > *highest && !(unique & FT_UNIQUE_RESEND))
         *highest = unique;
     if (lc != NULL) {
         PyObject *what = PyTuple_GET_ITEM(PyTuple_GET_ITEM(state, S_NAMES), opcode);
@@ -187,14 +180,14 @@ static int request(PyObject *state, const Layout *L, Py_ssize_t i, PyObject *ts,
 }
 
 /* One reply: 1 taken, 2 taken and `recent` is to be trimmed, 0 left to Python, -1 error. */
-static int reply(PyObject *state, const Layout *L, Py_ssize_t i, PyObject *obj, PyObject *ts,
+static int reply(PyObject *state, Py_ssize_t i, PyObject *obj, PyObject *ts,
                  PyObject *raw) {
     const unsigned char *p = (const unsigned char *)PyBytes_AS_STRING(raw);
     Py_ssize_t len = PyBytes_GET_SIZE(raw);
-    if (len < L->out_size)
+    if (len < FT_OUT_HEADER_SIZE)
         return 1;
-    int32_t error = (int32_t)get_u32(p + L->out_error);
-    uint64_t unique = get_u64(p + L->out_unique);
+    int32_t error = (int32_t)get_u32(p + FT_OUT_ERROR_AT);
+    uint64_t unique = get_u64(p + FT_OUT_UNIQUE_AT);
     if (unique == 0)
         return 1; /* a notification */
     if (PyList_GET_SIZE(obj) == 4) {
@@ -225,8 +218,8 @@ static int reply(PyObject *state, const Layout *L, Py_ssize_t i, PyObject *obj, 
     if (cls == P_PY || (cls == P_IF_ERROR && !error))
         goto done;
     int entry = cls == P_ENTRY && !error;
-    if (entry && len >= L->entry_nodeid_at + 8) {
-        uint64_t node = get_u64(p + L->entry_nodeid_at);
+    if (entry && len >= ENTRY_NODEID_AT + 8) {
+        uint64_t node = get_u64(p + ENTRY_NODEID_AT);
         if (node) {
             node_key = PyLong_FromUnsignedLongLong(node);
             if (node_key == NULL)
@@ -318,15 +311,13 @@ static PyObject *run(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
         PyErr_SetString(PyExc_TypeError, "handlers: (record, request, reply, other)");
         return NULL;
     }
-    Layout L;
-    if (!read_layout(PyTuple_GET_ITEM(state, S_LAYOUT), &L))
-        return NULL;
     Py_ssize_t keep = PyLong_AsSsize_t(PyTuple_GET_ITEM(state, S_RECENT_KEEP)), i = 0;
     PyObject *high = PyObject_GetAttr(walker, S_HIGHEST);
     unsigned long long highest = high ? PyLong_AsUnsignedLongLong(high) : 0;
     Py_XDECREF(high);
     if (PyErr_Occurred())
         return NULL;
+    Py_ssize_t taken = 0;
     for (; (obj = PyIter_Next(records)) != NULL; i++) {
         int got = 0;
         long kd = 0;
@@ -336,25 +327,26 @@ static PyObject *run(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
             ts = PyList_GET_ITEM(obj, 1);
             raw = PyList_GET_ITEM(obj, 2);
             kd = PyLong_CheckExact(kind) ? PyLong_AsLong(kind) : 0;
-            if (!PyBytes_CheckExact(raw) && kd <= 2)
+            if (!PyBytes_CheckExact(raw) && (kd == FT_KIND_REQUEST || kd == FT_KIND_REPLY))
                 kd = 0;
-            if (kd == 1)
-                got = request(state, &L, i, ts, raw, &highest);
-            else if (kd == 2)
-                got = reply(state, &L, i, obj, ts, raw);
+            if (kd == FT_KIND_REQUEST)
+                got = request(state, i, ts, raw, &highest);
+            else if (kd == FT_KIND_REPLY)
+                got = reply(state, i, obj, ts, raw);
         }
+        taken += got > 0;
         if (got == 2)
             got = trim(PyTuple_GET_ITEM(state, S_RECENT), keep) < 0 ? -1 : 1;
         if (got == 0) { /* Python's turn, with the highest unique so far */
             PyObject *n = PyLong_FromSsize_t(i), *done = NULL;
             high = PyLong_FromUnsignedLongLong(highest);
             if (n != NULL && high != NULL && PyObject_SetAttr(walker, S_HIGHEST, high) == 0) {
-                if (kd == 1)
+                if (kd == FT_KIND_REQUEST)
                     done = PyObject_CallFunctionObjArgs(PyTuple_GET_ITEM(handlers, 1), n, ts, raw, NULL);
-                else if (kd == 2)
+                else if (kd == FT_KIND_REPLY)
                     done = PyObject_CallFunctionObjArgs(PyTuple_GET_ITEM(handlers, 2), n, ts, raw,
                                                         PyList_GET_SIZE(obj) == 4 ? PyList_GET_ITEM(obj, 3) : Py_None, NULL);
-                else if (kd == 3 || kd == 4)
+                else if (kd == FT_KIND_IOCTL || kd == FT_KIND_EVENT)
                     done = PyObject_CallFunctionObjArgs(PyTuple_GET_ITEM(handlers, 3), n, obj, NULL);
                 else
                     done = PyObject_CallFunctionObjArgs(PyTuple_GET_ITEM(handlers, 0), n, obj, NULL);
@@ -376,21 +368,18 @@ static PyObject *run(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     high = PyLong_FromUnsignedLongLong(highest);
     int bad = high == NULL || PyObject_SetAttr(walker, S_HIGHEST, high) < 0;
     Py_XDECREF(high);
-    return bad ? NULL : Py_NewRef(Py_None);
+    return bad ? NULL : PyLong_FromSsize_t(taken);
 }
 
-/* tally(records, layout, no_reply) -> (per opcode, per kind, notifications, unanswered):
+/* tally(records, min_len, no_reply) -> (per opcode, per kind, notifications, unanswered):
  * `fusetrace stats`'s pass (inspector/reports/stats.py `collect`). Per opcode, in the order
  * first seen: [count, bytes in, bytes out, latencies in ns in reply order, {error: count}
- * in the order first seen]. `layout` is (the shortest message read, fuse_in_header's opcode
- * and unique, fuse_out_header's error and unique); `no_reply` the opcodes no reply answers. */
+ * in the order first seen]. Messages shorter than `min_len` are counted by kind only;
+ * `no_reply` holds the opcodes no reply answers. */
 static PyObject *tally(PyObject *self, PyObject *args) {
-    PyObject *records, *no_reply, *layout;
-    Py_ssize_t min_len, in_opcode, in_unique, out_error, out_unique;
-    if (!PyArg_ParseTuple(args, "OO!O!", &records, &PyTuple_Type, &layout, &PyFrozenSet_Type,
-                          &no_reply)
-        || !PyArg_ParseTuple(layout, "nnnnn", &min_len, &in_opcode, &in_unique, &out_error,
-                             &out_unique))
+    PyObject *records, *no_reply;
+    Py_ssize_t min_len;
+    if (!PyArg_ParseTuple(args, "OnO!", &records, &min_len, &PyFrozenSet_Type, &no_reply))
         return NULL;
     PyObject *ops = PyDict_New(), *kinds = PyDict_New(), *asked = PyDict_New(), *obj;
     long long notifications = 0;
@@ -412,7 +401,7 @@ static PyObject *tally(PyObject *self, PyObject *args) {
         Py_XDECREF(more);
         long kd = bad ? 0 : PyLong_AsLong(kind);
         PyObject *raw = PyList_GET_ITEM(obj, 2);
-        if (bad || (kd != 1 && kd != 2) || !PyBytes_CheckExact(raw)
+        if (bad || (kd != FT_KIND_REQUEST && kd != FT_KIND_REPLY) || !PyBytes_CheckExact(raw)
             || PyBytes_GET_SIZE(raw) < min_len) {
             Py_DECREF(obj);
             if (bad)
@@ -427,15 +416,15 @@ static PyObject *tally(PyObject *self, PyObject *args) {
                 true_len = PyLong_AsLongLong(n);
         }
         long long ts = PyLong_AsLongLong(PyList_GET_ITEM(obj, 1));
-        PyObject *key = PyLong_FromUnsignedLongLong(get_u64(p + (kd == 1 ? in_unique : out_unique)));
+        PyObject *key = PyLong_FromUnsignedLongLong(get_u64(p + (kd == FT_KIND_REQUEST ? FT_IN_UNIQUE_AT : FT_OUT_UNIQUE_AT)));
         if (key == NULL || PyErr_Occurred()) {
             Py_XDECREF(key);
             Py_DECREF(obj);
             goto fail;
         }
         int unique = PyObject_IsTrue(key);
-        if (kd == 1) {
-            PyObject *op = PyLong_FromUnsignedLong(get_u32(p + in_opcode)), *st = NULL;
+        if (kd == FT_KIND_REQUEST) {
+            PyObject *op = PyLong_FromUnsignedLong(get_u32(p + FT_IN_OPCODE_AT)), *st = NULL;
             if (op != NULL && (st = PyDict_GetItemWithError(ops, op)) == NULL && !PyErr_Occurred()) {
                 st = Py_BuildValue("[LLLNN]", 0LL, 0LL, 0LL, PyList_New(0), PyDict_New());
                 bad = st == NULL || PyDict_SetItem(ops, op, st) < 0;
@@ -472,7 +461,7 @@ static PyObject *tally(PyObject *self, PyObject *args) {
                 PyObject *sum = add ? PyNumber_Add(PyList_GET_ITEM(st, 2), add) : NULL;
                 Py_XDECREF(add);
                 bad = bad || sum == NULL || PyList_SetItem(st, 2, sum) < 0;
-                int32_t error = (int32_t)get_u32(p + out_error);
+                int32_t error = (int32_t)get_u32(p + FT_OUT_ERROR_AT);
                 if (!bad && error) {
                     PyObject *errors = PyList_GET_ITEM(st, 4), *e = PyLong_FromLong(error);
                     PyObject *had = e ? PyDict_GetItemWithError(errors, e) : NULL;

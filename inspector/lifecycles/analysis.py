@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import errno
 import os
-import struct
 from dataclasses import dataclass
 from functools import partial
 from itertools import islice
@@ -32,13 +31,14 @@ from dissectors.constants import (
     FUSE_UNIQUE_RESEND,
     FUSE_WRITEBACK_CACHE,
     INIT_FLAGS,
-    NO_REPLY_OPCODES,
     Opcode,
 )
 from dissectors.context import Dialect
 from dissectors.fields import errno_name, flags_repr
-from dissectors.ids import field_offsets
 from dissectors.ioctls import DevIoctl
+from dissectors.offsets import reader
+from dissectors.opcodes import (DIR_HANDLE_OPS, ENTRY_REPLIES, FORGETS, OPEN_REPLIES, RELEASES,
+                                UNPAIRED)
 from dissectors.structs import FuseInHeader, FuseOutHeader
 from dissectors.summary import opcode_name as _op
 from traces import Kind, TraceIndex, TraceReader
@@ -56,18 +56,11 @@ except ImportError:
 
 Progress = Callable[[int, int], None]
 
-_ENTRY_REPLIES = frozenset({Opcode.LOOKUP, Opcode.MKNOD, Opcode.MKDIR, Opcode.SYMLINK,
-                            Opcode.LINK, Opcode.CREATE, Opcode.TMPFILE})
-_OPENS = frozenset({Opcode.OPEN, Opcode.CREATE, Opcode.OPENDIR, Opcode.TMPFILE})
-_DIR_OPS = frozenset({Opcode.OPENDIR, Opcode.READDIR, Opcode.READDIRPLUS, Opcode.RELEASEDIR,
-                      Opcode.FSYNCDIR})
-_RELEASES = frozenset({Opcode.RELEASE, Opcode.RELEASEDIR})
-_NO_REPLY = frozenset(NO_REPLY_OPCODES) | {Opcode.INTERRUPT}
 #: Requests that name no id the pass follows: only their pairing with a reply matters.
 _FH_NAMED = frozenset(wire.FH_SLOTS)  # requests that may name a handle (see dissectors.ids)
-_PLAIN = (frozenset(Opcode) - _ENTRY_REPLIES - _OPENS - _DIR_OPS - _RELEASES - _NO_REPLY
+_PLAIN = (frozenset(Opcode) - ENTRY_REPLIES - OPEN_REPLIES - DIR_HANDLE_OPS - RELEASES - UNPAIRED
           - {Opcode.INIT} - _FH_NAMED)
-_MAKES_IDS = _ENTRY_REPLIES | _OPENS | {Opcode.READDIRPLUS}  # replies that hand out ids
+_MAKES_IDS = ENTRY_REPLIES | OPEN_REPLIES | {Opcode.READDIRPLUS}  # replies that hand out ids
 #: GETATTR's handle: (where it ends, where its flag word is, that word's struct, the bit)
 _GETATTR_FH = next((at + st.size, flag_at, flag, bit)
                    for at, st, (flag_at, flag, bit) in wire.FH_SLOTS[Opcode.GETATTR])
@@ -80,13 +73,11 @@ def _getattr_fh(raw: bytes) -> bool:
 
 
 #: Requests that use one handle, named first in their body → is it a directory handle?
-_FH_USES = {op: op in _DIR_OPS for op in wire.FH_FIRST - _RELEASES
-            - {Opcode.COPY_FILE_RANGE, Opcode.COPY_FILE_RANGE_64}}
-_U64 = struct.Struct("<Q")
-_IN_PEEK = struct.Struct("<4xIQQ")  # fuse_in_header: opcode, unique, nodeid
-_OUT_PEEK = struct.Struct("<4xiQ")  # fuse_out_header: error, unique
+_FH_USES = {op: op in DIR_HANDLE_OPS for op in wire.FH_FIRST - RELEASES
+            if len(wire.FH_SLOTS[op]) == 1}  # not COPY_FILE_RANGE's two
+_IN_PEEK = reader(FuseInHeader, "opcode", "unique", "nodeid")
+_OUT_PEEK = reader(FuseOutHeader, "error", "unique")
 _ANDROID_OPENS = frozenset({DevIoctl.PASSTHROUGH_OPEN_V1, DevIoctl.PASSTHROUGH_OPEN_V2})
-_EPERM, _ENOENT, _EINVAL, _ENODEV = 1, 2, 22, 19
 #: errnos by which a kernel says it has no passthrough at all (not the server's doing)
 _UNSUPPORTED = {
     errno.ENOTTY: ("backing-unsupported", "failed with ENOTTY: this kernel has no "
@@ -113,9 +104,9 @@ def _request_class(op: int) -> int:
         return _R_COND
     if op in _FH_USES:
         return _R_FH_DIR if _FH_USES[op] else _R_FH_FILE
-    if op in _NO_REPLY or op in _FH_NAMED or op == Opcode.INIT:
+    if op in UNPAIRED or op in _FH_NAMED or op == Opcode.INIT:
         return _R_PY
-    return _R_NAMED if op in _ENTRY_REPLIES else _R_PAIR  # opens, unknown opcodes
+    return _R_NAMED if op in ENTRY_REPLIES else _R_PAIR  # opens, unknown opcodes
 
 
 def _reply_class(op: int) -> int:
@@ -123,31 +114,25 @@ def _reply_class(op: int) -> int:
         return _P_PY
     if op not in _MAKES_IDS:
         return _P_PAIR
-    return _P_ENTRY if op in _ENTRY_REPLIES and op not in _OPENS else _P_IF_ERROR
+    return _P_ENTRY if op in ENTRY_REPLIES and op not in OPEN_REPLIES else _P_IF_ERROR
 
 
 _OPCODES = range(max(Opcode) + 1)
-_IN_AT, _OUT_AT = field_offsets(FuseInHeader), field_offsets(FuseOutHeader)
 #: (classes of requests, of replies, event names of requests, of replies, GETATTR's
-#: condition, where `_pass.c` reads: fuse_in_header's size, opcode, unique, nodeid;
-#: fuse_out_header's size, error, unique; the handle named first; an entry reply's nodeid;
-#: the resend bit of uniques)
+#: condition); `_pass.c` reads headers at the offsets of traces/facts.h
 _FAST_TABLES = (
     bytes(_request_class(op) for op in _OPCODES), bytes(_reply_class(op) for op in _OPCODES),
     tuple(_op(op) for op in _OPCODES), tuple(f"{_op(op)} reply" for op in _OPCODES),
-    {Opcode.GETATTR: (_GETATTR_FH[0], _GETATTR_FH[1], _GETATTR_FH[2].size, _GETATTR_FH[3])},
-    (wire.IN, _IN_AT["opcode"][0], _IN_AT["unique"][0], _IN_AT["nodeid"][0],
-     wire.OUT, _OUT_AT["error"][0], _OUT_AT["unique"][0], wire.IN, wire.OUT,
-     FUSE_UNIQUE_RESEND))
+    {Opcode.GETATTR: (_GETATTR_FH[0], _GETATTR_FH[1], _GETATTR_FH[2].size, _GETATTR_FH[3])})
 
 
 
 
 def _rejection_cause(err: int, interrupt: int | None) -> str:
-    if err == _ENOENT:
+    if err == errno.ENOENT:
         return (f"the request had been interrupted (#{interrupt})" if interrupt is not None
                 else "the kernel no longer waited for it (interrupted or aborted)")
-    return "the reply is malformed for that request" if err == _EINVAL else "see the errno"
+    return "the reply is malformed for that request" if err == errno.EINVAL else "see the errno"
 
 
 class _Asked(NamedTuple):
@@ -274,7 +259,7 @@ class Analysis:
                     lc.add(i, idx.ts(i), "INTERRUPT", f"unique={idx.unique(i)}")
         lc.events.sort(key=lambda e: e.index)
         if lc.state == "unanswered":
-            if idx.opcode(lc.events[0].index) in _NO_REPLY:
+            if idx.opcode(lc.events[0].index) in UNPAIRED:
                 lc.state, lc.verdict = "no reply expected", CLOSED
             elif any(e.what == "INTERRUPT" for e in lc.events):
                 lc.state = "interrupted"
@@ -351,19 +336,17 @@ class _Pass:
 
     def fast_state(self) -> tuple[Any, ...]:
         """What `_pass.run` works on: this pass's own tables, and how to read records."""
-        requests, replies, names, reply_names, conds, layout = _FAST_TABLES
         return (self.asked, self.interrupted, self.recent, self.fhs, self.unseen, self.nodes,
-                _Asked, LifeEvent, requests, replies, names, reply_names, conds, layout,
-                2 * _RECENT, _RECENT, b"")
+                _Asked, LifeEvent, *_FAST_TABLES, 2 * _RECENT, _RECENT, b"")
 
     # --- records ----------------------------------------------------------------------
 
     def record(self, i: int, obj: list[Any]) -> None:
         """Record `i`, as its on-disk array (see `traces.records`)."""
         kind = obj[0]
-        if kind == 1:
+        if kind == Kind.REQUEST:
             self.request(i, obj[1], obj[2])
-        elif kind == 2:
+        elif kind == Kind.REPLY:
             self.reply(i, obj[1], obj[2], obj[3] if len(obj) == 4 else None)
         else:
             self.other(i, obj)
@@ -389,10 +372,11 @@ class _Pass:
                 self.asked[unique] = _new_asked((i, ts, opcode, nodeid, b""))
             return
         directory = _FH_USES.get(opcode)
-        if directory is not None and len(raw) >= wire.IN + 8:  # READ, WRITE, FLUSH ...
+        fh = wire.first_fh(raw) if directory is not None else None
+        if fh is not None:  # READ, WRITE, FLUSH ...
             if unique:
                 self.asked[unique] = _new_asked((i, ts, opcode, nodeid, b""))
-            key = (directory, _U64.unpack_from(raw, wire.IN)[0])
+            key = (directory, fh)
             lc = self.fhs.get(key)
             if lc is not None and key not in self.unseen:
                 lc.events.append(_new_event((i, ts, _op(opcode), "")))
@@ -403,18 +387,18 @@ class _Pass:
             self.dec.feed_request(raw)
             self.init_request = i
             self.kernel_flags = self.dec.kernel_flags
-        if unique and opcode not in _NO_REPLY:
+        if unique and opcode not in UNPAIRED:
             self.asked[unique] = _new_asked((i, ts, opcode, nodeid,
-                                             raw if opcode in _ENTRY_REPLIES else b""))
+                                             raw if opcode in ENTRY_REPLIES else b""))
         if opcode == Opcode.INTERRUPT:
             target = wire.interrupted_unique(raw) or 0
             if target in self.asked:
                 self.interrupted[target] = i
-        elif opcode in (Opcode.FORGET, Opcode.BATCH_FORGET):
+        elif opcode in FORGETS:
             for node, n in wire.forgets(opcode, raw, nodeid):
                 self.forget(i, ts, node, n, _op(opcode))
         elif opcode in _FH_NAMED:
-            directory = opcode in _DIR_OPS
+            directory = opcode in DIR_HANDLE_OPS
             for fh in wire.request_fhs(opcode, raw):
                 self.use(i, ts, opcode, directory, fh, nodeid)
 
@@ -434,7 +418,7 @@ class _Pass:
             self.unseen.discard(key)
             for o in opens:
                 o.seen = True
-        if opcode not in _RELEASES:
+        if opcode not in RELEASES:
             lc.add(i, ts, _op(opcode))
             return
         lc.add(i, ts, _op(opcode), f"nodeid={nodeid}")
@@ -498,7 +482,7 @@ class _Pass:
         if len(recent) > 2 * _RECENT:  # keep the latest, trimming now and then (in place)
             for old in list(islice(recent, len(recent) - _RECENT)):
                 del recent[old]
-        if opcode in _ENTRY_REPLIES:
+        if opcode in ENTRY_REPLIES:
             node = wire.entry_nodeid(raw)
             if node:
                 self.lookup(i, ts, node, f"{_op(opcode)} reply", asked)
@@ -506,7 +490,7 @@ class _Pass:
             for node, name in wire.direntplus_nodeids(raw):
                 self.lookup(i, ts, node, "READDIRPLUS entry", None,
                             name.decode("utf-8", "backslashreplace"))
-        if opcode in _OPENS:
+        if opcode in OPEN_REPLIES:
             self.opened(i, ts, raw, asked)
 
     def rejected(self, i: int, err: int, asked: _Asked | None, unique: int,
@@ -523,10 +507,10 @@ class _Pass:
         unique, err = meta.get("unique", 0), meta.get("write_errno", 0)
         # ENODEV, or refused once the connection had ended: the mount was already gone,
         # and its requests with it; nothing went wrong
-        harmless = err == _ENODEV or bool(meta.get("connection_gone"))
+        harmless = err == errno.ENODEV or bool(meta.get("connection_gone"))
         # a notification refused with ENOENT: the kernel had nothing cached to invalidate
         # (libfuse's callers ignore it too), which a race with a FORGET makes ordinary
-        harmless |= not unique and err == _ENOENT
+        harmless |= not unique and err == errno.ENOENT
         found = self.recent.pop(unique, None)
         if found is None:  # a reply that handed out nothing: only the event is kept
             if not harmless:
@@ -538,11 +522,11 @@ class _Pass:
         reply, asked, raw, interrupt = found
         if not harmless:
             self.rejected(reply, err, asked, unique, interrupt, i)
-        if asked.opcode in _ENTRY_REPLIES:
+        if asked.opcode in ENTRY_REPLIES:
             lc = self.nodes.get(wire.entry_nodeid(raw) or 0)
             if lc is not None:
                 self.forget(i, lc.events[-1].ts, lc.key, 1, "rejected reply")
-        if asked.opcode in _OPENS:
+        if asked.opcode in OPEN_REPLIES:
             self.unopen(i, reply, asked, raw)
 
     def unopen(self, i: int, reply: int, asked: _Asked, raw: bytes) -> None:
@@ -612,7 +596,8 @@ class _Pass:
         lc.count += 1
         lc.events.append(_new_event((i, ts, what, f"nlookup={lc.count}")))
         if not lc.label:
-            lc.label = name or (wire.entry_name(asked.opcode, asked.raw) if asked else "")
+            lc.label = name or (wire.entry_name(asked.opcode, asked.raw, self.dec.ctx.minor)
+                                if asked else "")
 
     def forget(self, i: int, ts: int, node: int, n: int, what: str) -> None:
         lc = self.nodes.get(node)
@@ -641,7 +626,7 @@ class _Pass:
         if out is None:
             return
         fh, oflags, bid = out
-        nodeid = (wire.entry_nodeid(raw) or 0) if opcode in _ENTRY_REPLIES else asked.nodeid
+        nodeid = (wire.entry_nodeid(raw) or 0) if opcode in ENTRY_REPLIES else asked.nodeid
         directory = opcode == Opcode.OPENDIR
         key = (directory, fh)
         lc = self.fhs.get(key)
@@ -738,10 +723,10 @@ class _Pass:
                                          f"{errno_name(err)} from fusetrace, not the kernel)", [i])
             return
         if err:
-            code, why = self.eperm_cause() if err == _EPERM else _UNSUPPORTED.get(err, (
+            code, why = self.eperm_cause() if err == errno.EPERM else _UNSUPPORTED.get(err, (
                 "backing-open-failed", f"failed with {errno_name(err)}"))
             self.flag(code, f"{where} {why}", [i, *([self.init_reply] if self.init_reply is not
-                                                     None and err == _EPERM else [])])
+                                                     None and err == errno.EPERM else [])])
             return
         lc = self.new("backing", result, str(meta.get("path") or ""))
         lc.add(i, ts, name, f"fd={fd} = {result}"

@@ -2,31 +2,59 @@
 
 Decoding every message through `dissectors.quick` would cost ~5 µs each; the pass reads
 one or two words of a handful of messages, so it unpacks them at their fixed offsets.
-Which words hold a file handle, and when, comes from the one table of ids
-(`dissectors.ids`), at the offsets of the dissectors' own structs (tests/dissectors/test_ids.py
-checks this view against the table).
+Every offset is the dissectors' (`dissectors.offsets`, from the structs; where a body's
+struct changed size across minors, from the plan of the negotiated minor), and which
+words hold a file handle, and when, comes from the one table of ids (`dissectors.ids`;
+tests/dissectors/test_ids.py checks this view against the table).
 """
 
 from __future__ import annotations
 
 import struct
+from functools import lru_cache
 from typing import Iterator
 
-from dissectors.constants import IN_HEADER_SIZE as IN, OUT_HEADER_SIZE as OUT, Opcode
-from dissectors.context import DEFAULT_CONTEXT
-from dissectors.ids import Id, field_offsets, id_fields
-from dissectors.layouts import request_plan
-from dissectors.quick import compiled
-from dissectors.structs import FuseEntryOut
+from dissectors.constants import Opcode
+from dissectors.context import DEFAULT_CONTEXT, FuseContext
+from dissectors.flat import compiled, fixed_head
+from dissectors.ids import Id, id_fields
+from dissectors.layouts import fixed_size_before, request_plan
+from dissectors.offsets import IN_HEADER_SIZE as IN, OUT_HEADER_SIZE as OUT
+from dissectors.offsets import field_offsets, offset, reader
+from dissectors.opcodes import ENTRY_REPLIES, OPEN_REPLIES
+from dissectors.structs import (
+    FuseBatchForgetIn,
+    FuseDirent,
+    FuseEntryOut,
+    FuseForgetIn,
+    FuseForgetOne,
+    FuseInterruptIn,
+    FuseName,
+    FuseNames,
+    FuseOpenOut,
+    FuseOpenOutAndroid,
+    dirent_size,
+)
 
-_U64 = struct.Struct("<Q")
-_U32 = struct.Struct("<I")
-_OPEN_OUT = struct.Struct("<QIi")  # fh open_flags backing_id (Android: passthrough_fh, u32)
-_FORGET_ONE = struct.Struct("<QQ")
-_DIRENT = struct.Struct("<QQII")
+__all__ = ["ENTRY_OUT_SIZE", "FH_FIRST", "FH_SLOTS", "IN", "OUT", "direntplus_nodeids",
+           "entry_name", "entry_nodeid", "first_fh", "forgets", "interrupted_unique",
+           "open_out", "request_fhs"]
 
 #: fuse_entry_out (7.9+), alone in entry replies and at the head of each fuse_direntplus
 ENTRY_OUT_SIZE = compiled(FuseEntryOut).st.size
+_ENTRY_NODEID = reader(FuseEntryOut, "nodeid")
+_OPEN_OUT = reader(FuseOpenOut, "fh", "open_flags", "backing_id")
+if offset(FuseOpenOut, "backing_id") != offset(FuseOpenOutAndroid, "passthrough_fh"):
+    raise ImportError("open_out() reads Android's passthrough_fh where backing_id is")
+#: where fuse_open_out starts in the replies that carry one (after CREATE's fuse_entry_out)
+_OPEN_OUT_AT = {op: OUT + fixed_size_before(FuseOpenOut, "reply", op) for op in OPEN_REPLIES}
+_NLOOKUP = reader(FuseForgetIn, "nlookup")
+_BATCH_COUNT = reader(FuseBatchForgetIn, "count")
+_BATCH_SIZE = compiled(FuseBatchForgetIn).st.size
+_FORGET_ONE = reader(FuseForgetOne, "nodeid", "nlookup")
+_INTERRUPTED = reader(FuseInterruptIn, "unique")
+_DIRENT_SIZE = fixed_head(FuseDirent).st.size
+_DIRENT_NAMELEN = reader(FuseDirent, "namelen")
 
 #: (offset, its struct, condition: (offset, struct, bit) of the flag word, or None)
 FhSlot = tuple[int, struct.Struct, tuple[int, struct.Struct, int] | None]
@@ -61,24 +89,38 @@ FH_SLOTS = _fh_slots()
 #: (fuse_read_in.fh, fuse_release_in.fh …).
 FH_FIRST = frozenset(op for op, slots in FH_SLOTS.items()
                      if any(at == IN and cond is None for at, _, cond in slots))
+_FIRST_FH = next(st for slots in FH_SLOTS.values() for at, st, cond in slots
+                 if at == IN and cond is None)
 
 
-#: Where the new entry's name starts in requests that create one (after their fixed struct).
-_NAME_AT = {Opcode.LOOKUP: IN, Opcode.SYMLINK: IN, Opcode.MKDIR: IN + 8, Opcode.LINK: IN + 8,
-            Opcode.MKNOD: IN + 16, Opcode.CREATE: IN + 16}
+def first_fh(raw: bytes) -> int | None:
+    """The handle a request of FH_FIRST names (None when cut)."""
+    return _FIRST_FH.unpack_from(raw, IN)[0] if len(raw) >= IN + _FIRST_FH.size else None
 
 
-def entry_name(opcode: int, raw: bytes) -> str:
+@lru_cache(maxsize=None)
+def _name_at(opcode: int, minor: int) -> int | None:
+    """Where the new entry's name starts in a request that creates one, at this minor
+    (MKNOD's and CREATE's structs were shorter before 7.12)."""
+    ctx = FuseContext(minor=minor)
+    plan, _ = request_plan(ctx, opcode, 0, bytes(4096))
+    for layer in (FuseName, FuseNames):
+        if layer in plan:
+            return IN + fixed_size_before(layer, "request", opcode, ctx)
+    return None
+
+
+def entry_name(opcode: int, raw: bytes, minor: int = DEFAULT_CONTEXT.minor) -> str:
     """The name a LOOKUP/MKDIR/CREATE/... asks for ('' for others, or when cut)."""
-    at = _NAME_AT.get(opcode)
+    at = _name_at(opcode, minor) if opcode in ENTRY_REPLIES else None
     if at is None:
         return ""
     end = raw.find(b"\0", at)
     return raw[at:end].decode("utf-8", "backslashreplace") if end >= 0 else ""
 
 
-def u64_at(raw: bytes, offset: int) -> int | None:
-    return _U64.unpack_from(raw, offset)[0] if len(raw) >= offset + 8 else None
+def _at(st: struct.Struct, raw: bytes, at: int) -> int | None:
+    return st.unpack_from(raw, at)[0] if len(raw) >= at + st.size else None
 
 
 def request_fhs(opcode: int, raw: bytes) -> tuple[int, ...]:
@@ -99,8 +141,8 @@ def request_fhs(opcode: int, raw: bytes) -> tuple[int, ...]:
 def open_out(opcode: int, raw: bytes) -> tuple[int, int, int] | None:
     """(fh, open_flags, backing id as unsigned 32 bits) of an OPEN/OPENDIR reply's
     fuse_open_out, or of the one after CREATE/TMPFILE's fuse_entry_out."""
-    at = OUT + (ENTRY_OUT_SIZE if opcode in (Opcode.CREATE, Opcode.TMPFILE) else 0)
-    if len(raw) < at + _OPEN_OUT.size:
+    at = _OPEN_OUT_AT.get(opcode)
+    if at is None or len(raw) < at + _OPEN_OUT.size:
         return None
     fh, flags, backing = _OPEN_OUT.unpack_from(raw, at)
     return fh, flags, backing & 0xFFFFFFFF
@@ -108,42 +150,40 @@ def open_out(opcode: int, raw: bytes) -> tuple[int, int, int] | None:
 
 def entry_nodeid(raw: bytes) -> int | None:
     """nodeid of the fuse_entry_out a LOOKUP/MKDIR/... reply starts with."""
-    return u64_at(raw, OUT)
+    return _at(_ENTRY_NODEID, raw, OUT)
 
 
 def forgets(opcode: int, raw: bytes, nodeid: int) -> Iterator[tuple[int, int]]:
     """(nodeid, nlookup) pairs of a FORGET or BATCH_FORGET."""
     if opcode == Opcode.FORGET:
-        n = u64_at(raw, IN)
+        n = _at(_NLOOKUP, raw, IN)
         if n is not None:
             yield nodeid, n
         return
-    if len(raw) < IN + 8:
-        return
-    count = _U32.unpack_from(raw, IN)[0]
-    off = IN + 8
-    for _ in range(count):
-        if len(raw) < off + 16:
+    count = _at(_BATCH_COUNT, raw, IN)
+    off = IN + _BATCH_SIZE
+    for _ in range(count or 0):
+        if len(raw) < off + _FORGET_ONE.size:
             return
         yield _FORGET_ONE.unpack_from(raw, off)
-        off += 16
+        off += _FORGET_ONE.size
 
 
 def interrupted_unique(raw: bytes) -> int | None:
-    return u64_at(raw, IN)
+    return _at(_INTERRUPTED, raw, IN)
 
 
 def direntplus_nodeids(raw: bytes) -> Iterator[tuple[int, bytes]]:
     """(nodeid, name) of each READDIRPLUS entry that gives the kernel a reference:
     nodeid not 0, name not "." or ".." (the kernel links neither)."""
     off, end = OUT, len(raw)
-    while off + ENTRY_OUT_SIZE + _DIRENT.size <= end:
-        nodeid = _U64.unpack_from(raw, off)[0]
-        namelen = _DIRENT.unpack_from(raw, off + ENTRY_OUT_SIZE)[2]
-        name_at = off + ENTRY_OUT_SIZE + _DIRENT.size
+    while off + ENTRY_OUT_SIZE + _DIRENT_SIZE <= end:
+        nodeid = _ENTRY_NODEID.unpack_from(raw, off)[0]
+        namelen = _DIRENT_NAMELEN.unpack_from(raw, off + ENTRY_OUT_SIZE)[0]
+        name_at = off + ENTRY_OUT_SIZE + _DIRENT_SIZE
         if name_at + namelen > end:
             return
         name = raw[name_at:name_at + namelen]
         if nodeid and name not in (b".", b".."):
             yield nodeid, name
-        off += ENTRY_OUT_SIZE + ((_DIRENT.size + namelen + 7) & ~7)
+        off += ENTRY_OUT_SIZE + dirent_size(namelen)

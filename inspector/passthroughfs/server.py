@@ -13,7 +13,6 @@ import fcntl
 import logging
 import os
 import signal
-import struct
 import threading
 import time
 from typing import Any
@@ -32,6 +31,8 @@ from dissectors.constants import (
 )
 from dissectors.ioctls import DevIoctl
 from dissectors.context import DEFAULT_CONTEXT, FuseContext, dialect_of
+from dissectors.offsets import OUT_HEADER_SIZE, put
+from dissectors.opcodes import OPEN_REPLIES
 from dissectors.quick import brief_reply, brief_request
 from dissectors.structs import FuseInitOut, FuseName, FuseNotifyInvalEntryOut, FuseOutHeader
 from dissectors.summary import line
@@ -175,8 +176,11 @@ class Server:
         if log.isEnabledFor(logging.DEBUG):
             answered = self.ctx.for_reply(req.opcode, {"size": req.get("size")})
             log.debug("<- %s", line(brief_reply(reply, answered)))
-        if req.opcode == Opcode.STATFS and "short-statfs" in self.misbehave and len(reply) > 16:
-            reply = struct.pack("<I", len(reply) - 4) + reply[4:-4]
+        if (req.opcode == Opcode.STATFS and "short-statfs" in self.misbehave
+                and len(reply) > OUT_HEADER_SIZE):
+            short = bytearray(reply[:-4])
+            put(FuseOutHeader, "len", short, len(short))
+            reply = bytes(short)
         stall = self.misbehave.stall(req.opcode)
         if stall:
             time.sleep(stall)
@@ -249,8 +253,9 @@ class Server:
 
     def _unsent(self, req: Request, reply: bytes) -> None:
         """An open whose reply the kernel refused (interrupted) will never be released."""
-        if req.opcode in (Opcode.OPEN, Opcode.CREATE, Opcode.OPENDIR) and len(reply) > 16:
-            fh = int.from_bytes(reply[-16:-8], "little")  # fuse_open_out ends the reply
+        fh = (brief_reply(reply, DEFAULT_CONTEXT.for_reply(req.opcode)).get("fh")
+              if req.opcode in OPEN_REPLIES else None)
+        if fh is not None:
             try:
                 self.ops.close_handle(fh)
             except OSError:

@@ -14,7 +14,11 @@
  * the recorder's, a fd that cannot be taken, an argument that cannot be read, a path that
  * is not plain ASCII), goes back to Python untouched, which handles it from the start.
  *
- * The ioctl numbers are handed in by trap.py from `dissectors.ioctls`.
+ * The ioctl numbers are handed in by trap.py from `dissectors.ioctls`; fuse_backing_map's
+ * layout, the record kind and the keys of an IOCTL record (in TraceWriter.ioctl's order)
+ * come from `traces/facts.h`, generated from the dissectors and `traces.records`. Backing
+ * paths of up to PATH_MAX - 1 bytes are read here; a longer one (possible where pages are
+ * larger) goes to Python, which reads any length.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -29,9 +33,20 @@
 #include <sys/syscall.h>
 #include <sys/uio.h>
 #include <time.h>
+#include <limits.h>
 #include <unistd.h>
 
-#define KIND_IOCTL 3 /* traces.records.Kind */
+#include "../../traces/facts.h"
+
+/* The keys of an IOCTL record, in order (FT_IOCTL_KEYS): record_ioctl writes a value for
+ * each of these nine; a key added in Python stops the build here until it writes that too. */
+#define KEY_ENUM(k) KEY_##k,
+#define KEY_NAME(k) #k,
+enum ioctl_key { FT_IOCTL_KEYS(KEY_ENUM) N_KEYS };
+static const char *const KEY_NAMES[] = {FT_IOCTL_KEYS(KEY_NAME)};
+_Static_assert(N_KEYS == FT_IOCTL_NKEYS && N_KEYS == 9 && N_KEYS < 16,
+               "TraceWriter.ioctl's keys changed: teach record_ioctl the new one");
+_Static_assert(FT_BACKING_MAP_SIZE == 16, "fuse_backing_map changed size");
 #ifndef SECCOMP_IOCTL_NOTIF_SET_FLAGS  /* Linux 6.6, newer than this system's headers */
 #define SECCOMP_IOCTL_NOTIF_SET_FLAGS _IOW('!', 4, uint64_t)
 #define SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP 1
@@ -102,7 +117,7 @@ static int append(PyObject *appender, const unsigned char *data, size_t len)
 
 /* ------------------------------------------------------------------ msgpack */
 
-typedef struct { unsigned char b[1024]; size_t n; } Buf;
+typedef struct { unsigned char b[512 + PATH_MAX]; size_t n; } Buf;  /* a record, path included */
 
 static void put_be(Buf *o, uint64_t v, int bytes)
 {
@@ -128,13 +143,16 @@ static void mp_int(Buf *o, int64_t v)
     }
 }
 
-static void mp_str(Buf *o, const char *s, size_t len)  /* len < 256 here */
+static void mp_str(Buf *o, const char *s, size_t len)  /* len < PATH_MAX here */
 {
     if (len < 32) {
         o->b[o->n++] = (unsigned char)(0xa0 | len);
-    } else {
+    } else if (len < 256) {
         o->b[o->n++] = 0xd9;
         o->b[o->n++] = (unsigned char)len;
+    } else {
+        o->b[o->n++] = 0xda;
+        put_be(o, len, 2);
     }
     memcpy(o->b + o->n, s, len);
     o->n += len;
@@ -144,13 +162,17 @@ static void mp_key(Buf *o, const char *key) { mp_str(o, key, strlen(key)); }
 
 /* ------------------------------------------------------------------ /proc */
 
+/* The target of /proc/PID/fd/FD: its length, -1 when it cannot be read, -2 when it may
+ * be longer than `size` - 1 bytes (readlink cuts silently). */
 static int readlink_of(int pid, int fd, char *out, size_t size)
 {
     char proc[64];
     snprintf(proc, sizeof proc, "/proc/%d/fd/%d", pid, fd);
-    ssize_t n = readlink(proc, out, size - 1);
+    ssize_t n = readlink(proc, out, size);
     if (n < 0)
         return -1;
+    if ((size_t)n >= size)
+        return -2;
     out[n] = 0;
     return (int)n;
 }
@@ -292,28 +314,38 @@ static void record_ioctl(Trap *t, uint32_t cmd, const unsigned char *arg, size_t
         return;
     clock_gettime(CLOCK_MONOTONIC, &ts);  /* time.monotonic_ns() */
     o.b[o.n++] = 0x93;
-    o.b[o.n++] = KIND_IOCTL;
+    o.b[o.n++] = FT_KIND_IOCTL;
     o.b[o.n++] = 0xcf;
     put_be(&o, (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec, 8);
-    o.b[o.n++] = 0x89;  /* the keys and order of TraceWriter.ioctl */
-    mp_key(&o, "cmd"), mp_int(&o, cmd);
-    mp_key(&o, "arg"), o.b[o.n++] = 0xc4, o.b[o.n++] = (unsigned char)size;
-    memcpy(o.b + o.n, arg, size), o.n += size;
-    mp_key(&o, "result"), mp_int(&o, result);
-    mp_key(&o, "errno"), mp_int(&o, err);
-    mp_key(&o, "tid"), mp_int(&o, tid);
-    mp_key(&o, "pid"), mp_int(&o, pid);
-    mp_key(&o, "fd");
-    if (backing_fd >= 0)
-        mp_int(&o, backing_fd);
-    else
-        o.b[o.n++] = 0xc0;
-    mp_key(&o, "path");
-    if (path)
-        mp_str(&o, path, strlen(path));
-    else
-        o.b[o.n++] = 0xc0;
-    mp_key(&o, "out"), o.b[o.n++] = 0xc0;
+    o.b[o.n++] = 0x80 | N_KEYS;  /* a fixmap of the keys of TraceWriter.ioctl, in its order */
+    for (enum ioctl_key k = 0; k < N_KEYS; k++) {
+        mp_key(&o, KEY_NAMES[k]);
+        switch (k) {
+        case KEY_cmd: mp_int(&o, cmd); break;
+        case KEY_arg:
+            o.b[o.n++] = 0xc4, o.b[o.n++] = (unsigned char)size;
+            memcpy(o.b + o.n, arg, size), o.n += size;
+            break;
+        case KEY_result: mp_int(&o, result); break;
+        case KEY_errno: mp_int(&o, err); break;
+        case KEY_tid: mp_int(&o, tid); break;
+        case KEY_pid: mp_int(&o, pid); break;
+        case KEY_fd:
+            if (backing_fd >= 0)
+                mp_int(&o, backing_fd);
+            else
+                o.b[o.n++] = 0xc0;
+            break;
+        case KEY_path:
+            if (path)
+                mp_str(&o, path, strlen(path));
+            else
+                o.b[o.n++] = 0xc0;
+            break;
+        case KEY_out: o.b[o.n++] = 0xc0; break;
+        case N_KEYS: break;
+        }
+    }
     int e = append(t->appender, o.b, o.n);
     if (e) {
         t->trace_errno = e;
@@ -326,7 +358,7 @@ static int ioctl_call(Trap *t, const struct seccomp_notif *n, int device)
 {
     uint32_t cmd = (uint32_t)n->data.args[1];
     int tid = (int)n->pid, fd = (int)(uint32_t)n->data.args[0];
-    char link[80], path[256] = "";
+    char link[80], path[PATH_MAX] = "";
     unsigned char arg[16], buf[16];
     size_t size = (cmd >> 16) & 0x3FFF;
     int is_open = cmd == t->backing_open, backing_fd = -1, have_path = 0;
@@ -348,13 +380,13 @@ static int ioctl_call(Trap *t, const struct seccomp_notif *n, int device)
         return TO_PYTHON;  /* not ours to be: creds.assumed() in Python */
     memcpy(buf, arg, size);
     if (is_open) {
-        memcpy(&backing_fd, arg, 4);
+        memcpy(&backing_fd, arg + FT_BACKING_MAP_FD_AT, sizeof backing_fd);
         int n_path = readlink_of(pid, backing_fd, path, sizeof path);
         have_path = n_path >= 0;
         for (int i = 0; i < n_path; i++)
             if ((unsigned char)path[i] >= 0x80)
                 n_path = -2;  /* str with surrogates in Python: its writer decides */
-        if (n_path != -2)
+        if (n_path != -2)  /* -2: odd or longer than PATH_MAX - 1: Python reads it */
             ours = (int)syscall(SYS_pidfd_getfd, pidfd, backing_fd, 0);
     }
     if (own)
@@ -362,7 +394,7 @@ static int ioctl_call(Trap *t, const struct seccomp_notif *n, int device)
     if (is_open && ours < 0)
         return TO_PYTHON;  /* EBADF or a refusal (Python says which), or an odd path */
     if (is_open)
-        memcpy(buf, &ours, 4);
+        memcpy(buf + FT_BACKING_MAP_FD_AT, &ours, sizeof ours);
     int result = ioctl(device, cmd, buf), err = result < 0 ? errno : 0;
     if (ours >= 0)
         close(ours);

@@ -10,7 +10,9 @@ file is accessed as the server would access it.
 Credentials are per thread in Linux, but glibc's setuid family changes every thread of the
 process; here the raw syscalls change only the calling thread, which must be a thread of
 the recorder's own that does nothing else meanwhile (the trap's). `SECBIT_KEEP_CAPS` keeps
-the permitted set across the uid change so the thread can change back.
+the permitted set across the uid change so the thread can change back. When it cannot
+change back, `RestoreError` (not an OSError: no errno describes it) says that thread must
+do nothing more: its identity is no longer the recorder's.
 """
 
 from __future__ import annotations
@@ -43,6 +45,15 @@ class _CapData(ctypes.Structure):
                 ("inheritable", ctypes.c_uint32)]
 
 
+class RestoreError(Exception):
+    """This thread could not take its own credentials back after a call made with someone
+    else's. `body_done`: the call itself had completed (what it made exists)."""
+
+    def __init__(self, message: str, body_done: bool) -> None:
+        super().__init__(message)
+        self.body_done = body_done
+
+
 @dataclass(frozen=True)
 class Creds:
     """The parts of a thread's credentials the kernel's checks read."""
@@ -71,7 +82,7 @@ def current() -> Creds:
     return of_thread(os.getpid(), threading.get_native_id())
 
 
-def _call(nr: int, *args: int) -> None:
+def _call(nr: int, *args: int | ctypes.Array[ctypes.c_uint32]) -> None:
     if _libc.syscall(nr, *args) == -1:
         err = ctypes.get_errno()
         raise OSError(err, f"changing credentials: {os.strerror(err)}")
@@ -90,7 +101,7 @@ def _become(nrs: tuple[int, ...], creds: Creds, keep: int) -> None:
     """This thread takes `creds`, with `keep` as its permitted set."""
     setgroups, setresuid, setresgid, setfsuid, setfsgid, _capget, capset = nrs
     groups = (ctypes.c_uint32 * max(len(creds.groups), 1))(*creds.groups)
-    _call(setgroups, len(creds.groups), ctypes.addressof(groups))
+    _call(setgroups, len(creds.groups), groups)  # the array, as a pointer (an int would be cut to 32 bits)
     _call(setresgid, *creds.gids[:3])
     _call(setresuid, *creds.uids[:3])
     _libc.syscall(setfsgid, creds.gids[3])  # returns the old value, never fails visibly
@@ -103,8 +114,9 @@ def assumed(creds: Creds) -> Iterator[None]:
     """Run the body with `creds` on this thread (nothing to do when they are ours).
 
     Raises OSError before the body when the switch is refused (an ordinary user cannot
-    take another's credentials); a failure to switch back is raised after it, since the
-    thread must not go on with the wrong identity."""
+    take another's credentials); a failure to switch back raises RestoreError, after the
+    body or instead of that OSError, since the thread must not go on with the wrong
+    identity."""
     mine = current()
     if creds == mine:
         yield
@@ -117,15 +129,25 @@ def assumed(creds: Creds) -> Iterator[None]:
     try:
         _become(nrs, creds, mine.cap_permitted)
     except OSError:
-        _restore(nrs, mine)
+        _restore(nrs, mine, body_done=False)
         raise
+    done = False
     try:
         yield
+        done = True
     finally:
-        _restore(nrs, mine)
+        _restore(nrs, mine, body_done=done)
 
 
-def _restore(nrs: tuple[int, ...], mine: Creds) -> None:
+def _restore(nrs: tuple[int, ...], mine: Creds, body_done: bool) -> None:
+    try:
+        _take_back(nrs, mine)
+    except OSError as exc:
+        raise RestoreError(f"the recorder's thread could not take its own credentials back: "
+                           f"{exc.strerror or exc}", body_done) from exc
+
+
+def _take_back(nrs: tuple[int, ...], mine: Creds) -> None:
     _capset(nrs[6], mine.cap_permitted, mine.cap_permitted)  # CAP_SETUID/SETGID back first
     _become(nrs, mine, mine.cap_permitted)
     _capset(nrs[6], mine.cap_effective, mine.cap_permitted)

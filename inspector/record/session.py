@@ -349,6 +349,10 @@ class Session:
         try:
             with creds.assumed(creds.of_thread(req.pid, req.tid)):
                 syscalls.mount(req.source, req.target, req.fstype, req.flags, data)
+        except creds.RestoreError as exc:
+            if exc.body_done:  # mounted: the session's end must unmount it
+                self._mounted(req.source, req.target, req.fstype, req.flags, data)
+            raise
         except OSError as exc:
             return exc.errno or errno.EIO
         self.route = ("helper" if os.path.basename(req.program).startswith("fusermount")
@@ -366,7 +370,7 @@ class Session:
         first): answered 0, since directly its poll of /dev/fuse would have said POLLERR
         and it would not have asked. Anything else runs untouched (None)."""
         dev_fd = _DEV_FD.match(req.target)
-        if dev_fd and self.trap is not None and self.trap._is_relay(req.pid, int(dev_fd.group(1))):
+        if dev_fd and self.trap is not None and self.trap.is_relay(req.pid, int(dev_fd.group(1))):
             self._event("server_unmount", pid=req.pid, target=req.target, errno=0,
                         note="the server unmounted the /dev/fd/N it was given: answered 0")
             return 0
@@ -412,6 +416,8 @@ class Session:
                 tracked = now
             if self.relay.broken:
                 return "relay failed"
+            if trap is not None and trap.failed:
+                return "recorder error"
             if self.device is not None and self.relay.unmounted.is_set():
                 return "unmounted"
             if self._signals and not self._server_ends_itself(now):
@@ -702,6 +708,8 @@ class Session:
             return 128 + signal.SIGINT if self.forced else 128 + signal.SIGKILL, None
         if relay is not None and relay.broken:
             return 1, f"{relay.broken}; unmounted {self.target}"
+        if self.trap is not None and self.trap.failed:
+            return 1, f"{self.trap.failed}: the recording ended there; unmounted {self.target}"
         stopped = self.writer.stopped if self.writer is not None else None
         if stopped is not None:
             err, records, size, _when = stopped

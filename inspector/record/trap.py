@@ -19,7 +19,11 @@ The calls that pass a backing file (BACKING_OPEN, PASSTHROUGH_OPEN) are made wit
 calling thread's credentials (`creds`): the kernel checks CAP_SYS_ADMIN and keeps the
 caller's credentials for passthrough I/O. When the recorder's own machinery fails
 (pidfd_getfd refused by Yama or an LSM, credentials it cannot take), the record says so in
-`recorder_error` and the errno is the recorder's, never presented as the kernel's.
+`recorder_error` and the errno is the recorder's, never presented as the kernel's. When
+the trap thread cannot take its own credentials back after such a call (`creds.RestoreError`)
+it stops at once: the server gets EIO for that call and ENOSYS for every trapped call after
+(the listener is closed), a backing id the call opened is closed by `stop()` from another
+thread, and `failed` says why (record then exits 1).
 
 FUSE_DEV_IOC_CLONE naming the relay socket (libfuse's `clone_fd`: a fresh /dev/fuse fd,
 cloned from the session's) is emulated: the new fd is replaced (SECCOMP_ADDFD_FLAG_SETFD)
@@ -65,7 +69,8 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from dissectors.ioctls import DevIoctl
+from dissectors.ioctls import FD_ARGS, DevIoctl, FuseIoctlU32
+from dissectors.offsets import offset
 from traces import TraceWriter
 
 from . import creds
@@ -315,11 +320,7 @@ def _fd_path(pid: int, fd: int) -> str | None:
 
 
 #: Which ioctls carry a file descriptor, and where in their argument it sits.
-_FD_AT: dict[int, int] = {
-    DevIoctl.BACKING_OPEN: 0,  # fuse_backing_map.fd (and Android V0's fuse_passthrough_out.fd)
-    DevIoctl.PASSTHROUGH_OPEN_V1: 0,
-    DevIoctl.PASSTHROUGH_OPEN_V2: 0,
-}
+_FD_AT = {cmd: offset(cls, name) for cmd, (cls, name) in FD_ARGS.items()}
 
 
 class IoctlTrap:
@@ -360,6 +361,8 @@ class IoctlTrap:
         self.on_mount = on_mount
         self.on_unmount = on_unmount
         self._trace_error: str | None = None  # why ioctls stopped being recorded
+        self.failed: str | None = None  # why this trap stopped working (creds.RestoreError)
+        self._orphans: list[int] = []  # backing ids opened by a call the trap then stopped at
         self._inject: int | None = os.dup(relay_fd_in_child) if on_mount else None
         self._opened_here = 0  # backing ids opened minus closed through Python
         self._asked_native = native
@@ -439,6 +442,7 @@ class IoctlTrap:
         self._drop_inject()
         if self._thread is not None:
             self._thread.join(timeout=5)
+        self._close_orphans()
         if self._listener is not None:
             os.close(self._listener)
             self._listener = None
@@ -481,11 +485,38 @@ class IoctlTrap:
             note = Notification(nid, tid, nr, tuple(args))
             try:
                 val, err, cont = self._handle(note)
+            except creds.RestoreError as exc:  # this thread is no longer ours to use
+                self._fail(str(exc))
+                val, err, cont = -1, errno.EIO, False
             except Exception:  # never leave a server thread blocked on our bug
                 log.exception("handling syscall %d", note.nr)
                 val, err, cont = -1, errno.EIO, False
             if cont is not None:  # None: already answered (ADDFD with FLAG_SEND)
                 self._respond(note, val, err, cont)
+            if self.failed is not None:
+                os.close(self._listener)  # later trapped calls get ENOSYS
+                self._listener = None
+                return
+
+    def _fail(self, why: str) -> None:
+        self.failed = why
+        log.error("%s; the recording stops", why)
+        self._record(self.writer.event, "proxy_error", recorder_error=why)
+
+    def _close_orphans(self) -> None:
+        """Close backing ids opened by a call after which the trap thread stopped (from
+        this thread, whose credentials are the recorder's)."""
+        while self._orphans:
+            backing_id = self._orphans.pop()
+            try:
+                fcntl.ioctl(self.device_fd, DevIoctl.BACKING_CLOSE,
+                            bytearray(bytes(FuseIoctlU32(value=backing_id))))
+                outcome = "closed"
+            except OSError as exc:
+                outcome = f"closing it failed: {exc.strerror}"
+            self._record(self.writer.event, "proxy_error",
+                         reason=f"backing id {backing_id}, opened by a call after which the "
+                                f"trap stopped: {outcome}")
 
     def _respond(self, note: Notification, val: int, err: int, cont: bool) -> None:
         flags = SECCOMP_USER_NOTIF_FLAG_CONTINUE if cont else 0
@@ -503,7 +534,8 @@ class IoctlTrap:
         except OSError:
             return False
 
-    def _is_relay(self, tid: int, fd: int) -> bool:
+    def is_relay(self, tid: int, fd: int) -> bool:
+        """Whether `fd` of thread `tid` is the server's end of the relay."""
         return _fd_path(tid, fd) == f"socket:[{self.relay_inode}]"
 
     def _drop_inject(self) -> None:
@@ -555,7 +587,7 @@ class IoctlTrap:
         pipe's bytes are read and sent on the server's own socket end in one send.
         """
         fd_in, fd_out, length = note.args[0] & 0xFFFFFFFF, note.args[2] & 0xFFFFFFFF, note.args[4]
-        if not self._is_relay(note.tid, fd_out) or not self._still_valid(note):
+        if not self.is_relay(note.tid, fd_out) or not self._still_valid(note):
             return 0, 0, True  # splices elsewhere (and reads from the socket) run untouched
         pidfd = os.pidfd_open(_tgid(note.tid))
         try:
@@ -581,7 +613,7 @@ class IoctlTrap:
         if not fstype.startswith("fuse") or not match or self.on_mount is None:
             return 0, 0, True
         pid = _tgid(note.tid)
-        if not self._is_relay(pid, int(match.group(1))):
+        if not self.is_relay(pid, int(match.group(1))):
             return 0, 0, True  # a real /dev/fuse of its own: let it mount
         request = ServerMount(_read_string(note.tid, note.args[0]) or fstype,
                               _absolute(pid, _read_string(note.tid, note.args[1]) or ""),
@@ -614,7 +646,7 @@ class IoctlTrap:
     def _handle_ioctl(self, note: Notification) -> tuple[int, int, bool | None]:
         if note.cmd == DevIoctl.CLONE:
             return self._handle_clone(note)
-        if not self._is_relay(note.tid, note.fd):
+        if not self.is_relay(note.tid, note.fd):
             return 0, 0, True  # a real /dev/fuse or another device: not ours to touch
         cmd = note.cmd
         size = (cmd >> 16) & 0x3FFF
@@ -643,7 +675,7 @@ class IoctlTrap:
         arg = self._read_arg(note, 4)
         pid = _tgid(note.tid)
         session_fd = struct.unpack("<I", arg)[0] if len(arg) == 4 else -1
-        if not self._is_relay(pid, session_fd) or not self._still_valid(note):
+        if not self.is_relay(pid, session_fd) or not self._still_valid(note):
             return 0, 0, True  # a clone of a real device of the server's own
         result, err, recorder_error = 0, 0, None
         try:
@@ -716,12 +748,20 @@ class IoctlTrap:
             except OSError as exc:
                 return Outcome(-1, exc.errno or errno.ESRCH,
                                recorder_error=f"reading the caller's credentials: {exc.strerror}")
+            result = None
             try:
                 with creds.assumed(caller):
                     try:
                         result = fcntl.ioctl(self.device_fd, cmd, buf) if buf else fcntl.ioctl(self.device_fd, cmd, 0)
                     except OSError as exc:
                         return Outcome(-1, exc.errno or errno.EIO)
+            except creds.RestoreError as exc:  # the call was made; this thread must stop
+                self._fail(str(exc))
+                opened = ""
+                if result is not None and cmd == DevIoctl.BACKING_OPEN:
+                    self._orphans.append(result)
+                    opened = f"; the backing id {result} it opened is closed by fusetrace"
+                return Outcome(-1, errno.EIO, recorder_error=f"{exc}{opened}")
             except OSError as exc:
                 return Outcome(-1, exc.errno or errno.EPERM,
                                recorder_error=f"taking on the caller's credentials: {exc.strerror}")

@@ -23,15 +23,14 @@ import struct
 from dataclasses import dataclass
 
 from dissectors.constants import Opcode
-from dissectors.ioctls import DevIoctl
+from dissectors.ioctls import FD_ARGS, DevIoctl
+from dissectors.opcodes import FORGETS, OPEN_REPLIES, RELEASES
 from dissectors.quick import peek_reply
 
 from ..lifecycles.wire import open_out, request_fhs
 
-_OPENS = frozenset({Opcode.OPEN, Opcode.CREATE, Opcode.TMPFILE, Opcode.OPENDIR})
-_RELEASES = frozenset({Opcode.RELEASE, Opcode.RELEASEDIR})
-_CLOSES = frozenset({Opcode.RELEASE, Opcode.RELEASEDIR, Opcode.FORGET, Opcode.BATCH_FORGET,
-                     Opcode.DESTROY})
+_OPENS = OPEN_REPLIES
+_CLOSES = RELEASES | FORGETS | {Opcode.DESTROY}
 #: The opcodes whose handling makes an ioctl, most likely first (a server closes a backing
 #: id on RELEASE, and sometimes when an OPEN fails after registering one).
 LIKELY: dict[int, tuple[frozenset[int], ...]] = {
@@ -42,8 +41,7 @@ LIKELY: dict[int, tuple[frozenset[int], ...]] = {
 }
 
 
-_ID_RETURNED = frozenset({DevIoctl.BACKING_OPEN, DevIoctl.PASSTHROUGH_OPEN_V1,
-                          DevIoctl.PASSTHROUGH_OPEN_V2})
+_ID_RETURNED = frozenset(FD_ARGS)  # an ioctl that hands over a file returns its id
 
 
 def ioctl_backing_id(cmd: int, arg: bytes, result: int) -> int | None:
@@ -83,7 +81,7 @@ class Attributor:
         self.last = unique
         if awaits_reply:
             self.outstanding[unique] = opcode
-        if opcode in _RELEASES:
+        if opcode in RELEASES:
             for fh in request_fhs(opcode, raw):
                 backing_id = self._fh_ids.pop(fh, None)
                 if backing_id is not None and awaits_reply:

@@ -12,7 +12,13 @@ Only when the node's id goes out of use (FORGET to zero, see `Translator`) is it
 
 from __future__ import annotations
 
-from dissectors.constants import FOPEN_PASSTHROUGH, IN_HEADER_SIZE, Opcode
+import os
+import struct
+
+from dissectors.constants import FOPEN_PASSTHROUGH, Opcode
+from dissectors.layouts import request_struct
+from dissectors.offsets import IN_HEADER_SIZE, field_offsets
+from dissectors.opcodes import ATTR_REPLIES, ENTRY_REPLIES, FILE_OPENS
 
 from ..lifecycles.wire import entry_nodeid, open_out
 
@@ -21,11 +27,9 @@ WRITTEN_FIELDS = frozenset({"size", "blocks", "atime", "mtime", "ctime", "btime"
                             "mtimensec", "ctimensec"})
 #: How the report names what this hid.
 WHY = "size, blocks and times of files written through passthrough (the data never reaches the server)"
-_OPENS = frozenset({Opcode.OPEN, Opcode.CREATE})
-_ATTRS_OF_REQUEST_NODE = frozenset({Opcode.GETATTR, Opcode.SETATTR, Opcode.STATX})
-_ENTRY_REPLIES = frozenset({Opcode.LOOKUP, Opcode.MKNOD, Opcode.MKDIR, Opcode.SYMLINK,
-                            Opcode.LINK, Opcode.CREATE, Opcode.TMPFILE})
-_WRITABLE = (1, 2)  # O_WRONLY, O_RDWR (flags & O_ACCMODE)
+_WRITABLE = (os.O_WRONLY, os.O_RDWR)  # flags & O_ACCMODE
+#: opcode → (offset in its struct, format) of the open flags of the requests of file opens
+_FLAGS_AT = {op: field_offsets(request_struct(op))["flags"] for op in FILE_OPENS}
 
 
 class WrittenThrough:
@@ -38,15 +42,18 @@ class WrittenThrough:
     def opened(self, opcode: int, request: bytes, reply: bytes, nodeid: int,
                android: bool) -> None:
         """A recorded open and its successful reply."""
-        if opcode not in _OPENS or len(request) < IN_HEADER_SIZE + 4:
+        if opcode not in _FLAGS_AT:
             return
-        flags = int.from_bytes(request[IN_HEADER_SIZE:IN_HEADER_SIZE + 4], "little")
+        at, code = _FLAGS_AT[opcode]
+        if len(request) < IN_HEADER_SIZE + at + struct.calcsize(code):
+            return
+        flags = struct.unpack_from(code, request, IN_HEADER_SIZE + at)[0]
         out = open_out(opcode, reply)
-        if out is None or flags & 3 not in _WRITABLE or not out[2]:
+        if out is None or flags & os.O_ACCMODE not in _WRITABLE or not out[2]:
             return
         if not (out[1] & FOPEN_PASSTHROUGH or android):
             return
-        node = entry_nodeid(reply) if opcode == Opcode.CREATE else nodeid
+        node = entry_nodeid(reply) if opcode in ENTRY_REPLIES else nodeid
         if node and node not in self.nodes:
             self.nodes.add(node)
             self.ever += 1
@@ -61,9 +68,9 @@ class WrittenThrough:
         READDIRPLUS reply's entries."""
         if not self.nodes:
             return ()
-        if opcode in _ATTRS_OF_REQUEST_NODE:
+        if opcode in ATTR_REPLIES:
             return ("",) if nodeid in self.nodes else ()
-        if opcode in _ENTRY_REPLIES:
+        if opcode in ENTRY_REPLIES:
             return ("",) if entry_nodeid(reply) in self.nodes else ()
         if opcode == Opcode.READDIRPLUS:
             return tuple(prefix + "." for prefix, node in entries if node in self.nodes)

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import json
 import math
-import struct
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import IO, Any
 
 from dissectors.constants import INIT_FLAGS, NO_REPLY_OPCODES
 from dissectors.fields import errno_name, flags_repr
-from dissectors.ids import field_offsets
+from dissectors.offsets import reader
 from dissectors.structs import FuseInHeader, FuseOutHeader
 from dissectors.summary import opcode_name
 from traces import Kind, TraceReader
@@ -29,12 +28,10 @@ try:  # the pass in C when the extension is built (setup.py), else in Python
 except ImportError:
     tally = None
 
-_IN_AT, _OUT_AT = field_offsets(FuseInHeader), field_offsets(FuseOutHeader)
-_IN = struct.Struct(f"<{_IN_AT['opcode'][0]}xIQ")  # opcode, unique
-_OUT = struct.Struct(f"<{_OUT_AT['error'][0]}xiQ")  # error, unique
-#: what `tally` reads: the shortest message it looks into, then where the fields above are
-_LAYOUT = (_IN.size, _IN_AT["opcode"][0], _IN_AT["unique"][0], _OUT_AT["error"][0],
-           _OUT_AT["unique"][0])
+_IN = reader(FuseInHeader, "opcode", "unique")
+_OUT = reader(FuseOutHeader, "error", "unique")
+#: the shortest message read (`tally` reads the same fields, at offsets from traces/facts.h)
+_MIN_LEN = max(_IN.size, _OUT.size)
 _NO_REPLY = frozenset(int(op) for op in NO_REPLY_OPCODES)
 
 
@@ -61,7 +58,7 @@ def collect(path: str) -> tuple[dict[str, OpStats], dict[str, int]]:
     ops: dict[str, OpStats] = {}
     totals = Counter[str]()
     with TraceReader(path) as reader, gc_paused():
-        per_opcode, kinds, notifications, unanswered = tally(reader.arrays(), _LAYOUT, _NO_REPLY)
+        per_opcode, kinds, notifications, unanswered = tally(reader.arrays(), _MIN_LEN, _NO_REPLY)
     for opcode, (count, bytes_in, bytes_out, latencies, errors) in per_opcode.items():
         st = ops.setdefault(opcode_name(opcode), OpStats())
         st.count += count
@@ -91,7 +88,7 @@ def _collect(path: str) -> tuple[dict[str, OpStats], dict[str, int]]:
         for obj in reader.arrays():
             kind = obj[0]
             kinds[kind] += 1
-            if kind > Kind.REPLY or len(raw := obj[2]) < _IN.size:
+            if kind > Kind.REPLY or len(raw := obj[2]) < _MIN_LEN:
                 continue
             true_len = obj[3].get("len", len(raw)) if len(obj) == 4 else len(raw)
             if kind == Kind.REQUEST:

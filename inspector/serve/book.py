@@ -31,23 +31,18 @@ from typing import Any
 from dissectors import SessionDecoder
 from dissectors.constants import FOPEN_PASSTHROUGH, NO_REPLY_OPCODES, Opcode
 from dissectors.context import FuseContext
+from dissectors.offsets import reader
+from dissectors.opcodes import CHANGES, CONNECTION, FILE_OPENS
 from dissectors.quick import Brief
 from dissectors.session import decode_reply
-from dissectors.structs import FuseOpenOut, FuseOpenOutAndroid
+from dissectors.structs import FuseOpenOut, FuseOpenOutAndroid, FuseOutHeader
 from traces import TraceReader
 
 from .keys import Fields, Key, differences, key_of, request_fields
 
-O = Opcode
-#: Requests that change the filesystem when they succeed (rule 4).
-CHANGES = frozenset({
-    O.CREATE, O.MKNOD, O.MKDIR, O.SYMLINK, O.LINK, O.UNLINK, O.RMDIR, O.RENAME, O.RENAME2,
-    O.SETATTR, O.WRITE, O.SETXATTR, O.REMOVEXATTR, O.FALLOCATE, O.COPY_FILE_RANGE,
-    O.COPY_FILE_RANGE_64, O.TMPFILE,
-})
 #: Requests the book never answers: no reply is due, or the server owns them.
-NOT_MATCHED = NO_REPLY_OPCODES | {O.INIT, O.DESTROY, O.INTERRUPT}
-_OPENS = frozenset({O.OPEN, O.CREATE})
+NOT_MATCHED = NO_REPLY_OPCODES | CONNECTION | {Opcode.INTERRUPT}
+_ERROR = reader(FuseOutHeader, "error")
 
 
 class BadTrace(ValueError):
@@ -153,7 +148,7 @@ class ReplyBook:
 
 
 def _error(reply: bytes) -> int:
-    return int.from_bytes(reply[4:8], "little", signed=True)
+    return _ERROR.unpack_from(reply)[0] if len(reply) >= _ERROR.size else 0
 
 
 class _Loader:
@@ -214,7 +209,7 @@ class _Loader:
             return
         if opcode in NOT_MATCHED:
             return
-        if opcode in _OPENS and not msg.brief.error:
+        if opcode in FILE_OPENS and not msg.brief.error:
             raw = self._without_passthrough(raw, msg.brief, msg.ctx)
         fields = request_fields(req, req_raw, snaplen)
         self.exchanges.append(Exchange(index, opcode, fields, req, raw, cut))

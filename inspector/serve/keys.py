@@ -23,35 +23,17 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from dissectors.constants import (
-    FATTR_ATIME,
-    FATTR_ATIME_NOW,
-    FATTR_GID,
-    FATTR_MODE,
-    FATTR_MTIME,
-    FATTR_MTIME_NOW,
-    FATTR_SIZE,
-    FATTR_UID,
-    IN_HEADER_SIZE,
-    Opcode,
-)
+from dissectors.constants import Opcode
 from dissectors.ids import ID_FIELDS, KERNEL_CHOSEN, id_fields
+from dissectors.offsets import IN_HEADER_SIZE
 from dissectors.quick import Brief
+from dissectors.structs import SETATTR_NOW, SETATTR_VALID
 
 Fields = dict[str, Any]
 Key = tuple[int, tuple[tuple[str, Any], ...]]
 
 IGNORED = frozenset({"unique", "pid", "padding", "dummy", "unused", "unused4", "unused5",
                      "reserved"} | {f.field for f in ID_FIELDS if f.kind in KERNEL_CHOSEN})
-
-#: SETATTR fields and the `valid` bit that makes the kernel send them.
-_SETATTR_FIELDS: dict[str, int] = {
-    "mode": FATTR_MODE, "uid": FATTR_UID, "gid": FATTR_GID, "size": FATTR_SIZE,
-    "atime": FATTR_ATIME, "atimensec": FATTR_ATIME,
-    "mtime": FATTR_MTIME, "mtimensec": FATTR_MTIME,
-}
-_NOW = {"atime": FATTR_ATIME_NOW, "atimensec": FATTR_ATIME_NOW,
-        "mtime": FATTR_MTIME_NOW, "mtimensec": FATTR_MTIME_NOW}
 
 
 def request_fields(brief: Brief, raw: bytes, snaplen: int) -> Fields:
@@ -84,10 +66,10 @@ def request_fields(brief: Brief, raw: bytes, snaplen: int) -> Fields:
 
 def _trim_setattr(fields: Fields) -> None:
     valid = fields.get("valid", 0)
-    for name in ("ctime", "ctimensec"):
+    for name in ("ctime", "ctimensec"):  # the kernel's clock (writeback caching), never the caller's
         fields.pop(name, None)
-    for name, bit in _SETATTR_FIELDS.items():
-        if not valid & bit or valid & _NOW.get(name, 0):
+    for name, bit in SETATTR_VALID.items():
+        if not valid & bit or valid & SETATTR_NOW.get(name, 0):
             fields.pop(name, None)
 
 

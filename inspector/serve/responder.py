@@ -21,6 +21,7 @@ import re
 from dissectors import SessionDecoder
 from dissectors.constants import (
     FUSE_INIT_EXT,
+    FUSE_KERNEL_VERSION,
     FUSE_OVER_IO_URING,
     FUSE_PASSTHROUGH,
     FUSE_PASSTHROUGH_ANDROID,
@@ -28,6 +29,8 @@ from dissectors.constants import (
     Opcode,
 )
 from dissectors.context import DEFAULT_CONTEXT
+from dissectors.offsets import put
+from dissectors.opcodes import FILE_IO
 from dissectors.quick import Brief
 from dissectors.session import decode_reply
 from dissectors.structs import FuseOutHeader
@@ -41,9 +44,6 @@ from .report import Miss, ServeReport
 #: INIT flags never granted when serving a trace.
 NOT_SERVED = (FUSE_PASSTHROUGH | FUSE_PASSTHROUGH_ANDROID | FUSE_PASSTHROUGH_ANDROID_EXT
               | FUSE_OVER_IO_URING)
-#: Requests on a file handle, which a passthrough open keeps from the recorded server.
-_FILE_IO = frozenset({Opcode.READ, Opcode.WRITE, Opcode.LSEEK, Opcode.FALLOCATE,
-                      Opcode.COPY_FILE_RANGE, Opcode.COPY_FILE_RANGE_64})
 _UNIQUE = re.compile(r" unique=\d+")
 PASSTHROUGH_NOTE = ("the recorded server opened this file with passthrough: its reads and "
                     "writes went to the backing file, never through the trace, so the trace "
@@ -51,7 +51,9 @@ PASSTHROUGH_NOTE = ("the recorded server opened this file with passthrough: its 
 
 
 def with_unique(reply: bytes, unique: int) -> bytes:
-    return reply[:8] + unique.to_bytes(8, "little") + reply[16:]
+    out = bytearray(reply)
+    put(FuseOutHeader, "unique", out, unique)
+    return bytes(out)
 
 
 def error_reply(unique: int, err: int) -> bytes:
@@ -122,7 +124,7 @@ class Responder:
             return
         miss = Miss(request_text(brief))
         op = brief.opcode or 0
-        if op in _FILE_IO and fields.get("fh", fields.get("fh_in")) in self.book.passthrough_fhs:
+        if op in FILE_IO and fields.get("fh", fields.get("fh_in")) in self.book.passthrough_fhs:
             miss.note = PASSTHROUGH_NOTE
         closest = self.book.closest(op, fields)
         if closest is None:
@@ -136,7 +138,7 @@ class Responder:
 
     def _init(self, req: Brief) -> bytes:
         """The recorded INIT reply, limited to what this kernel offers, minus NOT_SERVED."""
-        if req.get("major") != 7:
+        if req.get("major") != FUSE_KERNEL_VERSION:
             return error_reply(req.unique, errno.EPROTO)
         offered = req.get("flags") or 0
         if offered & FUSE_INIT_EXT:

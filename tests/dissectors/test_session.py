@@ -226,3 +226,18 @@ def test_replies_out_of_order() -> None:
     first = dec.feed_reply(bytes(rep(2) / FuseOpenOut(fh=1)))
     assert second.text == "LOOKUP unique=4 error=-2 (ENOENT)"
     assert first.brief.opcode == O.OPEN and first.brief.get("fh") == 1
+
+
+def test_expect_decodes_a_reply_to_a_request_the_decoder_never_saw() -> None:
+    """`fusetrace show -r A:B` starts mid-trace: the index knows each reply's opcode."""
+    from dissectors.structs import FuseInHeader, FuseOutHeader
+
+    reply = bytes(FuseOutHeader(unique=8) / FuseOpenOut(fh=5))
+    dec = SessionDecoder()
+    assert "fh=" not in dec.feed_reply(reply).text  # no opcode: left raw
+    dec.expect(8, Opcode.OPEN)
+    assert dec.feed_reply(reply).text == "OPEN unique=8 fh=0x5 open_flags=0 backing_id=0"
+    fed = SessionDecoder()
+    fed.feed_request(bytes(FuseInHeader(opcode=Opcode.OPENDIR, unique=8) / FuseOpenIn()))
+    fed.expect(8, Opcode.OPEN)  # the request it was fed wins
+    assert fed.feed_reply(reply).text.startswith("OPENDIR unique=8")

@@ -21,9 +21,10 @@ from dissectors.structs import (FuseAttr, FuseBatchForgetIn, FuseEntryOut, FuseF
                                 FuseForgetList, FuseForgetOne, FuseInHeader, FuseInitIn,
                                 FuseInitOut, FuseInterruptIn, FuseName, FuseOpenIn, FuseOpenOut,
                                 FuseOpenOutAndroid, FuseOutHeader, FuseReadIn, FuseReleaseIn,
-                                FuseStatxIn)
+                                FuseStatxIn, FuseMknodIn, FuseMknodInCompat, FuseCreateIn,
+                                FuseCreateInCompat)
 from inspector.lifecycles import Analysis, analyse
-from inspector.lifecycles.wire import direntplus_nodeids, request_fhs
+from inspector.lifecycles.wire import direntplus_nodeids, entry_name, request_fhs
 from traces import TraceWriter
 
 OFFERED = 0x5FD73FFFFFB  # what Linux 6.18 offers in INIT
@@ -345,3 +346,13 @@ def test_wire_offsets_match_the_dissectors() -> None:
         FuseDirentplus(entry_out=FuseEntryOut(nodeid=12), dirent=FuseDirent(name=b"longer-name")),
     ]))
     assert list(direntplus_nodeids(listing)) == [(9, b"a"), (12, b"longer-name")]
+
+
+@pytest.mark.parametrize("opcode, new, old", [
+    (Opcode.MKNOD, FuseMknodIn, FuseMknodInCompat), (Opcode.CREATE, FuseCreateIn, FuseCreateInCompat)])
+def test_entry_names_at_the_negotiated_minors_layout(opcode: int, new: type, old: type) -> None:
+    """Before 7.12 fuse_mknod_in and fuse_create_in were shorter: the name starts earlier."""
+    for body, minor in ((new(), 45), (old(), 11)):
+        raw = bytes(FuseInHeader(opcode=opcode, unique=2) / body / FuseName(name=b"file"))
+        assert entry_name(opcode, raw, minor) == "file"
+    assert entry_name(opcode, raw, 45) != "file"  # read at 7.45's offset, the name is missed

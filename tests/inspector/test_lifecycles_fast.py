@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from c_extensions import Taken, c_extension
 
 from dissectors.constants import FOPEN_PASSTHROUGH, FUSE_UNIQUE_RESEND, Opcode
 from dissectors.ids import field_offsets
@@ -27,7 +28,7 @@ from inspector.reports import stats
 from traces import TraceWriter
 from traces.testing import synthetic_trace
 
-pytest.importorskip("inspector.lifecycles._pass", reason="the C extension is not built")
+c_extension("inspector.lifecycles._pass")
 
 _IN_UNIQUE = field_offsets(FuseInHeader)["unique"][0]
 _OUT_UNIQUE = field_offsets(FuseOutHeader)["unique"][0]
@@ -35,8 +36,12 @@ _U64 = struct.Struct("<Q")
 
 
 def both(path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Analysis, Analysis]:
-    """(C pass, Python pass) of one trace."""
-    fast = analysis.analyse(path)
+    """(C pass, Python pass) of one trace; the C loop must have taken records itself."""
+    run = Taken(analysis.fast_run, lambda args, taken: taken)
+    with monkeypatch.context() as m:
+        m.setattr(analysis, "fast_run", run)
+        fast = analysis.analyse(path)
+    assert run.total > 0, "the C pass took no record: Python was compared with itself"
     with monkeypatch.context() as m:
         m.setattr(analysis, "fast_run", None)
         slow = analysis.analyse(path)
@@ -59,7 +64,11 @@ def figures(path: Path) -> list[Any]:
 def assert_same(path: Path, monkeypatch: pytest.MonkeyPatch) -> Analysis:
     fast, slow = both(path, monkeypatch)
     assert everything(fast) == everything(slow)
-    quick = figures(path)
+    tally = Taken(stats.tally, lambda args, result: sum(st[0] for st in result[0].values()))
+    with monkeypatch.context() as m:
+        m.setattr(stats, "tally", tally)
+        quick = figures(path)
+    assert tally.total > 0, "the C tally counted no request: Python was compared with itself"
     with monkeypatch.context() as m:
         m.setattr(stats, "tally", None)
         assert quick == figures(path)

@@ -9,6 +9,7 @@ recorded, and that everything else runs untouched. Each test runs twice: with th
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
 import os
 import socket
@@ -17,15 +18,20 @@ import sys
 from pathlib import Path
 
 import pytest
+from c_extensions import c_extension
 
 from dissectors import FuseOutHeader
 from dissectors.constants import FUSE_INIT_EXT, FUSE_PASSTHROUGH
 from dissectors.ioctls import DevIoctl
+from dissectors.offsets import unique_of
 from dissectors.structs import FuseInitOut
 from inspector import syscalls
+from inspector.record import creds
 from inspector.record import trap as trap_module
 from inspector.record.trap import IoctlTrap
+from inspector.testing import wait_for_mount
 from traces import Kind, TraceReader, TraceWriter
+from traces.records import IOCTL_KEYS
 
 CHILD = r"""
 import fcntl, json, os, struct, sys
@@ -55,9 +61,9 @@ print(json.dumps({"out": out, "backing_fd": backing}))
 
 @pytest.fixture(params=["c", "python"])
 def native(request: pytest.FixtureRequest) -> bool:
-    """Whether the trap's C loop is used."""
-    if request.param == "c" and trap_module._trapfast is None:
-        pytest.skip(trap_module.NOT_BUILT)
+    """Whether the trap's C loop is used (a missing build fails: see c_extensions)."""
+    if request.param == "c":
+        c_extension("inspector.record._trapfast")
     return request.param == "c"
 
 
@@ -128,7 +134,42 @@ def test_trap_takes_over_fuse_ioctls_on_the_relay_only(skip_without_seccomp: Non
     assert opened["tid"] == opened["pid"] == pid
     assert "note" in records[2].meta and "note" in records[3].meta
     assert set(records[0].meta) == set(records[2].meta) - {"note"}  # the same fields either way
+    assert list(opened) == list(IOCTL_KEYS)  # in TraceWriter.ioctl's order, from C too
     assert in_c == (2 if native else 0)  # BACKING_OPEN and BACKING_CLOSE; the rest in Python
+
+
+def _long_path(root: Path, length: int) -> Path:
+    """A file whose absolute path is exactly `length` bytes (directories of ≤ 200 bytes)."""
+    path = root
+    while len(str(path)) + 1 + 200 < length - 2:
+        path = path / ("d" * 200)
+    path.mkdir(parents=True, exist_ok=True)
+    leaf = path / ("f" * (length - len(str(path)) - 1))
+    leaf.write_bytes(b"x")
+    assert len(str(leaf)) == length
+    return leaf
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("length", [406, 3000])
+def test_backing_paths_of_any_length_are_recorded_whole(skip_without_seccomp: None,
+                                                          tmp_path: Path, native: bool,
+                                                          length: int) -> None:
+    """The C trap once cut them at 255 bytes; the Python trap never did."""
+    backing = _long_path(tmp_path, length)
+    relay, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    device = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
+    try:
+        _, _, in_c = run_trapped(tmp_path / "t.fzt", child_end, device, CHILD,
+                                 [str(child_end.fileno()), str(backing)], native)
+    finally:
+        os.close(device)
+        relay.close()
+        child_end.close()
+    opened = next(r.meta for r in TraceReader(str(tmp_path / "t.fzt"))
+                  if r.kind is Kind.IOCTL and r.meta["cmd"] == DevIoctl.BACKING_OPEN)
+    assert opened["path"] == str(backing)
+    assert in_c == (2 if native else 0)  # the C loop recorded it, not a fallback
 
 
 @pytest.mark.timeout(30)
@@ -243,7 +284,7 @@ def _connect_with_passthrough(device: int, mnt: Path) -> None:
     syscalls.mount("trap-test", str(mnt), "fuse.trap-test", 0,
                    f"fd={device},rootmode=40000,user_id=0,group_id=0")
     init = os.read(device, 1 << 21)
-    unique = int.from_bytes(init[8:16], "little")
+    unique = unique_of(init)
     reply = FuseOutHeader(unique=unique) / FuseInitOut(
         flags=FUSE_INIT_EXT, flags2=FUSE_PASSTHROUGH >> 32, max_stack_depth=1, max_write=4096)
     os.write(device, bytes(reply))
@@ -323,3 +364,113 @@ def test_a_thread_that_changes_identity_is_seen_with_the_new_one(
     records = [r.meta for r in TraceReader(str(tmp_path / "t.fzt")) if r.kind is Kind.IOCTL]
     assert [m["errno"] for m in records] == [0, errno.EPERM, 0]
     assert in_c == (2 if native else 0)  # the refused one was made by Python as euid 65534
+
+
+STRANDED = r"""
+import fcntl, json, os, struct, sys
+relay, fd = int(sys.argv[1]), os.open(sys.argv[2], os.O_RDONLY)
+os.setgroups([4321])  # not the recorder's credentials: the trap takes these for the call
+def backing_open():
+    try:
+        return fcntl.ioctl(relay, 0x4010e501, bytearray(struct.pack("<iIQ", fd, 0, 0)))
+    except OSError as exc:
+        return -exc.errno
+print(json.dumps([backing_open(), backing_open()]))
+"""
+
+
+@pytest.mark.timeout(60)
+def test_a_failed_switch_back_stops_the_trap_and_closes_what_it_opened(
+        skip_without_seccomp: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The trap thread made a BACKING_OPEN with the server thread's credentials and could
+    not take its own back: it must not go on as the server. The call gets EIO, the id the
+    kernel gave is closed (from another thread), the record says why, later trapped calls
+    get ENOSYS, and `failed` tells the session to end with exit 1."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+
+    def refused(nrs: tuple[int, ...], mine: creds.Creds) -> None:
+        raise OSError(errno.EPERM, "setresuid: Operation not permitted")
+
+    monkeypatch.setattr(creds, "_take_back", refused)  # the kernel refusing the way back
+    mnt, backing, trace = tmp_path / "mnt", tmp_path / "backing.bin", tmp_path / "t.fzt"
+    mnt.mkdir()
+    backing.write_bytes(b"x")
+    relay, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    device = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
+    try:
+        _connect_with_passthrough(device, mnt)
+        with TraceWriter(str(trace), {"source": "test"}) as writer:
+            trap = IoctlTrap(child_end.fileno(), device, writer)
+            proc = subprocess.Popen([sys.executable, "-c", STRANDED, str(child_end.fileno()),
+                                     str(backing)], pass_fds=[child_end.fileno()],
+                                    preexec_fn=trap.child_setup, stdout=subprocess.PIPE)
+            trap.start(proc)
+            out, _ = proc.communicate(timeout=20)
+            assert trap.failed and "could not take its own credentials back" in trap.failed
+            trap.stop()
+        records = list(TraceReader(str(trace)))
+        opened = next(r.meta for r in records if r.kind is Kind.IOCTL)
+        backing_id = int(opened["recorder_error"].split("backing id ")[1].split()[0])
+        with pytest.raises(OSError):  # already closed by the trap's stop()
+            fcntl.ioctl(device, DevIoctl.BACKING_CLOSE, bytearray(backing_id.to_bytes(4, "little")))
+    finally:
+        syscalls.umount2(str(mnt), syscalls.MNT_DETACH)
+        os.close(device)
+        relay.close()
+        child_end.close()
+    assert json.loads(out) == [-errno.EIO, -errno.ENOSYS]
+    assert opened["errno"] == errno.EIO and opened["result"] == -1
+    assert backing_id > 0
+    events = [r.meta for r in records if r.kind is Kind.EVENT]
+    assert any(e.get("recorder_error") == trap.failed for e in events)
+    assert any(e.get("reason", "").endswith(f"backing id {backing_id}, opened by a call after "
+                                            "which the trap stopped: closed") for e in events)
+
+
+#: `fusetrace` with the kernel refusing the trap thread's way back to its own credentials
+REFUSING_RECORDER = """
+import errno, sys
+from inspector.record import creds
+def refused(nrs, mine):
+    raise OSError(errno.EPERM, "setresuid: Operation not permitted")
+creds._take_back = refused
+from inspector.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+#: the bundled server, its credentials differing from the recorder's by a group
+OTHER_GROUPS = ("import os, sys; os.setgroups([4321]); "
+                "os.execv(sys.executable, [sys.executable, '-m', 'inspector.passthroughfs', *sys.argv[1:]])")
+
+
+@pytest.mark.requires_fuse
+@pytest.mark.timeout(60)
+def test_record_ends_with_exit_1_when_the_trap_cannot_take_its_credentials_back(
+        skip_without_seccomp: None, isolated: Path, fs_dirs: tuple[Path, Path]) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    src, mnt = fs_dirs
+    (src / "f").write_bytes(b"data")
+    trace = isolated / "t.fzt"
+    repo = Path(__file__).resolve().parents[2]
+    argv = [sys.executable, "-P", "-c", REFUSING_RECORDER, "record", "-q", "-w", str(trace),
+            "--", sys.executable, "-c", OTHER_GROUPS, str(src), str(mnt)]
+    rec = subprocess.Popen(argv, cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for_mount(mnt, rec, 20)
+        try:
+            (mnt / "f").read_bytes()  # its open makes the BACKING_OPEN
+        except OSError:
+            pass  # the server got EIO for it: its open may fail
+        _, err = rec.communicate(timeout=30)  # fusetrace ends the session by itself
+    finally:
+        if rec.poll() is None:
+            rec.kill()
+            rec.wait(10)
+    assert rec.returncode == 1, err
+    assert "could not take its own credentials back" in err and "the recording ended there" in err
+    metas = [r.meta for r in TraceReader(str(trace))]
+    assert any("could not take its own credentials back" in (m.get("recorder_error") or "")
+               for m in metas)
+    [end] = [m for m in metas if m.get("event") == "session_end"]
+    assert end["exit_code"] == 1 and end["reason"] == "recorder error"

@@ -1,6 +1,7 @@
 """The C loops (`traces/_scan.c`) and their Python twins agree: the index builds the same
 rows and pairs the same replies, the reader's `arrays()` passes the same records, and
-both stop at the same bad record with the same note."""
+both stop at the same bad record with the same note; and the C loops took records in
+every comparison (a build that fell back to Python would compare Python with itself)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from c_extensions import Taken, c_extension
 from test_trace_hostile import _HEADER, _REQ, BAD
 from trace_helpers import out_header, packed
 
@@ -15,32 +17,35 @@ import traces.index as index_module
 from traces import TraceIndex, TraceReader, native
 from traces.testing import synthetic_trace
 
-if native.rows is None:
-    pytest.skip("traces/_scan.c is not built (pip install -e . needs gcc and python3-dev)",
-                allow_module_level=True)
+c_extension("traces._scan")
 
 
-def _built(path: Path, fast: bool, monkeypatch: pytest.MonkeyPatch) -> TraceIndex:
+def _built(path: Path, fast: bool, monkeypatch: pytest.MonkeyPatch) -> tuple[TraceIndex, int]:
+    """The index, and how many rows the C loop made."""
+    rows = Taken(native.rows, lambda args, result: result[0] - args[2])  # stop - start
     with monkeypatch.context() as m:
-        if not fast:
-            m.setattr(native, "rows", None)
+        m.setattr(native, "rows", rows if fast else None)
         idx = TraceIndex(index_module.open_trace(path), [])
         idx.refresh()
-    return idx
+    return idx, rows.total
 
 
 def _arrays(path: Path, fast: bool, monkeypatch: pytest.MonkeyPatch) -> tuple[Any, ...]:
+    """What the reader passes, and how many records the C check passed."""
+    plain = Taken(native.plain_until, lambda args, result: result - args[1])  # stop - start
     with monkeypatch.context() as m:
-        if not fast:
-            m.setattr(native, "plain_until", None)
+        m.setattr(native, "plain_until", plain if fast else None)
         with TraceReader(path) as reader:
             got = list(reader.arrays())
-            return got, reader.tail, reader.good_records, reader.good_bytes
+            return (got, reader.tail, reader.good_records, reader.good_bytes), plain.total
 
 
 def _same(path: Path, monkeypatch: pytest.MonkeyPatch) -> TraceIndex:
-    assert _arrays(path, True, monkeypatch) == _arrays(path, False, monkeypatch)
-    c, py = _built(path, True, monkeypatch), _built(path, False, monkeypatch)
+    (fast, checked), (slow, _) = _arrays(path, True, monkeypatch), _arrays(path, False, monkeypatch)
+    assert fast == slow
+    assert checked > 0, "the C check passed no record: Python was compared with itself"
+    (c, made), (py, _) = _built(path, True, monkeypatch), _built(path, False, monkeypatch)
+    assert made > 0, "the C loop made no row: Python was compared with itself"
     assert {k: list(v) for k, v in c._cols.items()} == {k: list(v) for k, v in py._cols.items()}
     assert (c._pending, c.tail, c._end) == (py._pending, py.tail, py._end)
     return c
