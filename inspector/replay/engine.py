@@ -1,12 +1,20 @@
 """The replay loop: play a `Script` to a server under test and compare what comes back.
 
-Order: requests go out in recorded order. By default one at a time: before a request is
-sent, every earlier request the recording has a reply for is answered and compared, so
-the server sees no concurrency and answers the same way every run. The one exception is
-a request the kernel interrupted: its INTERRUPT (and what follows it) goes out while it
-is still pending, as recorded. With `overlap`, requests go out exactly where the trace
-has them and each reply is awaited where the trace has it, so the recorded concurrency
-is reproduced (and the server's own ordering may vary).
+Order (`order`): requests go out in recorded order, held to what they depend on: the
+replies that handed out the ids they name, and the release that freed an id their
+recorded reply reuses. By default one at a time: before a request is sent, every earlier
+request the recording has a reply for is answered and compared, so the server sees no
+concurrency and answers the same way every run. The one exception is a request the
+kernel interrupted: its INTERRUPT (and what follows it) goes out while it is still
+pending, as recorded. With `overlap`, requests go out where the trace has them and each
+reply is awaited where the trace has it, under the same rules, so the recorded
+concurrency is reproduced (and the server's own ordering may vary).
+
+Divergence, not damage: a request naming a node id or file handle that the recording's
+server handed out but the replayed one did not (its reply differed: an error, a negative
+entry) is not sent, since the kernel could not have sent it. One difference, pinned to
+the reply that diverged, counts the requests left out because of it (and the requests
+that depended on those); the server is never sent a request naming an id it never gave.
 
 Comparison happens request by request: first the ioctls the server made while handling
 it (so a BACKING_OPEN's id is known before the OPEN reply that carries it), then the
@@ -40,6 +48,7 @@ from .emulate import IoctlCall, IoctlLog, negotiated_depth
 from .hidden import WHY, WrittenThrough, hides
 from .masks import Masks, notify_key
 from .report import Difference, FieldDiff, ReplayReport
+from .order import plan
 from .script import COMPARED_IOCTLS, SEND, Exchange, IoctlRecord, ReplayError, Script, exit_text
 from .server import GRACE, Closed, ServerUnderTest
 from .translate import Translator
@@ -56,7 +65,6 @@ from .views import (
     names_text,
     patch,
     reply_view,
-    request_view,
     show,
 )
 
@@ -109,6 +117,30 @@ def _shown(items: list[Item]) -> list[tuple[str, str]]:
 
 
 @dataclass
+class _Diverged:
+    """A recorded reply the replay did not reproduce in an id it handed out, and the
+    requests not sent because of it."""
+
+    source: Exchange  # the request whose reply diverged
+    first: Exchange  # the first request not sent
+    why: str  # how it diverged ("its recorded reply handed out node id 797, …")
+    requests: int = 0
+
+    def difference(self, sent: dict[int, _Sent]) -> Difference:
+        src = self.source
+        mine = sent.get(src.unique)
+        about = mine.text() if mine is not None else f"the request of record {src.index}"
+        first = line(self.first.view.brief) if self.first.view is not None else ""
+        n = self.requests
+        return Difference(
+            src.reply_index if src.reply_index is not None else src.index, "not sent", about,
+            f"{self.why}: {n} later "
+            f"request{'s' if n != 1 else ''} naming it (or what those would have handed out) "
+            f"{'were' if n != 1 else 'was'} not sent, as the kernel could not have sent "
+            f"{'them' if n != 1 else 'it'} (the first: {first}, record {self.first.index})")
+
+
+@dataclass
 class _Counts:
     requests: int = 0
     replies: int = 0
@@ -127,13 +159,20 @@ class Replayer:
         self.overlap = overlap
         self.writer: TraceWriter | None = None
         self.tr = Translator()
-        self.rec = SessionDecoder()
+        self.plan = plan(script)
+        self.rec = self.plan.decoder  # the recorded side, decoded once by `plan`
         self.rep = SessionDecoder()
         self.diffs: list[Difference] = []
         self.counts = _Counts()
         self.arrived: dict[int, bytes] = {}
         self.notifications: list[tuple[int, bytes]] = []  # (last record sent, raw)
         self.sent: dict[int, _Sent] = {}
+        self.skipped: dict[int, int] = {}  # unique of a request not sent → the diverged one's
+        self.diverged: dict[int, _Diverged] = {}  # unique of a diverged reply → what it cost
+        #: (kind, recorded value) → unique of the request whose reply took its replayed
+        #: value for another recorded one (the one-to-one rule broken)
+        self.displaced: dict[tuple[int, int], int] = {}
+        self._comparing = 0  # unique of the request whose reply is being compared
         self.outstanding: dict[int, _Sent] = {}
         self.last_index = -1
         self.stack_depth = 0  # passthrough's, as the replayed INIT negotiated it
@@ -163,13 +202,16 @@ class Replayer:
             self.server.start()
             self._event("server_start", pid=self.server.proc.pid if self.server.proc else 0,
                         argv=self.server.argv)
-            for kind, ex in self.script.steps:
-                if kind == SEND:
-                    if not self.overlap:
-                        self._settle(ex.index)
-                    self._send(ex)
-                else:
-                    self._await(self.sent[ex.unique])
+            if self.overlap:
+                for kind, ex in self.plan.steps:
+                    if kind == SEND:
+                        self._go(ex)
+                    elif ex.unique in self.sent:
+                        self._await(self.sent[ex.unique])
+            else:
+                for ex in self.plan.order:
+                    self._settle(ex.index)
+                    self._go(ex)
             self._settle(None)
             self._end()
         except Hang as hang:
@@ -192,6 +234,7 @@ class Replayer:
         report.server_exit = (f"{status}" + (f" ({self.server.exit_note})" if self.server.exit_note
                                              else "")) if status else self.server.exit_note
         self._event("server_exit", how=report.server_exit or "")
+        self.diffs += [d.difference(self.sent) for d in self.diverged.values()]
         self.diffs.sort(key=lambda d: d.record)
         report.differences = self.diffs
         report.hidden = dict(sorted(self.hidden.items()))
@@ -203,6 +246,8 @@ class Replayer:
         c = self.counts
         report.counts = {"requests": c.requests, "replies": c.replies, "ioctls": c.ioctls,
                          "notifications": c.notifications, **c.extra}
+        if self.skipped:
+            report.counts["not_sent"] = len(self.skipped)
         self._event("session_end", reason=report.error or "replayed",
                     differences=len(self.diffs))
         return report
@@ -239,14 +284,56 @@ class Replayer:
                 self.attr.ioctl(call.seq, call.cmd,
                                 ioctl_backing_id(call.cmd, call.arg, call.result))
 
+    def _go(self, ex: Exchange) -> None:
+        """Send `ex` once what it depends on is back, unless the replay diverged from the
+        recording in a reply it depends on."""
+        for unique in self.plan.needs.get(ex.unique, ()):
+            sent = self.sent.get(unique)
+            if sent is not None:
+                self._await(sent)
+        found = self._diverged_source(ex)
+        if found is None:
+            self._send(ex)
+            return
+        source, why = found
+        root = self.skipped.get(source, source)
+        self.skipped[ex.unique] = root
+        cost = self.diverged.get(root)
+        if cost is None:
+            cost = self.diverged[root] = _Diverged(self.plan.by_unique[root], ex, why)
+        cost.requests += 1
+
+    def _diverged_source(self, ex: Exchange) -> tuple[int, str] | None:
+        """(unique of the request whose reply diverged, how) when `ex` names an id this
+        replay does not have: one its recorded reply handed out and the replayed one did
+        not, or one whose replayed value a later reply took for another (the one-to-one
+        rule broken); also an INTERRUPT of a request not sent."""
+        if ex.opcode == Opcode.INTERRUPT and len(ex.raw) >= 48:
+            target = int.from_bytes(ex.raw[40:48], "little")
+            if target in self.skipped:
+                return target, "the request it interrupts was not sent"
+        for (kind, value), source in self.plan.producers.get(ex.unique, {}).items():
+            if source in self.skipped:
+                return source, ""
+            table = self.tr.nodes if kind == NODE else self.tr.fhs
+            if value in table.forward:
+                continue
+            what = f"{table.what} {value}"
+            taker = self.displaced.get((kind, value))
+            if taker is not None:
+                return taker, (f"its reply took the replayed value of recorded {what} for "
+                               f"another one while {what} was still in use")
+            return source, f"its recorded reply handed out {what}, this replay's did not"
+        return None
+
     def _send(self, ex: Exchange) -> None:
         self._drain_calls()
-        msg = self.rec.feed_request(ex.raw)
-        view = request_view(ex.raw, msg.brief)
+        assert ex.view is not None
+        view = ex.view
         raw = patch(ex.raw, self.tr.rewrite(view))
         if ex.true_len is not None:  # cut by the snap length: the rest as zeros
             raw += bytes(ex.true_len - len(raw))
-        pending = self.rec.pending.get(ex.unique)
+        pending = ex.pending
         if pending is not None and ex.opcode != Opcode.INIT and self.rep.ctx == self.rec.ctx:
             self.rep.pending[ex.unique] = pending  # what decoding its reply needs: the same
         else:
@@ -396,7 +483,9 @@ class Replayer:
         ex = sent.ex
         assert ex.reply is not None and ex.reply_index is not None
         self.counts.replies += 1
-        rec_brief = self.rec.feed_reply(ex.reply).brief
+        rec_brief = ex.reply_brief
+        assert rec_brief is not None
+        self._comparing = ex.unique
         rep_brief = self.rep.feed_reply(raw).brief
         if ex.opcode == Opcode.INIT:
             ctx = self.rep.ctx
@@ -522,6 +611,11 @@ class Replayer:
         if kind == IGNORED:
             return
         problem = self.tr.learn(kind, recorded, replayed, dir_fh)
+        for table, which in ((self.tr.nodes, NODE), (self.tr.fhs, FH)):
+            while table.displaced:
+                self.displaced[(which, table.displaced.pop())] = self._comparing
+        if kind in (NODE, FH):
+            self.displaced.pop((kind, recorded), None)  # bound again
         if problem and not self._masked(op, path):
             diffs.append(FieldDiff(path, show(recorded, fmt), show(replayed, fmt), problem))
 
