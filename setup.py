@@ -1,5 +1,5 @@
 """The C extensions: the recorder's relay (`inspector/record/_fastpath.c`), its seccomp
-trap's hot path (`inspector/record/_trapfast.c`), the trace index's hot loop
+trap's hot path (`inspector/exchange/_trapfast.c`), the trace index's hot loop
 (`traces/_scan.c`) and the lifecycle pass's (`inspector/lifecycles/_pass.c`); everything
 else is in pyproject.toml. They need gcc and python3-dev (.ci/install brings them) and are
 optional: without them all but `fusetrace record` still installs, and indexes and
@@ -12,7 +12,7 @@ _FLAGS = ["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter", "-Wno-missing-fiel
 setup(ext_modules=[
     Extension("inspector.record._fastpath", ["inspector/record/_fastpath.c"], optional=True,
               extra_compile_args=_FLAGS),
-    Extension("inspector.record._trapfast", ["inspector/record/_trapfast.c"], optional=True,
+    Extension("inspector.exchange._trapfast", ["inspector/exchange/_trapfast.c"], optional=True,
               extra_compile_args=_FLAGS),
     Extension("traces._scan", ["traces/_scan.c"], optional=True, extra_compile_args=_FLAGS),
     Extension("inspector.lifecycles._pass", ["inspector/lifecycles/_pass.c"], optional=True,

@@ -27,7 +27,6 @@ Differences are pinned to the recorded record they concern and reported in recor
 from __future__ import annotations
 
 import os
-import signal
 import struct
 import subprocess
 import threading
@@ -47,7 +46,7 @@ from .attribute import Attributor, ioctl_backing_id
 from .emulate import IoctlCall, IoctlLog, negotiated_depth
 from .hidden import WHY, WrittenThrough, hides
 from .masks import Masks, notify_key
-from .report import Difference, FieldDiff, ReplayReport
+from .report import Difference, End, FieldDiff, Outcome, ReplayReport
 from .order import plan
 from .script import COMPARED_IOCTLS, SEND, Exchange, IoctlRecord, ReplayError, Script, exit_text
 from .server import GRACE, Closed, ServerUnderTest
@@ -73,8 +72,6 @@ _DIR_READS = frozenset({Opcode.READDIR, Opcode.READDIRPLUS})
 _FORGETS = frozenset({Opcode.FORGET, Opcode.BATCH_FORGET})
 _RELEASES = frozenset({Opcode.RELEASE, Opcode.RELEASEDIR})
 _NEVER_ANSWERED = NO_REPLY_OPCODES | {Opcode.INTERRUPT}
-_CRASH_SIGNALS = frozenset({signal.SIGSEGV, signal.SIGABRT, signal.SIGBUS, signal.SIGILL,
-                            signal.SIGFPE})
 _OPEN_IOCTLS = frozenset({DevIoctl.BACKING_OPEN, DevIoctl.PASSTHROUGH_OPEN_V1,
                           DevIoctl.PASSTHROUGH_OPEN_V2})
 
@@ -217,11 +214,14 @@ class Replayer:
         except Hang as hang:
             report.error = (f"no reply to {self.sent[hang.ex.unique].text()} within "
                             f"{self.timeout:g} s: the server hangs on it")
+            report.outcome = Outcome(End.NO_REPLY, seconds=self.timeout, record=hang.ex.index,
+                                     opcode=hang.ex.opcode)
             self.server.kill()
         except Crash as crash:
-            report.error = self._crash_text(crash.ex)
+            report.error, report.outcome = self._crash(crash.ex)
         except ReplayError as exc:
             report.error = str(exc)
+            report.outcome = Outcome(End.REFUSED, reason=str(exc))
             self.server.kill()
         finally:
             self.server.stop()
@@ -230,6 +230,11 @@ class Replayer:
         if report.error is None:
             self._sweep()
             report.error = self._compare_exit()
+            code = self.server.proc.returncode if self.server.proc is not None else None
+            report.outcome = Outcome(
+                End.FINISHED if report.error is None else End.KILLED,
+                status=code if code is not None and code >= 0 else None,
+                signal=-code if code is not None and code < 0 else None)
         status = self.server.status()
         report.server_exit = (f"{status}" + (f" ({self.server.exit_note})" if self.server.exit_note
                                              else "")) if status else self.server.exit_note
@@ -252,17 +257,30 @@ class Replayer:
                     differences=len(self.diffs))
         return report
 
-    def _crash_text(self, ex: Exchange | None) -> str:
+    def _crash(self, ex: Exchange | None) -> tuple[str, Outcome]:
+        """The server closed its connection while `ex` was being handled: how it ended."""
         proc = self.server.proc
         if proc is not None:
             try:
                 proc.wait(GRACE)
             except subprocess.TimeoutExpired:  # still running: it only closed its connection
                 pass
+        code = proc.returncode if proc is not None else None
         how = self.server.status() or "closed its connection"
-        what = self.sent[ex.unique].text() if ex is not None and ex.unique in self.sent else (
-            "a request")
-        return f"the server {how} while handling {what}"
+        name = self.server.argv[0] if self.server.argv else "the server"
+        before_init = ex is None or ex.opcode == Opcode.INIT
+        if before_init:
+            text = f"{name} {how} before answering the kernel's INIT: it did not start"
+        else:
+            what = self.sent[ex.unique].text() if ex.unique in self.sent else "a request"
+            text = f"the server {how} while handling {what}"
+        outcome = Outcome(
+            End.KILLED if code is not None and code < 0 else End.EXITED,
+            status=code if code is not None and code >= 0 else None,
+            signal=-code if code is not None and code < 0 else None,
+            record=ex.index if ex is not None else None,
+            opcode=ex.opcode if ex is not None else None, before_init=before_init)
+        return text, outcome
 
     def _event(self, name: str, **data: Any) -> None:
         if self.writer is not None:
@@ -462,7 +480,7 @@ class Replayer:
             ending.index, "server exit", how, f"the server {recorded} when recorded, "
             f"{replayed} in this replay", [FieldDiff("exit", recorded, replayed,
                                                     self.server.exit_note or "")]))
-        if -proc.returncode in _CRASH_SIGNALS:
+        if Outcome(End.KILLED, signal=-proc.returncode).crashed:
             return (f"the server crashed ({replayed}) as the session ended the way the "
                     f"recorded one did ({ending.reason}), after its last request")
         return None

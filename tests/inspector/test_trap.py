@@ -23,8 +23,8 @@ from dissectors.constants import FUSE_INIT_EXT, FUSE_PASSTHROUGH
 from dissectors.ioctls import DevIoctl
 from dissectors.structs import FuseInitOut
 from inspector import syscalls
-from inspector.record import trap as trap_module
-from inspector.record.trap import IoctlTrap
+from inspector.exchange import trap as trap_module
+from inspector.exchange.trap import IoctlTrap
 from traces import Kind, TraceReader, TraceWriter
 
 CHILD = r"""
@@ -172,7 +172,7 @@ print(json.dumps({"socket": is_socket, "mount": res, "errno": ctypes.get_errno()
 def test_server_that_opens_dev_fuse_and_mounts_itself(skip_without_seccomp: None,
                                                      tmp_path: Path, native: bool) -> None:
     """Its open of /dev/fuse returns the relay socket; its mount(2) is done for real."""
-    from inspector.record.trap import ServerMount
+    from inspector.exchange.trap import ServerMount
 
     mnt = tmp_path / "mnt"
     mnt.mkdir()

@@ -1,5 +1,6 @@
 """Catch the server's /dev/fuse ioctls (and its splices onto the relay) with seccomp user
-notification, and do them for real.
+notification, and have a performer answer them: for real on the device (`record`), or
+emulated as the kernel would answer (`replay`).
 
 The server talks to a socket it believes is /dev/fuse, so its passthrough ioctls would fail
 there (ENOTTY) and it would quietly drop passthrough. Before the server's exec, a seccomp
@@ -11,9 +12,9 @@ notification on a listener fd handed to fusetrace. The supervisor thread then, f
 - reads the argument from the calling thread's memory (/proc/TID/mem);
 - for ioctls that pass a file descriptor (BACKING_OPEN, Android PASSTHROUGH_OPEN V0/V1/V2),
   takes that fd from the server with pidfd_getfd and rewrites the argument with our copy;
-- performs the ioctl on the real /dev/fuse, records it (command, argument bytes as the
-  server wrote them, result or errno, thread, the fd and the path behind it), and answers
-  the server with the kernel's result or errno.
+- hands it to its `Performer` (`DevicePerformer`: the ioctl on the real /dev/fuse), records
+  it (command, argument bytes as the server wrote them, result or errno, thread, the fd and
+  the path behind it), and answers the server with the performer's result or errno.
 
 The calls that pass a backing file (BACKING_OPEN, PASSTHROUGH_OPEN) are made with the
 calling thread's credentials (`creds`): the kernel checks CAP_SYS_ADMIN and keeps the
@@ -37,9 +38,9 @@ the same options. umount2(2) is trapped always (`on_unmount`): a server ending i
 unmounts its mountpoint the way it would directly, and one told of an unmount that already
 happened is answered as the kernel's POLLERR would have spared it the call.
 
-The common calls are handled in C (`_trapfast.c`, with the GIL released): BACKING_OPEN
-and BACKING_CLOSE on the relay from a caller with the recorder's own credentials, and
-opens for O_RDWR of anything but /dev/fuse. Python keeps the rest and every call the C
+With the device performer the common calls are handled in C (`_trapfast.c`, with the GIL
+released): BACKING_OPEN and BACKING_CLOSE on the relay from a caller with the recorder's
+own credentials, and opens for O_RDWR of anything but /dev/fuse. Python keeps the rest and every call the C
 loop hands back before it has done anything. Without the C part everything is done here,
 slower.
 
@@ -63,7 +64,7 @@ import struct
 import subprocess
 import threading
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 from dissectors.ioctls import DevIoctl
 from traces import TraceWriter
@@ -322,6 +323,35 @@ _FD_AT: dict[int, int] = {
 }
 
 
+@dataclass(frozen=True)
+class TrappedIoctl:
+    """A /dev/fuse ioctl a server thread made on the relay, as a performer gets it."""
+
+    cmd: int
+    arg: bytes  # as the server wrote it
+    pid: int
+    tid: int  # the caller, whose credentials count
+    backing_fd: int | None  # the descriptor the argument passes (in the server), if any
+    fd_at: int | None  # where in `arg` that descriptor sits
+
+
+class Performer(Protocol):
+    """Who answers the server's ioctls: the real device, or an emulation of the kernel."""
+
+    def perform(self, call: TrappedIoctl) -> Outcome:
+        ...
+
+
+class TrapLog(Protocol):
+    """Where the trap reports: a TraceWriter, or anything taking the same two calls."""
+
+    def ioctl(self, **meta: Any) -> None:
+        ...
+
+    def event(self, name: str, **data: Any) -> None:
+        ...
+
+
 class IoctlTrap:
     """Seccomp supervisor for one server (and every process and thread it starts)."""
 
@@ -340,9 +370,10 @@ class IoctlTrap:
             return "the kernel has no seccomp"
         return None
 
-    def __init__(self, relay_fd_in_child: int, device_fd: int, writer: TraceWriter,
+    def __init__(self, relay_fd_in_child: int, device_fd: int, writer: TraceWriter | TrapLog,
                  on_mount: MountHandler | None = None,
-                 on_unmount: UnmountHandler | None = None, native: bool = True) -> None:
+                 on_unmount: UnmountHandler | None = None, native: bool = True,
+                 performer: Performer | None = None) -> None:
         """`relay_fd_in_child` is the server's socket end, open here under the same number
         (subprocess's pass_fds keeps numbers); its inode is how the relay is recognised.
         `device_fd` is the real /dev/fuse (-1 until there is one: `device_fd` may be set
@@ -352,7 +383,8 @@ class IoctlTrap:
         or through fusermount3) are caught too: their open of /dev/fuse returns a copy of
         the relay socket, and their mount(2) of it is handed to `on_mount`.
 
-        `native=False` keeps every call in Python."""
+        `performer` answers the ioctls (default: `DevicePerformer` on `device_fd`, whose
+        common calls the C loop makes itself); `native=False` keeps every call in Python."""
         self.relay_fd_in_child = relay_fd_in_child
         self.device_fd = device_fd
         self.writer = writer
@@ -371,7 +403,9 @@ class IoctlTrap:
         self._stopping = threading.Event()
         self._arch = _ARCHES[platform.machine()]
         self._nr_ioctl, self._nr_seccomp = self._arch.ioctl, self._arch.seccomp
-        self._native = native and _trapfast is not None
+        self.performer = performer if performer is not None else DevicePerformer(self)
+        self._native = (native and _trapfast is not None
+                        and isinstance(self.performer, DevicePerformer))
         program = filter_program(self._arch.audit, rules_for(self._arch, on_mount is not None,
                                                              cred_changes=self._native))
         self._filters = (_SockFilter * len(program))(*[_SockFilter(*ins) for ins in program])
@@ -415,6 +449,7 @@ class IoctlTrap:
             if self._asked_native:
                 log.warning(NOT_BUILT)
             return None
+        assert isinstance(self.writer, TraceWriter)
         return _trapfast.Trap(listener=self._listener, relay_inode=self.relay_inode,
                               appender=self.writer.appender, nr_ioctl=self._arch.ioctl,
                               nr_openat=self._arch.openat, nr_open=self._arch.open or -1,
@@ -436,7 +471,7 @@ class IoctlTrap:
 
     def stop(self) -> None:
         self._stopping.set()
-        self._drop_inject()
+        self.release_relay()
         if self._thread is not None:
             self._thread.join(timeout=5)
         if self._listener is not None:
@@ -503,12 +538,14 @@ class IoctlTrap:
         except OSError:
             return False
 
-    def _is_relay(self, tid: int, fd: int) -> bool:
+    def is_relay(self, tid: int, fd: int) -> bool:
+        """Whether descriptor `fd` of thread (or process) `tid` is the relay socket."""
         return _fd_path(tid, fd) == f"socket:[{self.relay_inode}]"
 
-    def _drop_inject(self) -> None:
-        """Our copy of the server's socket end must go once handed out: while we hold it,
-        the relay would never see the server's side close."""
+    def release_relay(self) -> None:
+        """Give up the copy of the server's socket end kept for its open of /dev/fuse: once
+        handed out, or once the server is gone without opening it (while we hold it, the
+        other end would never see the server's side close)."""
         fd, self._inject = self._inject, None
         if fd is not None:
             os.close(fd)
@@ -555,7 +592,7 @@ class IoctlTrap:
         pipe's bytes are read and sent on the server's own socket end in one send.
         """
         fd_in, fd_out, length = note.args[0] & 0xFFFFFFFF, note.args[2] & 0xFFFFFFFF, note.args[4]
-        if not self._is_relay(note.tid, fd_out) or not self._still_valid(note):
+        if not self.is_relay(note.tid, fd_out) or not self._still_valid(note):
             return 0, 0, True  # splices elsewhere (and reads from the socket) run untouched
         pidfd = os.pidfd_open(_tgid(note.tid))
         try:
@@ -581,7 +618,7 @@ class IoctlTrap:
         if not fstype.startswith("fuse") or not match or self.on_mount is None:
             return 0, 0, True
         pid = _tgid(note.tid)
-        if not self._is_relay(pid, int(match.group(1))):
+        if not self.is_relay(pid, int(match.group(1))):
             return 0, 0, True  # a real /dev/fuse of its own: let it mount
         request = ServerMount(_read_string(note.tid, note.args[0]) or fstype,
                               _absolute(pid, _read_string(note.tid, note.args[1]) or ""),
@@ -595,7 +632,7 @@ class IoctlTrap:
                      program=request.program, source=request.source, target=request.target,
                      fstype=fstype, flags=request.flags, options=request.data, errno=err)
         if err == 0:
-            self._drop_inject()
+            self.release_relay()
         return (0 if err == 0 else -1), err, False
 
     def _handle_umount(self, note: Notification) -> tuple[int, int, bool | None]:
@@ -614,7 +651,7 @@ class IoctlTrap:
     def _handle_ioctl(self, note: Notification) -> tuple[int, int, bool | None]:
         if note.cmd == DevIoctl.CLONE:
             return self._handle_clone(note)
-        if not self._is_relay(note.tid, note.fd):
+        if not self.is_relay(note.tid, note.fd):
             return 0, 0, True  # a real /dev/fuse or another device: not ours to touch
         cmd = note.cmd
         size = (cmd >> 16) & 0x3FFF
@@ -625,7 +662,7 @@ class IoctlTrap:
         fd_at = _FD_AT.get(cmd)
         backing_fd = struct.unpack_from("<i", arg, fd_at)[0] if fd_at is not None and len(arg) >= 4 else None
         path = _fd_path(pid, backing_fd) if backing_fd is not None else None
-        outcome = self._perform(cmd, arg, pid, note.tid, backing_fd, fd_at)
+        outcome = self.performer.perform(TrappedIoctl(cmd, arg, pid, note.tid, backing_fd, fd_at))
         extra: dict[str, Any] = {"note": outcome.note} if outcome.note else {}
         if outcome.recorder_error:
             extra["recorder_error"] = outcome.recorder_error
@@ -643,7 +680,7 @@ class IoctlTrap:
         arg = self._read_arg(note, 4)
         pid = _tgid(note.tid)
         session_fd = struct.unpack("<I", arg)[0] if len(arg) == 4 else -1
-        if not self._is_relay(pid, session_fd) or not self._still_valid(note):
+        if not self.is_relay(pid, session_fd) or not self._still_valid(note):
             return 0, 0, True  # a clone of a real device of the server's own
         result, err, recorder_error = 0, 0, None
         try:
@@ -689,9 +726,17 @@ class IoctlTrap:
         finally:
             os.close(fd)
 
-    def _perform(self, cmd: int, arg: bytes, pid: int, tid: int, backing_fd: int | None,
-                 fd_at: int | None) -> Outcome:
-        """Do the ioctl on the real device with the caller's credentials."""
+
+class DevicePerformer:
+    """The ioctls done on the real /dev/fuse (the trap's `device_fd`, which may be set once
+    the recorder has mounted), with the calling thread's credentials."""
+
+    def __init__(self, trap: IoctlTrap) -> None:
+        self.trap = trap
+
+    def perform(self, call: TrappedIoctl) -> Outcome:
+        cmd, arg, pid, tid = call.cmd, call.arg, call.pid, call.tid
+        backing_fd, fd_at = call.backing_fd, call.fd_at
         if cmd == DevIoctl.SYNC_INIT:
             return Outcome(-1, errno.ENOTTY, "not relayed: answered as a kernel without SYNC_INIT")
         ours = None
@@ -719,7 +764,8 @@ class IoctlTrap:
             try:
                 with creds.assumed(caller):
                     try:
-                        result = fcntl.ioctl(self.device_fd, cmd, buf) if buf else fcntl.ioctl(self.device_fd, cmd, 0)
+                        device = self.trap.device_fd
+                        result = fcntl.ioctl(device, cmd, buf) if buf else fcntl.ioctl(device, cmd, 0)
                     except OSError as exc:
                         return Outcome(-1, exc.errno or errno.EIO)
             except OSError as exc:
