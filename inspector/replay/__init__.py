@@ -43,13 +43,15 @@ __all__ = ["Difference", "End", "FieldDiff", "Masks", "Outcome", "ReplayError", 
 
 def replay(trace: str | PathLike[str], server: Sequence[str], *, masks: Masks | None = None,
            timeout: float = 10.0, overlap: bool = False, write: str | PathLike[str] | None = None,
-           mountpoint: str | None = None, strict_order: bool = False) -> ReplayReport:
+           mountpoint: str | None = None, strict_order: bool = False,
+           serial: bool = False) -> ReplayReport:
     """Replay `trace` against `server` (its command line, mountpoint included).
 
     Never raises for a bad trace, a bad command line, or a server that crashes or hangs:
     the report's `error` says what happened (and nothing is written for a bad trace).
-    `timeout` is per request; `overlap` reproduces the recorded concurrency instead of
-    sending one request at a time; `write` saves the replayed conversation as a trace;
+    `timeout` is per request; by default read-only requests are pipelined (see `engine`),
+    `serial` sends one request at a time, `overlap` reproduces the recorded concurrency;
+    `write` saves the replayed conversation as a trace;
     `mountpoint` names the server's mountpoint argument when the guess is wrong;
     `strict_order` pairs directory entries by position instead of by name.
     """
@@ -60,7 +62,7 @@ def replay(trace: str | PathLike[str], server: Sequence[str], *, masks: Masks | 
     try:
         script = load(where)
         replayer = Replayer(script, argv, masks or Masks(), timeout, overlap, mountpoint,
-                            strict_order)
+                            strict_order, serial)
     except ReplayError as exc:
         return ReplayReport(where, argv, error=str(exc), outcome=Outcome(End.REFUSED, reason=str(exc)))
     writer = None

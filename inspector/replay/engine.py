@@ -2,13 +2,17 @@
 
 Order (`order`): requests go out in recorded order, held to what they depend on: the
 replies that handed out the ids they name, and the release that freed an id their
-recorded reply reuses. By default one at a time: before a request is sent, every earlier
-request the recording has a reply for is answered and compared, so the server sees no
-concurrency and answers the same way every run. The one exception is a request the
-kernel interrupted: its INTERRUPT (and what follows it) goes out while it is still
-pending, as recorded. With `overlap`, requests go out where the trace has them and each
-reply is awaited where the trace has it, under the same rules, so the recorded
-concurrency is reproduced (and the server's own ordering may vary).
+recorded reply reuses. By default pipelined: a request that changes nothing
+(`dissectors.constants.READ_ONLY_OPCODES`: LOOKUP, GETATTR, READ, READDIR …) is sent
+while earlier read-only requests are still out (up to `PIPELINE` of them), since their
+answers cannot depend on each other; any other request goes out alone, once everything
+before it is answered, and is answered before anything after it goes out. So what a
+server answers never depends on timing, and it can work on the next requests while the
+replay compares. With `serial`, every request goes out alone. Either way a request the
+kernel interrupted is the exception: its INTERRUPT (and what follows it) goes out while
+it is still pending, as recorded. With `overlap`, requests go out where the trace has
+them and each reply is awaited where the trace has it, under the same rules, so the
+recorded concurrency is reproduced (and the server's own ordering may vary).
 
 Divergence, not damage: a request naming a node id or file handle that the recording's
 server handed out but the replayed one did not (its reply differed: an error, a negative
@@ -35,7 +39,7 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from dissectors import SessionDecoder, line
-from dissectors.constants import NO_REPLY_OPCODES, Opcode
+from dissectors.constants import NO_REPLY_OPCODES, READ_ONLY_OPCODES, Opcode
 from dissectors.context import DEFAULT_CONTEXT, Dialect
 from dissectors.ioctls import DevIoctl
 from dissectors.quick import brief_reply, peek_reply
@@ -44,6 +48,7 @@ from traces import TraceWriter
 
 from .attribute import Attributor, ioctl_backing_id
 from .emulate import IoctlCall, IoctlLog, negotiated_depth
+from .fast import Shape, ShapeKey, shape, shape_key
 from .hidden import WHY, WrittenThrough, hides
 from .masks import Masks, notify_key
 from .report import Difference, End, FieldDiff, Outcome, ReplayReport
@@ -68,10 +73,17 @@ from .views import (
 )
 
 _OPENS = frozenset({Opcode.OPEN, Opcode.CREATE})
+#: Replies never compared as bytes: INIT (it sets up the session) and opens (what they
+#: open through passthrough is noted on the way)
+_FULL_WAY = frozenset(int(op) for op in (Opcode.INIT, *_OPENS))
 _DIR_READS = frozenset({Opcode.READDIR, Opcode.READDIRPLUS})
 _FORGETS = frozenset({Opcode.FORGET, Opcode.BATCH_FORGET})
 _RELEASES = frozenset({Opcode.RELEASE, Opcode.RELEASEDIR})
 _NEVER_ANSWERED = NO_REPLY_OPCODES | {Opcode.INTERRUPT}
+_READ_ONLY = frozenset(int(op) for op in READ_ONLY_OPCODES)
+#: Read-only requests out at once, at most: enough to keep a server's threads busy while
+#: the replay compares, few enough that a slow server is not flooded.
+PIPELINE = 8
 _OPEN_IOCTLS = frozenset({DevIoctl.BACKING_OPEN, DevIoctl.PASSTHROUGH_OPEN_V1,
                           DevIoctl.PASSTHROUGH_OPEN_V2})
 
@@ -148,12 +160,14 @@ class _Counts:
 
 class Replayer:
     def __init__(self, script: Script, server: Sequence[str], masks: Masks, timeout: float,
-                 overlap: bool, mountpoint: str | None = None, strict_order: bool = False) -> None:
+                 overlap: bool, mountpoint: str | None = None, strict_order: bool = False,
+                 serial: bool = False) -> None:
         self.script = script
         self.strict_order = strict_order
         self.masks = masks
         self.timeout = timeout
         self.overlap = overlap
+        self.serial = serial
         self.writer: TraceWriter | None = None
         self.tr = Translator()
         self.plan = plan(script)
@@ -170,6 +184,7 @@ class Replayer:
         #: value for another recorded one (the one-to-one rule broken)
         self.displaced: dict[tuple[int, int], int] = {}
         self._comparing = 0  # unique of the request whose reply is being compared
+        self._shapes: dict[ShapeKey, Shape | None] = {}  # reply layouts compared as bytes
         self.outstanding: dict[int, _Sent] = {}
         self.last_index = -1
         self.stack_depth = 0  # passthrough's, as the replayed INIT negotiated it
@@ -207,7 +222,10 @@ class Replayer:
                         self._await(self.sent[ex.unique])
             else:
                 for ex in self.plan.order:
-                    self._settle(ex.index)
+                    if self.serial or ex.opcode not in _READ_ONLY or ex.interrupted_at is not None:
+                        self._settle(ex.index)
+                    else:
+                        self._make_room(ex.index)
                     self._go(ex)
             self._settle(None)
             self._end()
@@ -385,6 +403,33 @@ class Replayer:
                 continue
             self._await(sent)
 
+    def _make_room(self, before: int) -> None:
+        """Before a read-only request: await replies until only read-only requests are out
+        (those interrupted by now aside), fewer than PIPELINE of them."""
+        while True:
+            waiting = [sent for sent in self.outstanding.values()
+                       if sent.ex.interrupted_at is None or sent.ex.interrupted_at > before]
+            if not waiting or (len(waiting) < PIPELINE
+                               and all(w.ex.opcode in _READ_ONLY for w in waiting)):
+                return
+            self._await_any(waiting)
+
+    def _await_any(self, waiting: list[_Sent]) -> None:
+        """Compare the first reply of `waiting` that comes (the oldest hangs if none does)."""
+        deadline = time.monotonic() + self.timeout
+        while True:
+            for sent in waiting:
+                if sent.ex.unique in self.arrived:
+                    self._await(sent)
+                    return
+            try:
+                msg = self.server.receive(deadline)
+            except Closed:
+                raise Crash(waiting[0].ex) from None
+            if msg is None:
+                raise Hang(waiting[0].ex)
+            self._take(msg)
+
     def _await(self, sent: _Sent) -> None:
         if sent.compared:
             return
@@ -497,9 +542,49 @@ class Replayer:
         self.hidden[why] = self.hidden.get(why, 0) + 1
         return True
 
+    def _compare_fast(self, ex: Exchange, raw: bytes) -> bool:
+        """The reply compared as bytes (`fast`); False when it must go the full way."""
+        reply, brief = ex.reply, ex.reply_brief
+        if (ex.opcode in _FULL_WAY or self.written.nodes or ex.reply_true_len is not None
+                or reply is None or brief is None or len(raw) != len(reply)):
+            return False
+        key = shape_key(ex.opcode, reply, brief)
+        if key is None:
+            return False
+        found = self._shapes.get(key, False)
+        if found is False:
+            found = self._shapes[key] = shape(key, brief, self.masks.which)
+        if found is None:
+            return False
+        for start, end in found.compared:
+            if reply[start:end] != raw[start:end]:
+                return False
+        learned = []
+        for at, fmt, kind in found.ids:
+            a, b = fmt.unpack_from(reply, at)[0], fmt.unpack_from(raw, at)[0]
+            table = self.tr.nodes if kind == NODE else self.tr.fhs
+            if a in table.fixed or b in table.fixed or (kind == NODE and not (a and b)):
+                if a != b:
+                    return False
+                continue
+            if table.forward.get(a, b) != b or table.backward.get(b, a) != a:
+                return False  # a translation problem: said the full way
+            learned.append((kind, a, b))
+        self.counts.replies += 1
+        self.rep.pending.pop(ex.unique, None)
+        for kind, a, b in learned:
+            self.tr.learn(kind, a, b)
+            self.displaced.pop((kind, a), None)
+        for start, end, why in found.masked:
+            if reply[start:end] != raw[start:end]:
+                self.hidden[why] = self.hidden.get(why, 0) + 1
+        return True
+
     def _compare_reply(self, sent: _Sent, raw: bytes) -> None:
         ex = sent.ex
         assert ex.reply is not None and ex.reply_index is not None
+        if self._compare_fast(ex, raw):
+            return
         self.counts.replies += 1
         rec_brief = ex.reply_brief
         assert rec_brief is not None

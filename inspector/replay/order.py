@@ -31,12 +31,15 @@ from typing import Any, Hashable, TypeVar
 
 from dissectors import SessionDecoder
 from dissectors.constants import Opcode
+from dissectors.quick import Brief
 
 from .script import EXPECT, SEND, Exchange, Script
-from .views import FH, NODE, RequestView, reply_view, request_view
+from .views import FH, NODE, RequestView, layer_spec, reply_view, request_view
 
-_RELEASES = frozenset({Opcode.RELEASE, Opcode.RELEASEDIR})
-_FORGETS = frozenset({Opcode.FORGET, Opcode.BATCH_FORGET})
+_RELEASES = frozenset({int(Opcode.RELEASE), int(Opcode.RELEASEDIR)})
+_FORGETS = frozenset({int(Opcode.FORGET), int(Opcode.BATCH_FORGET)})
+_LISTINGS = frozenset({int(Opcode.READDIR), int(Opcode.READDIRPLUS)})
+_READDIRPLUS = int(Opcode.READDIRPLUS)
 _NOT_LINKED = (b".", b"..")  # READDIRPLUS entries the kernel takes no reference on
 #: (kind, recorded value) of an id: NODE or FH
 IdKey = tuple[int, int]
@@ -60,30 +63,35 @@ class Plan:
     held: int = 0  # requests moved after a release sent later in the recording
 
 
-def handed_out(opcode: int, view: Any) -> list[IdKey]:
+def handed_out(opcode: int, raw: bytes, brief: Brief, true_len: int | None = None) -> list[IdKey]:
     """(kind, value) of the node ids and file handles a successful reply hands out, one per
     reference the kernel takes (READDIRPLUS: each entry but '.' and '..'; 0 is none)."""
-    if view.error:
+    if brief.error:
         return []
     out: list[IdKey] = []
-    name_of: dict[str, bytes] = {}
-    if opcode == Opcode.READDIRPLUS:
-        name_of = {path.rsplit(".", 1)[0]: value for path, value, _, _ in view.tail
+    for comp, values in brief.layers:
+        spec = layer_spec(comp)
+        if not spec.special:
+            continue
+        kinds = spec.kinds_for(opcode, values)
+        for i in spec.special:
+            if kinds[i] == FH or (kinds[i] == NODE and values[i]):
+                out.append((kinds[i], values[i]))
+    if opcode == _READDIRPLUS:
+        tail = reply_view(raw, brief, true_len).tail
+        name_of = {path.rsplit(".", 1)[0]: value for path, value, _, _ in tail
                    if path.endswith(".name")}
-    for path, value, kind, _ in view.items():
-        if kind not in (NODE, FH) or (kind == NODE and not value):
-            continue
-        head = path.split(".", 1)[0]
-        if head.startswith("direntplus[") and name_of.get(head) in _NOT_LINKED:
-            continue
-        out.append((kind, value))
+        for path, value, kind, _ in tail:
+            if kind == NODE and value and name_of.get(path.split(".", 1)[0]) not in _NOT_LINKED:
+                out.append((NODE, value))
     return out
 
 
 def named(view: RequestView) -> list[tuple[int, int, int]]:
     """(offset, kind, recorded value) of every node id and file handle a request names."""
-    out = [(at, kind, value) for at, kind, value in view.slots if kind in (NODE, FH)]
-    out += [(at, NODE, nodeid) for at, nodeid, _ in view.forgets]
+    out = [slot for slot in view.slots if slot[1] == NODE or slot[1] == FH]
+    if view.forgets:
+        out += [(at, NODE, nodeid) for at, nodeid, _ in view.forgets]
     return out
 
 
@@ -108,7 +116,7 @@ def plan(script: Script) -> Plan:
                 source = live.get((what, value))
                 if source is not None:
                     mine[(what, value)] = source
-            if ex.opcode in (Opcode.READDIR, Opcode.READDIRPLUS) and ex.view.brief.get("offset"):
+            if ex.opcode in _LISTINGS and ex.view.brief.get("offset"):
                 fh = ex.view.brief.get("fh") or 0
                 if fh in last_listing:  # its offset came from the last listing of this fh
                     needs.setdefault(ex.unique, []).append(last_listing[fh])
@@ -133,10 +141,9 @@ def plan(script: Script) -> Plan:
         assert ex.reply is not None
         msg = decoder.feed_reply(ex.reply)
         ex.reply_brief = msg.brief
-        view = reply_view(ex.reply, msg.brief, ex.reply_true_len)
-        if ex.opcode in (Opcode.READDIR, Opcode.READDIRPLUS):
+        if ex.opcode in _LISTINGS:
             last_listing[ex.view.brief.get("fh") or 0] = ex.unique
-        for key in handed_out(ex.opcode, view):
+        for key in handed_out(ex.opcode, ex.reply, msg.brief, ex.reply_true_len):
             release = freed.pop(key, None)
             if release is not None and release != ex.unique:
                 freer = by_unique[release]
