@@ -1,5 +1,5 @@
 """The C extensions: the recorder's relay (`inspector/record/_fastpath.c`), its seccomp
-trap's hot path (`inspector/record/_trapfast.c`), the trace index's hot loop
+trap's hot path (`inspector/exchange/_trapfast.c`), the trace index's hot loop
 (`traces/_scan.c`) and the lifecycle pass's (`inspector/lifecycles/_pass.c`); everything
 else is in pyproject.toml. They need gcc and python3-dev (.ci/install brings them) and
 read the protocol's offsets and record kinds from `traces/facts.h` (generated from the
@@ -24,7 +24,7 @@ _FLAGS = ["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter", "-Wno-missing-fiel
 _HEADERS = ["traces/le.h", "traces/facts.h"]
 _SOURCES = {
     "inspector.record._fastpath": "inspector/record/_fastpath.c",
-    "inspector.record._trapfast": "inspector/record/_trapfast.c",
+    "inspector.exchange._trapfast": "inspector/exchange/_trapfast.c",
     "traces._scan": "traces/_scan.c",
     "inspector.lifecycles._pass": "inspector/lifecycles/_pass.c",
 }

@@ -1,85 +1,124 @@
-"""How fast `fusetrace replay` plays a trace: a 100,000-request session of the pyfuse3 test
-filesystem (tests/servers/memfs.py), recorded live through the proxy, then replayed against
-a fresh memfs. Printed: requests/s live (first request to last reply of the recording),
-requests/s replayed (the whole replay() call: server start, every exchange compared,
-DESTROY and exit), and their ratio. Nothing is asserted.
+"""How fast `fusetrace replay` plays a session, against the live run of the same workload.
 
-Run as root (recording mounts): .venv/bin/python bench/replay_speed.py [--requests N]
+For each server (fastpt, bench/fastpt/fastpt.c, C on the raw protocol, built here with
+gcc as bench/record_overhead.py builds it; and the bundled passthrough filesystem,
+Python) the same metadata workload (stat with attribute and entry caching off, open and
+close, a directory listing, in turns) runs:
+
+- live: the server mounted directly, no recorder; the workload's wall time;
+- recorded: the same workload under `fusetrace record`, which gives the trace;
+- replayed: `replay()` of that trace against a fresh server (the whole call: reading the
+  trace, starting the server, every reply compared, the server ended as recorded).
+
+Printed: requests, seconds and requests/s of each, and replay / live (how many times the
+live run's speed the replay reaches; the target is 2). `--repeat` runs the live run and
+the replay that many times, taking turns, and prints the medians. Nothing is asserted.
+
+Run as root (the live runs mount): .venv/bin/python bench/replay_speed.py [--ops N]
+[--repeat N] [--only fastpt|passthroughfs] [--serial]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from inspector.replay import replay  # noqa: E402
-from inspector.running import fuse_available, recorded_server  # noqa: E402
-from traces import TraceReader  # noqa: E402
+from inspector.running import fuse_available, mounted_server, recorded_server  # noqa: E402
+from record_overhead import build_fastpt  # noqa: E402
 
-MEMFS = [sys.executable, str(Path(__file__).resolve().parent.parent / "tests" / "servers" / "memfs.py")]
-
-
-def workload(mnt: Path, requests: int) -> None:
-    """Mostly LOOKUPs of missing names (never cached), with a file created, written and
-    closed every 20 of them (CREATE, WRITE, FLUSH, RELEASE …)."""
-    n = 0
-    while n < requests:
-        for i in range(20):
-            try:
-                os.stat(mnt / f"missing-{n}-{i}")
-            except FileNotFoundError:
-                pass
-        fd = os.open(mnt / f"file-{n}", os.O_WRONLY | os.O_CREAT, 0o644)
-        os.write(fd, b"x" * 100)
-        os.close(fd)
-        n += 26  # about what one round sends
+NO_CACHE = ["-o", "attr_timeout=0,entry_timeout=0"]
+PASSTHROUGHFS = [sys.executable, "-m", "inspector.passthroughfs", *NO_CACHE, "--no-passthrough"]
 
 
-def live_rate(trace: Path) -> tuple[int, float]:
-    """(requests, requests/s) of the recorded session, first request to last reply."""
-    first = last = None
-    count = 0
-    with TraceReader(trace) as reader:
-        for rec in reader:
-            if rec.is_request:
-                count += 1
-                first = rec.ts if first is None else first
-            elif rec.is_reply:
-                last = rec.ts
-    assert first is not None and last is not None
-    return count, count / ((last - first) / 1e9)
+def workload(mnt: Path, ops: int) -> None:
+    """`ops` operations: stats of four files, an open and close, a listing, in turns."""
+    names = [mnt / f"f{i}" for i in range(4)]
+    for n in range(ops):
+        turn = n % 8
+        if turn < 6:
+            os.stat(names[n % 4])
+        elif turn == 6:
+            os.close(os.open(names[n % 4], os.O_RDONLY))
+        else:
+            os.listdir(mnt)
+
+
+def prepare(src: Path) -> None:
+    for i in range(4):
+        (src / f"f{i}").write_bytes(b"x" * 100)
+
+
+def live(argv: list[str], mnt: Path, ops: int) -> float:
+    """Seconds the workload takes on the server mounted directly."""
+    with mounted_server(argv, mnt, timeout=30):
+        workload(mnt, min(ops, 200))  # warm up
+        started = time.perf_counter()
+        workload(mnt, ops)
+        return time.perf_counter() - started
+
+
+def requests_in(report_counts: dict[str, int]) -> int:
+    return report_counts.get("requests", 0)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=100_000)
+    parser.add_argument("--ops", type=int, default=20_000, help="workload operations")
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each (median shown)")
+    parser.add_argument("--only", help="run servers whose name contains this")
+    parser.add_argument("--serial", action="store_true",
+                        help="replay one request at a time (no pipelining)")
     args = parser.parse_args()
     reason = fuse_available()
     if reason:
-        print(f"cannot record here: {reason}", file=sys.stderr)
+        print(f"replay_speed: {reason}", file=sys.stderr)
         return 2
-    with tempfile.TemporaryDirectory(prefix="fusetrace-bench-") as tmp:
-        base = Path(tmp)
-        mnt, trace = base / "mnt", base / "t.fzt"
-        mnt.mkdir()
-        with recorded_server([*MEMFS, str(mnt)], mnt, trace, "-s", "0", timeout=30) as rec:
-            workload(mnt, args.requests)
-            rec.unmount_and_wait(120)
-        count, live = live_rate(trace)
-        started = time.perf_counter()
-        report = replay(trace, [*MEMFS, str(mnt)], timeout=30)
-        took = time.perf_counter() - started
-    replayed = report.counts.get("requests", 0) / took
-    print(f"trace: {count} requests recorded live at {live:,.0f} requests/s")
-    print(f"replay: {report.counts.get('requests', 0)} requests in {took:.1f} s = {replayed:,.0f} "
-          f"requests/s ({'no differences' if report.ok else report.error or 'DIFFERENCES'})")
-    print(f"replay / live: {replayed / live:.2f}x")
+    fastpt = build_fastpt()
+    servers: dict[str, Callable[[Path, Path], list[str]]] = {}
+    if fastpt is not None:
+        servers["fastpt"] = lambda src, mnt: [str(fastpt), *NO_CACHE, "--no-passthrough",
+                                              str(src), str(mnt)]
+    servers["passthroughfs"] = lambda src, mnt: [*PASSTHROUGHFS, str(src), str(mnt)]
+    print(f"{os.cpu_count()} cores; {args.ops} operations; median of {args.repeat}; "
+          f"replay {'serial' if args.serial else 'pipelined'}")
+    print(f"{'server':14} {'run':9} {'requests':>9} {'seconds':>8} {'requests/s':>11} "
+          f"{'replay/live':>12}")
+    for name, argv in servers.items():
+        if args.only and args.only not in name:
+            continue
+        with tempfile.TemporaryDirectory(prefix="fusetrace-bench-") as tmp:
+            src, mnt, trace = Path(tmp, "src"), Path(tmp, "mnt"), Path(tmp, "t.fzt")
+            src.mkdir()
+            mnt.mkdir()
+            prepare(src)
+            with recorded_server(argv(src, mnt), mnt, trace, "-q", timeout=30) as rec:
+                workload(mnt, args.ops)
+                rec.unmount_and_wait(120)
+            lives, replays, requests = [], [], 0
+            for _ in range(args.repeat):
+                lives.append(live(argv(src, mnt), mnt, args.ops))
+                started = time.perf_counter()
+                report = replay(trace, argv(src, mnt), timeout=30, serial=args.serial)
+                replays.append(time.perf_counter() - started)
+                requests = requests_in(report.counts)
+                if not report.ok:
+                    print(f"  {name}: the replay {report.error or 'found differences'}:\n"
+                          f"{report.text()[:2000]}", file=sys.stderr)
+            t_live, t_replay = statistics.median(lives), statistics.median(replays)
+            print(f"{name:14} {'live':9} {requests:9} {t_live:8.2f} {requests / t_live:11,.0f}")
+            print(f"{name:14} {'replayed':9} {requests:9} {t_replay:8.2f} "
+                  f"{requests / t_replay:11,.0f} {t_live / t_replay:11.2f}x "
+                  f"({min(lives) / max(replays):.2f}-{max(lives) / min(replays):.2f})")
+            sys.stdout.flush()
     return 0
 
 

@@ -78,6 +78,13 @@ class Opcode(enum.IntEnum):
 
 #: Requests the kernel sends without waiting for (or getting) a reply.
 NO_REPLY_OPCODES = frozenset({Opcode.FORGET, Opcode.BATCH_FORGET, Opcode.NOTIFY_REPLY})
+#: Requests that ask and change nothing a later request can see (no file, name, handle or
+#: lookup count is made, changed or freed; a READ may update atime, which replies carry
+#: but a replay masks): any number may run at once in any order. LOOKUP takes a lookup
+#: count, which only FORGET reads.
+READ_ONLY_OPCODES = frozenset({Opcode.LOOKUP, Opcode.GETATTR, Opcode.READLINK, Opcode.READ,
+                               Opcode.STATFS, Opcode.GETXATTR, Opcode.LISTXATTR, Opcode.ACCESS,
+                               Opcode.READDIR, Opcode.READDIRPLUS, Opcode.LSEEK, Opcode.STATX})
 
 
 class NotifyCode(enum.IntEnum):

@@ -13,7 +13,7 @@ from typing import Callable, Sequence
 from traces import TraceReadError, TraceReader
 
 from . import __version__
-from .record.flavour import Connect
+from .exchange.flavour import Connect
 
 
 def _show(args: argparse.Namespace) -> int:

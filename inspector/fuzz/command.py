@@ -7,7 +7,7 @@ import sys
 
 from traces import TraceReadError
 
-from ..replay.command import server_after_dashes
+from ..exchange.args import server_after_dashes
 from .run import fuzz
 
 

@@ -4,8 +4,10 @@ the pairing of requests and replies, and the anomalies of all of them.
 The pass reads records in order and only the words it needs (`wire`); INIT goes through a
 `SessionDecoder`, which knows the negotiated minor, flags and passthrough dialect. What is
 still open when the trace ends is judged by how the session ended: after a clean unmount a
-backing id still open is a leak and an unanswered request a bug; a trace cut short or a
-session that ended by a crash only says what was open at its end.
+backing id still open is a leak and an unanswered request a bug, while a node id still
+looked up was released by the unmount (the kernel drops node references with the
+connection and sends no FORGET); a trace cut short or a session that ended by a crash only
+says what was open at its end.
 
 Most records only pair a request with its reply or add a step to an id already followed;
 when the extension is built, `_pass.c` takes those (four in five of a typical trace) on
@@ -46,8 +48,8 @@ from traces.stream import gc_paused
 
 from . import wire
 from .kinds import severity
-from .model import (CLOSED, LEAKED, MISUSED, OPEN_AT_END, Anomaly, LifeEvent, Lifecycle,
-                    new_event as _new_event)
+from .model import (CLOSED, LEAKED, MISUSED, OPEN_AT_END, RELEASED_AT_UNMOUNT, Anomaly,
+                    LifeEvent, Lifecycle, new_event as _new_event)
 
 try:  # the common records in C when the extension is built (setup.py), else all in Python
     from ._pass import run as fast_run
@@ -168,6 +170,7 @@ class Analysis:
         self.tail: str | None = None
         self.ended = False  # the trace holds the session's end
         self.end_reason: str | None = None
+        self.end_at: tuple[int, int] | None = None  # (record, ts) of the session's end
         self.records = 0
         self.anomalies: list[Anomaly] = []
         self.dialect = Dialect.NONE
@@ -358,6 +361,7 @@ class _Pass:
         elif obj[2].get("event") == "session_end":
             self.out.ended = True
             self.out.end_reason = str(obj[2].get("reason", ""))
+            self.out.end_at = (i, obj[1])
         elif obj[2].get("event") == "reply_rejected":
             self.rejected_later(i, obj[2])
 
@@ -813,6 +817,16 @@ class _Pass:
             else:
                 self.flag("open-at-end", f"{lc.label} {fh:#x} is still open: {end}",
                           lc.records[:1], lc, verdict=None)
+        if out.clean_end and out.end_at is not None:
+            # At unmount the kernel aborts the connection before it evicts the inodes: their
+            # FORGETs are dropped, and the server's lookup counts end with the session.
+            at, ts = out.end_at
+            for lc in self.nodes.values():
+                lc.add(at, ts, "unmount", f"nlookup={lc.count} dropped with the connection "
+                                          f"(the kernel sends no FORGET at unmount)")
+                lc.state = "released at unmount"
+                if lc.verdict == OPEN_AT_END:
+                    lc.verdict = RELEASED_AT_UNMOUNT
         for unique, asked in sorted(self.asked.items(), key=lambda kv: kv[1].index):
             what = f"{_op(asked.opcode)} #{asked.index} (unique {unique})"
             interrupt = self.interrupted.get(unique)

@@ -10,6 +10,9 @@ from typing import NamedTuple
 SUBJECT_KINDS = ("backing", "fh", "node", "request")
 
 CLOSED = "closed properly"
+#: A node id still looked up when the session ended by an unmount: the kernel drops its
+#: lookups with the connection (it sends no FORGET then), so nothing is left open.
+RELEASED_AT_UNMOUNT = "released by the unmount"
 OPEN_AT_END = "still open at end of trace"
 LEAKED = "leaked"
 MISUSED = "misused"

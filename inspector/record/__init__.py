@@ -4,15 +4,13 @@ The server gets one end of a SOCK_SEQPACKET socketpair in place of /dev/fuse (it
 open of the device, or `/dev/fd/N` in place of its mountpoint), and every message
 between the kernel and the server is relayed and recorded before it is forwarded.
 
-Modules: `session` (set-up, every way a session ends), `flavour` (how the server gets
-its connection), `trap` (seccomp interception of the server's /dev/fuse open, mount,
-unmount, ioctls and splices), `creds` (taking on a server thread's credentials for its
-ioctls), `hangup` (telling server threads ENODEV as the kernel would), `processes` (the
-server's processes and their exits), `signals` (signals with their sender), `relay` (the
-relay thread, INIT masking; its per-message loop and the trace appender are C, in
-`_fastpath.c`), `args` (the server's command line: mountpoint heuristic, `-o` mount
-options), `progress` (the live stderr line), `cleanup` (run-directory notes and
-`fusetrace cleanup`).
+Modules: `session` (set-up, every way a session ends), `processes` (the server's
+processes and their exits), `signals` (signals with their sender), `relay` (the relay
+thread, INIT masking; its per-message loop and the trace appender are C, in
+`_fastpath.c`), `progress` (the live stderr line), `cleanup` (run-directory notes and
+`fusetrace cleanup`). What record shares with replay (the server's command line, how it
+connects, the seccomp trap with its ioctls performed on the device, credentials, the
+ENODEV hang-up) is `inspector.exchange`.
 """
 
 from __future__ import annotations

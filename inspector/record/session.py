@@ -64,18 +64,19 @@ from ..mounts import (
     mounted_device,
     mounts_at,
 )
-from . import creds, hangup
-from .args import ArgumentError, MountPlan, ServerCommand
+from ..exchange import creds, hangup
+from ..exchange.args import ArgumentError, MountPlan, ServerCommand
+from ..exchange.channel import server_socketpair
+from ..exchange.flavour import Connect
 from .cleanup import Note, leftover_note, start_time
-from .flavour import Connect
 from .processes import ServerProcesses, described, name_of
 from .progress import Progress
-from .relay import NotBuilt, Relay, native, server_socketpair
+from .relay import NotBuilt, Relay, native
 from .signals import SignalWatch
 
 if TYPE_CHECKING:
+    from ..exchange.trap import ServerMount, ServerUnmount
     from .signals import Received
-    from .trap import ServerMount, ServerUnmount
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +107,7 @@ class RecordConfig:
 def _load_trap() -> tuple[Any, str | None]:
     """The ioctl trap class, or None and why it cannot be used."""
     try:
-        from .trap import IoctlTrap
+        from ..exchange.trap import IoctlTrap
     except ImportError as exc:
         return None, f"the ioctl trap is not available ({exc})"
     reason = IoctlTrap.available()

@@ -12,7 +12,7 @@ import sys
 
 from traces import TraceReadError
 
-from ..replay.command import server_after_dashes
+from ..exchange.args import server_after_dashes
 from .ddmin import NotFailing, reduce_trace
 from .signature import Selector
 

@@ -11,6 +11,7 @@ import argparse
 import json
 import sys
 
+from ..exchange.args import server_after_dashes
 from . import replay
 from .masks import DEFAULTS, Masks
 
@@ -20,10 +21,11 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     rep = sub.add_parser(
         "replay", help="replay a trace against a FUSE server, nothing mounted, and diff the replies",
         usage="fusetrace replay TRACE [--json] [-w NEW.fzt] [--mask OPCODE.FIELD ...] "
-              "[--timeout S] [--overlap] [--strict-order] [--mountpoint PATH] -- SERVER [ARGS...]",
+              "[--timeout S] [--serial | --overlap] [--strict-order] [--mountpoint PATH] -- SERVER [ARGS...]",
         description="Start SERVER as `fusetrace record` would (mountpoint included: it gets a "
                     "socket as /dev/fd/N in its place, nothing is mounted, no root needed), send "
-                    "it the recorded requests in recorded order, and compare every reply, ioctl "
+                    "it the recorded requests in recorded order (read-only ones pipelined, each "
+                    "only after the replies it depends on), and compare every reply, ioctl "
                     "and notification with the recorded ones. Node ids, file handles, backing "
                     "ids and directory offsets the server chooses are translated. Exit 0: no "
                     "differences; 1: differences; 2: error (bad trace, crash, hang).",
@@ -39,8 +41,11 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                      help="compare times, generations and inode numbers too")
     rep.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS",
                      help="how long the server may take over one request (default %(default)s)")
-    rep.add_argument("--overlap", action="store_true",
-                     help="send requests with the recorded overlap instead of one at a time")
+    how = rep.add_mutually_exclusive_group()
+    how.add_argument("--serial", action="store_true",
+                     help="send one request at a time (default: read-only requests pipelined)")
+    how.add_argument("--overlap", action="store_true",
+                     help="send requests with the recorded overlap")
     rep.add_argument("--strict-order", action="store_true",
                      help="pair directory entries by position, not by name (the order counts)")
     rep.add_argument("--mountpoint", metavar="PATH",
@@ -48,18 +53,6 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     rep.add_argument("server", nargs=argparse.REMAINDER, metavar="SERVER [ARGS...]",
                      help=argparse.SUPPRESS)
     rep.set_defaults(run=run, replay_parser=rep)
-
-
-def server_after_dashes(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list[str]:
-    """SERVER [ARGS...] from after `--`: argparse's REMAINDER takes all that follows TRACE,
-    so options typed between TRACE and `--` are parsed here, as options (replay, reduce,
-    fuzz)."""
-    server = list(args.server)
-    if "--" in server:
-        at = server.index("--")
-        parser.parse_args([*server[:at], args.trace], namespace=args)
-        server = server[at + 1:]
-    return server
 
 
 def run(args: argparse.Namespace) -> int:
@@ -73,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
         print("fusetrace: error: --timeout must be more than 0", file=sys.stderr)
         return 2
     report = replay(args.trace, server, masks=masks, timeout=args.timeout, overlap=args.overlap,
+                    serial=args.serial,
                     write=args.write, mountpoint=args.mountpoint, strict_order=args.strict_order)
     if report.error and not report.counts:  # it never started: the one line says it all
         print(f"fusetrace: error: {report.error}", file=sys.stderr)

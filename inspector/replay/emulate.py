@@ -1,4 +1,5 @@
-"""The recorder's seccomp trap with the kernel's side of /dev/fuse ioctls emulated.
+"""The kernel's side of the /dev/fuse ioctls, emulated: the performer the replay's trap
+(`inspector.exchange.trap`, the recorder's) hands the server's ioctls to.
 
 Nothing is mounted during a replay and /dev/fuse is never opened, so the server's
 passthrough ioctls (caught on its socket exactly as when recording: same filter, same
@@ -14,10 +15,8 @@ hand-over) are answered here, deterministically and as the 6.18 kernel does:
   soon). Android's PASSTHROUGH_OPEN forms: EPERM, then EBADF, then EINVAL for a file that
   is not regular.
 - BACKING_CLOSE: 0 for an open id (and it is closed), ENOENT for any other.
-- CLONE: EINVAL, SYNC_INIT: ENOTTY, as the recorder answers them.
-
-A libfuse 2 server that opens /dev/fuse and calls mount(2) itself gets the socket on its
-open and a pretended success on its mount (as root only, as when recording).
+- SYNC_INIT: ENOTTY, as the recorder answers it (CLONE is the trap's own business: the
+  new descriptor becomes another of the relay's, as when recording).
 
 Every ioctl goes to an `IoctlLog`, which the replay reads (and, with `--write`, the new
 trace records).
@@ -33,14 +32,14 @@ import stat
 import struct
 import threading
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, cast
+from typing import TYPE_CHECKING, Any, Callable
 
 from dissectors.constants import FUSE_WRITEBACK_CACHE
 from dissectors.context import Dialect
 from dissectors.ioctls import DevIoctl
 
-from ..record import creds
-from ..record.trap import IoctlTrap, Outcome, ServerMount, pidfd_getfd
+from ..exchange import creds
+from ..exchange.trap import Outcome, TrappedIoctl, pidfd_getfd
 
 if TYPE_CHECKING:
     from traces import TraceWriter
@@ -91,33 +90,22 @@ class IoctlLog:
             self.writer.event(name, **data)
 
 
-class EmulatedTrap(IoctlTrap):
-    """`IoctlTrap` whose ioctls never reach a device."""
+class EmulatedKernel:
+    """The trap's performer for a replay: ioctls that never reach a device."""
 
-    def __init__(self, relay_fd_in_child: int, log: IoctlLog, passthrough: Callable[[], int],
-                 device_open: bool) -> None:
+    def __init__(self, passthrough: Callable[[], int]) -> None:
         """`passthrough()` is the max_stack_depth the replayed INIT reply negotiated
         passthrough with (0: not negotiated)."""
-        # The trap only calls `ioctl` and `event` on its writer: the log stands in for it.
-        # native=False: the C loop would make the ioctls on a device; here Python emulates them.
-        super().__init__(relay_fd_in_child, -1, cast("TraceWriter", log),
-                         on_mount=self._mounted if device_open else None, native=False)
         self.passthrough = passthrough
         self.next_id = 1
         self.open_ids: set[int] = set()
 
-    @staticmethod
-    def _mounted(request: ServerMount) -> int:
-        return 0  # nothing is mounted in a replay: the server is told it worked
-
-    def _perform(self, cmd: int, arg: bytes, pid: int, tid: int, backing_fd: int | None,
-                 fd_at: int | None) -> Outcome:
-        if cmd == DevIoctl.CLONE:
-            return Outcome(-1, errno.EINVAL, "refused, as when recording")
+    def perform(self, call: TrappedIoctl) -> Outcome:
+        cmd, arg = call.cmd, call.arg
         if cmd == DevIoctl.SYNC_INIT:
             return Outcome(-1, errno.ENOTTY, "answered as a kernel without SYNC_INIT")
         if cmd in _OPENS:
-            return self._open(cmd, arg, pid, tid, backing_fd)
+            return self._open(cmd, arg, call.pid, call.tid, call.backing_fd)
         if cmd == DevIoctl.BACKING_CLOSE and len(arg) == 4:
             backing_id = struct.unpack("<I", arg)[0]
             if backing_id not in self.open_ids:

@@ -1,12 +1,24 @@
 """The replay loop: play a `Script` to a server under test and compare what comes back.
 
-Order: requests go out in recorded order. By default one at a time: before a request is
-sent, every earlier request the recording has a reply for is answered and compared, so
-the server sees no concurrency and answers the same way every run. The one exception is
-a request the kernel interrupted: its INTERRUPT (and what follows it) goes out while it
-is still pending, as recorded. With `overlap`, requests go out exactly where the trace
-has them and each reply is awaited where the trace has it, so the recorded concurrency
-is reproduced (and the server's own ordering may vary).
+Order (`order`): requests go out in recorded order, held to what they depend on: the
+replies that handed out the ids they name, and the release that freed an id their
+recorded reply reuses. By default pipelined: a request that changes nothing
+(`dissectors.constants.READ_ONLY_OPCODES`: LOOKUP, GETATTR, READ, READDIR …) is sent
+while earlier read-only requests are still out (up to `PIPELINE` of them), since their
+answers cannot depend on each other; any other request goes out alone, once everything
+before it is answered, and is answered before anything after it goes out. So what a
+server answers never depends on timing, and it can work on the next requests while the
+replay compares. With `serial`, every request goes out alone. Either way a request the
+kernel interrupted is the exception: its INTERRUPT (and what follows it) goes out while
+it is still pending, as recorded. With `overlap`, requests go out where the trace has
+them and each reply is awaited where the trace has it, under the same rules, so the
+recorded concurrency is reproduced (and the server's own ordering may vary).
+
+Divergence, not damage: a request naming a node id or file handle that the recording's
+server handed out but the replayed one did not (its reply differed: an error, a negative
+entry) is not sent, since the kernel could not have sent it. One difference, pinned to
+the reply that diverged, counts the requests left out because of it (and the requests
+that depended on those); the server is never sent a request naming an id it never gave.
 
 Comparison happens request by request: first the ioctls the server made while handling
 it (so a BACKING_OPEN's id is known before the OPEN reply that carries it), then the
@@ -19,7 +31,6 @@ Differences are pinned to the recorded record they concern and reported in recor
 from __future__ import annotations
 
 import os
-import signal
 import struct
 import subprocess
 import threading
@@ -28,7 +39,7 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from dissectors import SessionDecoder, line
-from dissectors.constants import NO_REPLY_OPCODES, Opcode
+from dissectors.constants import NO_REPLY_OPCODES, READ_ONLY_OPCODES, Opcode
 from dissectors.context import DEFAULT_CONTEXT, Dialect
 from dissectors.ioctls import DevIoctl
 from dissectors.quick import brief_reply, peek_reply
@@ -37,9 +48,11 @@ from traces import TraceWriter
 
 from .attribute import Attributor, ioctl_backing_id
 from .emulate import IoctlCall, IoctlLog, negotiated_depth
+from .fast import Shape, ShapeKey, shape, shape_key
 from .hidden import WHY, WrittenThrough, hides
 from .masks import Masks, notify_key
-from .report import Difference, FieldDiff, ReplayReport
+from .report import Difference, End, FieldDiff, Outcome, ReplayReport
+from .order import plan
 from .script import COMPARED_IOCTLS, SEND, Exchange, IoctlRecord, ReplayError, Script, exit_text
 from .server import GRACE, Closed, ServerUnderTest
 from .translate import Translator
@@ -56,17 +69,21 @@ from .views import (
     names_text,
     patch,
     reply_view,
-    request_view,
     show,
 )
 
 _OPENS = frozenset({Opcode.OPEN, Opcode.CREATE})
+#: Replies never compared as bytes: INIT (it sets up the session) and opens (what they
+#: open through passthrough is noted on the way)
+_FULL_WAY = frozenset(int(op) for op in (Opcode.INIT, *_OPENS))
 _DIR_READS = frozenset({Opcode.READDIR, Opcode.READDIRPLUS})
 _FORGETS = frozenset({Opcode.FORGET, Opcode.BATCH_FORGET})
 _RELEASES = frozenset({Opcode.RELEASE, Opcode.RELEASEDIR})
 _NEVER_ANSWERED = NO_REPLY_OPCODES | {Opcode.INTERRUPT}
-_CRASH_SIGNALS = frozenset({signal.SIGSEGV, signal.SIGABRT, signal.SIGBUS, signal.SIGILL,
-                            signal.SIGFPE})
+_READ_ONLY = frozenset(int(op) for op in READ_ONLY_OPCODES)
+#: Read-only requests out at once, at most: enough to keep a server's threads busy while
+#: the replay compares, few enough that a slow server is not flooded.
+PIPELINE = 8
 _OPEN_IOCTLS = frozenset({DevIoctl.BACKING_OPEN, DevIoctl.PASSTHROUGH_OPEN_V1,
                           DevIoctl.PASSTHROUGH_OPEN_V2})
 
@@ -109,6 +126,30 @@ def _shown(items: list[Item]) -> list[tuple[str, str]]:
 
 
 @dataclass
+class _Diverged:
+    """A recorded reply the replay did not reproduce in an id it handed out, and the
+    requests not sent because of it."""
+
+    source: Exchange  # the request whose reply diverged
+    first: Exchange  # the first request not sent
+    why: str  # how it diverged ("its recorded reply handed out node id 797, …")
+    requests: int = 0
+
+    def difference(self, sent: dict[int, _Sent]) -> Difference:
+        src = self.source
+        mine = sent.get(src.unique)
+        about = mine.text() if mine is not None else f"the request of record {src.index}"
+        first = line(self.first.view.brief) if self.first.view is not None else ""
+        n = self.requests
+        return Difference(
+            src.reply_index if src.reply_index is not None else src.index, "not sent", about,
+            f"{self.why}: {n} later "
+            f"request{'s' if n != 1 else ''} naming it (or what those would have handed out) "
+            f"{'were' if n != 1 else 'was'} not sent, as the kernel could not have sent "
+            f"{'them' if n != 1 else 'it'} (the first: {first}, record {self.first.index})")
+
+
+@dataclass
 class _Counts:
     requests: int = 0
     replies: int = 0
@@ -119,21 +160,31 @@ class _Counts:
 
 class Replayer:
     def __init__(self, script: Script, server: Sequence[str], masks: Masks, timeout: float,
-                 overlap: bool, mountpoint: str | None = None, strict_order: bool = False) -> None:
+                 overlap: bool, mountpoint: str | None = None, strict_order: bool = False,
+                 serial: bool = False) -> None:
         self.script = script
         self.strict_order = strict_order
         self.masks = masks
         self.timeout = timeout
         self.overlap = overlap
+        self.serial = serial
         self.writer: TraceWriter | None = None
         self.tr = Translator()
-        self.rec = SessionDecoder()
+        self.plan = plan(script)
+        self.rec = self.plan.decoder  # the recorded side, decoded once by `plan`
         self.rep = SessionDecoder()
         self.diffs: list[Difference] = []
         self.counts = _Counts()
         self.arrived: dict[int, bytes] = {}
         self.notifications: list[tuple[int, bytes]] = []  # (last record sent, raw)
         self.sent: dict[int, _Sent] = {}
+        self.skipped: dict[int, int] = {}  # unique of a request not sent → the diverged one's
+        self.diverged: dict[int, _Diverged] = {}  # unique of a diverged reply → what it cost
+        #: (kind, recorded value) → unique of the request whose reply took its replayed
+        #: value for another recorded one (the one-to-one rule broken)
+        self.displaced: dict[tuple[int, int], int] = {}
+        self._comparing = 0  # unique of the request whose reply is being compared
+        self._shapes: dict[ShapeKey, Shape | None] = {}  # reply layouts compared as bytes
         self.outstanding: dict[int, _Sent] = {}
         self.last_index = -1
         self.stack_depth = 0  # passthrough's, as the replayed INIT negotiated it
@@ -163,23 +214,32 @@ class Replayer:
             self.server.start()
             self._event("server_start", pid=self.server.proc.pid if self.server.proc else 0,
                         argv=self.server.argv)
-            for kind, ex in self.script.steps:
-                if kind == SEND:
-                    if not self.overlap:
+            if self.overlap:
+                for kind, ex in self.plan.steps:
+                    if kind == SEND:
+                        self._go(ex)
+                    elif ex.unique in self.sent:
+                        self._await(self.sent[ex.unique])
+            else:
+                for ex in self.plan.order:
+                    if self.serial or ex.opcode not in _READ_ONLY or ex.interrupted_at is not None:
                         self._settle(ex.index)
-                    self._send(ex)
-                else:
-                    self._await(self.sent[ex.unique])
+                    else:
+                        self._make_room(ex.index)
+                    self._go(ex)
             self._settle(None)
             self._end()
         except Hang as hang:
             report.error = (f"no reply to {self.sent[hang.ex.unique].text()} within "
                             f"{self.timeout:g} s: the server hangs on it")
+            report.outcome = Outcome(End.NO_REPLY, seconds=self.timeout, record=hang.ex.index,
+                                     opcode=hang.ex.opcode)
             self.server.kill()
         except Crash as crash:
-            report.error = self._crash_text(crash.ex)
+            report.error, report.outcome = self._crash(crash.ex)
         except ReplayError as exc:
             report.error = str(exc)
+            report.outcome = Outcome(End.REFUSED, reason=str(exc))
             self.server.kill()
         finally:
             self.server.stop()
@@ -188,10 +248,16 @@ class Replayer:
         if report.error is None:
             self._sweep()
             report.error = self._compare_exit()
+            code = self.server.proc.returncode if self.server.proc is not None else None
+            report.outcome = Outcome(
+                End.FINISHED if report.error is None else End.KILLED,
+                status=code if code is not None and code >= 0 else None,
+                signal=-code if code is not None and code < 0 else None)
         status = self.server.status()
         report.server_exit = (f"{status}" + (f" ({self.server.exit_note})" if self.server.exit_note
                                              else "")) if status else self.server.exit_note
         self._event("server_exit", how=report.server_exit or "")
+        self.diffs += [d.difference(self.sent) for d in self.diverged.values()]
         self.diffs.sort(key=lambda d: d.record)
         report.differences = self.diffs
         report.hidden = dict(sorted(self.hidden.items()))
@@ -203,21 +269,36 @@ class Replayer:
         c = self.counts
         report.counts = {"requests": c.requests, "replies": c.replies, "ioctls": c.ioctls,
                          "notifications": c.notifications, **c.extra}
+        if self.skipped:
+            report.counts["not_sent"] = len(self.skipped)
         self._event("session_end", reason=report.error or "replayed",
                     differences=len(self.diffs))
         return report
 
-    def _crash_text(self, ex: Exchange | None) -> str:
+    def _crash(self, ex: Exchange | None) -> tuple[str, Outcome]:
+        """The server closed its connection while `ex` was being handled: how it ended."""
         proc = self.server.proc
         if proc is not None:
             try:
                 proc.wait(GRACE)
             except subprocess.TimeoutExpired:  # still running: it only closed its connection
                 pass
+        code = proc.returncode if proc is not None else None
         how = self.server.status() or "closed its connection"
-        what = self.sent[ex.unique].text() if ex is not None and ex.unique in self.sent else (
-            "a request")
-        return f"the server {how} while handling {what}"
+        name = self.server.argv[0] if self.server.argv else "the server"
+        before_init = ex is None or ex.opcode == Opcode.INIT
+        if before_init:
+            text = f"{name} {how} before answering the kernel's INIT: it did not start"
+        else:
+            what = self.sent[ex.unique].text() if ex.unique in self.sent else "a request"
+            text = f"the server {how} while handling {what}"
+        outcome = Outcome(
+            End.KILLED if code is not None and code < 0 else End.EXITED,
+            status=code if code is not None and code >= 0 else None,
+            signal=-code if code is not None and code < 0 else None,
+            record=ex.index if ex is not None else None,
+            opcode=ex.opcode if ex is not None else None, before_init=before_init)
+        return text, outcome
 
     def _event(self, name: str, **data: Any) -> None:
         if self.writer is not None:
@@ -239,14 +320,56 @@ class Replayer:
                 self.attr.ioctl(call.seq, call.cmd,
                                 ioctl_backing_id(call.cmd, call.arg, call.result))
 
+    def _go(self, ex: Exchange) -> None:
+        """Send `ex` once what it depends on is back, unless the replay diverged from the
+        recording in a reply it depends on."""
+        for unique in self.plan.needs.get(ex.unique, ()):
+            sent = self.sent.get(unique)
+            if sent is not None:
+                self._await(sent)
+        found = self._diverged_source(ex)
+        if found is None:
+            self._send(ex)
+            return
+        source, why = found
+        root = self.skipped.get(source, source)
+        self.skipped[ex.unique] = root
+        cost = self.diverged.get(root)
+        if cost is None:
+            cost = self.diverged[root] = _Diverged(self.plan.by_unique[root], ex, why)
+        cost.requests += 1
+
+    def _diverged_source(self, ex: Exchange) -> tuple[int, str] | None:
+        """(unique of the request whose reply diverged, how) when `ex` names an id this
+        replay does not have: one its recorded reply handed out and the replayed one did
+        not, or one whose replayed value a later reply took for another (the one-to-one
+        rule broken); also an INTERRUPT of a request not sent."""
+        if ex.opcode == Opcode.INTERRUPT and len(ex.raw) >= 48:
+            target = int.from_bytes(ex.raw[40:48], "little")
+            if target in self.skipped:
+                return target, "the request it interrupts was not sent"
+        for (kind, value), source in self.plan.producers.get(ex.unique, {}).items():
+            if source in self.skipped:
+                return source, ""
+            table = self.tr.nodes if kind == NODE else self.tr.fhs
+            if value in table.forward:
+                continue
+            what = f"{table.what} {value}"
+            taker = self.displaced.get((kind, value))
+            if taker is not None:
+                return taker, (f"its reply took the replayed value of recorded {what} for "
+                               f"another one while {what} was still in use")
+            return source, f"its recorded reply handed out {what}, this replay's did not"
+        return None
+
     def _send(self, ex: Exchange) -> None:
         self._drain_calls()
-        msg = self.rec.feed_request(ex.raw)
-        view = request_view(ex.raw, msg.brief)
+        assert ex.view is not None
+        view = ex.view
         raw = patch(ex.raw, self.tr.rewrite(view))
         if ex.true_len is not None:  # cut by the snap length: the rest as zeros
             raw += bytes(ex.true_len - len(raw))
-        pending = self.rec.pending.get(ex.unique)
+        pending = ex.pending
         if pending is not None and ex.opcode != Opcode.INIT and self.rep.ctx == self.rec.ctx:
             self.rep.pending[ex.unique] = pending  # what decoding its reply needs: the same
         else:
@@ -279,6 +402,33 @@ class Replayer:
             if before is not None and at is not None and at <= before:
                 continue
             self._await(sent)
+
+    def _make_room(self, before: int) -> None:
+        """Before a read-only request: await replies until only read-only requests are out
+        (those interrupted by now aside), fewer than PIPELINE of them."""
+        while True:
+            waiting = [sent for sent in self.outstanding.values()
+                       if sent.ex.interrupted_at is None or sent.ex.interrupted_at > before]
+            if not waiting or (len(waiting) < PIPELINE
+                               and all(w.ex.opcode in _READ_ONLY for w in waiting)):
+                return
+            self._await_any(waiting)
+
+    def _await_any(self, waiting: list[_Sent]) -> None:
+        """Compare the first reply of `waiting` that comes (the oldest hangs if none does)."""
+        deadline = time.monotonic() + self.timeout
+        while True:
+            for sent in waiting:
+                if sent.ex.unique in self.arrived:
+                    self._await(sent)
+                    return
+            try:
+                msg = self.server.receive(deadline)
+            except Closed:
+                raise Crash(waiting[0].ex) from None
+            if msg is None:
+                raise Hang(waiting[0].ex)
+            self._take(msg)
 
     def _await(self, sent: _Sent) -> None:
         if sent.compared:
@@ -375,7 +525,7 @@ class Replayer:
             ending.index, "server exit", how, f"the server {recorded} when recorded, "
             f"{replayed} in this replay", [FieldDiff("exit", recorded, replayed,
                                                     self.server.exit_note or "")]))
-        if -proc.returncode in _CRASH_SIGNALS:
+        if Outcome(End.KILLED, signal=-proc.returncode).crashed:
             return (f"the server crashed ({replayed}) as the session ended the way the "
                     f"recorded one did ({ending.reason}), after its last request")
         return None
@@ -392,11 +542,53 @@ class Replayer:
         self.hidden[why] = self.hidden.get(why, 0) + 1
         return True
 
+    def _compare_fast(self, ex: Exchange, raw: bytes) -> bool:
+        """The reply compared as bytes (`fast`); False when it must go the full way."""
+        reply, brief = ex.reply, ex.reply_brief
+        if (ex.opcode in _FULL_WAY or self.written.nodes or ex.reply_true_len is not None
+                or reply is None or brief is None or len(raw) != len(reply)):
+            return False
+        key = shape_key(ex.opcode, reply, brief)
+        if key is None:
+            return False
+        found = self._shapes.get(key, False)
+        if found is False:
+            found = self._shapes[key] = shape(key, brief, self.masks.which)
+        if found is None:
+            return False
+        for start, end in found.compared:
+            if reply[start:end] != raw[start:end]:
+                return False
+        learned = []
+        for at, fmt, kind in found.ids:
+            a, b = fmt.unpack_from(reply, at)[0], fmt.unpack_from(raw, at)[0]
+            table = self.tr.nodes if kind == NODE else self.tr.fhs
+            if a in table.fixed or b in table.fixed or (kind == NODE and not (a and b)):
+                if a != b:
+                    return False
+                continue
+            if table.forward.get(a, b) != b or table.backward.get(b, a) != a:
+                return False  # a translation problem: said the full way
+            learned.append((kind, a, b))
+        self.counts.replies += 1
+        self.rep.pending.pop(ex.unique, None)
+        for kind, a, b in learned:
+            self.tr.learn(kind, a, b)
+            self.displaced.pop((kind, a), None)
+        for start, end, why in found.masked:
+            if reply[start:end] != raw[start:end]:
+                self.hidden[why] = self.hidden.get(why, 0) + 1
+        return True
+
     def _compare_reply(self, sent: _Sent, raw: bytes) -> None:
         ex = sent.ex
         assert ex.reply is not None and ex.reply_index is not None
+        if self._compare_fast(ex, raw):
+            return
         self.counts.replies += 1
-        rec_brief = self.rec.feed_reply(ex.reply).brief
+        rec_brief = ex.reply_brief
+        assert rec_brief is not None
+        self._comparing = ex.unique
         rep_brief = self.rep.feed_reply(raw).brief
         if ex.opcode == Opcode.INIT:
             ctx = self.rep.ctx
@@ -522,6 +714,11 @@ class Replayer:
         if kind == IGNORED:
             return
         problem = self.tr.learn(kind, recorded, replayed, dir_fh)
+        for table, which in ((self.tr.nodes, NODE), (self.tr.fhs, FH)):
+            while table.displaced:
+                self.displaced[(which, table.displaced.pop())] = self._comparing
+        if kind in (NODE, FH):
+            self.displaced.pop((kind, recorded), None)  # bound again
         if problem and not self._masked(op, path):
             diffs.append(FieldDiff(path, show(recorded, fmt), show(replayed, fmt), problem))
 

@@ -10,6 +10,8 @@ could not finish.
 
 from __future__ import annotations
 
+import enum
+import signal
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -70,6 +72,43 @@ def _row(lead: str, path: str, recorded: str, replayed: str) -> str:
     return f"{lead}{path:<{_COLUMN}} {recorded:<{_COLUMN - 10}} {replayed}".rstrip()
 
 
+class End(enum.Enum):
+    """How a replay ended."""
+
+    FINISHED = "finished"  # every request played and the server ended as recorded
+    EXITED = "exited"  # the server exited (`status`) before the replay was over
+    KILLED = "killed"  # the server died of a signal (`signal`) the replay did not send
+    NO_REPLY = "no reply"  # no reply within `seconds`: the server hangs on the request
+    REFUSED = "refused"  # the replay could not run or go on (`reason`): bad trace, command line …
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The end of a replay as data, for tools built on it (reduce, fuzz): what happened, and
+    the recorded request being handled then (`record`, `opcode`; None when none was)."""
+
+    end: End
+    status: int | None = None  # the server's exit status (EXITED; FINISHED when it exited)
+    signal: int | None = None  # the signal it died of (KILLED; FINISHED when it did)
+    seconds: float | None = None  # how long a reply was waited for (NO_REPLY)
+    reason: str | None = None  # why (REFUSED)
+    record: int | None = None
+    opcode: int | None = None
+    before_init: bool = False  # the server never answered INIT: it did not start
+
+    @property
+    def crashed(self) -> bool:
+        """Died of a signal that means a crash (not one a replay or a user sends to stop it)."""
+        return self.signal in _CRASH_SIGNALS
+
+    def json(self) -> dict[str, Any]:
+        return {k: (v.value if isinstance(v, End) else v) for k, v in asdict(self).items()}
+
+
+_CRASH_SIGNALS = frozenset({signal.SIGSEGV, signal.SIGABRT, signal.SIGBUS, signal.SIGILL,
+                            signal.SIGFPE})
+
+
 @dataclass
 class ReplayReport:
     """The outcome of one replay. `ok` means it ran to the end with no difference."""
@@ -84,6 +123,7 @@ class ReplayReport:
     hidden: dict[str, int] = field(default_factory=dict)  # mask → differences it hid
     server_exit: str | None = None
     server_log: str = ""  # the end of the server's output (in text() and json() on an error)
+    outcome: Outcome = field(default_factory=lambda: Outcome(End.FINISHED))
 
     @property
     def ok(self) -> bool:
@@ -93,8 +133,10 @@ class ReplayReport:
         """The human report: a summary, then each difference in record order."""
         counts = self.counts
         lines = [f"fusetrace replay of {self.trace}",
-                 f"server: {' '.join(self.server)}",
-                 f"replayed {counts.get('requests', 0)} requests: {counts.get('replies', 0)} "
+                 f"server: {' '.join(self.server)}"]
+        if self.outcome.before_init:  # it never started: why, before anything else
+            lines += [f"error: {self.error}", *self._log_lines()]
+        lines += [f"replayed {counts.get('requests', 0)} requests: {counts.get('replies', 0)} "
                  f"replies, {counts.get('ioctls', 0)} ioctls and {counts.get('notifications', 0)} "
                  f"notifications compared"]
         if self.server_exit:
@@ -108,11 +150,8 @@ class ReplayReport:
         n = len(self.differences)
         found = f"{n} difference{'s' if n != 1 else ''}"
         if self.error:
-            lines.append(f"error: {self.error}")
-            tail = self.server_log.splitlines()[-LOG_LINES:]
-            if tail:
-                lines.append("the server's last output:")
-                lines += [f"  | {line}" for line in tail]
+            if not self.outcome.before_init:
+                lines += [f"error: {self.error}", *self._log_lines()]
             lines.append(f"result: the replay did not finish ({found} up to the error)")
         else:
             lines.append("result: " + ("no differences" if n == 0 else found))
@@ -120,8 +159,13 @@ class ReplayReport:
             lines += ["", diff.text()]
         return "\n".join(lines) + "\n"
 
+    def _log_lines(self) -> list[str]:
+        tail = self.server_log.splitlines()[-LOG_LINES:]
+        return ["the server's last output:", *[f"  | {line}" for line in tail]] if tail else []
+
     def json(self) -> dict[str, Any]:
         return {"trace": self.trace, "server": self.server, "ok": self.ok, "error": self.error,
+                "outcome": self.outcome.json(),
                 "counts": self.counts, "masks": self.masks, "notes": self.notes,
                 "hidden": self.hidden,
                 "server_exit": self.server_exit,

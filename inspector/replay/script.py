@@ -24,10 +24,11 @@ from typing import Any
 
 from dissectors.constants import NO_REPLY_OPCODES, Opcode
 from dissectors.ioctls import DevIoctl
-from dissectors.quick import peek_reply, peek_request
+from dissectors.quick import Brief, peek_reply, peek_request
 from traces import Record, TraceReadError, TraceReader
 
 from .attribute import Attributor, ioctl_backing_id
+from .views import RequestView
 
 SEND, EXPECT = 0, 1
 #: ioctls a replay compares; CLONE and SYNC_INIT are the proxy's business, not the server's.
@@ -64,6 +65,10 @@ class Exchange:
     reply_true_len: int | None = None
     interrupted_at: int | None = None  # record index of an INTERRUPT sent before the reply
     ioctls: list[IoctlRecord] = field(default_factory=list)
+    #: set by `order.plan`, which decodes the recorded messages once
+    view: RequestView | None = None  # the request's server-chosen slots
+    pending: Any = None  # what decoding its reply needs (the session decoder's note)
+    reply_brief: Brief | None = None  # the recorded reply's fast decode
 
     @property
     def answered(self) -> bool:

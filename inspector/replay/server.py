@@ -2,14 +2,19 @@
 mounted behind it, so no root and no /dev/fuse are needed.
 
 The server's command line names its mountpoint as for `record` (the same heuristic and
-`--mountpoint`); a libfuse 3 server gets `/dev/fd/N`, one end of a SOCK_SEQPACKET
-socketpair, in its place. The recorder's seccomp trap is installed the same way, with
-the kernel's side of the ioctls emulated (`emulate`). Its output goes to a file, shown
-when it fails.
+`--mountpoint`, `inspector.exchange.args`); a libfuse 3 server gets `/dev/fd/N`, one end
+of a SOCK_SEQPACKET socketpair, in its place. The recorder's seccomp trap
+(`inspector.exchange.trap`) is installed the same way, with the kernel's side of the
+ioctls emulated (`emulate.EmulatedKernel` is its performer). Its output goes to a file,
+shown when it fails.
+
+A server that exits (or closes its connection) is seen at once, whatever it was doing:
+the replay waits on its process (a pidfd) beside its socket, so one that never starts is
+named with its exit status within moments, never taken for a server that hangs.
 
 Ending, as the recorded session ended (`hang_up`, `wait_exit`): after an unmount every
 server thread reading the connection gets ENODEV, as the kernel says it and as the
-recorder passes it on (`record.hangup`: ptrace); a server that ended the session itself
+recorder passes it on (`exchange.hangup`: ptrace); a server that ended the session itself
 is waited for. Processes are found by the server's end of the socket in /proc (a
 daemonized server too). When that does not end it, or when the trace does not say how
 the session ended, `stop`: SIGTERM, then end-of-file, then SIGKILL, a grace period apart,
@@ -28,13 +33,13 @@ import tempfile
 import time
 from typing import IO, Callable, Sequence
 
-from ..record import hangup
-from ..record.args import ArgumentError, ServerCommand
-from ..record.flavour import Flavour, guess
-from ..record.relay import BUFFER_SIZE, server_socketpair
-from ..record.trap import IoctlTrap
+from ..exchange import hangup
+from ..exchange.args import ArgumentError, ServerCommand
+from ..exchange.channel import BUFFER_SIZE, server_socketpair
+from ..exchange.flavour import Flavour, guess
+from ..exchange.trap import IoctlTrap, ServerMount
 from ..syscalls import socket_holders
-from .emulate import EmulatedTrap, IoctlLog
+from .emulate import EmulatedKernel, IoctlLog
 from .script import ReplayError, exit_text
 
 GRACE = 3.0  # seconds the server gets to exit after its connection ends, then after SIGTERM
@@ -71,7 +76,8 @@ class ServerUnderTest:
         self.passthrough = passthrough
         self.argv = argv
         self.proc: subprocess.Popen[bytes] | None = None
-        self.trap: EmulatedTrap | None = None
+        self.trap: IoctlTrap | None = None
+        self.pidfd = -1  # the server process's, polled beside the socket
         self.sock: socket.socket | None = None
         self.output: IO[bytes] = tempfile.TemporaryFile(prefix="fusetrace-replay-server-")
         self.buf = bytearray(BUFFER_SIZE)
@@ -89,7 +95,9 @@ class ServerUnderTest:
         device_open = self.flavour is Flavour.DEVICE_OPEN
         argv = (self.command.argv if device_open
                 else self.command.with_mountpoint(f"/dev/fd/{child_fd}"))
-        self.trap = EmulatedTrap(child_fd, self.log, self.passthrough, device_open)
+        self.trap = IoctlTrap(child_fd, -1, self.log,
+                              on_mount=_pretend_mounted if device_open else None, native=False,
+                              performer=EmulatedKernel(self.passthrough))
         try:
             self.proc = subprocess.Popen(argv, pass_fds=[child_fd], preexec_fn=self.trap.child_setup,
                                          stdin=subprocess.DEVNULL, stdout=self.output,
@@ -100,6 +108,8 @@ class ServerUnderTest:
             raise ReplayError(f"cannot start {argv[0]}: {exc.strerror}{where}") from None
         self.inode = os.fstat(child_fd).st_ino
         theirs.close()
+        self.pidfd = os.pidfd_open(self.proc.pid)
+        self.poller.register(self.pidfd, select.POLLIN)
         try:
             self.trap.start(self.proc)
         except RuntimeError as exc:
@@ -120,10 +130,16 @@ class ServerUnderTest:
             raise
 
     def receive(self, deadline: float) -> bytes | None:
-        """The next message from the server; None when the deadline passed first."""
+        """The next message from the server; None when the deadline passed first. Raises
+        Closed once nothing holds the server's end any more (every process of it exited)."""
         assert self.sock is not None
-        if not self.poller.poll(max(deadline - time.monotonic(), 0) * 1000):
-            return None
+        while True:
+            events = self.poller.poll(max(deadline - time.monotonic(), 0) * 1000)
+            if not events:
+                return None
+            if any(fd == self.sock.fileno() for fd, _ in events):
+                break
+            self._process_gone()
         try:
             n = self.sock.recv_into(self.buf, 0, socket.MSG_TRUNC)
         except ConnectionResetError:
@@ -133,6 +149,17 @@ class ServerUnderTest:
         if n > len(self.buf):
             raise ReplayError(f"a {n}-byte message from the server exceeds the {len(self.buf)}-byte buffer")
         return bytes(self.buf[:n])
+
+    def _process_gone(self) -> None:
+        """The process started has exited: Closed when nothing of the server holds its end
+        of the socket any more (a daemon that took it over keeps the session going)."""
+        self.poller.unregister(self.pidfd)
+        os.close(self.pidfd)
+        self.pidfd = -1
+        assert self.proc is not None
+        self.proc.wait()
+        if not socket_holders(self.inode) and self.trap is not None:
+            self.trap.release_relay()  # kept for an open of /dev/fuse that never came
 
     # --- end ------------------------------------------------------------------------
 
@@ -231,6 +258,9 @@ class ServerUnderTest:
 
     def close(self) -> None:
         self.output.close()
+        if self.pidfd >= 0:
+            os.close(self.pidfd)
+            self.pidfd = -1
 
     def server_output(self, limit: int = 4000) -> str:
         """The end of what the server wrote to stdout and stderr."""
@@ -268,3 +298,9 @@ class ServerUnderTest:
         if self.proc is not None and self.proc.poll() is None:
             pids.add(self.proc.pid)
         return pids
+
+
+def _pretend_mounted(request: ServerMount) -> int:
+    """A server's own mount(2) of its connection: nothing is mounted in a replay, and the
+    server is told it worked."""
+    return 0

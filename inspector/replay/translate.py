@@ -30,6 +30,9 @@ class Table:
         self.forward: dict[int, int] = {v: v for v in fixed}
         self.backward: dict[int, int] = {v: v for v in fixed}
         self.refs: dict[int, int] = {}
+        #: recorded values `learn` unbound because the replayed server broke the one-to-one
+        #: rule (collected and cleared by the replay, which notes which reply did it)
+        self.displaced: list[int] = []
 
     def rewrite(self, recorded: int) -> int:
         """The replayed value for a recorded one (itself when never learned)."""
@@ -48,12 +51,14 @@ class Table:
             problem = (f"recorded {self.what} {recorded} is {before} in this replay and still "
                        f"in use, but now comes back as {replayed}")
             self._unbind(recorded)
+            self.displaced.append(recorded)
         other = self.backward.get(replayed)
         if problem is None and other is not None and other != recorded:
             problem = (f"{self.what} {replayed} is handed out again while it still stands for "
                        f"recorded {self.what} {other}")
         if other is not None and other != recorded:
             self._unbind(other)
+            self.displaced.append(other)
         self.forward[recorded] = replayed
         self.backward[replayed] = recorded
         self.refs[recorded] = self.refs.get(recorded, 0) + refs

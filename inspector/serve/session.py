@@ -45,7 +45,7 @@ from ..mounts import (
     mounts_at,
 )
 from .. import syscalls
-from ..record.args import MOUNT_FLAGS, ArgumentError, mount_plan
+from ..exchange.args import MOUNT_FLAGS, ArgumentError, mount_plan
 from .book import BadTrace, ReplyBook
 from .report import ServeReport
 from .responder import Responder

@@ -1,4 +1,4 @@
-"""`inspector.record.creds` on this kernel: reading a thread's credentials, taking on
+"""`inspector.exchange.creds` on this kernel: reading a thread's credentials, taking on
 another thread's for a call and taking its own back, and what happens when either way is
 refused. Each switch runs on a throwaway thread: credentials are per thread, and a thread
 that could not take its own back must not be reused (which is the point of RestoreError)."""
@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 import pytest
 
-from inspector.record import creds
+from inspector.exchange import creds
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="taking other credentials needs root")
 

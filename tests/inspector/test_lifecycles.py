@@ -132,7 +132,9 @@ def test_clean_passthrough_lifecycle(s: Session) -> None:
     [fh] = a.find("fh", 0x10)
     assert fh.records == [reply, released] and fh.state == "released"
     [node] = a.find("node", 2)
-    assert node.label == "f" and node.count == 1 and node.verdict == "still open at end of trace"
+    # at unmount the kernel drops node references with the connection, sending no FORGET
+    assert node.label == "f" and node.count == 1 and node.verdict == "released by the unmount"
+    assert node.events[-1].what == "unmount" and node.events[-1].index == s.count - 1
     assert a.subjects_of(reply) == [("backing", 1), ("fh", 0x10), ("request", 6)]
     [req] = a.find("request", 6)
     assert req.records == [asked, reply] and req.state == "answered"
@@ -356,3 +358,25 @@ def test_entry_names_at_the_negotiated_minors_layout(opcode: int, new: type, old
         raw = bytes(FuseInHeader(opcode=opcode, unique=2) / body / FuseName(name=b"file"))
         assert entry_name(opcode, raw, minor) == "file"
     assert entry_name(opcode, raw, 45) != "file"  # read at 7.45's offset, the name is missed
+
+
+def test_follow_and_check_agree_on_nodes_after_a_clean_unmount(s: Session) -> None:
+    """`check` finds nothing open after an unmount, and `follow --nodeid` says why: the
+    kernel dropped the node's lookups with the connection (no FORGET is sent at unmount)."""
+    from record_support import fusetrace
+
+    s.init()
+    s.lookup(b"f", 2)
+    s.end()
+    check = fusetrace("check", str(s.writer.path))
+    assert check.returncode == 0, check.stdout + check.stderr
+    follow = fusetrace("follow", "--nodeid", "2", str(s.writer.path))
+    assert follow.returncode == 0, follow.stderr
+    assert "verdict: released by the unmount (state: released at unmount)" in follow.stdout
+    assert "still open" not in follow.stdout
+    cut = Session(Path(s.writer.path).parent / "cut.fzt")
+    cut.init()
+    cut.lookup(b"f", 2)
+    cut.writer.close()
+    follow = fusetrace("follow", "--nodeid", "2", str(cut.writer.path))
+    assert "verdict: still open at end of trace" in follow.stdout

@@ -20,7 +20,7 @@ import pytest
 from dissectors import IoctlCall, Message
 from dissectors.constants import FOPEN_PASSTHROUGH, Opcode
 from dissectors.ioctls import DevIoctl
-from inspector.record.trap import IoctlTrap
+from inspector.exchange.trap import IoctlTrap
 from inspector.testing import mounted_server, recorded_server
 
 from record_support import (

@@ -18,7 +18,7 @@ from dissectors.constants import FUSE_INIT_EXT, FUSE_OVER_IO_URING, Opcode
 from dissectors.structs import FuseData, FuseInitIn
 from inspector import syscalls
 from inspector.mounts import MountOptions
-from inspector.record.args import (
+from inspector.exchange.args import (
     ArgumentError,
     ServerCommand,
     find_mountpoint,

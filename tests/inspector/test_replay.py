@@ -20,9 +20,10 @@ from typing import Callable, Iterator
 import pytest
 
 from dissectors import Message
-from dissectors.constants import Opcode
+from dissectors.constants import READ_ONLY_OPCODES, Opcode
 from dissectors.ioctls import DevIoctl
 from inspector.replay import Masks, ReplayReport, replay
+from inspector.replay.engine import PIPELINE
 from inspector.replay.hidden import WHY
 from inspector.syscalls import mount, umount2
 from inspector.testing import decode_trace, fuse_available, recorded_server, tree
@@ -267,18 +268,39 @@ def _most_outstanding(trace: Path) -> int:
 @pytest.mark.requires_fuse
 @pytest.mark.timeout(180)
 def test_overlap_replays_the_recorded_concurrency(tmp_path: Path) -> None:
-    """`overlap` sends requests where the trace had them, several out at once; the default
-    sends one at a time. Both find no differences on a multi-threaded server."""
+    """`overlap` sends requests where the trace had them, several out at once; `serial`
+    sends one at a time; the default pipelines read-only requests, never more than
+    PIPELINE at once. All find no differences on a multi-threaded server."""
     (tmp_path / "rec").mkdir()
     rec = _record(tmp_path / "rec", _passthroughfs_plain, _concurrent_reads, _pt_source)
     assert _most_outstanding(rec.trace) > 1, "the recording should hold concurrent requests"
-    overlapped, serial = tmp_path / "overlap.fzt", tmp_path / "serial.fzt"
+    overlapped, serial, piped = tmp_path / "overlap.fzt", tmp_path / "serial.fzt", tmp_path / "p.fzt"
     report = replay(rec.trace, rec.fresh(tmp_path / "a"), overlap=True, write=overlapped)
     assert report.ok, report.text()
     assert _most_outstanding(overlapped) > 1
-    report = replay(rec.trace, rec.fresh(tmp_path / "b"), write=serial)
+    report = replay(rec.trace, rec.fresh(tmp_path / "b"), serial=True, write=serial)
     assert report.ok, report.text()
     assert _most_outstanding(serial) == 1
+    report = replay(rec.trace, rec.fresh(tmp_path / "c"), write=piped)
+    assert report.ok, report.text()
+    assert 1 < _most_outstanding(piped) <= PIPELINE
+    assert _alone_unless_read_only(piped)
+
+
+def _alone_unless_read_only(trace: Path) -> bool:
+    """Whether every request that may change something was out alone in a trace."""
+    out: dict[int, int] = {}
+    for e in decode_trace(trace).entries:
+        if not isinstance(e.decoded, Message) or not e.decoded.brief.unique:
+            continue
+        brief = e.decoded.brief
+        if e.record.is_request and brief.opcode not in (Opcode.FORGET, Opcode.BATCH_FORGET):
+            out[brief.unique] = brief.opcode
+            if len(out) > 1 and not all(op in READ_ONLY_OPCODES for op in out.values()):
+                return False
+        elif e.record.is_reply:
+            out.pop(brief.unique, None)
+    return True
 
 
 @pytest.mark.requires_fuse

@@ -20,13 +20,15 @@ from dissectors.structs import (
     FuseEntryOut,
     FuseInHeader,
     FuseInitIn,
+    FuseInitOut,
     FuseOpenOut,
     FuseOutHeader,
     FuseReleaseIn,
 )
-from inspector.replay import replay
+from inspector.replay import End, Outcome, replay
 from inspector.replay.attribute import Attributor
-from inspector.replay.emulate import EmulatedTrap, IoctlLog
+from inspector.exchange.trap import TrappedIoctl
+from inspector.replay.emulate import EmulatedKernel
 from inspector.replay.masks import Mask, Masks
 from inspector.replay.translate import Table
 from inspector.syscalls import mount, umount2
@@ -88,6 +90,32 @@ def test_bad_command_lines_exit_2(tmp_path: Path) -> None:
         res = fusetrace("replay", str(trace), *args)
         assert res.returncode == 2, (args, res)
         assert words in res.stderr and len(res.stderr.splitlines()) == 1, res.stderr
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("route", [None, "device-open"])
+def test_a_server_that_cannot_start_is_named_with_its_status_and_output(
+        route: str | None, tmp_path: Path) -> None:
+    """It exits before answering INIT: said at once (a 60 s timeout per request would
+    outlast the test's 30 s), with its status and its last output first, never taken
+    for a server that hangs. With the route of a server that opens /dev/fuse itself, the
+    replay's copy of the connection waits for that open: the exit must end it too."""
+    trace = tmp_path / "t.fzt"
+    with TraceWriter(trace, {"source": "proxy"}) as w:
+        if route:
+            w.event("connected", route=route)
+        w.request(bytes(FuseInHeader(opcode=Opcode.INIT, unique=2) / FuseInitIn()))
+        w.reply(bytes(FuseOutHeader(unique=2) / FuseInitOut()))
+    (tmp_path / "mnt").mkdir()
+    report = replay(trace, ["sh", "-c", "echo boom >&2; exit 3", "sh", str(tmp_path / "mnt")],
+                    timeout=60)
+    assert report.outcome == Outcome(End.EXITED, status=3, record=report.outcome.record,
+                                     opcode=Opcode.INIT, before_init=True)
+    assert report.error == "sh exited with status 3 before answering the kernel's INIT: it did not start"
+    assert report.server_exit == "exited with status 3"
+    lines = report.text().splitlines()
+    assert lines[2:5] == [f"error: {report.error}", "the server's last output:", "  | boom"]
+    assert "hangs" not in report.text()
 
 
 def test_api_never_raises_on_a_bad_trace(tmp_path: Path) -> None:
@@ -217,21 +245,18 @@ def trap() -> Iterator[Callable[..., int]]:
     the id). `depth` is the max_stack_depth INIT negotiated (0: no passthrough)."""
     if os.geteuid() != 0:
         pytest.skip("BACKING_OPEN needs CAP_SYS_ADMIN")
-    ours, theirs = socket.socketpair()
     depth = [1]
-    emulated = EmulatedTrap(theirs.fileno(), IoctlLog(None, lambda call: None), lambda: depth[0],
-                            False)
+    emulated = EmulatedKernel(lambda: depth[0])
 
     def call(fd: int, flags: int = 0, padding: int = 0, negotiated: int = 1,
              cmd: int = DevIoctl.BACKING_OPEN) -> int:
         depth[0] = negotiated
         arg = _backing_map(fd, flags, padding) if cmd == DevIoctl.BACKING_OPEN else struct.pack("<I", fd)
-        out = emulated._perform(cmd, arg, os.getpid(), threading.get_native_id(), fd, 0)
+        out = emulated.perform(TrappedIoctl(cmd, arg, os.getpid(), threading.get_native_id(),
+                                            fd, 0))
         return out.errno or -out.result
 
     yield call
-    ours.close()
-    theirs.close()
 
 
 def test_backing_open_errors_come_in_the_kernels_order(trap: Callable[..., int],

@@ -26,9 +26,9 @@ from dissectors.ioctls import DevIoctl
 from dissectors.offsets import unique_of
 from dissectors.structs import FuseInitOut
 from inspector import syscalls
-from inspector.record import creds
-from inspector.record import trap as trap_module
-from inspector.record.trap import IoctlTrap
+from inspector.exchange import creds
+from inspector.exchange import trap as trap_module
+from inspector.exchange.trap import IoctlTrap
 from inspector.testing import wait_for_mount
 from traces import Kind, TraceReader, TraceWriter
 from traces.records import IOCTL_KEYS
@@ -63,7 +63,7 @@ print(json.dumps({"out": out, "backing_fd": backing}))
 def native(request: pytest.FixtureRequest) -> bool:
     """Whether the trap's C loop is used (a missing build fails: see c_extensions)."""
     if request.param == "c":
-        c_extension("inspector.record._trapfast")
+        c_extension("inspector.exchange._trapfast")
     return request.param == "c"
 
 
@@ -213,7 +213,7 @@ print(json.dumps({"socket": is_socket, "mount": res, "errno": ctypes.get_errno()
 def test_server_that_opens_dev_fuse_and_mounts_itself(skip_without_seccomp: None,
                                                      tmp_path: Path, native: bool) -> None:
     """Its open of /dev/fuse returns the relay socket; its mount(2) is done for real."""
-    from inspector.record.trap import ServerMount
+    from inspector.exchange.trap import ServerMount
 
     mnt = tmp_path / "mnt"
     mnt.mkdir()
@@ -431,7 +431,7 @@ def test_a_failed_switch_back_stops_the_trap_and_closes_what_it_opened(
 #: `fusetrace` with the kernel refusing the trap thread's way back to its own credentials
 REFUSING_RECORDER = """
 import errno, sys
-from inspector.record import creds
+from inspector.exchange import creds
 def refused(nrs, mine):
     raise OSError(errno.EPERM, "setresuid: Operation not permitted")
 creds._take_back = refused

@@ -9,6 +9,10 @@ enough for the tests and keeps the code short. MOUNTPOINT may be `/dev/fd/N` (li
 then serves that descriptor and does not mount).
 
 SIGTERM and SIGINT end the session cleanly (exit 0).
+
+`--small-handles`: file and directory handles are the lowest free integers from 1, taken
+back at RELEASE/RELEASEDIR and handed out again at once, as go-fuse servers do (otherwise
+a handle is the inode number).
 """
 
 from __future__ import annotations
@@ -48,11 +52,33 @@ def _fail(err: int) -> pyfuse3.FUSEError:
 
 
 class MemFS(pyfuse3.Operations):
-    def __init__(self) -> None:
+    def __init__(self, small_handles: bool = False) -> None:
         super().__init__()
         self.nodes: dict[int, Node] = {
             pyfuse3.ROOT_INODE: Node(pyfuse3.ROOT_INODE, stat.S_IFDIR | 0o755, nlink=2)}
         self.next_inode = pyfuse3.ROOT_INODE + 1
+        self.handles: dict[int, int] | None = {} if small_handles else None  # fh → inode
+
+    def _open(self, inode: int) -> int:
+        """A new handle for `inode`."""
+        if self.handles is None:
+            return inode
+        fh = next(n for n in range(1, len(self.handles) + 2) if n not in self.handles)
+        self.handles[fh] = inode
+        return fh
+
+    def _of(self, fh: int) -> int:
+        """The inode a handle stands for."""
+        if self.handles is None:
+            return fh
+        try:
+            return self.handles[fh]
+        except KeyError:
+            raise _fail(errno.EBADF) from None
+
+    def _close(self, fh: int) -> None:
+        if self.handles is not None:
+            self.handles.pop(fh, None)
 
     # --- helpers ------------------------------------------------------------------------
 
@@ -192,18 +218,18 @@ class MemFS(pyfuse3.Operations):
         node = self._node(inode)
         if flags & os.O_TRUNC:
             node.data.clear()
-        return pyfuse3.FileInfo(fh=inode)
+        return pyfuse3.FileInfo(fh=self._open(inode))
 
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
                      ctx: Any) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         node = self._new(parent_inode, name, stat.S_IFREG | stat.S_IMODE(mode), ctx)
-        return pyfuse3.FileInfo(fh=node.inode), self._attr(node)
+        return pyfuse3.FileInfo(fh=self._open(node.inode)), self._attr(node)
 
     async def read(self, fh: int, off: int, size: int) -> bytes:
-        return bytes(self._node(fh).data[off:off + size])
+        return bytes(self._node(self._of(fh)).data[off:off + size])
 
     async def write(self, fh: int, off: int, buf: bytes) -> int:
-        node = self._node(fh)
+        node = self._node(self._of(fh))
         if off > len(node.data):
             node.data.extend(b"\0" * (off - len(node.data)))
         node.data[off:off + len(buf)] = buf
@@ -214,23 +240,23 @@ class MemFS(pyfuse3.Operations):
         pass
 
     async def release(self, fh: int) -> None:
-        pass
+        self._close(fh)
 
     async def fsync(self, fh: int, datasync: bool) -> None:
         pass
 
     async def opendir(self, inode: int, ctx: Any) -> int:
         self._dir(inode)
-        return inode
+        return self._open(inode)
 
     async def readdir(self, fh: int, start_id: int, token: Any) -> None:
-        entries = sorted(self._dir(fh).children.items())
+        entries = sorted(self._dir(self._of(fh)).children.items())
         for i, (name, inode) in enumerate(entries[start_id:], start_id + 1):
             if not pyfuse3.readdir_reply(token, name, self._attr(self._node(inode)), i):
                 break
 
     async def releasedir(self, fh: int) -> None:
-        pass
+        self._close(fh)
 
     async def statfs(self, ctx: Any) -> pyfuse3.StatvfsData:
         st = pyfuse3.StatvfsData()
@@ -272,6 +298,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("mountpoint")
     parser.add_argument("--debug", action="store_true")
+    parser.add_argument("--small-handles", action="store_true",
+                        help="handles are the lowest free integers, reused at once (go-fuse)")
     return parser.parse_args(argv)
 
 
@@ -299,7 +327,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     options = set(pyfuse3.default_options) | {"fsname=memfs"}
     if args.debug:
         options.add("debug")
-    pyfuse3.init(MemFS(), args.mountpoint, options)
+    pyfuse3.init(MemFS(args.small_handles), args.mountpoint, options)
     try:
         trio.run(_serve)
     finally:

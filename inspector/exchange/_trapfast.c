@@ -533,7 +533,7 @@ static PyGetSetDef Trap_getset[] = {
 
 static PyTypeObject TrapType = {
     PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "inspector.record._trapfast.Trap",
+    .tp_name = "inspector.exchange._trapfast.Trap",
     .tp_doc = "The seccomp trap's per-call loop (see trap.py)",
     .tp_basicsize = sizeof(Trap),
     .tp_flags = Py_TPFLAGS_DEFAULT,

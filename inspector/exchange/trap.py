@@ -1,5 +1,6 @@
 """Catch the server's /dev/fuse ioctls (and its splices onto the relay) with seccomp user
-notification, and do them for real.
+notification, and have a performer answer them: for real on the device (`record`), or
+emulated as the kernel would answer (`replay`).
 
 The server talks to a socket it believes is /dev/fuse, so its passthrough ioctls would fail
 there (ENOTTY) and it would quietly drop passthrough. Before the server's exec, a seccomp
@@ -11,9 +12,9 @@ notification on a listener fd handed to fusetrace. The supervisor thread then, f
 - reads the argument from the calling thread's memory (/proc/TID/mem);
 - for ioctls that pass a file descriptor (BACKING_OPEN, Android PASSTHROUGH_OPEN V0/V1/V2),
   takes that fd from the server with pidfd_getfd and rewrites the argument with our copy;
-- performs the ioctl on the real /dev/fuse, records it (command, argument bytes as the
-  server wrote them, result or errno, thread, the fd and the path behind it), and answers
-  the server with the kernel's result or errno.
+- hands it to its `Performer` (`DevicePerformer`: the ioctl on the real /dev/fuse), records
+  it (command, argument bytes as the server wrote them, result or errno, thread, the fd and
+  the path behind it), and answers the server with the performer's result or errno.
 
 The calls that pass a backing file (BACKING_OPEN, PASSTHROUGH_OPEN) are made with the
 calling thread's credentials (`creds`): the kernel checks CAP_SYS_ADMIN and keeps the
@@ -41,9 +42,9 @@ the same options. umount2(2) is trapped always (`on_unmount`): a server ending i
 unmounts its mountpoint the way it would directly, and one told of an unmount that already
 happened is answered as the kernel's POLLERR would have spared it the call.
 
-The common calls are handled in C (`_trapfast.c`, with the GIL released): BACKING_OPEN
-and BACKING_CLOSE on the relay from a caller with the recorder's own credentials, and
-opens for O_RDWR of anything but /dev/fuse. Python keeps the rest and every call the C
+With the device performer the common calls are handled in C (`_trapfast.c`, with the GIL
+released): BACKING_OPEN and BACKING_CLOSE on the relay from a caller with the recorder's
+own credentials, and opens for O_RDWR of anything but /dev/fuse. Python keeps the rest and every call the C
 loop hands back before it has done anything. Without the C part everything is done here,
 slower.
 
@@ -67,7 +68,7 @@ import struct
 import subprocess
 import threading
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 from dissectors.ioctls import FD_ARGS, DevIoctl, FuseIoctlU32
 from dissectors.offsets import offset
@@ -323,6 +324,35 @@ def _fd_path(pid: int, fd: int) -> str | None:
 _FD_AT = {cmd: offset(cls, name) for cmd, (cls, name) in FD_ARGS.items()}
 
 
+@dataclass(frozen=True)
+class TrappedIoctl:
+    """A /dev/fuse ioctl a server thread made on the relay, as a performer gets it."""
+
+    cmd: int
+    arg: bytes  # as the server wrote it
+    pid: int
+    tid: int  # the caller, whose credentials count
+    backing_fd: int | None  # the descriptor the argument passes (in the server), if any
+    fd_at: int | None  # where in `arg` that descriptor sits
+
+
+class Performer(Protocol):
+    """Who answers the server's ioctls: the real device, or an emulation of the kernel."""
+
+    def perform(self, call: TrappedIoctl) -> Outcome:
+        ...
+
+
+class TrapLog(Protocol):
+    """Where the trap reports: a TraceWriter, or anything taking the same two calls."""
+
+    def ioctl(self, **meta: Any) -> None:
+        ...
+
+    def event(self, name: str, **data: Any) -> None:
+        ...
+
+
 class IoctlTrap:
     """Seccomp supervisor for one server (and every process and thread it starts)."""
 
@@ -341,9 +371,10 @@ class IoctlTrap:
             return "the kernel has no seccomp"
         return None
 
-    def __init__(self, relay_fd_in_child: int, device_fd: int, writer: TraceWriter,
+    def __init__(self, relay_fd_in_child: int, device_fd: int, writer: TraceWriter | TrapLog,
                  on_mount: MountHandler | None = None,
-                 on_unmount: UnmountHandler | None = None, native: bool = True) -> None:
+                 on_unmount: UnmountHandler | None = None, native: bool = True,
+                 performer: Performer | None = None) -> None:
         """`relay_fd_in_child` is the server's socket end, open here under the same number
         (subprocess's pass_fds keeps numbers); its inode is how the relay is recognised.
         `device_fd` is the real /dev/fuse (-1 until there is one: `device_fd` may be set
@@ -353,7 +384,8 @@ class IoctlTrap:
         or through fusermount3) are caught too: their open of /dev/fuse returns a copy of
         the relay socket, and their mount(2) of it is handed to `on_mount`.
 
-        `native=False` keeps every call in Python."""
+        `performer` answers the ioctls (default: `DevicePerformer` on `device_fd`, whose
+        common calls the C loop makes itself); `native=False` keeps every call in Python."""
         self.relay_fd_in_child = relay_fd_in_child
         self.device_fd = device_fd
         self.writer = writer
@@ -374,7 +406,9 @@ class IoctlTrap:
         self._stopping = threading.Event()
         self._arch = _ARCHES[platform.machine()]
         self._nr_ioctl, self._nr_seccomp = self._arch.ioctl, self._arch.seccomp
-        self._native = native and _trapfast is not None
+        self.performer = performer if performer is not None else DevicePerformer(self)
+        self._native = (native and _trapfast is not None
+                        and isinstance(self.performer, DevicePerformer))
         program = filter_program(self._arch.audit, rules_for(self._arch, on_mount is not None,
                                                              cred_changes=self._native))
         self._filters = (_SockFilter * len(program))(*[_SockFilter(*ins) for ins in program])
@@ -418,6 +452,7 @@ class IoctlTrap:
             if self._asked_native:
                 log.warning(NOT_BUILT)
             return None
+        assert isinstance(self.writer, TraceWriter)
         return _trapfast.Trap(listener=self._listener, relay_inode=self.relay_inode,
                               appender=self.writer.appender, nr_ioctl=self._arch.ioctl,
                               nr_openat=self._arch.openat, nr_open=self._arch.open or -1,
@@ -439,7 +474,7 @@ class IoctlTrap:
 
     def stop(self) -> None:
         self._stopping.set()
-        self._drop_inject()
+        self.release_relay()
         if self._thread is not None:
             self._thread.join(timeout=5)
         self._close_orphans()
@@ -486,7 +521,7 @@ class IoctlTrap:
             try:
                 val, err, cont = self._handle(note)
             except creds.RestoreError as exc:  # this thread is no longer ours to use
-                self._fail(str(exc))
+                self.fail(str(exc))
                 val, err, cont = -1, errno.EIO, False
             except Exception:  # never leave a server thread blocked on our bug
                 log.exception("handling syscall %d", note.nr)
@@ -498,10 +533,16 @@ class IoctlTrap:
                 self._listener = None
                 return
 
-    def _fail(self, why: str) -> None:
+    def fail(self, why: str) -> None:
+        """The trap thread cannot go on (its credentials could not be taken back): later
+        trapped calls get ENOSYS, and the trace says why."""
         self.failed = why
         log.error("%s; the recording stops", why)
         self._record(self.writer.event, "proxy_error", recorder_error=why)
+
+    def orphan(self, backing_id: int) -> None:
+        """A backing id opened by a call after which the trap stopped: closed at `stop`."""
+        self._orphans.append(backing_id)
 
     def _close_orphans(self) -> None:
         """Close backing ids opened by a call after which the trap thread stopped (from
@@ -535,12 +576,13 @@ class IoctlTrap:
             return False
 
     def is_relay(self, tid: int, fd: int) -> bool:
-        """Whether `fd` of thread `tid` is the server's end of the relay."""
+        """Whether descriptor `fd` of thread (or process) `tid` is the relay socket."""
         return _fd_path(tid, fd) == f"socket:[{self.relay_inode}]"
 
-    def _drop_inject(self) -> None:
-        """Our copy of the server's socket end must go once handed out: while we hold it,
-        the relay would never see the server's side close."""
+    def release_relay(self) -> None:
+        """Give up the copy of the server's socket end kept for its open of /dev/fuse: once
+        handed out, or once the server is gone without opening it (while we hold it, the
+        other end would never see the server's side close)."""
         fd, self._inject = self._inject, None
         if fd is not None:
             os.close(fd)
@@ -627,7 +669,7 @@ class IoctlTrap:
                      program=request.program, source=request.source, target=request.target,
                      fstype=fstype, flags=request.flags, options=request.data, errno=err)
         if err == 0:
-            self._drop_inject()
+            self.release_relay()
         return (0 if err == 0 else -1), err, False
 
     def _handle_umount(self, note: Notification) -> tuple[int, int, bool | None]:
@@ -657,7 +699,7 @@ class IoctlTrap:
         fd_at = _FD_AT.get(cmd)
         backing_fd = struct.unpack_from("<i", arg, fd_at)[0] if fd_at is not None and len(arg) >= 4 else None
         path = _fd_path(pid, backing_fd) if backing_fd is not None else None
-        outcome = self._perform(cmd, arg, pid, note.tid, backing_fd, fd_at)
+        outcome = self.performer.perform(TrappedIoctl(cmd, arg, pid, note.tid, backing_fd, fd_at))
         extra: dict[str, Any] = {"note": outcome.note} if outcome.note else {}
         if outcome.recorder_error:
             extra["recorder_error"] = outcome.recorder_error
@@ -721,9 +763,17 @@ class IoctlTrap:
         finally:
             os.close(fd)
 
-    def _perform(self, cmd: int, arg: bytes, pid: int, tid: int, backing_fd: int | None,
-                 fd_at: int | None) -> Outcome:
-        """Do the ioctl on the real device with the caller's credentials."""
+
+class DevicePerformer:
+    """The ioctls done on the real /dev/fuse (the trap's `device_fd`, which may be set once
+    the recorder has mounted), with the calling thread's credentials."""
+
+    def __init__(self, trap: IoctlTrap) -> None:
+        self.trap = trap
+
+    def perform(self, call: TrappedIoctl) -> Outcome:
+        cmd, arg, pid, tid = call.cmd, call.arg, call.pid, call.tid
+        backing_fd, fd_at = call.backing_fd, call.fd_at
         if cmd == DevIoctl.SYNC_INIT:
             return Outcome(-1, errno.ENOTTY, "not relayed: answered as a kernel without SYNC_INIT")
         ours = None
@@ -752,14 +802,15 @@ class IoctlTrap:
             try:
                 with creds.assumed(caller):
                     try:
-                        result = fcntl.ioctl(self.device_fd, cmd, buf) if buf else fcntl.ioctl(self.device_fd, cmd, 0)
+                        device = self.trap.device_fd
+                        result = fcntl.ioctl(device, cmd, buf) if buf else fcntl.ioctl(device, cmd, 0)
                     except OSError as exc:
                         return Outcome(-1, exc.errno or errno.EIO)
             except creds.RestoreError as exc:  # the call was made; this thread must stop
-                self._fail(str(exc))
+                self.trap.fail(str(exc))
                 opened = ""
                 if result is not None and cmd == DevIoctl.BACKING_OPEN:
-                    self._orphans.append(result)
+                    self.trap.orphan(result)
                     opened = f"; the backing id {result} it opened is closed by fusetrace"
                 return Outcome(-1, errno.EIO, recorder_error=f"{exc}{opened}")
             except OSError as exc:

@@ -23,6 +23,7 @@ pass them to `fusetrace record -o`.
 
 from __future__ import annotations
 
+import argparse
 import os
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -183,3 +184,15 @@ class ServerCommand:
         """The server's `-o` items, then fusetrace's own (`extra`, `-o` values) on top."""
         ours = [item for value in extra for item in value.split(",") if item]
         return mount_plan(option_items(self.argv) + ours, self.argv[0])
+
+
+def server_after_dashes(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list[str]:
+    """SERVER [ARGS...] from after `--`: argparse's REMAINDER (`args.server`) takes all that
+    follows TRACE, so options typed between TRACE and `--` are parsed here, as options
+    (replay, reduce, fuzz)."""
+    server = list(args.server)
+    if "--" in server:
+        at = server.index("--")
+        parser.parse_args([*server[:at], args.trace], namespace=args)
+        server = server[at + 1:]
+    return server

@@ -176,13 +176,17 @@ _SETTERS = {"x86_64": _set_enodev_x86_64, "aarch64": _set_enodev_aarch64}
 
 def give_enodev(reader: Reader) -> bool:
     """Make `reader`'s blocked read return ENODEV. False when it was no longer in that
-    read when stopped (it got a message meanwhile); raises OSError when ptrace is refused.
+    read when stopped (it got a message meanwhile) or has exited meanwhile; raises OSError
+    when ptrace is refused.
 
     Must be called from one thread throughout (ptrace's tracer is a thread)."""
     setter = _SETTERS.get(platform.machine())
     if setter is None:
         raise OSError(errno.ENOSYS, f"no ptrace register layout for {platform.machine()}")
-    _ptrace(PTRACE_SEIZE, reader.tid)
+    try:
+        _ptrace(PTRACE_SEIZE, reader.tid)
+    except ProcessLookupError:  # ESRCH: it exited since it was seen reading
+        return False
     signal = 0
     try:
         _ptrace(PTRACE_INTERRUPT, reader.tid)
@@ -193,6 +197,8 @@ def give_enodev(reader: Reader) -> bool:
             signal = os.WSTOPSIG(status)
             return False
         return setter(reader.tid, reader)
+    except ProcessLookupError:
+        return False
     finally:
         try:
             _ptrace(PTRACE_DETACH, reader.tid, 0, signal)
@@ -268,13 +274,21 @@ def enodev_at_reads(waiters: list[Reader], inode: int, shut: Callable[[], None])
     their waits end, then each is followed syscall by syscall: every read of the socket
     that says end-of-file is turned into ENODEV (an event loop may read it from several
     tasks). A thread is let go after _FOLLOW_SYSCALLS other syscalls in a row, or after
-    _FOLLOW_SECONDS. Raises OSError when ptrace is refused."""
+    _FOLLOW_SECONDS. Raises OSError when ptrace is refused (a thread that exits meanwhile is
+    simply not told)."""
     stopped = []
     try:
         for waiter in waiters:
-            _ptrace(PTRACE_SEIZE, waiter.tid, 0, PTRACE_O_TRACESYSGOOD)
+            try:
+                _ptrace(PTRACE_SEIZE, waiter.tid, 0, PTRACE_O_TRACESYSGOOD)
+            except ProcessLookupError:
+                continue
             stopped.append(waiter)
-            _ptrace(PTRACE_INTERRUPT, waiter.tid)
+            try:
+                _ptrace(PTRACE_INTERRUPT, waiter.tid)
+            except ProcessLookupError:
+                stopped.pop()
+                continue
             if _stop(waiter.tid, time.monotonic() + 0.5) is None:
                 stopped.pop()
                 _detach(waiter.tid)
@@ -288,6 +302,8 @@ def enodev_at_reads(waiters: list[Reader], inode: int, shut: Callable[[], None])
         try:
             if _follow(waiter, f"socket:[{inode}]"):
                 told.append(waiter)
+        except ProcessLookupError:
+            continue  # it exited while followed
         finally:
             _detach(waiter.tid)
     return told
