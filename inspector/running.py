@@ -53,7 +53,7 @@ def is_mounted(mountpoint: str | os.PathLike[str]) -> bool:
 
 def _stderr_of(proc: subprocess.Popen[bytes], log_file: IO[bytes] | None) -> str:
     """What a finished server wrote to stderr (a pipe, or the file it was given)."""
-    data = b""
+    data: bytes | str = b""
     try:
         if log_file is not None:
             log_file.flush()
@@ -62,7 +62,8 @@ def _stderr_of(proc: subprocess.Popen[bytes], log_file: IO[bytes] | None) -> str
             data = proc.stderr.read() or b""
     except (OSError, ValueError):
         pass
-    return data.decode(errors="replace").strip()
+    text = data if isinstance(data, str) else data.decode(errors="replace")  # text mode or not
+    return text.strip()
 
 
 def wait_for_mount(mountpoint: str | os.PathLike[str], proc: subprocess.Popen[bytes],

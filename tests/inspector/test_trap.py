@@ -456,13 +456,19 @@ def test_record_ends_with_exit_1_when_the_trap_cannot_take_its_credentials_back(
     argv = [sys.executable, "-P", "-c", REFUSING_RECORDER, "record", "-q", "-w", str(trace),
             "--", sys.executable, "-c", OTHER_GROUPS, str(src), str(mnt)]
     rec = subprocess.Popen(argv, cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    early = ""  # what the recorder said if it ended before the mount was seen
     try:
-        wait_for_mount(mnt, rec, 20)
-        try:
-            (mnt / "f").read_bytes()  # its open makes the BACKING_OPEN
-        except OSError:
-            pass  # the server got EIO for it: its open may fail
+        try:  # the mount(2) is made with the server's credentials too: it may fail there
+            wait_for_mount(mnt, rec, 20)
+        except RuntimeError as exc:
+            early = str(exc)  # its stderr, read by wait_for_mount: checked below
+        else:
+            try:
+                (mnt / "f").read_bytes()  # its open makes the BACKING_OPEN
+            except OSError:
+                pass  # the server got EIO for it: its open may fail
         _, err = rec.communicate(timeout=30)  # fusetrace ends the session by itself
+        err = early + err
     finally:
         if rec.poll() is None:
             rec.kill()
