@@ -63,17 +63,21 @@ import struct
 import subprocess
 import threading
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from dissectors.ioctls import DevIoctl
 from traces import TraceWriter
 
+from .. import syscalls
 from . import creds
 
 try:
     from . import _trapfast
 except ImportError:  # not built: everything goes through Python
     _trapfast = None  # type: ignore[assignment]
+
+if TYPE_CHECKING:
+    from .fsmount import MountApi, MountApiHandler
 
 log = logging.getLogger(__name__)
 #: What a recorder without the C trap says, once.
@@ -114,6 +118,11 @@ class Arch:
     #: The calls that change a thread's credentials: seeing one tells the C loop that the
     #: credentials it found equal to the recorder's may no longer be.
     cred_changes: tuple[int, ...] = ()
+    #: The new mount API (`fsmount`): the same numbers on every architecture.
+    fsopen: int = syscalls.NR_FSOPEN
+    fsconfig: int = syscalls.NR_FSCONFIG
+    fsmount: int = syscalls.NR_FSMOUNT
+    move_mount: int = syscalls.NR_MOVE_MOUNT
 
 
 _ARCHES = {
@@ -176,11 +185,12 @@ def filter_program(audit_arch: int, rules: list[Rule]) -> list[tuple[int, int, i
             (_RET_K, 0, 0, SECCOMP_RET_ALLOW)]
 
 
-def rules_for(arch: Arch, device_open: bool, cred_changes: bool = False) -> list[Rule]:
+def rules_for(arch: Arch, device_open: bool, cred_changes: bool = False,
+              mount_api: bool = False) -> list[Rule]:
     """FUSE ioctls, splice(2) and umount2(2) always; with `device_open`, also opens of a
     file for O_RDWR (how servers open /dev/fuse; the path is checked in user space) and
     mount(2); with `cred_changes`, the calls that change credentials (let through: the C
-    loop only notes them)."""
+    loop only notes them); with `mount_api`, fsopen, fsconfig, fsmount and move_mount."""
     rules = [Rule(arch.ioctl, arg=1, mask=0xFF00, value=FUSE_IOCTL_TYPE), Rule(arch.splice),
              Rule(arch.umount2)]
     if cred_changes:
@@ -190,6 +200,9 @@ def rules_for(arch: Arch, device_open: bool, cred_changes: bool = False) -> list
         if arch.open is not None:
             rules.append(Rule(arch.open, arg=1, mask=_OPEN_FLAGS_MASK, value=O_RDWR))
         rules.append(Rule(arch.mount))
+    if mount_api:
+        rules += [Rule(arch.fsopen), Rule(arch.fsconfig), Rule(arch.fsmount),
+                  Rule(arch.move_mount)]
     return rules
 
 
@@ -342,7 +355,8 @@ class IoctlTrap:
 
     def __init__(self, relay_fd_in_child: int, device_fd: int, writer: TraceWriter,
                  on_mount: MountHandler | None = None,
-                 on_unmount: UnmountHandler | None = None, native: bool = True) -> None:
+                 on_unmount: UnmountHandler | None = None, native: bool = True,
+                 on_fsmount: MountApiHandler | None = None) -> None:
         """`relay_fd_in_child` is the server's socket end, open here under the same number
         (subprocess's pass_fds keeps numbers); its inode is how the relay is recognised.
         `device_fd` is the real /dev/fuse (-1 until there is one: `device_fd` may be set
@@ -350,7 +364,8 @@ class IoctlTrap:
 
         With `on_mount`, servers that open /dev/fuse and mount(2) it themselves (directly
         or through fusermount3) are caught too: their open of /dev/fuse returns a copy of
-        the relay socket, and their mount(2) of it is handed to `on_mount`.
+        the relay socket, and their mount(2) of it is handed to `on_mount`. With
+        `on_fsmount` too, their new mount API calls are taken over (`fsmount`).
 
         `native=False` keeps every call in Python."""
         self.relay_fd_in_child = relay_fd_in_child
@@ -372,8 +387,13 @@ class IoctlTrap:
         self._arch = _ARCHES[platform.machine()]
         self._nr_ioctl, self._nr_seccomp = self._arch.ioctl, self._arch.seccomp
         self._native = native and _trapfast is not None
-        program = filter_program(self._arch.audit, rules_for(self._arch, on_mount is not None,
-                                                             cred_changes=self._native))
+        self.mount_api: MountApi | None = None
+        if on_fsmount is not None:
+            from .fsmount import MountApi  # it builds on this module
+            self.mount_api = MountApi(self, on_fsmount)
+        program = filter_program(self._arch.audit, rules_for(
+            self._arch, on_mount is not None, cred_changes=self._native,
+            mount_api=self.mount_api is not None))
         self._filters = (_SockFilter * len(program))(*[_SockFilter(*ins) for ins in program])
         self._prog = _SockFprog(len(program), self._filters)
 
@@ -442,6 +462,8 @@ class IoctlTrap:
         if self._listener is not None:
             os.close(self._listener)
             self._listener = None
+        if self.mount_api is not None:
+            self.mount_api.close()
 
     def _next(self, poller: select.poll) -> bytes | None | bool:
         """The next notification for Python (its bytes), None after a while without one,
@@ -524,6 +546,8 @@ class IoctlTrap:
             return self._handle_umount(note)
         if note.nr in (self._arch.openat, self._arch.open):
             return self._handle_open(note)
+        if self.mount_api is not None and note.nr in self.mount_api.calls:
+            return self.mount_api.handle(note)
         if note.nr != self._arch.ioctl:
             return 0, 0, True  # a change of credentials (the C loop's to note): let through
         return self._handle_ioctl(note)
