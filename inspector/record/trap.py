@@ -605,7 +605,7 @@ class IoctlTrap:
         if not fstype.startswith("fuse") or not match or self.on_mount is None:
             return 0, 0, True
         pid = _tgid(note.tid)
-        if not self._is_relay(pid, int(match.group(1))):
+        if not self._is_relay(note.tid, int(match.group(1))):  # the thread: a leader may be gone
             return 0, 0, True  # a real /dev/fuse of its own: let it mount
         request = ServerMount(_read_string(note.tid, note.args[0]) or fstype,
                               _absolute(pid, _read_string(note.tid, note.args[1]) or ""),
