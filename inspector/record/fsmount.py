@@ -47,19 +47,17 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
 from .. import syscalls
-from ..mounts import mount_entries
+from ..mounts import canonical, mount_entries, mounts_at
 from . import creds
 from .trap import (
     _ADDFD,
     SECCOMP_ADDFD_FLAG_SEND,
     SECCOMP_IOCTL_NOTIF_ADDFD,
     Notification,
-    _absolute,
     _exe,
     _fd_path,
     _read_string,
     _tgid,
-    pidfd_getfd,
 )
 
 if TYPE_CHECKING:
@@ -102,8 +100,6 @@ class FsAttached:
     flags: int
     data: str
     device: str  # major:minor
-    pid: int
-    program: str
 
 
 @dataclass(frozen=True)
@@ -157,7 +153,8 @@ class MountApi:
             return 0, 0, True
         flags = note.args[1] & 0xFFFFFFFF
         pid = _tgid(note.tid)
-        answer, ours = self._as_caller(note, lambda: syscalls.fsopen(fstype or ""))
+        answer, ours = self._as_caller(
+            note, lambda: syscalls.fsopen(fstype or "", flags | syscalls.FSOPEN_CLOEXEC))
         if ours is None:
             self._event("fsopen", note, pid, answer, fstype=fstype, flags=flags)
             return answer
@@ -171,17 +168,20 @@ class MountApi:
 
     def _fsconfig(self, note: Notification) -> Answer:
         pid = _tgid(note.tid)
-        ctx = self._find(pid, note.fd)
+        ctx = self._find(note.tid, note.fd)
         command = note.args[1] & 0xFFFFFFFF
         if ctx is None or command not in (*_SETS, *_CREATES):
             return 0, 0, True
         if command in _CREATES:
             return self._create(note, pid, ctx, command)
-        key = _read_string(note.tid, note.args[2]) or ""
+        key = _read_string(note.tid, note.args[2])
         value = (_read_string(note.tid, note.args[3])
                  if command == syscalls.FSCONFIG_SET_STRING else None)
+        if key is None:
+            return 0, 0, True  # the kernel's EINVAL or EFAULT to give
         if key == "fd" and command == syscalls.FSCONFIG_SET_STRING:
-            ctx.relay = bool(value and value.isdigit() and self.trap._is_relay(pid, int(value)))
+            ctx.relay = bool(value and value.isdigit()
+                             and self.trap._is_relay(note.tid, int(value)))
             if not ctx.relay:
                 return 0, 0, True  # a /dev/fuse of its own: the kernel resolves it in the server
             if not self.trap._still_valid(note):
@@ -207,7 +207,7 @@ class MountApi:
         """CMD_CREATE of a context naming the relay: the session makes it."""
         if not ctx.relay or not self.trap._still_valid(note):
             return 0, 0, True
-        err = self.handler.create(FsCreate(ctx.copy, command, pid, note.tid, _exe(pid)))
+        err = self.handler.create(FsCreate(ctx.copy, command, pid, note.tid, _exe(note.tid)))
         answer = (0 if err == 0 else -1), err, False
         if err == 0:
             ctx.created = True
@@ -219,7 +219,7 @@ class MountApi:
         """fsmount of a context created here runs in the server (the mount it gets is an
         O_PATH file, which SECCOMP_ADDFD refuses); its attributes are noted."""
         pid = _tgid(note.tid)
-        ctx = self._find(pid, note.fd)
+        ctx = self._find(note.tid, note.fd)
         if ctx is not None and ctx.created:
             ctx.attrs = note.args[2] & 0xFFFFFFFF
             self._event("fsmount", note, pid, (0, 0, True), flags=note.args[1] & 0xFFFFFFFF,
@@ -238,25 +238,29 @@ class MountApi:
         from_fd = ctypes.c_int(note.args[0] & 0xFFFFFFFF).value
         to_fd = ctypes.c_int(note.args[2] & 0xFFFFFFFF).value
         to_path = _read_string(note.tid, note.args[3]) or ""
-        if (_read_string(note.tid, note.args[1]) != "" or _fd_path(pid, from_fd) != "/"
+        if (_read_string(note.tid, note.args[1]) != "" or _fd_path(note.tid, from_fd) != "/"
                 or not self.trap._still_valid(note)):
             return 0, 0, True  # not the whole of a detached mount
-        target, to_flags = _target(pid, to_fd, to_path, flags)
+        target, to_flags = _target(note.tid, to_fd, to_path, flags)
         answer, _ = self._as_caller(note, lambda: syscalls.move_mount(
-            syscalls.AT_FDCWD, f"/proc/{pid}/fd/{from_fd}", syscalls.AT_FDCWD, target,
+            syscalls.AT_FDCWD, f"/proc/{note.tid}/fd/{from_fd}", syscalls.AT_FDCWD, target,
             flags & ~_EMPTY_PATHS | syscalls.MOVE_MOUNT_F_SYMLINKS | to_flags))
         self._event("move_mount", note, pid, answer, from_fd=from_fd, to_fd=to_fd,
                     to_path=to_path, flags=flags)
         if answer[1] == 0:
-            self._attached(ctx, pid)
+            self._attached(ctx, target)
         return answer
 
     # --- helpers --------------------------------------------------------------------------
 
-    def _attached(self, ctx: _Context, pid: int) -> None:
+    def _attached(self, ctx: _Context, target: str) -> None:
         """When the connection's mount is now in place, tell the session what mount(2)
         would have made (a mount moved that is not it is only recorded as a call)."""
         device = _connection_device(self.trap.device_fd)
+        if device is None:  # a kernel whose fdinfo does not say: the FUSE mount moved there
+            # (without a stat of the mount itself: its server may not be answering yet)
+            place = os.readlink(target) if os.path.islink(target) else canonical(target)
+            device = next((e.device for e in reversed(mounts_at(place)) if e.is_fuse), None)
         where = next((e.mountpoint for e in mount_entries() if e.device == device), None)
         if where is None:
             return
@@ -277,13 +281,14 @@ class MountApi:
         self.handler.attached(FsAttached(
             given.get("source") or ctx.fstype, where,
             f"{ctx.fstype}.{subtype}" if subtype else ctx.fstype, flags, ",".join(data),
-            device, pid, _exe(pid)))
+            device))
 
-    def _find(self, pid: int, fd: int) -> _Context | None:
-        """The context that `pid`'s `fd` is (the same file as our descriptor of it)."""
+    def _find(self, tid: int, fd: int) -> _Context | None:
+        """The context that thread `tid`'s `fd` is (the same file as our descriptor of it).
+        By thread: once a process's main thread has ended, its pid has no descriptors."""
         nr = _NR_KCMP.get(platform.machine())
         return next((ctx for ctx in self._contexts if nr is not None and _libc.syscall(
-            nr, os.getpid(), pid, _KCMP_FILE, ctx.copy, fd) == 0), None)
+            nr, os.getpid(), tid, _KCMP_FILE, ctx.copy, fd) == 0), None)
 
     def _as_caller(self, note: Notification, call: Callable[[], Any]) -> tuple[Answer, Any]:
         """`call()` with the calling thread's credentials: (the server's answer, its
@@ -324,12 +329,12 @@ class MountApi:
                           tid=notification.tid, **args)
 
 
-def _target(pid: int, to_fd: int, to_path: str, flags: int) -> tuple[str, int]:
+def _target(tid: int, to_fd: int, to_path: str, flags: int) -> tuple[str, int]:
     """move_mount's target as a path the recorder can use, and the flag that follows its
     last component when that is the server's descriptor itself."""
     if to_path.startswith("/"):
         return to_path, 0
-    base = f"/proc/{pid}/cwd" if to_fd == syscalls.AT_FDCWD else f"/proc/{pid}/fd/{to_fd}"
+    base = f"/proc/{tid}/cwd" if to_fd == syscalls.AT_FDCWD else f"/proc/{tid}/fd/{to_fd}"
     if not to_path and flags & syscalls.MOVE_MOUNT_T_EMPTY_PATH:
         return base, syscalls.MOVE_MOUNT_T_SYMLINKS
     return f"{base}/{to_path}", 0

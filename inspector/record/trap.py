@@ -35,7 +35,9 @@ the server and everything it runs (the `fusermount3` helper included). Their ope
 mount(2) of it goes to the recorder, which mounts the real device at the same place with
 the same options. umount2(2) is trapped always (`on_unmount`): a server ending its session
 unmounts its mountpoint the way it would directly, and one told of an unmount that already
-happened is answered as the kernel's POLLERR would have spared it the call.
+happened is answered as the kernel's POLLERR would have spared it the call. With
+`on_fsmount`, the new mount API (fsopen/fsconfig/fsmount/move_mount) is taken over the
+same way (`fsmount`).
 
 The common calls are handled in C (`_trapfast.c`, with the GIL released): BACKING_OPEN
 and BACKING_CLOSE on the relay from a caller with the recorder's own credentials, and
@@ -389,8 +391,8 @@ class IoctlTrap:
         self._native = native and _trapfast is not None
         self.mount_api: MountApi | None = None
         if on_fsmount is not None:
-            from .fsmount import MountApi  # it builds on this module
-            self.mount_api = MountApi(self, on_fsmount)
+            from . import fsmount  # it builds on this module
+            self.mount_api = fsmount.MountApi(self, on_fsmount)
         program = filter_program(self._arch.audit, rules_for(
             self._arch, on_mount is not None, cred_changes=self._native,
             mount_api=self.mount_api is not None))
