@@ -49,7 +49,9 @@ def _unescape(field: str) -> str:
 
 def mount_entries() -> list[MountEntry]:
     entries = []
-    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
+    # thread-self: once a process's main thread has ended (Go servers, `pthread_exit`),
+    # /proc/self/mountinfo reads EINVAL while its other threads still run
+    with open("/proc/thread-self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
         for line in f:
             left, _, right = line.partition(" - ")
             fields, tail = left.split(), right.split()

@@ -1,7 +1,8 @@
 """The few system calls Python's `os` module lacks, through ctypes.
 
 mount(2)/umount2(2) because fusetrace and the bundled server mount FUSE themselves (no
-fusermount3), renameat2(2) for RENAME2 flags, utimensat(2)/futimens(3) for
+fusermount3), and the new mount API (fsopen/fsconfig/fsmount/move_mount, libfuse 3.17's
+first choice; glibc has no wrappers for it), renameat2(2) for RENAME2 flags, utimensat(2)/futimens(3) for
 UTIME_NOW/UTIME_OMIT, fallocate(2) for modes other than 0, prctl(2) for
 PR_SET_CHILD_SUBREAPER. Each raises `OSError` with the C errno, like `os` does.
 """
@@ -50,6 +51,52 @@ def mount(source: str, target: str, fstype: str, flags: int, data: str) -> None:
 
 def umount2(target: str, flags: int = 0) -> None:
     _check(_libc.umount2(os.fsencode(target), flags), "umount2", target)
+
+
+#: The new mount API's syscall numbers: the same on every architecture (Linux 5.2).
+NR_MOVE_MOUNT, NR_FSOPEN, NR_FSCONFIG, NR_FSMOUNT = 429, 430, 431, 432
+FSOPEN_CLOEXEC = FSMOUNT_CLOEXEC = 1
+#: fsconfig(2) commands, <linux/mount.h> `enum fsconfig_command`.
+FSCONFIG_SET_FLAG, FSCONFIG_SET_STRING, FSCONFIG_CMD_CREATE = 0, 1, 6
+FSCONFIG_CMD_CREATE_EXCL = 8
+MOVE_MOUNT_F_SYMLINKS, MOVE_MOUNT_F_EMPTY_PATH = 0x1, 0x4
+MOVE_MOUNT_T_SYMLINKS, MOVE_MOUNT_T_EMPTY_PATH = 0x10, 0x40
+#: fsmount(2)'s mount attributes and the mount(2) flags they stand for.
+MOUNT_ATTRS = {0x1: MS_RDONLY, 0x2: MS_NOSUID, 0x4: MS_NODEV, 0x8: MS_NOEXEC,
+               0x10: MS_NOATIME, 0x20: MS_STRICTATIME, 0x80: MS_NODIRATIME}
+#: fsconfig(2) flags that set superblock flags, and the mount(2) flags they stand for.
+SB_FLAG_OPTIONS = {"ro": MS_RDONLY, "sync": MS_SYNCHRONOUS, "dirsync": MS_DIRSYNC,
+                   "lazytime": MS_LAZYTIME}
+
+
+def _nul(text: str | None) -> bytes | None:
+    return None if text is None else os.fsencode(text)
+
+
+def fsopen(fstype: str, flags: int = FSOPEN_CLOEXEC) -> int:
+    """A new filesystem context for `fstype`, as a descriptor."""
+    fd = _libc.syscall(NR_FSOPEN, os.fsencode(fstype), ctypes.c_uint(flags))
+    _check(fd, f"fsopen({fstype})")
+    return int(fd)
+
+
+def fsconfig(fd: int, command: int, key: str | None = None, value: str | None = None,
+             aux: int = 0) -> None:
+    """One fsconfig(2) call: a parameter (SET_FLAG/SET_STRING) or a command (CMD_CREATE)."""
+    _check(_libc.syscall(NR_FSCONFIG, fd, ctypes.c_uint(command), _nul(key), _nul(value),
+                         ctypes.c_int(aux)), f"fsconfig {key}" if key else "fsconfig")
+
+
+def fsmount(fd: int, flags: int = FSMOUNT_CLOEXEC, attrs: int = 0) -> int:
+    """A detached mount of the context `fd` created, as a descriptor."""
+    mfd = _libc.syscall(NR_FSMOUNT, fd, ctypes.c_uint(flags), ctypes.c_uint(attrs))
+    _check(mfd, "fsmount")
+    return int(mfd)
+
+
+def move_mount(from_fd: int, from_path: str, to_fd: int, to_path: str, flags: int) -> None:
+    _check(_libc.syscall(NR_MOVE_MOUNT, from_fd, os.fsencode(from_path), to_fd,
+                         os.fsencode(to_path), ctypes.c_uint(flags)), "move_mount", to_path)
 
 
 def set_child_subreaper() -> None:

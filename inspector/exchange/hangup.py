@@ -107,10 +107,7 @@ def blocked_readers(pids: set[int], inode: int) -> list[Reader]:
             call = _blocked_call(pid, tid)
             if call is None or call[0] not in reads:
                 continue
-            try:
-                if os.readlink(f"/proc/{pid}/fd/{call[1]}") != want:
-                    continue
-            except OSError:
+            if not _fd_is(pid, tid, call[1], want):
                 continue
             found.append(Reader(pid, tid, call[1], call[0]))
     return found
@@ -331,7 +328,7 @@ def _follow(waiter: Reader, want: str) -> bool:
             _ptrace(PTRACE_GET_SYSCALL_INFO, tid, ctypes.sizeof(info), ctypes.addressof(info))
             if info.op == _SYSCALL_INFO_ENTRY:
                 fd = info.arg0_or_is_error & 0xFFFFFFFF
-                pending = info.nr_or_rval in reads and _fd_is(waiter.pid, fd, want)
+                pending = info.nr_or_rval in reads and _fd_is(waiter.pid, tid, fd, want)
                 quiet = 0 if pending else quiet + 1
             elif info.op == _SYSCALL_INFO_EXIT and pending:
                 pending = False
@@ -350,9 +347,10 @@ def _detach(tid: int) -> None:
         pass  # it died meanwhile
 
 
-def _fd_is(pid: int, fd: int, target: str) -> bool:
+def _fd_is(pid: int, tid: int, fd: int, target: str) -> bool:
+    """Through the thread: once a process's main thread has ended, /proc/PID/fd is empty."""
     try:
-        return os.readlink(f"/proc/{pid}/fd/{fd}") == target
+        return os.readlink(f"/proc/{pid}/task/{tid}/fd/{fd}") == target
     except OSError:
         return False
 

@@ -40,7 +40,9 @@ the server and everything it runs (the `fusermount3` helper included). Their ope
 mount(2) of it goes to the recorder, which mounts the real device at the same place with
 the same options. umount2(2) is trapped always (`on_unmount`): a server ending its session
 unmounts its mountpoint the way it would directly, and one told of an unmount that already
-happened is answered as the kernel's POLLERR would have spared it the call.
+happened is answered as the kernel's POLLERR would have spared it the call. With
+`on_fsmount`, the new mount API (fsopen/fsconfig/fsmount/move_mount) is taken over the
+same way (`fsmount`).
 
 With the device performer the common calls are handled in C (`_trapfast.c`, with the GIL
 released): BACKING_OPEN and BACKING_CLOSE on the relay from a caller with the recorder's
@@ -68,18 +70,22 @@ import struct
 import subprocess
 import threading
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from dissectors.ioctls import FD_ARGS, DevIoctl, FuseIoctlU32
 from dissectors.offsets import offset
 from traces import TraceWriter
 
+from .. import syscalls
 from . import creds
 
 try:
     from . import _trapfast
 except ImportError:  # not built: everything goes through Python
     _trapfast = None  # type: ignore[assignment]
+
+if TYPE_CHECKING:
+    from .fsmount import MountApi, MountApiHandler
 
 log = logging.getLogger(__name__)
 #: What a recorder without the C trap says, once.
@@ -120,6 +126,11 @@ class Arch:
     #: The calls that change a thread's credentials: seeing one tells the C loop that the
     #: credentials it found equal to the recorder's may no longer be.
     cred_changes: tuple[int, ...] = ()
+    #: The new mount API (`fsmount`): the same numbers on every architecture.
+    fsopen: int = syscalls.NR_FSOPEN
+    fsconfig: int = syscalls.NR_FSCONFIG
+    fsmount: int = syscalls.NR_FSMOUNT
+    move_mount: int = syscalls.NR_MOVE_MOUNT
 
 
 _ARCHES = {
@@ -182,11 +193,12 @@ def filter_program(audit_arch: int, rules: list[Rule]) -> list[tuple[int, int, i
             (_RET_K, 0, 0, SECCOMP_RET_ALLOW)]
 
 
-def rules_for(arch: Arch, device_open: bool, cred_changes: bool = False) -> list[Rule]:
+def rules_for(arch: Arch, device_open: bool, cred_changes: bool = False,
+              mount_api: bool = False) -> list[Rule]:
     """FUSE ioctls, splice(2) and umount2(2) always; with `device_open`, also opens of a
     file for O_RDWR (how servers open /dev/fuse; the path is checked in user space) and
     mount(2); with `cred_changes`, the calls that change credentials (let through: the C
-    loop only notes them)."""
+    loop only notes them); with `mount_api`, fsopen, fsconfig, fsmount and move_mount."""
     rules = [Rule(arch.ioctl, arg=1, mask=0xFF00, value=FUSE_IOCTL_TYPE), Rule(arch.splice),
              Rule(arch.umount2)]
     if cred_changes:
@@ -196,6 +208,9 @@ def rules_for(arch: Arch, device_open: bool, cred_changes: bool = False) -> list
         if arch.open is not None:
             rules.append(Rule(arch.open, arg=1, mask=_OPEN_FLAGS_MASK, value=O_RDWR))
         rules.append(Rule(arch.mount))
+    if mount_api:
+        rules += [Rule(arch.fsopen), Rule(arch.fsconfig), Rule(arch.fsmount),
+                  Rule(arch.move_mount)]
     return rules
 
 
@@ -374,7 +389,8 @@ class IoctlTrap:
     def __init__(self, relay_fd_in_child: int, device_fd: int, writer: TraceWriter | TrapLog,
                  on_mount: MountHandler | None = None,
                  on_unmount: UnmountHandler | None = None, native: bool = True,
-                 performer: Performer | None = None) -> None:
+                 performer: Performer | None = None,
+                 on_fsmount: MountApiHandler | None = None) -> None:
         """`relay_fd_in_child` is the server's socket end, open here under the same number
         (subprocess's pass_fds keeps numbers); its inode is how the relay is recognised.
         `device_fd` is the real /dev/fuse (-1 until there is one: `device_fd` may be set
@@ -382,7 +398,8 @@ class IoctlTrap:
 
         With `on_mount`, servers that open /dev/fuse and mount(2) it themselves (directly
         or through fusermount3) are caught too: their open of /dev/fuse returns a copy of
-        the relay socket, and their mount(2) of it is handed to `on_mount`.
+        the relay socket, and their mount(2) of it is handed to `on_mount`. With
+        `on_fsmount` too, their new mount API calls are taken over (`fsmount`).
 
         `performer` answers the ioctls (default: `DevicePerformer` on `device_fd`, whose
         common calls the C loop makes itself); `native=False` keeps every call in Python."""
@@ -409,8 +426,13 @@ class IoctlTrap:
         self.performer = performer if performer is not None else DevicePerformer(self)
         self._native = (native and _trapfast is not None
                         and isinstance(self.performer, DevicePerformer))
-        program = filter_program(self._arch.audit, rules_for(self._arch, on_mount is not None,
-                                                             cred_changes=self._native))
+        self.mount_api: MountApi | None = None
+        if on_fsmount is not None:
+            from . import fsmount  # it builds on this module
+            self.mount_api = fsmount.MountApi(self, on_fsmount)
+        program = filter_program(self._arch.audit, rules_for(
+            self._arch, on_mount is not None, cred_changes=self._native,
+            mount_api=self.mount_api is not None))
         self._filters = (_SockFilter * len(program))(*[_SockFilter(*ins) for ins in program])
         self._prog = _SockFprog(len(program), self._filters)
 
@@ -481,6 +503,8 @@ class IoctlTrap:
         if self._listener is not None:
             os.close(self._listener)
             self._listener = None
+        if self.mount_api is not None:
+            self.mount_api.close()
 
     def _next(self, poller: select.poll) -> bytes | None | bool:
         """The next notification for Python (its bytes), None after a while without one,
@@ -598,6 +622,8 @@ class IoctlTrap:
             return self._handle_umount(note)
         if note.nr in (self._arch.openat, self._arch.open):
             return self._handle_open(note)
+        if self.mount_api is not None and note.nr in self.mount_api.calls:
+            return self.mount_api.handle(note)
         if note.nr != self._arch.ioctl:
             return 0, 0, True  # a change of credentials (the C loop's to note): let through
         return self._handle_ioctl(note)
@@ -655,7 +681,7 @@ class IoctlTrap:
         if not fstype.startswith("fuse") or not match or self.on_mount is None:
             return 0, 0, True
         pid = _tgid(note.tid)
-        if not self.is_relay(pid, int(match.group(1))):
+        if not self.is_relay(note.tid, int(match.group(1))):  # the thread: a leader may be gone
             return 0, 0, True  # a real /dev/fuse of its own: let it mount
         request = ServerMount(_read_string(note.tid, note.args[0]) or fstype,
                               _absolute(pid, _read_string(note.tid, note.args[1]) or ""),

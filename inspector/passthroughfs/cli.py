@@ -60,9 +60,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="get passthrough wrong on purpose (repeatable), see below")
     parser.add_argument("--threads", type=int, default=4, metavar="N",
                         help="worker threads (default 4)")
-    parser.add_argument("--mount-with", choices=("self", "fusermount3"), default="self",
-                        help="self: open /dev/fuse and mount(2) it (default); fusermount3: "
-                             "through the helper, with _FUSE_COMMFD")
+    parser.add_argument("--mount-with", choices=("self", "fsmount", "fusermount3"),
+                        default="self",
+                        help="self: open /dev/fuse and mount(2) it (default); fsmount: open "
+                             "it and mount with fsopen/fsconfig/fsmount/move_mount, falling "
+                             "back to mount(2) as libfuse 3.17+ does; fusermount3: through "
+                             "the helper, with _FUSE_COMMFD")
     parser.add_argument("--save-to", metavar="FILE",
                         help="after the session, write a summary of SOURCE to FILE, slowly "
                              "(as archive-backed servers write their archive)")
@@ -120,8 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "source_dir": args.source, "passthrough": args.passthrough,
                 "misbehave": sorted(misbehave.flags) + [
                     f"stall={op}:{s}" for op, s in misbehave.stalls.items()]}, args.snaplen)
-        conn = Connection(args.mountpoint, args.mount_options,
-                          helper=args.mount_with == "fusermount3")
+        conn = Connection(args.mountpoint, args.mount_options, args.mount_with)
         ops = Operations(args.source, BackingFiles(conn.fd, tracer, misbehave),
                          args.timeouts, misbehave)
         server = Server(conn.fd, ops, tracer, misbehave, passthrough=args.passthrough,

@@ -1,6 +1,11 @@
-"""Getting a /dev/fuse connection: open and mount it ourselves, through the fusermount3
-helper (`_FUSE_COMMFD`, the way Go servers and unprivileged libfuse do), or take
-`/dev/fd/N`.
+"""Getting a /dev/fuse connection: open and mount it ourselves (with mount(2), or with the
+new mount API the way libfuse 3.17+ does), through the fusermount3 helper (`_FUSE_COMMFD`,
+the way Go servers and unprivileged libfuse do), or take `/dev/fd/N`.
+
+The new mount API (`fsmount`): fsopen("fuse"), fsconfig for the subtype, the source and
+each option, CMD_CREATE, fsmount with the mount attributes, move_mount onto the
+mountpoint. When any step fails the server says so on stderr and falls back to mount(2),
+as libfuse does: a recorder that lets the failure through is seen at once.
 
 `/dev/fd/N` is libfuse's convention for "the caller already mounted, here is the fd": the
 project's recorder hands the server one end of a SOCK_SEQPACKET socket that way, so this
@@ -18,6 +23,7 @@ import fcntl
 import logging
 import os
 import re
+import sys
 
 from .. import syscalls
 from ..mounts import MountOptions, canonical, fusermount, fusermount_unmount, mounts_at
@@ -44,19 +50,21 @@ def passed_fd(mountpoint: str) -> int | None:
 class Connection:
     """A /dev/fuse descriptor and, when we mounted it, the mount to undo once."""
 
-    def __init__(self, mountpoint: str, options: MountOptions, helper: bool = False) -> None:
-        """`helper`: mount through fusermount3 (at once: the helper opens the device)."""
+    def __init__(self, mountpoint: str, options: MountOptions, mount_with: str = "self") -> None:
+        """`mount_with`: "self" (mount(2)), "fsmount" (the new mount API) or "fusermount3"
+        (through the helper, at once: the helper opens the device)."""
         self.mountpoint = mountpoint
         self.target = canonical(mountpoint)
         self.options = options
-        self.helper = helper
+        self.helper = mount_with == "fusermount3"
+        self.fsmount = mount_with == "fsmount"
         self.device: str | None = None  # major:minor of our mount, once mounted
         fd = passed_fd(mountpoint)
         self.owns_mount = fd is None
         before = {e.device for e in mounts_at(self.target)}
         if fd is not None:
             self.fd = fd
-        elif helper:
+        elif self.helper:
             named = MountOptions(options.allow_other, options.default_permissions,
                                  options.max_read, options.flags, FSNAME, FSTYPE.split(".")[1])
             self.fd = fusermount(self.target, named)
@@ -68,9 +76,52 @@ class Connection:
         if not self.owns_mount or self.helper:
             return
         before = {e.device for e in mounts_at(self.target)}
-        syscalls.mount(FSNAME, self.target, FSTYPE, self.options.flags,
-                       self.options.data(self.fd))
+        if self.fsmount:
+            try:
+                self._fsmount()
+            except OSError as exc:
+                print(f"passthroughfs: {exc.strerror}; mounting with mount(2) instead",
+                      file=sys.stderr)
+        if not self.fsmount or not self._mounted_since(before):
+            syscalls.mount(FSNAME, self.target, FSTYPE, self.options.flags,
+                           self.options.data(self.fd))
         self._note_device(before)
+
+    def _fsmount(self) -> None:
+        """Mount with fsopen/fsconfig/fsmount/move_mount (see the module's docstring)."""
+        flags, attrs = self.options.flags, 0
+        for attr, flag in syscalls.MOUNT_ATTRS.items():
+            if flags & flag:
+                attrs |= attr
+        context = syscalls.fsopen("fuse")
+        try:
+            syscalls.fsconfig(context, syscalls.FSCONFIG_SET_STRING, "subtype",
+                              FSTYPE.split(".")[1])
+            syscalls.fsconfig(context, syscalls.FSCONFIG_SET_STRING, "source", FSNAME)
+            for name, flag in syscalls.SB_FLAG_OPTIONS.items():
+                if flags & flag:
+                    syscalls.fsconfig(context, syscalls.FSCONFIG_SET_FLAG, name)
+            for item in self.options.data(self.fd).split(","):
+                key, sep, value = item.partition("=")
+                if sep:
+                    syscalls.fsconfig(context, syscalls.FSCONFIG_SET_STRING, key, value)
+                else:
+                    syscalls.fsconfig(context, syscalls.FSCONFIG_SET_FLAG, key)
+            try:
+                syscalls.fsconfig(context, syscalls.FSCONFIG_CMD_CREATE)
+            except OSError as exc:
+                raise OSError(exc.errno, f"fsconfig CREATE failed: {os.strerror(exc.errno)}") from None
+            mount = syscalls.fsmount(context, syscalls.FSMOUNT_CLOEXEC, attrs)
+        finally:
+            os.close(context)
+        try:
+            syscalls.move_mount(mount, "", syscalls.AT_FDCWD, self.target,
+                                syscalls.MOVE_MOUNT_F_EMPTY_PATH)
+        finally:
+            os.close(mount)
+
+    def _mounted_since(self, before: set[str]) -> bool:
+        return any(e.fstype == FSTYPE and e.device not in before for e in mounts_at(self.target))
 
     def _note_device(self, before: set[str]) -> None:
         target = self.target

@@ -7,6 +7,13 @@ whose parent exits becomes its child and its exit status is collected here too. 
 holders are looked up in /proc (by the socket's inode) now and then and remembered with
 their start times, so a process that has since closed the socket (libfuse closes its
 device before a filesystem's last save) is still waited for, and a reused pid never is.
+
+Processes are counted by thread group, not by thread: a server's threads end in any
+order, and its main thread (the group's leader, whose pid is the process's) may end
+first while the others serve on; /proc then shows the leader as a zombie, and the kernel
+reports the process's exit only when its last thread has ended. A thread that ends while
+fusetrace traces it (`hangup`) is reported to fusetrace like a child: it is released,
+never taken for a process.
 """
 
 from __future__ import annotations
@@ -17,7 +24,9 @@ import subprocess
 from typing import Callable
 
 from .. import syscalls
-from .cleanup import alive, start_time
+from .cleanup import start_time
+
+_WALL = 0x40000000
 
 
 class ServerProcesses:
@@ -45,7 +54,8 @@ class ServerProcesses:
         return holders
 
     def reap(self) -> None:
-        """Collect the exit status of every child that has ended (ours or left to us)."""
+        """Collect the exit status of every child process that has ended (ours or left to
+        us), once; release threads that ended while traced."""
         while True:
             try:
                 info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
@@ -54,6 +64,12 @@ class ServerProcesses:
             if info is None or info.si_pid == 0:
                 return
             pid = info.si_pid
+            if _field(pid, "Tgid") not in (pid, None):  # a traced thread, not a process
+                try:
+                    os.waitpid(pid, os.WNOHANG | _WALL)
+                except ChildProcessError:
+                    pass
+                continue
             if pid == self.proc.pid:
                 self.proc.wait()
                 code = self.proc.returncode
@@ -68,9 +84,12 @@ class ServerProcesses:
                 self._on_exit(pid, code)
 
     def alive(self) -> list[int]:
-        """The server processes still running (zombies not yet reaped count as gone)."""
+        """The server processes not yet ended: a child of ours until its exit is
+        collected, any other while a thread of it runs."""
+        me = os.getpid()
         return [pid for pid, started in self.seen.items()
-                if pid not in self.exits and alive(pid, started)]
+                if pid not in self.exits and started is not None and start_time(pid) == started
+                and (_field(pid, "PPid") == me or _threads_running(pid))]
 
     def children_left(self) -> bool:
         """Whether fusetrace still has any child (running or not yet reaped)."""
@@ -98,6 +117,36 @@ class ServerProcesses:
                 continue
             sent.append(pid)
         return sent
+
+
+def _field(pid: int, name: str) -> int | None:
+    """A number from /proc/PID/status (PID may be a thread's), None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key == name:
+                    return int(value.split()[0])
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def _threads_running(pid: int) -> bool:
+    """Whether any thread of process `pid` has not ended (its leader may have)."""
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return False
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        if stat[stat.rfind(b")") + 2:][:1] not in (b"Z", b"X"):
+            return True
+    return False
 
 
 def name_of(pid: int) -> str:

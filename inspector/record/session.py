@@ -9,7 +9,8 @@ the server gets its connection (`Connect`):
   open of /dev/fuse (its own, or the fusermount3 helper's) gets the relay socket, and its
   mount(2) of it is made for real on fusetrace's /dev/fuse, with the caller's
   credentials, source, type, flags and options: /proc/self/mountinfo reads as for a direct
-  mount. The trace records which way it went (`connected`).
+  mount. The new mount API (fsopen/fsconfig/fsmount/move_mount, libfuse 3.17+) is taken
+  over the same way (`fsmount`). The trace records which way it went (`connected`).
 - `dev-fd` (and `auto` without the trap, or as an ordinary user): fusetrace mounts from
   the server's `-o` options and hands it `/dev/fd/N` in place of its mountpoint (libfuse
   >= 3.3 takes that).
@@ -69,6 +70,7 @@ from ..exchange.args import ArgumentError, MountPlan, ServerCommand
 from ..exchange.channel import server_socketpair
 from ..exchange.flavour import Connect
 from .cleanup import Note, leftover_note, start_time
+from ..exchange.fsmount import FsAttached, FsCreate, MountApiHandler
 from .processes import ServerProcesses, described, name_of
 from .progress import Progress
 from .relay import NotBuilt, Relay, native
@@ -290,7 +292,9 @@ class Session:
             self.trap = self.trap_class(
                 child_fd, self.devfd, self.writer,
                 on_mount=self._server_mount if self.server_mounts else None,
-                on_unmount=self._server_unmount)
+                on_unmount=self._server_unmount,
+                on_fsmount=(MountApiHandler(self._server_fscreate, self._server_attached)
+                            if self.server_mounts else None))
         else:
             self.writer.event("ioctls_not_intercepted", reason=self.trap_missing)
         # without the trap a spliced reply arrives in pieces: one reply lane keeps them in order
@@ -328,10 +332,11 @@ class Session:
                                      self.devfd if self.devfd >= 0 else None)
         self._mounted(self.plan.source, self.target, opts.fstype, opts.flags, how)
 
-    def _mounted(self, source: str, target: str, fstype: str, flags: int, data: str) -> None:
+    def _mounted(self, source: str, target: str, fstype: str, flags: int, data: str,
+                 device: str | None = None) -> None:
         assert self.writer is not None
         self.target = target
-        self.device = fuse_device(target, fstype)
+        self.device = device or fuse_device(target, fstype)
         self.writer.event("mount", device=self.device, source=source, fstype=fstype,
                           flags=flags, data=data)
         self.note = Note(os.getpid(), start_time(os.getpid()), target, self.device,
@@ -344,7 +349,7 @@ class Session:
         """The trap's `on_mount`: the server (or its helper) mounting the relay. Made for
         real on our /dev/fuse where it asked, as it asked, with the caller's credentials;
         0 or the kernel's errno, as the server would have had it."""
-        if self.device is not None:
+        if self.route is not None:
             return errno.EBUSY  # one relay, one mount
         data = f"fd={self.devfd}," + req.data if req.data else f"fd={self.devfd}"
         try:
@@ -364,6 +369,34 @@ class Session:
         self.relay.start()
         self.wake.set()
         return 0
+
+    def _server_fscreate(self, req: FsCreate) -> int:
+        """The trap's `on_fsmount.create`: the server (or its helper) creating a FUSE
+        filesystem on the relay with the new mount API. Made on our /dev/fuse (its `fd=`
+        is resolved here, at CMD_CREATE) with the caller's credentials; 0 or the kernel's
+        errno. The connection exists from then on, so the relay starts, as after mount(2)."""
+        if self.route is not None:
+            return errno.EBUSY  # one relay, one mount
+        try:
+            with creds.assumed(creds.of_thread(req.pid, req.tid)):
+                syscalls.fsconfig(req.context, syscalls.FSCONFIG_SET_STRING, "fd",
+                                  str(self.devfd))
+                syscalls.fsconfig(req.context, req.command)
+        except OSError as exc:
+            return exc.errno or errno.EIO
+        self.route = "fsmount"
+        self._event("connected", route=self.route, program=req.program, pid=req.pid)
+        assert self.relay is not None
+        self.relay.start()
+        self.wake.set()
+        return 0
+
+    def _server_attached(self, req: FsAttached) -> None:
+        """The trap's `on_fsmount.attached`: that filesystem's mount moved into place;
+        recorded as its mount(2) would have been."""
+        data = f"fd={self.devfd}," + req.data if req.data else f"fd={self.devfd}"
+        self._mounted(req.source, req.target, req.fstype, req.flags, data, req.device)
+        self.wake.set()
 
     def _server_unmount(self, req: ServerUnmount) -> int | None:
         """The trap's `on_unmount`: a server process unmounting. Ours while mounted: done
