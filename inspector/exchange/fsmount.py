@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import fcntl
 import os
 import platform
 from dataclasses import dataclass, field
@@ -49,16 +48,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from .. import syscalls
 from ..mounts import canonical, mount_entries, mounts_at
 from . import creds
-from .trap import (
-    _ADDFD,
-    SECCOMP_ADDFD_FLAG_SEND,
-    SECCOMP_IOCTL_NOTIF_ADDFD,
-    Notification,
-    _exe,
-    _fd_path,
-    _read_string,
-    _tgid,
-)
+from .trap import Notification, exe_of, fd_path, read_string, tgid_of
 
 if TYPE_CHECKING:
     from .trap import IoctlTrap
@@ -131,7 +121,7 @@ class MountApi:
         self.handler = handler
         self._contexts: list[_Context] = []
         self._problem: str | None = None  # the recorder's own failure in the current call
-        arch = trap._arch
+        arch = trap.arch
         self.calls: dict[int, Callable[[Notification], Answer]] = {
             arch.fsopen: self._fsopen, arch.fsconfig: self._fsconfig,
             arch.fsmount: self._fsmount, arch.move_mount: self._move_mount}
@@ -148,11 +138,11 @@ class MountApi:
 
     def _fsopen(self, note: Notification) -> Answer:
         """A FUSE context is opened by the recorder and handed over."""
-        fstype = _read_string(note.tid, note.args[0])
-        if fstype not in FUSE_TYPES or not self.trap._still_valid(note):
+        fstype = read_string(note.tid, note.args[0])
+        if fstype not in FUSE_TYPES or not self.trap.still_valid(note):
             return 0, 0, True
         flags = note.args[1] & 0xFFFFFFFF
-        pid = _tgid(note.tid)
+        pid = tgid_of(note.tid)
         answer, ours = self._as_caller(
             note, lambda: syscalls.fsopen(fstype or "", flags | syscalls.FSOPEN_CLOEXEC))
         if ours is None:
@@ -167,15 +157,15 @@ class MountApi:
         return answer
 
     def _fsconfig(self, note: Notification) -> Answer:
-        pid = _tgid(note.tid)
+        pid = tgid_of(note.tid)
         ctx = self._find(note.tid, note.fd)
         command = note.args[1] & 0xFFFFFFFF
         if ctx is None or command not in (*_SETS, *_CREATES):
             return 0, 0, True
         if command in _CREATES:
             return self._create(note, pid, ctx, command)
-        key = _read_string(note.tid, note.args[2])
-        value = (_read_string(note.tid, note.args[3])
+        key = read_string(note.tid, note.args[2])
+        value = (read_string(note.tid, note.args[3])
                  if command == syscalls.FSCONFIG_SET_STRING else None)
         if key is None:
             return 0, 0, True  # the kernel's EINVAL or EFAULT to give
@@ -184,14 +174,14 @@ class MountApi:
                              and self.trap.is_relay(note.tid, int(value)))
             if not ctx.relay:
                 return 0, 0, True  # a /dev/fuse of its own: the kernel resolves it in the server
-            if not self.trap._still_valid(note):
+            if not self.trap.still_valid(note):
                 return 0, 0, True
             self._event("fsconfig", note, pid, (0, 0, False), command=_COMMANDS[command],
                         key=key, value=value, note="names the relay: the recorder's "
                                                    "/dev/fuse takes its place at CMD_CREATE")
             ctx.params.append((key, value))
             return 0, 0, False
-        if not self.trap._still_valid(note):
+        if not self.trap.still_valid(note):
             return 0, 0, True
         try:
             syscalls.fsconfig(ctx.copy, command, key, value)
@@ -205,20 +195,20 @@ class MountApi:
 
     def _create(self, note: Notification, pid: int, ctx: _Context, command: int) -> Answer:
         """CMD_CREATE of a context naming the relay: the session makes it."""
-        if not ctx.relay or not self.trap._still_valid(note):
+        if not ctx.relay or not self.trap.still_valid(note):
             return 0, 0, True
-        err = self.handler.create(FsCreate(ctx.copy, command, pid, note.tid, _exe(note.tid)))
+        err = self.handler.create(FsCreate(ctx.copy, command, pid, note.tid, exe_of(note.tid)))
         answer = (0 if err == 0 else -1), err, False
         if err == 0:
             ctx.created = True
-            self.trap._drop_inject()
+            self.trap.release_relay()
         self._event("fsconfig", note, pid, answer, command=_COMMANDS[command])
         return answer
 
     def _fsmount(self, note: Notification) -> Answer:
         """fsmount of a context created here runs in the server (the mount it gets is an
         O_PATH file, which SECCOMP_ADDFD refuses); its attributes are noted."""
-        pid = _tgid(note.tid)
+        pid = tgid_of(note.tid)
         ctx = self._find(note.tid, note.fd)
         if ctx is not None and ctx.created:
             ctx.attrs = note.args[2] & 0xFFFFFFFF
@@ -234,12 +224,12 @@ class MountApi:
         flags = note.args[4] & 0xFFFFFFFF
         if ctx is None or not flags & syscalls.MOVE_MOUNT_F_EMPTY_PATH:
             return 0, 0, True
-        pid = _tgid(note.tid)
+        pid = tgid_of(note.tid)
         from_fd = ctypes.c_int(note.args[0] & 0xFFFFFFFF).value
         to_fd = ctypes.c_int(note.args[2] & 0xFFFFFFFF).value
-        to_path = _read_string(note.tid, note.args[3]) or ""
-        if (_read_string(note.tid, note.args[1]) != "" or _fd_path(note.tid, from_fd) != "/"
-                or not self.trap._still_valid(note)):
+        to_path = read_string(note.tid, note.args[3]) or ""
+        if (read_string(note.tid, note.args[1]) != "" or fd_path(note.tid, from_fd) != "/"
+                or not self.trap.still_valid(note)):
             return 0, 0, True  # not the whole of a detached mount
         target, to_flags = _target(note.tid, to_fd, to_path, flags)
         answer, _ = self._as_caller(note, lambda: syscalls.move_mount(
@@ -296,7 +286,7 @@ class MountApi:
         cannot take) is noted for the call's record."""
         self._problem = None
         try:
-            caller = creds.of_thread(_tgid(note.tid), note.tid)
+            caller = creds.of_thread(tgid_of(note.tid), note.tid)
             with creds.assumed(caller):
                 try:
                     result = call()
@@ -309,11 +299,8 @@ class MountApi:
 
     def _hand_over(self, note: Notification, fd: int, cloexec: int) -> tuple[Answer, int | None]:
         """Give the server (the calling thread's process) our `fd` as the call's result."""
-        addfd = _ADDFD.pack(note.id, SECCOMP_ADDFD_FLAG_SEND, fd, 0,
-                            os.O_CLOEXEC if cloexec else 0)
         try:
-            newfd = fcntl.ioctl(self.trap._listener, SECCOMP_IOCTL_NOTIF_ADDFD,
-                                bytearray(addfd))
+            newfd = self.trap.answer_with_fd(note, fd, bool(cloexec))
         except OSError as exc:
             self._problem = f"handing the descriptor over: {exc.strerror}"
             return (-1, exc.errno or errno.EIO, False), None
@@ -325,8 +312,8 @@ class MountApi:
             args["recorder_error"], self._problem = self._problem, None
         if answer[2] is not True:  # else the kernel answers the server itself, unseen
             args["errno"] = answer[1]
-        self.trap._record(self.trap.writer.event, "server_mount_api", call=call, pid=pid,
-                          tid=notification.tid, **args)
+        self.trap.note_event("server_mount_api", call=call, pid=pid, tid=notification.tid,
+                             **args)
 
 
 def _target(tid: int, to_fd: int, to_path: str, flags: int) -> tuple[str, int]:

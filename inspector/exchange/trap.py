@@ -277,7 +277,7 @@ UnmountHandler = Callable[[ServerUnmount], "int | None"]
 _FD_OPTION = re.compile(r"(?:^|,)fd=(\d+)(?=,|$)")
 
 
-def _read_string(tid: int, address: int, limit: int = 4096) -> str | None:
+def read_string(tid: int, address: int, limit: int = 4096) -> str | None:
     """A NUL-terminated string from a thread's memory, read page by page."""
     if not address:
         return None
@@ -313,7 +313,7 @@ def _drain(pipe: int, length: int) -> bytes:
     return b"".join(chunks)
 
 
-def _tgid(tid: int) -> int:
+def tgid_of(tid: int) -> int:
     with open(f"/proc/{tid}/status", encoding="ascii", errors="replace") as f:
         for line in f:
             if line.startswith("Tgid:"):
@@ -321,14 +321,14 @@ def _tgid(tid: int) -> int:
     raise ProcessLookupError(tid)
 
 
-def _exe(pid: int) -> str:
+def exe_of(pid: int) -> str:
     try:
         return os.readlink(f"/proc/{pid}/exe")
     except OSError:
         return ""
 
 
-def _fd_path(pid: int, fd: int) -> str | None:
+def fd_path(pid: int, fd: int) -> str | None:
     try:
         return os.readlink(f"/proc/{pid}/fd/{fd}")
     except OSError:
@@ -591,7 +591,7 @@ class IoctlTrap:
         except OSError as exc:  # ENOENT: the thread was interrupted meanwhile
             log.debug("answering ioctl %#x of %d: %s", note.cmd, note.tid, exc)
 
-    def _still_valid(self, note: Notification) -> bool:
+    def still_valid(self, note: Notification) -> bool:
         try:
             fcntl.ioctl(self._listener, SECCOMP_IOCTL_NOTIF_ID_VALID,
                         bytearray(struct.pack("<Q", note.id)))
@@ -601,7 +601,23 @@ class IoctlTrap:
 
     def is_relay(self, tid: int, fd: int) -> bool:
         """Whether descriptor `fd` of thread (or process) `tid` is the relay socket."""
-        return _fd_path(tid, fd) == f"socket:[{self.relay_inode}]"
+        return fd_path(tid, fd) == f"socket:[{self.relay_inode}]"
+
+    @property
+    def arch(self) -> Arch:
+        """The syscall numbers of this machine."""
+        return self._arch
+
+    def answer_with_fd(self, note: Notification, fd: int, cloexec: bool) -> int:
+        """Answer the trapped call with a copy of our `fd` in the caller's process (its
+        number there is the call's result); OSError when the kernel refuses."""
+        addfd = _ADDFD.pack(note.id, SECCOMP_ADDFD_FLAG_SEND, fd, 0,
+                            os.O_CLOEXEC if cloexec else 0)
+        return fcntl.ioctl(self._listener, SECCOMP_IOCTL_NOTIF_ADDFD, bytearray(addfd))
+
+    def note_event(self, name: str, **data: Any) -> None:
+        """Record a session event from the trap's thread (nothing once the trace failed)."""
+        self._record(self.writer.event, name, **data)
 
     def release_relay(self) -> None:
         """Give up the copy of the server's socket end kept for its open of /dev/fuse: once
@@ -631,18 +647,16 @@ class IoctlTrap:
     def _handle_open(self, note: Notification) -> tuple[int, int, bool | None]:
         """An open of /dev/fuse gets a copy of the relay socket instead."""
         path_arg = note.args[1] if note.nr == self._arch.openat else note.args[0]
-        path = _read_string(note.tid, path_arg)
-        if path != "/dev/fuse" or self._inject is None or not self._still_valid(note):
+        path = read_string(note.tid, path_arg)
+        if path != "/dev/fuse" or self._inject is None or not self.still_valid(note):
             return 0, 0, True
         flags = note.args[2 if note.nr == self._arch.openat else 1]
-        cloexec = os.O_CLOEXEC if flags & os.O_CLOEXEC else 0
-        addfd = _ADDFD.pack(note.id, SECCOMP_ADDFD_FLAG_SEND, self._inject, 0, cloexec)
         try:
-            newfd = fcntl.ioctl(self._listener, SECCOMP_IOCTL_NOTIF_ADDFD, bytearray(addfd))
+            newfd = self.answer_with_fd(note, self._inject, bool(flags & os.O_CLOEXEC))
         except OSError as exc:
             log.warning("handing the relay to the server's open of /dev/fuse: %s", exc)
             return -1, exc.errno or errno.EIO, False
-        pid = _tgid(note.tid)
+        pid = tgid_of(note.tid)
         self._record(self.writer.event, "device_open", pid=pid, tid=note.tid, fd=newfd,
                           note="the server opened /dev/fuse itself and got the relay socket")
         return newfd, 0, None  # answered by ADDFD_FLAG_SEND
@@ -655,9 +669,9 @@ class IoctlTrap:
         pipe's bytes are read and sent on the server's own socket end in one send.
         """
         fd_in, fd_out, length = note.args[0] & 0xFFFFFFFF, note.args[2] & 0xFFFFFFFF, note.args[4]
-        if not self.is_relay(note.tid, fd_out) or not self._still_valid(note):
+        if not self.is_relay(note.tid, fd_out) or not self.still_valid(note):
             return 0, 0, True  # splices elsewhere (and reads from the socket) run untouched
-        pidfd = os.pidfd_open(_tgid(note.tid))
+        pidfd = os.pidfd_open(tgid_of(note.tid))
         try:
             pipe, sock = pidfd_getfd(pidfd, fd_in), pidfd_getfd(pidfd, fd_out)
         finally:
@@ -675,20 +689,20 @@ class IoctlTrap:
 
     def _handle_mount(self, note: Notification) -> tuple[int, int, bool | None]:
         """The server's mount(2) of the relay is done for real on /dev/fuse by the recorder."""
-        fstype = _read_string(note.tid, note.args[2]) or ""
-        data = _read_string(note.tid, note.args[4]) or ""
+        fstype = read_string(note.tid, note.args[2]) or ""
+        data = read_string(note.tid, note.args[4]) or ""
         match = _FD_OPTION.search(data)
         if not fstype.startswith("fuse") or not match or self.on_mount is None:
             return 0, 0, True
-        pid = _tgid(note.tid)
+        pid = tgid_of(note.tid)
         if not self.is_relay(note.tid, int(match.group(1))):  # the thread: a leader may be gone
             return 0, 0, True  # a real /dev/fuse of its own: let it mount
-        request = ServerMount(_read_string(note.tid, note.args[0]) or fstype,
-                              _absolute(pid, _read_string(note.tid, note.args[1]) or ""),
+        request = ServerMount(read_string(note.tid, note.args[0]) or fstype,
+                              _absolute(pid, read_string(note.tid, note.args[1]) or ""),
                               fstype, note.args[3] & 0xFFFFFFFF,
                               _FD_OPTION.sub("", data).strip(","), pid, note.tid,
-                              _exe(pid))
-        if not self._still_valid(note):
+                              exe_of(pid))
+        if not self.still_valid(note):
             return 0, 0, True
         err = self.on_mount(request)
         self._record(self.writer.event, "server_mount", pid=pid, tid=note.tid,
@@ -702,9 +716,9 @@ class IoctlTrap:
         """A server's umount2(2): the recorder's to answer when it names the recorded mount."""
         if self.on_unmount is None:
             return 0, 0, True
-        pid = _tgid(note.tid)
-        target = _absolute(pid, _read_string(note.tid, note.args[0]) or "")
-        if not self._still_valid(note):
+        pid = tgid_of(note.tid)
+        target = _absolute(pid, read_string(note.tid, note.args[0]) or "")
+        if not self.still_valid(note):
             return 0, 0, True
         err = self.on_unmount(ServerUnmount(target, note.args[1] & 0xFFFFFFFF, pid, note.tid))
         if err is None:
@@ -719,12 +733,12 @@ class IoctlTrap:
         cmd = note.cmd
         size = (cmd >> 16) & 0x3FFF
         arg = self._read_arg(note, size) if size else b""
-        if not self._still_valid(note):
+        if not self.still_valid(note):
             return 0, 0, True  # gone while we read: the answer would go nowhere
-        pid = _tgid(note.tid)
+        pid = tgid_of(note.tid)
         fd_at = _FD_AT.get(cmd)
         backing_fd = struct.unpack_from("<i", arg, fd_at)[0] if fd_at is not None and len(arg) >= 4 else None
-        path = _fd_path(pid, backing_fd) if backing_fd is not None else None
+        path = fd_path(pid, backing_fd) if backing_fd is not None else None
         outcome = self.performer.perform(TrappedIoctl(cmd, arg, pid, note.tid, backing_fd, fd_at))
         extra: dict[str, Any] = {"note": outcome.note} if outcome.note else {}
         if outcome.recorder_error:
@@ -741,9 +755,9 @@ class IoctlTrap:
     def _handle_clone(self, note: Notification) -> tuple[int, int, bool | None]:
         """FUSE_DEV_IOC_CLONE naming the relay: the new fd becomes the relay too."""
         arg = self._read_arg(note, 4)
-        pid = _tgid(note.tid)
+        pid = tgid_of(note.tid)
         session_fd = struct.unpack("<I", arg)[0] if len(arg) == 4 else -1
-        if not self.is_relay(pid, session_fd) or not self._still_valid(note):
+        if not self.is_relay(pid, session_fd) or not self.still_valid(note):
             return 0, 0, True  # a clone of a real device of the server's own
         result, err, recorder_error = 0, 0, None
         try:
