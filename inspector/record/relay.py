@@ -87,6 +87,7 @@ from dissectors.quick import (
 )
 from dissectors.structs import FuseInitOut, FuseInitOutCompat22, FuseWriteIn
 from traces import TraceWriter
+from traces.writer import NativeAppender
 
 from ..features import max_pages_limit, seqpacket_limit
 
@@ -108,7 +109,7 @@ class NotBuilt(RuntimeError):
 
 
 def native() -> ModuleType:
-    """`_fastpath`, the relay's C loops and the trace appender they share."""
+    """`_fastpath`, the relay's C loop (it appends through `traces._append`)."""
     try:
         from . import _fastpath
     except ImportError as exc:
@@ -327,7 +328,7 @@ class Relay:
     `unmounted` is set when /dev/fuse reads ENODEV (unmounted or aborted), `server_closed`
     when the socket reads end-of-file (the last holder of the server's end closed it);
     `changed` is called after either, from the relay's thread. The writer must append
-    through `native().Appender`: the C loop writes its records through it.
+    through the native appender (`traces._append`): the C loop writes through its C API.
     """
 
     def __init__(self, devfd: int, sock: socket.socket, writer: TraceWriter, snaplen: int,
@@ -344,8 +345,8 @@ class Relay:
         self.init_answered = threading.Event()
         self.broken: str | None = None  # why relaying had to stop
         fast = native()
-        if not isinstance(writer.appender, fast.Appender):
-            raise TypeError("the relay's TraceWriter must append through native().Appender")
+        if not isinstance(writer.appender, NativeAppender):
+            raise TypeError("the relay's TraceWriter must append through traces._append")
         self._pump = fast.Pump(devfd=devfd, sockfd=sock.fileno(), appender=writer.appender,
                                snaplen=snaplen, bufsize=BUFFER_SIZE, data_request=DATA_REQUESTS,
                                data_reply=DATA_REPLIES, data_notify=DATA_NOTIFY,

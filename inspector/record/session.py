@@ -266,8 +266,7 @@ class Session:
         child_fd = self.theirs.fileno()
         server_argv = (self.command.argv if self.server_mounts
                        else self.command.with_mountpoint(f"/dev/fd/{child_fd}"))
-        self.writer = TraceWriter(self.cfg.trace, self._header(server_argv),
-                                  appender=native().Appender)
+        self.writer = TraceWriter(self.cfg.trace, self._header(server_argv))
         if self.connect_note:
             self.writer.event("connect_fallback", asked=self.cfg.connect.value,
                               used=self.connect.value, why=self.connect_note)
@@ -504,6 +503,8 @@ class Session:
             self.trap.stop()
         if self.procs is not None:
             self.procs.reap()
+        if self.writer is not None and not self.writer.closed:
+            self.writer.settle()  # compressed: every record framed, so `stopped` is final
         noted = self._note_stop()
         code, message = self._verdict(reason, noted)
         self._closing_event("session_end", **self._summary(reason, code))

@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from inspector.record.relay import native
 from inspector.testing import recorded_server
 from record_support import PASSTHROUGHFS, blob, mount_test, read_uncached
 from traces import TraceReader, TraceWriteError, TraceWriter
+from traces._append import Appender
 
 if TYPE_CHECKING:
     from conftest import FsDirs
@@ -79,7 +79,7 @@ def test_a_full_disk_mid_record_keeps_the_mount_and_says_where_recording_stopped
 def test_the_recorders_appender_keeps_room_for_the_closing_records(small_disk: Path) -> None:
     """Filled to the last block by ordinary records, the disk still takes the closing
     ones: the appender refused the record that would have eaten into their reserve."""
-    writer = TraceWriter(small_disk / "t.fzt", {}, appender=native().Appender)
+    writer = TraceWriter(small_disk / "t.fzt", {}, appender=Appender)
     with writer:
         with pytest.raises(TraceWriteError):
             while True:

@@ -36,10 +36,11 @@ from dissectors.structs import (
 )
 from inspector.features import seqpacket_limit
 
-Appender = pytest.importorskip(
+pytest.importorskip(
     "inspector.record._fastpath",
     reason="the relay's C extension is not built (pip install -e . needs gcc, python3-dev)",
-).Appender
+)
+from traces._append import Appender
 from inspector.record.relay import (
     BUFFER_SIZE,
     ROOM,
