@@ -93,7 +93,15 @@ class Compressor:
         self._thread = threading.Thread(target=self._run, name="fusetrace-zstd", daemon=True)
 
     def follow(self, spool: Appender) -> None:
+        """Frame the header (so the trace can be opened, and its closing room is taken
+        before the spool can fill the disk), then follow the spool."""
         self._spool = spool
+        self._find()
+        if not self._header_end:
+            raise OSError(errno.EIO, f"{self.spool_path}: no header in the spool")
+        self._frame(self._header_end, 1, closing=False)
+        if self.stopped is not None:
+            raise OSError(self.stopped[0], os.strerror(self.stopped[0]))
         self._thread.start()
 
     # --- the thread ---------------------------------------------------------------------
@@ -154,8 +162,6 @@ class Compressor:
             if closing:
                 self._frame(self._seen, self._seen_records, closing=True)
             return
-        if self._framed == 0 and self._header_end:  # a reader can open it from now on
-            self._frame(self._header_end, 1, closing)
         for end, objects in self._cuts:
             if not self._frame(end, objects, closing):
                 return
@@ -212,7 +218,7 @@ class Compressor:
         """After the spool's appender is closed: frame the rest, remove the spool, close;
         raise what went wrong writing, if anything."""
         self._closing.set()
-        if self._thread.is_alive() or self._thread.ident is not None:
+        if self._thread.ident is not None:
             self._thread.join()
         else:
             self._out.close()

@@ -211,10 +211,10 @@ class TraceWriter(_Recorder):
             if self._sink is not None:
                 self._sink.finish()
             raise
-        if self._sink is not None:
-            self._sink.follow(self.appender)
         try:
             self.appender.append(head, 0)
+            if self._sink is not None:  # the header's frame, and its room, come first
+                self._sink.follow(self.appender)
         except BaseException:
             self.close()
             raise

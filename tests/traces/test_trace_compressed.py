@@ -1,6 +1,6 @@
 """Compressed traces: the same records as the plain trace through every reader, frames
 that plain `zstd -d` reads, cuts and bad frames that end the readable part cleanly, a
-killed writer that loses at most its unfinished frame, and `compress`/`decompress`."""
+killed writer that loses nothing (its spool is read on), and `compress`/`decompress`."""
 
 from __future__ import annotations
 
@@ -139,7 +139,9 @@ _WRITER = textwrap.dedent("""
 """)
 
 
-def test_a_killed_writer_loses_at_most_its_unfinished_frame(tmp_path: Path) -> None:
+def test_a_killed_writer_loses_nothing_it_appended(tmp_path: Path) -> None:
+    """What the compressor had not framed yet is in the spool beside the trace, which
+    readers read on from: every record, in order, and a clean end."""
     path = tmp_path / "live.fzt.zst"
     proc = subprocess.Popen([sys.executable, "-c", _WRITER, str(path)], cwd=REPO,
                             stdout=subprocess.PIPE, text=True)
@@ -147,17 +149,27 @@ def test_a_killed_writer_loses_at_most_its_unfinished_frame(tmp_path: Path) -> N
         assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
         with TraceReader(path) as reader:  # a live trace: read while it is being written
             seen = [r.meta["n"] for r in reader]
-        assert seen[:500] == list(range(500))
+        assert seen == list(range(600))
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
+        assert Path(f"{path}.spool").exists()
         with TraceReader(path) as reader:
             after = [r.meta["n"] for r in reader]
-            assert reader.tail is None  # frames are written whole
-        assert after == list(range(len(after))) and len(after) >= 500
+            assert reader.tail is None and reader.holes == []
+        assert after == list(range(600))
+        with TraceIndex.open(path, cache_dir=tmp_path) as idx:
+            assert len(idx) == 600 and idx.record(599).meta["n"] == 599
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_a_clean_close_leaves_no_spool(tmp_path: Path) -> None:
+    path = tmp_path / "t.fzt.zst"
+    _write(path, 10)
+    assert [p.name for p in tmp_path.iterdir()] == ["t.fzt.zst"]
+    assert len(_records(path)[0]) == 20
 
 
 def test_poll_follows_a_growing_compressed_trace(tmp_path: Path,
