@@ -165,6 +165,53 @@ def test_a_killed_writer_loses_nothing_it_appended(tmp_path: Path) -> None:
             proc.wait()
 
 
+_PING_PONG = textwrap.dedent("""
+    import queue, sys, threading
+    from traces import TraceWriter
+    w = TraceWriter(sys.argv[1], {})
+    asked = queue.Queue()
+    def server():  # answers each request from its own thread, after it was recorded
+        while True:
+            n = asked.get()
+            w.reply(n.to_bytes(8, "little"), ts=n)
+            if n % 200 == 0:
+                print(n, flush=True)
+    threading.Thread(target=server, daemon=True).start()
+    n = 0
+    while True:
+        w.request(n.to_bytes(8, "little"), ts=n)
+        asked.put(n)
+        n += 1
+""")
+
+
+def test_a_killed_writer_keeps_every_reply_after_its_request(tmp_path: Path) -> None:
+    """Two threads, each reply appended only after its request was: after `kill -9` the
+    compressed trace holds every pair answered, each request before its reply."""
+    path = tmp_path / "order.fzt.zst"
+    proc = subprocess.Popen([sys.executable, "-c", _PING_PONG, str(path)], cwd=REPO,
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        answered = 0
+        while answered < 20_000:
+            line = proc.stdout.readline()
+            assert line, "writer died early"
+            answered = int(line)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    with TraceReader(path) as reader:
+        records = [(r.kind.name, int.from_bytes(r.raw or b"", "little")) for r in reader]
+        assert reader.tail is None
+    where = {record: i for i, record in enumerate(records)}
+    for n in range(answered + 1):
+        assert where[("REQUEST", n)] < where[("REPLY", n)]
+    for kind in ("REQUEST", "REPLY"):
+        numbers = [n for k, n in records if k == kind]
+        assert numbers == list(range(len(numbers)))
+
+
 def test_a_clean_close_leaves_no_spool(tmp_path: Path) -> None:
     path = tmp_path / "t.fzt.zst"
     _write(path, 10)
