@@ -317,9 +317,9 @@ def decompress_file(source: str, output: str | None = None) -> str | None:
         target = _target(source, output, ".zst", "")
         frames = trace.frames
 
-        def fill(fd: int) -> None:
+        def fill(fd: int) -> None:  # the frames, and what a killed writer's spool holds
             offset = 0
-            while chunk := frames.pread(FRAME_BYTES, offset):
+            while chunk := trace.pread(FRAME_BYTES, offset):
                 view = memoryview(chunk)
                 while view:
                     view = view[os.write(fd, view):]

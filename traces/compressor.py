@@ -156,21 +156,31 @@ class Compressor:
 
     def _pass(self, flush: bool, closing: bool = False) -> None:
         """Frame what is due: full frames, and the rest once it is old enough or when
-        `flush`. After a stop, only `closing` passes frame (the closing records)."""
+        `flush`. Without `flush` only what the previous pass found is framed: a record
+        whose first byte was seen a poll ago is whole in what `pread` returns on any CPU
+        (a flush comes after the appending threads are done). After a stop, only
+        `closing` passes frame (the closing records)."""
+        ripe = (self._seen, self._seen_records)
         self._find()
+        if flush:
+            ripe = (self._seen, self._seen_records)
         if self.stopped is not None:
             if closing:
-                self._frame(self._seen, self._seen_records, closing=True)
+                self._frame(*ripe, closing=True)
             return
+        done = 0
         for end, objects in self._cuts:
-            if not self._frame(end, objects, closing):
-                return
-        self._cuts.clear()
+            if end > ripe[0] or not self._frame(end, objects, closing):
+                break
+            done += 1
+        del self._cuts[:done]
         late = self._since is not None and time.monotonic() - self._since >= compressed.FRAME_SECONDS
-        if self._seen > self._framed and (flush or late):
-            self._frame(self._seen, self._seen_records, closing)
-        if self._framed == self._seen:
+        if ripe[0] > self._framed and (flush or late) and self.stopped is None:
+            self._frame(*ripe, closing)
+        if self._framed >= self._seen:
             self._since = None
+        elif self._since is None or self._framed == ripe[0]:
+            self._since = time.monotonic()
 
     def _frame(self, end: int, objects: int, closing: bool) -> bool:
         """Spool bytes [_framed, end) as one frame; False when they did not fit (which

@@ -295,7 +295,7 @@ class TraceWriter(_Recorder):
 
 
 class Batch(_Recorder):
-    """Records collected in memory; written by one `os.write` when the block exits.
+    """Records collected in memory; written by one append when the block exits.
 
     They are written even when the block raises: they describe messages already sent.
     """

@@ -9,8 +9,8 @@ its connection), `trap` (seccomp interception of the server's /dev/fuse open, mo
 unmount, ioctls and splices), `creds` (taking on a server thread's credentials for its
 ioctls), `hangup` (telling server threads ENODEV as the kernel would), `processes` (the
 server's processes and their exits), `signals` (signals with their sender), `relay` (the
-relay thread, INIT masking; its per-message loop and the trace appender are C, in
-`_fastpath.c`), `args` (the server's command line: mountpoint heuristic, `-o` mount
+relay thread, INIT masking; its per-message loop is C, in `_fastpath.c`, appending
+through `traces/append.h`), `args` (the server's command line: mountpoint heuristic, `-o` mount
 options), `progress` (the live stderr line), `cleanup` (run-directory notes and
 `fusetrace cleanup`).
 """

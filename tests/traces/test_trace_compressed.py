@@ -159,6 +159,9 @@ def test_a_killed_writer_loses_nothing_it_appended(tmp_path: Path) -> None:
         assert after == list(range(600))
         with TraceIndex.open(path, cache_dir=tmp_path) as idx:
             assert len(idx) == 600 and idx.record(599).meta["n"] == 599
+        compressed.decompress_file(str(path), str(tmp_path / "plain.fzt"))  # the spool too
+        with TraceReader(tmp_path / "plain.fzt") as reader:
+            assert [r.meta["n"] for r in reader] == list(range(600))
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -210,6 +213,19 @@ def test_a_killed_writer_keeps_every_reply_after_its_request(tmp_path: Path) -> 
     for kind in ("REQUEST", "REPLY"):
         numbers = [n for k, n in records if k == kind]
         assert numbers == list(range(len(numbers)))
+
+
+def test_the_spool_stays_small_whatever_the_trace_s_size(tmp_path: Path) -> None:
+    """What is framed is punched out of the spool: 32 MiB of records that do not
+    compress leave it a few MiB big (what is allocated ahead and not framed yet)."""
+    path = tmp_path / "big.fzt.zst"
+    with TraceWriter(path, {}) as w:
+        for i in range(8192):
+            w.request(os.urandom(4096), ts=i)
+        w.settle()
+        spool = Path(f"{path}.spool").stat()
+        assert spool.st_size > 32 << 20 and spool.st_blocks * 512 < 8 << 20
+    assert len(_records(path)[0]) == 8192
 
 
 def test_a_clean_close_leaves_no_spool(tmp_path: Path) -> None:
