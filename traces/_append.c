@@ -10,7 +10,7 @@
  * reserved but never filled (a writer killed mid-copy) starts with a zero byte, and no
  * record starts with one (records are msgpack arrays, the header a map). `kill -9` of
  * the process loses nothing already appended: the page cache holds a MAP_SHARED page
- * whoever dies. While the appender is open it holds a shared flock on the file, which is
+ * whoever dies. While the appender is open it holds an exclusive flock on the file, which is
  * how a reader tells "being written" (a zero byte is a slot still being filled) from
  * "writer gone" (zeros are a never-filled slot or the allocated tail: see
  * `traces/stream.py`). `close()` cuts the file to its real length.
@@ -352,7 +352,10 @@ static int Appender_init(Appender *self, PyObject *args, PyObject *kwds)
             return PyErr_NoMemory(), -1;
         atomic_store(&self->allocated, self->base);  /* mapped by the first append */
         atomic_store(&self->tail, self->base);
-        if (flock(fd, LOCK_SH) < 0) { /* readers cannot tell it is live: they wait less */ }
+        /* a reader testing for a writer holds a shared lock for a moment: wait it out,
+         * but never for another writer (then readers cannot tell it is live) */
+        for (int i = 0; i < 100 && flock(fd, LOCK_EX | LOCK_NB) < 0 && errno == EWOULDBLOCK; i++)
+            usleep(1000);
         self->mapped = 1;
     }
     return 0;

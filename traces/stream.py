@@ -7,17 +7,20 @@ which is where a cut or corrupt tail begins.
 
 Zero bytes where a record should start (no record starts with one: records are msgpack
 arrays) come from the native appender (`_append.c`), which allocates space ahead and
-fills a reserved slot's first byte last. While the writer holds the file (its shared
+fills a reserved slot's first byte last. While the writer holds the file (its exclusive
 flock), they are where the writer has not got to yet: the trace ends there for now. Once
 it is gone (closed, or killed before it could cut the file to length):
 - zeros up to the end of the file are space allocated ahead: the trace ends cleanly;
 - zeros followed by more bytes are a hole, a slot a killed writer reserved and never
-  (or only partly) filled while other threads went on appending: reading resumes at the
-  next plausible record start (a 0x93/0x94 array byte whose record passes `problem()`
-  and is followed by the end, a zero, or another such record), and the skipped span is
-  noted in `holes`. A record found that way is plausible, not proven: message bytes
-  that happen to hold a whole record (a trace file copied through the mount) could be
-  taken for one.
+  (or only partly) filled while other threads went on appending. Its end is known when
+  its bytes make a valid record once a first byte is put back (it was copied whole or
+  past its lengths); reading resumes at the next plausible record start after it (a
+  0x93/0x94 array byte whose record passes `problem()` and is followed by the end, a
+  zero, or another such record), and the skipped span is noted in `holes`. Bytes with
+  no such record after them are the last slot, left half-copied: the trace ends there,
+  noted as a hole too. A record found by resynchronising is plausible, not proven:
+  message bytes that happen to hold a whole record (a trace file copied through the
+  mount) could be taken for one.
 
 Caveat: msgpack preallocates arrays and maps from their declared length, so the limits
 below keep one corrupt length byte from allocating gigabytes. Records may therefore hold
@@ -98,10 +101,11 @@ class TraceFile:
         return None
 
     def writer_alive(self) -> bool:
-        """Whether a native appender still holds the file (its shared flock): zero bytes
-        are then where it has not got to yet, not a hole."""
+        """Whether a native appender still holds the file (its exclusive flock): zero
+        bytes are then where it has not got to yet, not a hole. (Readers asking at once
+        take shared locks, which do not conflict.)"""
         try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(self.fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
             return True
         except OSError:
@@ -201,10 +205,11 @@ class Scan:
             zero_at = yield from self._segment(segment, with_ends)
             if zero_at is None:
                 return
+            if zero_at is None or self.trace.writer_alive():
+                return  # the end, or where a live writer has not got to yet
             resume = self._past_zeros(zero_at)
             if resume is None:
                 return
-            self.holes.append((zero_at, resume))
             segment = resume
 
     def _segment(self, start: int, with_ends: bool
@@ -260,34 +265,43 @@ class Scan:
         return None
 
     def _past_zeros(self, at: int) -> int | None:
-        """Where reading goes on after the zero byte at `at`: None when the trace ends
-        there (the writer is still at it, or nothing but zeros follows; `stop` says so
-        when bytes follow that hold no record)."""
-        if self.trace.writer_alive():
-            return None
-        pos = at
+        """Where reading goes on after the zero byte at `at` (its writer gone), noting
+        what is skipped in `holes`; None when the trace ends there."""
+        pos = self._slot_end(at) or at
+        slot_end = pos
         while True:
             data = self.trace.pread(self.chunk, pos)
-            if not data:
-                return None  # space allocated ahead of a writer that did not close
+            if not data:  # space allocated ahead of a writer that did not close
+                if slot_end > at:
+                    self.holes.append((at, slot_end))
+                return None
             rest = data.lstrip(b"\0")
             pos += len(data) - len(rest)
             if rest:
                 break
-        resume = self._resync(pos)
-        if resume is None:
-            self.stop = f"bytes after the zeros at byte {at} hold no record"
-        return resume
+        resume, end = self._resync(pos)
+        self.holes.append((at, end if resume is None else resume))
+        return resume  # None: nothing whole after it, a last slot left half-copied
 
-    def _resync(self, pos: int) -> int | None:
-        """The first plausible record start at or after `pos` (see the module docstring)."""
+    def _slot_end(self, at: int) -> int | None:
+        """Where the slot at `at` ends, if its bytes are a record but for the first one
+        (never written: see `_append.c`), with a meta map or without."""
+        for first in (0x94, 0x93):
+            end = self._record_end(at, first)
+            if end is not None:
+                return end
+        return None
+
+    def _resync(self, pos: int) -> tuple[int | None, int]:
+        """The first plausible record start at or after `pos` (see the module docstring),
+        or None and where the file ended."""
         while True:
             data = self.trace.pread(self.chunk, pos)
             if not data:
-                return None
+                return None, pos
             for match in _RECORD_START.finditer(data):
                 if self._plausible(pos + match.start()):
-                    return pos + match.start()
+                    return pos + match.start(), pos + match.start()
             pos += len(data)
 
     def _plausible(self, at: int) -> bool:
@@ -298,12 +312,15 @@ class Scan:
         return not follow or follow == b"\0" or (
             follow[0] in (0x93, 0x94) and self._record_end(end) is not None)
 
-    def _record_end(self, at: int) -> int | None:
-        """Where the record starting at `at` ends, if a whole valid one does."""
+    def _record_end(self, at: int, first: int | None = None) -> int | None:
+        """Where the record starting at `at` (its first byte taken to be `first`) ends,
+        if a whole valid one does."""
         unpacker = msgpack.Unpacker(raw=False, max_buffer_size=MAX_RECORD, **LIMITS)
         size = 1 << 12
         while True:
             data = self.trace.pread(size, at)
+            if first is not None and data:
+                data = bytes([first]) + data[1:]
             try:
                 unpacker.feed(data)
                 obj = unpacker.unpack()
