@@ -18,7 +18,7 @@ import msgpack
 import pytest
 
 from trace_helpers import HEADER
-from traces import TraceIndex, TraceReader, TraceWriter
+from traces import TraceIndex, TraceReader, TraceWriter, hole_note
 
 _append = pytest.importorskip("traces._append", reason="the C extensions are not built")
 
@@ -208,6 +208,11 @@ def test_a_hole_is_skipped_and_noted(tmp_path: Path) -> None:
         assert idx.holes == [hole]
     with TraceIndex.open(path, cache_dir=tmp_path) as cached:
         assert cached.source == "cache" and cached.holes == [hole]
+    for args in ([], ["-r", ":"]):  # streamed, and through the index
+        shown = subprocess.run([sys.executable, "-m", "inspector.cli", "show", *args, str(path)],
+                               capture_output=True, text=True, timeout=60, cwd=REPO)
+        assert shown.returncode == 0 and len(shown.stdout.splitlines()) == 9
+        assert shown.stderr == f"fusetrace: {path}: {hole_note(hole)}\n"
 
 
 def test_while_the_writer_holds_the_file_zeros_are_the_end_for_now(tmp_path: Path) -> None:
