@@ -9,8 +9,10 @@ so `zstd -d` reads the file as it is (it skips skippable frames) and gives the p
 trace, while fusetrace walks the markers (one 20-byte read per frame) to a frame table
 and reads any byte range of the plain trace by decompressing only the frames that hold
 it. Every reader sees offsets of the plain trace: the index, `record(i)`, the TUI's live
-tail. Frames end wherever a megabyte or a second of writing ends, not at records: the
-readers already stop cleanly at a record cut at the end of what is readable.
+tail. Frames end after a megabyte or a second of writing, at a record boundary when a
+`TraceWriter` writes them (so a full disk stops the trace at a whole record), anywhere
+in `fusetrace compress`: the readers already stop cleanly at a record cut at the end of
+what is readable.
 
 Writing: `TraceWriter` for a path ending in `.zst` appends the plain records to a spool
 file beside it (`t.fzt.zst.spool`) and a `compressor.Compressor` thread writes the frames
@@ -19,7 +21,8 @@ readers read the records not framed yet from the spool, at their plain offsets, 
 the last whole frame: the spool's header must be the trace's, byte for byte. A file cut
 anywhere reads up to its last whole frame (and on from the spool, if it is there); zero
 bytes where a marker should be are space the writer's appender allocated ahead (see
-`_append.c`), not damage; a frame that fails its checksum ends the readable part there.
+`_append.c`), not damage (`zstd -d` stops at them with an error, after writing every
+frame out); a frame that fails its checksum ends the readable part there.
 """
 
 from __future__ import annotations

@@ -7,9 +7,11 @@ that appends ever waits for compression. The `Compressor` thread wakes every
 (a slot still being filled starts with a zero byte: see `_append.c`), and writes them to
 `t.fzt.zst` as frames of whole records, a frame each `compressed.FRAME_BYTES` or
 `compressed.FRAME_SECONDS`, through an appender of its own, which keeps room for the
-closing records. Behind it, it punches the framed part out of the spool (the spool stays
-a few frames big, whatever the trace's size). On close it frames the rest and removes
-the spool.
+closing records. The header's frame is written first, before any record (the trace
+opens at once, and the room for closing records is taken before the spool can fill the
+disk). Behind it, it punches the framed part out of the spool (the spool stays a few
+frames big, whatever the trace's size). On close it frames the rest and removes the
+spool.
 
 - Full disk: a frame that does not fit stops the trace (the spool's appender too, so
   every appender stops at once) at that frame's first record, a whole-record boundary;
@@ -20,6 +22,12 @@ the spool.
   the spool, at their plain offsets; readers of `t.fzt.zst` read them from there (see
   `compressed.py`), so a killed recorder loses no more than with a plain trace.
 - Order: frames hold the spool's bytes in order, and the spool is in reservation order.
+
+Caveat: the walk reads the spool with `pread` while appenders store into its mapping; a
+record's first byte is stored last, which x86-64 makes visible last to any reader. On a
+weakly ordered CPU the walk could meet a record the instant its first byte lands and
+read the rest stale; only records found a poll earlier are framed, which narrows that
+to the walk's own parse.
 """
 
 from __future__ import annotations
@@ -73,8 +81,12 @@ class Compressor:
         except BaseException:
             os.close(out)
             raise
-        self.spool_fd = os.open(self.spool_path, os.O_RDWR | os.O_CREAT | os.O_TRUNC
-                                | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        try:
+            self.spool_fd = os.open(self.spool_path, os.O_RDWR | os.O_CREAT | os.O_TRUNC
+                                    | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        except BaseException:
+            self._out.close()
+            raise
         self._fd = os.open(self.spool_path, os.O_RDWR | os.O_CLOEXEC)  # reads and punches
         self._frames = compressed.FrameWriter(level=level)
         self._spool: Appender | None = None
