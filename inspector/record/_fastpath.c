@@ -5,7 +5,7 @@
  * stats), more than a fast C server spends answering it. Here one loop serves both
  * directions with the GIL released and does only what every ordinary message needs: read
  * it, note its unique, cut its file data to the snap length, append its record to the
- * trace (before forwarding, through the same appender as the Python writer), forward it. Anything
+ * trace (before forwarding, through the Python writer's appender), forward it. Anything
  * else (INIT, which may be altered; a reply cut into pieces; a refused write; the end)
  * goes back to Python (`relay.py`), which keeps every decision that is not per-message
  * arithmetic.
