@@ -113,7 +113,7 @@ static int stop(Appender *a, int err)
 /* ------------------------------------------------------------------ mapped path */
 
 /* Allocate (and map) the file up to `need` at least: a CHUNK ahead when the disk has it,
- * else exactly `need`; an errno when it has not got that either. */
+ * less as it fills up; an errno when it has not got `need` either. */
 static int grow(Appender *a, uint64_t need)
 {
     int err = 0;
@@ -256,7 +256,7 @@ static int plain_append(Appender *a, const struct iovec *in, int iovcnt, size_t 
                 continue;
             err = errno;
             if (done) {  /* keep a clean prefix (this drops the reserve: make it again) */
-                if (ftruncate(a->fd, (off_t)(a->base + a->bytes)) < 0) { /* nothing better to do */ }
+                if (ftruncate(a->fd, (off_t)(a->base + a->bytes)) < 0) { /* nothing better */ }
                 a->reserved_to = a->base + a->bytes;
             }
             if (!closing)
@@ -318,9 +318,11 @@ static int can_map(int fd, uint64_t size)
 {
     struct stat st;
     int flags = fcntl(fd, F_GETFL);
-    if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) || flags < 0 || (flags & O_ACCMODE) != O_RDWR)
+    if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) || flags < 0 ||
+            (flags & O_ACCMODE) != O_RDWR)
         return 0;
-    if (fallocate(fd, FALLOC_FL_KEEP_SIZE, (off_t)size, RESERVE) < 0 && errno != ENOSPC && errno != EDQUOT)
+    if (fallocate(fd, FALLOC_FL_KEEP_SIZE, (off_t)size, RESERVE) < 0 && errno != ENOSPC &&
+            errno != EDQUOT)
         return 0;  /* EOPNOTSUPP …: a full disk would be met as SIGBUS */
     void *p = mmap(NULL, WINDOW, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
     if (p == MAP_FAILED)
@@ -381,11 +383,15 @@ static void close_appender(Appender *a)
     int fd = a->fd;
     a->fd = -1;
     if (fd >= 0 && a->mapped) {
-        if (ftruncate(fd, (off_t)(atomic_load(&a->tail) & ~STOP_BIT)) < 0) { /* zeros stay: readers skip them */ }
+        if (ftruncate(fd, (off_t)(atomic_load(&a->tail) & ~STOP_BIT)) < 0) {
+            /* the zeros allocated ahead stay: readers take them as the end */
+        }
         for (int w = 0; w < WINDOWS && a->windows[w]; w++)
             munmap(a->windows[w], WINDOW);
     } else if (fd >= 0 && a->reserving && a->reserved_to > a->base + a->bytes &&
-               ftruncate(fd, (off_t)(a->base + a->bytes)) < 0) { /* the reserve stays allocated: harmless */ }
+               ftruncate(fd, (off_t)(a->base + a->bytes)) < 0) {
+        /* the reserve stays allocated: harmless */
+    }
     pthread_mutex_unlock(&a->lock);
     if (fd >= 0)
         close(fd);

@@ -186,7 +186,8 @@ class Compressor:
                 break
             done += 1
         del self._cuts[:done]
-        late = self._since is not None and time.monotonic() - self._since >= compressed.FRAME_SECONDS
+        late = (self._since is not None
+                and time.monotonic() - self._since >= compressed.FRAME_SECONDS)
         if ripe[0] > self._framed and (flush or late) and self.stopped is None:
             self._frame(*ripe, closing)
         if self._framed >= self._seen:
