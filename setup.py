@@ -1,5 +1,6 @@
-"""The C extensions: the recorder's relay (`inspector/record/_fastpath.c`), its seccomp
-trap's hot path (`inspector/exchange/_trapfast.c`), the trace index's hot loop
+"""The C extensions: the trace appender (`traces/_append.c`; the recorder's loops append
+through its C API, `traces/append.h`), the recorder's relay (`inspector/record/_fastpath.c`),
+its seccomp trap's hot path (`inspector/exchange/_trapfast.c`), the trace index's hot loop
 (`traces/_scan.c`) and the lifecycle pass's (`inspector/lifecycles/_pass.c`); everything
 else is in pyproject.toml. They need gcc and python3-dev (.ci/install brings them) and
 read the protocol's offsets and record kinds from `traces/facts.h` (generated from the
@@ -21,8 +22,9 @@ import sysconfig
 from setuptools import Extension, setup
 
 _FLAGS = ["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter", "-Wno-missing-field-initializers"]
-_HEADERS = ["traces/le.h", "traces/facts.h"]
+_HEADERS = ["traces/le.h", "traces/facts.h", "traces/append.h"]
 _SOURCES = {
+    "traces._append": "traces/_append.c",
     "inspector.record._fastpath": "inspector/record/_fastpath.c",
     "inspector.exchange._trapfast": "inspector/exchange/_trapfast.c",
     "traces._scan": "traces/_scan.c",

@@ -10,7 +10,7 @@ import sys
 import time
 from typing import Callable, Sequence
 
-from traces import TraceReadError, TraceReader
+from traces import TraceReadError, TraceReader, hole_note
 
 from . import __version__
 from .exchange.flavour import Connect
@@ -24,8 +24,9 @@ def _show(args: argparse.Namespace) -> int:
     reader = TraceReader(args.trace)
     write_show(reader, sys.stdout, args.verbose, args.hex, args.count)
     sys.stdout.flush()
-    if reader.tail:
-        print(f"fusetrace: {args.trace}: {reader.tail}", file=sys.stderr)
+    for note in [*map(hole_note, reader.holes), reader.tail]:
+        if note:
+            print(f"fusetrace: {args.trace}: {note}", file=sys.stderr)
     return 0
 
 
@@ -54,8 +55,9 @@ def _show_range(args: argparse.Namespace) -> int:
         write_show(records_in(idx, rows, dec), sys.stdout, args.verbose, args.hex, args.count,
                    dec, t0)
         sys.stdout.flush()
-        if idx.tail:
-            print(f"fusetrace: {args.trace}: {idx.tail}", file=sys.stderr)
+        for note in [*map(hole_note, idx.holes), idx.tail]:
+            if note:
+                print(f"fusetrace: {args.trace}: {note}", file=sys.stderr)
     return 0
 
 

@@ -16,7 +16,8 @@ from .errors import TraceReadError
 from .index import Row, TraceIndex
 from .reader import TraceReader
 from .records import Kind, Record
+from .stream import hole_note
 from .writer import Appender, FileAppender, TraceWriteError, TraceWriter
 
 __all__ = ["FORMAT_VERSION", "Appender", "FileAppender", "Kind", "Record", "Row", "TraceIndex",
-           "TraceReadError", "TraceReader", "TraceWriteError", "TraceWriter"]
+           "TraceReadError", "TraceReader", "TraceWriteError", "TraceWriter", "hole_note"]

@@ -9,27 +9,29 @@ so `zstd -d` reads the file as it is (it skips skippable frames) and gives the p
 trace, while fusetrace walks the markers (one 20-byte read per frame) to a frame table
 and reads any byte range of the plain trace by decompressing only the frames that hold
 it. Every reader sees offsets of the plain trace: the index, `record(i)`, the TUI's live
-tail. Frames end wherever a megabyte or a second of writing ends, not at records: the
-readers already stop cleanly at a record cut at the end of what is readable.
+tail. Frames end after a megabyte or a second of writing, at a record boundary when a
+`TraceWriter` writes them (so a full disk stops the trace at a whole record), anywhere
+in `fusetrace compress`: the readers already stop cleanly at a record cut at the end of
+what is readable.
 
-Writing (`FrameSink`): `TraceWriter` for a path ending in `.zst` hands its appender the
-write end of a pipe; a thread here reads it and writes a frame each `FRAME_BYTES` or
-`FRAME_SECONDS`, whichever comes first, and the rest when the writer closes. The
-appender (also the recorder's C loop) stays unchanged. Caveat: a crash of the writing
-process loses at most the frame it had not finished (up to a second or a megabyte of
-records); a file cut anywhere reads up to its last whole frame; a frame that fails its
-checksum ends the readable part there.
+Writing: `TraceWriter` for a path ending in `.zst` appends the plain records to a spool
+file beside it (`t.fzt.zst.spool`) and a `compressor.Compressor` thread writes the frames
+behind it (see there). While the trace is being written, and after a writer was killed,
+readers read the records not framed yet from the spool, at their plain offsets, after
+the last whole frame: the spool's header must be the trace's, byte for byte. A file cut
+anywhere reads up to its last whole frame (and on from the spool, if it is there); zero
+bytes where a marker should be are space the writer's appender allocated ahead (see
+`_append.c`), not damage (`zstd -d` stops at them with an error, after writing every
+frame out); a frame that fails its checksum ends the readable part there.
 """
 
 from __future__ import annotations
 
 import bisect
 import os
-import select
 import struct
 import tempfile
 import threading
-import time
 from collections import OrderedDict
 from typing import Any, Callable
 
@@ -46,6 +48,7 @@ _SKIPPABLE = 0x184D2A5E
 _TAG = b"fzt1"
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _CACHED_FRAMES = 4
+SPOOL_SUFFIX = ".spool"  # the plain records a compressed trace's writer has not framed
 
 
 def is_compressed(head: bytes) -> bool:
@@ -82,6 +85,8 @@ class FrameTable:
         size = os.fstat(self.fd).st_size
         while self.broken is None and self.next_marker + _MARKER.size <= size:
             head = self._read(_MARKER.size, self.next_marker)
+            if head[0] == 0:  # no frame starts so: space allocated ahead, or a frame
+                return  # being written (or whose writer was killed): see `_append.c`
             magic, length, tag, comp, plain = _MARKER.unpack(head)
             if magic != _SKIPPABLE or length != 12 or tag != _TAG:
                 first = self.next_marker == 0
@@ -148,7 +153,7 @@ class FrameTable:
         if self.broken:
             return self.broken
         size = os.fstat(self.fd).st_size
-        if self.next_marker < size:
+        if self.next_marker < size and self._read(1, self.next_marker) != b"\0":
             return (f"compressed frame {len(self.file_at)} cut short (at byte "
                     f"{self.next_marker} of {size} of the file)")
         return None
@@ -162,15 +167,48 @@ class FrameTable:
 
 
 class CompressedTraceFile(TraceFile):
-    """A `TraceFile` whose offsets and reads are those of the plain trace inside."""
+    """A `TraceFile` whose offsets and reads are those of the plain trace inside: its
+    frames, then the records its spool holds past them, if the spool is there."""
 
     frames: FrameTable
+    spool: int = -1  # the spool's descriptor, when it belongs to this trace
 
     def pread(self, size: int, offset: int) -> bytes:
-        return self.frames.pread(size, offset)
+        data = self.frames.pread(size, offset)
+        if len(data) < size and self.spool >= 0:
+            at = offset + len(data)
+            if at >= self.frames.plain_end:
+                try:
+                    data += os.pread(self.spool, size - len(data), at)
+                except OSError as exc:
+                    raise TraceReadError(f"{self.path}{SPOOL_SUFFIX}: read error at byte "
+                                         f"{at}: {exc.strerror}") from None
+        return data
 
     def damage(self) -> str | None:
         return self.frames.damage()
+
+    def close(self) -> None:
+        if self.spool >= 0:
+            os.close(self.spool)
+            self.spool = -1
+        super().close()
+
+
+def _open_spool(where: str, header: bytes) -> int:
+    """The spool beside a compressed trace, if there is one and it holds that trace's
+    records (its header is `header`, byte for byte); else -1."""
+    try:
+        fd = os.open(where + SPOOL_SUFFIX, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return -1
+    try:
+        if os.pread(fd, len(header), 0) == header:
+            return fd
+    except OSError:
+        pass
+    os.close(fd)
+    return -1
 
 
 def open_compressed(fd: int, where: str,
@@ -189,72 +227,32 @@ def open_compressed(fd: int, where: str,
     header, upgrade = check(obj, where)
     trace = CompressedTraceFile(fd, where, header, obj["format"], start, upgrade)
     trace.frames = frames
+    trace.spool = _open_spool(where, frames.pread(start, 0))
     return trace
 
 
 # --- writing ------------------------------------------------------------------------
 
 class FrameWriter:
-    """Frames with their markers onto an open file descriptor."""
+    """Frames with their markers, for an open file descriptor (`frame`) or any appender
+    (`framed`)."""
 
-    def __init__(self, fd: int, level: int = 3) -> None:
+    def __init__(self, fd: int = -1, level: int = 3) -> None:
         self.fd = fd
         self._cctx = zstandard.ZstdCompressor(level=level, write_checksum=True,
                                               write_content_size=True)
 
+    def framed(self, plain: bytes) -> bytes:
+        """`plain` as one frame with its marker."""
+        blob = self._cctx.compress(plain)
+        return marker(len(blob), len(plain)) + blob
+
     def frame(self, plain: bytes) -> None:
         if not plain:
             return
-        blob = self._cctx.compress(plain)
-        data = memoryview(marker(len(blob), len(plain)) + blob)
+        data = memoryview(self.framed(plain))
         while data:
             data = data[os.write(self.fd, data):]
-
-
-class FrameSink:
-    """The compressing end of `TraceWriter` for a `.zst` path: `write_fd` takes the plain
-    bytes; `finish()` (after the write end is closed) writes the last frame."""
-
-    def __init__(self, path: str, level: int = 3) -> None:
-        self._out = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND
-                            | os.O_CLOEXEC, 0o600)
-        os.fchmod(self._out, 0o600)
-        self._read_fd, self.write_fd = os.pipe2(os.O_CLOEXEC)
-        self._frames = FrameWriter(self._out, level)
-        self.error: OSError | None = None
-        self._thread = threading.Thread(target=self._run, name="fusetrace-zstd", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        pending = bytearray()
-        since = 0.0
-        try:
-            while True:
-                wait = None if not pending else max(0.0, since + FRAME_SECONDS - time.monotonic())
-                ready, _, _ = select.select([self._read_fd], [], [], wait)
-                if ready:
-                    chunk = os.read(self._read_fd, FRAME_BYTES)
-                    if not chunk:
-                        break
-                    if not pending:
-                        since = time.monotonic()
-                    pending += chunk
-                if len(pending) >= FRAME_BYTES or (pending and time.monotonic() - since
-                                                   >= FRAME_SECONDS):
-                    self._frames.frame(bytes(pending))
-                    pending.clear()
-            self._frames.frame(bytes(pending))
-        except OSError as exc:
-            self.error = exc
-        finally:
-            os.close(self._read_fd)  # a writer still appending gets EPIPE, not a hang
-            os.close(self._out)
-
-    def finish(self) -> None:
-        """Wait for the last frame; raise what went wrong writing the file, if anything."""
-        self._thread.join()
-        if self.error is not None:
-            raise self.error
 
 
 # --- whole-file conversion ----------------------------------------------------------
@@ -322,9 +320,9 @@ def decompress_file(source: str, output: str | None = None) -> str | None:
         target = _target(source, output, ".zst", "")
         frames = trace.frames
 
-        def fill(fd: int) -> None:
+        def fill(fd: int) -> None:  # the frames, and what a killed writer's spool holds
             offset = 0
-            while chunk := frames.pread(FRAME_BYTES, offset):
+            while chunk := trace.pread(FRAME_BYTES, offset):
                 view = memoryview(chunk)
                 while view:
                     view = view[os.write(fd, view):]

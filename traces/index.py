@@ -10,11 +10,15 @@ The cache (`<trace>.idx`, else under `~/.cache/fusetrace/`) stores the trace siz
 mtime it was built from plus a digest of the header and the last indexed bytes: it is
 used as is when they match, extended from the last indexed record when the trace only
 grew, and rebuilt otherwise. A broken cache is rebuilt silently; the trace is the truth.
+A trace a native appender is still writing fills space it allocated ahead without
+growing (see `stream.py`), so while its writer holds it, it is rescanned from the last
+indexed record whatever its size says. Spans skipped as holes are kept in `holes`.
 """
 
 from __future__ import annotations
 
 import array
+import bisect
 import hashlib
 import os
 import struct
@@ -31,10 +35,10 @@ from dissectors.quick import peek_reply, peek_request
 from . import native
 from .errors import TraceReadError
 from .records import REPLY, REQUEST, TS_LIMIT, Kind, Record, cut_note, decode, problem
-from .stream import LIMITS, Progress, Scan, TraceFile, gc_paused, open_trace
+from .stream import LIMITS, Hole, Progress, Scan, TraceFile, gc_paused, open_trace
 
 CACHE_MAGIC = "fusetrace-index"
-CACHE_VERSION = 2  # 2: records checked field by field
+CACHE_VERSION = 3  # 2: records checked field by field; 3: holes
 _ANCHOR_SPAN = 4096
 _COLUMNS = {"offset": "Q", "ts": "q", "kind": "B", "opcode": "I", "unique": "Q",
             "nodeid": "Q", "error": "i"}
@@ -74,6 +78,7 @@ class TraceIndex:
         self.path = trace.path
         self.header: dict[str, Any] = trace.header
         self.tail: str | None = None
+        self.holes: list[Hole] = []  # spans skipped: see `stream.py`
         self.source = "built"
         self.cache_path: Path | None = None
         self._cols = {name: array.array(code) for name, code in _COLUMNS.items()}
@@ -127,6 +132,9 @@ class TraceIndex:
         offsets = self._cols["offset"]
         start = offsets[i]
         end = offsets[i + 1] if i + 1 < len(offsets) else self._end
+        k = bisect.bisect_left(self.holes, (start, start))
+        if k < len(self.holes) and self.holes[k][0] < end:
+            end = self.holes[k][0]  # the record ends where the hole after it starts
         data = self._file.pread(end - start, start)
         try:
             obj = msgpack.unpackb(data, raw=False, **LIMITS)
@@ -176,10 +184,10 @@ class TraceIndex:
     def refresh(self) -> int:
         """Index records appended since the last scan; returns how many were added."""
         st = self._file.stat()
-        if st.st_size < self._size:
+        if st.st_size < self._size and len(self._file.pread(1, self._end - 1)) != 1:
             raise TraceReadError(f"{self.path}: trace shrank from {self._size} to "
                                  f"{st.st_size} bytes since it was indexed; reopen it")
-        if st.st_size == self._size:
+        if st.st_size == self._size and not self._file.writer_alive():
             return 0
         before = len(self)
         self._scan(st, None)
@@ -197,12 +205,14 @@ class TraceIndex:
         scan = Scan(self._file, self._end, chunk=1 << 20, progress=progress)
         with gc_paused():  # a batch is thousands of fresh lists: collections free nothing
             self._rows(scan)
+        self.holes.extend(scan.holes)
 
     def _rows(self, scan: Scan) -> None:
         c, pending, ts_limit, fast = self._cols, self._pending, TS_LIMIT, native.rows
         columns = list(c.values())  # `error` last: len() counts whole rows only
         offset = scan.start
         for objs, ends in scan.batches():
+            offset = scan.batch_start  # past a hole, if one lies before this batch
             k, n = 0, len(objs)
             while k < n:
                 if fast is not None:
@@ -266,6 +276,8 @@ class TraceIndex:
             if head["size"] == st.st_size and head["mtime"] == st.st_mtime_ns:
                 if self._adopt(path, head):
                     self.source, self.cache_path = "cache", path
+                    if self._file.writer_alive():  # it may have filled what it allocated
+                        self._scan(st, progress)
                     return
             elif grown is None and head["size"] < st.st_size:
                 grown = path, head
@@ -309,6 +321,7 @@ class TraceIndex:
         self._pending = dict(zip(uniques, opcodes))
         self._end, self._size, self._mtime = head["end"], head["size"], head["mtime"]
         self.tail = head["tail"]
+        self.holes = [(start, end) for start, end in head["holes"]]
         return True
 
     def _save(self) -> Path | None:
@@ -317,6 +330,7 @@ class TraceIndex:
             "magic": CACHE_MAGIC, "version": CACHE_VERSION, "byteorder": sys.byteorder,
             "size": self._size, "mtime": self._mtime, "start": self._file.start,
             "end": self._end, "rows": len(self), "tail": self.tail,
+            "holes": [list(hole) for hole in self.holes],
             "anchor": self._anchor(self._end),
             "pending": [array.array("Q", self._pending.keys()).tobytes(),
                         array.array("I", self._pending.values()).tobytes()],

@@ -1,8 +1,9 @@
 """Streaming trace reader: records in file order, stopping cleanly at a cut or corrupt tail.
 
 Iterating never raises mid-way on bad bytes: it ends and `.tail` says where and why (the
-last record of a crashed or still-running capture is often cut). `poll()` continues from
-the last good record, so a live view calls it again to get what was appended since.
+last record of a crashed or still-running capture is often cut). A span a killed writer
+left unfilled is skipped, and `.holes` says where (see `stream.py`). `poll()` continues
+from the last good record, so a live view calls it again to get what was appended since.
 Only `TraceReadError` escapes (bad header, I/O errors).
 """
 
@@ -13,7 +14,7 @@ from typing import Any, Iterator
 
 from . import native
 from .records import REPLY, REQUEST, TS_LIMIT, Record, cut_note, decode, problem
-from .stream import Progress, Scan, open_trace
+from .stream import Hole, Progress, Scan, open_trace
 
 
 class TraceReader:
@@ -26,6 +27,7 @@ class TraceReader:
         self.header: dict[str, Any] = self._file.header
         self.file_format = self._file.format
         self.tail: str | None = None
+        self.holes: list[Hole] = []  # spans skipped since the start: see `stream.py`
         self.good_records = 0
         self.good_bytes = self._file.start
 
@@ -41,13 +43,17 @@ class TraceReader:
     def __iter__(self) -> Iterator[Record]:
         """All records from the start of the file."""
         self.good_records, self.good_bytes = 0, self._file.start
+        self.holes = []
         return self.poll()
 
     def poll(self) -> Iterator[Record]:
         """Records after the last one read, up to the current end of file."""
         self.tail = None
         scan = Scan(self._file, self.good_bytes, chunk=self._chunk)
+        base = len(self.holes)
         for objs, ends in scan.batches():
+            self.holes.extend(scan.holes[len(self.holes) - base:])
+            self.good_bytes = scan.batch_start
             for obj, end in zip(objs, ends):
                 why = problem(obj)
                 if why is not None:
@@ -57,6 +63,7 @@ class TraceReader:
                 self.good_records += 1
                 self.good_bytes = end
                 yield record
+        self.holes.extend(scan.holes[len(self.holes) - base:])
         if scan.stop is not None:
             self.tail = cut_note(self.good_bytes, self.good_records, scan.stop)
 
@@ -67,6 +74,7 @@ class TraceReader:
         The i-th array is record i."""
         self.tail, self.good_records, self.good_bytes = None, 0, self._file.start
         scan = Scan(self._file, self.good_bytes, chunk=1 << 20, progress=progress)
+        self.holes = scan.holes
         fast = native.plain_until
         for objs in scan.objects():
             k, n = 0, len(objs)

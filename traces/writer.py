@@ -1,19 +1,21 @@
 """Trace writer: every record reaches the file before the call returns.
 
-Each record is one `os.write` on an `O_APPEND` descriptor with no userspace buffer, so a
-proxy that records a message and then forwards it loses nothing if it is killed right
-after. `batch()` groups records a caller forwards together into one write. A write that
-fails half-way is cut back off the file, so the trace stays a clean prefix. Files are
-mode 0600 whatever the umask: they can hold file contents.
+Records go through an `Appender`: the native one (`_append.c`) where it is built, which
+appends through a shared mapping from any number of threads (the recorder's C loops
+append through its C API, `append.h`), else `FileAppender`, one `os.write` per record on
+an `O_APPEND` descriptor. Neither keeps a userspace buffer, so a proxy that records a
+message and then forwards it loses nothing if it is killed right after. `batch()` groups
+records a caller forwards together into one append. An append is whole or absent, so the
+trace stays a clean prefix. Files are mode 0600 whatever the umask: they can hold file
+contents.
 
-The appends themselves go through an `Appender`: `FileAppender` here, or the recorder's
-native one, which its C relay loop writes through too, under the same lock. The first
-append that fails stops the trace: later records fail at once (the file stays a prefix of
-the session, with no hole), except closing ones (`closing_event`: where recording
-stopped, the session's end), which the native appender keeps room for (see `_fastpath.c`;
-`FileAppender` keeps none, so there they fit only if the disk has room again). A path
-ending in `.zst` is written compressed (`compressed.FrameSink`): the appender's
-descriptor is then a pipe to the compressing thread.
+The first append that fails stops the trace: later records fail at once (the file stays
+a prefix of the session, with no hole), except closing ones (`closing_event`: where
+recording stopped, the session's end), which the native appender keeps room for
+(`FileAppender` keeps none, so there they fit only if the disk has room again). A path
+ending in `.zst` is written compressed: the records are appended, plain, to a spool file
+beside it, and a `compressor.Compressor` thread follows the spool and writes the frames,
+off every appending thread's path.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from typing import Any, Callable, Protocol
 import msgpack
 
 from .compat import FORMAT_VERSION, MAGIC
-from .compressed import FrameSink
+from .compressor import Compressor
 from .records import IOCTL_KEYS, TS_LIMIT, Kind
 
 _RESERVED = frozenset({"magic", "format"})
@@ -62,6 +64,9 @@ class Appender(Protocol):
     def append(self, data: bytes, count: int = 1, closing: bool = False) -> None:
         """Write `data` (`count` records) whole, or raise with the file as it was; the
         first failure stops the trace, after which only `closing` appends are tried."""
+
+    def stop(self, err: int) -> None:
+        """Stop the trace as a failed append would (a no-op once stopped)."""
 
     def close(self) -> None: ...
 
@@ -97,6 +102,11 @@ class FileAppender:
             self.records += count
             self.bytes_written += len(data)
 
+    def stop(self, err: int) -> None:
+        with self._lock:
+            if self.stopped is None:
+                self.stopped = (err, self.records, self.bytes_written, time.monotonic_ns())
+
     @property
     def closed(self) -> bool:
         return self._fd < 0
@@ -106,6 +116,17 @@ class FileAppender:
             if self._fd >= 0:
                 os.close(self._fd)
                 self._fd = -1
+
+
+try:
+    from ._append import Appender as NativeAppender
+except ImportError:  # built without a compiler: every writer takes FileAppender
+    NativeAppender = None  # type: ignore[assignment,misc]
+
+
+def default_appender(fd: int) -> Appender:
+    """The native appender where it is built, else `FileAppender`."""
+    return NativeAppender(fd) if NativeAppender is not None else FileAppender(fd)
 
 
 class _Recorder(abc.ABC):
@@ -166,7 +187,7 @@ class TraceWriter(_Recorder):
     """
 
     def __init__(self, path: str | os.PathLike[str], header: dict[str, Any] | None = None,
-                 appender: Callable[[int], Appender] = FileAppender) -> None:
+                 appender: Callable[[int], Appender] = default_appender) -> None:
         fields = dict(header or {})
         if _RESERVED & fields.keys():
             raise ValueError(f"header fields {sorted(_RESERVED & fields.keys())} are the writer's")
@@ -176,12 +197,12 @@ class TraceWriter(_Recorder):
         self._lock = threading.Lock()
         self._packer = msgpack.Packer(use_bin_type=True)
         head = self._packer.pack(self.header)
-        self._sink: FrameSink | None = None
-        if self.path.endswith(".zst"):  # compressed: the appender writes into a pipe
-            self._sink = FrameSink(self.path)
-            fd = self._sink.write_fd
-        else:
-            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+        self._sink: Compressor | None = None
+        if self.path.endswith(".zst"):  # compressed: the appender writes the spool
+            self._sink = Compressor(self.path, appender)
+            fd = self._sink.spool_fd
+        else:  # read and write: the native appender maps it
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
                          | os.O_CLOEXEC, 0o600)
         try:
             os.fchmod(fd, 0o600)
@@ -193,6 +214,8 @@ class TraceWriter(_Recorder):
             raise
         try:
             self.appender.append(head, 0)
+            if self._sink is not None:  # the header's frame, and its room, come first
+                self._sink.follow(self.appender)
         except BaseException:
             self.close()
             raise
@@ -213,8 +236,18 @@ class TraceWriter(_Recorder):
 
     @property
     def stopped(self) -> Stop | None:
-        """(errno, records, bytes, monotonic ns) of the append that stopped the trace."""
+        """(errno, records, bytes, monotonic ns) of the append that stopped the trace;
+        compressed, of the first frame that could not be written, if that came first."""
+        if self._sink is not None and self._sink.stopped is not None:
+            return self._sink.stopped
         return self.appender.stopped
+
+    def settle(self) -> None:
+        """Compressed: wait until every record appended so far is in a frame (or the
+        trace stopped at one that did not fit), so `stopped` is final for them; call it
+        before the closing records. Plain traces are always settled."""
+        if self._sink is not None:
+            self._sink.settle()
 
     @property
     def bytes_written(self) -> int:
@@ -263,7 +296,7 @@ class TraceWriter(_Recorder):
 
 
 class Batch(_Recorder):
-    """Records collected in memory; written by one `os.write` when the block exits.
+    """Records collected in memory; written by one append when the block exits.
 
     They are written even when the block raises: they describe messages already sent.
     """

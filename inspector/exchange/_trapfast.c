@@ -8,7 +8,7 @@
  * and does, for those two ioctls on the relay socket: validate (the fd is the relay, the
  * notification is still valid), read the argument, take the backing fd from the server,
  * make the ioctl on the real /dev/fuse, append the record (the msgpack `TraceWriter.ioctl`
- * makes, through the writer's appender: the GIL is taken for that one call), answer. An open for O_RDWR of a path
+ * makes, through the C API of the writer's appender, `traces/append.h`), answer. An open for O_RDWR of a path
  * other than /dev/fuse is let through here too. Everything else, and anything that does
  * not go the ordinary way before the ioctl is made (a caller whose credentials differ from
  * the recorder's, a fd that cannot be taken, an argument that cannot be read, a path that
@@ -36,6 +36,7 @@
 #include <limits.h>
 #include <unistd.h>
 
+#include "../../traces/append.h"
 #include "../../traces/facts.h"
 
 /* The keys of an IOCTL record, in order (FT_IOCTL_KEYS): record_ioctl writes a value for
@@ -75,7 +76,7 @@ typedef struct {
     int listener, nr_ioctl, nr_openat, nr_open;
     unsigned long backing_open, backing_close;
     char relay_link[64];  /* "socket:[INODE]" */
-    PyObject *appender;  /* the TraceWriter's: append(bytes) */
+    PyObject *appender;  /* the TraceWriter's traces._append.Appender */
     int recording, trace_errno, have_mine;
     long long open_backing_ids;
     unsigned long long handled, continued;
@@ -86,33 +87,15 @@ typedef struct {
     int next_known;
 } Trap;
 
-/* Append a record through the writer's appender (its lock and its rules for a trace that
- * cannot grow), taking the GIL for that call only: 0 or an errno. */
+/* Append a record through the writer's appender (its rules for a trace that cannot
+ * grow), through its C API: no GIL, no Python call. 0 or an errno. */
+static TraceAppendAPI *append_api;
+static PyTypeObject *appender_type;
+
 static int append(PyObject *appender, const unsigned char *data, size_t len)
 {
-    int err = 0;
-    PyGILState_STATE gil = PyGILState_Ensure();
-    PyObject *r = PyObject_CallMethod(appender, "append", "y#", (const char *)data, (Py_ssize_t)len);
-    if (r) {
-        Py_DECREF(r);
-    } else {
-        PyObject *type, *value, *tb;
-        PyErr_Fetch(&type, &value, &tb);
-        PyErr_NormalizeException(&type, &value, &tb);
-        err = EIO;
-        if (value && PyErr_GivenExceptionMatches(value, PyExc_OSError)) {
-            PyObject *no = PyObject_GetAttrString(value, "errno");
-            if (no && PyLong_Check(no))
-                err = (int)PyLong_AsLong(no);
-            Py_XDECREF(no);
-            PyErr_Clear();
-        } else if (value && PyErr_GivenExceptionMatches(value, PyExc_ValueError)) {
-            err = EBADF;  /* the writer is closed */
-        }
-        Py_XDECREF(type), Py_XDECREF(value), Py_XDECREF(tb);
-    }
-    PyGILState_Release(gil);
-    return err ? err : 0;
+    struct iovec iov = {(void *)data, len};
+    return append_api->write(appender, &iov, 1, 1, 0);
 }
 
 /* ------------------------------------------------------------------ msgpack */
@@ -469,8 +452,8 @@ static int Trap_init(Trap *self, PyObject *args, PyObject *kwds)
                              "nr_open", "backing_open", "backing_close", "cred_changes", NULL};
     unsigned long long inode;
     PyObject *appender, *cred_changes;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iKOiiikkO", kwlist, &self->listener, &inode,
-                                     &appender, &self->nr_ioctl, &self->nr_openat,
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iKO!iiikkO", kwlist, &self->listener, &inode,
+                                     appender_type, &appender, &self->nr_ioctl, &self->nr_openat,
                                      &self->nr_open, &self->backing_open, &self->backing_close,
                                      &cred_changes))
         return -1;
@@ -550,7 +533,15 @@ static struct PyModuleDef module = {
 
 PyMODINIT_FUNC PyInit__trapfast(void)
 {
-    if (PyType_Ready(&TrapType) < 0)
+    append_api = PyCapsule_Import(TRACE_APPEND_CAPSULE, 0);
+    if (!append_api || PyType_Ready(&TrapType) < 0)
+        return NULL;
+    PyObject *appends = PyImport_ImportModule("traces._append");
+    if (!appends)
+        return NULL;
+    appender_type = (PyTypeObject *)PyObject_GetAttrString(appends, "Appender");
+    Py_DECREF(appends);
+    if (!appender_type)
         return NULL;
     PyObject *m = PyModule_Create(&module);
     if (!m)

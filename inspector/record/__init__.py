@@ -6,11 +6,11 @@ between the kernel and the server is relayed and recorded before it is forwarded
 
 Modules: `session` (set-up, every way a session ends), `processes` (the server's
 processes and their exits), `signals` (signals with their sender), `relay` (the relay
-thread, INIT masking; its per-message loop and the trace appender are C, in
-`_fastpath.c`), `progress` (the live stderr line), `cleanup` (run-directory notes and
+lanes, INIT masking; their per-message loops are C, in `_fastpath.c`, appending through
+`traces/append.h`), `progress` (the live stderr line), `cleanup` (run-directory notes and
 `fusetrace cleanup`). What record shares with replay (the server's command line, how it
-connects, the seccomp trap with its ioctls performed on the device, credentials, the
-ENODEV hang-up) is `inspector.exchange`.
+connects, the seccomp trap with its ioctls performed on the device, the new mount API,
+credentials, the ENODEV hang-up) is `inspector.exchange`.
 """
 
 from __future__ import annotations

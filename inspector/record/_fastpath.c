@@ -1,11 +1,11 @@
 /*
- * The recorder's hot path in C: the relay loop and the trace appender it shares.
+ * The recorder's hot path in C: the relay loop.
  *
  * Why native: in Python each relayed message cost ~35 us of CPU (interpreter, msgpack,
  * stats), more than a fast C server spends answering it. Here one loop serves both
  * directions with the GIL released and does only what every ordinary message needs: read
  * it, note its unique, cut its file data to the snap length, append its record to the
- * trace (one writev, before forwarding, as the Python writer does), forward it. Anything
+ * trace (before forwarding, through the Python writer's appender), forward it. Anything
  * else (INIT, which may be altered; a reply cut into pieces; a refused write; the end)
  * goes back to Python (`relay.py`), which keeps every decision that is not per-message
  * arithmetic.
@@ -14,15 +14,9 @@
  * and where it starts, which requests get no reply, which go to Python) are handed in by
  * `relay.py` from `dissectors`.
  *
- * Appender: the one lock and counter set for a trace file, shared by the loop and by
- * `traces.TraceWriter` (Python records go through it too), so a failed write can be cut
- * back off the file without cutting anybody else's record. The first append that fails
- * stops the trace for everybody (later ones fail at once with the same errno, so the file
- * is a prefix of the session with no hole in it), and keeps where and when. On a file
- * that allows it, RESERVE bytes past the last record stay allocated (fallocate
- * KEEP_SIZE): an append that would eat into them fails instead, so the closing records
- * (`closing=True`: the note saying where recording stopped, the session's end) still fit
- * on a disk that filled up.
+ * Records are appended through the C API of the trace's `traces._append.Appender`
+ * (`traces/append.h`), which `traces.TraceWriter` appends through too: see `_append.c`
+ * for what happens when the disk fills up.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -39,224 +33,11 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "../../traces/append.h"
+#include "../../traces/facts.h"
 #include "../../traces/le.h"
 
 #define TABLE 64          /* opcodes and notify codes below this are handled here */
-#define IN_HEADER 40      /* sizeof(struct fuse_in_header) */
-#define OUT_HEADER 16     /* sizeof(struct fuse_out_header) */
-#define KIND_REQUEST 1    /* traces.records.Kind */
-#define KIND_REPLY 2
-
-/* ------------------------------------------------------------------ Appender */
-
-typedef struct {
-    PyObject_HEAD
-    int fd;
-    pthread_mutex_t lock;
-    unsigned long long records;
-    unsigned long long bytes;
-    unsigned long long reserved_to;  /* the file's blocks are allocated up to here */
-    int reserving;                   /* cleared when the file cannot reserve (a pipe, …) */
-    int stopped;                     /* errno of the append that stopped the trace, or 0 */
-    unsigned long long stop_records, stop_bytes, stop_ns;
-} Appender;
-
-#define RESERVE (16u << 10)  /* room kept for the closing records */
-#define RESERVE_GROW (1u << 20)  /* reserved ahead at a time, when the disk has it */
-
-static uint64_t now_ns(void);
-
-/* Make room for `total` more bytes with RESERVE still free after them; an errno when the
- * disk has not got it (the reserve itself is kept). */
-static int reserve_locked(Appender *a, size_t total)
-{
-    unsigned long long need = a->bytes + total + RESERVE;
-    if (!a->reserving || need <= a->reserved_to)
-        return 0;
-    if (fallocate(a->fd, FALLOC_FL_KEEP_SIZE, (off_t)a->bytes,
-                  (off_t)(total + RESERVE + RESERVE_GROW)) == 0) {
-        a->reserved_to = need + RESERVE_GROW;
-        return 0;
-    }
-    if (errno == ENOSPC && fallocate(a->fd, FALLOC_FL_KEEP_SIZE, (off_t)a->bytes,
-                                     (off_t)(total + RESERVE)) == 0) {
-        a->reserved_to = need;
-        return 0;
-    }
-    if (errno == ENOSPC || errno == EDQUOT || errno == EIO)
-        return errno;
-    a->reserving = 0;  /* EOPNOTSUPP, ESPIPE, ENODEV …: appends take their chances */
-    return 0;
-}
-
-static int stop_locked(Appender *a, int err)
-{
-    a->stopped = err;
-    a->stop_records = a->records;
-    a->stop_bytes = a->bytes;
-    a->stop_ns = now_ns();
-    return err;
-}
-
-/* Write every byte of iov, or cut what was written back off and return the errno (which
- * stops the trace unless `closing`). Called with the lock held and the GIL released. */
-static int append_locked(Appender *a, struct iovec *iov, int iovcnt, unsigned count,
-                         int closing)
-{
-    size_t total = 0, done = 0;
-    for (int i = 0; i < iovcnt; i++)
-        total += iov[i].iov_len;
-    if (a->fd < 0)
-        return EBADF;
-    if (!closing && a->stopped)
-        return a->stopped;
-    int err = closing ? 0 : reserve_locked(a, total);
-    if (err)
-        return stop_locked(a, err);
-    while (done < total) {
-        ssize_t n = writev(a->fd, iov, iovcnt);
-        if (n < 0) {
-            if (errno == EINTR)
-                continue;
-            err = errno;
-            if (done) {  /* keep a clean prefix (this drops the reserve: make it again) */
-                if (ftruncate(a->fd, (off_t)a->bytes) < 0) { /* nothing better to do */ }
-                a->reserved_to = a->bytes;
-            }
-            return closing ? err : stop_locked(a, err);
-        }
-        done += (size_t)n;
-        while (n > 0 && iovcnt > 0) {  /* skip what went out */
-            if ((size_t)n >= iov->iov_len) {
-                n -= (ssize_t)iov->iov_len;
-                iov++;
-                iovcnt--;
-            } else {
-                iov->iov_base = (char *)iov->iov_base + n;
-                iov->iov_len -= (size_t)n;
-                n = 0;
-            }
-        }
-    }
-    a->records += count;
-    a->bytes += total;
-    return 0;
-}
-
-static int appender_write(Appender *a, struct iovec *iov, int iovcnt, unsigned count,
-                          int closing)
-{
-    pthread_mutex_lock(&a->lock);
-    int err = append_locked(a, iov, iovcnt, count, closing);
-    pthread_mutex_unlock(&a->lock);
-    return err;
-}
-
-static int Appender_init(Appender *self, PyObject *args, PyObject *kwds)
-{
-    static char *kwlist[] = {"fd", NULL};
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "i", kwlist, &self->fd))
-        return -1;
-    self->reserving = 1;
-    return 0;
-}
-
-static PyObject *Appender_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
-{
-    Appender *self = (Appender *)type->tp_alloc(type, 0);
-    if (self) {
-        self->fd = -1;
-        pthread_mutex_init(&self->lock, NULL);
-    }
-    return (PyObject *)self;
-}
-
-static void Appender_dealloc(Appender *self)
-{
-    pthread_mutex_destroy(&self->lock);
-    Py_TYPE(self)->tp_free((PyObject *)self);
-}
-
-static PyObject *Appender_append(Appender *self, PyObject *args, PyObject *kwds)
-{
-    static char *kwlist[] = {"data", "count", "closing", NULL};
-    Py_buffer data;
-    unsigned count = 1;
-    int closing = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "y*|Ip", kwlist, &data, &count, &closing))
-        return NULL;
-    struct iovec iov = {data.buf, (size_t)data.len};
-    int err;
-    Py_BEGIN_ALLOW_THREADS
-    err = appender_write(self, &iov, 1, count, closing);
-    Py_END_ALLOW_THREADS
-    PyBuffer_Release(&data);
-    if (err == EBADF && self->fd < 0) {
-        PyErr_SetString(PyExc_ValueError, "trace writer is closed");
-        return NULL;
-    }
-    if (err) {
-        errno = err;
-        return PyErr_SetFromErrno(PyExc_OSError);
-    }
-    Py_RETURN_NONE;
-}
-
-static PyObject *Appender_close(Appender *self, PyObject *unused)
-{
-    int fd;
-    Py_BEGIN_ALLOW_THREADS
-    pthread_mutex_lock(&self->lock);
-    fd = self->fd;
-    self->fd = -1;
-    if (fd >= 0 && self->reserving && self->reserved_to > self->bytes &&
-            ftruncate(fd, (off_t)self->bytes) < 0) { /* the reserve stays allocated: harmless */ }
-    pthread_mutex_unlock(&self->lock);
-    Py_END_ALLOW_THREADS
-    if (fd >= 0)
-        close(fd);
-    Py_RETURN_NONE;
-}
-
-static PyObject *Appender_get_records(Appender *self, void *c) { return PyLong_FromUnsignedLongLong(self->records); }
-static PyObject *Appender_get_bytes(Appender *self, void *c) { return PyLong_FromUnsignedLongLong(self->bytes); }
-static PyObject *Appender_get_closed(Appender *self, void *c) { return PyBool_FromLong(self->fd < 0); }
-static PyObject *Appender_get_stopped(Appender *self, void *c)
-{
-    if (!self->stopped)
-        Py_RETURN_NONE;
-    return Py_BuildValue("(iKKK)", self->stopped, self->stop_records, self->stop_bytes,
-                         self->stop_ns);
-}
-
-static PyMethodDef Appender_methods[] = {
-    {"append", (PyCFunction)(void (*)(void))Appender_append, METH_VARARGS | METH_KEYWORDS,
-     "append(data, count=1, closing=False): write `data` (`count` records) whole, or raise "
-     "OSError with the file cut back to its last whole record; the first failure stops the "
-     "trace, and after it only `closing` appends (into the reserve) are tried"},
-    {"close", (PyCFunction)Appender_close, METH_NOARGS, "close the file"},
-    {NULL}};
-
-static PyGetSetDef Appender_getset[] = {
-    {"records", (getter)Appender_get_records, NULL, "records written", NULL},
-    {"bytes_written", (getter)Appender_get_bytes, NULL, "bytes written", NULL},
-    {"closed", (getter)Appender_get_closed, NULL, "whether close() was called", NULL},
-    {"stopped", (getter)Appender_get_stopped, NULL,
-     "(errno, records, bytes, monotonic ns) of the append that stopped the trace, or None", NULL},
-    {NULL}};
-
-static PyTypeObject AppenderType = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "inspector.record._fastpath.Appender",
-    .tp_doc = "Appender(fd): whole-record appends to a trace file, one lock for every writer",
-    .tp_basicsize = sizeof(Appender),
-    .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_new = Appender_new,
-    .tp_init = (initproc)Appender_init,
-    .tp_dealloc = (destructor)Appender_dealloc,
-    .tp_methods = Appender_methods,
-    .tp_getset = Appender_getset,
-};
 
 /* ------------------------------------------------------------------ pending uniques */
 
@@ -456,7 +237,7 @@ static void *notifier_main(void *arg)
         if (n->state == LEFT) {
             if (err && nf->late_count < LATE_MAX) {
                 int32_t code;
-                memcpy(&code, n->data + 4, 4);
+                memcpy(&code, n->data + FT_OUT_ERROR_AT, 4);
                 nf->late[nf->late_count][0] = code;
                 nf->late[nf->late_count++][1] = err;
             } else if (err) {
@@ -581,7 +362,7 @@ static int spin_allowed(SpinGate *g, uint64_t now)
 typedef struct {
     PyObject_HEAD
     int devfd, sockfd;
-    Appender *appender;
+    PyObject *appender;  /* a traces._append.Appender, written through `append_api` */
     Py_ssize_t snaplen, bufsize;
     int16_t data_request[TABLE], data_reply[TABLE], data_notify[TABLE];
     uint8_t no_reply[TABLE], to_python[TABLE];
@@ -610,6 +391,9 @@ typedef struct {
 #endif
 
 #define ADD(field, value) __atomic_add_fetch(&(field), (value), __ATOMIC_RELAXED)
+
+static TraceAppendAPI *append_api;
+static PyTypeObject *appender_type;
 
 static uint64_t now_ns(void)
 {
@@ -662,7 +446,7 @@ static void record(Pump *self, int kind, const unsigned char *raw, size_t kept, 
         }
     }
     struct iovec iov[3] = {{head, h}, {(void *)raw, kept}, {tail, t}};
-    int err = appender_write(self->appender, iov, t ? 3 : 2, 1, 0);
+    int err = append_api->write(self->appender, iov, t ? 3 : 2, 1, 0);
     if (err)
         self->recording = 0;  /* relay on without recording; the appender keeps why */
 }
@@ -724,12 +508,12 @@ static int Pump_init(Pump *self, PyObject *args, PyObject *kwds)
     if (self->notifier)
         return PyErr_SetString(PyExc_RuntimeError, "Pump already initialised"), -1;
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "iiO!nnO!O!O!OO|Iii", kwlist, &self->devfd,
-                                     &self->sockfd, &AppenderType, &appender, &self->snaplen,
+                                     &self->sockfd, appender_type, &appender, &self->snaplen,
                                      &self->bufsize, &PyDict_Type, &dreq, &PyDict_Type, &drep,
                                      &PyDict_Type, &dnot, &noreply, &topy, &spin_us,
                                      &self->piece_wait_ms, &self->lanes))
         return -1;
-    if (self->bufsize < IN_HEADER || self->snaplen < 0 || self->piece_wait_ms < 0 ||
+    if (self->bufsize < FT_IN_HEADER_SIZE || self->snaplen < 0 || self->piece_wait_ms < 0 ||
             self->lanes < 1 || self->lanes > MAX_LANES) {
         PyErr_SetString(PyExc_ValueError, "bufsize, snaplen, piece_wait_ms or lanes out of range");
         return -1;
@@ -752,7 +536,7 @@ static int Pump_init(Pump *self, PyObject *args, PyObject *kwds)
         return -1;
     }
     Py_INCREF(appender);
-    Py_XSETREF(self->appender, (Appender *)appender);
+    Py_XSETREF(self->appender, appender);
     self->gate.fd = open("/proc/pressure/cpu", O_RDONLY | O_CLOEXEC);
     self->gate.ok = self->gate.fd < 0;
     self->recording = 1;
@@ -866,14 +650,14 @@ static int take_request(Pump *self, Outcome *out)
         self->dev_open = 0;
         return 1;
     }
-    uint32_t opcode = n >= IN_HEADER ? get_u32(buf + 4) : TABLE;
+    uint32_t opcode = n >= FT_IN_HEADER_SIZE ? get_u32(buf + FT_IN_OPCODE_AT) : TABLE;
     if (opcode >= TABLE || self->to_python[opcode]) {
         out->what = REQUEST, out->n = n;
         return 1;
     }
-    uint64_t unique = get_u64(buf + 8);
+    uint64_t unique = get_u64(buf + FT_IN_UNIQUE_AT);
     size_t kept = kept_of(self, (size_t)n, self->data_request[opcode]);
-    record(self, KIND_REQUEST, buf, kept, kept < (size_t)n ? (size_t)n : 0, 0);
+    record(self, FT_KIND_REQUEST, buf, kept, kept < (size_t)n ? (size_t)n : 0, 0);
     if (!self->no_reply[opcode])  /* before it leaves: its reply may come at once */
         pending_put(&self->pending, unique, opcode, now_ns());
     ssize_t sent;
@@ -926,14 +710,14 @@ static int take_reply(Pump *self, int lane, Outcome *out, int flags)
     }
     /* a header that does not say this message's length (a piece of a spliced reply, or
      * garbage: Python tells which), or Python is putting pieces together */
-    if (self->pieces || n < OUT_HEADER || get_u32(buf) != (uint32_t)n) {
+    if (self->pieces || n < FT_OUT_HEADER_SIZE || get_u32(buf + FT_OUT_LEN_AT) != (uint32_t)n) {
         out->what = REPLY, out->n = n;
         self->last_reply_ns = now_ns();  /* the clock for giving up on missing pieces */
         return 1;
     }
     int32_t error;
-    memcpy(&error, buf + 4, 4);
-    uint64_t unique = get_u64(buf + 8);
+    memcpy(&error, buf + FT_OUT_ERROR_AT, 4);
+    uint64_t unique = get_u64(buf + FT_OUT_UNIQUE_AT);
     uint64_t sent = 0;
     long opcode = pending_take(&self->pending, unique, 1, &sent);
     if (opcode >= TABLE || (opcode >= 0 && self->to_python[opcode])) {
@@ -947,7 +731,7 @@ static int take_reply(Pump *self, int lane, Outcome *out, int flags)
     else if (opcode >= 0 && error == 0)
         data_at = self->data_reply[opcode];
     size_t kept = kept_of(self, (size_t)n, data_at);
-    record(self, KIND_REPLY, buf, kept, kept < (size_t)n ? (size_t)n : 0,
+    record(self, FT_KIND_REPLY, buf, kept, kept < (size_t)n ? (size_t)n : 0,
            sent && arrived > sent ? arrived - sent : 0);
     ADD(self->replies, 1);
     ADD(self->reply_bytes, (unsigned long long)n);
@@ -1276,15 +1060,21 @@ static struct PyModuleDef module = {
 
 PyMODINIT_FUNC PyInit__fastpath(void)
 {
-    if (PyType_Ready(&AppenderType) < 0 || PyType_Ready(&PumpType) < 0)
+    append_api = PyCapsule_Import(TRACE_APPEND_CAPSULE, 0);
+    if (!append_api || PyType_Ready(&PumpType) < 0)
+        return NULL;
+    PyObject *appends = PyImport_ImportModule("traces._append");
+    if (!appends)
+        return NULL;
+    appender_type = (PyTypeObject *)PyObject_GetAttrString(appends, "Appender");
+    Py_DECREF(appends);
+    if (!appender_type)
         return NULL;
     PyObject *m = PyModule_Create(&module);
     if (!m)
         return NULL;
-    Py_INCREF(&AppenderType);
     Py_INCREF(&PumpType);
-    if (PyModule_AddObject(m, "Appender", (PyObject *)&AppenderType) < 0 ||
-        PyModule_AddObject(m, "Pump", (PyObject *)&PumpType) < 0) {
+    if (PyModule_AddObject(m, "Pump", (PyObject *)&PumpType) < 0) {
         Py_DECREF(m);
         return NULL;
     }

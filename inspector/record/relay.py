@@ -93,6 +93,7 @@ from dissectors.quick import (
 )
 from dissectors.structs import FuseInitOut, FuseInitOutCompat22, FuseWriteIn
 from traces import TraceWriter
+from traces.writer import NativeAppender
 
 from ..features import max_pages_limit, seqpacket_limit
 
@@ -114,7 +115,7 @@ class NotBuilt(RuntimeError):
 
 
 def native() -> ModuleType:
-    """`_fastpath`, the relay's C loops and the trace appender they share."""
+    """`_fastpath`, the relay's C loop (it appends through `traces._append`)."""
     try:
         from . import _fastpath
     except ImportError as exc:
@@ -353,7 +354,7 @@ class Relay:
     `unmounted` is set when /dev/fuse reads ENODEV (unmounted or aborted), `server_closed`
     when every reply lane read end-of-file (the last holder of the server's end closed
     it); `changed` is called after either, from a lane's thread. The writer must append
-    through `native().Appender`: the C lanes write their records through it.
+    through the native appender (`traces._append`): the C lanes write through its C API.
     """
 
     def __init__(self, devfd: int, sock: socket.socket, writer: TraceWriter, snaplen: int,
@@ -372,8 +373,8 @@ class Relay:
         self.broken: str | None = None  # why relaying had to stop
         self.lanes = default_lanes() if lanes is None else lanes
         fast = native()
-        if not isinstance(writer.appender, fast.Appender):
-            raise TypeError("the relay's TraceWriter must append through native().Appender")
+        if not isinstance(writer.appender, NativeAppender):
+            raise TypeError("the relay's TraceWriter must append through traces._append")
         self._pump = fast.Pump(devfd=devfd, sockfd=sock.fileno(), appender=writer.appender,
                                snaplen=snaplen, bufsize=BUFFER_SIZE, data_request=DATA_REQUESTS,
                                data_reply=DATA_REPLIES, data_notify=DATA_NOTIFY,

@@ -270,8 +270,7 @@ class Session:
         child_fd = self.theirs.fileno()
         server_argv = (self.command.argv if self.server_mounts
                        else self.command.with_mountpoint(f"/dev/fd/{child_fd}"))
-        self.writer = TraceWriter(self.cfg.trace, self._header(server_argv),
-                                  appender=native().Appender)
+        self.writer = TraceWriter(self.cfg.trace, self._header(server_argv))
         if self.cfg.forward_only:
             self.writer.event("messages_not_recorded", reason="record --forward-only: the "
                               "requests, replies and notifications were relayed, not recorded")
@@ -551,6 +550,8 @@ class Session:
             self.trap.stop()
         if self.procs is not None:
             self.procs.reap()
+        if self.writer is not None and not self.writer.closed:
+            self.writer.settle()  # compressed: every record framed, so `stopped` is final
         noted = self._note_stop()
         code, message = self._verdict(reason, noted)
         self._closing_event("session_end", **self._summary(reason, code))

@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from inspector.record.relay import native
 from inspector.testing import recorded_server
 from record_support import PASSTHROUGHFS, blob, mount_test, read_uncached
 from traces import TraceReader, TraceWriteError, TraceWriter
+from traces._append import Appender
 
 if TYPE_CHECKING:
     from conftest import FsDirs
@@ -41,11 +41,13 @@ def _open_and_read(mnt: Path, rounds: int) -> None:
 @pytest.mark.requires_seccomp_notify
 @pytest.mark.requires_passthrough
 @pytest.mark.timeout(120)
+@pytest.mark.parametrize("name", ["t.fzt", "t.fzt.zst"])
 def test_a_full_disk_mid_record_keeps_the_mount_and_says_where_recording_stopped(
-        isolated: Path, fs_dirs: FsDirs, small_disk: Path) -> None:
+        isolated: Path, fs_dirs: FsDirs, small_disk: Path, name: str) -> None:
+    """Plain or compressed (whose frames and spool share the disk), the same promises."""
     src, mnt = fs_dirs
     (src / "big").write_bytes(blob())
-    trace = small_disk / "t.fzt"
+    trace = small_disk / name
     argv = [*PASSTHROUGHFS, str(src), str(mnt)]
     with recorded_server(argv, mnt, trace, cwd=REPO) as rec:
         _open_and_read(mnt, 250)  # the disk fills during the 41st round (record 1428)
@@ -74,12 +76,13 @@ def test_a_full_disk_mid_record_keeps_the_mount_and_says_where_recording_stopped
     assert all(r.event is not None for r in after), "messages recorded after the stop"
     assert [r.event for r in after][-1:] == ["session_end"]
     assert after[-1].meta["exit_code"] == 1
+    assert not Path(f"{trace}.spool").exists()
 
 
 def test_the_recorders_appender_keeps_room_for_the_closing_records(small_disk: Path) -> None:
     """Filled to the last block by ordinary records, the disk still takes the closing
     ones: the appender refused the record that would have eaten into their reserve."""
-    writer = TraceWriter(small_disk / "t.fzt", {}, appender=native().Appender)
+    writer = TraceWriter(small_disk / "t.fzt", {}, appender=Appender)
     with writer:
         with pytest.raises(TraceWriteError):
             while True:

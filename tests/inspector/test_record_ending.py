@@ -125,10 +125,12 @@ def test_ctrl_c_unmounts_and_a_daemonized_server_ends_by_itself(isolated: Path, 
 
 
 @mount_test
+@pytest.mark.parametrize("name", ["t.fzt", "t.fzt.zst"])
 def test_kill_9_of_fusetrace_leaves_a_readable_trace_and_cleanup_unmounts(
-        isolated: Path, fs_dirs: FsDirs) -> None:
+        isolated: Path, fs_dirs: FsDirs, name: str) -> None:
+    """Plain or compressed, the trace holds every message relayed before the kill."""
     mnt = fs_dirs.mountpoint
-    with recorded_server(_passthroughfs(fs_dirs), mnt, isolated / "t.fzt", cwd=REPO) as rec:
+    with recorded_server(_passthroughfs(fs_dirs), mnt, isolated / name, cwd=REPO) as rec:
         assert (mnt / "f").read_bytes() == b"data\n"
         [pid] = rec.server_pids()
         rec.proc.kill()
@@ -144,7 +146,7 @@ def test_kill_9_of_fusetrace_leaves_a_readable_trace_and_cleanup_unmounts(
         with TraceReader(rec.trace) as reader:
             records = list(reader)
             assert reader.tail is None
-        assert any(r.is_reply for r in records)
+        assert any(r.is_reply and r.raw and r.raw.endswith(b"data\n") for r in records)
         assert records[-1].event != "session_end"
 
         res = fusetrace("record", "-q", "--", *_passthroughfs(fs_dirs))

@@ -1,6 +1,6 @@
 """Compressed traces: the same records as the plain trace through every reader, frames
 that plain `zstd -d` reads, cuts and bad frames that end the readable part cleanly, a
-killed writer that loses at most its unfinished frame, and `compress`/`decompress`."""
+killed writer that loses nothing (its spool is read on), and `compress`/`decompress`."""
 
 from __future__ import annotations
 
@@ -139,7 +139,9 @@ _WRITER = textwrap.dedent("""
 """)
 
 
-def test_a_killed_writer_loses_at_most_its_unfinished_frame(tmp_path: Path) -> None:
+def test_a_killed_writer_loses_nothing_it_appended(tmp_path: Path) -> None:
+    """What the compressor had not framed yet is in the spool beside the trace, which
+    readers read on from: every record, in order, and a clean end."""
     path = tmp_path / "live.fzt.zst"
     proc = subprocess.Popen([sys.executable, "-c", _WRITER, str(path)], cwd=REPO,
                             stdout=subprocess.PIPE, text=True)
@@ -147,17 +149,90 @@ def test_a_killed_writer_loses_at_most_its_unfinished_frame(tmp_path: Path) -> N
         assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
         with TraceReader(path) as reader:  # a live trace: read while it is being written
             seen = [r.meta["n"] for r in reader]
-        assert seen[:500] == list(range(500))
+        assert seen == list(range(600))
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
+        assert Path(f"{path}.spool").exists()
         with TraceReader(path) as reader:
             after = [r.meta["n"] for r in reader]
-            assert reader.tail is None  # frames are written whole
-        assert after == list(range(len(after))) and len(after) >= 500
+            assert reader.tail is None and reader.holes == []
+        assert after == list(range(600))
+        with TraceIndex.open(path, cache_dir=tmp_path) as idx:
+            assert len(idx) == 600 and idx.record(599).meta["n"] == 599
+        compressed.decompress_file(str(path), str(tmp_path / "plain.fzt"))  # the spool too
+        with TraceReader(tmp_path / "plain.fzt") as reader:
+            assert [r.meta["n"] for r in reader] == list(range(600))
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+_PING_PONG = textwrap.dedent("""
+    import queue, sys, threading
+    from traces import TraceWriter
+    w = TraceWriter(sys.argv[1], {})
+    asked = queue.Queue()
+    def server():  # answers each request from its own thread, after it was recorded
+        while True:
+            n = asked.get()
+            w.reply(n.to_bytes(8, "little"), ts=n)
+            if n % 200 == 0:
+                print(n, flush=True)
+    threading.Thread(target=server, daemon=True).start()
+    n = 0
+    while True:
+        w.request(n.to_bytes(8, "little"), ts=n)
+        asked.put(n)
+        n += 1
+""")
+
+
+def test_a_killed_writer_keeps_every_reply_after_its_request(tmp_path: Path) -> None:
+    """Two threads, each reply appended only after its request was: after `kill -9` the
+    compressed trace holds every pair answered, each request before its reply."""
+    path = tmp_path / "order.fzt.zst"
+    proc = subprocess.Popen([sys.executable, "-c", _PING_PONG, str(path)], cwd=REPO,
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        answered = 0
+        while answered < 20_000:
+            line = proc.stdout.readline()
+            assert line, "writer died early"
+            answered = int(line)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    with TraceReader(path) as reader:
+        records = [(r.kind.name, int.from_bytes(r.raw or b"", "little")) for r in reader]
+        assert reader.tail is None
+    where = {record: i for i, record in enumerate(records)}
+    for n in range(answered + 1):
+        assert where[("REQUEST", n)] < where[("REPLY", n)]
+    for kind in ("REQUEST", "REPLY"):
+        numbers = [n for k, n in records if k == kind]
+        assert numbers == list(range(len(numbers)))
+
+
+def test_the_spool_stays_small_whatever_the_trace_s_size(tmp_path: Path) -> None:
+    """What is framed is punched out of the spool: 32 MiB of records that do not
+    compress leave it a few MiB big (what is allocated ahead and not framed yet)."""
+    path = tmp_path / "big.fzt.zst"
+    with TraceWriter(path, {}) as w:
+        for i in range(8192):
+            w.request(os.urandom(4096), ts=i)
+        w.settle()
+        spool = Path(f"{path}.spool").stat()
+        assert spool.st_size > 32 << 20 and spool.st_blocks * 512 < 8 << 20
+    assert len(_records(path)[0]) == 8192
+
+
+def test_a_clean_close_leaves_no_spool(tmp_path: Path) -> None:
+    path = tmp_path / "t.fzt.zst"
+    _write(path, 10)
+    assert [p.name for p in tmp_path.iterdir()] == ["t.fzt.zst"]
+    assert len(_records(path)[0]) == 20
 
 
 def test_poll_follows_a_growing_compressed_trace(tmp_path: Path,

@@ -9,7 +9,7 @@ import msgpack
 import pytest
 from trace_helpers import HEADER, packed
 
-from traces import Kind, TraceIndex, TraceReader, TraceReadError, TraceWriter
+from traces import FileAppender, Kind, TraceIndex, TraceReader, TraceReadError, TraceWriter
 
 Small = tuple[Path, list[tuple[int, int]]]
 
@@ -123,8 +123,10 @@ def test_missing_directory_and_device(tmp_path: Path) -> None:
 
 
 def test_poll_follows_a_growing_trace(tmp_path: Path) -> None:
+    """Written by plain appends (a file growing a write at a time); the native
+    appender's way is in test_trace_append.py."""
     path = tmp_path / "live.fzt"
-    with TraceWriter(path, HEADER) as w:
+    with TraceWriter(path, HEADER, appender=FileAppender) as w:
         reader = TraceReader(path)
         assert list(reader.poll()) == []
         for i in range(3):
