@@ -95,19 +95,13 @@ from dissectors.structs import FuseInitOut, FuseInitOutCompat22, FuseWriteIn
 from traces import TraceWriter
 from traces.writer import NativeAppender
 
+from ..exchange.channel import BUFFER_SIZE, ROOM
 from ..features import max_pages_limit, seqpacket_limit
 
 log = logging.getLogger(__name__)
 
-#: Room beyond the file data for the largest other message (a 64 KiB xattr value, its name).
-ROOM = 64 << 10
-#: The buffers before INIT: libfuse's largest max_write (4 MiB) plus headers, with room.
-BUFFER_SIZE = (4 << 20) + ROOM
 _WRITE_HEADERS = IN_HEADER_SIZE + len(bytes(FuseWriteIn()))
 _DEFAULT_MAX_PAGES = 32  # the kernel's max_pages when the server does not say (FUSE_MAX_PAGES)
-SOCKET_BUFFER = 16 << 20
-SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)
-SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 
 
 class NotBuilt(RuntimeError):
@@ -115,30 +109,13 @@ class NotBuilt(RuntimeError):
 
 
 def native() -> ModuleType:
-    """`_fastpath`, the relay's C loop (it appends through `traces._append`)."""
+    """`_fastpath`, the relay's C lanes (they append through `traces._append`)."""
     try:
         from . import _fastpath
     except ImportError as exc:
         raise NotBuilt(f"recording needs the C part that `pip install -e .` builds with gcc "
                        f"and python3-dev (README, command 1): {exc}") from exc
     return _fastpath
-
-
-def server_socketpair() -> tuple[socket.socket, socket.socket, bool]:
-    """(ours, the server's end, capped): a SOCK_SEQPACKET pair whose 16 MiB buffers let a
-    4 MiB message through, forced as root; an ordinary user gets what
-    net.core.[rw]mem_max allows, and `capped` is True."""
-    pair = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    try:
-        for sock in pair:
-            sock.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, SOCKET_BUFFER)
-            sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, SOCKET_BUFFER)
-        return pair[0], pair[1], False
-    except PermissionError:
-        for sock in pair:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER)
-        return pair[0], pair[1], True
 
 
 #: INIT flags the relay cannot carry, and why (the reason recorded with the alteration).
