@@ -13,14 +13,15 @@ import dataclasses
 import errno
 import os
 import socket
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from inspector import syscalls
 from inspector.record import creds
-from inspector.testing import recorded_server
-from record_support import PASSTHROUGHFS, check_trace, events_of, need
+from inspector.testing import decode_trace, recorded_server
+from record_support import PASSTHROUGHFS, REPO, check_trace, events_of, fusetrace, need
 from test_record_fidelity import FIDELITY_TIMEOUT, Case, _direct, _dirs, _inputs, _recorded, tree_of
 
 CAP_SYS_ADMIN = 21
@@ -76,6 +77,28 @@ def test_fsmount_recorded_as_mount2_would_be(isolated: Path) -> None:
         events[how]["data"] = events[how]["data"].split(",", 1)[1]  # after fusetrace's fd=N
     assert events["fsmount"] == events["self"]
     assert "default_permissions" in events["self"]["data"].split(",")
+
+
+@pytest.mark.requires_fuse
+@pytest.mark.timeout(60)
+def test_fsmount_without_cap_sys_admin_refused_as_directly(isolated: Path) -> None:
+    """fsopen is made with the calling thread's credentials: a server lacking
+    CAP_SYS_ADMIN is refused (EPERM) as directly, by the kernel, not by the recorder."""
+    need("setpriv")
+    (isolated / "src").mkdir()
+    (isolated / "mnt").mkdir()
+    argv = ["setpriv", "--inh-caps=-sys_admin", "--bounding-set=-sys_admin", "--",
+            *PASSTHROUGHFS, str(isolated / "src"), str(isolated / "mnt"), "--mount-with",
+            "fsmount"]
+    direct = subprocess.run(argv, capture_output=True, text=True, timeout=30, cwd=REPO)
+    refused = [line for line in direct.stderr.splitlines() if "not permitted" in line]
+    assert direct.returncode == 1 and len(refused) == 2, direct.stderr  # fsopen, mount(2)
+    trace = isolated / "t.fzt"
+    res = fusetrace("record", "-w", str(trace), "--", *argv)
+    assert res.returncode == 2 and all(line in res.stderr for line in refused), res.stderr
+    [fsopen] = events_of(decode_trace(trace), "server_mount_api")
+    assert fsopen["call"] == "fsopen" and fsopen["errno"] == errno.EPERM, fsopen
+    assert "recorder_error" not in fsopen
 
 
 # --- the kernel's behaviour the recorder relies on (6.18) ---------------------------------
