@@ -134,16 +134,29 @@ def syncfs(fd: int) -> None:
 
 def socket_holders(inode: int) -> set[int]:
     """Pids of the processes (other than this one) holding socket `inode` open, from /proc:
-    a daemonized server or its children keep a session alive after the first exits."""
+    a daemonized server or its children keep a session alive after the first exits. A
+    process whose main thread has ended shows no descriptors under its pid: its
+    descriptors are read through a thread of it that runs."""
     pids: set[int] = set()
     target = f"socket:[{inode}]"
     for entry in os.listdir("/proc"):
         if not entry.isdigit() or int(entry) == os.getpid():
             continue
         try:
-            fds = os.listdir(f"/proc/{entry}/fd")
-            if any(os.readlink(f"/proc/{entry}/fd/{fd}") == target for fd in fds):
+            where = f"/proc/{entry}"
+            fds = os.listdir(f"{where}/fd")
+            if not fds and _leader_ended(entry):
+                tids = [t for t in os.listdir(f"{where}/task") if t != entry]
+                where = f"{where}/task/{tids[0]}" if tids else where
+                fds = os.listdir(f"{where}/fd") if tids else []
+            if any(os.readlink(f"{where}/fd/{fd}") == target for fd in fds):
                 pids.add(int(entry))
         except OSError:
             continue
     return pids
+
+
+def _leader_ended(pid: str) -> bool:
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        stat = f.read()
+    return stat[stat.rfind(b")") + 2:][:1] == b"Z"

@@ -13,6 +13,7 @@ refusal of ptrace.
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -22,6 +23,7 @@ from typing import Any
 
 import pytest
 
+from inspector import syscalls
 from inspector.record import hangup
 from inspector.record.processes import ServerProcesses
 from inspector.testing import recorded_server
@@ -148,3 +150,28 @@ def test_a_thread_ended_before_it_is_told_is_no_refusal() -> None:
     shut: list[bool] = []
     assert hangup.enodev_at_reads([gone], 0, lambda: shut.append(True)) == []
     assert shut == [True]
+
+
+@pytest.mark.timeout(30)
+def test_a_process_whose_main_thread_ended_still_holds_its_socket() -> None:
+    """The process is found among the socket's holders through a thread that runs (its
+    pid's own fd directory is empty once the main thread has ended)."""
+    ours, theirs = socket.socketpair()
+    script = ("import ctypes, sys, threading\n"
+              "threading.Thread(target=sys.stdin.readline).start()\n"
+              "ctypes.CDLL(None).pthread_exit(None)\n")
+    child = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE,
+                             pass_fds=[theirs.fileno()])
+    assert child.stdin is not None
+    try:
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{child.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert os.listdir(f"/proc/{child.pid}/fd") == []
+        assert child.pid in syscalls.socket_holders(os.fstat(theirs.fileno()).st_ino)
+    finally:
+        child.stdin.close()
+        child.wait(10)
+        ours.close()
+        theirs.close()
