@@ -107,7 +107,7 @@ def _fuse_context(fd_value: str) -> int:
     context = syscalls.fsopen("fuse")
     for key, value in (("source", "fsmount-test"), ("fd", fd_value), ("rootmode", "40000"),
                        ("user_id", "0"), ("group_id", "0")):
-        syscalls.fsconfig(context, syscalls.FSCONFIG_SET_STRING, key, value)
+        syscalls.fsconfig(context, syscalls.Fsconfig.SET_STRING, key, value)
     return context
 
 
@@ -121,13 +121,13 @@ def test_fd_option_is_resolved_at_create_in_the_callers_table() -> None:
     a, b = socket.socketpair()
     try:
         os.dup2(a.fileno(), spare)  # the number now names a socket, as the relay would
-        for command, err in ((syscalls.FSCONFIG_CMD_CREATE, errno.EINVAL),
-                             (syscalls.FSCONFIG_CMD_CREATE, errno.EBUSY)):
+        for command, err in ((syscalls.Fsconfig.CMD_CREATE, errno.EINVAL),
+                             (syscalls.Fsconfig.CMD_CREATE, errno.EBUSY)):
             with pytest.raises(OSError) as refused:
                 syscalls.fsconfig(contexts[0], command)
             assert refused.value.errno == err
         os.dup2(device, spare)
-        syscalls.fsconfig(contexts[1], syscalls.FSCONFIG_CMD_CREATE)  # /dev/fuse again: made
+        syscalls.fsconfig(contexts[1], syscalls.Fsconfig.CMD_CREATE)  # /dev/fuse again: made
     finally:
         for fd in (*contexts, spare, device):
             os.close(fd)
@@ -143,10 +143,10 @@ def test_fd_option_takes_no_descriptor_and_a_later_one_wins() -> None:
     context = _fuse_context("999999")
     try:
         with pytest.raises(OSError) as refused:
-            syscalls.fsconfig(context, 5, "fd", None, device)  # FSCONFIG_SET_FD
+            syscalls.fsconfig(context, syscalls.Fsconfig.SET_FD, "fd", None, device)
         assert refused.value.errno == errno.EINVAL
-        syscalls.fsconfig(context, syscalls.FSCONFIG_SET_STRING, "fd", str(device))
-        syscalls.fsconfig(context, syscalls.FSCONFIG_CMD_CREATE)
+        syscalls.fsconfig(context, syscalls.Fsconfig.SET_STRING, "fd", str(device))
+        syscalls.fsconfig(context, syscalls.Fsconfig.CMD_CREATE)
     finally:
         os.close(context)
         os.close(device)
@@ -163,8 +163,8 @@ def test_create_fsopen_fsmount_need_the_callers_cap_sys_admin() -> None:
             with pytest.raises(PermissionError):
                 syscalls.fsopen("fuse")
             with pytest.raises(PermissionError):
-                syscalls.fsconfig(context, syscalls.FSCONFIG_CMD_CREATE)
-        syscalls.fsconfig(context, syscalls.FSCONFIG_CMD_CREATE)
+                syscalls.fsconfig(context, syscalls.Fsconfig.CMD_CREATE)
+        syscalls.fsconfig(context, syscalls.Fsconfig.CMD_CREATE)
         with creds.assumed(without):
             with pytest.raises(PermissionError):
                 syscalls.fsmount(context)
