@@ -10,6 +10,7 @@ PR_SET_CHILD_SUBREAPER. Each raises `OSError` with the C errno, like `os` does.
 from __future__ import annotations
 
 import ctypes
+import enum
 import os
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -56,9 +57,22 @@ def umount2(target: str, flags: int = 0) -> None:
 #: The new mount API's syscall numbers: the same on every architecture (Linux 5.2).
 NR_MOVE_MOUNT, NR_FSOPEN, NR_FSCONFIG, NR_FSMOUNT = 429, 430, 431, 432
 FSOPEN_CLOEXEC = FSMOUNT_CLOEXEC = 1
-#: fsconfig(2) commands, <linux/mount.h> `enum fsconfig_command`.
-FSCONFIG_SET_FLAG, FSCONFIG_SET_STRING, FSCONFIG_CMD_CREATE = 0, 1, 6
-FSCONFIG_CMD_CREATE_EXCL = 8
+
+
+class Fsconfig(enum.IntEnum):
+    """fsconfig(2) commands, <linux/mount.h> `enum fsconfig_command`."""
+
+    SET_FLAG = 0
+    SET_STRING = 1
+    SET_BINARY = 2
+    SET_PATH = 3
+    SET_PATH_EMPTY = 4
+    SET_FD = 5
+    CMD_CREATE = 6
+    CMD_RECONFIGURE = 7
+    CMD_CREATE_EXCL = 8
+
+
 MOVE_MOUNT_F_SYMLINKS, MOVE_MOUNT_F_EMPTY_PATH = 0x1, 0x4
 MOVE_MOUNT_T_SYMLINKS, MOVE_MOUNT_T_EMPTY_PATH = 0x10, 0x40
 #: fsmount(2)'s mount attributes and the mount(2) flags they stand for.
@@ -134,16 +148,29 @@ def syncfs(fd: int) -> None:
 
 def socket_holders(inode: int) -> set[int]:
     """Pids of the processes (other than this one) holding socket `inode` open, from /proc:
-    a daemonized server or its children keep a session alive after the first exits."""
+    a daemonized server or its children keep a session alive after the first exits. A
+    process whose main thread has ended shows no descriptors under its pid: its
+    descriptors are read through a thread of it that runs."""
     pids: set[int] = set()
     target = f"socket:[{inode}]"
     for entry in os.listdir("/proc"):
         if not entry.isdigit() or int(entry) == os.getpid():
             continue
         try:
-            fds = os.listdir(f"/proc/{entry}/fd")
-            if any(os.readlink(f"/proc/{entry}/fd/{fd}") == target for fd in fds):
+            where = f"/proc/{entry}"
+            fds = os.listdir(f"{where}/fd")
+            if not fds and _leader_ended(entry):
+                tids = [t for t in os.listdir(f"{where}/task") if t != entry]
+                where = f"{where}/task/{tids[0]}" if tids else where
+                fds = os.listdir(f"{where}/fd") if tids else []
+            if any(os.readlink(f"{where}/fd/{fd}") == target for fd in fds):
                 pids.add(int(entry))
         except OSError:
             continue
     return pids
+
+
+def _leader_ended(pid: str) -> bool:
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        stat = f.read()
+    return stat[stat.rfind(b")") + 2:][:1] == b"Z"

@@ -57,11 +57,8 @@ FUSE_TYPES = ("fuse", "fuseblk")
 _NR_KCMP = {"x86_64": 312, "aarch64": 272}
 _KCMP_FILE = 0
 _EMPTY_PATHS = syscalls.MOVE_MOUNT_F_EMPTY_PATH | syscalls.MOVE_MOUNT_T_EMPTY_PATH
-_CREATES = (syscalls.FSCONFIG_CMD_CREATE, syscalls.FSCONFIG_CMD_CREATE_EXCL)
-_SETS = (syscalls.FSCONFIG_SET_FLAG, syscalls.FSCONFIG_SET_STRING)
-_COMMANDS = {0: "SET_FLAG", 1: "SET_STRING", 2: "SET_BINARY", 3: "SET_PATH",
-             4: "SET_PATH_EMPTY", 5: "SET_FD", 6: "CMD_CREATE", 7: "CMD_RECONFIGURE",
-             8: "CMD_CREATE_EXCL"}
+_CREATES = (syscalls.Fsconfig.CMD_CREATE, syscalls.Fsconfig.CMD_CREATE_EXCL)
+_SETS = (syscalls.Fsconfig.SET_FLAG, syscalls.Fsconfig.SET_STRING)
 _libc = ctypes.CDLL(None, use_errno=True)
 Answer = tuple[int, int, "bool | None"]  # (value, errno, continue); None: answered by ADDFD
 
@@ -73,7 +70,7 @@ class FsCreate:
     /dev/fuse, with the credentials of thread `tid`."""
 
     context: int
-    command: int  # FSCONFIG_CMD_CREATE or FSCONFIG_CMD_CREATE_EXCL
+    command: int  # Fsconfig.CMD_CREATE or CMD_CREATE_EXCL
     pid: int
     tid: int
     program: str
@@ -166,17 +163,17 @@ class MountApi:
             return self._create(note, pid, ctx, command)
         key = read_string(note.tid, note.args[2])
         value = (read_string(note.tid, note.args[3])
-                 if command == syscalls.FSCONFIG_SET_STRING else None)
+                 if command == syscalls.Fsconfig.SET_STRING else None)
         if key is None:
             return 0, 0, True  # the kernel's EINVAL or EFAULT to give
-        if key == "fd" and command == syscalls.FSCONFIG_SET_STRING:
+        if key == "fd" and command == syscalls.Fsconfig.SET_STRING:
             ctx.relay = bool(value and value.isdigit()
                              and self.trap.is_relay(note.tid, int(value)))
             if not ctx.relay:
                 return 0, 0, True  # a /dev/fuse of its own: the kernel resolves it in the server
             if not self.trap.still_valid(note):
                 return 0, 0, True
-            self._event("fsconfig", note, pid, (0, 0, False), command=_COMMANDS[command],
+            self._event("fsconfig", note, pid, (0, 0, False), command=syscalls.Fsconfig(command).name,
                         key=key, value=value, note="names the relay: the recorder's "
                                                    "/dev/fuse takes its place at CMD_CREATE")
             ctx.params.append((key, value))
@@ -189,7 +186,7 @@ class MountApi:
             ctx.params.append((key, value))
         except OSError as exc:
             answer = (-1, exc.errno or errno.EINVAL, False)
-        self._event("fsconfig", note, pid, answer, command=_COMMANDS[command], key=key,
+        self._event("fsconfig", note, pid, answer, command=syscalls.Fsconfig(command).name, key=key,
                     value=value)
         return answer
 
@@ -202,7 +199,7 @@ class MountApi:
         if err == 0:
             ctx.created = True
             self.trap.release_relay()
-        self._event("fsconfig", note, pid, answer, command=_COMMANDS[command])
+        self._event("fsconfig", note, pid, answer, command=syscalls.Fsconfig(command).name)
         return answer
 
     def _fsmount(self, note: Notification) -> Answer:

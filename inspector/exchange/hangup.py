@@ -180,13 +180,12 @@ def give_enodev(reader: Reader) -> bool:
     setter = _SETTERS.get(platform.machine())
     if setter is None:
         raise OSError(errno.ENOSYS, f"no ptrace register layout for {platform.machine()}")
-    try:
-        _ptrace(PTRACE_SEIZE, reader.tid)
-    except ProcessLookupError:  # ESRCH: it exited since it was seen reading
+    if not _seize(reader.tid):
         return False
     signal = 0
     try:
-        _ptrace(PTRACE_INTERRUPT, reader.tid)
+        if not _interrupt(reader.tid):
+            return False  # it ended while seized: `ServerProcesses.reap` releases it
         status = _stop(reader.tid, time.monotonic() + 1.0)
         if status is None:
             return False
@@ -276,17 +275,10 @@ def enodev_at_reads(waiters: list[Reader], inode: int, shut: Callable[[], None])
     stopped = []
     try:
         for waiter in waiters:
-            try:
-                _ptrace(PTRACE_SEIZE, waiter.tid, 0, PTRACE_O_TRACESYSGOOD)
-            except ProcessLookupError:
+            if not _seize(waiter.tid, PTRACE_O_TRACESYSGOOD):
                 continue
             stopped.append(waiter)
-            try:
-                _ptrace(PTRACE_INTERRUPT, waiter.tid)
-            except ProcessLookupError:
-                stopped.pop()
-                continue
-            if _stop(waiter.tid, time.monotonic() + 0.5) is None:
+            if not _interrupt(waiter.tid) or _stop(waiter.tid, time.monotonic() + 0.5) is None:
                 stopped.pop()
                 _detach(waiter.tid)
     except OSError:
@@ -338,6 +330,29 @@ def _follow(waiter: Reader, want: str) -> bool:
         elif status >> 16 == 0:  # a signal for the tracee: hand it over
             pass_on = sig
     return done
+
+
+def _seize(tid: int, options: int = 0) -> bool:
+    """Trace `tid`; False when it has ended meanwhile (threads end in any order: that is
+    no refusal). Raises OSError when ptrace is refused."""
+    try:
+        _ptrace(PTRACE_SEIZE, tid, 0, options)
+    except OSError as exc:
+        if exc.errno == errno.ESRCH:
+            return False
+        raise
+    return True
+
+
+def _interrupt(tid: int) -> bool:
+    """Stop a seized `tid`; False when it has ended meanwhile."""
+    try:
+        _ptrace(PTRACE_INTERRUPT, tid)
+    except OSError as exc:
+        if exc.errno == errno.ESRCH:
+            return False
+        raise
+    return True
 
 
 def _detach(tid: int) -> None:

@@ -6,13 +6,15 @@ dissectors' Scapy classes, so the server exercises the same struct definitions t
 decoder uses.
 
     python -m inspector.passthroughfs SOURCE MOUNTPOINT [-o OPTS] [--no-passthrough]
-        [--trace FILE] [--misbehave SWITCH ...] [--threads N] [-d]
+        [--trace FILE] [--misbehave SWITCH ...] [--threads N]
+        [--mount-with self|fsmount|fusermount3] [-d]
 
 MOUNTPOINT `/dev/fd/N` serves an already-mounted connection on descriptor N (libfuse's
 convention; the recorder's proxy uses it) and never mounts or unmounts.
 
 Modules: `cli` (arguments, logging, session set-up and tear-down), `mounting` (/dev/fuse
-and mount(2), on the shared `inspector.mounts` and `inspector.syscalls`), `server`
+and mount(2) or the new mount API, on the shared `inspector.mounts` and
+`inspector.syscalls`), `server`
 (worker threads, INIT), `ops` (one handler per opcode), `nodes` and `handles` (tables),
 `backing` (passthrough ids), `attrs`, `tracing` (`--trace`), `misbehave`.
 

@@ -95,20 +95,20 @@ class Connection:
                 attrs |= attr
         context = syscalls.fsopen("fuse")
         try:
-            syscalls.fsconfig(context, syscalls.FSCONFIG_SET_STRING, "subtype",
+            syscalls.fsconfig(context, syscalls.Fsconfig.SET_STRING, "subtype",
                               FSTYPE.split(".")[1])
-            syscalls.fsconfig(context, syscalls.FSCONFIG_SET_STRING, "source", FSNAME)
+            syscalls.fsconfig(context, syscalls.Fsconfig.SET_STRING, "source", FSNAME)
             for name, flag in syscalls.SB_FLAG_OPTIONS.items():
                 if flags & flag:
-                    syscalls.fsconfig(context, syscalls.FSCONFIG_SET_FLAG, name)
+                    syscalls.fsconfig(context, syscalls.Fsconfig.SET_FLAG, name)
             for item in self.options.data(self.fd).split(","):
                 key, sep, value = item.partition("=")
                 if sep:
-                    syscalls.fsconfig(context, syscalls.FSCONFIG_SET_STRING, key, value)
+                    syscalls.fsconfig(context, syscalls.Fsconfig.SET_STRING, key, value)
                 else:
-                    syscalls.fsconfig(context, syscalls.FSCONFIG_SET_FLAG, key)
+                    syscalls.fsconfig(context, syscalls.Fsconfig.SET_FLAG, key)
             try:
-                syscalls.fsconfig(context, syscalls.FSCONFIG_CMD_CREATE)
+                syscalls.fsconfig(context, syscalls.Fsconfig.CMD_CREATE)
             except OSError as exc:
                 raise OSError(exc.errno, f"fsconfig CREATE failed: {os.strerror(exc.errno)}") from None
             mount = syscalls.fsmount(context, syscalls.FSMOUNT_CLOEXEC, attrs)

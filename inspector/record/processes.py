@@ -66,7 +66,8 @@ class ServerProcesses:
             pid = info.si_pid
             if _field(pid, "Tgid") not in (pid, None):  # a traced thread, not a process
                 try:
-                    os.waitpid(pid, os.WNOHANG | _WALL)
+                    if os.waitpid(pid, os.WNOHANG | _WALL)[0] == 0:
+                        return  # not collectable after all: never spin on it
                 except ChildProcessError:
                     pass
                 continue

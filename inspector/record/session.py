@@ -378,7 +378,7 @@ class Session:
             return errno.EBUSY  # one relay, one mount
         try:
             with creds.assumed(creds.of_thread(req.pid, req.tid)):
-                syscalls.fsconfig(req.context, syscalls.FSCONFIG_SET_STRING, "fd",
+                syscalls.fsconfig(req.context, syscalls.Fsconfig.SET_STRING, "fd",
                                   str(self.devfd))
                 syscalls.fsconfig(req.context, req.command)
         except OSError as exc:

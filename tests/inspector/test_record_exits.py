@@ -5,20 +5,25 @@ serving from other threads after `pthread_exit` of the main one, as a Go server'
 a zombie in /proc long before it exits: `record` must still tell its reading threads
 ENODEV, wait for the process and record its exit. gocryptfs (Go, go-fuse: a daemon whose
 threads end in any order, told ENODEV through ptrace) is recorded several times: every
-trace names each process once, with its status, and never a thread.
+trace names each process once, with its status, and never a thread. A thread that ends
+while fusetrace traces it, or before it could be told, is neither a process nor a
+refusal of ptrace.
 """
 
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from inspector import syscalls
 from inspector.exchange import hangup
 from inspector.record.processes import ServerProcesses
 from inspector.testing import recorded_server
@@ -121,3 +126,52 @@ def test_a_thread_that_ends_traced_is_no_process() -> None:
         if child.poll() is None:
             child.kill()
             child.wait()
+
+
+def _ended_thread() -> int:
+    """The id of a thread of ours that has ended."""
+    thread = threading.Thread(target=lambda: None)
+    thread.start()
+    tid = thread.native_id
+    thread.join()
+    deadline = time.monotonic() + 5
+    while os.path.exists(f"/proc/{os.getpid()}/task/{tid}"):
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert tid is not None
+    return tid
+
+
+def test_a_thread_ended_before_it_is_told_is_no_refusal() -> None:
+    """Between finding a reader and tracing it, the thread may end: nothing to tell, and
+    no reason to stop telling the others (only a refusal raises)."""
+    gone = hangup.Reader(os.getpid(), _ended_thread(), 0, 0)
+    assert hangup.give_enodev(gone) is False
+    shut: list[bool] = []
+    assert hangup.enodev_at_reads([gone], 0, lambda: shut.append(True)) == []
+    assert shut == [True]
+
+
+@pytest.mark.timeout(30)
+def test_a_process_whose_main_thread_ended_still_holds_its_socket() -> None:
+    """The process is found among the socket's holders through a thread that runs (its
+    pid's own fd directory is empty once the main thread has ended)."""
+    ours, theirs = socket.socketpair()
+    script = ("import ctypes, sys, threading\n"
+              "threading.Thread(target=sys.stdin.readline).start()\n"
+              "ctypes.CDLL(None).pthread_exit(None)\n")
+    child = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE,
+                             pass_fds=[theirs.fileno()])
+    assert child.stdin is not None
+    try:
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{child.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert os.listdir(f"/proc/{child.pid}/fd") == []
+        assert child.pid in syscalls.socket_holders(os.fstat(theirs.fileno()).st_ino)
+    finally:
+        child.stdin.close()
+        child.wait(10)
+        ours.close()
+        theirs.close()

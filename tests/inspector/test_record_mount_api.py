@@ -13,14 +13,15 @@ import dataclasses
 import errno
 import os
 import socket
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from inspector import syscalls
 from inspector.exchange import creds
-from inspector.testing import recorded_server
-from record_support import PASSTHROUGHFS, check_trace, events_of, need
+from inspector.testing import decode_trace, recorded_server
+from record_support import PASSTHROUGHFS, REPO, check_trace, events_of, fusetrace, need
 from test_record_fidelity import FIDELITY_TIMEOUT, Case, _direct, _dirs, _inputs, _recorded, tree_of
 
 CAP_SYS_ADMIN = 21
@@ -78,13 +79,35 @@ def test_fsmount_recorded_as_mount2_would_be(isolated: Path) -> None:
     assert "default_permissions" in events["self"]["data"].split(",")
 
 
+@pytest.mark.requires_fuse
+@pytest.mark.timeout(60)
+def test_fsmount_without_cap_sys_admin_refused_as_directly(isolated: Path) -> None:
+    """fsopen is made with the calling thread's credentials: a server lacking
+    CAP_SYS_ADMIN is refused (EPERM) as directly, by the kernel, not by the recorder."""
+    need("setpriv")
+    (isolated / "src").mkdir()
+    (isolated / "mnt").mkdir()
+    argv = ["setpriv", "--inh-caps=-sys_admin", "--bounding-set=-sys_admin", "--",
+            *PASSTHROUGHFS, str(isolated / "src"), str(isolated / "mnt"), "--mount-with",
+            "fsmount"]
+    direct = subprocess.run(argv, capture_output=True, text=True, timeout=30, cwd=REPO)
+    refused = [line for line in direct.stderr.splitlines() if "not permitted" in line]
+    assert direct.returncode == 1 and len(refused) == 2, direct.stderr  # fsopen, mount(2)
+    trace = isolated / "t.fzt"
+    res = fusetrace("record", "-w", str(trace), "--", *argv)
+    assert res.returncode == 2 and all(line in res.stderr for line in refused), res.stderr
+    [fsopen] = events_of(decode_trace(trace), "server_mount_api")
+    assert fsopen["call"] == "fsopen" and fsopen["errno"] == errno.EPERM, fsopen
+    assert "recorder_error" not in fsopen
+
+
 # --- the kernel's behaviour the recorder relies on (6.18) ---------------------------------
 
 def _fuse_context(fd_value: str) -> int:
     context = syscalls.fsopen("fuse")
     for key, value in (("source", "fsmount-test"), ("fd", fd_value), ("rootmode", "40000"),
                        ("user_id", "0"), ("group_id", "0")):
-        syscalls.fsconfig(context, syscalls.FSCONFIG_SET_STRING, key, value)
+        syscalls.fsconfig(context, syscalls.Fsconfig.SET_STRING, key, value)
     return context
 
 
@@ -98,13 +121,13 @@ def test_fd_option_is_resolved_at_create_in_the_callers_table() -> None:
     a, b = socket.socketpair()
     try:
         os.dup2(a.fileno(), spare)  # the number now names a socket, as the relay would
-        for command, err in ((syscalls.FSCONFIG_CMD_CREATE, errno.EINVAL),
-                             (syscalls.FSCONFIG_CMD_CREATE, errno.EBUSY)):
+        for command, err in ((syscalls.Fsconfig.CMD_CREATE, errno.EINVAL),
+                             (syscalls.Fsconfig.CMD_CREATE, errno.EBUSY)):
             with pytest.raises(OSError) as refused:
                 syscalls.fsconfig(contexts[0], command)
             assert refused.value.errno == err
         os.dup2(device, spare)
-        syscalls.fsconfig(contexts[1], syscalls.FSCONFIG_CMD_CREATE)  # /dev/fuse again: made
+        syscalls.fsconfig(contexts[1], syscalls.Fsconfig.CMD_CREATE)  # /dev/fuse again: made
     finally:
         for fd in (*contexts, spare, device):
             os.close(fd)
@@ -120,10 +143,10 @@ def test_fd_option_takes_no_descriptor_and_a_later_one_wins() -> None:
     context = _fuse_context("999999")
     try:
         with pytest.raises(OSError) as refused:
-            syscalls.fsconfig(context, 5, "fd", None, device)  # FSCONFIG_SET_FD
+            syscalls.fsconfig(context, syscalls.Fsconfig.SET_FD, "fd", None, device)
         assert refused.value.errno == errno.EINVAL
-        syscalls.fsconfig(context, syscalls.FSCONFIG_SET_STRING, "fd", str(device))
-        syscalls.fsconfig(context, syscalls.FSCONFIG_CMD_CREATE)
+        syscalls.fsconfig(context, syscalls.Fsconfig.SET_STRING, "fd", str(device))
+        syscalls.fsconfig(context, syscalls.Fsconfig.CMD_CREATE)
     finally:
         os.close(context)
         os.close(device)
@@ -140,8 +163,8 @@ def test_create_fsopen_fsmount_need_the_callers_cap_sys_admin() -> None:
             with pytest.raises(PermissionError):
                 syscalls.fsopen("fuse")
             with pytest.raises(PermissionError):
-                syscalls.fsconfig(context, syscalls.FSCONFIG_CMD_CREATE)
-        syscalls.fsconfig(context, syscalls.FSCONFIG_CMD_CREATE)
+                syscalls.fsconfig(context, syscalls.Fsconfig.CMD_CREATE)
+        syscalls.fsconfig(context, syscalls.Fsconfig.CMD_CREATE)
         with creds.assumed(without):
             with pytest.raises(PermissionError):
                 syscalls.fsmount(context)
