@@ -29,7 +29,7 @@ from dissectors.constants import (
     NotifyCode,
     Opcode,
 )
-from dissectors.ioctls import DevIoctl
+from dissectors.ioctls import DevIoctl, FuseIoctlU32
 from dissectors.context import DEFAULT_CONTEXT, FuseContext, dialect_of
 from dissectors.offsets import OUT_HEADER_SIZE, put
 from dissectors.opcodes import OPEN_REPLIES
@@ -124,21 +124,22 @@ class Server:
             return self.fd
         fd = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
         try:
-            fcntl.ioctl(fd, DevIoctl.CLONE, struct.pack("<I", self.fd))
+            fcntl.ioctl(fd, DevIoctl.CLONE, bytes(FuseIoctlU32(value=self.fd)))
         except OSError:
             os.close(fd)
             raise
         return fd
 
     def _work(self) -> None:
+        """A worker; one that fails for any reason stops the server (a server left
+        without workers would leave the kernel waiting for INIT forever)."""
+        fd = self.fd
         try:
             fd = self._channel()
-        except OSError as exc:
-            log.error("cloning the session's descriptor: %s", exc)
-            self.stop(f"clone failed: {exc}", 1)
-            return
-        try:
             self._work_on(fd)
+        except BaseException as exc:
+            log.exception("worker failed")
+            self.stop(f"worker failed: {exc!r}", 1)
         finally:
             if fd != self.fd:
                 os.close(fd)
