@@ -25,12 +25,11 @@ from dissectors.constants import (
     FUSE_PASSTHROUGH,
     FUSE_WRITEBACK_CACHE,
     INIT_FLAGS,
-    OUT_HEADER_SIZE,
     NotifyCode,
     Opcode,
 )
-from dissectors.ioctls import DevIoctl, FuseIoctlU32
 from dissectors.context import DEFAULT_CONTEXT, FuseContext, dialect_of
+from dissectors.ioctls import DevIoctl, FuseIoctlU32
 from dissectors.offsets import OUT_HEADER_SIZE, put
 from dissectors.opcodes import OPEN_REPLIES
 from dissectors.quick import brief_reply, brief_request
