@@ -132,6 +132,14 @@ def cleanup_mount(mountpoint: str | os.PathLike[str],
     unmount(mountpoint)  # a process may have mounted again meanwhile
 
 
+def _written(log_file: IO[bytes], final_log: str | None) -> str:
+    """What a process wrote to its log file so far (all of it, kept, once it ended)."""
+    if final_log is not None:
+        return final_log
+    log_file.flush()
+    return Path(log_file.name).read_text(errors="replace")
+
+
 @dataclass
 class MountedServer:
     """A running server: its process and what it wrote so far (kept after it ends)."""
@@ -142,10 +150,7 @@ class MountedServer:
     final_log: str | None = None
 
     def stderr(self) -> str:
-        if self.final_log is not None:
-            return self.final_log
-        self.log_file.flush()
-        return Path(self.log_file.name).read_text(errors="replace")
+        return _written(self.log_file, self.final_log)
 
 
 @contextlib.contextmanager
@@ -178,10 +183,7 @@ class Recording:
 
     def output(self) -> str:
         """What fusetrace and the server wrote to stdout/stderr so far."""
-        if self.final_log is not None:
-            return self.final_log
-        self.log_file.flush()
-        return Path(self.log_file.name).read_text(errors="replace")
+        return _written(self.log_file, self.final_log)
 
     def server_pids(self) -> list[int]:
         """Pids of the server processes the trace names so far: the one started, then

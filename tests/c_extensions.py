@@ -47,7 +47,8 @@ def c_extension(name: str) -> ModuleType:
 class Taken:
     """A C function wrapped to add up `measure(args, result)` over its calls."""
 
-    def __init__(self, fn: Callable[..., Any], measure: Callable[[tuple[Any, ...], Any], int]) -> None:
+    def __init__(self, fn: Callable[..., Any],
+                 measure: Callable[[tuple[Any, ...], Any], int]) -> None:
         self.fn, self.measure, self.total, self.calls = fn, measure, 0, 0
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:

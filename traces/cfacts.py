@@ -28,9 +28,11 @@ HEADER = Path(__file__).with_name("facts.h")
 def facts() -> dict[str, int]:
     """Macro name → value, in the header's order."""
     out = {"FT_IN_HEADER_SIZE": IN_HEADER_SIZE}
-    out.update({f"FT_IN_{name.upper()}_AT": at for name, (at, _) in field_offsets(FuseInHeader).items()})
+    out.update({f"FT_IN_{name.upper()}_AT": at
+                for name, (at, _) in field_offsets(FuseInHeader).items()})
     out["FT_OUT_HEADER_SIZE"] = OUT_HEADER_SIZE
-    out.update({f"FT_OUT_{name.upper()}_AT": at for name, (at, _) in field_offsets(FuseOutHeader).items()})
+    out.update({f"FT_OUT_{name.upper()}_AT": at
+                for name, (at, _) in field_offsets(FuseOutHeader).items()})
     out["FT_ENTRY_OUT_NODEID_AT"] = offset(FuseEntryOut, "nodeid")
     out["FT_BACKING_MAP_SIZE"] = len(bytes(FuseBackingMap()))
     out["FT_BACKING_MAP_FD_AT"] = offset(FuseBackingMap, "fd")

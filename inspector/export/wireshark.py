@@ -40,9 +40,7 @@ from scapy.packet import Packet
 from dissectors import fields as fuse_fields
 from dissectors.constants import (
     FUSE_KERNEL_MINOR_VERSION,
-    IN_HEADER_SIZE,
     NO_REPLY_OPCODES,
-    OUT_HEADER_SIZE,
     NotifyCode,
     Opcode,
 )
@@ -56,6 +54,7 @@ from dissectors.ioctls import (
     ioctl_name,
 )
 from dissectors.layouts import notify_plan, reply_plan, request_plan, struct_size
+from dissectors.offsets import IN_HEADER_SIZE, OUT_HEADER_SIZE
 from dissectors.structs import (
     FuseElement,
     FuseInHeader,

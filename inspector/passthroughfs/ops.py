@@ -28,10 +28,10 @@ from dissectors.constants import (
     FATTR_UID,
     FOPEN_DIRECT_IO,
     FOPEN_PASSTHROUGH,
-    IN_HEADER_SIZE,
     Opcode,
 )
 from dissectors.ids import FUSE_GETATTR_FH
+from dissectors.offsets import IN_HEADER_SIZE
 from dissectors.quick import Brief, compiled
 from dissectors.structs import (
     FuseBatchForgetIn,

@@ -19,15 +19,19 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Callable
 
-from dissectors.constants import IN_HEADER_SIZE, OUT_HEADER_SIZE, Opcode
+from dissectors.constants import Opcode
 from dissectors.fields import errno_name
-from dissectors.quick import Brief, Compiled, compiled
-from dissectors.ids import Id, IdField, field_offsets, id_fields
+from dissectors.flat import Compiled, compiled
+from dissectors.ids import Id, IdField, id_fields
+from dissectors.offsets import IN_HEADER_SIZE, OUT_HEADER_SIZE, field_offsets, reader
+from dissectors.quick import Brief
 from dissectors.structs import (
     FuseDirent,
     FuseEntryOut,
+    FuseForgetOne,
     FuseInHeader,
     FuseNotifyRetrieveOut,
+    dirent_size,
     struct_name,
 )
 
@@ -40,7 +44,7 @@ Formatter = Callable[[Any], str] | None
 _VIEW_KIND = {Id.NODE: NODE, Id.FH: FH, Id.BACKING: BACKING, Id.DIROFF: DIROFF}
 #: Not compared at all: RETRIEVE's unique is the server's, and NOTIFY_REPLY's is not translated.
 _UNCOMPARED = {(FuseNotifyRetrieveOut, "notify_unique")}
-_DIRENT = struct.Struct("<QQII")  # fuse_dirent without its name
+_DIRENT = reader(FuseDirent, "ino", "off", "namelen", "type")  # without its name
 _DIRENT_OFF_KIND = _VIEW_KIND[next(f.kind for f in id_fields(FuseDirent) if f.field == "off")]
 _U64 = struct.Struct("<Q")
 
@@ -152,7 +156,7 @@ def _dirents(raw: bytes, off: int, end: int, plus: bool) -> list[Item]:
         if at + _DIRENT.size > end:
             break
         ino, doff, namelen, dtype = _DIRENT.unpack_from(raw, at)
-        stop = at + ((_DIRENT.size + namelen + 7) & ~7)
+        stop = at + dirent_size(namelen)
         if stop > end:
             break
         base = f"direntplus[{k}]" if plus else f"dirent[{k}]"
@@ -241,7 +245,7 @@ class RequestView:
     forgets: list[tuple[int, int, int]]  # BATCH_FORGET: (offset of nodeid, nodeid, nlookup)
 
 
-_FORGET_ONE = struct.Struct("<QQ")
+_FORGET_ONE = reader(FuseForgetOne, "nodeid", "nlookup")
 
 
 def request_view(raw: bytes, brief: Brief) -> RequestView:
