@@ -58,6 +58,8 @@ FILE_OPENS = OPEN_REPLIES - DIR_HANDLE_OPS
 #: them on the backing file and the server never sees them.
 FILE_IO = frozenset({O.READ, O.WRITE, O.LSEEK, O.FALLOCATE, O.COPY_FILE_RANGE,
                      O.COPY_FILE_RANGE_64})
+#: Renames (RENAME2 carries flags): they hold the directories involved until answered.
+RENAMES = frozenset({O.RENAME, O.RENAME2})
 #: Requests that change the filesystem when they succeed.
 CHANGES = frozenset({
     O.CREATE, O.MKNOD, O.MKDIR, O.SYMLINK, O.LINK, O.UNLINK, O.RMDIR, O.RENAME, O.RENAME2,

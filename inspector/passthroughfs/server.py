@@ -31,7 +31,7 @@ from dissectors.constants import (
 from dissectors.context import DEFAULT_CONTEXT, FuseContext, dialect_of
 from dissectors.ioctls import DevIoctl, FuseIoctlU32
 from dissectors.offsets import OUT_HEADER_SIZE, put
-from dissectors.opcodes import OPEN_REPLIES
+from dissectors.opcodes import OPEN_REPLIES, RENAMES
 from dissectors.quick import brief_reply, brief_request
 from dissectors.structs import FuseInitOut, FuseName, FuseNotifyInvalEntryOut, FuseOutHeader
 from dissectors.summary import line
@@ -50,7 +50,6 @@ _INIT_BITS = {name: bit for bit, name in INIT_FLAGS.items()}
 WANTED_FLAGS = sum(_INIT_BITS[name] for name in (
     "ASYNC_READ", "BIG_WRITES", "MAX_PAGES", "INIT_EXT", "PARALLEL_DIROPS",
     "DO_READDIRPLUS", "READDIRPLUS_AUTO"))
-_RENAMES = (Opcode.RENAME, Opcode.RENAME2)
 NOTIFY_HEAD_START = 0.001  # seconds the notification gets to reach the kernel before the reply
 #: read() errors that only mean "no request for you this time".
 _RETRY = {errno.EINTR, errno.EAGAIN, errno.ENOENT}
@@ -184,7 +183,7 @@ class Server:
         stall = self.misbehave.stall(req.opcode)
         if stall:
             time.sleep(stall)
-        if self.notify_renames and req.opcode in _RENAMES and len(reply) == OUT_HEADER_SIZE:
+        if self.notify_renames and req.opcode in RENAMES and len(reply) == OUT_HEADER_SIZE:
             self._invalidate_meanwhile(req.get("newdir"), req.name2)
         err = self.tracer.send(fd, reply, req.opcode)
         if err:

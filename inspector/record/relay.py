@@ -75,14 +75,13 @@ from typing import Any, Callable
 
 from dissectors.constants import (
     FUSE_INIT_EXT,
+    FUSE_MAX_PAGES,
     FUSE_OVER_IO_URING,
-    IN_HEADER_SIZE,
     INIT_FLAGS,
     NO_REPLY_OPCODES,
-    OUT_HEADER_SIZE,
     Opcode,
 )
-from dissectors.constants import FUSE_MAX_PAGES
+from dissectors.offsets import IN_HEADER_SIZE, OUT_HEADER_SIZE, offset, reader
 from dissectors.quick import (
     DATA_NOTIFY,
     DATA_REPLIES,
@@ -91,7 +90,13 @@ from dissectors.quick import (
     peek_request,
     snap,
 )
-from dissectors.structs import FuseInitOut, FuseInitOutCompat22, FuseWriteIn
+from dissectors.structs import (
+    FuseInitIn,
+    FuseInitOut,
+    FuseInitOutCompat22,
+    FuseOutHeader,
+    FuseWriteIn,
+)
 from traces import TraceWriter
 from traces.writer import NativeAppender
 
@@ -123,8 +128,8 @@ UNRELAYABLE: dict[int, str] = {
     FUSE_OVER_IO_URING: "FUSE-over-io_uring bypasses the /dev/fuse reads and writes the "
                         "proxy relays",
 }
-_INIT_FLAGS = struct.Struct("<II")  # fuse_init_in.flags, .flags2
-_FLAGS_AT = IN_HEADER_SIZE + 12  # after major, minor, max_readahead
+_INIT_FLAGS = reader(FuseInitIn, "flags", "flags2")
+_FLAGS_AT = IN_HEADER_SIZE + offset(FuseInitIn, "flags")
 _NO_REPLY = NO_REPLY_OPCODES | {Opcode.INTERRUPT}
 
 
@@ -150,7 +155,7 @@ def mask_init(raw: bytes | memoryview, mask: int) -> tuple[bytes, str] | None:
     return bytes(out), f"masked {names} in INIT: {why}"
 
 
-_OUT = struct.Struct("<IiQ")  # fuse_out_header: len, error, unique
+_OUT = reader(FuseOutHeader, "len", "error", "unique")
 PIECE_WAIT_MS = 200  # the pieces of one splice arrive back to back; longer means no more come
 MAX_LANES = 8  # reply lanes; the C side allows 16
 SPIN_US = 300  # how long the C loop polls after a message before it sleeps (see _fastpath.c)

@@ -18,7 +18,7 @@ import struct
 from dataclasses import dataclass
 from typing import Callable
 
-from dissectors.constants import OUT_HEADER_SIZE
+from dissectors.offsets import OUT_HEADER_SIZE
 from dissectors.ids import field_offsets
 from dissectors.quick import Brief
 

@@ -29,7 +29,7 @@ from dissectors.structs import FuseInHeader, FuseOutHeader, struct_name
 REPO = Path(__file__).resolve().parents[2]
 #: what is scanned: everything shipped or run but the dissectors themselves
 PYTHON = ("inspector", "traces", "tui", "bench")
-C_FILES = ("traces/_scan.c", "inspector/lifecycles/_pass.c", "inspector/record/_trapfast.c",
+C_FILES = ("traces/_scan.c", "inspector/lifecycles/_pass.c", "inspector/exchange/_trapfast.c",
            "inspector/record/_fastpath.c")
 #: file → who is reworking it (issue 22); each gets its facts from dissectors/ there
 PENDING = {
@@ -38,8 +38,6 @@ PENDING = {
     "inspector/fuzz/verdict.py": "fuzz",
     "inspector/reduce/units.py": "fuzz",
     "inspector/replay/engine.py": "replay",
-    "inspector/record/relay.py": "lead",
-    "inspector/record/_fastpath.c": "lead",
 }
 _IN = {(at, code[-1].upper()) for at, code in field_offsets(FuseInHeader).values()}
 _OUT = {(at, code[-1].upper()) for at, code in field_offsets(FuseOutHeader).values()}
