@@ -108,7 +108,7 @@ __readme_tui() {  # a TUI command line: in a terminal until it shows its records
 
 def script(found: list[Block]) -> str:
     """One bash script: the blocks in README order, as a user pastes them."""
-    parts = [_PREAMBLE]
+    parts = []
     for b in found:
         if b.action in ("skip", "show"):
             continue
@@ -118,8 +118,7 @@ def script(found: list[Block]) -> str:
         elif b.lang == "python":
             parts.append(f"fusetrace python - <<'{_EOF}'\n{b.text}{_EOF}")
         else:
-            parts.append("\n".join(f"__readme_tui {shlex.quote(line)}" if TUI_LINE.match(line)
-                                   else line for line in b.text.splitlines()))
+            parts.append(_shell_lines(b.text))
     return "\n".join(parts) + "\n"
 
 
@@ -142,7 +141,7 @@ def test_every_block_says_how_it_is_tested() -> None:
     assert [(b.action, b.arg) for b in sample] == [("file", "t.py"), ("run", ""), ("show", "")]
     text = script(sample)
     assert "cat > t.py <<" in text and "__readme_tui 'fusetrace browse a.fzt'\nls\n" in text
-    assert "\nout\n" not in text
+    assert "\nout\n" not in text and _PREAMBLE not in text
 
 
 def _unmount_under(root: Path) -> None:
@@ -153,24 +152,34 @@ def _unmount_under(root: Path) -> None:
         unmount(entry.mountpoint)
 
 
-@pytest.mark.timeout(900)
-def test_the_readme_examples_run_as_written(tmp_path: Path) -> None:
+def _shell_lines(text: str) -> str:
+    """Shell text as the runner types it: TUI command lines go to a terminal."""
+    return "\n".join(f"__readme_tui {shlex.quote(line)}" if TUI_LINE.match(line) else line
+                     for line in text.splitlines())
+
+
+def _as_a_new_user(tmp_path: Path, commands: str, name: str) -> str:
+    """Run `commands` (bash, after the runner's preamble) as README command 1 left a new
+    user: the launcher on PATH, a login shell's PATH otherwise, in an empty home below
+    `tmp_path` (kept between calls). Fails with the end of the output unless it exits 0;
+    returns the output. Whatever it left mounted or running is undone."""
     reason = fuse_available()
     if reason:
         pytest.skip(f"the README's examples run as root with FUSE: {reason}")
     if not (REPO / ".venv/bin/fusetrace").exists():
         pytest.skip("no .venv in this clone: run .ci/install (README command 1) first")
     home, bindir, tmp = tmp_path / "home", tmp_path / "bin", tmp_path / "tmp"
-    for d in (home, tmp):
-        d.mkdir()
-    subprocess.run(["bash", str(REPO / ".ci/launcher"), str(bindir)], check=True,
-                   capture_output=True, timeout=60)
-    (tmp_path / "readme.sh").write_text(script(blocks(README.read_text())))
+    if not bindir.exists():
+        for d in (home, tmp):
+            d.mkdir()
+        subprocess.run(["bash", str(REPO / ".ci/launcher"), str(bindir)], check=True,
+                       capture_output=True, timeout=60)
+    (tmp_path / f"{name}.sh").write_text(_PREAMBLE + commands)
     env = {"HOME": str(home), "PATH": f"{bindir}:{LOGIN_PATH}", "TMPDIR": str(tmp),
            "LANG": "C.UTF-8", "USER": "root", "SHELL": "/bin/bash", "TERM": "xterm-256color"}
-    log = tmp_path / "readme.log"
+    log = tmp_path / f"{name}.log"
     with open(log, "wb") as out:
-        proc = subprocess.Popen(["bash", str(tmp_path / "readme.sh")], cwd=home, env=env,
+        proc = subprocess.Popen(["bash", str(tmp_path / f"{name}.sh")], cwd=home, env=env,
                                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True)
     try:
@@ -182,9 +191,29 @@ def test_the_readme_examples_run_as_written(tmp_path: Path) -> None:
         except ProcessLookupError:
             pass
         proc.wait()
-    tail = "\n".join(log.read_text(errors="replace").splitlines()[-60:])
-    assert status == 0, f"a README example failed (exit {status}); the last output:\n{tail}"
+    output = log.read_text(errors="replace")
+    tail = "\n".join(output.splitlines()[-60:])
+    assert status == 0, f"{name}: a command failed (exit {status}); the last output:\n{tail}"
     assert not [e for e in mount_entries() if e.mountpoint.startswith(str(tmp_path))]
+    return output
+
+
+@pytest.mark.timeout(900)
+def test_the_readme_examples_run_as_written(tmp_path: Path) -> None:
+    _as_a_new_user(tmp_path, script(blocks(README.read_text())), "readme")
+
+
+#: a hint line of `fusetrace demo`: "  browse it:    fusetrace browse demo.fzt"
+HINT = re.compile(r"^  [a-z][a-z ]*: +(fusetrace .*)$", re.M)
+
+
+@pytest.mark.timeout(300)
+def test_the_demos_hints_run_as_printed(tmp_path: Path) -> None:
+    """`fusetrace demo` ends with commands to look further: each runs as printed."""
+    shown = _as_a_new_user(tmp_path, "fusetrace demo\n", "demo")
+    hints = HINT.findall(shown)
+    assert len(hints) >= 5 and any(TUI_LINE.match(h) for h in hints), shown[-2000:]
+    _as_a_new_user(tmp_path, _shell_lines("\n".join(hints)) + "\n", "hints")
 
 
 # --- the launcher .ci/install writes -------------------------------------------------------
