@@ -149,14 +149,15 @@ def session_facts(a: Analysis) -> dict[str, Any]:
             "tail": a.tail}
 
 
-def _table(header: list[str], rows: list[list[str]], out: IO[str]) -> None:
+def _table(header: list[str], rows: list[list[str]], out: IO[str], first: str = "<") -> None:
     """Columns as wide as their widest cell, two spaces apart, so no value runs into the
-    next however large; numbers right-aligned, the last column (free text) left."""
+    next however large: the first aligned by `first`, numbers right, and the last (free
+    text) left and unpadded."""
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header) - 1)]
+    aligns = [first] + [">"] * (len(widths) - 1)
     for r in [header, *rows]:
-        first = f"{r[0]:<{widths[0]}}"
-        nums = "".join(f"  {cell:>{w}}" for cell, w in zip(r[1:-1], widths[1:]))
-        print(f"{first}{nums}  {r[-1]}".rstrip(), file=out)
+        cells = [f"{cell:{a}{w}}" for cell, a, w in zip(r, aligns, widths)]
+        print("  ".join([*cells, r[-1]]).rstrip(), file=out)
 
 
 def write_stats(a: Analysis, out: IO[str]) -> None:
@@ -179,7 +180,7 @@ def write_stats(a: Analysis, out: IO[str]) -> None:
         print(file=out)
         _table(["backing id", "opens", "lifetime ms", "verdict / path"],
                [[str(r["backing_id"]), str(r["opens"]), _ms(r["lifetime_ns"]),
-                 f"{r['verdict']}  {r['path']}"] for r in rows], out)
+                 f"{r['verdict']}  {r['path']}"] for r in rows], out, first=">")
 
 
 def stats_json(a: Analysis) -> dict[str, Any]:

@@ -267,3 +267,34 @@ def test_browse_of_a_damaged_trace_warns_after_the_tui(tmp_path: Path, trace: Pa
         subprocess.run(["tmux", "-L", sock, "kill-server"], capture_output=True, timeout=10)
     assert status.read_text().strip() == "3"
     assert expected in after.splitlines()
+
+
+def test_stats_columns_stay_apart_whatever_the_values(tmp_path: Path) -> None:
+    """A latency of six digits before the point (here 123456.789 ms), a huge count of
+    bytes: every column is still its own word."""
+    from dissectors.constants import Opcode
+    from dissectors.structs import FuseInHeader, FuseOutHeader
+    from traces import TraceWriter
+
+    slow = tmp_path / "slow.fzt"
+    t0 = 1_000_000_000
+    with TraceWriter(slow, {}) as writer:
+        for n, wait_ns in enumerate([123_456_789_000, 5_000, 987_654_321]):
+            unique = 2 * n + 2
+            writer.request(bytes(FuseInHeader(opcode=Opcode.GETATTR, unique=unique, nodeid=1))
+                           + bytes(16), ts=t0)
+            writer.reply(bytes(FuseOutHeader(unique=unique, error=-2)), ts=t0 + wait_ns)
+            t0 += wait_ns
+    res = run("stats", str(slow))
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.splitlines()
+    head = lines.index(next(x for x in lines if x.startswith("opcode")))
+    assert lines[head].split() == ["opcode", "count", "p50", "ms", "p90", "ms", "p99", "ms",
+                                   "max", "ms", "bytes", "in", "bytes", "out", "errors"]
+    row = lines[head + 1].split()
+    assert row[:6] == ["GETATTR", "3", "987.654", "123456.789", "123456.789", "123456.789"]
+    assert row[8] == "ENOENT×3"
+    labels = ["count", "p50 ms", "p90 ms", "p99 ms", "max ms", "bytes in", "bytes out"]
+    label_ends = [lines[head].index(label) + len(label) for label in labels]
+    value_ends = [m.end() for m in re.finditer(r"\S+", lines[head + 1])][1:8]
+    assert label_ends == value_ends, "numbers are right-aligned under their titles"
