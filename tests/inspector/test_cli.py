@@ -298,3 +298,12 @@ def test_stats_columns_stay_apart_whatever_the_values(tmp_path: Path) -> None:
     label_ends = [lines[head].index(label) + len(label) for label in labels]
     value_ends = [m.end() for m in re.finditer(r"\S+", lines[head + 1])][1:8]
     assert label_ends == value_ends, "numbers are right-aligned under their titles"
+
+
+def test_serve_names_a_mountpoint_that_is_missing_or_not_a_directory(tmp_path: Path,
+                                                                     trace: Path) -> None:
+    (tmp_path / "file").write_text("")
+    for where, said in (("nowhere", " does not exist (mkdir it first)"),
+                        ("file", ": not a directory")):
+        code, out, err = _in_process(["serve", str(trace), str(tmp_path / where)])
+        assert (code, out, err) == (2, "", f"fusetrace: error: mountpoint {tmp_path / where}{said}\n")
