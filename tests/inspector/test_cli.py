@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import io
 import json
@@ -307,3 +308,16 @@ def test_serve_names_a_mountpoint_that_is_missing_or_not_a_directory(tmp_path: P
                         ("file", ": not a directory")):
         code, out, err = _in_process(["serve", str(trace), str(tmp_path / where)])
         assert (code, out, err) == (2, "", f"fusetrace: error: mountpoint {tmp_path / where}{said}\n")
+
+
+def test_record_usage_names_every_option() -> None:
+    """`record`'s usage line is written by hand (argparse's would put SERVER's arguments
+    before `--`): every option it takes must be in it."""
+    from inspector.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    record = sub.choices["record"]
+    usage = record.format_usage()
+    for action in record._actions:
+        if action.option_strings and action.dest != "help":
+            assert any(opt in usage for opt in action.option_strings), action.option_strings
