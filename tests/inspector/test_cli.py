@@ -321,3 +321,21 @@ def test_record_usage_names_every_option() -> None:
     for action in record._actions:
         if action.option_strings and action.dest != "help":
             assert any(opt in usage for opt in action.option_strings), action.option_strings
+
+
+def test_the_rule_names_every_command_that_reads_a_trace() -> None:
+    """`fusetrace --help` states the damaged-trace rule command by command: a new command
+    that reads a trace must take a side there, and each side is tested above."""
+    from inspector.cli import build_parser
+    from inspector.damaged import RULE
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    readers = {name for name, p in sub.choices.items()
+               if any(a.dest == "trace" for a in p._actions)}
+    prefix_part = RULE.split(";", 1)[0]
+    named = {w.strip(",") for w in re.findall(r"\b[a-z]+\b,?", RULE)} & set(sub.choices)
+    assert readers == named, (readers, named)
+    prefix = {w for w in named if re.search(rf"\b{w}\b", prefix_part)}
+    tested_prefix = {argv[0] for argv in PREFIX_COMMANDS} | {"browse", "decompress"}
+    assert prefix == tested_prefix
+    assert named - prefix == {argv[0] for argv in WHOLE_SESSION_COMMANDS}
