@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import Any
 
 from dissectors.constants import NO_REPLY_OPCODES, Opcode
 from dissectors.fields import errno_name
