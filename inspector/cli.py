@@ -13,10 +13,8 @@ from typing import Callable, Sequence
 from traces import TraceReadError, TraceReader
 
 from . import __version__
-from .damaged import RULE, finish
+from .damaged import EPILOG as DAMAGED_EPILOG, RULE, finish
 from .record.flavour import Connect
-
-_DAMAGED_EPILOG = "A damaged trace: exit 3 after the records before the damage (fusetrace --help)."
 
 
 def _show(args: argparse.Namespace) -> int:
@@ -162,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     show = sub.add_parser("show", help="print a trace, one line per message (tcpdump style)",
-                          epilog=_DAMAGED_EPILOG)
+                          epilog=DAMAGED_EPILOG)
     show.add_argument("trace", help="trace file (.fzt)")
     show.add_argument("-v", "--verbose", action="store_true", help="full decoded tree of each message")
     show.add_argument("-x", "--hex", action="store_true", help="hex dump of each message")
@@ -196,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
         "follow", help="one id's lifecycle as a timeline, with its verdict",
         description="Print every event of one backing id, file handle, node id or request, "
                     "from the ioctl or open to the release and close, then the verdict.",
-        epilog="Exit 0, 1 when the id is not in the trace; " + _DAMAGED_EPILOG)
+        epilog="Exit 0, or 1 when the id is not in the trace. " + DAMAGED_EPILOG)
     follow.add_argument("trace", help="trace file (.fzt)")
     which = follow.add_mutually_exclusive_group(required=True)
     which.add_argument("--backing-id", type=_number, metavar="N")
@@ -207,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     follow.set_defaults(run=_follow)
 
     stats = sub.add_parser("stats", help="per-opcode counts, errors, latency percentiles, bytes",
-                           epilog=_DAMAGED_EPILOG)
+                           epilog=DAMAGED_EPILOG)
     stats.add_argument("trace", help="trace file (.fzt)")
     stats.add_argument("--json", action="store_true", help="machine-readable")
     stats.set_defaults(run=_stats)
@@ -289,7 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     browse = sub.add_parser("browse", help="browse a trace in the terminal (Textual TUI)",
                             description="Scroll, filter and follow ids through a trace of any "
                                         "size; press ? inside for the keys.",
-                            epilog=_DAMAGED_EPILOG)
+                            epilog=DAMAGED_EPILOG)
     browse.add_argument("trace", help="trace file (.fzt)")
     browse.add_argument("--live", action="store_true",
                         help="keep reading records a running `fusetrace record` appends")

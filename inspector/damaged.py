@@ -23,6 +23,10 @@ RULE = ("A damaged trace (cut short or corrupt part-way): show, export, check, f
         f"{DAMAGED}, whatever they would have exited otherwise; replay, serve, reduce and "
         "fuzz need the whole session and refuse it with exit 2.")
 
+#: the rule as the help of one command that reads a prefix says it
+EPILOG = ("A damaged trace (cut short or corrupt) is read up to the damage, then one warning "
+          f"line on stderr and exit {DAMAGED} (fusetrace --help).")
+
 
 def warning(path: str, tail: str) -> str:
     """The one line every prefix-reading command prints for a damaged trace."""

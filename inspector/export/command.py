@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from ..damaged import finish
+from ..damaged import EPILOG as DAMAGED_EPILOG, finish
 
 
 def _fail(exc: Exception) -> int:
@@ -111,14 +111,17 @@ def add_parsers(sub: Any) -> None:
     comp = sub.add_parser(
         "compress", help="compress a trace with zstd in independent frames (.fzt.zst)",
         description="Every command reads the compressed trace as it reads the plain one, "
-                    "random access included.")
+                    "random access included. Says what it wrote, with the sizes.",
+        epilog=DAMAGED_EPILOG)
     comp.add_argument("trace", help="trace file (.fzt)")
     comp.add_argument("-o", "--output", metavar="OUT", help="default: TRACE.zst")
     comp.add_argument("-l", "--level", type=int, default=3, metavar="N",
                       help="zstd level (default %(default)s)")
     comp.set_defaults(run=_compress)
 
-    decomp = sub.add_parser("decompress", help="a .fzt.zst trace back to a plain .fzt")
+    decomp = sub.add_parser("decompress", help="a .fzt.zst trace back to a plain .fzt",
+                            epilog="A compressed trace cut short is written up to its last "
+                                   "whole frame: one warning line on stderr and exit 3.")
     decomp.add_argument("trace", help="compressed trace (.fzt.zst)")
     decomp.add_argument("-o", "--output", metavar="OUT",
                         help="default: TRACE without its .zst")
