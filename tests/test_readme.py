@@ -91,17 +91,21 @@ _EOF = "__README_EXAMPLE_EOF__"
 _PREAMBLE = r"""set -eo pipefail
 trap 'echo "README.md:$__block: this command failed (exit $?): $BASH_COMMAND" >&2' ERR
 __readme_tui() {  # a TUI command line: in a terminal until it shows its records, then q
-  local s="readme-$$" st="$TMPDIR/tui-status" i
+  local s="readme-$$" st="$TMPDIR/tui-status" i shown=
   rm -f "$st"
-  tmux -L "$s" new-session -d -s "$s" -x 150 -y 40 -c "$PWD" "$1"$'\n'"echo \$? > '$st'"
+  tmux -L "$s" new-session -d -s "$s" -x 150 -y 40 -c "$PWD" "$1"$'\n'"echo \$? > '$st'; sleep 30"
   for i in $(seq 300); do
-    tmux -L "$s" capture-pane -p -t "$s" 2>/dev/null | grep -q ' records' && break
+    tmux -L "$s" capture-pane -p -t "$s" 2>/dev/null | grep -q ' records' && { shown=1; break; }
+    [ -s "$st" ] && break  # it ended by itself
     sleep 0.1
   done
   tmux -L "$s" send-keys -t "$s" q
   for i in $(seq 100); do [ -s "$st" ] && break; sleep 0.1; done
+  tmux -L "$s" capture-pane -p -t "$s" > "$TMPDIR/tui-screen" 2>/dev/null || true
   tmux -L "$s" kill-server 2>/dev/null || true
-  [ "$(cat "$st" 2>/dev/null)" = 0 ] || { echo "README.md:$__block: $1 did not start and quit cleanly (status $(cat "$st" 2>/dev/null || echo none))" >&2; return 1; }
+  [ -n "$shown" ] && [ "$(cat "$st" 2>/dev/null)" = 0 ] || {
+    echo "README.md:$__block: $1 did not show its records and quit cleanly (status $(cat "$st" 2>/dev/null || echo none)); the screen:" >&2
+    grep -v '^$' "$TMPDIR/tui-screen" >&2; return 1; }
 }
 """
 
