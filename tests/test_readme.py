@@ -179,8 +179,11 @@ def _as_a_new_user(tmp_path: Path, commands: str, name: str) -> str:
         subprocess.run(["bash", str(REPO / ".ci/launcher"), str(bindir)], check=True,
                        capture_output=True, timeout=60)
     (tmp_path / f"{name}.sh").write_text(_PREAMBLE + commands)
+    # FUSETRACE_RUNDIR: the recorders' notes, and so `fusetrace cleanup`, stay the test's
+    # own (a recorder of other work on this machine is none of the README's business)
     env = {"HOME": str(home), "PATH": f"{bindir}:{LOGIN_PATH}", "TMPDIR": str(tmp),
-           "LANG": "C.UTF-8", "USER": "root", "SHELL": "/bin/bash", "TERM": "xterm-256color"}
+           "LANG": "C.UTF-8", "USER": "root", "SHELL": "/bin/bash", "TERM": "xterm-256color",
+           "FUSETRACE_RUNDIR": str(tmp_path / "run")}
     log = tmp_path / f"{name}.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(["bash", str(tmp_path / f"{name}.sh")], cwd=home, env=env,
