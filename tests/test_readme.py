@@ -88,10 +88,12 @@ def blocks(markdown: str) -> list[Block]:
 
 _EOF = "__README_EXAMPLE_EOF__"
 
-_PREAMBLE = r"""set -eo pipefail
+_PREAMBLE = r"""set -Eeo pipefail
 trap 'echo "README.md:$__block: this command failed (exit $?): $BASH_COMMAND" >&2' ERR
 __readme_tui() {  # a TUI command line: in a terminal until it shows its records, then q
-  local s="readme-$$" st="$TMPDIR/tui-status" i shown=
+  # a tmux server of its own each time: a new one on the socket of one just killed can
+  # meet it still dying ("server exited unexpectedly")
+  local s="readme-$$-$SRANDOM" st="$TMPDIR/tui-status" i shown=
   rm -f "$st"
   tmux -L "$s" new-session -d -s "$s" -x 150 -y 40 -c "$PWD" "$1"$'\n'"echo \$? > '$st'; sleep 30"
   for i in $(seq 300); do
