@@ -13,6 +13,7 @@ from typing import Callable, Sequence
 from traces import TraceReadError, TraceReader, hole_note
 
 from . import __version__
+from .damaged import EPILOG as DAMAGED_EPILOG, RULE, finish
 from .exchange.flavour import Connect
 
 
@@ -24,10 +25,9 @@ def _show(args: argparse.Namespace) -> int:
     reader = TraceReader(args.trace)
     write_show(reader, sys.stdout, args.verbose, args.hex, args.count)
     sys.stdout.flush()
-    for note in [*map(hole_note, reader.holes), reader.tail]:
-        if note:
-            print(f"fusetrace: {args.trace}: {note}", file=sys.stderr)
-    return 0
+    for note in map(hole_note, reader.holes):  # skipped, not damage: the records after it are kept
+        print(f"fusetrace: {args.trace}: {note}", file=sys.stderr)
+    return finish(args.trace, reader.tail, 0)
 
 
 def _show_range(args: argparse.Namespace) -> int:
@@ -55,10 +55,9 @@ def _show_range(args: argparse.Namespace) -> int:
         write_show(records_in(idx, rows, dec), sys.stdout, args.verbose, args.hex, args.count,
                    dec, t0)
         sys.stdout.flush()
-        for note in [*map(hole_note, idx.holes), idx.tail]:
-            if note:
-                print(f"fusetrace: {args.trace}: {note}", file=sys.stderr)
-    return 0
+        for note in map(hole_note, idx.holes):
+            print(f"fusetrace: {args.trace}: {note}", file=sys.stderr)
+        return finish(args.trace, idx.tail, 0)
 
 
 def _check(args: argparse.Namespace) -> int:
@@ -70,7 +69,7 @@ def _check(args: argparse.Namespace) -> int:
             write_check_json(analysis, sys.stdout)
         else:
             write_check(analysis, sys.stdout, args.all)
-        return 1 if failed(analysis) else 0
+        return finish(args.trace, analysis.tail, 1 if failed(analysis) else 0)
 
 
 _FOLLOW_KEYS = {"backing_id": "backing", "fh": "fh", "nodeid": "node", "unique": "request"}
@@ -88,8 +87,8 @@ def _follow(args: argparse.Namespace) -> int:
             shown = hex(key) if arg == "fh" else key
             print(f"fusetrace: {args.trace}: no {arg.replace('_', ' ')} {shown} in the trace",
                   file=sys.stderr)
-            return 1
-    return 0
+            return finish(args.trace, analysis.tail, 1)
+        return finish(args.trace, analysis.tail, 0)
 
 
 def _stats(args: argparse.Namespace) -> int:
@@ -98,7 +97,7 @@ def _stats(args: argparse.Namespace) -> int:
 
     with analysed(args.trace) as analysis:
         (write_stats_json if args.json else write_stats)(analysis, sys.stdout)
-    return 0
+        return finish(args.trace, analysis.tail, 0)
 
 
 def _number(text: str) -> int:
@@ -109,7 +108,16 @@ def _number(text: str) -> int:
 def _browse(args: argparse.Namespace) -> int:
     from tui.app import run_browse
 
-    return run_browse(args.trace, live=args.live, filter_text=args.filter)
+    from traces import TraceIndex
+
+    status = run_browse(args.trace, live=args.live, filter_text=args.filter)
+    if status != 0:
+        return status
+    with TraceIndex.open(args.trace) as idx:
+        tail = idx.tail
+    if args.live and tail is not None and "incomplete record" in tail:
+        tail = None  # the recorder is still writing its last record: not damage
+    return finish(args.trace, tail, 0)
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -153,11 +161,13 @@ def _errno_arg(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="fusetrace", description="Record, decode and inspect Linux FUSE sessions.")
+        prog="fusetrace", description="Record, decode and inspect Linux FUSE sessions.",
+        epilog=RULE)
     parser.add_argument("--version", action="version", version=f"fusetrace {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    show = sub.add_parser("show", help="print a trace, one line per message (tcpdump style)")
+    show = sub.add_parser("show", help="print a trace, one line per message (tcpdump style)",
+                          epilog=DAMAGED_EPILOG)
     show.add_argument("trace", help="trace file (.fzt)")
     show.add_argument("-v", "--verbose", action="store_true", help="full decoded tree of each message")
     show.add_argument("-x", "--hex", action="store_true", help="hex dump of each message")
@@ -180,7 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "after close; BACKING_OPEN failures with their cause; replies the kernel "
                     "rejected; requests never answered; handles never released; nodes "
                     "forgotten too often; INIT oddities. Exit 0 when clean, 1 when anomalies "
-                    "were found, 2 when the trace cannot be read.")
+                    "were found, 2 when the trace cannot be read, 3 when it is damaged (the "
+                    "records before the damage checked).")
     check.add_argument("trace", help="trace file (.fzt)")
     check.add_argument("--json", action="store_true", help="machine-readable, for CI")
     check.add_argument("--all", action="store_true", help="list every case, not 20 per kind")
@@ -189,7 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
     follow = sub.add_parser(
         "follow", help="one id's lifecycle as a timeline, with its verdict",
         description="Print every event of one backing id, file handle, node id or request, "
-                    "from the ioctl or open to the release and close, then the verdict.")
+                    "from the ioctl or open to the release and close, then the verdict.",
+        epilog="Exit 0, or 1 when the id is not in the trace. " + DAMAGED_EPILOG)
     follow.add_argument("trace", help="trace file (.fzt)")
     which = follow.add_mutually_exclusive_group(required=True)
     which.add_argument("--backing-id", type=_number, metavar="N")
@@ -199,7 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
     follow.add_argument("--json", action="store_true", help="machine-readable")
     follow.set_defaults(run=_follow)
 
-    stats = sub.add_parser("stats", help="per-opcode counts, errors, latency percentiles, bytes")
+    stats = sub.add_parser("stats", help="per-opcode counts, errors, latency percentiles, bytes",
+                           epilog=DAMAGED_EPILOG)
     stats.add_argument("trace", help="trace file (.fzt)")
     stats.add_argument("--json", action="store_true", help="machine-readable")
     stats.set_defaults(run=_stats)
@@ -207,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     rec = sub.add_parser(
         "record", help="run a FUSE server behind a recording proxy",
         usage="fusetrace record [-w TRACE] [-s SNAPLEN] [-q] [--connect HOW] [-o OPTS] "
-              "[--mountpoint PATH] [--grace S] -- SERVER [ARGS...]",
+              "[--mountpoint PATH] [--grace S] [--spin-us US] -- SERVER [ARGS...]",
         description="Run SERVER as you would: fusetrace records every message between the "
                     "kernel and SERVER. As root, SERVER's command line is left as typed: "
                     "its own open of /dev/fuse (or its fusermount3 helper's) gets the "
@@ -285,7 +298,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     browse = sub.add_parser("browse", help="browse a trace in the terminal (Textual TUI)",
                             description="Scroll, filter and follow ids through a trace of any "
-                                        "size; press ? inside for the keys.")
+                                        "size; press ? inside for the keys.",
+                            epilog=DAMAGED_EPILOG)
     browse.add_argument("trace", help="trace file (.fzt)")
     browse.add_argument("--live", action="store_true",
                         help="keep reading records a running `fusetrace record` appends")
@@ -306,14 +320,44 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="record the bundled passthrough filesystem through the proxy, "
                                        "use it, show its trace")
-    demo.add_argument("-w", "--write", default="fusetrace-demo.fzt", metavar="TRACE",
+    demo.add_argument("-w", "--write", default="demo.fzt", metavar="TRACE",
                       help="where to write the trace (default: %(default)s)")
     demo.add_argument("--no-passthrough", action="store_true", help="serve reads and writes in Python")
     demo.set_defaults(run=_demo)
+
+    for name, what in _VERBATIM_HELP.items():  # listed here, run by `main` (see _VERBATIM)
+        sub.add_parser(name, help=what, add_help=False)
     return parser
 
 
+def _passthroughfs(argv: list[str]) -> int:
+    from .passthroughfs.cli import run
+
+    return run(argv, prog="fusetrace passthroughfs")
+
+
+def _python(argv: list[str]) -> int:
+    """Replace this process with fusetrace's interpreter: its packages, pytest plugin and
+    the bundled server importable, whatever `python` on PATH is."""
+    os.execv(sys.executable, [sys.executable, *argv])
+
+
+#: subcommands whose arguments all belong to another program: argparse would take their
+#: options (`-h`, `-m`) for fusetrace's, so `main` hands them over untouched
+_VERBATIM: dict[str, Callable[[list[str]], int]] = {
+    "passthroughfs": _passthroughfs, "python": _python}
+_VERBATIM_HELP = {
+    "passthroughfs": "run the bundled passthrough filesystem: fusetrace passthroughfs SOURCE "
+                     "MOUNTPOINT [-h for its options]",
+    "python": "run fusetrace's Python (its packages and pytest plugin importable): "
+              "fusetrace python -m pytest ...",
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in _VERBATIM:
+        return _VERBATIM[argv[0]](argv[1:])
     args = build_parser().parse_args(argv)
     run: Callable[[argparse.Namespace], int] = args.run
     try:

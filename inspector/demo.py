@@ -1,11 +1,11 @@
 """`fusetrace demo`: the bundled passthrough filesystem recorded through the proxy, exactly
 as a user would record their own server:
 
-    fusetrace record -w TRACE -- python -m inspector.passthroughfs SOURCE MOUNTPOINT
+    fusetrace record -w TRACE -- fusetrace passthroughfs SOURCE MOUNTPOINT
 
 on temporary directories, a short scripted workload through the mount, an unmount (which
 ends the recording), then the trace, one backing id's lifecycle, the check's verdict, and
-how to look further.
+how to look further (each hint a command that runs as printed).
 Needs root (mount(2) and passthrough). Passthrough ioctls reach the trace only when the
 recorder's ioctl trap works here; without it the server falls back to plain opens (its
 BACKING_OPEN fails with ENOTTY on the socket) and the demo says why no lifecycle is shown.
@@ -14,6 +14,7 @@ BACKING_OPEN fails with ENOTTY on the socket) and the demo says why no lifecycle
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 import tempfile
 from pathlib import Path
@@ -72,9 +73,9 @@ def run_demo(trace: str, no_passthrough: bool = False) -> int:
         mnt.mkdir()
         (src / "existing.txt").write_text("was here before the mount\n")
         extra = ["--no-passthrough"] if no_passthrough else []
-        server = [sys.executable, "-m", "inspector.passthroughfs", str(src), str(mnt), *extra]
-        print(" ".join(["$ fusetrace record -w", trace, "--",
-                        "python -m inspector.passthroughfs SOURCE MOUNTPOINT", *extra]),
+        args = ["passthroughfs", str(src), str(mnt), *extra]
+        server = [sys.executable, "-m", "inspector.cli", *args]  # `fusetrace`, this install's
+        print("$ " + shlex.join(["fusetrace", "record", "-w", trace, "--", "fusetrace", *args]),
               file=sys.stderr)
         with recorded_server(server, mnt, trace_path, env=env) as rec:
             workload(mnt)
@@ -101,12 +102,13 @@ def run_demo(trace: str, no_passthrough: bool = False) -> int:
                   f"({why}).\n")
         write_check(analysis, sys.stdout)
     first = f" --backing-id {lives[0].key}" if lives else " --nodeid 1"
+    t = shlex.quote(trace)
     print(f"\n{len(records)} records in {trace_path}\n"
-          f"  browse it:    fusetrace browse {trace}\n"
-          f"  anomalies:    fusetrace check {trace}\n"
-          f"  one id:       fusetrace follow {trace}{first}\n"
-          f"  figures:      fusetrace stats {trace}\n"
-          f"  full decode:  fusetrace show -v {trace}\n"
-          f"  a slice:      fusetrace show -v -r 0:20 {trace}\n"
-          f"  for scripts:  fusetrace export --jsonl {trace}")
+          f"  browse it:    fusetrace browse {t}\n"
+          f"  anomalies:    fusetrace check {t}\n"
+          f"  one id:       fusetrace follow {t}{first}\n"
+          f"  figures:      fusetrace stats {t}\n"
+          f"  full decode:  fusetrace show -v {t}\n"
+          f"  a slice:      fusetrace show -v -r 0:20 {t}\n"
+          f"  for scripts:  fusetrace export --jsonl {t}")
     return 0

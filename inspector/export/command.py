@@ -6,6 +6,8 @@ import argparse
 import sys
 from typing import Any
 
+from ..damaged import EPILOG as DAMAGED_EPILOG, finish
+
 
 def _fail(exc: Exception) -> int:
     print(f"fusetrace: error: {exc}", file=sys.stderr)
@@ -19,11 +21,11 @@ def _export(args: argparse.Namespace) -> int:
         if args.perfetto:
             from .perfetto import write_perfetto
 
-            write_perfetto(args.trace, args.output)
+            tail = write_perfetto(args.trace, args.output)
         elif args.pcapng:
             from .pcapng import write_pcapng
 
-            write_pcapng(args.trace, args.output)
+            tail = write_pcapng(args.trace, args.output)
         else:
             from ..show import write_jsonl
             from traces import TraceReader
@@ -31,21 +33,38 @@ def _export(args: argparse.Namespace) -> int:
 
             with TraceReader(args.trace) as reader, atomic_output(args.output, False) as out:
                 write_jsonl(reader, out)  # type: ignore[arg-type]
+            tail = reader.tail
     except ExportError as exc:
         return _fail(exc)
-    return 0
+    return finish(args.trace, tail, 0)
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e6:.1f} MB" if n >= 100_000 else f"{n:,} bytes"
 
 
 def _compress(args: argparse.Namespace) -> int:
+    """Convert, then index what was written: the line says what it holds, the index is
+    the one every later command wants, and the pass finds damage that the bytes carried
+    over (a trace cut short stays cut in either form)."""
+    import os
+
     from traces.compressed import compress_file, decompress_file
 
+    from ..ranges import indexed
+
     if args.command == "compress":
-        note = compress_file(args.trace, args.output, args.level)
+        frames_note = compress_file(args.trace, args.output, args.level)
+        target = args.output or args.trace + ".zst"
     else:
-        note = decompress_file(args.trace, args.output)
-    if note:
-        print(f"fusetrace: {args.trace}: {note}", file=sys.stderr)
-    return 0
+        frames_note = decompress_file(args.trace, args.output)
+        target = args.output or args.trace[:-len(".zst")]
+    with indexed(target) as idx:
+        records, tail = len(idx), idx.tail
+    before, after = os.path.getsize(args.trace), os.path.getsize(target)
+    print(f"fusetrace: wrote {target}: {records:,} records, {_size(after)} from "
+          f"{_size(before)} ({after / max(before, 1):.2f} of the size)", file=sys.stderr)
+    return finish(args.trace, frames_note or tail, 0)
 
 
 def _wireshark_plugin(args: argparse.Namespace) -> int:
@@ -63,8 +82,9 @@ def add_parsers(sub: Any) -> None:
                     "scripts; --perfetto Chrome trace-event JSON for ui.perfetto.dev and "
                     "chrome://tracing; --pcapng a capture for Wireshark and tshark "
                     "(decoded by `fusetrace wireshark-plugin`).",
-        epilog="A cut or garbled trace is refused with exit 2 (--perfetto, --pcapng) and "
-               "leaves no output file behind.")
+        epilog="A damaged trace is exported up to the damage, in every format: exit 3 and "
+               "one line on stderr (fusetrace --help). An export that fails leaves no "
+               "output file behind.")
     fmt = export.add_mutually_exclusive_group()
     fmt.add_argument("--jsonl", action="store_true", help="JSON lines (the default)")
     fmt.add_argument("--perfetto", action="store_true",
@@ -91,14 +111,17 @@ def add_parsers(sub: Any) -> None:
     comp = sub.add_parser(
         "compress", help="compress a trace with zstd in independent frames (.fzt.zst)",
         description="Every command reads the compressed trace as it reads the plain one, "
-                    "random access included.")
+                    "random access included. Says what it wrote, with the sizes.",
+        epilog=DAMAGED_EPILOG)
     comp.add_argument("trace", help="trace file (.fzt)")
     comp.add_argument("-o", "--output", metavar="OUT", help="default: TRACE.zst")
     comp.add_argument("-l", "--level", type=int, default=3, metavar="N",
                       help="zstd level (default %(default)s)")
     comp.set_defaults(run=_compress)
 
-    decomp = sub.add_parser("decompress", help="a .fzt.zst trace back to a plain .fzt")
+    decomp = sub.add_parser("decompress", help="a .fzt.zst trace back to a plain .fzt",
+                            epilog="A compressed trace cut short is written up to its last "
+                                   "whole frame: one warning line on stderr and exit 3.")
     decomp.add_argument("trace", help="compressed trace (.fzt.zst)")
     decomp.add_argument("-o", "--output", metavar="OUT",
                         help="default: TRACE without its .zst")

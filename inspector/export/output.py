@@ -1,8 +1,9 @@
-"""Writing an export whole or not at all: a cut or garbled trace leaves no file behind.
+"""Writing an export whole or not at all: a conversion that fails leaves no file behind.
 
 Exports are read by other tools that cannot tell a half-written file from a short
 session, so the output goes to a temporary file beside the target and is renamed into
-place only once the whole trace has been read and converted.
+place only once every record has been read and converted. A damaged trace is exported
+up to the damage, which the command says on stderr with exit 3 (`inspector.damaged`).
 """
 
 from __future__ import annotations
@@ -40,9 +41,3 @@ def atomic_output(path: str, binary: bool) -> Iterator[IO[bytes] | IO[str]]:
     except BaseException:
         os.unlink(tmp)
         raise
-
-
-def require_whole(tail: str | None, path: str) -> None:
-    """Exports refuse a trace that is cut or garbled, rather than export part of it."""
-    if tail is not None:
-        raise ExportError(f"{path}: {tail}; nothing exported (`fusetrace show` reads what is there)")

@@ -37,7 +37,7 @@ from dissectors.context import Dialect
 from inspector.timeline import Entry, annotate, entries, event_text
 from traces import Kind, TraceReader
 
-from .output import ExportError, atomic_output, require_whole
+from .output import ExportError, atomic_output
 
 LINKTYPE_USER0 = 147
 ENCAP_VERSION = 1
@@ -138,21 +138,21 @@ def packet_blocks(reader: TraceReader) -> Iterator[bytes]:
         yield packet_block(rec.ts, head + payload, len(head) + true_len, comment)
 
 
-def write_pcapng(path: str, out_path: str) -> None:
+def write_pcapng(path: str, out_path: str) -> str | None:
     """Convert `path` and write it to `out_path` ("-": standard output), whole or not at
     all: a file is streamed into a temporary file, standard output gets the blocks only
-    once the whole trace was read."""
+    once every record was converted. A damaged trace is converted up to the damage;
+    returns the reader's note on it (None for a whole trace)."""
     with TraceReader(path) as reader:
         blocks = packet_blocks(reader)
         with atomic_output(out_path, binary=True) as out:
             if out_path == "-":
                 done = list(blocks)
-                require_whole(reader.tail, path)
                 _write(out, [header_blocks(path), *done])  # type: ignore[arg-type]
             else:
                 _write(out, [header_blocks(path)])  # type: ignore[arg-type]
                 _write(out, blocks)  # type: ignore[arg-type]
-                require_whole(reader.tail, path)
+        return reader.tail
 
 
 def _write(out: IO[bytes], blocks: Iterable[bytes]) -> None:

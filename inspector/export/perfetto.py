@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import Any
 
 from dissectors.constants import NO_REPLY_OPCODES, Opcode
 from dissectors.fields import errno_name
@@ -34,7 +34,7 @@ from inspector.lifecycles import analyse
 from inspector.timeline import Entry, entries, event_text
 from traces import Kind, TraceReader
 
-from .output import ExportError, atomic_output, require_whole
+from .output import ExportError, atomic_output
 
 _PID_LIMIT = 1 << 22  # PID_MAX_LIMIT: real pids and tids stay below
 KERNEL_PID = _PID_LIMIT  # requests whose header pid is 0
@@ -181,7 +181,8 @@ def _lanes(slices: list[_Slice], names: dict[tuple[int, int | None], str]) -> No
 
 
 def perfetto_trace(path: str) -> dict[str, Any]:
-    """The whole trace as one trace-event JSON object; `ExportError` if it is cut."""
+    """The trace as one trace-event JSON object; a damaged trace up to the damage, with
+    the reader's note on it as `otherData.damaged`."""
     b = _Builder()
     with TraceReader(path) as reader:
         header = reader.header
@@ -196,7 +197,7 @@ def perfetto_trace(path: str) -> dict[str, Any]:
                 b.ioctl(entry)
             else:
                 b.event(entry)
-        require_whole(reader.tail, path)
+        damaged = reader.tail
     for s in b.open_by_unique.values():
         s.end = b.last_ts
         s.args["unanswered"] = True
@@ -214,7 +215,7 @@ def perfetto_trace(path: str) -> dict[str, Any]:
         meta.append({"name": what, "ph": "M", "pid": pid, "tid": tid or pid, "args": {"name": name}})
     b.events.sort(key=lambda e: e["ts"])
     return {"traceEvents": meta + b.events, "displayTimeUnit": "ns",
-            "otherData": {"source": "fusetrace", "trace": path,
+            "otherData": {"source": "fusetrace", "trace": path, "damaged": damaged,
                           "header": _plain({k: v for k, v in header.items() if k != "magic"})}}
 
 
@@ -249,8 +250,9 @@ def _backing_spans(b: _Builder, path: str) -> None:
                              "pid": s.pid, "tid": s.tid})
 
 
-def write_perfetto(path: str, out_path: str) -> None:
-    """Convert `path` and write it to `out_path` ("-": standard output), whole or not at all."""
+def write_perfetto(path: str, out_path: str) -> str | None:
+    """Convert `path` and write it to `out_path` ("-": standard output), whole or not at
+    all; returns the note on a damaged trace (None for a whole one)."""
     doc = perfetto_trace(path)
     try:
         text = json.dumps(doc, separators=(",", ":"))
@@ -259,3 +261,4 @@ def write_perfetto(path: str, out_path: str) -> None:
     with atomic_output(out_path, binary=False) as out:
         out.write(text)
         out.write("\n")
+    return doc["otherData"]["damaged"]  # type: ignore[no-any-return]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 from typing import Sequence
 
@@ -38,9 +39,10 @@ def _mount_options(values: list[str], parser: argparse.ArgumentParser) -> dict[s
     return options
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+def parse_args(argv: Sequence[str] | None = None,
+               prog: str = "python -m inspector.passthroughfs") -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m inspector.passthroughfs",
+        prog=prog,
         description="Mirror SOURCE at MOUNTPOINT over the raw FUSE protocol, with FUSE "
                     "passthrough for regular files. MOUNTPOINT /dev/fd/N serves an "
                     "already-mounted connection on descriptor N.",
@@ -106,9 +108,11 @@ def setup_logging(debug: bool) -> None:
                         format="passthroughfs %(levelname)s %(threadName)s: %(message)s")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    """Serve until unmounted; `prog` is the command that ran us (`fusetrace
+    passthroughfs`), for the usage line and the trace header's argv."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = parse_args(argv)
+    args = parse_args(argv, prog) if prog else parse_args(argv)
     setup_logging(args.debug)
     os.umask(0)  # the kernel already applied the caller's umask to the modes it sends
     misbehave: Misbehaviour = args.misbehave
@@ -118,7 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.trace:
             tracer = Tracer.create(args.trace, {
-                "source": "passthroughfs", "argv": [sys.argv[0], *argv],
+                "source": "passthroughfs", "argv": [*(prog.split() if prog else sys.argv[:1]), *argv],
                 "mountpoint": args.mountpoint, "kernel": os.uname().release,
                 "source_dir": args.source, "passthrough": args.passthrough,
                 "misbehave": sorted(misbehave.flags) + [
@@ -144,4 +148,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             conn.unmount()  # does nothing when already unmounted
         tracer.event("server_exit", status=status)
         tracer.close()
+    return status
+
+
+def run(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    """`main`, then deaf to SIGTERM and SIGINT: the session is over, and a late signal (a
+    test's cleanup racing our own exit) must not turn a clean exit into -15. Ignored
+    signals stay ignored through interpreter shutdown."""
+    status = main(argv, prog)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     return status

@@ -14,7 +14,7 @@ from typing import Any, Iterable
 
 from dissectors.constants import Opcode
 from inspector.lifecycles import wire
-from traces import Kind, Record, TraceReader, TraceWriter
+from traces import Kind, Record, TraceReader, TraceReadError, TraceWriter
 
 _IN_HEADER = struct.Struct("<IIQQ")  # len opcode unique nodeid
 _OUT_HEADER = struct.Struct("<IiQ")  # len error unique
@@ -88,6 +88,8 @@ def cut(path: str | os.PathLike[str]) -> Cut:
     reader = TraceReader(path)
     header = {k: v for k, v in reader.header.items() if k not in ("magic", "format")}
     records = list(reader)
+    if reader.tail:  # the damaged-trace rule (inspector.damaged): replays need the whole session
+        raise TraceReadError(f"{path}: {reader.tail}; a replay needs the whole trace")
     units: list[Unit] = []
     always: list[int] = []
     by_unique: dict[int, int] = {}  # unique → unit of the request still waiting

@@ -185,6 +185,17 @@ def session_facts(a: Analysis) -> dict[str, Any]:
             "tail": a.tail}
 
 
+def _table(header: list[str], rows: list[list[str]], out: IO[str], first: str = "<") -> None:
+    """Columns as wide as their widest cell, two spaces apart, so no value runs into the
+    next however large: the first aligned by `first`, numbers right, and the last (free
+    text) left and unpadded."""
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header) - 1)]
+    aligns = [first] + [">"] * (len(widths) - 1)
+    for r in [header, *rows]:
+        cells = [f"{cell:{a}{w}}" for cell, a, w in zip(r, aligns, widths)]
+        print("  ".join([*cells, r[-1]]).rstrip(), file=out)
+
+
 def write_stats(a: Analysis, out: IO[str]) -> None:
     ops, totals = collect(a.path)
     facts = session_facts(a)
@@ -192,26 +203,27 @@ def write_stats(a: Analysis, out: IO[str]) -> None:
         if k != "tail" or v:  # a cut trace says where the counts stop
             print(f"{k + ':':<12} {v}", file=out)
     print("totals:      " + ", ".join(f"{k} {v}" for k, v in totals.items()), file=out)
-    print(f"\n{'opcode':<16}{'count':>9}{'p50 ms':>10}{'p90 ms':>10}{'p99 ms':>10}{'max ms':>10}"
-          f"{'bytes in':>12}{'bytes out':>12}  errors", file=out)
-    for name, st in sorted(ops.items(), key=lambda kv: -kv[1].count):
-        errors = " ".join(f"{e}×{n}" for e, n in st.errors.most_common())
-        print(f"{name:<16}{st.count:>9}{_ms(st.percentile(50)):>10}{_ms(st.percentile(90)):>10}"
-              f"{_ms(st.percentile(99)):>10}{_ms(st.latencies[-1] if st.latencies else None):>10}"
-              f"{st.bytes_in:>12}{st.bytes_out:>12}  {errors}", file=out)
+    print(file=out)
+    _table(["opcode", "count", "p50 ms", "p90 ms", "p99 ms", "max ms", "bytes in",
+            "bytes out", "errors"],
+           [[name, str(st.count), _ms(st.percentile(50)), _ms(st.percentile(90)),
+             _ms(st.percentile(99)), _ms(st.latencies[-1] if st.latencies else None),
+             str(st.bytes_in), str(st.bytes_out),
+             " ".join(f"{e}×{n}" for e, n in st.errors.most_common())]
+            for name, st in sorted(ops.items(), key=lambda kv: -kv[1].count)], out)
     split = relay_split(a.path)
     if split.server:
-        print(f"\nrecording   {'p50 ms':>10}{'p99 ms':>10}  ({len(split.server)} exchanges; "
-              f"the relay's wake-ups count as the server's)", file=out)
-        for label, which in (("server", "server"), ("relay added", "added")):
-            print(f"{label:<12}{_ms(split.percentile(which, 50)):>10}"
-                  f"{_ms(split.percentile(which, 99)):>10}", file=out)
+        print(file=out)
+        _table(["recording", "p50 ms", "p99 ms",
+                f"({len(split.server)} exchanges; the relay's wake-ups count as the server's)"],
+               [[label, _ms(split.percentile(which, 50)), _ms(split.percentile(which, 99)), ""]
+                for label, which in (("server", "server"), ("relay added", "added"))], out)
     rows = backing_rows(a)
     if rows:
-        print(f"\n{'backing id':>10} {'opens':>6} {'lifetime ms':>12}  verdict / path", file=out)
-        for r in rows:
-            print(f"{r['backing_id']:>10} {r['opens']:>6} {_ms(r['lifetime_ns']):>12}  "
-                  f"{r['verdict']}  {r['path']}", file=out)
+        print(file=out)
+        _table(["backing id", "opens", "lifetime ms", "verdict / path"],
+               [[str(r["backing_id"]), str(r["opens"]), _ms(r["lifetime_ns"]),
+                 f"{r['verdict']}  {r['path']}"] for r in rows], out, first=">")
 
 
 def stats_json(a: Analysis) -> dict[str, Any]:

@@ -133,6 +133,8 @@ class ServeSession:
         if there:
             raise ServeError(f"mountpoint {self.target} is in use: {there[-1].fstype} is "
                              "mounted there")
+        if not os.path.lexists(self.target):
+            raise ServeError(f"mountpoint {self.cfg.mountpoint} does not exist (mkdir it first)")
         if not os.path.isdir(self.target):
             raise ServeError(f"mountpoint {self.cfg.mountpoint}: not a directory")
 

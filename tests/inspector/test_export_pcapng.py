@@ -81,6 +81,7 @@ from dissectors.structs import (
     FuseWriteIn,
     FuseWriteOut,
 )
+from inspector.damaged import warning
 from inspector.export.wireshark import _Collector, layer_id, plugin_text
 from inspector.timeline import Entry, entries, event_text
 from traces import TraceReader, TraceWriter
@@ -388,15 +389,32 @@ def test_stdout_is_the_same_capture(session: Path, pcap: Path) -> None:
 
 
 @pytest.mark.parametrize("damage", ["cut", "garbled"])
-def test_a_damaged_trace_exports_nothing(session: Path, tmp_path: Path, damage: str) -> None:
+def test_a_damaged_trace_exports_its_good_records(session: Path, tmp_path: Path,
+                                                  damage: str) -> None:
+    """The damaged-trace rule: every record before the damage is a packet, to a file and
+    to standard output alike, then one warning line on stderr and exit 3."""
     bad = damaged_copies(session, tmp_path)[damage]
-    for target in ("out.pcapng", "-"):
-        out = tmp_path / target if target != "-" else "-"
-        done = fusetrace("export", "--pcapng", "-o", str(out), str(bad))
-        assert done.returncode == 2, done
-        assert len(done.stderr.splitlines()) == 1 and "nothing exported" in done.stderr
-        assert done.stdout == ""
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["cut.fzt", "garbled.fzt"]
+    with TraceReader(bad) as reader:
+        good = sum(1 for _ in reader)
+        tail = reader.tail
+    assert tail is not None
+    out = tmp_path / "out.pcapng"
+    done = subprocess.run([*FUSETRACE, "export", "--pcapng", "-o", str(out), str(bad)],
+                          capture_output=True, timeout=60, cwd=REPO)
+    piped = subprocess.run([*FUSETRACE, "export", "--pcapng", "-o", "-", str(bad)],
+                           capture_output=True, timeout=60, cwd=REPO)
+    for run in (done, piped):
+        assert run.returncode == 3
+        assert run.stderr.decode() == warning(str(bad), tail) + "\n"
+    data = out.read_bytes()
+    assert piped.stdout == data
+    kinds, at = [], 0
+    while at < len(data):
+        kind, length = struct.unpack_from("<II", data, at)
+        kinds.append(kind)
+        at += length
+    assert kinds.count(6) == good  # enhanced packet blocks
+    assert not list(tmp_path.glob(".*")), "no temporary file left behind"
 
 
 def test_a_field_added_to_a_struct_appears_in_the_plugin() -> None:

@@ -12,6 +12,8 @@ from typing import Any
 import pytest
 
 from dissectors.constants import NO_REPLY_OPCODES, Opcode
+from inspector.damaged import warning
+from inspector.export.perfetto import perfetto_trace
 from inspector.lifecycles import analyse
 from inspector.timeline import entries
 from traces import TraceReader
@@ -140,12 +142,23 @@ def test_every_backing_id_is_one_span_with_arrows_to_its_opens(session: Path,
             assert s["ts"] <= f["ts"] <= s["ts"] + s["dur"] and f["ts"] >= ioctl["ts"]
 
 
-def test_damaged_traces_exit_2_and_leave_nothing(session: Path, tmp_path: Path) -> None:
+def test_damaged_traces_export_their_good_records(session: Path, tmp_path: Path) -> None:
+    """The damaged-trace rule: the records before the damage, the note on it in
+    `otherData.damaged`, one warning line on stderr and exit 3; a file and standard
+    output alike."""
+    whole = perfetto_trace(str(session))
     for what, path in damaged_copies(session, tmp_path).items():
+        with TraceReader(path) as reader:
+            good = sum(1 for _ in reader)
+            tail = reader.tail
         out = tmp_path / f"{what}.json"
         done = fusetrace("export", "--perfetto", "-o", str(out), str(path))
-        assert done.returncode == 2, (what, done.stderr)
-        assert len(done.stderr.strip().splitlines()) == 1 and "trace cut at byte" in done.stderr
-        assert not out.exists() and list(tmp_path.glob(".*")) == []
-        done = fusetrace("export", "--perfetto", str(path))  # to stdout: nothing either
-        assert done.returncode == 2 and done.stdout == ""
+        piped = fusetrace("export", "--perfetto", str(path))
+        for run in (done, piped):
+            assert run.returncode == 3, (what, run.stderr)
+            assert run.stderr == warning(str(path), tail) + "\n"
+        doc = json.loads(out.read_text())
+        assert json.loads(piped.stdout) == doc
+        assert doc["otherData"]["damaged"] == tail
+        assert 0 < good and 0 < len(doc["traceEvents"]) < len(whole["traceEvents"])
+        assert list(tmp_path.glob(".*")) == []

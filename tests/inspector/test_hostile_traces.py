@@ -165,20 +165,23 @@ def _write(path: Path, header: dict[str, Any], records: list[Any]) -> None:
 
 # --- the commands ----------------------------------------------------------------------
 
-#: argv after the trace's path → the exit statuses the command documents
+#: argv after the trace's path → the exit statuses the command documents (3: the trace
+#: is damaged and the command used what came before the damage)
 COMMANDS: list[tuple[list[str], set[int]]] = [
-    (["show", "{t}"], {0, 2}),
-    (["show", "-v", "-x", "{t}"], {0, 2}),
-    (["show", "-r=-20:", "{t}"], {0, 2}),
-    (["show", "--filter", "err or backing or anomaly or lat>1us", "{t}"], {0, 2}),
-    (["export", "--jsonl", "-o", "{d}/out.jsonl", "{t}"], {0, 2}),
-    (["export", "--perfetto", "-o", "{d}/out.json", "{t}"], {0, 2}),
-    (["check", "{t}"], {0, 1, 2}),
-    (["check", "--json", "{t}"], {0, 1, 2}),
-    (["follow", "--backing-id", "1", "{t}"], {0, 1, 2}),
-    (["follow", "--nodeid", "2", "{t}"], {0, 1, 2}),
-    (["stats", "{t}"], {0, 2}),
-    (["stats", "--json", "{t}"], {0, 2}),
+    (["show", "{t}"], {0, 2, 3}),
+    (["show", "-v", "-x", "{t}"], {0, 2, 3}),
+    (["show", "-r=-20:", "{t}"], {0, 2, 3}),
+    (["show", "--filter", "err or backing or anomaly or lat>1us", "{t}"], {0, 2, 3}),
+    (["export", "--jsonl", "-o", "{d}/out.jsonl", "{t}"], {0, 2, 3}),
+    (["export", "--perfetto", "-o", "{d}/out.json", "{t}"], {0, 2, 3}),
+    (["export", "--pcapng", "-o", "{d}/out.pcapng", "{t}"], {0, 2, 3}),
+    (["check", "{t}"], {0, 1, 2, 3}),
+    (["check", "--json", "{t}"], {0, 1, 2, 3}),
+    (["follow", "--backing-id", "1", "{t}"], {0, 1, 2, 3}),
+    (["follow", "--nodeid", "2", "{t}"], {0, 1, 2, 3}),
+    (["stats", "{t}"], {0, 2, 3}),
+    (["stats", "--json", "{t}"], {0, 2, 3}),
+    (["compress", "-o", "{d}/out.fzt.zst", "{t}"], {0, 2, 3}),
 ]
 
 
@@ -243,8 +246,11 @@ def drive(path: Path) -> None:
         args = [a.format(t=path, d=path.parent) for a in argv]
         code, err = _run(args)
         assert code in allowed, (args, code, err)
+        last = err.rstrip("\n").splitlines()[-1] if err.strip() else ""
         if code == 2:
-            assert err.rstrip("\n").splitlines()[-1].startswith("fusetrace: "), (args, err)
+            assert last.startswith("fusetrace: "), (args, err)
+        assert (code == 3) == last.startswith(f"fusetrace: warning: {path} is damaged: "), \
+            (args, code, err)
     for run in IN_PROCESS:
         with contextlib.suppress(TraceReadError):  # what the app and commands exit 2 on
             run(path)
@@ -280,17 +286,18 @@ def test_mutated_traces_never_crash_a_command(edits: list[tuple[Any, ...]]) -> N
 ])
 def test_a_bad_record_is_a_note_not_a_traceback(tmp_path: Path, bad: list[Any]) -> None:
     """`check` on a trace with a crafted record: the records before it are checked, the
-    note says where reading stopped, and the exit is not 1-by-traceback."""
+    note says where reading stopped, and the exit is the damaged trace's 3, not
+    1-by-traceback."""
     path = tmp_path / "t.fzt"
     _write(path, BASE_HEADER, [*BASE_RECORDS[:20], bad, *BASE_RECORDS[20:]])
     code, _ = _run(["check", str(path)])
     out = io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
         main(["check", str(path)])
-    assert code in (0, 1)
+    assert code == 3
     assert "after 20 good records: bad record:" in out.getvalue()
     stats = io.StringIO()
-    with contextlib.redirect_stdout(stats):
-        assert main(["stats", str(path)]) == 0
+    with contextlib.redirect_stdout(stats), contextlib.redirect_stderr(io.StringIO()):
+        assert main(["stats", str(path)]) == 3
     assert "tail:        trace cut at byte" in stats.getvalue()
     drive(path)
