@@ -15,6 +15,11 @@ def _fail(exc: Exception) -> int:
 def _export(args: argparse.Namespace) -> int:
     from .output import ExportError
 
+    if args.parquet is not None:
+        return _export_parquet(args)
+    if len(args.trace) > 1:
+        return _fail(ValueError("only --parquet exports several traces at once"))
+    args.trace = args.trace[0]
     try:
         if args.perfetto:
             from .perfetto import write_perfetto
@@ -31,6 +36,20 @@ def _export(args: argparse.Namespace) -> int:
 
             with TraceReader(args.trace) as reader, atomic_output(args.output, False) as out:
                 write_jsonl(reader, out)  # type: ignore[arg-type]
+    except ExportError as exc:
+        return _fail(exc)
+    return 0
+
+
+def _export_parquet(args: argparse.Namespace) -> int:
+    from .output import ExportError
+    from .parquet import write_parquet
+
+    if args.output != "-":
+        return _fail(ValueError("--parquet writes to the directory it names, not to -o"))
+    try:
+        write_parquet(args.parquet, args.trace, lambda note: print(f"fusetrace: {note}",
+                                                                   file=sys.stderr))
     except ExportError as exc:
         return _fail(exc)
     return 0
@@ -58,13 +77,15 @@ def _wireshark_plugin(args: argparse.Namespace) -> int:
 def add_parsers(sub: Any) -> None:
     """Add the subcommands to the `fusetrace` parser's subparsers."""
     export = sub.add_parser(
-        "export", help="write a trace for other tools: JSON lines, Perfetto, Wireshark",
+        "export", help="write a trace for other tools: JSON lines, Perfetto, Wireshark, Parquet",
         description="Convert a trace: --jsonl (default) one JSON object per record for "
                     "scripts; --perfetto Chrome trace-event JSON for ui.perfetto.dev and "
                     "chrome://tracing; --pcapng a capture for Wireshark and tshark "
-                    "(decoded by `fusetrace wireshark-plugin`).",
+                    "(decoded by `fusetrace wireshark-plugin`); --parquet OUT the tables of "
+                    "`fusetrace sql` for DuckDB, Spark, Trino, Polars or pandas, several "
+                    "traces at once.",
         epilog="A cut or garbled trace is refused with exit 2 (--perfetto, --pcapng) and "
-               "leaves no output file behind.")
+               "leaves no output file behind; --parquet exports its whole records and says so.")
     fmt = export.add_mutually_exclusive_group()
     fmt.add_argument("--jsonl", action="store_true", help="JSON lines (the default)")
     fmt.add_argument("--perfetto", action="store_true",
@@ -73,9 +94,14 @@ def add_parsers(sub: Any) -> None:
     fmt.add_argument("--pcapng", action="store_true",
                      help="pcapng, every record a packet (link type USER0, ns timestamps); "
                           "tshark -X lua_script:$(fusetrace wireshark-plugin) -r OUT decodes it")
+    fmt.add_argument("--parquet", metavar="OUT",
+                     help="a Parquet dataset in directory OUT: OUT/TABLE/trace=NAME/*.parquet "
+                          "for each table of `fusetrace sql --help` and each TRACE, and "
+                          "OUT/schema.json; a cut trace gives the rows of its whole records")
     export.add_argument("-o", "--output", default="-", metavar="OUT",
                         help="file to write (default -: standard output)")
-    export.add_argument("trace", help="trace file (.fzt or .fzt.zst)")
+    export.add_argument("trace", nargs="+", metavar="TRACE",
+                        help="trace file (.fzt or .fzt.zst); several only with --parquet")
     export.set_defaults(run=_export)
 
     plugin = sub.add_parser(

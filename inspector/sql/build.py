@@ -31,6 +31,7 @@ from dissectors.fields import errno_name
 from dissectors.ioctls import DevIoctl, ioctl_arg_fields, ioctl_name
 from dissectors.summary import notify_name, opcode_name
 from traces import Kind, TraceReader
+from traces.stream import gc_paused
 
 from ..exchanges import _NO_REPLY as NO_REPLY  # the exchanges' rule: who gets no reply
 from . import layout
@@ -191,8 +192,13 @@ class TraceTables:
             self.header = reader.header
             records = reader.arrays()
             base = 0
-            while objs := list(islice(records, CHUNK)):
-                yield from self._chunk(objs, base)
+            while True:
+                with gc_paused():  # a chunk is thousands of fresh lists: collections free nothing
+                    objs = list(islice(records, CHUNK))
+                    if not objs:
+                        break
+                    batches = list(self._chunk(objs, base))
+                yield from batches
                 base += len(objs)
             self.records, self.tail = reader.good_records, reader.tail
         if self._carry is not None and self._carry.n:
@@ -445,9 +451,9 @@ class TraceTables:
                 detail = {k: v for k, v in meta.items() if k != "event"}
                 events.append((base + i, int(ts[i]), str(meta["event"]), to_json(detail)))
         if ioctls:
-            yield "ioctls", self._rows_batch(IOCTLS, ioctls)
+            yield "ioctls", rows_batch(IOCTLS, ioctls, self.name, self.with_trace)
         if events:
-            yield "events", self._rows_batch(EVENTS, events)
+            yield "events", rows_batch(EVENTS, events, self.name, self.with_trace)
 
     def _batch(self, table: Table, cols: _Columns, extra: dict[str, pa.Array]) -> pa.RecordBatch:
         arrays, fields = [], []
@@ -462,13 +468,15 @@ class TraceTables:
             fields.append(pa.field(col.name, col.arrow))
         return pa.RecordBatch.from_arrays(arrays, schema=pa.schema(fields))
 
-    def _rows_batch(self, table: Table, rows: list[tuple[Any, ...]]) -> pa.RecordBatch:
-        """A batch from row tuples holding every column but `trace`, in schema order."""
-        names = [c.name for c in table.columns if c.name != PARTITION]
-        data = {name: [r[k] for r in rows] for k, name in enumerate(names)}
-        if self.with_trace:
-            data[PARTITION] = [self.name] * len(rows)
-        return pa.RecordBatch.from_pydict(data, schema=table.arrow_schema(self.with_trace))
+
+def rows_batch(table: Table, rows: list[tuple[Any, ...]], name: str,
+               with_trace: bool) -> pa.RecordBatch:
+    """A batch from row tuples holding every column but `trace`, in schema order."""
+    names = [c.name for c in table.columns if c.name != PARTITION]
+    data: dict[str, list[Any]] = {n: [r[k] for r in rows] for k, n in enumerate(names)}
+    if with_trace:
+        data[PARTITION] = [name] * len(rows)
+    return pa.RecordBatch.from_pydict(data, schema=table.arrow_schema(with_trace))
 
 
 def _constant(value: str, n: int) -> pa.Array:
