@@ -93,10 +93,10 @@ def _strings(value: Any) -> list[str] | None:
 def trace_row(tables: TraceTables, rows: PassRows) -> tuple[Any, ...]:
     """The `traces` row of a trace whose batches were all read."""
     h = tables.header
-    created = _int(h.get("created"))
+    created = _int(h.get("created"))  # ns; the column is µs, as SQL timestamps are
     return (
         os.path.abspath(tables.path), _int(h.get("format"), 0, 1 << 32), _text(h.get("tool")),
-        created, _text(h.get("kernel")), _text(h.get("source")), _strings(h.get("argv")),
+        created // 1000 if created is not None else None, _text(h.get("kernel")), _text(h.get("source")), _strings(h.get("argv")),
         _text(h.get("mountpoint")), _int(h.get("snaplen"), -(1 << 63)), tables.records,
         os.path.getsize(tables.path), tables.first_ns, tables.last_ns, rows.end_reason,
         tables.tail, tables.ctx.minor if tables.init_seen else None,

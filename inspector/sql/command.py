@@ -47,24 +47,18 @@ class Database:
 
     def __init__(self, traces: Sequence[str], exports: Sequence[str],
                  warn: Any = lambda note: None) -> None:
-        import pyarrow as pa
+        from .sources import read_tables
 
-        from .sources import each_trace
-
-        built: dict[str, list[Any]] = {t.name: [] for t in TABLES}
-        for tables, batches in each_trace(list(traces)):  # before DuckDB starts its threads
-            for name, batch in batches:
-                built[name].append(batch)
-            if tables.tail:
-                warn(f"{tables.path}: {tables.tail}; its tables hold the rows of its "
-                     f"{tables.records} whole records")
+        built = read_tables(list(traces), warn) if traces else {}  # before DuckDB's threads
         import duckdb
+
+        from ..export.parquet import table_glob
 
         self.con = duckdb.connect(":memory:")
         for table in TABLES:
             parts = []
             if traces:
-                data = pa.Table.from_batches(built.pop(table.name), table.arrow_schema())
+                data = built.pop(table.name)
                 if not exports:  # DuckDB reads the Arrow table in place
                     self.con.register(table.name, data)
                     continue
@@ -72,8 +66,6 @@ class Database:
                 parts.append(f"SELECT * FROM {table.name}__traces")
             columns = ", ".join(f'"{c.name}"' for c in table.columns)
             for out in exports:
-                from ..export.parquet import table_glob
-
                 parts.append(f"SELECT {columns} FROM read_parquet("
                              f"{_quote(table_glob(out, table.name))}, hive_partitioning = true, "
                              f"hive_types = {{'{PARTITION}': VARCHAR}})")

@@ -26,7 +26,7 @@ ARROW_TYPES: dict[str, pa.DataType] = {
     "UINTEGER": pa.uint32(),
     "BIGINT": pa.int64(),
     "UBIGINT": pa.uint64(),
-    "TIMESTAMPTZ": pa.timestamp("ns", tz="UTC"),
+    "TIMESTAMPTZ": pa.timestamp("us", tz="UTC"),
     "VARCHAR[]": pa.list_(pa.string()),
     "UBIGINT[]": pa.list_(pa.uint64()),
 }

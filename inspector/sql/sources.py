@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Iterator
+from typing import Callable, Iterator
 
 import pyarrow as pa
 
 from .analysis import finish_pass, pass_batches, start_pass, workers
 from .build import TraceTables
+from .schema import TABLES
 
 _SUFFIXES = (".fzt.zst", ".fzt", ".zst")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+-]")
@@ -55,3 +56,15 @@ def each_trace(paths: list[str], with_trace: bool = True) -> Iterator[tuple[Trac
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
+
+
+def read_tables(paths: list[str], warn: Callable[[str], None] = lambda note: None) -> dict[str, pa.Table]:
+    """Every table of `paths`, in memory; `warn` hears of cut traces."""
+    built: dict[str, list[pa.RecordBatch]] = {t.name: [] for t in TABLES}
+    for tables, batches in each_trace(paths):
+        for name, batch in batches:
+            built[name].append(batch)
+        if tables.tail:
+            warn(f"{tables.path}: {tables.tail}; its tables hold the rows of its "
+                 f"{tables.records} whole records")
+    return {t.name: pa.Table.from_batches(built[t.name], t.arrow_schema()) for t in TABLES}
