@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 from bisect import bisect_right
+from functools import lru_cache
 from itertools import islice
 from operator import itemgetter
 from typing import Any, Callable, Iterator
@@ -26,7 +27,7 @@ import pyarrow as pa
 
 from dissectors import SessionDecoder
 from dissectors.constants import IN_HEADER_SIZE, OUT_HEADER_SIZE, Opcode
-from dissectors.context import FuseContext
+from dissectors.context import Dialect, FuseContext
 from dissectors.fields import errno_name
 from dissectors.ioctls import DevIoctl, ioctl_arg_fields, ioctl_name
 from dissectors.summary import notify_name, opcode_name
@@ -484,10 +485,15 @@ def _constant(value: str, n: int) -> pa.Array:
                                           pa.array([value])).cast(pa.string())
 
 
-def _ioctl_row(record: int, ts: int, meta: dict[str, Any], dialect: Any) -> tuple[Any, ...]:
+@lru_cache(maxsize=1 << 14)
+def _ioctl(cmd: int, arg: bytes, dialect: Dialect) -> tuple[str, dict[str, int]]:
+    """Name and argument fields (memoized: a server passes the same few fds and ids)."""
+    return ioctl_name(cmd, dialect), ioctl_arg_fields(cmd, arg, dialect)
+
+
+def _ioctl_row(record: int, ts: int, meta: dict[str, Any], dialect: Dialect) -> tuple[Any, ...]:
     cmd = meta["cmd"]
-    arg = meta.get("arg") or b""
-    fields = ioctl_arg_fields(cmd, arg, dialect)
+    name, fields = _ioctl(cmd, meta.get("arg") or b"", dialect)
     result = meta.get("result")
     err = meta.get("errno", 0)
     if cmd in _OPENS:
@@ -495,7 +501,7 @@ def _ioctl_row(record: int, ts: int, meta: dict[str, Any], dialect: Any) -> tupl
     else:
         backing = fields.get("backing_id")
     fd = fields.get("fd", meta.get("fd"))
-    return (record, ts, ioctl_name(cmd, dialect), cmd, backing, fd, meta.get("path"),
+    return (record, ts, name, cmd, backing, fd, meta.get("path"),
             result, err, meta.get("pid"), meta.get("tid"))
 
 
