@@ -286,7 +286,7 @@ def add_parser(sub: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Open traces as SQL tables in an embedded DuckDB and run QUERY, or read "
                     "statements from standard input\n(a shell on a terminal: .help, .schema, "
-                    ".quit). Each table holds the rows of every SOURCE, told apart\nby its "
+                    ".quit). Each table holds the rows of every TRACE, told apart\nby its "
                     "`trace` column. A cut trace gives the rows of its whole records (stderr "
                     "says so);\nSQL DuckDB refuses is one line on stderr and exit 2.",
         epilog=help_text() + "\n\nexample:\n  fusetrace sql -e \"SELECT opcode, count(*), "
