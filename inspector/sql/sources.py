@@ -9,6 +9,8 @@ from typing import Callable, Iterator
 
 import pyarrow as pa
 
+from traces import TraceReader
+
 from .analysis import finish_pass, pass_batches, start_pass, workers
 from .build import TraceTables
 from .schema import TABLES
@@ -41,7 +43,10 @@ Batches = Iterator[tuple[str, pa.RecordBatch]]
 
 def each_trace(paths: list[str], with_trace: bool = True) -> Iterator[tuple[TraceTables, Batches]]:
     """(the trace's builder, all its batches: table name and batch), trace by trace. The
-    builder's `tail` says, once its batches are read, whether the trace was cut."""
+    builder's `tail` says, once its batches are read, whether the trace was cut. Every
+    trace's header is read first: one that cannot be opened stops all before any work."""
+    for path in paths:
+        TraceReader(path).close()
     pool = workers()
     try:
         passes = [start_pass(pool, path) for path in paths]

@@ -183,6 +183,13 @@ def test_the_parquet_export_reads_back_as_the_same_tables(trace: Path, tmp_path:
     assert res.stdout == "trace,records\nother,3000\nsynthetic,500\n", res.stderr
     assert not [p for p in out.iterdir() if p.name.startswith(".")]
 
+    # a trace that cannot be read stops the export before it changes anything
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    synthetic_trace(tmp_path / "third.fzt", 100)
+    res = fusetrace("export", "--parquet", out, tmp_path / "third.fzt", tmp_path / "missing.fzt")
+    assert res.returncode == 2 and "missing.fzt: no such file" in res.stderr
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
+
 
 def test_sql_reads_traces_and_exports_together(trace: Path, tmp_path: Path) -> None:
     out = tmp_path / "dataset"
