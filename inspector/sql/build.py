@@ -485,7 +485,7 @@ def _constant(value: str, n: int) -> pa.Array:
                                           pa.array([value])).cast(pa.string())
 
 
-@lru_cache(maxsize=1 << 14)
+@lru_cache(maxsize=1024)
 def _ioctl(cmd: int, arg: bytes, dialect: Dialect) -> tuple[str, dict[str, int]]:
     """Name and argument fields (memoized: a server passes the same few fds and ids)."""
     return ioctl_name(cmd, dialect), ioctl_arg_fields(cmd, arg, dialect)
