@@ -199,12 +199,16 @@ Statements end with ';'. Commands:
 
 
 def _schema_lines(which: str | None) -> str:
-    text = help_text()
+    """The --help text of all tables, or of table `which`."""
+    lines = help_text().splitlines()
     if which is None:
-        return text
-    blocks = text.split("\n  ")
-    found = [b for b in blocks[1:] if b.startswith(f"{which}:")]
-    return "  " + found[0] if found else f"no table {which}"
+        return "\n".join(lines)
+    start = next((k for k, line in enumerate(lines) if line.startswith(f"  {which}: ")), None)
+    if start is None:
+        return f"no table {which}"
+    end = next((k for k in range(start + 1, len(lines)) if not lines[k].startswith("    ")),
+               len(lines))
+    return "\n".join(lines[start:end])
 
 
 def shell(db: Database, fmt: str, max_rows: int) -> int:

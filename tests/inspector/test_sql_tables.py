@@ -281,3 +281,40 @@ def test_trace_names() -> None:
     assert trace_names(["a/x.fzt", "b/x.fzt.zst", "y", "we ird:.fzt", "/t/.fzt"]) == [
         "x", "x-2", "y", "we_ird_", "fzt"]
     assert os.sep not in "".join(trace_names(["../../etc/passwd"]))
+
+
+def test_the_shell_on_a_terminal(trace: Path) -> None:
+    """Without -e on a terminal: dot commands, a statement over two lines, an error that
+    does not end the shell, .quit to leave."""
+    import pty
+    import select
+
+    main, side = pty.openpty()
+    proc = subprocess.Popen([*FUSETRACE, "sql", str(trace)], stdin=side, stdout=side,
+                            stderr=side, cwd=REPO, env={**os.environ, "COLUMNS": "200"})
+    os.close(side)
+    typed = ".tables\nSELECT count(*) AS n\nFROM ioctls;\nSELEC 1;\n.schema ioctls\n.quit\n"
+    os.write(main, typed.encode())
+    seen = b""
+    try:
+        while select.select([main], [], [], 30)[0]:
+            try:
+                chunk = os.read(main, 65536)
+            except OSError:  # the shell ended: its side of the terminal is closed
+                break
+            if not chunk:
+                break
+            seen += chunk
+        proc.wait(timeout=30)
+    finally:
+        os.close(main)
+        if proc.poll() is None:
+            proc.kill()
+    text = seen.decode(errors="replace")
+    assert proc.returncode == 0, text
+    assert "exchanges  notifications  ioctls" in text.replace("traces  ", "")
+    count = read_tables([str(trace)])["ioctls"].num_rows
+    assert f"│ {count} │" in text  # the rich table of the two-line statement
+    assert "fusetrace: sql: Parser Error" in text
+    schema = text[text.index("ioctls: one row per"):]
+    assert "backing_id" in schema and "exchanges" not in schema  # .schema ioctls alone
