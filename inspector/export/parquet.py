@@ -21,10 +21,9 @@ import shutil
 import tempfile
 from typing import Callable
 
-import pyarrow.parquet as pq
-
 from ..sql.schema import BY_NAME, PARTITION, TABLES, schema_json
 from ..sql.sources import each_trace
+from ..sql.store import write_tables
 from .output import ExportError
 
 SCHEMA_FILE = "schema.json"
@@ -44,19 +43,12 @@ def write_parquet(out: str, traces: list[str], warn: Callable[[str], None]) -> N
         raise ExportError(f"cannot write {out}: {exc.strerror or exc}") from None
     try:
         for tables, batches in each_trace(traces, with_trace=False):
-            writers: dict[str, pq.ParquetWriter] = {}
-            try:
-                for table in TABLES:  # every table, so every trace has a file in each
-                    path = partition_dir(staging, table.name, tables.name)
-                    os.makedirs(path)
-                    writers[table.name] = pq.ParquetWriter(
-                        os.path.join(path, PART), table.arrow_schema(with_trace=False),
-                        compression="zstd")
-                for table_name, batch in batches:
-                    writers[table_name].write_batch(batch)
-            finally:
-                for writer in writers.values():
-                    writer.close()
+            files = {}
+            for table in TABLES:  # every table, so every trace has a file in each
+                path = partition_dir(staging, table.name, tables.name)
+                os.makedirs(path)
+                files[table.name] = os.path.join(path, PART)
+            write_tables(batches, files)
             for table in TABLES:
                 _replace(partition_dir(staging, table.name, tables.name),
                          partition_dir(out, table.name, tables.name), staging)

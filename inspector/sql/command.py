@@ -15,7 +15,7 @@ import decimal
 import json
 import os
 import sys
-from typing import IO, Any, Iterable, Sequence
+from typing import IO, Any, Callable, Iterable, Sequence
 
 from .schema import PARTITION, TABLES, help_text
 
@@ -43,32 +43,27 @@ def _quote(text: str) -> str:
 
 
 class Database:
-    """A DuckDB connection with the tables of the given traces and exports as views."""
+    """A DuckDB connection with the tables of the given traces and exports as views: a
+    trace's from its cached Parquet files (`store`), built where missing or stale."""
 
-    def __init__(self, traces: Sequence[str], exports: Sequence[str],
-                 warn: Any = lambda note: None) -> None:
-        from .sources import read_tables
-
-        built = read_tables(list(traces), warn) if traces else {}  # before DuckDB's threads
-        import duckdb
-
+    def __init__(self, traces: Sequence[str], exports: Sequence[str] = (),
+                 warn: Callable[[str], None] = lambda note: None) -> None:
         from ..export.parquet import table_glob
+        from .sources import trace_names
+        from .store import cached_tables
+
+        cached = cached_tables(list(traces), warn)  # before DuckDB starts its threads
+        import duckdb
 
         self.con = duckdb.connect(":memory:")
         for table in TABLES:
-            parts = []
-            if traces:
-                data = built.pop(table.name)
-                if not exports:  # DuckDB reads the Arrow table in place
-                    self.con.register(table.name, data)
-                    continue
-                self.con.register(f"{table.name}__traces", data)
-                parts.append(f"SELECT * FROM {table.name}__traces")
             columns = ", ".join(f'"{c.name}"' for c in table.columns)
-            for out in exports:
-                parts.append(f"SELECT {columns} FROM read_parquet("
-                             f"{_quote(table_glob(out, table.name))}, hive_partitioning = true, "
-                             f"hive_types = {{'{PARTITION}': VARCHAR}})")
+            parts = [f"SELECT {_quote(name)} AS {PARTITION}, * FROM read_parquet("
+                     f"{_quote(c.file(table.name))})"
+                     for name, c in zip(trace_names(list(traces)), cached)]
+            parts += [f"SELECT {columns} FROM read_parquet({_quote(table_glob(out, table.name))}, "
+                      f"hive_partitioning = true, hive_types = {{'{PARTITION}': VARCHAR}})"
+                      for out in exports]
             self.con.execute(f'CREATE VIEW "{table.name}" AS ' + " UNION ALL ".join(parts))
 
     def run(self, sql: str) -> Iterable[tuple[list[str], Any]]:
