@@ -5,28 +5,35 @@ everywhere, cut traces give their whole records and say so, bad SQL is one line.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import duckdb
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import HealthCheck, given, settings
 
 from dissectors.constants import FOPEN_PASSTHROUGH, Opcode
 from dissectors.fields import errno_name
 from dissectors.summary import opcode_name
+from inspector.cli import main as cli_main
 from inspector.lifecycles import analyse
 from inspector.lifecycles import wire
-from inspector.sql import build
+from inspector.sql import build, sources
 from inspector.sql.schema import BY_NAME, PARTITION, TABLES, help_text, schema_document
 from inspector.sql.sources import read_tables, trace_names
 from inspector.timeline import entries
 from traces import Kind, TraceReader
 from traces.testing import synthetic_trace
+
+from test_hostile_traces import _apply as hostile_apply, _write as hostile_write, mutations
 
 REPO = Path(__file__).resolve().parents[2]
 FUSETRACE = [sys.executable, "-P", "-m", "inspector.cli"]
@@ -318,3 +325,27 @@ def test_the_shell_on_a_terminal(trace: Path) -> None:
     assert "fusetrace: sql: Parser Error" in text
     schema = text[text.index("ioctls: one row per"):]
     assert "backing_id" in schema and "exchanges" not in schema  # .schema ioctls alone
+
+
+@settings(max_examples=int(os.environ.get("FUSETRACE_HOSTILE_EXAMPLES", "40")), deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                                 HealthCheck.function_scoped_fixture])
+@given(edits=mutations())
+def test_mutated_traces_give_tables_or_one_line(edits: list[tuple[Any, ...]],
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """The hostile-trace mutations (garbage records, wrong meta types, cut messages, odd
+    headers): every table builds or the command says why in one line, exit 2."""
+    monkeypatch.setattr(sources, "workers", lambda: None)  # no fork inside pytest
+    header, records = hostile_apply(edits)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp, "t.fzt")
+        hostile_write(path, header, records)
+        query = "; ".join(f"SELECT * FROM {t.name}" for t in TABLES)
+        for argv in (["sql", "--csv", "-e", query, str(path)],
+                     ["export", "--parquet", str(Path(tmp, "out")), str(path)]):
+            out, err = io.StringIO(), io.StringIO()
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                code = cli_main(argv)
+            assert code in (0, 2), (argv, err.getvalue())
+            if code == 2:
+                assert err.getvalue().splitlines()[-1].startswith("fusetrace: error: ")
