@@ -20,7 +20,7 @@ from bisect import bisect_right
 from functools import lru_cache
 from itertools import islice
 from operator import itemgetter
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -163,6 +163,17 @@ def to_json(value: Any) -> str:
     return json.dumps(_jsonable(value), separators=(",", ":"))
 
 
+class _Pairs(NamedTuple):
+    """One chunk's pairing: request rows and their reply messages, replies to no request
+    the trace holds, notifications, and (message number, context) after each INIT reply."""
+
+    rows: np.ndarray
+    replies: np.ndarray
+    orphans: np.ndarray
+    notices: np.ndarray
+    changes: list[tuple[int, FuseContext]]
+
+
 class TraceTables:
     """Streams one trace's exchanges, notifications, ioctls and events as record batches.
 
@@ -183,6 +194,7 @@ class TraceTables:
         self._waiting: dict[int, int] = {}  # unique → row in the carried requests
         self._init: dict[int, bytes] = {}  # unique → INIT request waiting for its reply
         self._carry: _Columns | None = None  # requests still waiting for their reply
+        self._ctx = self._dec.ctx  # the context at the end of the last chunk
 
     @property
     def ctx(self) -> FuseContext:
@@ -238,11 +250,9 @@ class TraceTables:
 
         # pair them (and earlier ones still waiting) with this chunk's replies
         carried = self._carry.n if self._carry is not None else 0
-        ctx_changes = self._pair(msgs, is_req, opcodes, req_unique, rep_unique, req_ok, rep_ok,
-                                 carried)
-        paired_rows, paired_msgs, orphans, notices = ctx_changes.pop()
-        ctx_at = _ContextAt(self._ctx_before, ctx_changes)
-        self._ctx_before = ctx_at.last
+        pairs = self._pair(msgs, is_req, opcodes, req_unique, rep_unique, req_ok, rep_ok, carried)
+        ctx_at = _ContextAt(self._ctx, pairs.changes)
+        self._ctx = ctx_at.last
         self._request_fields(new, msgs, rq, opcodes, req_ok, ctx_at)
         rows = _Columns.concat([self._carry, new]) if self._carry is not None else new
 
@@ -251,41 +261,37 @@ class TraceTables:
         if self._waiting:
             pending[np.fromiter(self._waiting.values(), np.int64, len(self._waiting))] = True
         reply_of = np.full(rows.n, -1, np.int64)
-        reply_of[paired_rows] = paired_msgs
+        reply_of[pairs.rows] = pairs.replies
         done = np.flatnonzero(~pending)
         out = rows.take(done)
         self._reply_fields(out, reply_of[done], msgs, at, ts, base, ctx_at)
         if out.n:
             yield "exchanges", self._exchange_batch(out)
-        if orphans.size:
-            yield "exchanges", self._exchange_batch(self._orphans(orphans, msgs, at, ts, base, ctx_at))
+        if pairs.orphans.size:
+            yield "exchanges", self._exchange_batch(self._orphans(pairs.orphans, msgs, at, ts,
+                                                                  base))
         keep = np.flatnonzero(pending)
         renumber = {int(old): new_row for new_row, old in enumerate(keep.tolist())}
         self._waiting = {u: renumber[r] for u, r in self._waiting.items()}
         self._carry = rows.take(keep)
 
-        if notices.size:
-            yield "notifications", self._notifications(notices, msgs, at, ts, base)
+        if pairs.notices.size:
+            yield "notifications", self._notifications(pairs.notices, msgs, at, ts, base)
         others = np.flatnonzero(kinds > _REPLY)
         if others.size:
             yield from self._others(others, kinds, ts, bodies, base, ctx_at, at)
 
-    _ctx_before: FuseContext | None = None
-
     def _pair(self, msgs: _Messages, is_req: np.ndarray, opcodes: np.ndarray,
               req_unique: np.ndarray, rep_unique: np.ndarray, req_ok: np.ndarray,
-              rep_ok: np.ndarray, carried: int) -> list[Any]:
-        """Pair requests with replies in recorded order. Returns the context changes (message
-        number, context) INIT made, then (paired rows, their reply messages, replies to no
-        request the trace holds, notifications) as its last item."""
-        if self._ctx_before is None:
-            self._ctx_before = self._dec.ctx
+              rep_ok: np.ndarray, carried: int) -> _Pairs:
+        """Pair requests (rows from `carried` on) with replies in recorded order, and follow
+        INIT's negotiation."""
         waiting, init, no_reply = self._waiting, self._init, NO_REPLY
         paired_rows: list[int] = []
         paired_msgs: list[int] = []
         orphans: list[int] = []
         notices: list[int] = []
-        changes: list[Any] = []
+        changes: list[tuple[int, FuseContext]] = []
         req_iter = zip(opcodes.tolist(), req_unique.tolist(), req_ok.tolist())
         rep_iter = zip(rep_unique.tolist(), rep_ok.tolist())
         row = carried
@@ -315,9 +321,8 @@ class TraceTables:
                     self._dec.feed_reply(msgs.raws[m])
                     self.init_seen = True
                     changes.append((m + 1, self._dec.ctx))
-        changes.append((np.array(paired_rows, np.int64), np.array(paired_msgs, np.int64),
-                        np.array(orphans, np.int64), np.array(notices, np.int64)))
-        return changes
+        return _Pairs(np.array(paired_rows, np.int64), np.array(paired_msgs, np.int64),
+                      np.array(orphans, np.int64), np.array(notices, np.int64), changes)
 
     def _request_fields(self, cols: _Columns, msgs: _Messages, rq: np.ndarray,
                         opcodes: np.ndarray, ok: np.ndarray, ctx_at: _ContextAt) -> None:
@@ -393,7 +398,7 @@ class TraceTables:
             cols.set(EXCHANGES.column("latency_ns"), end - cols.values["start_ns"], has & start_ok)
 
     def _orphans(self, orphans: np.ndarray, msgs: _Messages, at: np.ndarray, ts: np.ndarray,
-                 base: int, ctx_at: _ContextAt) -> _Columns:
+                 base: int) -> _Columns:
         """Rows of replies to requests the trace does not hold."""
         cols = _Columns(len(orphans))
         has = msgs.kept[orphans] >= OUT_HEADER_SIZE
@@ -508,8 +513,7 @@ def _ioctl_row(record: int, ts: int, meta: dict[str, Any], dialect: Dialect) -> 
 class _ContextAt:
     """The connection's context at each message of a chunk (INIT replies change it)."""
 
-    def __init__(self, before: FuseContext | None, changes: list[tuple[int, FuseContext]]) -> None:
-        assert before is not None
+    def __init__(self, before: FuseContext, changes: list[tuple[int, FuseContext]]) -> None:
         self.starts = [0] + [m for m, _ in changes]
         self.contexts = [before] + [c for _, c in changes]
         self.last = self.contexts[-1]

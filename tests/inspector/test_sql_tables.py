@@ -20,7 +20,8 @@ import pyarrow.parquet as pq
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from dissectors.constants import FOPEN_PASSTHROUGH, Opcode
+from dissectors.constants import (FOPEN_PASSTHROUGH, FUSE_INIT_EXT,
+                                  FUSE_PASSTHROUGH_ANDROID_EXT, Opcode)
 from dissectors.fields import errno_name
 from dissectors.summary import opcode_name
 from inspector.cli import main as cli_main
@@ -33,6 +34,7 @@ from inspector.timeline import entries
 from traces import Kind, TraceReader
 from traces.testing import synthetic_trace
 
+from test_lifecycles import OFFERED, Session
 from test_hostile_traces import _apply as hostile_apply, _write as hostile_write, mutations
 
 REPO = Path(__file__).resolve().parents[2]
@@ -349,3 +351,29 @@ def test_mutated_traces_give_tables_or_one_line(edits: list[tuple[Any, ...]],
             assert code in (0, 2), (argv, err.getvalue())
             if code == 2:
                 assert err.getvalue().splitlines()[-1].startswith("fusetrace: error: ")
+
+
+@pytest.mark.parametrize("chunk", [3, build.CHUNK])
+def test_columns_follow_what_init_negotiated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                             chunk: int) -> None:
+    """Before INIT the mainline layout; after an INIT reply choosing Android passthrough,
+    open replies carry `passthrough_fh` and BACKING_OPEN's number is PASSTHROUGH_OPEN_V0;
+    a mainline backing id without FOPEN_PASSTHROUGH is no backing id."""
+    monkeypatch.setattr(build, "CHUNK", chunk)
+    s = Session(tmp_path / "t.fzt")
+    s.backing_open(3)
+    s.open(2, 0x10, bid=3)
+    s.open(2, 0x11, flags=0, bid=4)
+    s.init(flags=FUSE_INIT_EXT | FUSE_PASSTHROUGH_ANDROID_EXT,
+           offered=OFFERED | FUSE_PASSTHROUGH_ANDROID_EXT)
+    s.backing_open(5)
+    s.open(3, 0x12, flags=0, bid=5, android=True)
+    s.end()
+    tables = read_tables([str(s.writer.path)])
+    opens = [(r["fh"], r["backing_id"]) for r in tables["exchanges"].to_pylist()
+             if r["opcode"] == "OPEN"]
+    assert sorted(opens) == [(0x10, 3), (0x11, None), (0x12, 5)]
+    assert [(r["ioctl"], r["backing_id"]) for r in tables["ioctls"].to_pylist()] == [
+        ("FUSE_DEV_IOC_BACKING_OPEN", 3), ("FUSE_DEV_IOC_PASSTHROUGH_OPEN_V0", 5)]
+    [trace_row] = tables["traces"].to_pylist()
+    assert trace_row["dialect"] == "android"
