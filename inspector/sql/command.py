@@ -13,6 +13,7 @@ import csv
 import datetime
 import decimal
 import json
+import math
 import os
 import sys
 from typing import IO, Any, Callable, Iterable, Sequence
@@ -64,7 +65,10 @@ class Database:
             parts += [f"SELECT {columns} FROM read_parquet({_quote(table_glob(out, table.name))}, "
                       f"hive_partitioning = true, hive_types = {{'{PARTITION}': VARCHAR}})"
                       for out in exports]
-            self.con.execute(f'CREATE VIEW "{table.name}" AS ' + " UNION ALL ".join(parts))
+            try:
+                self.con.execute(f'CREATE VIEW "{table.name}" AS ' + " UNION ALL ".join(parts))
+            except duckdb.Error as exc:  # an export made by another release, or damaged
+                raise SqlError(f"cannot open the {table.name} table: {one_line(str(exc))}") from None
 
     def run(self, sql: str) -> Iterable[tuple[list[str], Any]]:
         """Execute each statement of `sql`; (column names, cursor) of those giving rows."""
@@ -119,9 +123,21 @@ def _cell(value: Any) -> Any:
 
 
 def write_json(names: list[str], cursor: Any, out: IO[str]) -> None:
-    """One JSON object per row and line."""
+    """One JSON object per row and line (NaN and infinities, which JSON lacks, as null)."""
     for rows in _batches(cursor):
-        out.write("".join(json.dumps(dict(zip(names, map(_plain, row)))) + "\n" for row in rows))
+        out.write("".join(json.dumps(dict(zip(names, map(_json_value, row)))) + "\n"
+                          for row in rows))
+
+
+def _json_value(value: Any) -> Any:
+    value = _plain(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, list):
+        return [_json_value(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _json_value(v) for k, v in value.items()}
+    return value
 
 
 def write_table(names: list[str], cursor: Any, out: IO[str], max_rows: int) -> None:
@@ -264,7 +280,11 @@ def run_sql(args: argparse.Namespace) -> int:
         else:
             traces.append(source)
     fmt = "csv" if args.csv else "json" if args.json else "table"
-    db = Database(traces, exports, lambda note: print(f"fusetrace: {note}", file=sys.stderr))
+    try:
+        db = Database(traces, exports, lambda note: print(f"fusetrace: {note}", file=sys.stderr))
+    except SqlError as exc:
+        print(f"fusetrace: error: {exc}", file=sys.stderr)
+        return 2
     if args.execute is None and sys.stdin.isatty():
         return shell(db, fmt, args.max_rows)
     sql = args.execute if args.execute is not None else sys.stdin.read()
@@ -276,6 +296,13 @@ def run_sql(args: argparse.Namespace) -> int:
         print(f"fusetrace: sql: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text}: must be 1 or more")
+    return value
 
 
 def add_parser(sub: Any) -> None:
@@ -296,7 +323,7 @@ def add_parser(sub: Any) -> None:
     fmt = sql.add_mutually_exclusive_group()
     fmt.add_argument("--csv", action="store_true", help="CSV with a header line")
     fmt.add_argument("--json", action="store_true", help="one JSON object per row and line")
-    sql.add_argument("--max-rows", type=int, default=1000, metavar="N",
+    sql.add_argument("--max-rows", type=_positive, default=1000, metavar="N",
                      help="rows a table shows (default %(default)s; --csv and --json print all)")
     sql.add_argument("source", nargs="+", metavar="TRACE",
                      help="trace file (.fzt, .fzt.zst), or a directory `export --parquet` wrote")

@@ -9,6 +9,7 @@ import contextlib
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -213,6 +214,11 @@ def test_sql_reads_traces_and_exports_together(trace: Path, tmp_path: Path) -> N
     assert rows[0]["n"] == rows[1]["n"] > 5000
     res = fusetrace("sql", "-e", "SELECT 1", tmp_path)
     assert res.returncode == 2 and "schema.json" in res.stderr
+    shutil.rmtree(out / "ioctls")  # damaged: a table's directory is gone
+    res = fusetrace("sql", "-e", "SELECT 1", out)
+    assert res.returncode == 2
+    assert res.stderr.startswith("fusetrace: error: cannot open the ioctls table: ")
+    assert len(res.stderr.splitlines()) == 1
 
 
 def test_names_and_types_come_from_the_schema(trace: Path) -> None:
@@ -281,6 +287,9 @@ def test_sql_from_standard_input_and_output_formats(trace: Path) -> None:
     assert lines[-1] == "(2 rows)"
     as_json = [json.loads(x) for x in fusetrace("sql", "--json", "-e", script, trace).stdout.splitlines()]
     as_csv = fusetrace("sql", "--csv", "-e", script, trace).stdout.splitlines()
+    odd = fusetrace("sql", "--json", "-e", "SELECT 'nan'::DOUBLE AS x, [1, 'inf'::DOUBLE] AS y",
+                    trace)
+    assert json.loads(odd.stdout) == {"x": None, "y": [1.0, None]}  # JSON has no NaN
     assert as_csv[0] == "opcode,n"
     assert [f"{r['opcode']},{r['n']}" for r in as_json] == as_csv[1:]
     assert [x.split("|")[1].strip() for x in lines[2:4]] == [r["opcode"] for r in as_json]
