@@ -447,15 +447,16 @@ class TraceTables:
         """IOCTL and EVENT records, one by one (a few in a hundred)."""
         ioctls: list[tuple[Any, ...]] = []
         events: list[tuple[Any, ...]] = []
-        for i in others.tolist():
+        # the context at each record: after the INITs answered before it
+        messages_before = np.searchsorted(at, others).tolist()
+        for i, m, kind, t in zip(others.tolist(), messages_before, kinds[others].tolist(),
+                                 ts[others].tolist()):
             meta = bodies[i]
-            if kinds[i] == _IOCTL:
-                # the context at this record: after the INITs answered before it
-                dialect = ctx_at.at_message(int(np.searchsorted(at, i))).dialect
-                ioctls.append(_ioctl_row(base + i, int(ts[i]), meta, dialect))
+            if kind == _IOCTL:
+                ioctls.append(_ioctl_row(base + i, t, meta, ctx_at.at_message(m).dialect))
             else:
                 detail = {k: v for k, v in meta.items() if k != "event"}
-                events.append((base + i, int(ts[i]), str(meta["event"]), to_json(detail)))
+                events.append((base + i, t, str(meta["event"]), to_json(detail)))
         if ioctls:
             yield "ioctls", rows_batch(IOCTLS, ioctls, self.name, self.with_trace)
         if events:
@@ -519,6 +520,8 @@ class _ContextAt:
         self.last = self.contexts[-1]
 
     def at_message(self, m: int) -> FuseContext:
+        if len(self.contexts) == 1:
+            return self.last
         return self.contexts[bisect_right(self.starts, m) - 1]
 
     def split(self, messages: np.ndarray) -> Iterator[tuple[FuseContext, np.ndarray]]:
