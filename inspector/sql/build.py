@@ -43,6 +43,7 @@ _REQUEST, _REPLY, _IOCTL, _EVENT = (int(k) for k in Kind)
 _PAD = bytes(16)  # gathers of fields a message is too short for read these zeros
 _KIND, _TS, _BODY = itemgetter(0), itemgetter(1), itemgetter(2)
 _INIT = int(Opcode.INIT)
+_NO_REPLY_CODES = np.array(sorted(int(op) for op in NO_REPLY), np.uint32)
 _OPENS = frozenset({DevIoctl.BACKING_OPEN, DevIoctl.PASSTHROUGH_OPEN_V1,
                     DevIoctl.PASSTHROUGH_OPEN_V2})
 
@@ -285,44 +286,43 @@ class TraceTables:
               req_unique: np.ndarray, rep_unique: np.ndarray, req_ok: np.ndarray,
               rep_ok: np.ndarray, carried: int) -> _Pairs:
         """Pair requests (rows from `carried` on) with replies in recorded order, and follow
-        INIT's negotiation."""
-        waiting, init, no_reply = self._waiting, self._init, NO_REPLY
+        INIT's negotiation. Only requests that wait for a reply and replies to a unique
+        take the Python loop, in message order."""
+        rq, rp = np.flatnonzero(is_req), np.flatnonzero(~is_req)
+        wants = req_ok & (req_unique != 0) & ~np.isin(opcodes, _NO_REPLY_CODES)
+        answers = rep_ok & (rep_unique != 0)
+        for k in np.flatnonzero(wants & (opcodes == _INIT)).tolist():
+            self._init[int(req_unique[k])] = msgs.raws[rq[k]]
+        waiters = np.flatnonzero(wants)
+        at = np.concatenate([rq[waiters], rp[answers]])
+        order = np.argsort(at, kind="stable")
+        asks = np.concatenate([np.ones(len(waiters), bool), np.zeros(int(answers.sum()), bool)])
+        uniques = np.concatenate([req_unique[waiters], rep_unique[answers]])
+        values = np.concatenate([waiters + carried, rp[answers]])  # a request's row, a reply's message
+        waiting, init = self._waiting, self._init
         paired_rows: list[int] = []
         paired_msgs: list[int] = []
         orphans: list[int] = []
-        notices: list[int] = []
         changes: list[tuple[int, FuseContext]] = []
-        req_iter = zip(opcodes.tolist(), req_unique.tolist(), req_ok.tolist())
-        rep_iter = zip(rep_unique.tolist(), rep_ok.tolist())
-        row = carried
-        for m, request in enumerate(is_req.tolist()):
-            if request:
-                op, unique, ok = next(req_iter)
-                if ok and unique and op not in no_reply:
-                    waiting[unique] = row
-                    if op == _INIT:
-                        init[unique] = msgs.raws[m]
-                row += 1
+        for ask, unique, value in zip(asks[order].tolist(), uniques[order].tolist(),
+                                      values[order].tolist()):
+            if ask:
+                waiting[unique] = value
                 continue
-            unique, ok = next(rep_iter)
-            if not ok:
-                orphans.append(m)
-            elif not unique:
-                notices.append(m)
-            else:
-                j = waiting.pop(unique, -1)
-                if j < 0:
-                    orphans.append(m)
-                    continue
-                paired_rows.append(j)
-                paired_msgs.append(m)
-                if init and unique in init:
-                    self._dec.feed_request(init.pop(unique))
-                    self._dec.feed_reply(msgs.raws[m])
-                    self.init_seen = True
-                    changes.append((m + 1, self._dec.ctx))
+            j = waiting.pop(unique, -1)
+            if j < 0:
+                orphans.append(value)
+                continue
+            paired_rows.append(j)
+            paired_msgs.append(value)
+            if init and unique in init:
+                self._dec.feed_request(init.pop(unique))
+                self._dec.feed_reply(msgs.raws[value])
+                self.init_seen = True
+                changes.append((value + 1, self._dec.ctx))
+        orphans_all = np.sort(np.concatenate([np.array(orphans, np.int64), rp[~rep_ok]]))
         return _Pairs(np.array(paired_rows, np.int64), np.array(paired_msgs, np.int64),
-                      np.array(orphans, np.int64), np.array(notices, np.int64), changes)
+                      orphans_all, rp[rep_ok & (rep_unique == 0)], changes)
 
     def _request_fields(self, cols: _Columns, msgs: _Messages, rq: np.ndarray,
                         opcodes: np.ndarray, ok: np.ndarray, ctx_at: _ContextAt) -> None:
