@@ -29,7 +29,7 @@ from inspector.cli import main as cli_main
 from inspector.lifecycles import analyse
 from inspector.lifecycles import wire
 from inspector.sql import build, sources
-from inspector.sql.schema import BY_NAME, PARTITION, TABLES, help_text, schema_document
+from inspector.sql.schema import PARTITION, TABLES, help_text, schema_document
 from inspector.sql.sources import read_tables, trace_names
 from inspector.timeline import entries
 from traces import Kind, TraceReader
