@@ -3,7 +3,8 @@
 
 The pass runs in a worker process beside the streaming build (`TraceTables`), so a trace
 costs the longer of the two rather than their sum on a machine with two cores or more;
-the worker sends back plain rows, not the `Analysis`, whose events would be large.
+the worker sends back the two tables' record batches, not the `Analysis`, whose events
+would be large.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
@@ -26,40 +27,45 @@ LIFECYCLES, ANOMALIES, TRACES = BY_NAME["lifecycles"], BY_NAME["anomalies"], BY_
 
 
 @dataclass
-class PassRows:
-    """What the lifecycle pass found, as rows in schema order (without `trace`)."""
+class PassResult:
+    """What the lifecycle pass found: the lifecycles and anomalies tables' batches."""
 
-    lifecycles: list[tuple[Any, ...]] = field(default_factory=list)
-    anomalies: list[tuple[Any, ...]] = field(default_factory=list)
-    end_reason: str | None = None
+    lifecycles: pa.RecordBatch
+    anomalies: pa.RecordBatch
+    end_reason: str | None
 
 
-def pass_rows(path: str) -> PassRows:
+def pass_result(path: str, name: str, with_trace: bool) -> PassResult:
     """Run the lifecycle pass over `path` (in a worker: the result is pickled back)."""
     analysis = analyse(path)
     try:
         with gc_paused():  # millions of events are alive: collections would free nothing
-            return _rows(analysis)
+            lifecycles, anomalies = _rows(analysis)
+        return PassResult(rows_batch(LIFECYCLES, lifecycles, name, with_trace),
+                          rows_batch(ANOMALIES, anomalies, name, with_trace),
+                          analysis.end_reason if analysis.ended else None)
     finally:
         analysis.close()
 
 
-def _rows(analysis: Analysis) -> PassRows:
-    out = PassRows(end_reason=analysis.end_reason if analysis.ended else None)
+def _rows(analysis: Analysis) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    """The lifecycles' and anomalies' rows in schema order, without `trace`."""
+    lifecycles: list[tuple[Any, ...]] = []
+    anomalies: list[tuple[Any, ...]] = []
     for kind in ("backing", "fh", "node"):
         for lc in analysis.lifecycles(kind):
             first = lc.events[0] if lc.events else None
             last = lc.events[-1] if lc.events else None
-            out.lifecycles.append((
+            lifecycles.append((
                 kind, lc.key, lc.generation, lc.label, lc.state, lc.verdict,
                 first.index if first else None, last.index if last else None,
                 first.ts if first else None, last.ts if last else None,
                 len(lc.events), [a.code for a in lc.anomalies]))
     for a in analysis.anomalies:
         subject = a.subject or (None, None)
-        out.anomalies.append((a.code, a.severity, a.message, a.records[0] if a.records else None,
-                              list(a.records), subject[0], subject[1]))
-    return out
+        anomalies.append((a.code, a.severity, a.message, a.records[0] if a.records else None,
+                          list(a.records), subject[0], subject[1]))
+    return lifecycles, anomalies
 
 
 def workers() -> Executor | None:
@@ -70,11 +76,14 @@ def workers() -> Executor | None:
     return ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("fork"))
 
 
-def start_pass(pool: Executor | None, path: str) -> Future[PassRows] | PassRows:
-    return pool.submit(pass_rows, path) if pool is not None else pass_rows(path)
+def start_pass(pool: Executor | None, path: str, name: str,
+               with_trace: bool) -> Future[PassResult] | PassResult:
+    if pool is None:
+        return pass_result(path, name, with_trace)
+    return pool.submit(pass_result, path, name, with_trace)
 
 
-def finish_pass(pending: Future[PassRows] | PassRows) -> PassRows:
+def finish_pass(pending: Future[PassResult] | PassResult) -> PassResult:
     return pending.result() if isinstance(pending, Future) else pending
 
 
@@ -90,22 +99,22 @@ def _strings(value: Any) -> list[str] | None:
     return [str(v) for v in value] if type(value) is list else None
 
 
-def trace_row(tables: TraceTables, rows: PassRows) -> tuple[Any, ...]:
+def trace_row(tables: TraceTables, found: PassResult) -> tuple[Any, ...]:
     """The `traces` row of a trace whose batches were all read."""
     h = tables.header
     created = _int(h.get("created"))  # ns; the column is µs, as SQL timestamps are
     return (
         os.path.abspath(tables.path), _int(h.get("format"), 0, 1 << 32), _text(h.get("tool")),
-        created // 1000 if created is not None else None, _text(h.get("kernel")), _text(h.get("source")), _strings(h.get("argv")),
-        _text(h.get("mountpoint")), _int(h.get("snaplen"), -(1 << 63)), tables.records,
-        os.path.getsize(tables.path), tables.first_ns, tables.last_ns, rows.end_reason,
+        created // 1000 if created is not None else None, _text(h.get("kernel")),
+        _text(h.get("source")), _strings(h.get("argv")), _text(h.get("mountpoint")),
+        _int(h.get("snaplen"), -(1 << 63)), tables.records, os.path.getsize(tables.path),
+        tables.first_ns, tables.last_ns, found.end_reason,
         tables.tail, tables.ctx.minor if tables.init_seen else None,
         tables.ctx.dialect.value, to_json(h))
 
 
-def pass_batches(tables: TraceTables, rows: PassRows) -> list[tuple[str, pa.RecordBatch]]:
+def pass_batches(tables: TraceTables, found: PassResult) -> list[tuple[str, pa.RecordBatch]]:
     """The lifecycles, anomalies and traces batches of one trace."""
-    name, with_trace = tables.name, tables.with_trace
-    return [("lifecycles", rows_batch(LIFECYCLES, rows.lifecycles, name, with_trace)),
-            ("anomalies", rows_batch(ANOMALIES, rows.anomalies, name, with_trace)),
-            ("traces", rows_batch(TRACES, [trace_row(tables, rows)], name, with_trace))]
+    return [("lifecycles", found.lifecycles), ("anomalies", found.anomalies),
+            ("traces", rows_batch(TRACES, [trace_row(tables, found)], tables.name,
+                                  tables.with_trace))]

@@ -49,8 +49,9 @@ def each_trace(paths: list[str], with_trace: bool = True) -> Iterator[tuple[Trac
         TraceReader(path).close()
     pool = workers()
     try:
-        passes = [start_pass(pool, path) for path in paths]
-        for path, name, job in zip(paths, trace_names(paths), passes):
+        names = trace_names(paths)
+        passes = [start_pass(pool, path, name, with_trace) for path, name in zip(paths, names)]
+        for path, name, job in zip(paths, names, passes):
             tables = TraceTables(path, name, with_trace)
 
             def batches(tables: TraceTables = tables, job: object = job) -> Batches:
