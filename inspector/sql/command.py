@@ -1,9 +1,10 @@
 """`fusetrace sql [-e QUERY] [--csv|--json] SOURCE...`: traces as tables in an embedded DuckDB.
 
-A SOURCE is a trace (its tables built in memory as Arrow, which DuckDB reads in place) or a
-directory `export --parquet` wrote (read where it lies: a fleet's traces are exported once
-and queried many times). Each table is one view over all sources. Without -e the
-statements come from standard input: a shell on a terminal, a script otherwise.
+A SOURCE is a trace (its tables read from the Parquet files `store` keeps for it, built on
+first use) or a directory `export --parquet` wrote (read where it lies: a fleet's traces
+are exported once and queried many times). Each table is one view over all sources, so
+DuckDB streams them rather than holding them. Without -e the statements come from
+standard input: a shell on a terminal, a script otherwise.
 """
 
 from __future__ import annotations
