@@ -20,7 +20,7 @@ import pyarrow as pa
 from inspector.lifecycles import Analysis, analyse
 from traces.stream import gc_paused
 
-from .build import TraceTables, rows_batch, to_json
+from .build import TraceTables, rows_batch, signed64, to_json
 from .schema import BY_NAME
 
 LIFECYCLES, ANOMALIES, TRACES = BY_NAME["lifecycles"], BY_NAME["anomalies"], BY_NAME["traces"]
@@ -57,14 +57,15 @@ def _rows(analysis: Analysis) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ..
             first = lc.events[0] if lc.events else None
             last = lc.events[-1] if lc.events else None
             lifecycles.append((
-                kind, lc.key, lc.generation, lc.label, lc.state, lc.verdict,
+                kind, signed64(lc.key), lc.generation, lc.label, lc.state, lc.verdict,
                 first.index if first else None, last.index if last else None,
                 first.ts if first else None, last.ts if last else None,
                 len(lc.events), [a.code for a in lc.anomalies]))
     for a in analysis.anomalies:
         subject = a.subject or (None, None)
         anomalies.append((a.code, a.severity, a.message, a.records[0] if a.records else None,
-                          list(a.records), subject[0], subject[1]))
+                          list(a.records), subject[0],
+                          signed64(subject[1]) if subject[1] is not None else None))
     return lifecycles, anomalies
 
 

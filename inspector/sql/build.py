@@ -159,6 +159,11 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+def signed64(value: int) -> int:
+    """A u64 as the BIGINT column holds it (the same 64 bits; see `schema.ARROW_TYPES`)."""
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
 def to_json(value: Any) -> str:
     """JSON text of trace data (bytes as hex), for the JSON columns."""
     return json.dumps(_jsonable(value), separators=(",", ":"))

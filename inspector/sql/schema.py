@@ -18,17 +18,17 @@ import pyarrow as pa
 
 from dissectors.ids import Id
 
-#: SQL type (DuckDB's spelling, also what Spark and Trino call them) → Arrow type
+#: SQL type (DuckDB's spelling; Spark, Trino and BigQuery have each) → Arrow type. Signed
+#: only: several engines read no unsigned 64-bit Parquet column, so the protocol's u32
+#: values are BIGINT and its u64 values BIGINT too, an id of 2**63 or more (a handle
+#: of all ones) reading negative with the same bits.
 ARROW_TYPES: dict[str, pa.DataType] = {
     "VARCHAR": pa.string(),
-    "BOOLEAN": pa.bool_(),
     "INTEGER": pa.int32(),
-    "UINTEGER": pa.uint32(),
     "BIGINT": pa.int64(),
-    "UBIGINT": pa.uint64(),
     "TIMESTAMPTZ": pa.timestamp("us", tz="UTC"),
     "VARCHAR[]": pa.list_(pa.string()),
-    "UBIGINT[]": pa.list_(pa.uint64()),
+    "BIGINT[]": pa.list_(pa.int64()),
 }
 
 SCHEMA_VERSION = 1
@@ -74,14 +74,14 @@ class Table:
 
 
 _TRACE = Column(PARTITION, "VARCHAR", "the trace's name: its file name without .fzt/.fzt.zst")
-_RECORD = Column("record", "UBIGINT", "record number in the trace (as `show` numbers it)")
+_RECORD = Column("record", "BIGINT", "record number in the trace (as `show` numbers it)")
 _TS = Column("ts_ns", "BIGINT", "monotonic timestamp, ns")
 
 TABLES: tuple[Table, ...] = (
     Table("traces", "trace file: its header and how it ends", (
         _TRACE,
         Column("path", "VARCHAR", "the file read"),
-        Column("format", "UINTEGER", "trace format version"),
+        Column("format", "BIGINT", "trace format version"),
         Column("tool", "VARCHAR", "fusetrace release that wrote it"),
         Column("created", "TIMESTAMPTZ", "when recording began (wall clock)"),
         Column("kernel", "VARCHAR", "kernel release of the recording machine"),
@@ -90,50 +90,50 @@ TABLES: tuple[Table, ...] = (
         Column("argv", "VARCHAR[]", "the server's command line"),
         Column("mountpoint", "VARCHAR", "where the server was mounted"),
         Column("snaplen", "BIGINT", "file data bytes kept per READ/WRITE (0: all)"),
-        Column("records", "UBIGINT", "whole records read"),
-        Column("bytes", "UBIGINT", "file size"),
+        Column("records", "BIGINT", "whole records read"),
+        Column("bytes", "BIGINT", "file size"),
         Column("first_ns", "BIGINT", "timestamp of the first record"),
         Column("last_ns", "BIGINT", "timestamp of the last record"),
         Column("end_reason", "VARCHAR", "why the session ended (session_end's reason: "
                                         "unmounted ...), NULL when the trace lacks the end"),
         Column("cut", "VARCHAR", "where and why the trace is cut short; NULL when whole"),
-        Column("minor", "UINTEGER", "protocol minor INIT negotiated (NULL: no INIT)"),
+        Column("minor", "BIGINT", "protocol minor INIT negotiated (NULL: no INIT)"),
         Column("dialect", "VARCHAR", "passthrough dialect: none, mainline or android"),
         Column("header", "VARCHAR", "the whole header as JSON"),
     )),
     Table("exchanges", "request with its reply (a reply whose request the trace lacks: "
                        "a row without the request's columns)", (
         _TRACE,
-        Column("record", "UBIGINT", "record number of the request"),
-        Column("reply_record", "UBIGINT", "record number of the reply (NULL: none)"),
-        Column("unique", "UBIGINT", "the request's unique"),
+        Column("record", "BIGINT", "record number of the request"),
+        Column("reply_record", "BIGINT", "record number of the reply (NULL: none)"),
+        Column("unique", "BIGINT", "the request's unique"),
         Column("opcode", "VARCHAR", "LOOKUP, OPEN, READ ... (NULL when unknown)"),
-        Column("nodeid", "UBIGINT", "fuse_in_header.nodeid"),
-        Column("fh", "UBIGINT", "file handle the request names, or the one an OPEN, "
+        Column("nodeid", "BIGINT", "fuse_in_header.nodeid"),
+        Column("fh", "BIGINT", "file handle the request names, or the one an OPEN, "
                                 "OPENDIR or CREATE reply hands out",
                (Source("request", id=Id.FH), Source("reply", id=Id.FH))),
-        Column("pid", "UINTEGER", "calling process (fuse_in_header.pid)"),
-        Column("uid", "UINTEGER", "fuse_in_header.uid"),
-        Column("gid", "UINTEGER", "fuse_in_header.gid"),
+        Column("pid", "BIGINT", "calling process (fuse_in_header.pid)"),
+        Column("uid", "BIGINT", "fuse_in_header.uid"),
+        Column("gid", "BIGINT", "fuse_in_header.gid"),
         Column("error", "INTEGER", "errno of the reply, 0 for success (NULL: no reply)"),
         Column("error_name", "VARCHAR", "ENOENT, EACCES ...; OK for success"),
         Column("start_ns", "BIGINT", "timestamp of the request"),
         Column("end_ns", "BIGINT", "timestamp of the reply"),
         Column("latency_ns", "BIGINT", "end_ns - start_ns"),
-        Column("request_bytes", "UINTEGER", "request size as sent (fuse_in_header.len)"),
-        Column("reply_bytes", "UINTEGER", "reply size as sent (fuse_out_header.len)"),
+        Column("request_bytes", "BIGINT", "request size as sent (fuse_in_header.len)"),
+        Column("reply_bytes", "BIGINT", "reply size as sent (fuse_out_header.len)"),
         Column("name", "VARCHAR", "entry name (LOOKUP, CREATE, MKDIR, UNLINK, RENAME's old "
                                   "name, xattr names ...)", (Source("request", "name"),)),
-        Column("offset", "UBIGINT", "file or directory offset (READ, WRITE, READDIR, LSEEK ...)",
+        Column("offset", "BIGINT", "file or directory offset (READ, WRITE, READDIR, LSEEK ...)",
                (Source("request", "offset"),)),
-        Column("size", "UBIGINT", "bytes asked for (READ, WRITE, xattr buffers; SETATTR's "
+        Column("size", "BIGINT", "bytes asked for (READ, WRITE, xattr buffers; SETATTR's "
                                   "new size)", (Source("request", "size"),)),
-        Column("flags", "UINTEGER", "the request's flags: open(2) flags of OPEN, CREATE, "
+        Column("flags", "BIGINT", "the request's flags: open(2) flags of OPEN, CREATE, "
                                     "READ, WRITE, RELEASE; SETXATTR's ...",
                (Source("request", "flags"),)),
-        Column("new_nodeid", "UBIGINT", "node id an entry reply (LOOKUP, MKDIR, CREATE ...) "
+        Column("new_nodeid", "BIGINT", "node id an entry reply (LOOKUP, MKDIR, CREATE ...) "
                                         "hands out", (Source("reply", id=Id.NODE),)),
-        Column("open_flags", "UINTEGER", "FOPEN_* flags of an open reply (0x80: "
+        Column("open_flags", "BIGINT", "FOPEN_* flags of an open reply (0x80: "
                                          "FOPEN_PASSTHROUGH)", (Source("reply", "open_flags"),)),
         Column("backing_id", "BIGINT", "backing id of a passthrough open reply",
                (Source("reply", id=Id.BACKING),)),
@@ -142,13 +142,13 @@ TABLES: tuple[Table, ...] = (
         _TRACE, _RECORD, _TS,
         Column("notify", "VARCHAR", "NOTIFY_INVAL_INODE, NOTIFY_STORE ..."),
         Column("code", "INTEGER", "the notify code (fuse_out_header.error)"),
-        Column("nodeid", "UBIGINT", "the node it is about", (Source("notify", id=Id.NODE),)),
-        Column("bytes", "UINTEGER", "size as sent"),
+        Column("nodeid", "BIGINT", "the node it is about", (Source("notify", id=Id.NODE),)),
+        Column("bytes", "BIGINT", "size as sent"),
     )),
     Table("ioctls", "/dev/fuse ioctl the server made", (
         _TRACE, _RECORD, _TS,
         Column("ioctl", "VARCHAR", "FUSE_DEV_IOC_BACKING_OPEN, FUSE_DEV_IOC_BACKING_CLOSE ..."),
-        Column("cmd", "UINTEGER", "the ioctl number"),
+        Column("cmd", "BIGINT", "the ioctl number"),
         Column("backing_id", "BIGINT", "id a successful BACKING_OPEN (or Android "
                                        "PASSTHROUGH_OPEN) returned, or the id BACKING_CLOSE "
                                        "closed"),
@@ -156,8 +156,8 @@ TABLES: tuple[Table, ...] = (
         Column("path", "VARCHAR", "the file behind that descriptor, read at call time"),
         Column("result", "BIGINT", "what the ioctl returned (-1 on error)"),
         Column("errno", "INTEGER", "0, or the error"),
-        Column("pid", "UINTEGER", "calling process"),
-        Column("tid", "UINTEGER", "calling thread"),
+        Column("pid", "BIGINT", "calling process"),
+        Column("tid", "BIGINT", "calling thread"),
     )),
     Table("events", "session event: start notes, mounts, server exit, unmount, session end, "
                     "recorder notes", (
@@ -169,17 +169,17 @@ TABLES: tuple[Table, ...] = (
     Table("lifecycles", "use of one id as the lifecycle pass (`check`, `follow`) saw it", (
         _TRACE,
         Column("kind", "VARCHAR", "backing, fh or node"),
-        Column("key", "UBIGINT", "the id"),
-        Column("generation", "UINTEGER", "0, then 1, 2 ... for each reuse of the id"),
+        Column("key", "BIGINT", "the id"),
+        Column("generation", "BIGINT", "0, then 1, 2 ... for each reuse of the id"),
         Column("label", "VARCHAR", "what it is (the backing file's path, directory handle ...)"),
         Column("state", "VARCHAR", "its state at the end of the trace"),
         Column("verdict", "VARCHAR", "closed properly, leaked, misused, still open at end "
                                      "of trace"),
-        Column("first_record", "UBIGINT", "record that opened it"),
-        Column("last_record", "UBIGINT", "its last record"),
+        Column("first_record", "BIGINT", "record that opened it"),
+        Column("last_record", "BIGINT", "its last record"),
         Column("first_ns", "BIGINT", "timestamp of first_record"),
         Column("last_ns", "BIGINT", "timestamp of last_record"),
-        Column("events", "UINTEGER", "records it took part in"),
+        Column("events", "BIGINT", "records it took part in"),
         Column("anomalies", "VARCHAR[]", "codes of what went wrong with it (see anomalies)"),
     )),
     Table("anomalies", "anomaly `fusetrace check` reports", (
@@ -187,10 +187,10 @@ TABLES: tuple[Table, ...] = (
         Column("code", "VARCHAR", "stable slug: backing-leak, reply-rejected ..."),
         Column("severity", "VARCHAR", "error, warning or note"),
         Column("message", "VARCHAR", "the sentence `check` prints"),
-        Column("first_record", "UBIGINT", "the first record proving it"),
-        Column("records", "UBIGINT[]", "all records proving it"),
+        Column("first_record", "BIGINT", "the first record proving it"),
+        Column("records", "BIGINT[]", "all records proving it"),
         Column("subject_kind", "VARCHAR", "backing, fh, node or request (NULL: none)"),
-        Column("subject_key", "UBIGINT", "that id"),
+        Column("subject_key", "BIGINT", "that id"),
     )),
 )
 

@@ -386,3 +386,17 @@ def test_columns_follow_what_init_negotiated(tmp_path: Path, monkeypatch: pytest
         ("FUSE_DEV_IOC_BACKING_OPEN", 3), ("FUSE_DEV_IOC_PASSTHROUGH_OPEN_V0", 5)]
     [trace_row] = tables["traces"].to_pylist()
     assert trace_row["dialect"] == "android"
+
+
+def test_u64_ids_keep_their_bits_in_signed_columns(tmp_path: Path) -> None:
+    """A handle of all ones (some servers' "none") reads -1 in BIGINT columns, the same in
+    exchanges and lifecycles, so the two still join."""
+    s = Session(tmp_path / "t.fzt")
+    s.init()
+    s.open(2, (1 << 64) - 1, flags=0)
+    s.release(2, (1 << 64) - 1)
+    s.end()
+    tables = read_tables([str(s.writer.path)])
+    assert sorted({r["fh"] for r in tables["exchanges"].to_pylist()} - {None}) == [-1]
+    assert [(r["kind"], r["key"]) for r in tables["lifecycles"].to_pylist()
+            if r["kind"] == "fh"] == [("fh", -1)]
