@@ -400,3 +400,23 @@ def test_u64_ids_keep_their_bits_in_signed_columns(tmp_path: Path) -> None:
     assert sorted({r["fh"] for r in tables["exchanges"].to_pylist()} - {None}) == [-1]
     assert [(r["kind"], r["key"]) for r in tables["lifecycles"].to_pylist()
             if r["kind"] == "fh"] == [("fh", -1)]
+
+
+def test_the_build_streams(trace: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Batches come as the records are read, a chunk at a time, none larger than a chunk:
+    what keeps memory flat whatever the trace's size."""
+    read: list[int] = []
+
+    class Counting(TraceReader):
+        def arrays(self, progress: Any = None) -> Any:
+            for obj in super().arrays(progress):
+                read.append(1)
+                yield obj
+
+    monkeypatch.setattr(build, "TraceReader", Counting)
+    monkeypatch.setattr(build, "CHUNK", 500)
+    batches = build.TraceTables(str(trace), "t").batches()
+    next(batches)
+    assert len(read) == 500
+    sizes = [batch.num_rows for _, batch in batches]
+    assert len(read) == 12_000 and len(sizes) > 24 and max(sizes) <= 500
