@@ -11,6 +11,7 @@ entry name); `inspector.sql.layout` finds it in each opcode's structs.
 from __future__ import annotations
 
 import json
+import textwrap
 from dataclasses import dataclass
 from typing import Any
 
@@ -201,23 +202,13 @@ def help_text(width: int = 88) -> str:
     """The tables for `fusetrace sql --help`."""
     lines = ["tables (one row per ...):"]
     for table in TABLES:
-        lines.append(f"  {table.name}: one row per {table.row}")
+        lines.append(textwrap.fill(f"{table.name}: one row per {table.row}", width,
+                                   initial_indent="  ", subsequent_indent="      "))
         for col in table.columns:
             head = f"    {col.name:<14}{col.type:<12}"
-            lines.append(_wrap(head, col.doc, width))
+            lines.append(textwrap.fill(col.doc, width, initial_indent=head,
+                                       subsequent_indent=" " * len(head)))
     return "\n".join(lines)
-
-
-def _wrap(head: str, text: str, width: int) -> str:
-    out, line = [], head
-    for word in text.split():
-        if len(line) + 1 + len(word) > width and line.strip() != head.strip():
-            out.append(line)
-            line = " " * len(head) + word
-        else:
-            line = f"{line}{'' if line.endswith(' ') else ' '}{word}"
-    out.append(line)
-    return "\n".join(out)
 
 
 def schema_document() -> dict[str, Any]:
