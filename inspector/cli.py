@@ -306,6 +306,10 @@ def build_parser() -> argparse.ArgumentParser:
     browse.add_argument("-f", "--filter", metavar="EXPR", help="start with this filter")
     browse.set_defaults(run=_browse)
 
+    from .sql.command import add_parser as add_sql
+
+    add_sql(sub)
+
     from .replay.command import add_parser as add_replay
 
     add_replay(sub)

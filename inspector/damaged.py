@@ -18,7 +18,7 @@ DAMAGED = 3
 
 #: the rule as `fusetrace --help` and the README state it
 RULE = ("A damaged trace (cut short or corrupt part-way): show, export, check, follow, "
-        "stats, browse, compress and decompress use the records before the damage, say "
+        "stats, sql, browse, compress and decompress use the records before the damage, say "
         "so in one line on stderr ('fusetrace: warning: TRACE is damaged: ...') and exit "
         f"{DAMAGED}, whatever they would have exited otherwise; replay, serve, reduce and "
         "fuzz need the whole session and refuse it with exit 2.")
@@ -42,3 +42,18 @@ def finish(path: str, tail: str | None, status: int) -> int:
     sys.stdout.flush()  # the output comes first, the warning after it
     print(warning(path, tail), file=sys.stderr)
     return DAMAGED
+
+
+class Damage:
+    """For commands that read several traces (sql, export --parquet): `__call__(path, tail)`
+    says the warning for each damaged one as it is met; `status` gives the exit status."""
+
+    def __init__(self) -> None:
+        self.seen = False
+
+    def __call__(self, path: str, tail: str) -> None:
+        self.seen = True
+        print(warning(path, tail), file=sys.stderr)
+
+    def status(self, status: int) -> int:
+        return DAMAGED if self.seen and status == 0 else status

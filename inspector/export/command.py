@@ -17,6 +17,11 @@ def _fail(exc: Exception) -> int:
 def _export(args: argparse.Namespace) -> int:
     from .output import ExportError
 
+    if args.parquet is not None:
+        return _export_parquet(args)
+    if len(args.trace) > 1:
+        return _fail(ValueError("only --parquet exports several traces at once"))
+    args.trace = args.trace[0]
     try:
         if args.perfetto:
             from .perfetto import write_perfetto
@@ -41,6 +46,21 @@ def _export(args: argparse.Namespace) -> int:
 
 def _size(n: int) -> str:
     return f"{n / 1e6:.1f} MB" if n >= 100_000 else f"{n:,} bytes"
+
+
+def _export_parquet(args: argparse.Namespace) -> int:
+    from ..damaged import Damage
+    from .output import ExportError
+    from .parquet import write_parquet
+
+    if args.output != "-":
+        return _fail(ValueError("--parquet writes to the directory it names, not to -o"))
+    damage = Damage()
+    try:
+        write_parquet(args.parquet, args.trace, damage)
+    except ExportError as exc:
+        return _fail(exc)
+    return damage.status(0)
 
 
 def _compress(args: argparse.Namespace) -> int:
@@ -77,11 +97,13 @@ def _wireshark_plugin(args: argparse.Namespace) -> int:
 def add_parsers(sub: Any) -> None:
     """Add the subcommands to the `fusetrace` parser's subparsers."""
     export = sub.add_parser(
-        "export", help="write a trace for other tools: JSON lines, Perfetto, Wireshark",
+        "export", help="write a trace for other tools: JSON lines, Perfetto, Wireshark, Parquet",
         description="Convert a trace: --jsonl (default) one JSON object per record for "
                     "scripts; --perfetto Chrome trace-event JSON for ui.perfetto.dev and "
                     "chrome://tracing; --pcapng a capture for Wireshark and tshark "
-                    "(decoded by `fusetrace wireshark-plugin`).",
+                    "(decoded by `fusetrace wireshark-plugin`); --parquet OUT the tables of "
+                    "`fusetrace sql` for DuckDB, Spark, Trino, Polars or pandas, several "
+                    "traces at once.",
         epilog="A damaged trace is exported up to the damage, in every format: exit 3 and "
                "one line on stderr (fusetrace --help). An export that fails leaves no "
                "output file behind.")
@@ -93,9 +115,14 @@ def add_parsers(sub: Any) -> None:
     fmt.add_argument("--pcapng", action="store_true",
                      help="pcapng, every record a packet (link type USER0, ns timestamps); "
                           "tshark -X lua_script:$(fusetrace wireshark-plugin) -r OUT decodes it")
+    fmt.add_argument("--parquet", metavar="OUT",
+                     help="a Parquet dataset in directory OUT: OUT/TABLE/trace=NAME/*.parquet "
+                          "for each table of `fusetrace sql --help` and each TRACE, and "
+                          "OUT/schema.json; a cut trace gives the rows of its whole records")
     export.add_argument("-o", "--output", default="-", metavar="OUT",
                         help="file to write (default -: standard output)")
-    export.add_argument("trace", help="trace file (.fzt or .fzt.zst)")
+    export.add_argument("trace", nargs="+", metavar="TRACE",
+                        help="trace file (.fzt or .fzt.zst); several only with --parquet")
     export.set_defaults(run=_export)
 
     plugin = sub.add_parser(

@@ -94,6 +94,8 @@ PREFIX_COMMANDS = [
     ["follow", "--backing-id", "1", "TRACE"], ["follow", "--nodeid", "424242", "TRACE"],
     ["stats", "TRACE"], ["stats", "--json", "TRACE"],
     ["compress", "-o", "DIR/out.fzt.zst", "TRACE"],
+    ["sql", "--csv", "-e", "SELECT count(*) FROM exchanges", "TRACE"],
+    ["export", "--parquet", "DIR/dataset", "TRACE"],
 ]
 #: commands that need the whole session
 WHOLE_SESSION_COMMANDS = [
@@ -331,7 +333,7 @@ def test_the_rule_names_every_command_that_reads_a_trace() -> None:
 
     sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     readers = {name for name, p in sub.choices.items()
-               if any(a.dest == "trace" for a in p._actions)}
+               if any(a.dest in ("trace", "source") for a in p._actions)}
     prefix_part = RULE.split(";", 1)[0]
     named = {w.strip(",") for w in re.findall(r"\b[a-z]+\b,?", RULE)} & set(sub.choices)
     assert readers == named, (readers, named)
