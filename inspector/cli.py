@@ -220,7 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
     rec = sub.add_parser(
         "record", help="run a FUSE server behind a recording proxy",
         usage="fusetrace record [-w TRACE] [-s SNAPLEN] [-q] [--connect HOW] [-o OPTS] "
-              "[--mountpoint PATH] [--grace S] [--spin-us US] -- SERVER [ARGS...]",
+              "[--mountpoint PATH] [--grace S] [--spin-us US] [--forward-only] "
+              "-- SERVER [ARGS...]",
         description="Run SERVER as you would: fusetrace records every message between the "
                     "kernel and SERVER. As root, SERVER's command line is left as typed: "
                     "its own open of /dev/fuse (or its fusermount3 helper's) gets the "

@@ -81,7 +81,7 @@ from dissectors.constants import (
     NO_REPLY_OPCODES,
     Opcode,
 )
-from dissectors.offsets import IN_HEADER_SIZE, OUT_HEADER_SIZE, offset, reader
+from dissectors.offsets import IN_HEADER_SIZE, OUT_HEADER_SIZE, offset, put, reader
 from dissectors.quick import (
     DATA_NOTIFY,
     DATA_REPLIES,
@@ -128,7 +128,7 @@ UNRELAYABLE: dict[int, str] = {
     FUSE_OVER_IO_URING: "FUSE-over-io_uring bypasses the /dev/fuse reads and writes the "
                         "proxy relays",
 }
-_INIT_FLAGS = reader(FuseInitIn, "flags", "flags2")
+_INIT_FLAGS = reader(FuseInitIn, "flags", "flags2")  # from fuse_init_in's first byte
 _FLAGS_AT = IN_HEADER_SIZE + offset(FuseInitIn, "flags")
 _NO_REPLY = NO_REPLY_OPCODES | {Opcode.INTERRUPT}
 
@@ -138,8 +138,8 @@ def mask_init(raw: bytes | memoryview, mask: int) -> tuple[bytes, str] | None:
     None when it offered none of them. flags2 (bits 32..63) counts only with INIT_EXT."""
     if len(raw) < _FLAGS_AT + 4:
         return None
-    has_flags2 = len(raw) >= _FLAGS_AT + 8
-    flags, flags2 = _INIT_FLAGS.unpack_from(raw, _FLAGS_AT) if has_flags2 else (
+    has_flags2 = len(raw) >= IN_HEADER_SIZE + _INIT_FLAGS.size
+    flags, flags2 = _INIT_FLAGS.unpack_from(raw, IN_HEADER_SIZE) if has_flags2 else (
         struct.unpack_from("<I", raw, _FLAGS_AT)[0], 0)
     offered = flags | (flags2 << 32 if flags & FUSE_INIT_EXT else 0)
     dropped = offered & mask
@@ -147,9 +147,9 @@ def mask_init(raw: bytes | memoryview, mask: int) -> tuple[bytes, str] | None:
         return None
     kept = offered & ~dropped
     out = bytearray(raw)
-    struct.pack_into("<I", out, _FLAGS_AT, kept & 0xFFFFFFFF)
+    put(FuseInitIn, "flags", out, kept & 0xFFFFFFFF, IN_HEADER_SIZE)
     if has_flags2 and flags & FUSE_INIT_EXT:
-        struct.pack_into("<I", out, _FLAGS_AT + 4, kept >> 32)
+        put(FuseInitIn, "flags2", out, kept >> 32, IN_HEADER_SIZE)
     names = "|".join(name for bit, name in INIT_FLAGS.items() if dropped & bit)
     why = "; ".join(text for bits, text in UNRELAYABLE.items() if dropped & bits)
     return bytes(out), f"masked {names} in INIT: {why}"

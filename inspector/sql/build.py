@@ -26,7 +26,8 @@ import numpy as np
 import pyarrow as pa
 
 from dissectors import SessionDecoder
-from dissectors.constants import IN_HEADER_SIZE, OUT_HEADER_SIZE, Opcode
+from dissectors.constants import Opcode
+from dissectors.offsets import IN_HEADER_SIZE, OUT_HEADER_SIZE
 from dissectors.context import Dialect, FuseContext
 from dissectors.fields import errno_name
 from dissectors.ioctls import DevIoctl, ioctl_arg_fields, ioctl_name

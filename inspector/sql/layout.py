@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 
-from dissectors.constants import IN_HEADER_SIZE, OUT_HEADER_SIZE
+from dissectors.offsets import IN_HEADER_SIZE, OUT_HEADER_SIZE
 from dissectors.context import FuseContext
 from dissectors.ids import field_offsets, id_fields
 from dissectors.layouts import notify_plan, reply_plan, request_plan, struct_size

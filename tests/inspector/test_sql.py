@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import duckdb
 
 from inspector.demo import workload
-from inspector.record.trap import IoctlTrap
+from inspector.exchange.trap import IoctlTrap
 from inspector.testing import recorded_server
 
 from record_support import PASSTHROUGHFS, REPO, fusetrace, mount_test
