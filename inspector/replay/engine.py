@@ -46,13 +46,14 @@ from dissectors.quick import brief_reply, peek_reply
 from dissectors.structs import FuseInHeader
 from traces import TraceWriter
 
+from ..lifecycles.wire import interrupted_unique
 from .attribute import Attributor, ioctl_backing_id
 from .emulate import IoctlCall, IoctlLog, negotiated_depth
 from .fast import Shape, ShapeKey, shape, shape_key
 from .hidden import WHY, WrittenThrough, hides
 from .masks import Masks, notify_key
-from .report import Difference, End, FieldDiff, Outcome, ReplayReport
 from .order import plan
+from .report import Difference, End, FieldDiff, Outcome, ReplayReport
 from .script import COMPARED_IOCTLS, SEND, Exchange, IoctlRecord, ReplayError, Script, exit_text
 from .server import GRACE, Closed, ServerUnderTest
 from .translate import Translator
@@ -344,8 +345,8 @@ class Replayer:
         replay does not have: one its recorded reply handed out and the replayed one did
         not, or one whose replayed value a later reply took for another (the one-to-one
         rule broken); also an INTERRUPT of a request not sent."""
-        if ex.opcode == Opcode.INTERRUPT and len(ex.raw) >= 48:
-            target = int.from_bytes(ex.raw[40:48], "little")
+        if ex.opcode == Opcode.INTERRUPT:
+            target = interrupted_unique(ex.raw)
             if target in self.skipped:
                 return target, "the request it interrupts was not sent"
         for (kind, value), source in self.plan.producers.get(ex.unique, {}).items():

@@ -27,6 +27,7 @@ from dissectors.ioctls import DevIoctl
 from dissectors.quick import Brief, peek_reply, peek_request
 from traces import Record, TraceReadError, TraceReader
 
+from ..lifecycles.wire import interrupted_unique
 from .attribute import Attributor, ioctl_backing_id
 from .views import RequestView
 
@@ -175,8 +176,8 @@ def _build(where: str, header: dict[str, Any], records: list[Any]) -> Script:
             ex = Exchange(rec.index, rec.raw, opcode, unique, _true_len(rec))
             if ex.true_len is not None and opcode == Opcode.WRITE:
                 cut_writes += 1
-            if opcode == _INTERRUPT and len(rec.raw) >= 48:
-                target = exchanges.get(int.from_bytes(rec.raw[40:48], "little"))
+            if opcode == _INTERRUPT:
+                target = exchanges.get(interrupted_unique(rec.raw) or 0)
                 if target is not None and not target.answered and target.interrupted_at is None:
                     target.interrupted_at = rec.index
             exchanges[unique] = ex

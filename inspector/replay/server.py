@@ -10,7 +10,8 @@ worked, as root (as under `record`). Others get `/dev/fd/N`, one end of a SOCK_S
 socketpair, in place of the mountpoint argument (found as for `record`: the same heuristic
 and `--mountpoint`, `inspector.exchange.args`). Either way its umount2(2) of its
 mountpoint (or of the /dev/fd/N it was given) is answered 0, as `record` answers it once
-the mount is gone. The recorder's seccomp trap
+the mount is gone, and a server that mounted by itself and then opens a path inside its
+mountpoint (go-fuse does, at start) gets an empty file, not the directory underneath. The recorder's seccomp trap
 (`inspector.exchange.trap`) is installed the same way, with the kernel's side of the
 ioctls emulated (`emulate.EmulatedKernel` is its performer). Its output goes to a file,
 shown when it fails.
@@ -45,7 +46,7 @@ from ..exchange import hangup
 from ..exchange.args import ArgumentError, ServerCommand
 from ..exchange.channel import BUFFER_SIZE, server_socketpair
 from ..exchange.flavour import Flavour, guess
-from ..exchange.trap import IoctlTrap, ServerMount, ServerUnmount
+from ..exchange.trap import IoctlTrap, ServerMount, ServerOpen, ServerUnmount
 from ..syscalls import socket_holders
 from .emulate import EmulatedKernel, IoctlLog
 from .script import ReplayError, exit_text
@@ -110,7 +111,8 @@ class ServerUnderTest:
         self.trap = IoctlTrap(child_fd, -1, self.log,
                               on_mount=_pretend_mounted if device_open else None,
                               on_unmount=self._unmounted, native=False,
-                              performer=EmulatedKernel(self.passthrough))
+                              performer=EmulatedKernel(self.passthrough),
+                              on_open=self._opened_inside if device_open else None)
         try:
             self.proc = subprocess.Popen(argv, pass_fds=[child_fd], preexec_fn=self.trap.child_setup,
                                          stdin=subprocess.DEVNULL, stdout=self.output,
@@ -127,6 +129,19 @@ class ServerUnderTest:
             self.trap.start(self.proc)
         except RuntimeError as exc:
             raise ReplayError(str(exc)) from None
+
+    def _opened_inside(self, request: ServerOpen) -> int | None:
+        """The trap's `on_open`: a server's own open of a path inside the mountpoint it
+        believes mounted (go-fuse opens a file there at start, to have the kernel send it
+        a POLL it can refuse) gets an empty file (/dev/null); the requests the kernel made
+        of it are in the trace and replayed as recorded."""
+        mountpoint = self.command.mountpoint
+        if mountpoint is None:
+            return None
+        inside = os.path.realpath(mountpoint) + os.sep
+        if not os.path.realpath(request.path).startswith(inside):
+            return None
+        return os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
 
     def _unmounted(self, request: ServerUnmount) -> int | None:
         """The trap's `on_unmount`: the server unmounting its mountpoint (or the /dev/fd/N
@@ -159,6 +174,22 @@ class ServerUnderTest:
         """The next message from the server; None when the deadline passed first. Raises
         Closed once nothing holds the server's end any more (every process of it exited)."""
         assert self.sock is not None
+        try:  # a pipelined replay often finds the reply there already: no poll for it
+            n = self.sock.recv_into(self.buf, 0, socket.MSG_TRUNC | socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            n = self._wait_and_receive(deadline)
+            if n is None:
+                return None
+        except ConnectionResetError:
+            raise Closed() from None
+        if n == 0:
+            raise Closed()
+        if n > len(self.buf):
+            raise ReplayError(f"a {n}-byte message from the server exceeds the {len(self.buf)}-byte buffer")
+        return bytes(self.buf[:n])
+
+    def _wait_and_receive(self, deadline: float) -> int | None:
+        assert self.sock is not None
         while True:
             events = self.poller.poll(max(deadline - time.monotonic(), 0) * 1000)
             if not events:
@@ -167,14 +198,9 @@ class ServerUnderTest:
                 break
             self._process_gone()
         try:
-            n = self.sock.recv_into(self.buf, 0, socket.MSG_TRUNC)
+            return self.sock.recv_into(self.buf, 0, socket.MSG_TRUNC)
         except ConnectionResetError:
             raise Closed() from None
-        if n == 0:
-            raise Closed()
-        if n > len(self.buf):
-            raise ReplayError(f"a {n}-byte message from the server exceeds the {len(self.buf)}-byte buffer")
-        return bytes(self.buf[:n])
 
     def _process_gone(self) -> None:
         """The process started has exited: Closed when nothing of the server holds its end

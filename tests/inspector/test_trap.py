@@ -323,3 +323,55 @@ def test_a_thread_that_changes_identity_is_seen_with_the_new_one(
     records = [r.meta for r in TraceReader(str(tmp_path / "t.fzt")) if r.kind is Kind.IOCTL]
     assert [m["errno"] for m in records] == [0, errno.EPERM, 0]
     assert in_c == (2 if native else 0)  # the refused one was made by Python as euid 65534
+
+
+OPENS = r"""
+import json, os, sys
+where = sys.argv[1]
+os.chdir(where)
+out = {}
+for name, how in (("absolute", lambda: os.open(os.path.join(where, "inside", "f"), os.O_RDONLY)),
+                  ("relative", lambda: os.open("inside/g", os.O_CREAT | os.O_WRONLY, 0o644)),
+                  ("outside", lambda: os.open(os.path.join(where, "outside"), os.O_RDONLY))):
+    try:
+        fd = how()
+        out[name] = os.readlink(f"/proc/self/fd/{fd}")
+        os.close(fd)
+    except OSError as exc:
+        out[name] = -exc.errno
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.timeout(30)
+def test_other_opens_are_answered_by_on_open(skip_without_seccomp: None, tmp_path: Path) -> None:
+    """With `on_open` (a replay's, for a mountpoint that is not there), every open the
+    server makes is handed over with its path made absolute: answered with a descriptor
+    of ours, or let run."""
+    (tmp_path / "inside").mkdir()
+    (tmp_path / "outside").write_bytes(b"real")
+    seen = []
+
+    def on_open(request: trap_module.ServerOpen) -> int | None:
+        seen.append(request.path)
+        if request.path.startswith(str(tmp_path / "inside") + "/"):
+            return os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        return None
+
+    relay, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        with TraceWriter(str(tmp_path / "t.fzt"), {"source": "test"}) as writer:
+            trap = IoctlTrap(child_end.fileno(), -1, writer, native=False, on_open=on_open)
+            proc = subprocess.Popen([sys.executable, "-c", OPENS, str(tmp_path)],
+                                    preexec_fn=trap.child_setup, stdout=subprocess.PIPE)
+            trap.start(proc)
+            out, _ = proc.communicate(timeout=20)
+            trap.stop()
+    finally:
+        relay.close()
+        child_end.close()
+    got = json.loads(out)
+    assert got == {"absolute": "/dev/null", "relative": "/dev/null",
+                   "outside": str(tmp_path / "outside")}
+    assert {str(tmp_path / "inside" / "f"), str(tmp_path / "inside" / "g")} <= set(seen)
+    assert not (tmp_path / "inside" / "g").exists()
