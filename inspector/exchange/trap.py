@@ -66,7 +66,8 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
-from dissectors.ioctls import DevIoctl
+from dissectors.ids import field_offsets
+from dissectors.ioctls import DevIoctl, FuseBackingMap, FuseIoctlU32, FusePassthroughOut
 from traces import TraceWriter
 
 from . import creds
@@ -335,9 +336,10 @@ def _fd_path(pid: int, fd: int) -> str | None:
 
 #: Which ioctls carry a file descriptor, and where in their argument it sits.
 _FD_AT: dict[int, int] = {
-    DevIoctl.BACKING_OPEN: 0,  # fuse_backing_map.fd (and Android V0's fuse_passthrough_out.fd)
-    DevIoctl.PASSTHROUGH_OPEN_V1: 0,
-    DevIoctl.PASSTHROUGH_OPEN_V2: 0,
+    # fuse_backing_map.fd; Android's V0 form, fuse_passthrough_out, has its fd there too
+    DevIoctl.BACKING_OPEN: field_offsets(FuseBackingMap)["fd"][0],
+    DevIoctl.PASSTHROUGH_OPEN_V1: field_offsets(FusePassthroughOut)["fd"][0],
+    DevIoctl.PASSTHROUGH_OPEN_V2: field_offsets(FuseIoctlU32)["value"][0],
 }
 
 

@@ -19,11 +19,10 @@ compared request by request, whatever else ran concurrently in the recorded sess
 
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass
 
 from dissectors.constants import Opcode
-from dissectors.ioctls import DevIoctl
+from dissectors.ioctls import DevIoctl, ioctl_arg_fields
 from dissectors.quick import peek_reply
 
 from ..lifecycles.wire import open_out, request_fhs
@@ -50,8 +49,8 @@ def ioctl_backing_id(cmd: int, arg: bytes, result: int) -> int | None:
     """The backing id an ioctl registered (its result) or closed (its argument)."""
     if cmd in _ID_RETURNED:
         return result if result > 0 else None
-    if cmd == DevIoctl.BACKING_CLOSE and len(arg) >= 4:
-        return struct.unpack_from("<I", arg)[0]
+    if cmd == DevIoctl.BACKING_CLOSE:
+        return ioctl_arg_fields(cmd, arg).get("backing_id")
     return None
 
 

@@ -31,7 +31,6 @@ Differences are pinned to the recorded record they concern and reported in recor
 from __future__ import annotations
 
 import os
-import struct
 import subprocess
 import threading
 import time
@@ -41,7 +40,7 @@ from typing import Any, Sequence
 from dissectors import SessionDecoder, line
 from dissectors.constants import NO_REPLY_OPCODES, READ_ONLY_OPCODES, Opcode
 from dissectors.context import DEFAULT_CONTEXT, Dialect
-from dissectors.ioctls import DevIoctl
+from dissectors.ioctls import DevIoctl, ioctl_arg_fields
 from dissectors.quick import brief_reply, peek_reply
 from dissectors.structs import FuseInHeader
 from traces import TraceWriter
@@ -760,15 +759,18 @@ class Replayer:
             problem = self.tr.backing.learn(rec.result, rep.result)
             if problem:
                 fields.append(FieldDiff("result", str(rec.result), str(rep.result), problem))
-        if rec.cmd == DevIoctl.BACKING_CLOSE and len(rec.arg) == 4 and len(rep.arg) == 4:
-            rec_id, rep_id = struct.unpack("<I", rec.arg)[0], struct.unpack("<I", rep.arg)[0]
+        dialect = self.rec.ctx.dialect
+        mine, theirs = (ioctl_arg_fields(rec.cmd, rec.arg, dialect),
+                        ioctl_arg_fields(rep.cmd, rep.arg, dialect))
+        if rec.cmd == DevIoctl.BACKING_CLOSE and "backing_id" in mine and "backing_id" in theirs:
+            rec_id, rep_id = mine["backing_id"], theirs["backing_id"]
             expected = (self.tr.backing_closed(rec_id) if rec.errno == 0
                         else self.tr.backing.forward.get(rec_id))
             if expected != rep_id:
                 fields.append(FieldDiff("backing_id", str(rec_id), str(rep_id),
                                         f"recorded backing id {rec_id} is {expected} in this replay"))
-        if rec.cmd == DevIoctl.BACKING_OPEN and rec.arg[4:8] != rep.arg[4:8]:
-            fields.append(FieldDiff("flags", rec.arg[4:8].hex(), rep.arg[4:8].hex()))
+        if rec.cmd == DevIoctl.BACKING_OPEN and mine.get("flags") != theirs.get("flags"):
+            fields.append(FieldDiff("flags", str(mine.get("flags")), str(theirs.get("flags"))))
         if fields:
             self.diffs.append(Difference(
                 rec.index, "ioctl", self._ioctl_text(rec.cmd, rec.arg, rec.result, rec.errno),

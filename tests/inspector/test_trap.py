@@ -375,3 +375,13 @@ def test_other_opens_are_answered_by_on_open(skip_without_seccomp: None, tmp_pat
                    "outside": str(tmp_path / "outside")}
     assert {str(tmp_path / "inside" / "f"), str(tmp_path / "inside" / "g")} <= set(seen)
     assert not (tmp_path / "inside" / "g").exists()
+
+
+def test_the_fd_of_either_backing_open_form_is_where_the_trap_takes_it() -> None:
+    """One ioctl number, two argument structs (mainline fuse_backing_map, Android V0's
+    fuse_passthrough_out): the trap takes the backing fd from one offset for both."""
+    from dissectors.ids import field_offsets
+    from dissectors.ioctls import DevIoctl, FuseBackingMap, FusePassthroughOut
+
+    at = trap_module._FD_AT[DevIoctl.BACKING_OPEN]
+    assert at == field_offsets(FuseBackingMap)["fd"][0] == field_offsets(FusePassthroughOut)["fd"][0]
