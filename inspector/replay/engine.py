@@ -287,17 +287,25 @@ class Replayer:
         how = self.server.status() or "closed its connection"
         name = self.server.argv[0] if self.server.argv else "the server"
         before_init = ex is None or ex.opcode == Opcode.INIT
+        # pipelined requests still unanswered: any of them may be the one it died on
+        others = tuple(sorted(s.ex.index for s in self.outstanding.values()
+                              if ex is not None and s.ex is not ex and not s.compared
+                              and s.ex.interrupted_at is None))
         if before_init:
             text = f"{name} {how} before answering the kernel's INIT: it did not start"
         else:
             what = self.sent[ex.unique].text() if ex.unique in self.sent else "a request"
             text = f"the server {how} while handling {what}"
+            if others:
+                text += (f" or one of {len(others)} more requests pipelined with it (records "
+                         f"{', '.join(map(str, others))}; --serial pins the one)")
         outcome = Outcome(
             End.KILLED if code is not None and code < 0 else End.EXITED,
             status=code if code is not None and code >= 0 else None,
             signal=-code if code is not None and code < 0 else None,
             record=ex.index if ex is not None else None,
-            opcode=ex.opcode if ex is not None else None, before_init=before_init)
+            opcode=ex.opcode if ex is not None else None, before_init=before_init,
+            pipelined=others)
         return text, outcome
 
     def _event(self, name: str, **data: Any) -> None:
