@@ -31,18 +31,20 @@ Differences are pinned to the recorded record they concern and reported in recor
 from __future__ import annotations
 
 import os
+import struct
 import subprocess
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Sequence
 
 from dissectors import SessionDecoder, line
-from dissectors.constants import NO_REPLY_OPCODES, READ_ONLY_OPCODES, Opcode
+from dissectors.constants import IN_HEADER_SIZE, NO_REPLY_OPCODES, READ_ONLY_OPCODES, Opcode
 from dissectors.context import DEFAULT_CONTEXT, Dialect
+from dissectors.ids import field_offsets
 from dissectors.ioctls import DevIoctl, ioctl_arg_fields
-from dissectors.quick import brief_reply, peek_reply
-from dissectors.structs import FuseInHeader
+from dissectors.quick import brief_reply, brief_request, compiled, peek_reply
+from dissectors.structs import FuseBatchForgetIn, FuseForgetOne, FuseInHeader
 from traces import TraceWriter
 
 from ..lifecycles.wire import interrupted_unique
@@ -69,6 +71,7 @@ from .views import (
     names_text,
     patch,
     reply_view,
+    request_view,
     show,
 )
 
@@ -84,6 +87,10 @@ _READ_ONLY = frozenset(int(op) for op in READ_ONLY_OPCODES)
 #: Read-only requests out at once, at most: enough to keep a server's threads busy while
 #: the replay compares, few enough that a slow server is not flooded.
 PIPELINE = 8
+_U32 = struct.Struct("<I")
+_LEN_AT = field_offsets(FuseInHeader)["len"][0]
+_COUNT_AT = field_offsets(FuseBatchForgetIn)["count"][0]
+_FORGET_ONE_SIZE = compiled(FuseForgetOne).st.size
 _OPEN_IOCTLS = frozenset({DevIoctl.BACKING_OPEN, DevIoctl.PASSTHROUGH_OPEN_V1,
                           DevIoctl.PASSTHROUGH_OPEN_V2})
 
@@ -339,6 +346,11 @@ class Replayer:
         if found is None:
             self._send(ex)
             return
+        if ex.opcode == Opcode.BATCH_FORGET:
+            kept = self._forgets_kept(ex)
+            if kept is not None:
+                self._send(kept)
+                return
         source, why = found
         root = self.skipped.get(source, source)
         self.skipped[ex.unique] = root
@@ -346,6 +358,26 @@ class Replayer:
         if cost is None:
             cost = self.diverged[root] = _Diverged(self.plan.by_unique[root], ex, why)
         cost.requests += 1
+
+    def _forgets_kept(self, ex: Exchange) -> Exchange | None:
+        """A BATCH_FORGET some of whose nodes the replayed server never handed out, as the
+        kernel would have sent it: only the others (None when none is left). The rest's
+        lookups still go back, so their ids can be handed out again as recorded."""
+        assert ex.view is not None
+        producers = self.plan.producers.get(ex.unique, {})
+        kept = [(at, node) for at, node, _ in ex.view.forgets
+                if (NODE, node) not in producers or node in self.tr.nodes.forward]
+        if not kept:
+            return None
+        at = ex.view.forgets[0][0]
+        size = _FORGET_ONE_SIZE
+        raw = bytearray(ex.raw[:at])
+        for where, _ in kept:
+            raw += ex.raw[where:where + size]
+        _U32.pack_into(raw, _LEN_AT, len(raw))
+        _U32.pack_into(raw, IN_HEADER_SIZE + _COUNT_AT, len(kept))
+        brief = brief_request(bytes(raw), self.rec.ctx)
+        return replace(ex, raw=bytes(raw), view=request_view(bytes(raw), brief), true_len=None)
 
     def _diverged_source(self, ex: Exchange) -> tuple[int, str] | None:
         """(unique of the request whose reply diverged, how) when `ex` names an id this
