@@ -36,7 +36,9 @@ the server and everything it runs (the `fusermount3` helper included). Their ope
 mount(2) of it goes to the recorder, which mounts the real device at the same place with
 the same options. umount2(2) is trapped always (`on_unmount`): a server ending its session
 unmounts its mountpoint the way it would directly, and one told of an unmount that already
-happened is answered as the kernel's POLLERR would have spared it the call.
+happened is answered as the kernel's POLLERR would have spared it the call. With `on_open`
+(a replay, where nothing is mounted), every other open the server makes is handed over too,
+its path made absolute, to be answered with a descriptor of the caller's or let run.
 
 With the device performer the common calls are handled in C (`_trapfast.c`, with the GIL
 released): BACKING_OPEN and BACKING_CLOSE on the relay from a caller with the recorder's
