@@ -22,7 +22,7 @@ import pytest
 from dissectors import Message
 from dissectors.constants import READ_ONLY_OPCODES, Opcode
 from dissectors.ioctls import DevIoctl
-from inspector.replay import Masks, ReplayReport, replay
+from inspector.replay import End, Masks, Outcome, ReplayReport, replay
 from inspector.replay.engine import PIPELINE, Replayer
 from inspector.replay.hidden import WHY
 from inspector.syscalls import mount, umount2
@@ -417,12 +417,14 @@ def test_reused_file_handle_is_pinned_to_the_second_open(passthrough_trace: Reco
 def test_hung_server_is_reported_with_its_request(passthrough_trace: Recorded, tmp_path: Path) -> None:
     report = replay(passthrough_trace.trace,
                     passthrough_trace.fresh(tmp_path, "--misbehave", "stall=READLINK:30"),
-                    timeout=1.0)
+                    timeout=5.0)  # (1 s was too little for the other requests on a loaded machine)
     first_readlink = _records(passthrough_trace.trace, lambda m: m.brief.opcode == Opcode.READLINK,
                               replies=False)[0]
     assert report.error is not None and not report.ok
     assert report.error.startswith("no reply to READLINK")
-    assert f"(record {first_readlink}) within 1 s: the server hangs on it" in report.error
+    assert f"(record {first_readlink}) within 5 s: the server hangs on it" in report.error
+    assert report.outcome == Outcome(End.NO_REPLY, seconds=5.0, record=first_readlink,
+                                     opcode=Opcode.READLINK)
 
 
 @pytest.mark.requires_fuse
