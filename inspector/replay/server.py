@@ -11,10 +11,10 @@ socketpair, in place of the mountpoint argument (found as for `record`: the same
 and `--mountpoint`, `inspector.exchange.args`). Either way its umount2(2) of its
 mountpoint (or of the /dev/fd/N it was given) is answered 0, as `record` answers it once
 the mount is gone, and a server that mounted by itself and then opens a path inside its
-mountpoint (go-fuse does, at start) gets an empty file, not the directory underneath. The recorder's seccomp trap
-(`inspector.exchange.trap`) is installed the same way, with the kernel's side of the
-ioctls emulated (`emulate.EmulatedKernel` is its performer). Its output goes to a file,
-shown when it fails.
+mountpoint (go-fuse does, at start) gets an empty file, not the directory underneath.
+The recorder's seccomp trap (`inspector.exchange.trap`) is installed the same way, with
+the kernel's side of the ioctls emulated (`emulate.EmulatedKernel` is its performer).
+Its output goes to a file, shown when it fails.
 
 A server that exits (or closes its connection) is seen at once, whatever it was doing:
 the replay waits on its process (a pidfd) beside its socket, so one that never starts is
