@@ -823,7 +823,7 @@ class DevicePerformer:
                 with creds.assumed(caller):
                     try:
                         device = self.trap.device_fd
-                        result = fcntl.ioctl(device, cmd, buf) if buf else fcntl.ioctl(device, cmd, 0)
+                        result = fcntl.ioctl(device, cmd, buf if buf else 0)
                     except OSError as exc:
                         return Outcome(-1, exc.errno or errno.EIO)
             except OSError as exc:
