@@ -42,7 +42,9 @@ the same options. umount2(2) is trapped always (`on_unmount`): a server ending i
 unmounts its mountpoint the way it would directly, and one told of an unmount that already
 happened is answered as the kernel's POLLERR would have spared it the call. With
 `on_fsmount`, the new mount API (fsopen/fsconfig/fsmount/move_mount) is taken over the
-same way (`fsmount`).
+same way (`fsmount`). With `on_open` (a replay, where nothing is mounted), every other
+open the server makes is handed over too, its path made absolute, to be answered with a
+descriptor of the caller's or let run.
 
 With the device performer the common calls are handled in C (`_trapfast.c`, with the GIL
 released): BACKING_OPEN and BACKING_CLOSE on the relay from a caller with the recorder's
@@ -149,6 +151,7 @@ FUSE_IOCTL_TYPE = 229 << 8
 O_RDWR = os.O_RDWR
 #: Flags that don't change what "an open of /dev/fuse" is: O_CLOEXEC, O_LARGEFILE.
 _OPEN_FLAGS_MASK = ~(0o2000000 | 0o100000) & 0xFFFFFFFF
+_AT_FDCWD = -100
 
 # classic BPF opcodes
 _LD_W_ABS, _JEQ_K, _AND_K, _RET_K = 0x20, 0x15, 0x54, 0x06
@@ -194,19 +197,23 @@ def filter_program(audit_arch: int, rules: list[Rule]) -> list[tuple[int, int, i
 
 
 def rules_for(arch: Arch, device_open: bool, cred_changes: bool = False,
-              mount_api: bool = False) -> list[Rule]:
+              mount_api: bool = False, every_open: bool = False) -> list[Rule]:
     """FUSE ioctls, splice(2) and umount2(2) always; with `device_open`, also opens of a
     file for O_RDWR (how servers open /dev/fuse; the path is checked in user space) and
-    mount(2); with `cred_changes`, the calls that change credentials (let through: the C
-    loop only notes them); with `mount_api`, fsopen, fsconfig, fsmount and move_mount."""
+    mount(2); with `every_open`, every open; with `cred_changes`, the calls that change
+    credentials (let through: the C loop only notes them); with `mount_api`, fsopen,
+    fsconfig, fsmount and move_mount."""
     rules = [Rule(arch.ioctl, arg=1, mask=0xFF00, value=FUSE_IOCTL_TYPE), Rule(arch.splice),
              Rule(arch.umount2)]
     if cred_changes:
         rules += [Rule(nr) for nr in arch.cred_changes]
-    if device_open:
+    if every_open:
+        rules += [Rule(nr) for nr in (arch.openat, arch.open) if nr is not None]
+    elif device_open:
         rules.append(Rule(arch.openat, arg=2, mask=_OPEN_FLAGS_MASK, value=O_RDWR))
         if arch.open is not None:
             rules.append(Rule(arch.open, arg=1, mask=_OPEN_FLAGS_MASK, value=O_RDWR))
+    if device_open:
         rules.append(Rule(arch.mount))
     if mount_api:
         rules += [Rule(arch.fsopen), Rule(arch.fsconfig), Rule(arch.fsmount),
@@ -270,10 +277,23 @@ class ServerUnmount:
     tid: int
 
 
+@dataclass(frozen=True)
+class ServerOpen:
+    """An open(2) a server process made of a path other than /dev/fuse."""
+
+    path: str  # absolute
+    flags: int
+    pid: int
+    tid: int
+
+
 #: The recorder's answer to a ServerMount: 0 or an errno.
 MountHandler = Callable[[ServerMount], int]
 #: The recorder's answer to a ServerUnmount: 0, an errno, or None (not ours: let it run).
 UnmountHandler = Callable[[ServerUnmount], "int | None"]
+#: The answer to a ServerOpen: a descriptor of ours the server gets instead (the trap
+#: closes it once handed over), or None (let the open run).
+OpenHandler = Callable[[ServerOpen], "int | None"]
 _FD_OPTION = re.compile(r"(?:^|,)fd=(\d+)(?=,|$)")
 
 
@@ -390,7 +410,8 @@ class IoctlTrap:
                  on_mount: MountHandler | None = None,
                  on_unmount: UnmountHandler | None = None, native: bool = True,
                  performer: Performer | None = None,
-                 on_fsmount: MountApiHandler | None = None) -> None:
+                 on_fsmount: MountApiHandler | None = None,
+                 on_open: OpenHandler | None = None) -> None:
         """`relay_fd_in_child` is the server's socket end, open here under the same number
         (subprocess's pass_fds keeps numbers); its inode is how the relay is recognised.
         `device_fd` is the real /dev/fuse (-1 until there is one: `device_fd` may be set
@@ -402,13 +423,17 @@ class IoctlTrap:
         `on_fsmount` too, their new mount API calls are taken over (`fsmount`).
 
         `performer` answers the ioctls (default: `DevicePerformer` on `device_fd`, whose
-        common calls the C loop makes itself); `native=False` keeps every call in Python."""
+        common calls the C loop makes itself); `native=False` keeps every call in Python.
+        With `on_open` (which needs `native=False`), every other open the server makes is
+        handed to it: a replay answers the server's opens inside a mountpoint that is not
+        there."""
         self.relay_fd_in_child = relay_fd_in_child
         self.device_fd = device_fd
         self.writer = writer
         self.relay_inode = os.fstat(relay_fd_in_child).st_ino
         self.on_mount = on_mount
         self.on_unmount = on_unmount
+        self.on_open = on_open
         self._trace_error: str | None = None  # why ioctls stopped being recorded
         self.failed: str | None = None  # why this trap stopped working (creds.RestoreError)
         self._orphans: list[int] = []  # backing ids opened by a call the trap then stopped at
@@ -424,7 +449,7 @@ class IoctlTrap:
         self._arch = _ARCHES[platform.machine()]
         self._nr_ioctl, self._nr_seccomp = self._arch.ioctl, self._arch.seccomp
         self.performer = performer if performer is not None else DevicePerformer(self)
-        self._native = (native and _trapfast is not None
+        self._native = (native and _trapfast is not None and on_open is None
                         and isinstance(self.performer, DevicePerformer))
         self.mount_api: MountApi | None = None
         if on_fsmount is not None:
@@ -432,7 +457,7 @@ class IoctlTrap:
             self.mount_api = fsmount.MountApi(self, on_fsmount)
         program = filter_program(self._arch.audit, rules_for(
             self._arch, on_mount is not None, cred_changes=self._native,
-            mount_api=self.mount_api is not None))
+            mount_api=self.mount_api is not None, every_open=on_open is not None))
         self._filters = (_SockFilter * len(program))(*[_SockFilter(*ins) for ins in program])
         self._prog = _SockFprog(len(program), self._filters)
 
@@ -645,12 +670,16 @@ class IoctlTrap:
         return self._handle_ioctl(note)
 
     def _handle_open(self, note: Notification) -> tuple[int, int, bool | None]:
-        """An open of /dev/fuse gets a copy of the relay socket instead."""
-        path_arg = note.args[1] if note.nr == self._arch.openat else note.args[0]
+        """An open of /dev/fuse gets a copy of the relay socket instead; any other is
+        `on_open`'s to answer, if there is one."""
+        at = note.nr == self._arch.openat
+        path_arg = note.args[1] if at else note.args[0]
         path = read_string(note.tid, path_arg)
+        flags = note.args[2 if at else 1] & 0xFFFFFFFF
+        if path != "/dev/fuse" and self.on_open is not None and path:
+            return self._handle_other_open(note, path, flags, note.args[0] if at else None)
         if path != "/dev/fuse" or self._inject is None or not self.still_valid(note):
             return 0, 0, True
-        flags = note.args[2 if note.nr == self._arch.openat else 1]
         try:
             newfd = self.answer_with_fd(note, self._inject, bool(flags & os.O_CLOEXEC))
         except OSError as exc:
@@ -659,6 +688,31 @@ class IoctlTrap:
         pid = tgid_of(note.tid)
         self._record(self.writer.event, "device_open", pid=pid, tid=note.tid, fd=newfd,
                           note="the server opened /dev/fuse itself and got the relay socket")
+        return newfd, 0, None  # answered by ADDFD_FLAG_SEND
+
+    def _handle_other_open(self, note: Notification, path: str, flags: int,
+                           dirfd: int | None) -> tuple[int, int, bool | None]:
+        assert self.on_open is not None
+        pid = tgid_of(note.tid)
+        if not path.startswith("/"):
+            base = ctypes.c_int(dirfd & 0xFFFFFFFF).value if dirfd is not None else _AT_FDCWD
+            where = (os.readlink(f"/proc/{pid}/cwd") if base == _AT_FDCWD
+                     else fd_path(pid, base) or "")
+            path = os.path.join(where, path)
+        ours = self.on_open(ServerOpen(path, flags, pid, note.tid))
+        if ours is None:
+            return 0, 0, True
+        try:
+            if not self.still_valid(note):
+                return 0, 0, True
+            try:
+                newfd = self.answer_with_fd(note, ours, bool(flags & os.O_CLOEXEC))
+            except OSError as exc:
+                return -1, exc.errno or errno.EIO, False
+        finally:
+            os.close(ours)
+        self._record(self.writer.event, "open_answered", pid=pid, tid=note.tid, path=path,
+                     fd=newfd)
         return newfd, 0, None  # answered by ADDFD_FLAG_SEND
 
     def _handle_splice(self, note: Notification) -> tuple[int, int, bool | None]:
@@ -843,7 +897,7 @@ class DevicePerformer:
                 with creds.assumed(caller):
                     try:
                         device = self.trap.device_fd
-                        result = fcntl.ioctl(device, cmd, buf) if buf else fcntl.ioctl(device, cmd, 0)
+                        result = fcntl.ioctl(device, cmd, buf if buf else 0)
                     except OSError as exc:
                         return Outcome(-1, exc.errno or errno.EIO)
             except creds.RestoreError as exc:  # the call was made; this thread must stop

@@ -82,7 +82,8 @@ def fuzz(trace: str | os.PathLike[str], server: Sequence[str], out: str | os.Pat
             cand, replayed = Path(tmp) / f"t{tries}.fzt", Path(tmp) / f"r{tries}.fzt"
             c.write(cand, units, {req: mutate(raw)})
             tries += 1
-            report = replay(cand, server, timeout=timeout, write=replayed)
+            report = replay(cand, server, timeout=timeout, write=replayed,
+                            serial=True)  # the exact request a crash or hang happens on
             unique = int.from_bytes(raw[_UNIQUE_AT:_UNIQUE_AT + 8], "little")
             what = verdict(report, str(replayed), unique, unit.opcode)
             if on_try is not None:

@@ -61,7 +61,7 @@ class _Tester:
             copy = where / "fresh"
             shutil.copytree(self.fresh, copy, symlinks=True)
             argv = [str(copy) if a == self.fresh else a for a in argv]
-        report = replay(trace, argv, timeout=self.timeout)
+        report = replay(trace, argv, timeout=self.timeout, serial=True)  # the exact crash site
         last = _opname(self.cut.units[units[-1]].opcode) if units else ""
         sig = signature(report, trace, last, self.keep)
         shutil.rmtree(where, ignore_errors=True)

@@ -64,7 +64,8 @@ def replay(trace: str | PathLike[str], server: Sequence[str], *, masks: Masks | 
         replayer = Replayer(script, argv, masks or Masks(), timeout, overlap, mountpoint,
                             strict_order, serial)
     except ReplayError as exc:
-        return ReplayReport(where, argv, error=str(exc), outcome=Outcome(End.REFUSED, reason=str(exc)))
+        return ReplayReport(where, argv, error=str(exc),
+                            outcome=Outcome(End.REFUSED, reason=str(exc)))
     writer = None
     if write is not None:
         header = {"source": "replay", "replay_of": os.path.abspath(where),

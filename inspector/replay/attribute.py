@@ -19,11 +19,10 @@ compared request by request, whatever else ran concurrently in the recorded sess
 
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass
 
 from dissectors.constants import Opcode
-from dissectors.ioctls import FD_ARGS, DevIoctl
+from dissectors.ioctls import FD_ARGS, DevIoctl, ioctl_arg_fields
 from dissectors.opcodes import FORGETS, OPEN_REPLIES, RELEASES
 from dissectors.quick import peek_reply
 
@@ -48,8 +47,8 @@ def ioctl_backing_id(cmd: int, arg: bytes, result: int) -> int | None:
     """The backing id an ioctl registered (its result) or closed (its argument)."""
     if cmd in _ID_RETURNED:
         return result if result > 0 else None
-    if cmd == DevIoctl.BACKING_CLOSE and len(arg) >= 4:
-        return struct.unpack_from("<I", arg)[0]
+    if cmd == DevIoctl.BACKING_CLOSE:
+        return ioctl_arg_fields(cmd, arg).get("backing_id")
     return None
 
 

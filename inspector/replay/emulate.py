@@ -29,14 +29,13 @@ import ctypes.util
 import errno
 import os
 import stat
-import struct
 import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
 from dissectors.constants import FUSE_WRITEBACK_CACHE
 from dissectors.context import Dialect
-from dissectors.ioctls import DevIoctl
+from dissectors.ioctls import DevIoctl, ioctl_arg_fields
 
 from ..exchange import creds
 from ..exchange.trap import Outcome, TrappedIoctl, pidfd_getfd
@@ -106,8 +105,8 @@ class EmulatedKernel:
             return Outcome(-1, errno.ENOTTY, "answered as a kernel without SYNC_INIT")
         if cmd in _OPENS:
             return self._open(cmd, arg, call.pid, call.tid, call.backing_fd)
-        if cmd == DevIoctl.BACKING_CLOSE and len(arg) == 4:
-            backing_id = struct.unpack("<I", arg)[0]
+        backing_id = ioctl_arg_fields(cmd, arg).get("backing_id")
+        if cmd == DevIoctl.BACKING_CLOSE and backing_id is not None:
             if backing_id not in self.open_ids:
                 return Outcome(-1, errno.ENOENT, "emulated")
             self.open_ids.discard(backing_id)
@@ -127,7 +126,7 @@ class EmulatedKernel:
         if not caller.cap_effective >> CAP_SYS_ADMIN & 1:
             return Outcome(-1, errno.EPERM, "emulated: the caller lacks CAP_SYS_ADMIN")
         mainline = cmd == DevIoctl.BACKING_OPEN
-        if mainline and any(arg[4:16]):
+        if mainline and any(ioctl_arg_fields(cmd, arg).get(f) for f in ("flags", "padding")):
             return Outcome(-1, errno.EINVAL, "emulated: flags and padding must be 0")
         found = _backing_file(pid, backing_fd) if backing_fd is not None else None
         if found is None:

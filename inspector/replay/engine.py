@@ -35,24 +35,26 @@ import struct
 import subprocess
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Sequence
 
 from dissectors import SessionDecoder, line
-from dissectors.constants import NO_REPLY_OPCODES, READ_ONLY_OPCODES, Opcode
+from dissectors.constants import IN_HEADER_SIZE, NO_REPLY_OPCODES, READ_ONLY_OPCODES, Opcode
 from dissectors.context import DEFAULT_CONTEXT, Dialect
-from dissectors.ioctls import DevIoctl
-from dissectors.quick import brief_reply, peek_reply
-from dissectors.structs import FuseInHeader
+from dissectors.ids import field_offsets
+from dissectors.ioctls import DevIoctl, ioctl_arg_fields
+from dissectors.quick import brief_reply, brief_request, compiled, peek_reply
+from dissectors.structs import FuseBatchForgetIn, FuseForgetOne, FuseInHeader
 from traces import TraceWriter
 
+from ..lifecycles.wire import interrupted_unique
 from .attribute import Attributor, ioctl_backing_id
 from .emulate import IoctlCall, IoctlLog, negotiated_depth
 from .fast import Shape, ShapeKey, shape, shape_key
 from .hidden import WHY, WrittenThrough, hides
 from .masks import Masks, notify_key
-from .report import Difference, End, FieldDiff, Outcome, ReplayReport
 from .order import plan
+from .report import Difference, End, FieldDiff, Outcome, ReplayReport
 from .script import COMPARED_IOCTLS, SEND, Exchange, IoctlRecord, ReplayError, Script, exit_text
 from .server import GRACE, Closed, ServerUnderTest
 from .translate import Translator
@@ -69,6 +71,7 @@ from .views import (
     names_text,
     patch,
     reply_view,
+    request_view,
     show,
 )
 
@@ -84,6 +87,10 @@ _READ_ONLY = frozenset(int(op) for op in READ_ONLY_OPCODES)
 #: Read-only requests out at once, at most: enough to keep a server's threads busy while
 #: the replay compares, few enough that a slow server is not flooded.
 PIPELINE = 8
+_U32 = struct.Struct("<I")
+_LEN_AT = field_offsets(FuseInHeader)["len"][0]
+_COUNT_AT = field_offsets(FuseBatchForgetIn)["count"][0]
+_FORGET_ONE_SIZE = compiled(FuseForgetOne).st.size
 _OPEN_IOCTLS = frozenset({DevIoctl.BACKING_OPEN, DevIoctl.PASSTHROUGH_OPEN_V1,
                           DevIoctl.PASSTHROUGH_OPEN_V2})
 
@@ -287,17 +294,25 @@ class Replayer:
         how = self.server.status() or "closed its connection"
         name = self.server.argv[0] if self.server.argv else "the server"
         before_init = ex is None or ex.opcode == Opcode.INIT
+        # pipelined requests still unanswered: any of them may be the one it died on
+        others = tuple(sorted(s.ex.index for s in self.outstanding.values()
+                              if ex is not None and s.ex is not ex and not s.compared
+                              and s.ex.interrupted_at is None))
         if before_init:
             text = f"{name} {how} before answering the kernel's INIT: it did not start"
         else:
             what = self.sent[ex.unique].text() if ex.unique in self.sent else "a request"
             text = f"the server {how} while handling {what}"
+            if others:
+                text += (f" or one of {len(others)} more requests pipelined with it (records "
+                         f"{', '.join(map(str, others))}; --serial pins the one)")
         outcome = Outcome(
             End.KILLED if code is not None and code < 0 else End.EXITED,
             status=code if code is not None and code >= 0 else None,
             signal=-code if code is not None and code < 0 else None,
             record=ex.index if ex is not None else None,
-            opcode=ex.opcode if ex is not None else None, before_init=before_init)
+            opcode=ex.opcode if ex is not None else None, before_init=before_init,
+            pipelined=others)
         return text, outcome
 
     def _event(self, name: str, **data: Any) -> None:
@@ -331,6 +346,11 @@ class Replayer:
         if found is None:
             self._send(ex)
             return
+        if ex.opcode == Opcode.BATCH_FORGET:
+            kept = self._forgets_kept(ex)
+            if kept is not None:
+                self._send(kept)
+                return
         source, why = found
         root = self.skipped.get(source, source)
         self.skipped[ex.unique] = root
@@ -339,13 +359,33 @@ class Replayer:
             cost = self.diverged[root] = _Diverged(self.plan.by_unique[root], ex, why)
         cost.requests += 1
 
+    def _forgets_kept(self, ex: Exchange) -> Exchange | None:
+        """A BATCH_FORGET some of whose nodes the replayed server never handed out, as the
+        kernel would have sent it: only the others (None when none is left). The rest's
+        lookups still go back, so their ids can be handed out again as recorded."""
+        assert ex.view is not None
+        producers = self.plan.producers.get(ex.unique, {})
+        kept = [(at, node) for at, node, _ in ex.view.forgets
+                if (NODE, node) not in producers or node in self.tr.nodes.forward]
+        if not kept:
+            return None
+        at = ex.view.forgets[0][0]
+        size = _FORGET_ONE_SIZE
+        raw = bytearray(ex.raw[:at])
+        for where, _ in kept:
+            raw += ex.raw[where:where + size]
+        _U32.pack_into(raw, _LEN_AT, len(raw))
+        _U32.pack_into(raw, IN_HEADER_SIZE + _COUNT_AT, len(kept))
+        brief = brief_request(bytes(raw), self.rec.ctx)
+        return replace(ex, raw=bytes(raw), view=request_view(bytes(raw), brief), true_len=None)
+
     def _diverged_source(self, ex: Exchange) -> tuple[int, str] | None:
         """(unique of the request whose reply diverged, how) when `ex` names an id this
         replay does not have: one its recorded reply handed out and the replayed one did
         not, or one whose replayed value a later reply took for another (the one-to-one
         rule broken); also an INTERRUPT of a request not sent."""
-        if ex.opcode == Opcode.INTERRUPT and len(ex.raw) >= 48:
-            target = int.from_bytes(ex.raw[40:48], "little")
+        if ex.opcode == Opcode.INTERRUPT:
+            target = interrupted_unique(ex.raw)
             if target in self.skipped:
                 return target, "the request it interrupts was not sent"
         for (kind, value), source in self.plan.producers.get(ex.unique, {}).items():
@@ -759,15 +799,18 @@ class Replayer:
             problem = self.tr.backing.learn(rec.result, rep.result)
             if problem:
                 fields.append(FieldDiff("result", str(rec.result), str(rep.result), problem))
-        if rec.cmd == DevIoctl.BACKING_CLOSE and len(rec.arg) == 4 and len(rep.arg) == 4:
-            rec_id, rep_id = struct.unpack("<I", rec.arg)[0], struct.unpack("<I", rep.arg)[0]
+        dialect = self.rec.ctx.dialect
+        mine, theirs = (ioctl_arg_fields(rec.cmd, rec.arg, dialect),
+                        ioctl_arg_fields(rep.cmd, rep.arg, dialect))
+        if rec.cmd == DevIoctl.BACKING_CLOSE and "backing_id" in mine and "backing_id" in theirs:
+            rec_id, rep_id = mine["backing_id"], theirs["backing_id"]
             expected = (self.tr.backing_closed(rec_id) if rec.errno == 0
                         else self.tr.backing.forward.get(rec_id))
             if expected != rep_id:
                 fields.append(FieldDiff("backing_id", str(rec_id), str(rep_id),
                                         f"recorded backing id {rec_id} is {expected} in this replay"))
-        if rec.cmd == DevIoctl.BACKING_OPEN and rec.arg[4:8] != rep.arg[4:8]:
-            fields.append(FieldDiff("flags", rec.arg[4:8].hex(), rep.arg[4:8].hex()))
+        if rec.cmd == DevIoctl.BACKING_OPEN and mine.get("flags") != theirs.get("flags"):
+            fields.append(FieldDiff("flags", str(mine.get("flags")), str(theirs.get("flags"))))
         if fields:
             self.diffs.append(Difference(
                 rec.index, "ioctl", self._ioctl_text(rec.cmd, rec.arg, rec.result, rec.errno),

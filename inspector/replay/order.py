@@ -155,25 +155,26 @@ def plan(script: Script) -> Plan:
             if key[0] == NODE:
                 refs[key[1]] = refs.get(key[1], 0) + 1
     index = {ex.unique: i for i, ex in enumerate(script.exchanges)}
-    order_gates: dict[Hashable, list[Hashable]] = {}
-    step_gates: dict[Hashable, list[Hashable]] = {}
-    held = 0
-    for ex in script.exchanges:
-        u = ex.unique
-        before = [*needs.get(u, ()), *needs_sent.get(u, ())]
-        if any(index[b] > index[u] for b in before):
-            held += 1
-        order_gates[u] = before
-        gates: list[Hashable] = [(EXPECT, b) if by_unique[b].answered else (SEND, b)
-                                 for b in needs.get(u, ())]
-        gates += [(SEND, b) for b in needs_sent.get(u, ())]
-        step_gates[(SEND, u)] = gates
-        step_gates[(EXPECT, u)] = [(SEND, u)]
-    order = _held(script.exchanges, order_gates, lambda ex: ex.unique)
-    steps = _held(script.steps, step_gates, lambda step: (step[0], step[1].unique))
+    forward = [ex for ex in script.exchanges
+               if any(index[b] > index[ex.unique]
+                      for b in (*needs.get(ex.unique, ()), *needs_sent.get(ex.unique, ())))]
+    order, steps = list(script.exchanges), list(script.steps)
+    if forward:  # else every request already comes after what it waits for
+        order_gates: dict[Hashable, list[Hashable]] = {}
+        step_gates: dict[Hashable, list[Hashable]] = {}
+        for ex in script.exchanges:
+            u = ex.unique
+            order_gates[u] = [*needs.get(u, ()), *needs_sent.get(u, ())]
+            gates: list[Hashable] = [(EXPECT, b) if by_unique[b].answered else (SEND, b)
+                                     for b in needs.get(u, ())]
+            gates += [(SEND, b) for b in needs_sent.get(u, ())]
+            step_gates[(SEND, u)] = gates
+            step_gates[(EXPECT, u)] = [(SEND, u)]
+        order = _held(order, order_gates, lambda ex: ex.unique)
+        steps = _held(steps, step_gates, lambda step: (step[0], step[1].unique))
     return Plan(order, steps, by_unique, decoder, producers,
                 {u: tuple(dict.fromkeys(v)) for u, v in needs.items()},
-                {u: tuple(dict.fromkeys(v)) for u, v in needs_sent.items()}, held)
+                {u: tuple(dict.fromkeys(v)) for u, v in needs_sent.items()}, len(forward))
 
 
 def _held(items: list[T], gates: dict[Hashable, list[Hashable]], key: Any) -> list[T]:

@@ -95,6 +95,9 @@ class Outcome:
     record: int | None = None
     opcode: int | None = None
     before_init: bool = False  # the server never answered INIT: it did not start
+    #: records of requests pipelined with `record` and unanswered when the server died:
+    #: it may have died on one of them (a serial replay pins the one)
+    pipelined: tuple[int, ...] = ()
 
     @property
     def crashed(self) -> bool:

@@ -25,8 +25,9 @@ from typing import Any
 from dissectors.constants import NO_REPLY_OPCODES, Opcode
 from dissectors.ioctls import DevIoctl
 from dissectors.quick import Brief, peek_reply, peek_request
-from traces import Record, TraceReadError, TraceReader
+from traces import Kind, Record, TraceReadError, TraceReader
 
+from ..lifecycles.wire import interrupted_unique
 from .attribute import Attributor, ioctl_backing_id
 from .views import RequestView
 
@@ -35,6 +36,7 @@ SEND, EXPECT = 0, 1
 COMPARED_IOCTLS = frozenset({DevIoctl.BACKING_OPEN, DevIoctl.BACKING_CLOSE,
                              DevIoctl.PASSTHROUGH_OPEN_V1, DevIoctl.PASSTHROUGH_OPEN_V2})
 _INTERRUPT = int(Opcode.INTERRUPT)
+_REQUEST, _REPLY, _IOCTL, _EVENT = Kind.REQUEST, Kind.REPLY, Kind.IOCTL, Kind.EVENT
 
 
 class ReplayError(Exception):
@@ -161,22 +163,24 @@ def _build(where: str, header: dict[str, Any], records: list[Any]) -> Script:
     ordered: list[Exchange] = []
     steps: list[tuple[int, Exchange]] = []
     notifications: list[tuple[int, bytes]] = []
-    dropped: set[int] = {r.meta.get("unique") for r in records
+    events = [r for r in records if r.kind is _EVENT]  # (Kind.X costs a lookup each time)
+    dropped: set[int] = {r.meta.get("unique") for r in events
                          if r.event == "request_not_forwarded"}
-    answered = {peek_reply(r.raw)[1] for r in records if r.is_reply}
+    answered = {peek_reply(r.raw)[1] for r in records if r.kind is _REPLY}
     attributor = Attributor()
     ioctls: dict[int, IoctlRecord] = {}
     cut_writes = 0
     for rec in records:
-        if rec.is_request:
+        kind = rec.kind
+        if kind is _REQUEST:
             opcode, unique, _ = peek_request(rec.raw)
             if not opcode or unique in dropped or unique in exchanges:
                 continue  # a cut header, never forwarded, or a unique seen twice: unplayable
             ex = Exchange(rec.index, rec.raw, opcode, unique, _true_len(rec))
             if ex.true_len is not None and opcode == Opcode.WRITE:
                 cut_writes += 1
-            if opcode == _INTERRUPT and len(rec.raw) >= 48:
-                target = exchanges.get(int.from_bytes(rec.raw[40:48], "little"))
+            if opcode == _INTERRUPT:
+                target = exchanges.get(interrupted_unique(rec.raw) or 0)
                 if target is not None and not target.answered and target.interrupted_at is None:
                     target.interrupted_at = rec.index
             exchanges[unique] = ex
@@ -184,7 +188,7 @@ def _build(where: str, header: dict[str, Any], records: list[Any]) -> Script:
             steps.append((SEND, ex))
             attributor.request(unique, opcode, opcode not in NO_REPLY_OPCODES and unique in answered,
                                rec.raw)
-        elif rec.is_reply:
+        elif kind is _REPLY:
             _, unique = peek_reply(rec.raw)
             if unique == 0:
                 notifications.append((rec.index, rec.raw))
@@ -196,7 +200,7 @@ def _build(where: str, header: dict[str, Any], records: list[Any]) -> Script:
             ex.reply_true_len = _true_len(rec)
             steps.append((EXPECT, ex))
             attributor.reply(unique, rec.raw)
-        elif rec.is_ioctl and rec.meta["cmd"] in COMPARED_IOCTLS:
+        elif kind is _IOCTL and rec.meta["cmd"] in COMPARED_IOCTLS:
             meta = rec.meta
             ioctls[rec.index] = IoctlRecord(rec.index, meta["cmd"], bytes(meta.get("arg") or b""),
                                             int(meta.get("result") or 0), int(meta.get("errno") or 0),
@@ -211,6 +215,6 @@ def _build(where: str, header: dict[str, Any], records: list[Any]) -> Script:
     if not ordered or ordered[0].opcode != Opcode.INIT:
         raise ReplayError(f"{where}: the trace does not start with the kernel's INIT request "
                           f"(a replay needs a session recorded from its start)")
-    route = next((r.meta.get("route") for r in records if r.event == "connected"), None)
+    route = next((r.meta.get("route") for r in events if r.event == "connected"), None)
     return Script(where, header, ordered, steps, notifications, startup, cut_writes,
-                  _ending(records), route)
+                  _ending(events), route)

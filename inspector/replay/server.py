@@ -1,12 +1,20 @@
 """The server under test: started as for `fusetrace record`, but on a socket with nothing
 mounted behind it, so no root and no /dev/fuse are needed.
 
-The server's command line names its mountpoint as for `record` (the same heuristic and
-`--mountpoint`, `inspector.exchange.args`); a libfuse 3 server gets `/dev/fd/N`, one end
-of a SOCK_SEQPACKET socketpair, in its place. The recorder's seccomp trap
-(`inspector.exchange.trap`) is installed the same way, with the kernel's side of the
-ioctls emulated (`emulate.EmulatedKernel` is its performer). Its output goes to a file,
-shown when it fails.
+The server gets its connection the way it did when recorded (the trace's `connected`
+event): one that opened /dev/fuse and mounted by itself (`device-open`: libfuse 2, its own
+FUSE code, a new-mount-API server falling back to mount(2)) or through the fusermount3
+helper (`helper`: Go servers, `_FUSE_COMMFD`) runs with its command line as typed, its
+open of /dev/fuse (its own or the helper's) gets the socket and its mount(2) is told it
+worked, as root (as under `record`). Others get `/dev/fd/N`, one end of a SOCK_SEQPACKET
+socketpair, in place of the mountpoint argument (found as for `record`: the same heuristic
+and `--mountpoint`, `inspector.exchange.args`). Either way its umount2(2) of its
+mountpoint (or of the /dev/fd/N it was given) is answered 0, as `record` answers it once
+the mount is gone, and a server that mounted by itself and then opens a path inside its
+mountpoint (go-fuse does, at start) gets an empty file, not the directory underneath.
+The recorder's seccomp trap (`inspector.exchange.trap`) is installed the same way, with
+the kernel's side of the ioctls emulated (`emulate.EmulatedKernel` is its performer).
+Its output goes to a file, shown when it fails.
 
 A server that exits (or closes its connection) is seen at once, whatever it was doing:
 the replay waits on its process (a pidfd) beside its socket, so one that never starts is
@@ -25,6 +33,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import select
 import signal
 import socket
@@ -37,11 +46,14 @@ from ..exchange import hangup
 from ..exchange.args import ArgumentError, ServerCommand
 from ..exchange.channel import BUFFER_SIZE, server_socketpair
 from ..exchange.flavour import Flavour, guess
-from ..exchange.trap import IoctlTrap, ServerMount
+from ..exchange.trap import IoctlTrap, ServerMount, ServerOpen, ServerUnmount
 from ..syscalls import socket_holders
 from .emulate import EmulatedKernel, IoctlLog
 from .script import ReplayError, exit_text
 
+#: `connected` routes of a server that mounted by itself: through its own open of /dev/fuse
+#: and mount(2), or through the fusermount3 helper
+_SERVER_MOUNTS = frozenset({"device-open", "helper"})
 GRACE = 3.0  # seconds the server gets to exit after its connection ends, then after SIGTERM
 
 
@@ -53,22 +65,23 @@ class ServerUnderTest:
     def __init__(self, argv: Sequence[str], log: IoctlLog, passthrough: Callable[[], int],
                  mountpoint: str | None = None, route: str | None = None) -> None:
         """`route`: how the recorded server got its connection (the trace's `connected`
-        event); as root, a server that opened /dev/fuse and mounted by itself then is let
-        do so again (on the emulation), whatever its binary looks like (ntfs-3g's own
-        FUSE code takes no /dev/fd/N)."""
+        event); as root, a server that opened /dev/fuse and mounted by itself or through
+        the helper then is let do so again (on the emulation), whatever its binary looks
+        like (ntfs-3g's own FUSE code takes no /dev/fd/N, a helper-route server may not)."""
         argv = list(argv[1:] if argv[:1] == ["--"] else argv)
         if not argv:
             raise ReplayError("no server command given: fusetrace replay TRACE -- SERVER [ARGS...] MOUNTPOINT")
         self.flavour = guess(argv)
-        if route == "device-open" and os.geteuid() == 0:
+        if route in _SERVER_MOUNTS and os.geteuid() == 0:
             self.flavour = Flavour.DEVICE_OPEN
         try:
             self.command = ServerCommand.parse(argv, mountpoint)
         except ArgumentError as exc:
             raise ReplayError(str(exc)) from None
         if self.flavour is Flavour.DEVICE_OPEN and os.geteuid() != 0:
-            raise ReplayError(f"{argv[0]} opens /dev/fuse and mounts by itself (libfuse 2): "
-                              f"replaying it needs root, as recording it does")
+            raise ReplayError(f"{argv[0]} gets its connection by itself (it opens /dev/fuse and "
+                              f"mounts, or runs fusermount3): replaying it needs root, as "
+                              f"recording it does")
         reason = IoctlTrap.available()
         if reason:
             raise ReplayError(f"the seccomp trap a replay runs the server under is not available: {reason}")
@@ -96,8 +109,10 @@ class ServerUnderTest:
         argv = (self.command.argv if device_open
                 else self.command.with_mountpoint(f"/dev/fd/{child_fd}"))
         self.trap = IoctlTrap(child_fd, -1, self.log,
-                              on_mount=_pretend_mounted if device_open else None, native=False,
-                              performer=EmulatedKernel(self.passthrough))
+                              on_mount=_pretend_mounted if device_open else None,
+                              on_unmount=self._unmounted, native=False,
+                              performer=EmulatedKernel(self.passthrough),
+                              on_open=self._opened_inside if device_open else None)
         try:
             self.proc = subprocess.Popen(argv, pass_fds=[child_fd], preexec_fn=self.trap.child_setup,
                                          stdin=subprocess.DEVNULL, stdout=self.output,
@@ -114,6 +129,32 @@ class ServerUnderTest:
             self.trap.start(self.proc)
         except RuntimeError as exc:
             raise ReplayError(str(exc)) from None
+
+    def _opened_inside(self, request: ServerOpen) -> int | None:
+        """The trap's `on_open`: a server's own open of a path inside the mountpoint it
+        believes mounted (go-fuse opens a file there at start, to have the kernel send it
+        a POLL it can refuse) gets an empty file (/dev/null); the requests the kernel made
+        of it are in the trace and replayed as recorded."""
+        mountpoint = self.command.mountpoint
+        if mountpoint is None:
+            return None
+        inside = os.path.realpath(mountpoint) + os.sep
+        if not os.path.realpath(request.path).startswith(inside):
+            return None
+        return os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+
+    def _unmounted(self, request: ServerUnmount) -> int | None:
+        """The trap's `on_unmount`: the server unmounting its mountpoint (or the /dev/fd/N
+        it was given) is answered 0, as `record` answers it after the unmount; any other
+        umount2 is not ours (None)."""
+        target = request.target
+        dev_fd = re.fullmatch(r"/dev/fd/(\d+)", target)
+        if dev_fd and self.trap is not None and self.trap.is_relay(request.pid, int(dev_fd.group(1))):
+            return 0
+        mountpoint = self.command.mountpoint
+        if mountpoint is not None and os.path.realpath(target) == os.path.realpath(mountpoint):
+            return 0
+        return None
 
     # --- talk ---------------------------------------------------------------------------
 
@@ -133,6 +174,22 @@ class ServerUnderTest:
         """The next message from the server; None when the deadline passed first. Raises
         Closed once nothing holds the server's end any more (every process of it exited)."""
         assert self.sock is not None
+        try:  # a pipelined replay often finds the reply there already: no poll for it
+            n = self.sock.recv_into(self.buf, 0, socket.MSG_TRUNC | socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            n = self._wait_and_receive(deadline)
+            if n is None:
+                return None
+        except ConnectionResetError:
+            raise Closed() from None
+        if n == 0:
+            raise Closed()
+        if n > len(self.buf):
+            raise ReplayError(f"a {n}-byte message from the server exceeds the {len(self.buf)}-byte buffer")
+        return bytes(self.buf[:n])
+
+    def _wait_and_receive(self, deadline: float) -> int | None:
+        assert self.sock is not None
         while True:
             events = self.poller.poll(max(deadline - time.monotonic(), 0) * 1000)
             if not events:
@@ -141,14 +198,9 @@ class ServerUnderTest:
                 break
             self._process_gone()
         try:
-            n = self.sock.recv_into(self.buf, 0, socket.MSG_TRUNC)
+            return self.sock.recv_into(self.buf, 0, socket.MSG_TRUNC)
         except ConnectionResetError:
             raise Closed() from None
-        if n == 0:
-            raise Closed()
-        if n > len(self.buf):
-            raise ReplayError(f"a {n}-byte message from the server exceeds the {len(self.buf)}-byte buffer")
-        return bytes(self.buf[:n])
 
     def _process_gone(self) -> None:
         """The process started has exited: Closed when nothing of the server holds its end

@@ -25,6 +25,7 @@ from dissectors.structs import (
     FuseInHeader,
     FuseInitIn,
     FuseInitOut,
+    FuseName,
     FuseOpenIn,
     FuseOpenOut,
     FuseOutHeader,
@@ -41,14 +42,19 @@ from traces import Kind, Record, TraceReader, TraceWriter
 # --- the plan, on hand-built traces ---------------------------------------------------------
 
 
+OFFERED = 0x5FD73FFFFFB  # the INIT flags Linux 6.18 offers
+
+
 def _init(w: TraceWriter) -> None:
-    w.request(bytes(FuseInHeader(opcode=Opcode.INIT, unique=2) / FuseInitIn()))
+    w.request(bytes(FuseInHeader(opcode=Opcode.INIT, unique=2)
+                    / FuseInitIn(max_readahead=131072, flags=OFFERED & 0xFFFFFFFF,
+                                 flags2=OFFERED >> 32)))
     w.reply(bytes(FuseOutHeader(unique=2) / FuseInitOut()))
 
 
 def _lookup(w: TraceWriter, unique: int, parent: int, name: bytes, nodeid: int) -> None:
-    w.request(bytes(FuseInHeader(opcode=Opcode.LOOKUP, unique=unique, nodeid=parent))
-              + name + b"\0")
+    w.request(bytes(FuseInHeader(opcode=Opcode.LOOKUP, unique=unique, nodeid=parent)
+                    / FuseName(name=name)))
     w.reply(bytes(FuseOutHeader(unique=unique) / FuseEntryOut(nodeid=nodeid)))
 
 
@@ -226,3 +232,33 @@ def test_a_request_naming_an_id_the_replayed_server_never_gave_is_not_sent(tmp_p
     assert ops.count(Opcode.READ) < recorded_ops.count(Opcode.READ)
     assert str(report.counts["not_sent"]) in not_sent[0].summary
     assert report.server_exit == "exited with status 0"
+
+
+@pytest.mark.requires_fuse
+@pytest.mark.timeout(60)
+def test_a_batch_forget_keeps_only_the_nodes_the_replayed_server_handed_out(tmp_path: Path) -> None:
+    """LOOKUP 'x' found a node when recorded and none in the replay; MKDIR 'y' made one in
+    both. The BATCH_FORGET naming both goes out naming only y's node, as the kernel would
+    have sent it, so y's lookup still goes back."""
+    from dissectors.structs import FuseBatchForgetIn, FuseForgetList, FuseForgetOne, FuseMkdirIn
+
+    trace = tmp_path / "t.fzt"
+    with TraceWriter(trace, {"source": "test"}) as w:
+        _init(w)
+        _lookup(w, 4, 1, b"x", 5)
+        w.request(bytes(FuseInHeader(opcode=Opcode.MKDIR, unique=6, nodeid=1)
+                        / FuseMkdirIn(mode=0o40755) / FuseName(name=b"y")))
+        w.reply(bytes(FuseOutHeader(unique=6) / FuseEntryOut(nodeid=6)))
+        w.request(bytes(FuseInHeader(opcode=Opcode.BATCH_FORGET, unique=8, nodeid=0)
+                        / FuseBatchForgetIn() / FuseForgetList(forgets=[
+                            FuseForgetOne(nodeid=5, nlookup=1), FuseForgetOne(nodeid=6, nlookup=1)])))
+    (tmp_path / "mnt").mkdir()
+    written = tmp_path / "replayed.fzt"
+    report = replay(trace, [*MEMFS, str(tmp_path / "mnt")], write=written)
+    assert report.error is None, report.text()
+    replayed = _messages(written)
+    y_node = next(m.brief.get("nodeid") for r, m in replayed if r.is_reply and m.brief.unique == 6)
+    [batch] = [m for r, m in replayed if r.is_request and m.brief.opcode == Opcode.BATCH_FORGET]
+    assert batch.brief.get("count") == 1 and y_node
+    assert batch.raw[-16:] == bytes(FuseForgetOne(nodeid=y_node, nlookup=1))
+    assert len(batch.raw) == batch.brief.length

@@ -480,3 +480,65 @@ def test_record_ends_with_exit_1_when_the_trap_cannot_take_its_credentials_back(
                for m in metas)
     [end] = [m for m in metas if m.get("event") == "session_end"]
     assert end["exit_code"] == 1 and end["reason"] == "recorder error"
+
+
+OPENS = r"""
+import json, os, sys
+where = sys.argv[1]
+os.chdir(where)
+out = {}
+for name, how in (("absolute", lambda: os.open(os.path.join(where, "inside", "f"), os.O_RDONLY)),
+                  ("relative", lambda: os.open("inside/g", os.O_CREAT | os.O_WRONLY, 0o644)),
+                  ("outside", lambda: os.open(os.path.join(where, "outside"), os.O_RDONLY))):
+    try:
+        fd = how()
+        out[name] = os.readlink(f"/proc/self/fd/{fd}")
+        os.close(fd)
+    except OSError as exc:
+        out[name] = -exc.errno
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.timeout(30)
+def test_other_opens_are_answered_by_on_open(skip_without_seccomp: None, tmp_path: Path) -> None:
+    """With `on_open` (a replay's, for a mountpoint that is not there), every open the
+    server makes is handed over with its path made absolute: answered with a descriptor
+    of ours, or let run."""
+    (tmp_path / "inside").mkdir()
+    (tmp_path / "outside").write_bytes(b"real")
+    seen = []
+
+    def on_open(request: trap_module.ServerOpen) -> int | None:
+        seen.append(request.path)
+        if request.path.startswith(str(tmp_path / "inside") + "/"):
+            return os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        return None
+
+    relay, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        with TraceWriter(str(tmp_path / "t.fzt"), {"source": "test"}) as writer:
+            trap = IoctlTrap(child_end.fileno(), -1, writer, native=False, on_open=on_open)
+            proc = subprocess.Popen([sys.executable, "-c", OPENS, str(tmp_path)],
+                                    preexec_fn=trap.child_setup, stdout=subprocess.PIPE)
+            trap.start(proc)
+            out, _ = proc.communicate(timeout=20)
+            trap.stop()
+    finally:
+        relay.close()
+        child_end.close()
+    got = json.loads(out)
+    assert got == {"absolute": "/dev/null", "relative": "/dev/null",
+                   "outside": str(tmp_path / "outside")}
+    assert {str(tmp_path / "inside" / "f"), str(tmp_path / "inside" / "g")} <= set(seen)
+    assert not (tmp_path / "inside" / "g").exists()
+
+
+def test_the_fd_of_either_backing_open_form_is_where_the_trap_takes_it() -> None:
+    """One ioctl number, two argument structs (mainline fuse_backing_map, Android V0's
+    fuse_passthrough_out): the trap takes the backing fd from one offset for both."""
+    from dissectors.ids import field_offsets
+    from dissectors.ioctls import DevIoctl, FuseBackingMap, FusePassthroughOut
+
+    at = trap_module._FD_AT[DevIoctl.BACKING_OPEN]
+    assert at == field_offsets(FuseBackingMap)["fd"][0] == field_offsets(FusePassthroughOut)["fd"][0]
