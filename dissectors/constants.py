@@ -15,6 +15,9 @@ FUSE_KERNEL_MINOR_VERSION = 45
 FUSE_ROOT_ID = 1
 FUSE_MIN_READ_BUFFER = 8192
 FUSE_UNIQUE_RESEND = 1 << 63  # 7.40: a resent request has the top bit of unique set
+FUSE_INT_REQ_BIT = 1  # an INTERRUPT's unique: the interrupted request's, with this bit set
+FUSE_NAME_MAX = 1024  # fs/fuse/fuse_i.h: the longest name the kernel sends (ENAMETOOLONG past it)
+ERRNO_LIMIT = 512  # fuse_dev_do_write refuses a reply whose error is <= -ERESTARTSYS or > 0
 
 IN_HEADER_SIZE = 40  # struct fuse_in_header
 OUT_HEADER_SIZE = 16  # struct fuse_out_header

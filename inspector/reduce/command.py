@@ -12,7 +12,8 @@ import sys
 
 from traces import TraceReadError
 
-from ..replay.command import server_after_dashes
+from ..commandline import server_after_dashes
+from ..target.play import StartError
 from .ddmin import NotFailing, reduce_trace
 from .signature import Selector
 
@@ -25,10 +26,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         description="Delta debugging over the trace's exchanges (INIT, the session's events and "
                     "the replies that handed out the node ids and handles kept requests use "
                     "always stay): replays candidates against SERVER and keeps the smallest "
-                    "that fails the same way (a crash or hang in the same opcode, or, with "
-                    "--keep, a difference in the same fields of a message the filter selects). "
-                    "Ctrl-C leaves the smallest found so far in SMALL.fzt.")
-    red.add_argument("trace", metavar="TRACE")
+                    "that fails the same way: killed by the same signal, exited with the same status, "
+                    "hung, or a reply the kernel refuses for the same reason, in the same opcode "
+                    "(or, with --keep, a difference in the same fields of a message the filter "
+                    "selects). Ctrl-C leaves the smallest found so far in SMALL.fzt. Exit 2 when "
+                    "the server cannot be started or the trace does not fail.")
+    red.add_argument("trace", metavar="TRACE", help="the trace whose replay fails (.fzt)")
     red.add_argument("-o", "--output", metavar="SMALL.fzt", help="where the reduced trace goes")
     red.add_argument("--keep", metavar="FILTER",
                      help="the failure is a difference in a record this filter selects "
@@ -82,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
             result = reduce_trace(args.trace, args.output, server, keep=keep, jobs=args.jobs,
                                   timeout=args.timeout, fresh=args.fresh,
                                   progress=lambda r, m: bar.update(task, replays=r, size=m))
-    except (TraceReadError, NotFailing, OSError) as exc:
+    except (TraceReadError, NotFailing, StartError, OSError) as exc:
         text = str(exc)
         return _fail(text if args.trace in text else f"{args.trace}: {text}")
     how = " (interrupted: the smallest so far)" if result.interrupted else ""

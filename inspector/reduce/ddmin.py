@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from dissectors.constants import Opcode
 from inspector.replay import replay
+from inspector.target.play import StartError, play
 
-from .signature import Selector, Signature, signature
+from .signature import Selector, Signature, of_differences, of_outcome
 from .units import Cut, cut
 
 
@@ -40,7 +40,8 @@ Progress = Callable[[int, int], None]  # (replays so far, messages in the smalle
 
 
 class _Tester:
-    """Replays candidates (by sets of units), each on a fresh copy of `fresh` if given."""
+    """Plays candidates (by sets of units) to fresh servers (each on a fresh copy of
+    `fresh`, if given) and names how each failed."""
 
     def __init__(self, c: Cut, server: Sequence[str], keep: Selector | None, timeout: float,
                  fresh: str | None, work: Path) -> None:
@@ -48,33 +49,47 @@ class _Tester:
         self.fresh, self.work = fresh, work
         self.replays = 0
         self.seen: dict[tuple[int, ...], Signature | None] = {}
+        self.record: int | None = None  # where the first failure happened (in `cut`)
 
     def run(self, units: tuple[int, ...], n: int) -> Signature | None:
+        """StartError when the server cannot be started (an error, not a failure)."""
         if units in self.seen:
             return self.seen[units]
         where = self.work / f"c{n}"
         where.mkdir()
         trace = where / "t.fzt"
-        self.cut.write(trace, units)
+        kept = self.cut.write(trace, units)
+        try:
+            sig = self._keep(trace, kept, where) if self.keep else self._play(trace, kept)
+        finally:
+            shutil.rmtree(where, ignore_errors=True)
+        self.seen[units] = sig
+        self.replays += 1
+        return sig
+
+    def _play(self, trace: Path, kept: list[int]) -> Signature | None:
+        outcome = play(trace, self.server, timeout=self.timeout, fresh=self.fresh)
+        if outcome is None:
+            return None
+        if self.record is None and outcome.record is not None:
+            self.record = kept[outcome.record]
+        return of_outcome(outcome)
+
+    def _keep(self, trace: Path, kept: list[int], where: Path) -> Signature | None:
+        assert self.keep is not None
         argv = self.server
         if self.fresh is not None:
             copy = where / "fresh"
             shutil.copytree(self.fresh, copy, symlinks=True)
             argv = [str(copy) if a == self.fresh else a for a in argv]
         report = replay(trace, argv, timeout=self.timeout)
-        last = _opname(self.cut.units[units[-1]].opcode) if units else ""
-        sig = signature(report, trace, last, self.keep)
-        shutil.rmtree(where, ignore_errors=True)
-        self.seen[units] = sig
-        self.replays += 1
-        return sig
+        if report.error and not report.counts:
+            raise StartError(report.error)
 
-
-def _opname(opcode: int) -> str:
-    try:
-        return Opcode(opcode).name
-    except ValueError:
-        return str(opcode)
+        def opcode_of(record: int) -> int | None:
+            u = self.cut.unit_of(kept[record]) if record < len(kept) else None
+            return self.cut.units[u].opcode if u is not None else None
+        return of_differences(report, self.keep(str(trace)), opcode_of)
 
 
 def reduce_trace(path: str | os.PathLike[str], out: str | os.PathLike[str],
@@ -109,6 +124,15 @@ def reduce_trace(path: str | os.PathLike[str], out: str | os.PathLike[str],
             return None
 
         cur, n = everything, 2
+        at = tester.record
+        alone = c.unit_of(at) if at is not None else None
+        if alone is not None and alone not in c.fixed and len(everything) > 1:
+            # the usual case: the exchange that failed, with what it needs, fails alone
+            if fails([[alone]]) is not None:
+                cur = [alone]
+                kept = c.closure(cur)
+                c.write(out, kept)
+                result.messages = c.messages(kept)
         try:
             while len(cur) >= 2:
                 size = -(-len(cur) // n)

@@ -11,6 +11,7 @@ import argparse
 import json
 import sys
 
+from ..commandline import server_after_dashes
 from . import replay
 from .masks import DEFAULTS, Masks
 
@@ -48,18 +49,6 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     rep.add_argument("server", nargs=argparse.REMAINDER, metavar="SERVER [ARGS...]",
                      help=argparse.SUPPRESS)
     rep.set_defaults(run=run, replay_parser=rep)
-
-
-def server_after_dashes(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list[str]:
-    """SERVER [ARGS...] from after `--`: argparse's REMAINDER takes all that follows TRACE,
-    so options typed between TRACE and `--` are parsed here, as options (replay, reduce,
-    fuzz)."""
-    server = list(args.server)
-    if "--" in server:
-        at = server.index("--")
-        parser.parse_args([*server[:at], args.trace], namespace=args)
-        server = server[at + 1:]
-    return server
 
 
 def run(args: argparse.Namespace) -> int:
