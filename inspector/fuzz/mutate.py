@@ -11,7 +11,8 @@ at a particular server:
   NAME_MAX + 1, the kernel's own FUSE_NAME_MAX, bytes that are not UTF-8, and a
   symlink target of PATH_MAX - 1;
 - every integer field of the request's fixed struct (offsets, sizes, flags, modes …) at
-  the boundaries of its width, or with one bit flipped;
+  the boundaries of its width, or with one bit set; a flag word also with each flag its
+  dissector names (open flags, FATTR_* …) added;
 - FORGET of exactly the lookups the kernel holds (READDIRPLUS entries counted);
 - timing: the request overlapped with another, or followed at once by its INTERRUPT.
 
@@ -32,13 +33,15 @@ from typing import Callable
 from dissectors.constants import FUSE_NAME_MAX, FUSE_ROOT_ID, Opcode
 
 from ..target.layout import NODEID_AT, U64, Field
-from ..target.live import LiveServer
+from ..target.live import DIR_HANDLES, LiveServer
 
 NAME_MAX = os.pathconf("/", "PC_NAME_MAX")
 PATH_MAX = os.pathconf("/", "PC_PATH_MAX")
 NEVER = 1 << 40  # a node id or handle no server hands out in a session this short
-_DIR_HANDLES = frozenset({Opcode.READDIR, Opcode.READDIRPLUS, Opcode.RELEASEDIR,
-                          Opcode.FSYNCDIR})
+#: Requests the kernel sends only when nothing else is in flight on what they end (the
+#: last fput of a file, an inode's eviction): never overlapped, never interrupted.
+ENDINGS = frozenset({Opcode.FORGET, Opcode.BATCH_FORGET, Opcode.RELEASE, Opcode.RELEASEDIR,
+                     Opcode.INTERRUPT, Opcode.DESTROY})
 _AMOUNTS = frozenset({"size", "len", "length", "out_size", "in_size"})
 _FILLER = b"abcdefghijklmnopqrstuvwxyz0123456789_-"
 
@@ -90,7 +93,7 @@ def _node_choice(live: LiveServer, now: int, rng: random.Random) -> int:
 
 
 def _fh_choice(live: LiveServer, opcode: int, rng: random.Random) -> int | None:
-    want_dir = opcode in _DIR_HANDLES
+    want_dir = opcode in DIR_HANDLES
     fhs = [fh for fh, op in live.open.items() if (op == Opcode.OPENDIR) == want_dir]
     return rng.choice(fhs) if fhs else None
 
@@ -99,6 +102,14 @@ def _put(at: int, st: struct.Struct, value: int) -> Apply:
     def apply(raw: bytearray, live: LiveServer, rng: random.Random) -> bytearray:
         if len(raw) >= at + st.size:
             st.pack_into(raw, at, value & ((1 << (8 * st.size)) - 1))
+        return raw
+    return apply
+
+
+def _set_bit(f: Field, bit: int) -> Apply:
+    def apply(raw: bytearray, live: LiveServer, rng: random.Random) -> bytearray:
+        if len(raw) >= f.at + f.st.size:
+            f.st.pack_into(raw, f.at, f.st.unpack_from(raw, f.at)[0] | bit)
         return raw
     return apply
 
@@ -125,7 +136,7 @@ def mutations(opcode: int, raw: bytearray, live: LiveServer, rng: random.Random,
     would send it), each described."""
     layout = live.layout
     out = [Mutation("as recorded", _same)]
-    if opcode not in (Opcode.FORGET, Opcode.BATCH_FORGET, Opcode.INTERRUPT):
+    if opcode not in ENDINGS:
         out += [Mutation("overlapped with another request", _same, Timing.OVERLAP),
                 Mutation("interrupted at once", _same, Timing.INTERRUPT)]
     for at, _ in layout.node_words(opcode, raw):
@@ -167,6 +178,8 @@ def mutations(opcode: int, raw: bytearray, live: LiveServer, rng: random.Random,
     for f in layout.fields.get(opcode, ()) if hostile or opcode != Opcode.FORGET else ():
         for what, value in _field_values(f, rng, hostile):
             out.append(Mutation(f"{f.name} = {what}", _put(f.at, f.st, value)))
+        for bit in f.flags:  # each flag the dissectors name, added to what was sent
+            out.append(Mutation(f"{f.name} |= {bit:#x}", _set_bit(f, bit)))
     if opcode == Opcode.FORGET:
         def exact(r: bytearray, lv: LiveServer, g: random.Random) -> bytearray:
             if not lv.lookups:

@@ -46,7 +46,7 @@ from inspector.target.outcome import Outcome, Verdict
 from inspector.target.play import feed, play
 from traces import Kind, Record, TraceReader, TraceWriter
 
-from .mutate import Mutation, Timing, mutations
+from .mutate import ENDINGS, Mutation, Timing, mutations
 
 SESSION_TRIES = 5000
 CONFIRM_MIN = 5.0  # seconds a fresh idle server gets before a hang is confirmed
@@ -189,7 +189,8 @@ class Fuzzer:
             self.keys[key] = -1
         small = self.out / f"finding-{n}.fzt"
         try:
-            reduce_trace(history, small, self.server, timeout=timeout, fresh=self.fresh)
+            reduce_trace(history, small, self.server, timeout=timeout, fresh=self.fresh,
+                         failed=again)
         except Exception:  # noqa: BLE001 - a reduction that goes wrong keeps the whole history
             shutil.copyfile(history, small)
         command = self._command(small, timeout)
@@ -345,6 +346,8 @@ class _Worker:
         mutation = rng.choice(mutations(opcode, raw, live, rng, fz.hostile))
         raw = mutation.apply(raw, live, rng)
         chain = (*chain, mutation)
+        if not fz.hostile and not live.repair(opcode, raw, rng.choice):
+            return  # it names what the session no longer has: nothing to send
         self.tries += 1
         timeout = fz.live_timeout(live)
         reply: bytes | None = None
@@ -353,12 +356,14 @@ class _Worker:
                 reply = live.call(raw, timeout)
             else:
                 unique = live.send(raw)
+                other = None
                 if mutation.timing == Timing.INTERRUPT:
                     live.send(bytearray(_interrupt(unique)))
-                    other = None
                 else:
                     o_op, o_raw = fz.requests[rng.randrange(len(fz.requests))]
-                    other = (o_op, live.send(live.translate(o_op, o_raw)))
+                    o_req = live.translate(o_op, o_raw)
+                    if o_op not in ENDINGS and (fz.hostile or live.repair(o_op, o_req, rng.choice)):
+                        other = (o_op, live.send(o_req))
                 if opcode not in NO_REPLY_OPCODES:
                     reply = live.reply(unique, timeout)
                 if other is not None and other[0] not in NO_REPLY_OPCODES:

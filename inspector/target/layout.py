@@ -15,6 +15,7 @@ from typing import Iterator
 
 from dissectors.constants import IN_HEADER_SIZE as IN, OUT_HEADER_SIZE as OUT, Opcode
 from dissectors.context import FuseContext
+from dissectors.fields import OPEN_FLAGS, LEFlags, OpenFlagsField
 from dissectors.ids import Id, field_offsets, id_fields
 from dissectors.layouts import REPLIES, request_plan, struct_size
 from dissectors.structs import (
@@ -70,11 +71,23 @@ class Slot:
 
 @dataclass(frozen=True)
 class Field:
-    """An integer field of a request's fixed struct, for boundary values."""
+    """An integer field of a request's fixed struct, for boundary values; `flags`: the
+    bits the dissectors name, when it is a flag word."""
 
     name: str
     at: int
     st: struct.Struct
+    flags: tuple[int, ...] = ()
+
+
+def _named_bits(struct_cls: type, name: str) -> tuple[int, ...]:
+    """The single bits a flag word's dissector field names (open flags, FATTR_*, …)."""
+    field = next((f for f in getattr(struct_cls, "fields_desc", ()) if f.name == name), None)
+    if isinstance(field, OpenFlagsField):
+        return tuple(sorted(b for b in OPEN_FLAGS if b and not b & (b - 1)))
+    if isinstance(field, LEFlags):  # names by bit position, unnamed ones "bitN"
+        return tuple(1 << i for i, n in enumerate(field.names) if not n.startswith("bit"))
+    return ()
 
 
 class Layout:
@@ -115,7 +128,8 @@ class Layout:
                 for name, (at, code) in offsets.items():
                     if (name not in ids and name not in _UNUSED and (first, name) not in _TIED
                             and code[-1] in "BHIQbhiq"):
-                        plain.append(Field(name, IN + at, struct.Struct(code)))
+                        plain.append(Field(name, IN + at, struct.Struct(code),
+                                           _named_bits(first, name)))
             self.nodes[opcode] = tuple(nodes)
             if fhs:
                 self.fhs[opcode] = tuple(fhs)
@@ -164,6 +178,12 @@ class Layout:
 
 def forget_entries(raw: bytes | bytearray) -> Iterator[tuple[int, int, int]]:
     """(offset of its nodeid, nodeid, nlookup) of each of BATCH_FORGET's entries."""
+    for at, node, _, count in forget_slots(raw):
+        yield at, node, count
+
+
+def forget_slots(raw: bytes | bytearray) -> Iterator[tuple[int, int, int, int]]:
+    """(offset of nodeid, nodeid, offset of nlookup, nlookup) of BATCH_FORGET's entries."""
     if len(raw) < IN + _BATCH:
         return
     count = struct.unpack_from(_BATCH_COUNT[1], raw, IN + _BATCH_COUNT[0])[0]
@@ -171,8 +191,8 @@ def forget_entries(raw: bytes | bytearray) -> Iterator[tuple[int, int, int]]:
     for _ in range(count):
         if len(raw) < at + _FORGET_ONE:
             return
-        node = U64.unpack_from(raw, at + _FORGET_NODE[0])[0]
-        yield at + _FORGET_NODE[0], node, U64.unpack_from(raw, at + _FORGET_COUNT[0])[0]
+        node_at, count_at = at + _FORGET_NODE[0], at + _FORGET_COUNT[0]
+        yield node_at, U64.unpack_from(raw, node_at)[0], count_at, U64.unpack_from(raw, count_at)[0]
         at += _FORGET_ONE
 
 

@@ -21,7 +21,7 @@ import stat
 import subprocess
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from dissectors import SessionDecoder
 from dissectors.constants import (
@@ -50,6 +50,7 @@ from .layout import (
     UNIQUE_AT,
     Layout,
     forget_entries,
+    forget_slots,
     reply_header,
 )
 from .outcome import Outcome, Refusal, Verdict, ended
@@ -61,6 +62,9 @@ ENTRY_REPLIES = frozenset({Opcode.LOOKUP, Opcode.MKNOD, Opcode.MKDIR, Opcode.SYM
 _NEW_ENTRY = ENTRY_REPLIES - {Opcode.LOOKUP}
 OPEN_REPLIES = frozenset({Opcode.OPEN, Opcode.OPENDIR, Opcode.CREATE, Opcode.TMPFILE})
 _FORGETS = frozenset({Opcode.FORGET, Opcode.BATCH_FORGET})
+#: Requests whose handle is a directory's (the kernel never mixes the two kinds)
+DIR_HANDLES = frozenset({Opcode.READDIR, Opcode.READDIRPLUS, Opcode.RELEASEDIR,
+                         Opcode.FSYNCDIR})
 _RELEASES = frozenset({Opcode.RELEASE, Opcode.RELEASEDIR})
 _UNANSWERED = NO_REPLY_OPCODES | {Opcode.INTERRUPT}
 _MODE_AT = OUT_HEADER_SIZE + field_offsets(FuseEntryOut)["attr.mode"][0]
@@ -189,6 +193,40 @@ class LiveServer:
             target = U64.unpack_from(out, INTERRUPTED_AT)[0]
             U64.pack_into(out, INTERRUPTED_AT, self.uniques.get(target, target))
         return out
+
+    def repair(self, opcode: int, raw: bytearray, pick: Callable[[list[int]], int]) -> bool:
+        """Make a request one the kernel could send now: every node id it names held by
+        the kernel (else another of the same type), every handle open (else another of
+        its kind), no FORGET of more lookups than held. False when there is nothing to
+        put in place (`pick` chooses among candidates)."""
+        for at, node in list(self.layout.node_words(opcode, raw)):
+            if node == FUSE_ROOT_ID or node in self.lookups or (node == 0 and at != NODEID_AT):
+                continue
+            kind = self.types.get(node)
+            same = [n for n in self.lookups if self.types.get(n) == kind]
+            if kind == stat.S_IFDIR:
+                same.append(FUSE_ROOT_ID)
+            if not same:
+                return False
+            U64.pack_into(raw, at, pick(same))
+        for at, fh in list(self.layout.fh_words(opcode, raw)):
+            if fh in self.open:
+                continue
+            want_dir = opcode in DIR_HANDLES
+            fhs = [h for h, op in self.open.items() if (op == Opcode.OPENDIR) == want_dir]
+            if not fhs:
+                return False
+            U64.pack_into(raw, at, pick(fhs))
+        if opcode == Opcode.FORGET:
+            count_at = self.layout.fields[opcode][0].at
+            node = U64.unpack_from(raw, NODEID_AT)[0]
+            if U64.unpack_from(raw, count_at)[0] > self.lookups.get(node, 0):
+                U64.pack_into(raw, count_at, self.lookups.get(node, 0))
+        elif opcode == Opcode.BATCH_FORGET:
+            for _, node, count_at, count in forget_slots(raw):
+                if count > self.lookups.get(node, 0):
+                    U64.pack_into(raw, count_at, self.lookups.get(node, 0))
+        return True
 
     def send(self, raw: bytearray, recorded_unique: int | None = None) -> int:
         """Send a request (its len and unique set here); returns its unique."""

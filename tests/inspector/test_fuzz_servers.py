@@ -20,10 +20,12 @@ from record_support import PASSTHROUGHFS
 from traces import Kind, TraceReader
 
 SEEDS = range(1, 6)
-LIMIT = 20000  # tries per seed at most
-#: bug → (what the finding says, the largest mean of tries to find it that passes)
-BUGS = {"crash-long-name": ("killed", 200), "short-statfs": ("refused", 50),
-        "hang-append": ("hung", 10000)}
+LIMIT = 5000  # tries per seed at most
+#: bug → (what the finding says, the largest mean of tries to find it that passes);
+#: measured: crash-long-name 2-13 tries, short-statfs 0 (the recording itself has a
+#: STATFS), hang-append 139-631 (an OPEN with O_APPEND among 17 open flags)
+BUGS = {"crash-long-name": ("killed", 100), "short-statfs": ("refused", 10),
+        "hang-append": ("hung", 1500)}
 
 
 def _server(src: Path, *bugs: str) -> list[str]:
@@ -80,7 +82,6 @@ def test_each_planted_bug_is_found_from_several_seeds(session: tuple[Path, Path]
         kept = [r for r in TraceReader(hit.trace) if r.kind in (Kind.REQUEST, Kind.REPLY)]
         assert len(kept) <= 12, hit.trace
         assert hit.command.startswith("fusetrace fuzz ") and " --check " in hit.command
-    print(bug, tries)
     assert statistics.mean(tries) <= bound, tries
 
 
