@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from inspector.replay import replay
+from inspector.target.outcome import Outcome
 from inspector.target.play import StartError, play
 
 from .signature import Selector, Signature, of_differences, of_outcome
@@ -95,8 +96,9 @@ class _Tester:
 def reduce_trace(path: str | os.PathLike[str], out: str | os.PathLike[str],
                  server: Sequence[str], *, keep: Selector | None = None, jobs: int = 1,
                  timeout: float = 2.0, fresh: str | None = None,
-                 progress: Progress | None = None) -> Reduction:
-    """Write to `out` the smallest trace found whose replay fails as `path`'s does."""
+                 progress: Progress | None = None, failed: Outcome | None = None) -> Reduction:
+    """Write to `out` the smallest trace found whose replay fails as `path`'s does.
+    `failed`: how `path` was just seen to fail (as `play` says), so it is not played again."""
     c = cut(path)
     everything = [i for i in range(len(c.units)) if i not in c.fixed]
     with tempfile.TemporaryDirectory(prefix="fusetrace-reduce-") as tmp, \
@@ -104,7 +106,12 @@ def reduce_trace(path: str | os.PathLike[str], out: str | os.PathLike[str],
         tester = _Tester(c, server, keep, timeout, fresh, Path(tmp))
         counter = iter(range(1 << 62))
         full = tuple(c.closure(everything))
-        target = tester.run(full, next(counter))
+        if failed is not None and keep is None:
+            target: Signature | None = of_outcome(failed)
+            tester.seen[full] = target
+            tester.record = failed.record
+        else:
+            target = tester.run(full, next(counter))
         if target is None:
             raise NotFailing("the trace's replay does not fail" + (
                 " in a difference the filter selects" if keep else ""))
