@@ -14,6 +14,7 @@ import sys
 from traces import TraceReadError
 
 from ..commandline import server_after_dashes
+from ..target.live import names
 from ..target.play import StartError, play
 from .run import Finding, Fuzzer
 
@@ -47,9 +48,10 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     fz.add_argument("-o", "--output", default="fuzz-findings", metavar="DIR",
                     help="where findings go: finding-N.fzt and finding-N.txt (default %(default)s)")
     fz.add_argument("--fresh", metavar="DIR",
-                    help="one of SERVER's arguments, a directory the server changes: every "
-                         "server start gets a pristine copy of it in its place (DIR itself is "
-                         "never written; needed for --jobs > 1 to keep workers apart)")
+                    help="a directory the server changes, named by SERVER's arguments (as one, "
+                         "or inside one: -o upperdir=DIR/upper): every server start gets a "
+                         "pristine copy of it in its place (DIR itself is never written; "
+                         "needed for --jobs > 1 to keep workers apart)")
     fz.add_argument("--hostile", action="store_true",
                     help="also send what no kernel sends (ids never handed out or dropped, 0, "
                          "empty names, '.', '..', '/', over-long names, over-FORGETs)")
@@ -91,8 +93,8 @@ def _problem(args: argparse.Namespace, server: list[str]) -> str | None:
         return "--seconds and --timeout must be more than 0"
     if args.jobs < 1 or (args.tries is not None and args.tries < 1):
         return "--jobs and --tries must be at least 1"
-    if args.fresh is not None and args.fresh not in server:
-        return f"--fresh {args.fresh}: not one of SERVER's arguments"
+    if args.fresh is not None and not names(server, args.fresh):
+        return f"--fresh {args.fresh}: SERVER's arguments do not name it"
     return None
 
 

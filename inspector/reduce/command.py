@@ -1,7 +1,8 @@
 """`fusetrace reduce`: the command line around `reduce_trace()`.
 
-Exit status: 0 when a smaller (or equal) failing trace was written, 2 on bad input or a
-trace whose replay does not fail.
+Exit status: 0 when a smaller (or equal) failing trace was written, 2 on bad input, a
+server that cannot be started or does not answer INIT, or a trace whose replay does not
+fail.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import sys
 from traces import TraceReadError
 
 from ..commandline import server_after_dashes
+from ..target.live import names
 from ..target.play import StartError
 from .ddmin import NotFailing, reduce_trace
 from .signature import Selector
@@ -40,8 +42,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     red.add_argument("--timeout", type=float, default=2.0, metavar="SECONDS",
                      help="per request before the server counts as hanging (default %(default)s)")
     red.add_argument("--fresh", metavar="DIR",
-                     help="SERVER's argument DIR is copied afresh for every replay "
-                          "(a server that changes its source directory)")
+                     help="a directory SERVER's arguments name (as one, or inside one: -o "
+                          "upperdir=DIR/upper) is copied afresh for every replay (a server "
+                          "that changes its source directory)")
     red.add_argument("server", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     red.set_defaults(run=run, reduce_parser=red)
 
@@ -69,8 +72,8 @@ def run(args: argparse.Namespace) -> int:
         return _fail("want TRACE -o SMALL.fzt -- SERVER [ARGS...]")
     if args.jobs < 1 or args.timeout <= 0:
         return _fail("--jobs must be at least 1 and --timeout more than 0")
-    if args.fresh is not None and args.fresh not in server:
-        return _fail(f"--fresh {args.fresh}: not one of SERVER's arguments")
+    if args.fresh is not None and not names(server, args.fresh):
+        return _fail(f"--fresh {args.fresh}: SERVER's arguments do not name it")
     try:
         keep = _selector(args.keep) if args.keep else None
     except ValueError as exc:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from inspector.replay import replay
+from inspector.target.live import with_copy
 from inspector.target.outcome import Outcome
 from inspector.target.play import StartError, play
 
@@ -82,7 +83,7 @@ class _Tester:
         if self.fresh is not None:
             copy = where / "fresh"
             shutil.copytree(self.fresh, copy, symlinks=True)
-            argv = [str(copy) if a == self.fresh else a for a in argv]
+            argv = with_copy(argv, self.fresh, str(copy))
         report = replay(trace, argv, timeout=self.timeout)
         if report.error and not report.counts:
             raise StartError(report.error)

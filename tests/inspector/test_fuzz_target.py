@@ -26,7 +26,7 @@ from dissectors.structs import (
 )
 from inspector.fuzz import Fuzzer
 from inspector.target import Outcome, Refusal, StartError, Verdict, play
-from inspector.target.live import IoctlLog  # noqa: F401 - the seccomp trap is needed
+from inspector.target.live import names, with_copy
 from inspector.record.trap import IoctlTrap
 from traces import TraceWriter
 
@@ -151,3 +151,11 @@ def test_every_option_has_help() -> None:
     for action in sub.choices["fuzz"]._actions:
         if action.dest not in ("help", "server"):
             assert action.help, action.dest
+
+
+def test_fresh_names_a_directory_as_an_argument_or_inside_one() -> None:
+    argv = ["fuse-overlayfs", "-o", "lowerdir=/b/x/lower,upperdir=/b/x/upper", "/b/x", "/b/xy",
+            "/a/b/x"]
+    assert with_copy(argv, "/b/x", "/c") == [
+        "fuse-overlayfs", "-o", "lowerdir=/c/lower,upperdir=/c/upper", "/c", "/b/xy", "/a/b/x"]
+    assert names(argv, "/b/x/") and not names(["/b/xy"], "/b/x")
