@@ -11,8 +11,9 @@ at a particular server:
   NAME_MAX + 1, the kernel's own FUSE_NAME_MAX, bytes that are not UTF-8, and a
   symlink target of PATH_MAX - 1;
 - every integer field of the request's fixed struct (offsets, sizes, flags, modes …) at
-  the boundaries of its width, or with one bit set; a flag word also with each flag its
-  dissector names (open flags, FATTR_* …) added;
+  the boundaries of its width, or with one bit set; a flag word with each flag its
+  dissector names (open flags, FATTR_* …) added instead, but the open flags the VFS
+  keeps to itself;
 - FORGET of exactly the lookups the kernel holds (READDIRPLUS entries counted);
 - timing: the request overlapped with another, or followed at once by its INTERRUPT.
 
@@ -30,10 +31,10 @@ import struct
 from dataclasses import dataclass
 from typing import Callable
 
-from dissectors.constants import FUSE_NAME_MAX, FUSE_ROOT_ID, Opcode
+from dissectors.constants import FUSE_NAME_MAX, FUSE_ROOT_ID, VFS_OPEN_FLAGS, Opcode
 
 from ..target.layout import NODEID_AT, U64, Field
-from ..target.live import DIR_HANDLES, LiveServer
+from ..target.live import LiveServer
 
 NAME_MAX = os.pathconf("/", "PC_NAME_MAX")
 PATH_MAX = os.pathconf("/", "PC_PATH_MAX")
@@ -93,8 +94,7 @@ def _node_choice(live: LiveServer, now: int, rng: random.Random) -> int:
 
 
 def _fh_choice(live: LiveServer, opcode: int, rng: random.Random) -> int | None:
-    want_dir = opcode in DIR_HANDLES
-    fhs = [fh for fh, op in live.open.items() if (op == Opcode.OPENDIR) == want_dir]
+    fhs = live.handles(opcode)
     return rng.choice(fhs) if fhs else None
 
 
@@ -121,8 +121,10 @@ def _field_values(f: Field, rng: random.Random, hostile: bool) -> list[tuple[str
     bits = 8 * f.st.size
     top = (1 << bits) - 1
     amount = f.name in _AMOUNTS
-    flip = rng.randrange(17 if amount and not hostile else bits)
-    out = [("0", 0), ("1", 1), (f"bit {flip}", 1 << flip)]
+    out = [("0", 0), ("1", 1)]
+    if hostile or not f.flags:  # a flag word gets the bits it names (see `mutations`)
+        flip = rng.randrange(17 if amount and not hostile else bits)
+        out.append((f"bit {flip}", 1 << flip))
     if "off" in f.name and bits == 64:
         out.append(("largest offset", top >> 1))
     if hostile:
@@ -179,7 +181,8 @@ def mutations(opcode: int, raw: bytearray, live: LiveServer, rng: random.Random,
         for what, value in _field_values(f, rng, hostile):
             out.append(Mutation(f"{f.name} = {what}", _put(f.at, f.st, value)))
         for bit in f.flags:  # each flag the dissectors name, added to what was sent
-            out.append(Mutation(f"{f.name} |= {bit:#x}", _set_bit(f, bit)))
+            if hostile or not (f.open_flags and bit & VFS_OPEN_FLAGS):
+                out.append(Mutation(f"{f.name} |= {bit:#x}", _set_bit(f, bit)))
     if opcode == Opcode.FORGET:
         def exact(r: bytearray, lv: LiveServer, g: random.Random) -> bytearray:
             if not lv.lookups:

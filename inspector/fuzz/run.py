@@ -51,6 +51,7 @@ from .mutate import ENDINGS, Mutation, Timing, mutations
 SESSION_TRIES = 5000
 CONFIRM_MIN = 5.0  # seconds a fresh idle server gets before a hang is confirmed
 CHAIN = 4  # mutations stacked on one request at most
+IDLE = 50  # tries in a row with nothing to name before the recording is played again
 #: how the saved command is run to check it (`fusetrace` may not be on PATH)
 FUSETRACE = [sys.executable, "-m", "inspector.cli"]
 _NUMBERS = re.compile(rb"0x[0-9a-fA-F]+|\d+")
@@ -284,6 +285,7 @@ class _Worker:
         self.tries = 0  # in this server's session
         self.booted = False
         self.primed = False  # the recording gave the session nodes or handles
+        self.idle = 0  # tries in a row that had nothing to name
 
     def boot(self) -> None:
         fz = self.fz
@@ -316,15 +318,15 @@ class _Worker:
                 with fz.lock:
                     if max_tries is not None and fz.stats.tries >= max_tries:
                         return
-                    fz.stats.tries += 1
                 if not self.booted or self.tries >= SESSION_TRIES:
                     with fz.lock:
                         fz.stats.restarts += self.tries > 0
                     self.boot()
                     if not self.booted:
                         continue
-                if self.primed and not self.live.lookups and not self.live.open:
-                    self._prime()  # everything dropped: the recording gives it back
+                if self.primed and (self.idle >= IDLE or not (self.live.lookups or self.live.open)):
+                    self.idle = 0
+                    self._prime()  # what tries name was dropped: the recording gives it back
                     if not self.booted:
                         continue
                 self.one()
@@ -347,8 +349,12 @@ class _Worker:
         raw = mutation.apply(raw, live, rng)
         chain = (*chain, mutation)
         if not fz.hostile and not live.repair(opcode, raw, rng.choice):
-            return  # it names what the session no longer has: nothing to send
+            self.idle += 1  # it names what the session no longer has: nothing to send
+            return
+        self.idle = 0
         self.tries += 1
+        with fz.lock:
+            fz.stats.tries += 1
         timeout = fz.live_timeout(live)
         reply: bytes | None = None
         try:

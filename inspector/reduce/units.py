@@ -3,8 +3,10 @@
 Which words of a request are node ids and file handles is the live target's view of the
 one table of ids (`inspector.target.layout`, at the trace's negotiated minor): the
 header's nodeid, RENAME's `newdir`, LINK's `oldnodeid`, COPY_FILE_RANGE's `nodeid_out`,
-BATCH_FORGET's entries and every handle. What a reply hands out is read as the lifecycle
-pass reads it (`inspector.lifecycles.wire`). A dependency missed here only costs replays
+BATCH_FORGET's entries and every handle. A request needs the latest exchange that handed
+out each id it names; a FORGET, every one that gave a lookup it drops (so no candidate
+forgets more than it looked up). What a reply hands out is read as the lifecycle pass
+reads it (`inspector.lifecycles.wire`). A dependency missed here only costs replays
 (a candidate missing it fails differently and is dropped), never correctness.
 """
 
@@ -20,6 +22,8 @@ from inspector.lifecycles import wire
 from inspector.target.layout import IN_HEADER, OUT_HEADER, Layout
 from inspector.target.live import ENTRY_REPLIES, OPEN_REPLIES
 from traces import Kind, Record, TraceReader, TraceWriter
+
+_FORGETS = frozenset({Opcode.FORGET, Opcode.BATCH_FORGET})
 
 
 @dataclass
@@ -94,7 +98,7 @@ def cut(path: str | os.PathLike[str]) -> Cut:
     units: list[Unit] = []
     always: list[int] = []
     by_unique: dict[int, int] = {}  # unique → unit of the request still waiting
-    node_from: dict[int, int] = {}  # node id → unit whose reply handed it out
+    node_from: dict[int, list[int]] = {}  # node id → units whose replies handed it out
     fh_from: dict[int, int] = {}
     pending_ioctls: list[int] = []
     for rec in records:
@@ -104,7 +108,9 @@ def cut(path: str | os.PathLike[str]) -> Cut:
             unit = Unit(opcode, [rec.index])
             for _, nodeid in layout.node_words(opcode, raw):
                 if nodeid not in (0, FUSE_ROOT_ID) and nodeid in node_from:
-                    unit.needs.add(node_from[nodeid])
+                    # a FORGET needs every lookup it drops; a use, the latest one
+                    given = node_from[nodeid]
+                    unit.needs.update(given if opcode in _FORGETS else given[-1:])
             for _, fh in layout.fh_words(opcode, raw):
                 if fh in fh_from:
                     unit.needs.add(fh_from[fh])
@@ -152,16 +158,16 @@ def _layout(records: list[Record]) -> Layout:
     return Layout(decoder.ctx)
 
 
-def _given(unit: Unit, u: int, raw: bytes, node_from: dict[int, int],
+def _given(unit: Unit, u: int, raw: bytes, node_from: dict[int, list[int]],
            fh_from: dict[int, int]) -> None:
     """Record the node ids and handles a successful reply hands out."""
     if unit.opcode in ENTRY_REPLIES:
         nodeid = wire.entry_nodeid(raw)
         if nodeid:
-            node_from.setdefault(nodeid, u)
+            node_from.setdefault(nodeid, []).append(u)
     if unit.opcode == Opcode.READDIRPLUS:
         for nodeid, _ in wire.direntplus_nodeids(raw):
-            node_from.setdefault(nodeid, u)
+            node_from.setdefault(nodeid, []).append(u)
     if unit.opcode in OPEN_REPLIES:
         got = wire.open_out(unit.opcode, raw)
         if got is not None:

@@ -78,6 +78,12 @@ class Field:
     at: int
     st: struct.Struct
     flags: tuple[int, ...] = ()
+    open_flags: bool = False  # open(2)'s flags, as OPEN and CREATE carry them
+
+
+def _is_open_flags(struct_cls: type, name: str) -> bool:
+    field = next((f for f in getattr(struct_cls, "fields_desc", ()) if f.name == name), None)
+    return isinstance(field, OpenFlagsField)
 
 
 def _named_bits(struct_cls: type, name: str) -> tuple[int, ...]:
@@ -129,7 +135,7 @@ class Layout:
                     if (name not in ids and name not in _UNUSED and (first, name) not in _TIED
                             and code[-1] in "BHIQbhiq"):
                         plain.append(Field(name, IN + at, struct.Struct(code),
-                                           _named_bits(first, name)))
+                                           _named_bits(first, name), _is_open_flags(first, name)))
             self.nodes[opcode] = tuple(nodes)
             if fhs:
                 self.fhs[opcode] = tuple(fhs)

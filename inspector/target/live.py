@@ -111,7 +111,7 @@ class LiveServer:
 
     def _reset(self) -> None:
         self.next_unique = 2
-        self.waiting: dict[int, tuple[int, float]] = {}  # unique → (opcode, sent at)
+        self.waiting: dict[int, tuple[int, float, int]] = {}  # unique → (opcode, sent at, node)
         self.interrupts: set[int] = set()  # INTERRUPTs sent (a reply to one is optional)
         self.arrived: dict[int, bytes] = {}
         self.history: list[tuple[bool, bytes]] = []  # (is request, raw)
@@ -120,7 +120,7 @@ class LiveServer:
         self.uniques: dict[int, int] = {}  # recorded unique → live
         self.lookups: dict[int, int] = {}  # live node id → lookups the kernel would hold
         self.types: dict[int, int] = {FUSE_ROOT_ID: stat.S_IFDIR}  # live node id → S_IFMT
-        self.open: dict[int, int] = {}  # live handle → the opcode that opened it
+        self.open: dict[int, tuple[int, int]] = {}  # live handle → (opcode that opened it, node)
         self.gone_nodes: list[int] = []  # forgotten, and handles released: for hostile tries
         self.gone_fhs: list[int] = []
         self.latencies: list[float] = []
@@ -223,14 +223,16 @@ class LiveServer:
             if not same:
                 return False
             U64.pack_into(raw, at, pick(same))
+        first_fh = next((at for at, _ in self.layout.fh_words(opcode, raw)), None)
         for at, fh in list(self.layout.fh_words(opcode, raw)):
-            if fh in self.open:
-                continue
-            want_dir = opcode in DIR_HANDLES
-            fhs = [h for h, op in self.open.items() if (op == Opcode.OPENDIR) == want_dir]
-            if not fhs:
-                return False
-            U64.pack_into(raw, at, pick(fhs))
+            if fh not in self.open:
+                fhs = self.handles(opcode)
+                if not fhs:
+                    return False
+                fh = pick(fhs)
+                U64.pack_into(raw, at, fh)
+            if at == first_fh:  # the kernel names the file's own node with its handle
+                U64.pack_into(raw, NODEID_AT, self.open[fh][1])
         if opcode == Opcode.FORGET:
             count_at = self.layout.fields[opcode][0].at
             node = U64.unpack_from(raw, NODEID_AT)[0]
@@ -241,6 +243,11 @@ class LiveServer:
                 if count > self.lookups.get(node, 0):
                     U64.pack_into(raw, count_at, self.lookups.get(node, 0))
         return True
+
+    def handles(self, opcode: int) -> list[int]:
+        """Open handles of the kind `opcode` takes (a directory's or a file's)."""
+        want_dir = opcode in DIR_HANDLES
+        return [fh for fh, (op, _) in self.open.items() if (op == Opcode.OPENDIR) == want_dir]
 
     def send(self, raw: bytearray, recorded_unique: int | None = None) -> int:
         """Send a request (its len and unique set here); returns its unique."""
@@ -264,7 +271,7 @@ class LiveServer:
         if opcode == Opcode.INTERRUPT:
             self.interrupts.add(unique)
         elif opcode not in NO_REPLY_OPCODES:
-            self.waiting[unique] = (opcode, time.monotonic())
+            self.waiting[unique] = (opcode, time.monotonic(), U64.unpack_from(msg, NODEID_AT)[0])
         if opcode in _FORGETS:
             self._forget(opcode, msg)
         elif opcode in _RELEASES:
@@ -287,7 +294,7 @@ class LiveServer:
         assert self.server is not None
         deadline = time.monotonic() + timeout
         while unique not in self.arrived:
-            opcode = self.waiting.get(unique, (0, 0.0))[0]
+            opcode = self.waiting.get(unique, (0, 0.0, 0))[0]
             try:
                 msg = self.server.receive(min(deadline, time.monotonic() + _LOOK))
             except Closed:
@@ -325,14 +332,14 @@ class LiveServer:
         if got is None:
             raise Failure(Outcome(Verdict.REFUSED, 0, refusal=Refusal.UNIQUE,
                                   detail=f"unique {unique}"))
-        opcode, sent = got
+        opcode, sent, node = got
         self.latencies.append(time.monotonic() - sent)
         problem = self._refused(opcode, msg, length, error)
         if problem is not None:
             refusal, detail = problem
             raise Failure(Outcome(Verdict.REFUSED, opcode, refusal=refusal, detail=detail))
         if error == 0:
-            self._given(opcode, msg)
+            self._given(opcode, msg, node)
         self.arrived[unique] = msg
 
     def _refused(self, opcode: int, msg: bytes, length: int,
@@ -359,7 +366,7 @@ class LiveServer:
                     return Refusal.BACKING_ID, f"backing id {got[2]}"
         return None
 
-    def _given(self, opcode: int, msg: bytes) -> None:
+    def _given(self, opcode: int, msg: bytes, asked: int) -> None:
         """What a successful reply hands the kernel: lookups and open handles."""
         if opcode in ENTRY_REPLIES:
             node = wire.entry_nodeid(msg)
@@ -372,8 +379,9 @@ class LiveServer:
                 self.lookups[node] = self.lookups.get(node, 0) + 1
         if opcode in OPEN_REPLIES:
             got = wire.open_out(opcode, msg)
-            if got is not None:
-                self.open[got[0]] = opcode
+            if got is not None:  # CREATE's handle is the new node's
+                node = wire.entry_nodeid(msg) if opcode not in (Opcode.OPEN, Opcode.OPENDIR) else asked
+                self.open[got[0]] = (opcode, node or asked)
 
     def _forget(self, opcode: int, msg: bytes) -> None:
         if opcode == Opcode.FORGET:
