@@ -7,6 +7,8 @@ from __future__ import annotations
 import os
 import resource
 import signal
+import stat
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -26,7 +28,7 @@ from dissectors.structs import (
 )
 from inspector.fuzz import Fuzzer
 from inspector.target import Outcome, Refusal, StartError, Verdict, play
-from inspector.target.live import names, with_copy
+from inspector.target.live import LiveServer, names, with_copy
 from inspector.record.trap import IoctlTrap
 from traces import TraceWriter
 
@@ -159,3 +161,26 @@ def test_fresh_names_a_directory_as_an_argument_or_inside_one() -> None:
     assert with_copy(argv, "/b/x", "/c") == [
         "fuse-overlayfs", "-o", "lowerdir=/c/lower,upperdir=/c/upper", "/c", "/b/xy", "/a/b/x"]
     assert names(argv, "/b/x/") and not names(["/b/xy"], "/b/x")
+
+
+def test_repair_keeps_a_try_to_what_the_kernel_could_send() -> None:
+    """A handle names its own file's node; a forgotten node is replaced by a held one of
+    its type; a FORGET drops no more than the lookups held; nothing to name: no try."""
+    from dissectors.structs import FuseForgetIn, FuseReadIn
+
+    live = LiveServer(["unused"])
+    live.lookups = {9: 1, 10: 2}
+    live.types.update({9: stat.S_IFREG, 10: stat.S_IFREG, 11: stat.S_IFREG})
+    live.open = {5: (Opcode.OPEN, 9)}
+    read = bytearray(bytes(FuseInHeader(opcode=Opcode.READ, unique=2, nodeid=10) / FuseReadIn(fh=5)))
+    assert live.repair(Opcode.READ, read, lambda c: c[0])
+    assert struct.unpack_from("<Q", read, 16)[0] == 9
+    stale = bytearray(bytes(FuseInHeader(opcode=Opcode.GETATTR, unique=2, nodeid=11) / FuseGetattrIn()))
+    assert live.repair(Opcode.GETATTR, stale, lambda c: c[-1])
+    assert struct.unpack_from("<Q", stale, 16)[0] in (9, 10)
+    forget = bytearray(bytes(FuseInHeader(opcode=Opcode.FORGET, unique=2, nodeid=10)
+                             / FuseForgetIn(nlookup=7)))
+    assert live.repair(Opcode.FORGET, forget, lambda c: c[0])
+    assert struct.unpack_from("<Q", forget, 40)[0] == 2
+    live.open = {}
+    assert not live.repair(Opcode.READ, read, lambda c: c[0])
