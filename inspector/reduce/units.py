@@ -5,7 +5,8 @@ one table of ids (`inspector.target.layout`, at the trace's negotiated minor): t
 header's nodeid, RENAME's `newdir`, LINK's `oldnodeid`, COPY_FILE_RANGE's `nodeid_out`,
 BATCH_FORGET's entries and every handle. A request needs the latest exchange that handed
 out each id it names; a FORGET, every one that gave a lookup it drops (so no candidate
-forgets more than it looked up). What a reply hands out is read as the lifecycle pass
+forgets more than it looked up); an open, its release (so no candidate forgets a node
+while a file is open on it). What a reply hands out is read as the lifecycle pass
 reads it (`inspector.lifecycles.wire`). A dependency missed here only costs replays
 (a candidate missing it fails differently and is dropped), never correctness.
 """
@@ -24,6 +25,7 @@ from inspector.target.live import ENTRY_REPLIES, OPEN_REPLIES
 from traces import Kind, Record, TraceReader, TraceWriter
 
 _FORGETS = frozenset({Opcode.FORGET, Opcode.BATCH_FORGET})
+_RELEASES = frozenset({Opcode.RELEASE, Opcode.RELEASEDIR})
 
 
 @dataclass
@@ -114,6 +116,8 @@ def cut(path: str | os.PathLike[str]) -> Cut:
             for _, fh in layout.fh_words(opcode, raw):
                 if fh in fh_from:
                     unit.needs.add(fh_from[fh])
+                    if opcode in _RELEASES:  # an open keeps its release: until then the
+                        units[fh_from[fh]].needs.add(len(units))  # file holds its node
             if opcode == Opcode.INTERRUPT:
                 target = wire.interrupted_unique(raw)
                 if target in by_unique:

@@ -211,14 +211,20 @@ class LiveServer:
     def repair(self, opcode: int, raw: bytearray, pick: Callable[[list[int]], int]) -> bool:
         """Make a request one the kernel could send now: every node id it names held by
         the kernel (else another of the same type), every handle open (else another of
-        its kind), no FORGET of more lookups than held. False when there is nothing to
-        put in place (`pick` chooses among candidates)."""
+        its kind) and named with its own node, no FORGET of a node with a file open on it
+        (the open file holds the inode) or of more lookups than held. False when there is
+        nothing to put in place (`pick` chooses among candidates)."""
+        forget = opcode in _FORGETS
+        opened = {node for _, node in self.open.values()} if forget else set()
         for at, node in list(self.layout.node_words(opcode, raw)):
-            if node == FUSE_ROOT_ID or node in self.lookups or (node == 0 and at != NODEID_AT):
+            if forget and at == NODEID_AT and opcode == Opcode.BATCH_FORGET:
+                continue  # BATCH_FORGET's header names no node
+            held = node in self.lookups and node not in opened
+            if (node == FUSE_ROOT_ID and not forget) or held or (node == 0 and at != NODEID_AT):
                 continue
             kind = self.types.get(node)
-            same = [n for n in self.lookups if self.types.get(n) == kind]
-            if kind == stat.S_IFDIR:
+            same = [n for n in self.lookups if self.types.get(n) == kind and n not in opened]
+            if kind == stat.S_IFDIR and not forget:
                 same.append(FUSE_ROOT_ID)
             if not same:
                 return False

@@ -165,7 +165,8 @@ def test_fresh_names_a_directory_as_an_argument_or_inside_one() -> None:
 
 def test_repair_keeps_a_try_to_what_the_kernel_could_send() -> None:
     """A handle names its own file's node; a forgotten node is replaced by a held one of
-    its type; a FORGET drops no more than the lookups held; nothing to name: no try."""
+    its type; a FORGET drops no more than the lookups held, and never a node with a file
+    open on it; nothing to name: no try."""
     from dissectors.structs import FuseForgetIn, FuseReadIn
 
     live = LiveServer(["unused"])
@@ -182,5 +183,9 @@ def test_repair_keeps_a_try_to_what_the_kernel_could_send() -> None:
                              / FuseForgetIn(nlookup=7)))
     assert live.repair(Opcode.FORGET, forget, lambda c: c[0])
     assert struct.unpack_from("<Q", forget, 40)[0] == 2
+    open_node = bytearray(bytes(FuseInHeader(opcode=Opcode.FORGET, unique=2, nodeid=9)
+                                / FuseForgetIn(nlookup=1)))
+    assert live.repair(Opcode.FORGET, open_node, lambda c: c[0])  # 9 has a file open
+    assert struct.unpack_from("<Q", open_node, 16)[0] == 10
     live.open = {}
     assert not live.repair(Opcode.READ, read, lambda c: c[0])

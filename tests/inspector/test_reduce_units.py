@@ -23,6 +23,7 @@ from dissectors.structs import (
     FuseOpenIn,
     FuseOpenOut,
     FuseOutHeader,
+    FuseReleaseIn,
     FuseRenameIn,
 )
 from inspector.reduce.units import Cut, cut
@@ -85,3 +86,21 @@ def test_every_id_field_of_the_table_is_a_dependency(tmp_path: Path) -> None:
     # nodeid (a), fh_in (OPEN of a), nodeid_out (b), fh_out (OPEN of b)
     assert _needs(c, Opcode.COPY_FILE_RANGE) == {"LOOKUP a", "LOOKUP b", "OPEN 10", "OPEN 11"}
     assert _needs(c, Opcode.BATCH_FORGET) == {"LOOKUP d"}  # an entry's nodeid
+
+
+def test_an_open_keeps_its_release(tmp_path: Path) -> None:
+    """Without its RELEASE, a candidate could FORGET a node a file is still open on."""
+    path = tmp_path / "t.fzt"
+    with TraceWriter(path, {"source": "test"}) as out:
+        out.request(bytes(FuseInHeader(opcode=Opcode.INIT, unique=2) / FuseInitIn(major=7, minor=45)))
+        out.reply(bytes(FuseOutHeader(unique=2) / FuseInitOut(major=7, minor=45)))
+        out.request(bytes(FuseInHeader(opcode=Opcode.LOOKUP, unique=4, nodeid=1) / FuseName(name=b"a")))
+        out.reply(_entry(4, 10))
+        out.request(bytes(FuseInHeader(opcode=Opcode.OPEN, unique=6, nodeid=10) / FuseOpenIn()))
+        out.reply(bytes(FuseOutHeader(unique=6) / FuseOpenOut(fh=7)))
+        out.request(bytes(FuseInHeader(opcode=Opcode.RELEASE, unique=8, nodeid=10) / FuseReleaseIn(fh=7)))
+        out.reply(bytes(FuseOutHeader(unique=8)))
+    c = cut(path)
+    opened = next(i for i, u in enumerate(c.units) if u.opcode == Opcode.OPEN)
+    assert {Opcode(c.units[j].opcode).name for j in c.closure([opened])} == {
+        "INIT", "LOOKUP", "OPEN", "RELEASE"}
