@@ -18,6 +18,7 @@ from dissectors.context import FuseContext
 from dissectors.fields import OPEN_FLAGS, LEFlags, OpenFlagsField
 from dissectors.ids import Id, field_offsets, id_fields
 from dissectors.layouts import REPLIES, request_plan, struct_size
+from dissectors.quick import compiled
 from dissectors.structs import (
     FuseBatchForgetIn,
     FuseForgetOne,
@@ -44,7 +45,7 @@ OUT_HEADER = struct.Struct("<" + "".join(code[1:] for _, code in _OUT.values()))
 INTERRUPTED_AT = IN + field_offsets(FuseInterruptIn)["unique"][0]
 _BATCH = struct_size(FuseBatchForgetIn)
 _BATCH_COUNT = field_offsets(FuseBatchForgetIn)["count"]
-_FORGET_ONE = struct_size(FuseForgetOne)
+_FORGET_ONE = compiled(FuseForgetOne).st.size  # a list element, not a FuseStruct
 _FORGET_NODE, _FORGET_COUNT = (field_offsets(FuseForgetOne)[f] for f in ("nodeid", "nlookup"))
 #: Fields whose value the kernel derives from the payload that follows: mutating one
 #: makes a message no kernel sends and that says nothing about the server.

@@ -244,10 +244,12 @@ class LiveServer:
             node = U64.unpack_from(raw, NODEID_AT)[0]
             if U64.unpack_from(raw, count_at)[0] > self.lookups.get(node, 0):
                 U64.pack_into(raw, count_at, self.lookups.get(node, 0))
-        elif opcode == Opcode.BATCH_FORGET:
+        elif opcode == Opcode.BATCH_FORGET:  # entries for one node add up
+            left = dict(self.lookups)
             for _, node, count_at, count in forget_slots(raw):
-                if count > self.lookups.get(node, 0):
-                    U64.pack_into(raw, count_at, self.lookups.get(node, 0))
+                count = min(count, left.get(node, 0))
+                U64.pack_into(raw, count_at, count)
+                left[node] = left.get(node, 0) - count
         return True
 
     def handles(self, opcode: int) -> list[int]:

@@ -189,3 +189,15 @@ def test_repair_keeps_a_try_to_what_the_kernel_could_send() -> None:
     assert struct.unpack_from("<Q", open_node, 16)[0] == 10
     live.open = {}
     assert not live.repair(Opcode.READ, read, lambda c: c[0])
+
+
+def test_repair_adds_up_a_batch_forget_s_entries_for_one_node() -> None:
+    from dissectors.structs import FuseBatchForgetIn, FuseForgetList, FuseForgetOne
+
+    live = LiveServer(["unused"])
+    live.lookups = {9: 1}
+    batch = bytearray(bytes(FuseInHeader(opcode=Opcode.BATCH_FORGET, unique=2)
+                            / FuseBatchForgetIn(count=2) / FuseForgetList(forgets=[
+                                FuseForgetOne(nodeid=9, nlookup=1), FuseForgetOne(nodeid=9, nlookup=1)])))
+    assert live.repair(Opcode.BATCH_FORGET, batch, lambda c: c[0])
+    assert struct.unpack_from("<QQQQ", batch, 48) == (9, 1, 9, 0)

@@ -54,7 +54,8 @@ def _trace(path: Path) -> Path:
         (FuseInHeader(opcode=Opcode.COPY_FILE_RANGE, unique=18, nodeid=10)
          / FuseCopyFileRangeIn(fh_in=7, nodeid_out=11, fh_out=8, len=1), None),
         (FuseInHeader(opcode=Opcode.BATCH_FORGET, unique=20)
-         / FuseBatchForgetIn(count=1) / FuseForgetList(forgets=[FuseForgetOne(nodeid=12, nlookup=1)]),
+         / FuseBatchForgetIn(count=2) / FuseForgetList(forgets=[
+             FuseForgetOne(nodeid=12, nlookup=1), FuseForgetOne(nodeid=11, nlookup=2)]),
          None),
     ]
     with TraceWriter(path, {"source": "test"}) as out:
@@ -85,7 +86,7 @@ def test_every_id_field_of_the_table_is_a_dependency(tmp_path: Path) -> None:
     assert _needs(c, Opcode.LINK) == {"LOOKUP b"}  # oldnodeid
     # nodeid (a), fh_in (OPEN of a), nodeid_out (b), fh_out (OPEN of b)
     assert _needs(c, Opcode.COPY_FILE_RANGE) == {"LOOKUP a", "LOOKUP b", "OPEN 10", "OPEN 11"}
-    assert _needs(c, Opcode.BATCH_FORGET) == {"LOOKUP d"}  # an entry's nodeid
+    assert _needs(c, Opcode.BATCH_FORGET) == {"LOOKUP d", "LOOKUP b"}  # every entry's
 
 
 def test_an_open_keeps_its_release(tmp_path: Path) -> None:
