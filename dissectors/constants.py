@@ -9,12 +9,21 @@ named as Android's kernels name them, with the source cited next to them.
 from __future__ import annotations
 
 import enum
+import os
 
 FUSE_KERNEL_VERSION = 7
 FUSE_KERNEL_MINOR_VERSION = 45
 FUSE_ROOT_ID = 1
 FUSE_MIN_READ_BUFFER = 8192
 FUSE_UNIQUE_RESEND = 1 << 63  # 7.40: a resent request has the top bit of unique set
+FUSE_INT_REQ_BIT = 1  # an INTERRUPT's unique: the interrupted request's, with this bit set
+FUSE_NAME_MAX = 1024  # fs/fuse/fuse_i.h: the longest name the kernel sends (ENAMETOOLONG past it)
+#: open(2) flags that never reach a FUSE OPEN or CREATE (Linux 6.18): fuse_do_open drops
+#: O_CREAT, O_EXCL and O_NOCTTY; O_PATH and O_TMPFILE opens never call the filesystem's open;
+#: O_DIRECTORY is checked against the inode first (and refused with O_CREAT since 6.4).
+VFS_OPEN_FLAGS = (os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_DIRECTORY | getattr(os, "O_PATH", 0)
+                  | getattr(os, "O_TMPFILE", 0))
+ERRNO_LIMIT = 512  # fuse_dev_do_write refuses a reply whose error is <= -ERESTARTSYS or > 0
 
 FUSE_DIRENT_ALIGN = 8  # fuse_dirent and fuse_direntplus are padded to this
 

@@ -1,11 +1,11 @@
-"""`fusetrace fuzz TRACE -- SERVER ...`: recorded requests, mutated, sent to a server.
+"""`fusetrace fuzz TRACE -- SERVER ...`: mutated recorded requests streamed to a live server.
 
-Each try replays one recorded exchange (with the exchanges it needs, `reduce.units`)
-whose request has one field mutated the way a kernel could send it (`mutate`), and looks
-at what came back (`verdict`): a crash, a hang, or a reply the kernel would reject. Each
-new finding is reduced with `reduce` and saved (`run`). Deterministic for a seed.
+Each worker keeps one server running on one connection (`inspector.target`), plays the
+recording to it once and then sends tries: recorded requests rewritten to the live ids
+and mutated (`mutate`). Failures are confirmed on a fresh server, reduced with `reduce`
+and saved only when the saved command reproduces them (`run`).
 """
 
-from .run import Finding, fuzz
+from .run import Finding, Fuzzer, Stats, fuzz
 
-__all__ = ["Finding", "fuzz"]
+__all__ = ["Finding", "Fuzzer", "Stats", "fuzz"]

@@ -16,10 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from dissectors.constants import Opcode
 from inspector.replay import replay
+from inspector.target.live import with_copy
+from inspector.target.outcome import Outcome
+from inspector.target.play import StartError, play
 
-from .signature import Selector, Signature, signature
+from .signature import Selector, Signature, of_differences, of_outcome
 from .units import Cut, cut
 
 
@@ -40,7 +42,8 @@ Progress = Callable[[int, int], None]  # (replays so far, messages in the smalle
 
 
 class _Tester:
-    """Replays candidates (by sets of units), each on a fresh copy of `fresh` if given."""
+    """Plays candidates (by sets of units) to fresh servers (each on a fresh copy of
+    `fresh`, if given) and names how each failed."""
 
     def __init__(self, c: Cut, server: Sequence[str], keep: Selector | None, timeout: float,
                  fresh: str | None, work: Path) -> None:
@@ -48,40 +51,55 @@ class _Tester:
         self.fresh, self.work = fresh, work
         self.replays = 0
         self.seen: dict[tuple[int, ...], Signature | None] = {}
+        self.record: int | None = None  # where the first failure happened (in `cut`)
 
     def run(self, units: tuple[int, ...], n: int) -> Signature | None:
+        """StartError when the server cannot be started (an error, not a failure)."""
         if units in self.seen:
             return self.seen[units]
         where = self.work / f"c{n}"
         where.mkdir()
         trace = where / "t.fzt"
-        self.cut.write(trace, units)
-        argv = self.server
-        if self.fresh is not None:
-            copy = where / "fresh"
-            shutil.copytree(self.fresh, copy, symlinks=True)
-            argv = [str(copy) if a == self.fresh else a for a in argv]
-        report = replay(trace, argv, timeout=self.timeout, serial=True)  # the exact crash site
-        last = _opname(self.cut.units[units[-1]].opcode) if units else ""
-        sig = signature(report, trace, last, self.keep)
-        shutil.rmtree(where, ignore_errors=True)
+        kept = self.cut.write(trace, units)
+        try:
+            sig = self._keep(trace, kept, where) if self.keep else self._play(trace, kept)
+        finally:
+            shutil.rmtree(where, ignore_errors=True)
         self.seen[units] = sig
         self.replays += 1
         return sig
 
+    def _play(self, trace: Path, kept: list[int]) -> Signature | None:
+        outcome = play(trace, self.server, timeout=self.timeout, fresh=self.fresh)
+        if outcome is None:
+            return None
+        if self.record is None and outcome.record is not None:
+            self.record = kept[outcome.record]
+        return of_outcome(outcome)
 
-def _opname(opcode: int) -> str:
-    try:
-        return Opcode(opcode).name
-    except ValueError:
-        return str(opcode)
+    def _keep(self, trace: Path, kept: list[int], where: Path) -> Signature | None:
+        assert self.keep is not None
+        argv = self.server
+        if self.fresh is not None:
+            copy = where / "fresh"
+            shutil.copytree(self.fresh, copy, symlinks=True)
+            argv = with_copy(argv, self.fresh, str(copy))
+        report = replay(trace, argv, timeout=self.timeout)
+        if report.error and not report.counts:
+            raise StartError(report.error)
+
+        def opcode_of(record: int) -> int | None:
+            u = self.cut.unit_of(kept[record]) if record < len(kept) else None
+            return self.cut.units[u].opcode if u is not None else None
+        return of_differences(report, self.keep(str(trace)), opcode_of)
 
 
 def reduce_trace(path: str | os.PathLike[str], out: str | os.PathLike[str],
                  server: Sequence[str], *, keep: Selector | None = None, jobs: int = 1,
                  timeout: float = 2.0, fresh: str | None = None,
-                 progress: Progress | None = None) -> Reduction:
-    """Write to `out` the smallest trace found whose replay fails as `path`'s does."""
+                 progress: Progress | None = None, failed: Outcome | None = None) -> Reduction:
+    """Write to `out` the smallest trace found whose replay fails as `path`'s does.
+    `failed`: how `path` was just seen to fail (as `play` says), so it is not played again."""
     c = cut(path)
     everything = [i for i in range(len(c.units)) if i not in c.fixed]
     with tempfile.TemporaryDirectory(prefix="fusetrace-reduce-") as tmp, \
@@ -89,7 +107,12 @@ def reduce_trace(path: str | os.PathLike[str], out: str | os.PathLike[str],
         tester = _Tester(c, server, keep, timeout, fresh, Path(tmp))
         counter = iter(range(1 << 62))
         full = tuple(c.closure(everything))
-        target = tester.run(full, next(counter))
+        if failed is not None and keep is None:
+            target: Signature | None = of_outcome(failed)
+            tester.seen[full] = target
+            tester.record = failed.record
+        else:
+            target = tester.run(full, next(counter))
         if target is None:
             raise NotFailing("the trace's replay does not fail" + (
                 " in a difference the filter selects" if keep else ""))
@@ -109,6 +132,15 @@ def reduce_trace(path: str | os.PathLike[str], out: str | os.PathLike[str],
             return None
 
         cur, n = everything, 2
+        at = tester.record
+        alone = c.unit_of(at) if at is not None else None
+        if alone is not None and alone not in c.fixed and len(everything) > 1:
+            # the usual case: the exchange that failed, with what it needs, fails alone
+            if fails([[alone]]) is not None:
+                cur = [alone]
+                kept = c.closure(cur)
+                c.write(out, kept)
+                result.messages = c.messages(kept)
         try:
             while len(cur) >= 2:
                 size = -(-len(cur) // n)

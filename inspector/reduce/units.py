@@ -1,27 +1,31 @@
 """A trace cut into exchanges, each with the exchanges it needs, and written back out.
 
-Which words of a message are node ids and file handles is the lifecycle pass's view of
-the one table of ids (`inspector.lifecycles.wire`); a dependency missed here only costs
-replays (a candidate missing it fails differently and is dropped), never correctness.
+Which words of a request are node ids and file handles is the live target's view of the
+one table of ids (`inspector.target.layout`, at the trace's negotiated minor): the
+header's nodeid, RENAME's `newdir`, LINK's `oldnodeid`, COPY_FILE_RANGE's `nodeid_out`,
+BATCH_FORGET's entries and every handle. A request needs the latest exchange that handed
+out each id it names; a FORGET, every one that gave a lookup it drops (so no candidate
+forgets more than it looked up); an open, its release (so no candidate forgets a node
+while a file is open on it). What a reply hands out is read as the lifecycle pass
+reads it (`inspector.lifecycles.wire`). A dependency missed here only costs replays
+(a candidate missing it fails differently and is dropped), never correctness.
 """
 
 from __future__ import annotations
 
 import os
-import struct
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-from dissectors.constants import Opcode
+from dissectors import SessionDecoder
+from dissectors.constants import FUSE_ROOT_ID, Opcode
 from inspector.lifecycles import wire
+from inspector.target.layout import IN_HEADER, OUT_HEADER, Layout
+from inspector.target.live import ENTRY_REPLIES, OPEN_REPLIES
 from traces import Kind, Record, TraceReader, TraceReadError, TraceWriter
 
-_IN_HEADER = struct.Struct("<IIQQ")  # len opcode unique nodeid
-_OUT_HEADER = struct.Struct("<IiQ")  # len error unique
-_ENTRY_REPLIES = frozenset({Opcode.LOOKUP, Opcode.MKNOD, Opcode.MKDIR, Opcode.SYMLINK,
-                            Opcode.LINK, Opcode.CREATE, Opcode.TMPFILE})
-_OPEN_REPLIES = frozenset({Opcode.OPEN, Opcode.OPENDIR, Opcode.CREATE, Opcode.TMPFILE})
-ROOT = 1
+_FORGETS = frozenset({Opcode.FORGET, Opcode.BATCH_FORGET})
+_RELEASES = frozenset({Opcode.RELEASE, Opcode.RELEASEDIR})
 
 
 @dataclass
@@ -42,6 +46,7 @@ class Cut:
     units: list[Unit]
     always: list[int]  # record indices: events, notifications, startup ioctls
     fixed: set[int]  # unit indices every candidate keeps (INIT)
+    owner: dict[int, int]  # record index → its unit
 
     def closure(self, chosen: Iterable[int]) -> list[int]:
         """`chosen` with every unit it needs, transitively, in trace order."""
@@ -56,24 +61,27 @@ class Cut:
     def messages(self, units: Iterable[int]) -> int:
         return sum(len(self.units[u].records) for u in units)
 
-    def write(self, path: str | os.PathLike[str], units: Iterable[int],
-              replaced: dict[int, bytes] | None = None) -> None:
-        """The candidate as an ordinary trace: kept records in their recorded order
-        (`replaced`: record index → the bytes to write instead, for `fuzz`)."""
+    def write(self, path: str | os.PathLike[str], units: Iterable[int]) -> list[int]:
+        """The candidate as an ordinary trace: kept records in their recorded order;
+        returns their indices in this trace (the new trace's records, in order)."""
         keep = set(self.always)
         for u in units:
             keep.update(self.units[u].records)
+        kept = sorted(keep)
         with TraceWriter(path, dict(self.header)) as out:
-            for i in sorted(keep):
-                _copy(out, self.records[i], (replaced or {}).get(i))
+            for i in kept:
+                _copy(out, self.records[i])
+        return kept
+
+    def unit_of(self, record: int) -> int | None:
+        """The unit a record belongs to."""
+        return self.owner.get(record)
 
 
-def _copy(out: TraceWriter, rec: Record, raw: bytes | None = None) -> None:
+def _copy(out: TraceWriter, rec: Record) -> None:
     meta = dict(rec.meta)
     if rec.kind is Kind.REQUEST:
-        if raw is not None:
-            meta.pop("len", None)
-        out.request(rec.raw or b"" if raw is None else raw, ts=rec.ts, **meta)
+        out.request(rec.raw or b"", ts=rec.ts, **meta)
     elif rec.kind is Kind.REPLY:
         out.reply(rec.raw or b"", ts=rec.ts, **meta)
     elif rec.kind is Kind.IOCTL:
@@ -85,35 +93,42 @@ def _copy(out: TraceWriter, rec: Record, raw: bytes | None = None) -> None:
 
 def cut(path: str | os.PathLike[str]) -> Cut:
     """Read `path` (TraceReadError on bad input) and cut it into units."""
-    reader = TraceReader(path)
-    header = {k: v for k, v in reader.header.items() if k not in ("magic", "format")}
-    records = list(reader)
-    if reader.tail:  # the damaged-trace rule (inspector.damaged): replays need the whole session
-        raise TraceReadError(f"{path}: {reader.tail}; a replay needs the whole trace")
+    with TraceReader(path) as reader:
+        header = {k: v for k, v in reader.header.items() if k not in ("magic", "format")}
+        records = list(reader)
+        tail = reader.tail
+    if tail:  # the damaged-trace rule (inspector.damaged): replays need the whole session
+        raise TraceReadError(f"{path}: {tail}; a replay needs the whole trace")
+    layout = _layout(records)
     units: list[Unit] = []
     always: list[int] = []
     by_unique: dict[int, int] = {}  # unique → unit of the request still waiting
-    node_from: dict[int, int] = {}  # node id → unit whose reply handed it out
+    node_from: dict[int, list[int]] = {}  # node id → units whose replies handed it out
     fh_from: dict[int, int] = {}
     pending_ioctls: list[int] = []
     for rec in records:
         raw = rec.raw or b""
-        if rec.kind is Kind.REQUEST and len(raw) >= _IN_HEADER.size:
-            _, opcode, unique, nodeid = _IN_HEADER.unpack_from(raw)
+        if rec.kind is Kind.REQUEST and len(raw) >= IN_HEADER.size:
+            _, opcode, unique, *_ = IN_HEADER.unpack_from(raw)
             unit = Unit(opcode, [rec.index])
-            if nodeid not in (0, ROOT) and nodeid in node_from:
-                unit.needs.add(node_from[nodeid])
-            for fh in wire.request_fhs(opcode, raw):
+            for _, nodeid in layout.node_words(opcode, raw):
+                if nodeid not in (0, FUSE_ROOT_ID) and nodeid in node_from:
+                    # a FORGET needs every lookup it drops; a use, the latest one
+                    given = node_from[nodeid]
+                    unit.needs.update(given if opcode in _FORGETS else given[-1:])
+            for _, fh in layout.fh_words(opcode, raw):
                 if fh in fh_from:
                     unit.needs.add(fh_from[fh])
+                    if opcode in _RELEASES:  # an open keeps its release: until then the
+                        units[fh_from[fh]].needs.add(len(units))  # file holds its node
             if opcode == Opcode.INTERRUPT:
                 target = wire.interrupted_unique(raw)
                 if target in by_unique:
                     unit.needs.add(by_unique[target])
             units.append(unit)
             by_unique[unique] = len(units) - 1
-        elif rec.kind is Kind.REPLY and len(raw) >= _OUT_HEADER.size:
-            _, error, unique, = _OUT_HEADER.unpack_from(raw)
+        elif rec.kind is Kind.REPLY and len(raw) >= OUT_HEADER.size:
+            _, error, unique, = OUT_HEADER.unpack_from(raw)
             u = by_unique.pop(unique, None) if unique else None
             if u is None:
                 always.append(rec.index)
@@ -129,20 +144,38 @@ def cut(path: str | os.PathLike[str]) -> Cut:
             always.append(rec.index)
     always += pending_ioctls
     fixed = {i for i, u in enumerate(units) if u.opcode == Opcode.INIT}
-    return Cut(header, records, units, sorted(always), fixed)
+    owner = {r: i for i, u in enumerate(units) for r in u.records}
+    return Cut(header, records, units, sorted(always), fixed, owner)
 
 
-def _given(unit: Unit, u: int, raw: bytes, node_from: dict[int, int],
+def _layout(records: list[Record]) -> Layout:
+    """The request layouts at the minor and flags the trace's INIT negotiated."""
+    decoder = SessionDecoder()
+    init: int | None = None
+    for rec in records:
+        raw = rec.raw or b""
+        if rec.kind is Kind.REQUEST and len(raw) >= IN_HEADER.size and init is None:
+            if IN_HEADER.unpack_from(raw)[1] == Opcode.INIT:
+                decoder.feed_request(raw)
+                init = IN_HEADER.unpack_from(raw)[2]
+        elif (rec.kind is Kind.REPLY and init is not None and len(raw) >= OUT_HEADER.size
+              and OUT_HEADER.unpack_from(raw)[2] == init):
+            decoder.feed_reply(raw)
+            break
+    return Layout(decoder.ctx)
+
+
+def _given(unit: Unit, u: int, raw: bytes, node_from: dict[int, list[int]],
            fh_from: dict[int, int]) -> None:
     """Record the node ids and handles a successful reply hands out."""
-    if unit.opcode in _ENTRY_REPLIES:
+    if unit.opcode in ENTRY_REPLIES:
         nodeid = wire.entry_nodeid(raw)
         if nodeid:
-            node_from.setdefault(nodeid, u)
+            node_from.setdefault(nodeid, []).append(u)
     if unit.opcode == Opcode.READDIRPLUS:
         for nodeid, _ in wire.direntplus_nodeids(raw):
-            node_from.setdefault(nodeid, u)
-    if unit.opcode in _OPEN_REPLIES:
+            node_from.setdefault(nodeid, []).append(u)
+    if unit.opcode in OPEN_REPLIES:
         got = wire.open_out(unit.opcode, raw)
         if got is not None:
             fh_from[got[0]] = u

@@ -4,6 +4,7 @@ few messages that still crash it the same way."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -13,12 +14,13 @@ import pytest
 from dissectors.constants import Opcode
 from inspector.reduce import reduce_trace
 from inspector.reduce.units import cut
-from inspector.replay import replay
+from inspector.target import Verdict, play
+from inspector.passthroughfs.misbehave import LONG_NAME
 from inspector.testing import fuse_available, recorded_server
 from record_support import PASSTHROUGHFS
 from traces import Kind, TraceReader
 
-LONG = "n" * 220  # over passthroughfs's crash-long-name limit, under NAME_MAX
+LONG = "n" * (LONG_NAME + 1)  # over passthroughfs's crash-long-name limit, under NAME_MAX
 
 
 def _server(src: Path, mnt: Path) -> list[str]:
@@ -58,12 +60,13 @@ def test_a_crash_at_the_end_reduces_to_a_few_messages(crashing: tuple[Path, list
     assert len(_requests(trace)) > 150
     small = tmp_path / "small.fzt"
     result = reduce_trace(trace, small, server, jobs=2)
-    assert result.signature.kind == "crash" and result.signature.opcode == "LOOKUP"
+    assert result.signature == ("killed", "LOOKUP", "SIGABRT")
     assert result.messages <= 12 < result.messages_before
     ops = _requests(small)
     assert ops[0] == Opcode.INIT and ops[-1] == Opcode.LOOKUP
-    again = replay(small, server, timeout=2)
-    assert again.server_exit and "SIGABRT" in again.server_exit
+    again = play(small, server, timeout=5)
+    assert again is not None and again.verdict is Verdict.KILLED
+    assert again.status == signal.SIGABRT and again.opcode == Opcode.LOOKUP
 
 
 def test_the_result_does_not_depend_on_jobs(crashing: tuple[Path, list[str]],
@@ -92,7 +95,7 @@ def test_cli_writes_the_trace_and_counts_replays(crashing: tuple[Path, list[str]
                            str(small), "--", *server], capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stderr
-    assert "replays" in done.stdout and "crash in LOOKUP" in done.stdout
+    assert "replays" in done.stdout and "killed in LOOKUP (SIGABRT)" in done.stdout
     assert small.exists()
 
 
@@ -118,3 +121,28 @@ def test_keep_shrinks_to_a_difference_the_filter_selects(crashing: tuple[Path, l
     assert done.returncode == 0, done.stderr
     assert "reply in LOOKUP" in done.stdout and "error" in done.stdout, done.stdout
     assert _requests(small) == [Opcode.INIT, Opcode.LOOKUP]
+
+
+@pytest.mark.parametrize("server", [
+    [sys.executable, "-c", "import sys; sys.exit(3)"],
+    ["/nonexistent/server"],
+    [*PASSTHROUGHFS, "--no-such-option"],
+])
+def test_a_server_that_cannot_start_is_an_error_not_a_reduction(
+        crashing: tuple[Path, list[str]], tmp_path: Path, server: list[str]) -> None:
+    trace, _ = crashing
+    done = subprocess.run([sys.executable, "-m", "inspector.cli", "reduce", str(trace), "-o",
+                           str(tmp_path / "x.fzt"), "--", *server, str(tmp_path),
+                           str(tmp_path / "mnt")], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert done.stderr.startswith("fusetrace: error:") and done.stdout == ""
+    assert not (tmp_path / "x.fzt").exists()
+
+
+def test_reduce_has_help_for_every_option() -> None:
+    from inspector.cli import build_parser
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    parser = sub.choices["reduce"]
+    for action in parser._actions:
+        if action.dest not in ("help", "server"):
+            assert action.help, action.dest
