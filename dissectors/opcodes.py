@@ -66,6 +66,8 @@ CHANGES = frozenset({
     O.SETATTR, O.WRITE, O.SETXATTR, O.REMOVEXATTR, O.FALLOCATE, O.COPY_FILE_RANGE,
     O.COPY_FILE_RANGE_64, O.TMPFILE,
 })
+#: The requests that start a connection: their header names no node.
+INITS = frozenset({O.INIT, O.CUSE_INIT})
 #: Requests about the connection itself, not the filesystem.
 CONNECTION = frozenset({O.INIT, O.DESTROY})
 #: Requests whose own `unique` no reply is waited for: those the kernel expects no reply to,

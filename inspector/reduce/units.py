@@ -21,11 +21,9 @@ from dissectors import SessionDecoder
 from dissectors.constants import FUSE_ROOT_ID, Opcode
 from inspector.lifecycles import wire
 from inspector.target.layout import IN_HEADER, OUT_HEADER, Layout
-from inspector.target.live import ENTRY_REPLIES, OPEN_REPLIES
+from dissectors.opcodes import ENTRY_REPLIES, FORGETS, OPEN_REPLIES, RELEASES
 from traces import Kind, Record, TraceReader, TraceReadError, TraceWriter
 
-_FORGETS = frozenset({Opcode.FORGET, Opcode.BATCH_FORGET})
-_RELEASES = frozenset({Opcode.RELEASE, Opcode.RELEASEDIR})
 
 
 @dataclass
@@ -115,11 +113,11 @@ def cut(path: str | os.PathLike[str]) -> Cut:
                 if nodeid not in (0, FUSE_ROOT_ID) and nodeid in node_from:
                     # a FORGET needs every lookup it drops; a use, the latest one
                     given = node_from[nodeid]
-                    unit.needs.update(given if opcode in _FORGETS else given[-1:])
+                    unit.needs.update(given if opcode in FORGETS else given[-1:])
             for _, fh in layout.fh_words(opcode, raw):
                 if fh in fh_from:
                     unit.needs.add(fh_from[fh])
-                    if opcode in _RELEASES:  # an open keeps its release: until then the
+                    if opcode in RELEASES:  # an open keeps its release: until then the
                         units[fh_from[fh]].needs.add(len(units))  # file holds its node
             if opcode == Opcode.INTERRUPT:
                 target = wire.interrupted_unique(raw)

@@ -13,7 +13,9 @@ import struct
 from dataclasses import dataclass
 from typing import Iterator
 
-from dissectors.constants import IN_HEADER_SIZE as IN, OUT_HEADER_SIZE as OUT, Opcode
+from dissectors.constants import Opcode
+from dissectors.offsets import IN_HEADER_SIZE as IN, OUT_HEADER_SIZE as OUT
+from dissectors.opcodes import INITS
 from dissectors.context import FuseContext
 from dissectors.fields import OPEN_FLAGS, LEFlags, OpenFlagsField
 from dissectors.ids import Id, field_offsets, id_fields
@@ -112,7 +114,7 @@ class Layout:
             plan, _ = request_plan(ctx, opcode, 0, bytes(8192))
             fixed = [e for e in plan if isinstance(e, type) and issubclass(e, FuseStruct)]
             first = fixed[0] if fixed and plan and plan[0] is fixed[0] else None
-            nodes = [header_node] if opcode not in (Opcode.INIT, Opcode.CUSE_INIT) else []
+            nodes = [header_node] if opcode not in INITS else []
             fhs: list[Slot] = []
             plain: list[Field] = []
             if first is not None:

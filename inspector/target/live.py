@@ -31,14 +31,22 @@ from dissectors.constants import (
     FUSE_INT_REQ_BIT,
     FUSE_ROOT_ID,
     NO_REPLY_OPCODES,
-    OUT_HEADER_SIZE,
     Opcode,
+)
+from dissectors.offsets import OUT_HEADER_SIZE
+from dissectors.opcodes import (
+    DIR_HANDLE_OPS,
+    ENTRY_REPLIES,
+    FORGETS,
+    OPEN_REPLIES,
+    RELEASES,
+    UNPAIRED,
 )
 from dissectors.context import DEFAULT_CONTEXT
 from dissectors.ids import field_offsets
 from dissectors.structs import FuseEntryOut
 from inspector.lifecycles import wire
-from inspector.replay.emulate import IoctlLog, negotiated_depth
+from inspector.replay.emulate import EmulatedKernel, IoctlLog, negotiated_depth
 from inspector.replay.script import ReplayError
 from inspector.replay.server import GRACE, Closed, ServerUnderTest
 
@@ -56,18 +64,12 @@ from .layout import (
 )
 from .outcome import Outcome, Refusal, Verdict, ended
 
-#: Replies that hand out a new entry (and a lookup of it)
-ENTRY_REPLIES = frozenset({Opcode.LOOKUP, Opcode.MKNOD, Opcode.MKDIR, Opcode.SYMLINK,
-                           Opcode.LINK, Opcode.CREATE, Opcode.TMPFILE})
-#: ... of which those that must name a new node (fs/fuse/dir.c: create_new_entry)
+#: Replies that must name a new node (fs/fuse/dir.c: create_new_entry): not LOOKUP's
 _NEW_ENTRY = ENTRY_REPLIES - {Opcode.LOOKUP}
-OPEN_REPLIES = frozenset({Opcode.OPEN, Opcode.OPENDIR, Opcode.CREATE, Opcode.TMPFILE})
-_FORGETS = frozenset({Opcode.FORGET, Opcode.BATCH_FORGET})
 #: Requests whose handle is a directory's (the kernel never mixes the two kinds)
-DIR_HANDLES = frozenset({Opcode.READDIR, Opcode.READDIRPLUS, Opcode.RELEASEDIR,
-                         Opcode.FSYNCDIR})
-_RELEASES = frozenset({Opcode.RELEASE, Opcode.RELEASEDIR})
-_UNANSWERED = NO_REPLY_OPCODES | {Opcode.INTERRUPT}
+DIR_HANDLES = DIR_HANDLE_OPS - OPEN_REPLIES
+#: Opens whose handle is for the node the request names (CREATE's is the new node's)
+_OPENS_OF_NAMED = OPEN_REPLIES - ENTRY_REPLIES
 _MODE_AT = OUT_HEADER_SIZE + field_offsets(FuseEntryOut)["attr.mode"][0]
 START_TIMEOUT = 10.0  # seconds a server may take to start and answer INIT (a slow import)
 _LOOK = 0.25  # seconds between looks at whether a server slow to reply is still running
@@ -214,7 +216,7 @@ class LiveServer:
         its kind) and named with its own node, no FORGET of a node with a file open on it
         (the open file holds the inode) or of more lookups than held. False when there is
         nothing to put in place (`pick` chooses among candidates)."""
-        forget = opcode in _FORGETS
+        forget = opcode in FORGETS
         opened = {node for _, node in self.open.values()} if forget else set()
         for at, node in list(self.layout.node_words(opcode, raw)):
             if forget and at == NODEID_AT and opcode == Opcode.BATCH_FORGET:
@@ -280,9 +282,9 @@ class LiveServer:
             self.interrupts.add(unique)
         elif opcode not in NO_REPLY_OPCODES:
             self.waiting[unique] = (opcode, time.monotonic(), U64.unpack_from(msg, NODEID_AT)[0])
-        if opcode in _FORGETS:
+        if opcode in FORGETS:
             self._forget(opcode, msg)
-        elif opcode in _RELEASES:
+        elif opcode in RELEASES:
             fh = U64.unpack_from(msg, self.layout.fhs[opcode][0].at)[0]
             if self.open.pop(fh, None) is not None:
                 self.gone_fhs.append(fh)
@@ -292,7 +294,7 @@ class LiveServer:
         """Send and wait for the reply (None for requests that get none)."""
         opcode = U32.unpack_from(raw, 4)[0]
         unique = self.send(raw, recorded_unique)
-        if opcode in _UNANSWERED:
+        if opcode in UNPAIRED:
             return None
         return self.reply(unique, timeout)
 
@@ -370,7 +372,9 @@ class LiveServer:
             got = wire.open_out(opcode, msg)
             if got is not None and got[1] & FOPEN_PASSTHROUGH and self.depth:
                 assert self.server is not None and self.server.trap is not None
-                if got[2] not in self.server.trap.open_ids:
+                kernel = self.server.trap.performer
+                assert isinstance(kernel, EmulatedKernel)
+                if got[2] not in kernel.open_ids:
                     return Refusal.BACKING_ID, f"backing id {got[2]}"
         return None
 
@@ -388,7 +392,7 @@ class LiveServer:
         if opcode in OPEN_REPLIES:
             got = wire.open_out(opcode, msg)
             if got is not None:  # CREATE's handle is the new node's
-                node = wire.entry_nodeid(msg) if opcode not in (Opcode.OPEN, Opcode.OPENDIR) else asked
+                node = wire.entry_nodeid(msg) if opcode not in _OPENS_OF_NAMED else asked
                 self.open[got[0]] = (opcode, node or asked)
 
     def _forget(self, opcode: int, msg: bytes) -> None:

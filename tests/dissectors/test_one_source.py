@@ -35,8 +35,6 @@ C_FILES = ("traces/_scan.c", "inspector/lifecycles/_pass.c", "inspector/exchange
 PENDING = {
     "inspector/fuzz/mutate.py": "fuzz",
     "inspector/fuzz/run.py": "fuzz",
-    "inspector/fuzz/verdict.py": "fuzz",
-    "inspector/reduce/units.py": "fuzz",
     "inspector/replay/engine.py": "replay",
 }
 _IN = {(at, code[-1].upper()) for at, code in field_offsets(FuseInHeader).values()}
