@@ -11,7 +11,7 @@ import argparse
 import json
 import sys
 
-from traces import TraceReadError
+from traces import TraceReader, TraceReadError
 
 from ..exchange.args import server_after_dashes
 from ..target.live import names
@@ -74,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
     if problem:
         return _fail(problem)
     try:
+        _whole(args.trace)
         if args.check:
             return _check(args, server)
         found = _fuzz(args, server)
@@ -84,6 +85,15 @@ def run(args: argparse.Namespace) -> int:
         print(f"{f.trace}: {f.outcome.text()}\n    found by {f.mutation}\n    check: {f.command}")
     print(f"{len(found)} finding{'s' if len(found) != 1 else ''} in {args.output}")
     return 1 if found else 0
+
+
+def _whole(trace: str) -> None:
+    """The damaged-trace rule (inspector.damaged): fuzzing plays the session, all of it."""
+    with TraceReader(trace) as reader:
+        for _ in reader.arrays():
+            pass
+        if reader.tail:
+            raise TraceReadError(f"{trace}: {reader.tail}; fuzzing needs the whole trace")
 
 
 def _problem(args: argparse.Namespace, server: list[str]) -> str | None:
