@@ -66,6 +66,13 @@ CHANGES = frozenset({
     O.SETATTR, O.WRITE, O.SETXATTR, O.REMOVEXATTR, O.FALLOCATE, O.COPY_FILE_RANGE,
     O.COPY_FILE_RANGE_64, O.TMPFILE,
 })
+#: Requests the kernel sends only when nothing else is in flight on what they end (the
+#: last fput of a file, an inode's eviction, the session's end): never overlapped, never
+#: interrupted.
+ENDINGS = FORGETS | RELEASES | frozenset({O.INTERRUPT, O.DESTROY})
+#: Requests about other messages, not the filesystem: INTERRUPT names a request,
+#: NOTIFY_REPLY answers a server's RETRIEVE notification.
+ABOUT_MESSAGES = frozenset({O.INTERRUPT, O.NOTIFY_REPLY})
 #: The requests that start a connection: their header names no node.
 INITS = frozenset({O.INIT, O.CUSE_INIT})
 #: Requests about the connection itself, not the filesystem.

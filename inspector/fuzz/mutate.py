@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from dissectors.constants import FUSE_NAME_MAX, FUSE_ROOT_ID, VFS_OPEN_FLAGS, Opcode
+from dissectors.opcodes import ENDINGS
 
 from ..target.layout import NODEID_AT, U64, Field
 from ..target.live import LiveServer
@@ -39,10 +40,6 @@ from ..target.live import LiveServer
 NAME_MAX = os.pathconf("/", "PC_NAME_MAX")
 PATH_MAX = os.pathconf("/", "PC_PATH_MAX")
 NEVER = 1 << 40  # a node id or handle no server hands out in a session this short
-#: Requests the kernel sends only when nothing else is in flight on what they end (the
-#: last fput of a file, an inode's eviction): never overlapped, never interrupted.
-ENDINGS = frozenset({Opcode.FORGET, Opcode.BATCH_FORGET, Opcode.RELEASE, Opcode.RELEASEDIR,
-                     Opcode.INTERRUPT, Opcode.DESTROY})
 _AMOUNTS = frozenset({"size", "len", "length", "out_size", "in_size"})
 _FILLER = b"abcdefghijklmnopqrstuvwxyz0123456789_-"
 

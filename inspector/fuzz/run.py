@@ -37,7 +37,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-from dissectors.constants import NO_REPLY_OPCODES, OUT_HEADER_SIZE, Opcode
+from dissectors.constants import NO_REPLY_OPCODES, Opcode
+from dissectors.offsets import OUT_HEADER_SIZE
+from dissectors.opcodes import ABOUT_MESSAGES, CONNECTION, ENDINGS
 from dissectors.summary import opcode_name
 from inspector.reduce import reduce_trace
 from inspector.target.layout import IN_HEADER, U64, reply_header
@@ -46,7 +48,7 @@ from inspector.target.outcome import Outcome, Verdict
 from inspector.target.play import feed, play
 from traces import Kind, Record, TraceReader, TraceWriter
 
-from .mutate import ENDINGS, Mutation, Timing, mutations
+from .mutate import Mutation, Timing, mutations
 
 SESSION_TRIES = 5000
 CONFIRM_MIN = 5.0  # seconds a fresh idle server gets before a hang is confirmed
@@ -55,7 +57,7 @@ IDLE = 50  # tries in a row with nothing to name before the recording is played 
 #: how the saved command is run to check it (`fusetrace` may not be on PATH)
 FUSETRACE = [sys.executable, "-m", "inspector.cli"]
 _NUMBERS = re.compile(rb"0x[0-9a-fA-F]+|\d+")
-_SKIPPED = frozenset({Opcode.INIT, Opcode.DESTROY, Opcode.INTERRUPT, Opcode.NOTIFY_REPLY})
+_SKIPPED = CONNECTION | ABOUT_MESSAGES  # not mutated: they are about the session, not files
 
 
 @dataclass

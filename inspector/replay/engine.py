@@ -39,7 +39,9 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Sequence
 
 from dissectors import SessionDecoder, line
-from dissectors.constants import IN_HEADER_SIZE, NO_REPLY_OPCODES, READ_ONLY_OPCODES, Opcode
+from dissectors.constants import NO_REPLY_OPCODES, READ_ONLY_OPCODES, Opcode
+from dissectors.offsets import IN_HEADER_SIZE
+from dissectors.opcodes import DIR_READS, FILE_OPENS, FORGETS, RELEASES, UNPAIRED
 from dissectors.context import DEFAULT_CONTEXT, Dialect
 from dissectors.ids import field_offsets
 from dissectors.ioctls import DevIoctl, ioctl_arg_fields
@@ -75,14 +77,10 @@ from .views import (
     show,
 )
 
-_OPENS = frozenset({Opcode.OPEN, Opcode.CREATE})
+_OPENS = FILE_OPENS
 #: Replies never compared as bytes: INIT (it sets up the session) and opens (what they
 #: open through passthrough is noted on the way)
 _FULL_WAY = frozenset(int(op) for op in (Opcode.INIT, *_OPENS))
-_DIR_READS = frozenset({Opcode.READDIR, Opcode.READDIRPLUS})
-_FORGETS = frozenset({Opcode.FORGET, Opcode.BATCH_FORGET})
-_RELEASES = frozenset({Opcode.RELEASE, Opcode.RELEASEDIR})
-_NEVER_ANSWERED = NO_REPLY_OPCODES | {Opcode.INTERRUPT}
 _READ_ONLY = frozenset(int(op) for op in READ_ONLY_OPCODES)
 #: Read-only requests out at once, at most: enough to keep a server's threads busy while
 #: the replay compares, few enough that a slow server is not flooded.
@@ -427,12 +425,12 @@ class Replayer:
         if awaits:
             self.outstanding[ex.unique] = sent
         self.last_index = ex.index
-        if ex.opcode in _FORGETS:
+        if ex.opcode in FORGETS:
             self.tr.forgotten(view)
             for node in [n for _, n, _ in view.forgets] or [view.brief.nodeid]:
                 if node not in self.tr.nodes.refs:
                     self.written.forgotten(node)
-        elif ex.opcode in _RELEASES:
+        elif ex.opcode in RELEASES:
             self.tr.released(view)
 
     def _settle(self, before: int | None) -> None:
@@ -674,7 +672,7 @@ class Replayer:
                 for i, (x, y) in enumerate(zip(a, b)):
                     if x != y and kinds[i] == PLAIN and not self._masked(op, spec.paths[i]):
                         diffs.append(FieldDiff(spec.paths[i], show(x, fmts[i]), show(y, fmts[i])))
-        if op in _DIR_READS and not self.strict_order:
+        if op in DIR_READS and not self.strict_order:
             self._compare_listing(op, rv.tail, pv.tail, rv.cut, dir_fh, diffs)
         else:
             self._compare_items(op, rv.tail, pv.tail, rv.cut, dir_fh, diffs)
@@ -841,7 +839,7 @@ class Replayer:
         late = 0
         for unique in sorted(self.arrived):
             sent = self.sent[unique]
-            if sent.ex.opcode in _NEVER_ANSWERED:
+            if sent.ex.opcode in UNPAIRED:
                 self.diffs.append(Difference(sent.ex.index, "extra reply", sent.text(),
                                              "the server answered a request that gets no reply"))
             else:

@@ -32,11 +32,7 @@ PYTHON = ("inspector", "traces", "tui", "bench")
 C_FILES = ("traces/_scan.c", "inspector/lifecycles/_pass.c", "inspector/exchange/_trapfast.c",
            "inspector/record/_fastpath.c")
 #: file → who is reworking it (issue 22); each gets its facts from dissectors/ there
-PENDING = {
-    "inspector/fuzz/mutate.py": "fuzz",
-    "inspector/fuzz/run.py": "fuzz",
-    "inspector/replay/engine.py": "replay",
-}
+PENDING: dict[str, str] = {}
 _IN = {(at, code[-1].upper()) for at, code in field_offsets(FuseInHeader).values()}
 _OUT = {(at, code[-1].upper()) for at, code in field_offsets(FuseOutHeader).values()}
 _SPANS = {(at, at + struct.calcsize(code)) for cls in (FuseInHeader, FuseOutHeader)

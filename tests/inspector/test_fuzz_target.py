@@ -29,7 +29,7 @@ from dissectors.structs import (
 from inspector.fuzz import Fuzzer
 from inspector.target import Outcome, Refusal, StartError, Verdict, play
 from inspector.target.live import LiveServer, names, with_copy
-from inspector.record.trap import IoctlTrap
+from inspector.exchange.trap import IoctlTrap
 from traces import TraceWriter
 
 TINY = str(Path(__file__).with_name("tiny_server.py"))
