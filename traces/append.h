@@ -1,8 +1,9 @@
 /* The trace appender's C API (`traces/_append.c`), for other extensions: the relay loop
  * and the seccomp trap append records without the GIL and without a Python call.
  *
- *     TraceAppendAPI *api = PyCapsule_Import(TRACE_APPEND_CAPSULE, 0);
- *     int err = api->write(appender, iov, iovcnt, 1, 0);  // 0 or an errno
+ *     TraceAppendAPI *api; PyTypeObject *type;
+ *     if (trace_append_import(&api, &type) < 0) return NULL;  // in the module's init
+ *     int err = api->write(appender, iov, iovcnt, 1, 0);      // 0 or an errno
  *
  * `appender` is a `traces._append.Appender` the caller holds a reference to. `write`
  * appends the bytes of `iov` as `count` whole records, or none of them; it is
@@ -22,4 +23,19 @@ typedef struct {
 } TraceAppendAPI;
 
 #define TRACE_APPEND_CAPSULE "traces._append.API"
+
+/* The API and the `Appender` type (to check arguments against), for a module's init;
+ * -1 with a Python exception set when `traces._append` cannot be imported. */
+static inline int trace_append_import(TraceAppendAPI **api, PyTypeObject **type)
+{
+    *api = PyCapsule_Import(TRACE_APPEND_CAPSULE, 0);
+    if (!*api)
+        return -1;
+    PyObject *module = PyImport_ImportModule("traces._append");
+    if (!module)
+        return -1;
+    *type = (PyTypeObject *)PyObject_GetAttrString(module, "Appender");
+    Py_DECREF(module);
+    return *type ? 0 : -1;
+}
 #endif

@@ -332,27 +332,26 @@ def _follow(waiter: Reader, want: str) -> bool:
     return done
 
 
-def _seize(tid: int, options: int = 0) -> bool:
-    """Trace `tid`; False when it has ended meanwhile (threads end in any order: that is
-    no refusal). Raises OSError when ptrace is refused."""
+def _unless_gone(request: int, tid: int, *args: int) -> bool:
+    """ptrace(request, tid, ...); False when `tid` has ended meanwhile (threads end in any
+    order: that is no refusal). Raises OSError when ptrace is refused."""
     try:
-        _ptrace(PTRACE_SEIZE, tid, 0, options)
+        _ptrace(request, tid, *args)
     except OSError as exc:
         if exc.errno == errno.ESRCH:
             return False
         raise
     return True
+
+
+def _seize(tid: int, options: int = 0) -> bool:
+    """Trace `tid`; False when it has ended meanwhile."""
+    return _unless_gone(PTRACE_SEIZE, tid, 0, options)
 
 
 def _interrupt(tid: int) -> bool:
     """Stop a seized `tid`; False when it has ended meanwhile."""
-    try:
-        _ptrace(PTRACE_INTERRUPT, tid)
-    except OSError as exc:
-        if exc.errno == errno.ESRCH:
-            return False
-        raise
-    return True
+    return _unless_gone(PTRACE_INTERRUPT, tid)
 
 
 def _detach(tid: int) -> None:

@@ -233,6 +233,20 @@ def pidfd_getfd(pidfd: int, target_fd: int) -> int:
     return _syscall_check(_libc.syscall(NR_PIDFD_GETFD, pidfd, target_fd, 0), "pidfd_getfd")
 
 
+PIDFD_THREAD = os.O_EXCL  # <linux/pidfd.h>: a pidfd for one thread (Linux 6.9)
+
+
+def take_fd(tid: int, fd: int) -> int:
+    """A copy of descriptor `fd` of the thread `tid`'s process: through a pidfd of the
+    thread itself, which works after the process's main thread has ended (a pidfd of the
+    pid then says ESRCH)."""
+    pidfd = os.pidfd_open(tid, PIDFD_THREAD)
+    try:
+        return pidfd_getfd(pidfd, fd)
+    finally:
+        os.close(pidfd)
+
+
 @dataclass(frozen=True)
 class Notification:
     id: int
@@ -349,6 +363,8 @@ def exe_of(pid: int) -> str:
 
 
 def fd_path(pid: int, fd: int) -> str | None:
+    """What descriptor `fd` of process (or thread: the table is shared, and a thread's
+    entry outlives its process's main thread) `pid` names, as /proc shows it."""
     try:
         return os.readlink(f"/proc/{pid}/fd/{fd}")
     except OSError:
@@ -696,8 +712,8 @@ class IoctlTrap:
         pid = tgid_of(note.tid)
         if not path.startswith("/"):
             base = ctypes.c_int(dirfd & 0xFFFFFFFF).value if dirfd is not None else _AT_FDCWD
-            where = (os.readlink(f"/proc/{pid}/cwd") if base == _AT_FDCWD
-                     else fd_path(pid, base) or "")
+            where = (os.readlink(f"/proc/{note.tid}/cwd") if base == _AT_FDCWD
+                     else fd_path(note.tid, base) or "")
             path = os.path.join(where, path)
         ours = self.on_open(ServerOpen(path, flags, pid, note.tid))
         if ours is None:
@@ -725,11 +741,12 @@ class IoctlTrap:
         fd_in, fd_out, length = note.args[0] & 0xFFFFFFFF, note.args[2] & 0xFFFFFFFF, note.args[4]
         if not self.is_relay(note.tid, fd_out) or not self.still_valid(note):
             return 0, 0, True  # splices elsewhere (and reads from the socket) run untouched
-        pidfd = os.pidfd_open(tgid_of(note.tid))
+        pipe = take_fd(note.tid, fd_in)
         try:
-            pipe, sock = pidfd_getfd(pidfd, fd_in), pidfd_getfd(pidfd, fd_out)
-        finally:
-            os.close(pidfd)
+            sock = take_fd(note.tid, fd_out)
+        except OSError:
+            os.close(pipe)
+            raise
         try:
             data = _drain(pipe, length)
             os.write(sock, data)
@@ -792,7 +809,7 @@ class IoctlTrap:
         pid = tgid_of(note.tid)
         fd_at = _FD_AT.get(cmd)
         backing_fd = struct.unpack_from("<i", arg, fd_at)[0] if fd_at is not None and len(arg) >= 4 else None
-        path = fd_path(pid, backing_fd) if backing_fd is not None else None
+        path = fd_path(note.tid, backing_fd) if backing_fd is not None else None
         outcome = self.performer.perform(TrappedIoctl(cmd, arg, pid, note.tid, backing_fd, fd_at))
         extra: dict[str, Any] = {"note": outcome.note} if outcome.note else {}
         if outcome.recorder_error:
@@ -811,18 +828,14 @@ class IoctlTrap:
         arg = self._read_arg(note, 4)
         pid = tgid_of(note.tid)
         session_fd = struct.unpack("<I", arg)[0] if len(arg) == 4 else -1
-        if not self.is_relay(pid, session_fd) or not self.still_valid(note):
+        if not self.is_relay(note.tid, session_fd) or not self.still_valid(note):
             return 0, 0, True  # a clone of a real device of the server's own
         result, err, recorder_error = 0, 0, None
         try:
-            pidfd = os.pidfd_open(pid)
-            try:
-                relay = pidfd_getfd(pidfd, session_fd)
-            finally:
-                os.close(pidfd)
+            relay = take_fd(note.tid, session_fd)
             try:
                 addfd = _ADDFD.pack(note.id, SECCOMP_ADDFD_FLAG_SETFD, relay, note.fd,
-                                    _cloexec(pid, note.fd))
+                                    _cloexec(note.tid, note.fd))
                 fcntl.ioctl(self._listener, SECCOMP_IOCTL_NOTIF_ADDFD, bytearray(addfd))
             finally:
                 os.close(relay)
@@ -875,11 +888,7 @@ class DevicePerformer:
         try:
             if backing_fd is not None and fd_at is not None:
                 try:
-                    pidfd = os.pidfd_open(pid)
-                    try:
-                        ours = pidfd_getfd(pidfd, backing_fd)
-                    finally:
-                        os.close(pidfd)
+                    ours = take_fd(tid, backing_fd)
                 except OSError as exc:
                     if exc.errno == errno.EBADF:  # what the kernel would say of a bad fd
                         return Outcome(-1, errno.EBADF)

@@ -1060,15 +1060,7 @@ static struct PyModuleDef module = {
 
 PyMODINIT_FUNC PyInit__fastpath(void)
 {
-    append_api = PyCapsule_Import(TRACE_APPEND_CAPSULE, 0);
-    if (!append_api || PyType_Ready(&PumpType) < 0)
-        return NULL;
-    PyObject *appends = PyImport_ImportModule("traces._append");
-    if (!appends)
-        return NULL;
-    appender_type = (PyTypeObject *)PyObject_GetAttrString(appends, "Appender");
-    Py_DECREF(appends);
-    if (!appender_type)
+    if (trace_append_import(&append_api, &appender_type) < 0 || PyType_Ready(&PumpType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&module);
     if (!m)
