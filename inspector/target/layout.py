@@ -24,6 +24,7 @@ from dissectors.structs import (
     FuseForgetOne,
     FuseInHeader,
     FuseInterruptIn,
+    FuseIoctlIn,
     FuseName,
     FuseNames,
     FuseOutHeader,
@@ -49,7 +50,14 @@ _FORGET_ONE = compiled(FuseForgetOne).st.size  # a list element, not a FuseStruc
 _FORGET_NODE, _FORGET_COUNT = (field_offsets(FuseForgetOne)[f] for f in ("nodeid", "nlookup"))
 #: Fields whose value the kernel derives from the payload that follows: mutating one
 #: makes a message no kernel sends and that says nothing about the server.
-_TIED = {(FuseWriteIn, "size"), (FuseBatchForgetIn, "count")}
+_TIED = {(FuseWriteIn, "size"), (FuseBatchForgetIn, "count"),
+         (FuseIoctlIn, "in_size"), (FuseIoctlIn, "out_size")}  # IOCTL's: _IOC_SIZE(cmd)
+#: Requests whose header node is a directory (the kernel sends them from a directory's
+#: inode_operations / file_operations only).
+DIR_NODE_OPCODES = frozenset({
+    Opcode.LOOKUP, Opcode.MKNOD, Opcode.MKDIR, Opcode.SYMLINK, Opcode.LINK, Opcode.RENAME,
+    Opcode.RENAME2, Opcode.UNLINK, Opcode.RMDIR, Opcode.CREATE, Opcode.TMPFILE, Opcode.OPENDIR,
+    Opcode.READDIR, Opcode.READDIRPLUS, Opcode.RELEASEDIR, Opcode.FSYNCDIR})
 _UNUSED = frozenset({"padding", "dummy", "unused"})  # always 0 from the kernel
 
 

@@ -49,6 +49,7 @@ from .layout import (
     U32,
     U64,
     UNIQUE_AT,
+    DIR_NODE_OPCODES,
     Layout,
     forget_entries,
     forget_slots,
@@ -63,6 +64,7 @@ ENTRY_REPLIES = frozenset({Opcode.LOOKUP, Opcode.MKNOD, Opcode.MKDIR, Opcode.SYM
 _NEW_ENTRY = ENTRY_REPLIES - {Opcode.LOOKUP}
 OPEN_REPLIES = frozenset({Opcode.OPEN, Opcode.OPENDIR, Opcode.CREATE, Opcode.TMPFILE})
 _FORGETS = frozenset({Opcode.FORGET, Opcode.BATCH_FORGET})
+_RENAMES = frozenset({Opcode.RENAME, Opcode.RENAME2})
 #: Requests whose handle is a directory's (the kernel never mixes the two kinds)
 DIR_HANDLES = frozenset({Opcode.READDIR, Opcode.READDIRPLUS, Opcode.RELEASEDIR,
                          Opcode.FSYNCDIR})
@@ -111,7 +113,10 @@ class LiveServer:
 
     def _reset(self) -> None:
         self.next_unique = 2
-        self.waiting: dict[int, tuple[int, float, int]] = {}  # unique → (opcode, sent at, node)
+        #: unique → (opcode, sent at, node, name) of requests waiting for their reply
+        self.waiting: dict[int, tuple[int, float, int, bytes]] = {}
+        self.parents: dict[int, int] = {}  # live node → the directory it was last found in
+        self.children: dict[tuple[int, bytes], int] = {}  # (directory, name) → live node
         self.interrupts: set[int] = set()  # INTERRUPTs sent (a reply to one is optional)
         self.arrived: dict[int, bytes] = {}
         self.history: list[tuple[bool, bytes]] = []  # (is request, raw)
@@ -219,10 +224,13 @@ class LiveServer:
         for at, node in list(self.layout.node_words(opcode, raw)):
             if forget and at == NODEID_AT and opcode == Opcode.BATCH_FORGET:
                 continue  # BATCH_FORGET's header names no node
-            held = node in self.lookups and node not in opened
+            want_dir = (at == NODEID_AT and opcode in DIR_NODE_OPCODES) or (
+                opcode in _RENAMES and at != NODEID_AT)  # newdir
+            kind = stat.S_IFDIR if want_dir else self.types.get(node)
+            held = (node in self.lookups and node not in opened
+                    and (not want_dir or self.types.get(node) == stat.S_IFDIR))
             if (node == FUSE_ROOT_ID and not forget) or held or (node == 0 and at != NODEID_AT):
                 continue
-            kind = self.types.get(node)
             same = [n for n in self.lookups if self.types.get(n) == kind and n not in opened]
             if kind == stat.S_IFDIR and not forget:
                 same.append(FUSE_ROOT_ID)
@@ -239,6 +247,8 @@ class LiveServer:
                 U64.pack_into(raw, at, fh)
             if at == first_fh:  # the kernel names the file's own node with its handle
                 U64.pack_into(raw, NODEID_AT, self.open[fh][1])
+        if opcode in _RENAMES and self._into_itself(opcode, raw):
+            return False
         if opcode == Opcode.FORGET:
             count_at = self.layout.fields[opcode][0].at
             node = U64.unpack_from(raw, NODEID_AT)[0]
@@ -251,6 +261,27 @@ class LiveServer:
                 U64.pack_into(raw, count_at, count)
                 left[node] = left.get(node, 0) - count
         return True
+
+    def _into_itself(self, opcode: int, raw: bytearray) -> bool:
+        """A RENAME of a directory into itself or below it (the VFS refuses it first)."""
+        words = dict(self.layout.node_words(opcode, raw))
+        olddir, newdir = words.get(NODEID_AT), [v for a, v in words.items() if a != NODEID_AT]
+        moved = self.children.get((olddir, self._name(opcode, raw)))
+        if moved is None or not newdir:
+            return False
+        at, steps = newdir[0], 0
+        while at is not None and steps < 256:
+            if at == moved:
+                return True
+            at, steps = self.parents.get(at), steps + 1
+        return False
+
+    def _name(self, opcode: int, raw: bytes | bytearray) -> bytes:
+        named = self.layout.names.get(opcode)
+        if named is None:
+            return b""
+        end = raw.find(b"\0", named[0])
+        return bytes(raw[named[0]:end if end >= 0 else len(raw)])
 
     def handles(self, opcode: int) -> list[int]:
         """Open handles of the kind `opcode` takes (a directory's or a file's)."""
@@ -279,13 +310,16 @@ class LiveServer:
         if opcode == Opcode.INTERRUPT:
             self.interrupts.add(unique)
         elif opcode not in NO_REPLY_OPCODES:
-            self.waiting[unique] = (opcode, time.monotonic(), U64.unpack_from(msg, NODEID_AT)[0])
+            self.waiting[unique] = (opcode, time.monotonic(), U64.unpack_from(msg, NODEID_AT)[0],
+                                    self._name(opcode, msg) if opcode in ENTRY_REPLIES else b"")
         if opcode in _FORGETS:
             self._forget(opcode, msg)
         elif opcode in _RELEASES:
             fh = U64.unpack_from(msg, self.layout.fhs[opcode][0].at)[0]
             if self.open.pop(fh, None) is not None:
                 self.gone_fhs.append(fh)
+                for recorded in [r for r, live in self.fhs.items() if live == fh]:
+                    del self.fhs[recorded]
         return unique
 
     def call(self, raw: bytearray, timeout: float, recorded_unique: int | None = None) -> bytes | None:
@@ -302,7 +336,7 @@ class LiveServer:
         assert self.server is not None
         deadline = time.monotonic() + timeout
         while unique not in self.arrived:
-            opcode = self.waiting.get(unique, (0, 0.0, 0))[0]
+            opcode = self.waiting.get(unique, (0, 0.0, 0, b""))[0]
             try:
                 msg = self.server.receive(min(deadline, time.monotonic() + _LOOK))
             except Closed:
@@ -340,14 +374,14 @@ class LiveServer:
         if got is None:
             raise Failure(Outcome(Verdict.REFUSED, 0, refusal=Refusal.UNIQUE,
                                   detail=f"unique {unique}"))
-        opcode, sent, node = got
+        opcode, sent, node, name = got
         self.latencies.append(time.monotonic() - sent)
         problem = self._refused(opcode, msg, length, error)
         if problem is not None:
             refusal, detail = problem
             raise Failure(Outcome(Verdict.REFUSED, opcode, refusal=refusal, detail=detail))
         if error == 0:
-            self._given(opcode, msg, node)
+            self._given(opcode, msg, node, name)
         self.arrived[unique] = msg
 
     def _refused(self, opcode: int, msg: bytes, length: int,
@@ -374,12 +408,15 @@ class LiveServer:
                     return Refusal.BACKING_ID, f"backing id {got[2]}"
         return None
 
-    def _given(self, opcode: int, msg: bytes, asked: int) -> None:
+    def _given(self, opcode: int, msg: bytes, asked: int, name: bytes) -> None:
         """What a successful reply hands the kernel: lookups and open handles."""
         if opcode in ENTRY_REPLIES:
             node = wire.entry_nodeid(msg)
             if node:
                 self.lookups[node] = self.lookups.get(node, 0) + 1
+                if opcode != Opcode.LINK:  # a hard link's node may sit in several
+                    self.parents[node] = asked
+                self.children[(asked, name)] = node
                 if len(msg) >= _MODE_AT + 4:
                     self.types[node] = stat.S_IFMT(U32.unpack_from(msg, _MODE_AT)[0])
         elif opcode == Opcode.READDIRPLUS:
@@ -403,6 +440,9 @@ class LiveServer:
             if left <= n:
                 del self.lookups[node]
                 self.gone_nodes.append(node)
+                # the server may hand the same id out again for something else
+                for recorded in [r for r, live in self.nodes.items() if live == node]:
+                    del self.nodes[recorded]
             else:
                 self.lookups[node] = left - n
 

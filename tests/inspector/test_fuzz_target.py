@@ -24,6 +24,7 @@ from dissectors.structs import (
     FuseInitIn,
     FuseInitOut,
     FuseName,
+    FuseNames,
     FuseOutHeader,
 )
 from inspector.fuzz import Fuzzer
@@ -201,3 +202,24 @@ def test_repair_adds_up_a_batch_forget_s_entries_for_one_node() -> None:
                                 FuseForgetOne(nodeid=9, nlookup=1), FuseForgetOne(nodeid=9, nlookup=1)])))
     assert live.repair(Opcode.BATCH_FORGET, batch, lambda c: c[0])
     assert struct.unpack_from("<QQQQ", batch, 48) == (9, 1, 9, 0)
+
+
+def test_repair_names_directories_where_the_kernel_does() -> None:
+    """A parent is a directory (a node id the server reused for a file is not taken for
+    one); a directory is never renamed below itself."""
+    from dissectors.structs import FuseRenameIn
+
+    live = LiveServer(["unused"])
+    live.lookups = {5: 1, 6: 1, 7: 1}
+    live.types.update({5: stat.S_IFDIR, 6: stat.S_IFDIR, 7: stat.S_IFREG})
+    live.parents = {5: 1, 6: 5}
+    live.children = {(1, b"d"): 5, (5, b"e"): 6}
+    lookup = bytearray(bytes(FuseInHeader(opcode=Opcode.LOOKUP, unique=2, nodeid=7) / FuseName(name=b"x")))
+    assert live.repair(Opcode.LOOKUP, lookup, lambda c: c[0])
+    assert struct.unpack_from("<Q", lookup, 16)[0] in (1, 5, 6)
+    below = bytearray(bytes(FuseInHeader(opcode=Opcode.RENAME, unique=2, nodeid=1)
+                            / FuseRenameIn(newdir=6) / FuseNames(name=b"d", name2=b"g")))
+    assert not live.repair(Opcode.RENAME, below, lambda c: c[0])
+    beside = bytearray(bytes(FuseInHeader(opcode=Opcode.RENAME, unique=2, nodeid=5)
+                             / FuseRenameIn(newdir=1) / FuseNames(name=b"e", name2=b"g")))
+    assert live.repair(Opcode.RENAME, beside, lambda c: c[0])
