@@ -211,6 +211,19 @@ def forget_slots(raw: bytes | bytearray) -> Iterator[tuple[int, int, int, int]]:
         at += _FORGET_ONE
 
 
+def with_forgets(raw: bytes | bytearray, entries: list[tuple[int, int]]) -> bytearray:
+    """A BATCH_FORGET with its entries replaced by (nodeid, nlookup) `entries`."""
+    out = bytearray(raw[:IN + _BATCH])
+    struct.pack_into(_BATCH_COUNT[1], out, IN + _BATCH_COUNT[0], len(entries))
+    for node, count in entries:
+        one = bytearray(_FORGET_ONE)
+        U64.pack_into(one, _FORGET_NODE[0], node)
+        U64.pack_into(one, _FORGET_COUNT[0], count)
+        out += one
+    U32.pack_into(out, LEN_AT, len(out))
+    return out
+
+
 def reply_header(raw: bytes) -> tuple[int, int, int]:
     """(len, error, unique) of a reply or notification."""
     return OUT_HEADER.unpack_from(raw) if len(raw) >= OUT else (0, 0, 0)

@@ -54,6 +54,7 @@ from .layout import (
     forget_entries,
     forget_slots,
     reply_header,
+    with_forgets,
 )
 from .outcome import Outcome, Refusal, Verdict, ended
 
@@ -254,12 +255,17 @@ class LiveServer:
             node = U64.unpack_from(raw, NODEID_AT)[0]
             if U64.unpack_from(raw, count_at)[0] > self.lookups.get(node, 0):
                 U64.pack_into(raw, count_at, self.lookups.get(node, 0))
-        elif opcode == Opcode.BATCH_FORGET:  # entries for one node add up
+        elif opcode == Opcode.BATCH_FORGET:  # entries for one node add up; none is empty
             left = dict(self.lookups)
-            for _, node, count_at, count in forget_slots(raw):
+            kept = []
+            for _, node, _, count in forget_slots(raw):
                 count = min(count, left.get(node, 0))
-                U64.pack_into(raw, count_at, count)
-                left[node] = left.get(node, 0) - count
+                if count:
+                    kept.append((node, count))
+                    left[node] -= count
+            if not kept:
+                return False
+            raw[:] = with_forgets(raw, kept)
         return True
 
     def _into_itself(self, opcode: int, raw: bytearray) -> bool:

@@ -201,7 +201,7 @@ def test_repair_adds_up_a_batch_forget_s_entries_for_one_node() -> None:
                             / FuseBatchForgetIn(count=2) / FuseForgetList(forgets=[
                                 FuseForgetOne(nodeid=9, nlookup=1), FuseForgetOne(nodeid=9, nlookup=1)])))
     assert live.repair(Opcode.BATCH_FORGET, batch, lambda c: c[0])
-    assert struct.unpack_from("<QQQQ", batch, 48) == (9, 1, 9, 0)
+    assert len(batch) == 64 and struct.unpack_from("<IIQQ", batch, 40) == (1, 0, 9, 1)  # one entry
 
 
 def test_repair_names_directories_where_the_kernel_does() -> None:
