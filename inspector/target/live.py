@@ -66,6 +66,7 @@ _NEW_ENTRY = ENTRY_REPLIES - {Opcode.LOOKUP}
 OPEN_REPLIES = frozenset({Opcode.OPEN, Opcode.OPENDIR, Opcode.CREATE, Opcode.TMPFILE})
 _FORGETS = frozenset({Opcode.FORGET, Opcode.BATCH_FORGET})
 _RENAMES = frozenset({Opcode.RENAME, Opcode.RENAME2})
+_REMOVES = frozenset({Opcode.UNLINK, Opcode.RMDIR})
 #: Requests whose handle is a directory's (the kernel never mixes the two kinds)
 DIR_HANDLES = frozenset({Opcode.READDIR, Opcode.READDIRPLUS, Opcode.RELEASEDIR,
                          Opcode.FSYNCDIR})
@@ -217,9 +218,11 @@ class LiveServer:
     def repair(self, opcode: int, raw: bytearray, pick: Callable[[list[int]], int]) -> bool:
         """Make a request one the kernel could send now: every node id it names held by
         the kernel (else another of the same type), every handle open (else another of
-        its kind) and named with its own node, no FORGET of a node with a file open on it
-        (the open file holds the inode) or of more lookups than held. False when there is
-        nothing to put in place (`pick` chooses among candidates)."""
+        its kind) and named with its own node, a directory where the kernel names one, no
+        FORGET of a node with a file open on it (the open file holds the inode) or of more
+        lookups than held, UNLINK and RMDIR only of a name the kernel holds, of the right
+        type, no directory renamed below itself. False when there is nothing to put in
+        place (`pick` chooses among candidates)."""
         forget = opcode in _FORGETS
         opened = {node for _, node in self.open.values()} if forget else set()
         for at, node in list(self.layout.node_words(opcode, raw)):
@@ -250,6 +253,12 @@ class LiveServer:
                 U64.pack_into(raw, NODEID_AT, self.open[fh][1])
         if opcode in _RENAMES and self._into_itself(opcode, raw):
             return False
+        if opcode in _REMOVES:  # the VFS looks the name up and checks its type first
+            child = self.children.get((U64.unpack_from(raw, NODEID_AT)[0], self._name(opcode, raw)))
+            if child is None or child not in self.lookups:
+                return False
+            if (self.types.get(child) == stat.S_IFDIR) != (opcode == Opcode.RMDIR):
+                return False
         if opcode == Opcode.FORGET:
             count_at = self.layout.fields[opcode][0].at
             node = U64.unpack_from(raw, NODEID_AT)[0]
@@ -426,8 +435,9 @@ class LiveServer:
                 if len(msg) >= _MODE_AT + 4:
                     self.types[node] = stat.S_IFMT(U32.unpack_from(msg, _MODE_AT)[0])
         elif opcode == Opcode.READDIRPLUS:
-            for node, _ in wire.direntplus_nodeids(msg):
+            for node, entry in wire.direntplus_nodeids(msg):
                 self.lookups[node] = self.lookups.get(node, 0) + 1
+                self.children[(asked, entry)] = node
         if opcode in OPEN_REPLIES:
             got = wire.open_out(opcode, msg)
             if got is not None:  # CREATE's handle is the new node's

@@ -223,3 +223,17 @@ def test_repair_names_directories_where_the_kernel_does() -> None:
     beside = bytearray(bytes(FuseInHeader(opcode=Opcode.RENAME, unique=2, nodeid=5)
                              / FuseRenameIn(newdir=1) / FuseNames(name=b"e", name2=b"g")))
     assert live.repair(Opcode.RENAME, beside, lambda c: c[0])
+
+
+def test_repair_removes_only_names_the_kernel_holds_of_the_right_type() -> None:
+    live = LiveServer(["unused"])
+    live.lookups = {5: 1, 7: 1}
+    live.types.update({5: stat.S_IFDIR, 7: stat.S_IFREG})
+    live.children = {(1, b"d"): 5, (1, b"a"): 7}
+
+    def remove(opcode: int, name: bytes) -> bool:
+        raw = bytearray(bytes(FuseInHeader(opcode=opcode, unique=2, nodeid=1) / FuseName(name=name)))
+        return live.repair(opcode, raw, lambda c: c[0])
+    assert remove(Opcode.RMDIR, b"d") and remove(Opcode.UNLINK, b"a")
+    assert not remove(Opcode.RMDIR, b"a") and not remove(Opcode.UNLINK, b"d")
+    assert not remove(Opcode.UNLINK, b"unknown")
