@@ -36,7 +36,7 @@ from dissectors.constants import (
 )
 from dissectors.context import DEFAULT_CONTEXT
 from dissectors.ids import field_offsets
-from dissectors.structs import FuseEntryOut
+from dissectors.structs import FuseDirent, FuseEntryOut
 from inspector.lifecycles import wire
 from inspector.replay.emulate import IoctlLog, negotiated_depth
 from inspector.replay.script import ReplayError
@@ -74,6 +74,8 @@ _RELEASES = frozenset({Opcode.RELEASE, Opcode.RELEASEDIR})
 _UNANSWERED = NO_REPLY_OPCODES | {Opcode.INTERRUPT}
 _MODE_AT = OUT_HEADER_SIZE + field_offsets(FuseEntryOut)["attr.mode"][0]
 START_TIMEOUT = 10.0  # seconds a server may take to start and answer INIT (a slow import)
+_DIRENT_NAMELEN = field_offsets(FuseDirent)["namelen"][0]
+_DIRENT_NAME = field_offsets(FuseDirent)["name"][0]  # where the name starts
 _LOOK = 0.25  # seconds between looks at whether a server slow to reply is still running
 
 
@@ -87,6 +89,23 @@ def with_copy(argv: Sequence[str], fresh: str, copy: str) -> list[str]:
 def names(argv: Sequence[str], fresh: str) -> bool:
     """Whether `argv` names the directory `fresh` (see `with_copy`)."""
     return with_copy(argv, fresh, "\0") != list(argv)
+
+
+def _direntplus(msg: bytes) -> list[tuple[int, bytes, int]]:
+    """(nodeid, name, attr.mode) of the READDIRPLUS entries that give the kernel a lookup."""
+    out = []
+    names = dict((name, node) for node, name in wire.direntplus_nodeids(msg))
+    at = OUT_HEADER_SIZE
+    while at + wire.ENTRY_OUT_SIZE <= len(msg) and names:
+        node = U64.unpack_from(msg, at)[0]
+        mode = U32.unpack_from(msg, at + _MODE_AT - OUT_HEADER_SIZE)[0]
+        namelen = U32.unpack_from(msg, at + wire.ENTRY_OUT_SIZE + _DIRENT_NAMELEN)[0]
+        name_at = at + wire.ENTRY_OUT_SIZE + _DIRENT_NAME
+        name = bytes(msg[name_at:name_at + namelen])
+        if names.get(name) == node:
+            out.append((node, name, mode))
+        at = name_at + ((namelen + 7) & ~7)
+    return out
 
 
 class StartError(Exception):
@@ -435,9 +454,10 @@ class LiveServer:
                 if len(msg) >= _MODE_AT + 4:
                     self.types[node] = stat.S_IFMT(U32.unpack_from(msg, _MODE_AT)[0])
         elif opcode == Opcode.READDIRPLUS:
-            for node, entry in wire.direntplus_nodeids(msg):
+            for node, entry, mode in _direntplus(msg):
                 self.lookups[node] = self.lookups.get(node, 0) + 1
                 self.children[(asked, entry)] = node
+                self.types[node] = stat.S_IFMT(mode)
         if opcode in OPEN_REPLIES:
             got = wire.open_out(opcode, msg)
             if got is not None:  # CREATE's handle is the new node's
@@ -455,6 +475,7 @@ class LiveServer:
                 continue
             if left <= n:
                 del self.lookups[node]
+                self.types.pop(node, None)  # a pointer-valued id may come back as anything
                 self.gone_nodes.append(node)
                 # the server may hand the same id out again for something else
                 for recorded in [r for r, live in self.nodes.items() if live == node]:

@@ -237,3 +237,24 @@ def test_repair_removes_only_names_the_kernel_holds_of_the_right_type() -> None:
     assert remove(Opcode.RMDIR, b"d") and remove(Opcode.UNLINK, b"a")
     assert not remove(Opcode.RMDIR, b"a") and not remove(Opcode.UNLINK, b"d")
     assert not remove(Opcode.UNLINK, b"unknown")
+
+
+def test_readdirplus_entries_tell_their_types_and_a_forgotten_id_forgets_its_type() -> None:
+    """Servers whose node ids are pointers hand a forgotten directory's id to a symlink:
+    the type comes from the entry that hands the id out, and goes with its last lookup."""
+    from dissectors.structs import FuseAttr, FuseDirent, FuseDirentplus, FuseDirentplusList
+    from dissectors.structs import FuseForgetIn
+    from inspector.target.live import _direntplus
+
+    plus = bytes(FuseOutHeader(unique=4) / FuseDirentplusList(direntplus=[
+        FuseDirentplus(entry_out=FuseEntryOut(nodeid=7, attr=FuseAttr(mode=0o40755)),
+                       dirent=FuseDirent(ino=7, off=1, namelen=3, type=4, name=b"dir")),
+        FuseDirentplus(entry_out=FuseEntryOut(nodeid=8, attr=FuseAttr(mode=0o120777)),
+                       dirent=FuseDirent(ino=8, off=2, namelen=1, type=10, name=b"s"))]))
+    assert [(n, name, stat.S_IFMT(m)) for n, name, m in _direntplus(plus)] == [
+        (7, b"dir", stat.S_IFDIR), (8, b"s", stat.S_IFLNK)]
+    live = LiveServer(["unused"])
+    live.lookups, live.types[7] = {7: 1}, stat.S_IFDIR
+    live._forget(Opcode.FORGET, bytes(FuseInHeader(opcode=Opcode.FORGET, nodeid=7)
+                                      / FuseForgetIn(nlookup=1)))
+    assert 7 not in live.types
