@@ -60,6 +60,13 @@ FILE_IO = frozenset({O.READ, O.WRITE, O.LSEEK, O.FALLOCATE, O.COPY_FILE_RANGE,
                      O.COPY_FILE_RANGE_64})
 #: Renames (RENAME2 carries flags): they hold the directories involved until answered.
 RENAMES = frozenset({O.RENAME, O.RENAME2})
+#: Requests whose header node is a directory (the kernel sends them from a directory's
+#: inode_operations / file_operations only).
+DIR_NODE_OPCODES = frozenset({
+    O.LOOKUP, O.MKNOD, O.MKDIR, O.SYMLINK, O.LINK, O.RENAME, O.RENAME2, O.UNLINK, O.RMDIR,
+    O.CREATE, O.TMPFILE, O.OPENDIR, O.READDIR, O.READDIRPLUS, O.RELEASEDIR, O.FSYNCDIR})
+#: Removals of a name: the VFS looks the name up (and checks its type) before sending them.
+REMOVES = frozenset({O.UNLINK, O.RMDIR})
 #: Requests that change the filesystem when they succeed.
 CHANGES = frozenset({
     O.CREATE, O.MKNOD, O.MKDIR, O.SYMLINK, O.LINK, O.UNLINK, O.RMDIR, O.RENAME, O.RENAME2,

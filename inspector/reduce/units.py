@@ -6,7 +6,8 @@ header's nodeid, RENAME's `newdir`, LINK's `oldnodeid`, COPY_FILE_RANGE's `nodei
 BATCH_FORGET's entries and every handle. A request needs the latest exchange that handed
 out each id it names; a FORGET, every one that gave a lookup it drops (so no candidate
 forgets more than it looked up); an open, its release (so no candidate forgets a node
-while a file is open on it). What a reply hands out is read as the lifecycle pass
+while a file is open on it); an UNLINK, RMDIR or RENAME, the latest exchange that gave the
+kernel the entry it names (the kernel removes or moves only what it looked up). What a reply hands out is read as the lifecycle pass
 reads it (`inspector.lifecycles.wire`). A dependency missed here only costs replays
 (a candidate missing it fails differently and is dropped), never correctness.
 """
@@ -21,9 +22,10 @@ from dissectors import SessionDecoder
 from dissectors.constants import FUSE_ROOT_ID, Opcode
 from inspector.lifecycles import wire
 from inspector.target.layout import IN_HEADER, OUT_HEADER, Layout
-from dissectors.opcodes import ENTRY_REPLIES, FORGETS, OPEN_REPLIES, RELEASES
+from dissectors.opcodes import ENTRY_REPLIES, FORGETS, OPEN_REPLIES, RELEASES, REMOVES, RENAMES
 from traces import Kind, Record, TraceReader, TraceReadError, TraceWriter
 
+_BY_NAME = REMOVES | RENAMES  # requests that name an entry of their node's directory
 
 
 @dataclass
@@ -103,6 +105,7 @@ def cut(path: str | os.PathLike[str]) -> Cut:
     by_unique: dict[int, int] = {}  # unique → unit of the request still waiting
     node_from: dict[int, list[int]] = {}  # node id → units whose replies handed it out
     fh_from: dict[int, int] = {}
+    child_from: dict[tuple[int, bytes], int] = {}  # (directory, name) → unit that gave it
     pending_ioctls: list[int] = []
     for rec in records:
         raw = rec.raw or b""
@@ -119,6 +122,10 @@ def cut(path: str | os.PathLike[str]) -> Cut:
                     unit.needs.add(fh_from[fh])
                     if opcode in RELEASES:  # an open keeps its release: until then the
                         units[fh_from[fh]].needs.add(len(units))  # file holds its node
+            if opcode in _BY_NAME:  # the kernel removes or moves what it looked up
+                named = (IN_HEADER.unpack_from(raw)[3], _first_name(layout, opcode, raw))
+                if named in child_from:
+                    unit.needs.add(child_from[named])
             if opcode == Opcode.INTERRUPT:
                 target = wire.interrupted_unique(raw)
                 if target in by_unique:
@@ -136,6 +143,13 @@ def cut(path: str | os.PathLike[str]) -> Cut:
             pending_ioctls = []
             if error == 0:
                 _given(unit, u, raw, node_from, fh_from)
+                request = records[unit.records[0]].raw or b""
+                parent = IN_HEADER.unpack_from(request)[3]
+                if unit.opcode in ENTRY_REPLIES:
+                    child_from[(parent, _first_name(layout, unit.opcode, request))] = u
+                elif unit.opcode == Opcode.READDIRPLUS:
+                    for _, name in wire.direntplus_nodeids(raw):
+                        child_from[(parent, name)] = u
         elif rec.kind is Kind.IOCTL and units:
             pending_ioctls.append(rec.index)  # made for the exchange the next reply ends
         else:
@@ -144,6 +158,14 @@ def cut(path: str | os.PathLike[str]) -> Cut:
     fixed = {i for i, u in enumerate(units) if u.opcode == Opcode.INIT}
     owner = {r: i for i, u in enumerate(units) for r in u.records}
     return Cut(header, records, units, sorted(always), fixed, owner)
+
+
+def _first_name(layout: Layout, opcode: int, raw: bytes) -> bytes:
+    named = layout.names.get(opcode)
+    if named is None:
+        return b""
+    end = raw.find(b"\0", named[0])
+    return raw[named[0]:end if end >= 0 else len(raw)]
 
 
 def _layout(records: list[Record]) -> Layout:

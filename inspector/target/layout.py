@@ -15,7 +15,7 @@ from typing import Iterator
 
 from dissectors.constants import Opcode
 from dissectors.offsets import IN_HEADER_SIZE as IN, OUT_HEADER_SIZE as OUT
-from dissectors.opcodes import INITS
+from dissectors.opcodes import DIR_NODE_OPCODES, INITS
 from dissectors.context import FuseContext
 from dissectors.fields import OPEN_FLAGS, LEFlags, OpenFlagsField
 from dissectors.ids import Id, field_offsets, id_fields
@@ -26,6 +26,7 @@ from dissectors.structs import (
     FuseForgetOne,
     FuseInHeader,
     FuseInterruptIn,
+    FuseIoctlIn,
     FuseName,
     FuseNames,
     FuseOutHeader,
@@ -51,7 +52,8 @@ _FORGET_ONE = compiled(FuseForgetOne).st.size  # a list element, not a FuseStruc
 _FORGET_NODE, _FORGET_COUNT = (field_offsets(FuseForgetOne)[f] for f in ("nodeid", "nlookup"))
 #: Fields whose value the kernel derives from the payload that follows: mutating one
 #: makes a message no kernel sends and that says nothing about the server.
-_TIED = {(FuseWriteIn, "size"), (FuseBatchForgetIn, "count")}
+_TIED = {(FuseWriteIn, "size"), (FuseBatchForgetIn, "count"),
+         (FuseIoctlIn, "in_size"), (FuseIoctlIn, "out_size")}  # IOCTL's: _IOC_SIZE(cmd)
 _UNUSED = frozenset({"padding", "dummy", "unused"})  # always 0 from the kernel
 
 
@@ -203,6 +205,19 @@ def forget_slots(raw: bytes | bytearray) -> Iterator[tuple[int, int, int, int]]:
         node_at, count_at = at + _FORGET_NODE[0], at + _FORGET_COUNT[0]
         yield node_at, U64.unpack_from(raw, node_at)[0], count_at, U64.unpack_from(raw, count_at)[0]
         at += _FORGET_ONE
+
+
+def with_forgets(raw: bytes | bytearray, entries: list[tuple[int, int]]) -> bytearray:
+    """A BATCH_FORGET with its entries replaced by (nodeid, nlookup) `entries`."""
+    out = bytearray(raw[:IN + _BATCH])
+    struct.pack_into(_BATCH_COUNT[1], out, IN + _BATCH_COUNT[0], len(entries))
+    for node, count in entries:
+        one = bytearray(_FORGET_ONE)
+        U64.pack_into(one, _FORGET_NODE[0], node)
+        U64.pack_into(one, _FORGET_COUNT[0], count)
+        out += one
+    U32.pack_into(out, LEN_AT, len(out))
+    return out
 
 
 def reply_header(raw: bytes) -> tuple[int, int, int]:

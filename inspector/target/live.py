@@ -39,12 +39,16 @@ from dissectors.opcodes import (
     ENTRY_REPLIES,
     FORGETS,
     OPEN_REPLIES,
+    DIR_NODE_OPCODES,
     RELEASES,
+    REMOVES,
+    RENAMES,
     UNPAIRED,
 )
 from dissectors.context import DEFAULT_CONTEXT
+from dissectors.flat import fixed_head
 from dissectors.ids import field_offsets
-from dissectors.structs import FuseEntryOut
+from dissectors.structs import FuseDirent, FuseEntryOut
 from inspector.lifecycles import wire
 from inspector.replay.emulate import EmulatedKernel, IoctlLog, negotiated_depth
 from inspector.replay.script import ReplayError
@@ -61,6 +65,7 @@ from .layout import (
     forget_entries,
     forget_slots,
     reply_header,
+    with_forgets,
 )
 from .outcome import Outcome, Refusal, Verdict, ended
 
@@ -72,6 +77,8 @@ DIR_HANDLES = DIR_HANDLE_OPS - OPEN_REPLIES
 _OPENS_OF_NAMED = OPEN_REPLIES - ENTRY_REPLIES
 _MODE_AT = OUT_HEADER_SIZE + field_offsets(FuseEntryOut)["attr.mode"][0]
 START_TIMEOUT = 10.0  # seconds a server may take to start and answer INIT (a slow import)
+_DIRENT_NAMELEN = field_offsets(FuseDirent)["namelen"][0]
+_DIRENT_NAME = fixed_head(FuseDirent).st.size  # where the name starts
 _LOOK = 0.25  # seconds between looks at whether a server slow to reply is still running
 
 
@@ -85,6 +92,23 @@ def with_copy(argv: Sequence[str], fresh: str, copy: str) -> list[str]:
 def names(argv: Sequence[str], fresh: str) -> bool:
     """Whether `argv` names the directory `fresh` (see `with_copy`)."""
     return with_copy(argv, fresh, "\0") != list(argv)
+
+
+def _direntplus(msg: bytes) -> list[tuple[int, bytes, int]]:
+    """(nodeid, name, attr.mode) of the READDIRPLUS entries that give the kernel a lookup."""
+    out = []
+    names = dict((name, node) for node, name in wire.direntplus_nodeids(msg))
+    at = OUT_HEADER_SIZE
+    while at + wire.ENTRY_OUT_SIZE <= len(msg) and names:
+        node = U64.unpack_from(msg, at)[0]
+        mode = U32.unpack_from(msg, at + _MODE_AT - OUT_HEADER_SIZE)[0]
+        namelen = U32.unpack_from(msg, at + wire.ENTRY_OUT_SIZE + _DIRENT_NAMELEN)[0]
+        name_at = at + wire.ENTRY_OUT_SIZE + _DIRENT_NAME
+        name = bytes(msg[name_at:name_at + namelen])
+        if names.get(name) == node:
+            out.append((node, name, mode))
+        at = name_at + ((namelen + 7) & ~7)
+    return out
 
 
 class StartError(Exception):
@@ -113,7 +137,10 @@ class LiveServer:
 
     def _reset(self) -> None:
         self.next_unique = 2
-        self.waiting: dict[int, tuple[int, float, int]] = {}  # unique → (opcode, sent at, node)
+        #: unique → (opcode, sent at, node, name) of requests waiting for their reply
+        self.waiting: dict[int, tuple[int, float, int, bytes]] = {}
+        self.parents: dict[int, int] = {}  # live node → the directory it was last found in
+        self.children: dict[tuple[int, bytes], int] = {}  # (directory, name) → live node
         self.interrupts: set[int] = set()  # INTERRUPTs sent (a reply to one is optional)
         self.arrived: dict[int, bytes] = {}
         self.history: list[tuple[bool, bytes]] = []  # (is request, raw)
@@ -213,18 +240,23 @@ class LiveServer:
     def repair(self, opcode: int, raw: bytearray, pick: Callable[[list[int]], int]) -> bool:
         """Make a request one the kernel could send now: every node id it names held by
         the kernel (else another of the same type), every handle open (else another of
-        its kind) and named with its own node, no FORGET of a node with a file open on it
-        (the open file holds the inode) or of more lookups than held. False when there is
-        nothing to put in place (`pick` chooses among candidates)."""
+        its kind) and named with its own node, a directory where the kernel names one, no
+        FORGET of a node with a file open on it (the open file holds the inode) or of more
+        lookups than held, UNLINK and RMDIR only of a name the kernel holds, of the right
+        type, no directory renamed below itself. False when there is nothing to put in
+        place (`pick` chooses among candidates)."""
         forget = opcode in FORGETS
         opened = {node for _, node in self.open.values()} if forget else set()
         for at, node in list(self.layout.node_words(opcode, raw)):
             if forget and at == NODEID_AT and opcode == Opcode.BATCH_FORGET:
                 continue  # BATCH_FORGET's header names no node
-            held = node in self.lookups and node not in opened
+            want_dir = (at == NODEID_AT and opcode in DIR_NODE_OPCODES) or (
+                opcode in RENAMES and at != NODEID_AT)  # newdir
+            kind = stat.S_IFDIR if want_dir else self.types.get(node)
+            held = (node in self.lookups and node not in opened
+                    and (not want_dir or self.types.get(node) == stat.S_IFDIR))
             if (node == FUSE_ROOT_ID and not forget) or held or (node == 0 and at != NODEID_AT):
                 continue
-            kind = self.types.get(node)
             same = [n for n in self.lookups if self.types.get(n) == kind and n not in opened]
             if kind == stat.S_IFDIR and not forget:
                 same.append(FUSE_ROOT_ID)
@@ -241,18 +273,52 @@ class LiveServer:
                 U64.pack_into(raw, at, fh)
             if at == first_fh:  # the kernel names the file's own node with its handle
                 U64.pack_into(raw, NODEID_AT, self.open[fh][1])
+        if opcode in RENAMES and self._into_itself(opcode, raw):
+            return False
+        if opcode in REMOVES:  # the VFS looks the name up and checks its type first
+            child = self.children.get((U64.unpack_from(raw, NODEID_AT)[0], self._name(opcode, raw)))
+            if child is None or child not in self.lookups:
+                return False
+            if (self.types.get(child) == stat.S_IFDIR) != (opcode == Opcode.RMDIR):
+                return False
         if opcode == Opcode.FORGET:
             count_at = self.layout.fields[opcode][0].at
             node = U64.unpack_from(raw, NODEID_AT)[0]
             if U64.unpack_from(raw, count_at)[0] > self.lookups.get(node, 0):
                 U64.pack_into(raw, count_at, self.lookups.get(node, 0))
-        elif opcode == Opcode.BATCH_FORGET:  # entries for one node add up
+        elif opcode == Opcode.BATCH_FORGET:  # entries for one node add up; none is empty
             left = dict(self.lookups)
-            for _, node, count_at, count in forget_slots(raw):
+            kept = []
+            for _, node, _, count in forget_slots(raw):
                 count = min(count, left.get(node, 0))
-                U64.pack_into(raw, count_at, count)
-                left[node] = left.get(node, 0) - count
+                if count:
+                    kept.append((node, count))
+                    left[node] -= count
+            if not kept:
+                return False
+            raw[:] = with_forgets(raw, kept)
         return True
+
+    def _into_itself(self, opcode: int, raw: bytearray) -> bool:
+        """A RENAME of a directory into itself or below it (the VFS refuses it first)."""
+        words = dict(self.layout.node_words(opcode, raw))
+        olddir, newdir = words.get(NODEID_AT), [v for a, v in words.items() if a != NODEID_AT]
+        moved = self.children.get((olddir, self._name(opcode, raw)))
+        if moved is None or not newdir:
+            return False
+        at, steps = newdir[0], 0
+        while at is not None and steps < 256:
+            if at == moved:
+                return True
+            at, steps = self.parents.get(at), steps + 1
+        return False
+
+    def _name(self, opcode: int, raw: bytes | bytearray) -> bytes:
+        named = self.layout.names.get(opcode)
+        if named is None:
+            return b""
+        end = raw.find(b"\0", named[0])
+        return bytes(raw[named[0]:end if end >= 0 else len(raw)])
 
     def handles(self, opcode: int) -> list[int]:
         """Open handles of the kind `opcode` takes (a directory's or a file's)."""
@@ -281,13 +347,16 @@ class LiveServer:
         if opcode == Opcode.INTERRUPT:
             self.interrupts.add(unique)
         elif opcode not in NO_REPLY_OPCODES:
-            self.waiting[unique] = (opcode, time.monotonic(), U64.unpack_from(msg, NODEID_AT)[0])
+            self.waiting[unique] = (opcode, time.monotonic(), U64.unpack_from(msg, NODEID_AT)[0],
+                                    self._name(opcode, msg) if opcode in ENTRY_REPLIES else b"")
         if opcode in FORGETS:
             self._forget(opcode, msg)
         elif opcode in RELEASES:
             fh = U64.unpack_from(msg, self.layout.fhs[opcode][0].at)[0]
             if self.open.pop(fh, None) is not None:
                 self.gone_fhs.append(fh)
+                for recorded in [r for r, live in self.fhs.items() if live == fh]:
+                    del self.fhs[recorded]
         return unique
 
     def call(self, raw: bytearray, timeout: float, recorded_unique: int | None = None) -> bytes | None:
@@ -304,7 +373,7 @@ class LiveServer:
         assert self.server is not None
         deadline = time.monotonic() + timeout
         while unique not in self.arrived:
-            opcode = self.waiting.get(unique, (0, 0.0, 0))[0]
+            opcode = self.waiting.get(unique, (0, 0.0, 0, b""))[0]
             try:
                 msg = self.server.receive(min(deadline, time.monotonic() + _LOOK))
             except Closed:
@@ -342,14 +411,14 @@ class LiveServer:
         if got is None:
             raise Failure(Outcome(Verdict.REFUSED, 0, refusal=Refusal.UNIQUE,
                                   detail=f"unique {unique}"))
-        opcode, sent, node = got
+        opcode, sent, node, name = got
         self.latencies.append(time.monotonic() - sent)
         problem = self._refused(opcode, msg, length, error)
         if problem is not None:
             refusal, detail = problem
             raise Failure(Outcome(Verdict.REFUSED, opcode, refusal=refusal, detail=detail))
         if error == 0:
-            self._given(opcode, msg, node)
+            self._given(opcode, msg, node, name)
         self.arrived[unique] = msg
 
     def _refused(self, opcode: int, msg: bytes, length: int,
@@ -378,17 +447,22 @@ class LiveServer:
                     return Refusal.BACKING_ID, f"backing id {got[2]}"
         return None
 
-    def _given(self, opcode: int, msg: bytes, asked: int) -> None:
+    def _given(self, opcode: int, msg: bytes, asked: int, name: bytes) -> None:
         """What a successful reply hands the kernel: lookups and open handles."""
         if opcode in ENTRY_REPLIES:
             node = wire.entry_nodeid(msg)
             if node:
                 self.lookups[node] = self.lookups.get(node, 0) + 1
+                if opcode != Opcode.LINK:  # a hard link's node may sit in several
+                    self.parents[node] = asked
+                self.children[(asked, name)] = node
                 if len(msg) >= _MODE_AT + 4:
                     self.types[node] = stat.S_IFMT(U32.unpack_from(msg, _MODE_AT)[0])
         elif opcode == Opcode.READDIRPLUS:
-            for node, _ in wire.direntplus_nodeids(msg):
+            for node, entry, mode in _direntplus(msg):
                 self.lookups[node] = self.lookups.get(node, 0) + 1
+                self.children[(asked, entry)] = node
+                self.types[node] = stat.S_IFMT(mode)
         if opcode in OPEN_REPLIES:
             got = wire.open_out(opcode, msg)
             if got is not None:  # CREATE's handle is the new node's
@@ -406,7 +480,11 @@ class LiveServer:
                 continue
             if left <= n:
                 del self.lookups[node]
+                self.types.pop(node, None)  # a pointer-valued id may come back as anything
                 self.gone_nodes.append(node)
+                # the server may hand the same id out again for something else
+                for recorded in [r for r, live in self.nodes.items() if live == node]:
+                    del self.nodes[recorded]
             else:
                 self.lookups[node] = left - n
 

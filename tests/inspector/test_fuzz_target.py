@@ -24,6 +24,7 @@ from dissectors.structs import (
     FuseInitIn,
     FuseInitOut,
     FuseName,
+    FuseNames,
     FuseOutHeader,
 )
 from inspector.fuzz import Fuzzer
@@ -200,4 +201,60 @@ def test_repair_adds_up_a_batch_forget_s_entries_for_one_node() -> None:
                             / FuseBatchForgetIn(count=2) / FuseForgetList(forgets=[
                                 FuseForgetOne(nodeid=9, nlookup=1), FuseForgetOne(nodeid=9, nlookup=1)])))
     assert live.repair(Opcode.BATCH_FORGET, batch, lambda c: c[0])
-    assert struct.unpack_from("<QQQQ", batch, 48) == (9, 1, 9, 0)
+    assert len(batch) == 64 and struct.unpack_from("<IIQQ", batch, 40) == (1, 0, 9, 1)  # one entry
+
+
+def test_repair_names_directories_where_the_kernel_does() -> None:
+    """A parent is a directory (a node id the server reused for a file is not taken for
+    one); a directory is never renamed below itself."""
+    from dissectors.structs import FuseRenameIn
+
+    live = LiveServer(["unused"])
+    live.lookups = {5: 1, 6: 1, 7: 1}
+    live.types.update({5: stat.S_IFDIR, 6: stat.S_IFDIR, 7: stat.S_IFREG})
+    live.parents = {5: 1, 6: 5}
+    live.children = {(1, b"d"): 5, (5, b"e"): 6}
+    lookup = bytearray(bytes(FuseInHeader(opcode=Opcode.LOOKUP, unique=2, nodeid=7) / FuseName(name=b"x")))
+    assert live.repair(Opcode.LOOKUP, lookup, lambda c: c[0])
+    assert struct.unpack_from("<Q", lookup, 16)[0] in (1, 5, 6)
+    below = bytearray(bytes(FuseInHeader(opcode=Opcode.RENAME, unique=2, nodeid=1)
+                            / FuseRenameIn(newdir=6) / FuseNames(name=b"d", name2=b"g")))
+    assert not live.repair(Opcode.RENAME, below, lambda c: c[0])
+    beside = bytearray(bytes(FuseInHeader(opcode=Opcode.RENAME, unique=2, nodeid=5)
+                             / FuseRenameIn(newdir=1) / FuseNames(name=b"e", name2=b"g")))
+    assert live.repair(Opcode.RENAME, beside, lambda c: c[0])
+
+
+def test_repair_removes_only_names_the_kernel_holds_of_the_right_type() -> None:
+    live = LiveServer(["unused"])
+    live.lookups = {5: 1, 7: 1}
+    live.types.update({5: stat.S_IFDIR, 7: stat.S_IFREG})
+    live.children = {(1, b"d"): 5, (1, b"a"): 7}
+
+    def remove(opcode: int, name: bytes) -> bool:
+        raw = bytearray(bytes(FuseInHeader(opcode=opcode, unique=2, nodeid=1) / FuseName(name=name)))
+        return live.repair(opcode, raw, lambda c: c[0])
+    assert remove(Opcode.RMDIR, b"d") and remove(Opcode.UNLINK, b"a")
+    assert not remove(Opcode.RMDIR, b"a") and not remove(Opcode.UNLINK, b"d")
+    assert not remove(Opcode.UNLINK, b"unknown")
+
+
+def test_readdirplus_entries_tell_their_types_and_a_forgotten_id_forgets_its_type() -> None:
+    """Servers whose node ids are pointers hand a forgotten directory's id to a symlink:
+    the type comes from the entry that hands the id out, and goes with its last lookup."""
+    from dissectors.structs import FuseAttr, FuseDirent, FuseDirentplus, FuseDirentplusList
+    from dissectors.structs import FuseForgetIn
+    from inspector.target.live import _direntplus
+
+    plus = bytes(FuseOutHeader(unique=4) / FuseDirentplusList(direntplus=[
+        FuseDirentplus(entry_out=FuseEntryOut(nodeid=7, attr=FuseAttr(mode=0o40755)),
+                       dirent=FuseDirent(ino=7, off=1, namelen=3, type=4, name=b"dir")),
+        FuseDirentplus(entry_out=FuseEntryOut(nodeid=8, attr=FuseAttr(mode=0o120777)),
+                       dirent=FuseDirent(ino=8, off=2, namelen=1, type=10, name=b"s"))]))
+    assert [(n, name, stat.S_IFMT(m)) for n, name, m in _direntplus(plus)] == [
+        (7, b"dir", stat.S_IFDIR), (8, b"s", stat.S_IFLNK)]
+    live = LiveServer(["unused"])
+    live.lookups, live.types[7] = {7: 1}, stat.S_IFDIR
+    live._forget(Opcode.FORGET, bytes(FuseInHeader(opcode=Opcode.FORGET, nodeid=7)
+                                      / FuseForgetIn(nlookup=1)))
+    assert 7 not in live.types

@@ -105,3 +105,16 @@ def test_an_open_keeps_its_release(tmp_path: Path) -> None:
     opened = next(i for i, u in enumerate(c.units) if u.opcode == Opcode.OPEN)
     assert {Opcode(c.units[j].opcode).name for j in c.closure([opened])} == {
         "INIT", "LOOKUP", "OPEN", "RELEASE"}
+
+
+def test_a_removal_keeps_the_exchange_that_gave_the_name(tmp_path: Path) -> None:
+    path = tmp_path / "t.fzt"
+    with TraceWriter(path, {"source": "test"}) as out:
+        out.request(bytes(FuseInHeader(opcode=Opcode.INIT, unique=2) / FuseInitIn(major=7, minor=45)))
+        out.reply(bytes(FuseOutHeader(unique=2) / FuseInitOut(major=7, minor=45)))
+        out.request(bytes(FuseInHeader(opcode=Opcode.LOOKUP, unique=4, nodeid=1) / FuseName(name=b"a")))
+        out.reply(_entry(4, 10))
+        out.request(bytes(FuseInHeader(opcode=Opcode.UNLINK, unique=6, nodeid=1) / FuseName(name=b"a")))
+        out.reply(bytes(FuseOutHeader(unique=6)))
+    c = cut(path)
+    assert _needs(c, Opcode.UNLINK) == {"LOOKUP a"}
