@@ -87,6 +87,7 @@ def test_an_open_keeps_what_its_handle_uses_need(crashing: tuple[Path, list[str]
         assert Opcode.CREATE in needed or Opcode.OPEN in needed
 
 
+@pytest.mark.timeout(320)  # the reduce it runs may take its 300 s on a loaded machine
 def test_cli_writes_the_trace_and_counts_replays(crashing: tuple[Path, list[str]],
                                                  tmp_path: Path) -> None:
     trace, server = crashing
@@ -108,6 +109,7 @@ def test_a_bad_trace_is_one_line_and_exit_2(tmp_path: Path) -> None:
     assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
 
 
+@pytest.mark.timeout(320)  # the reduce it runs may take its 300 s on a loaded machine
 def test_keep_shrinks_to_a_difference_the_filter_selects(crashing: tuple[Path, list[str]],
                                                         tmp_path: Path) -> None:
     """Replayed on the source the recording left, the LOOKUPs that failed (the files did
