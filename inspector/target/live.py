@@ -507,8 +507,12 @@ class LiveServer:
                 self.fhs[a2[0]] = b2[0]
 
     def _ended(self, opcode: int) -> Outcome:
-        """The connection closed: how the process ended (it is given GRACE to)."""
+        """The connection closed: how the process ended (it is given GRACE to), blamed on
+        the oldest request still waiting for its reply (the server died before answering
+        it, whatever was sent after), else on `opcode`."""
         assert self.server is not None
+        if self.waiting:
+            opcode = next(iter(self.waiting.values()))[0]
         proc = self.server.proc
         if proc is not None:
             try:

@@ -19,7 +19,7 @@ from traces import Kind, Record, TraceReader
 
 from .layout import IN_HEADER, reply_header
 from .live import Failure, LiveServer, StartError
-from .outcome import Outcome
+from .outcome import Outcome, Verdict
 
 __all__ = ["StartError", "feed", "play"]
 
@@ -74,5 +74,10 @@ def feed(live: LiveServer, records: list[Record], after: int, timeout: float,
                 live.reply(live_unique, timeout)
     except Failure as failure:
         o = failure.outcome
+        waiting = set(live.outstanding())  # a death is the oldest waiting request's
+        oldest = next((index for live_unique, _, index in sent.values()
+                       if live_unique in waiting), None)
+        if o.verdict in (Verdict.EXITED, Verdict.KILLED) and oldest is not None:
+            current = oldest
         return Outcome(o.verdict, o.opcode, o.status, o.refusal, o.detail, current)
     return None
