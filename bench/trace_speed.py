@@ -17,7 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from traces import TraceIndex, TraceReader  # noqa: E402
-from traces.compressed import compress_file  # noqa: E402
+from traces.opening import compress_file  # noqa: E402
 from traces.testing import synthetic_trace  # noqa: E402
 from inspector.show import write_show  # noqa: E402
 

@@ -253,14 +253,3 @@ FUSE_COMPAT_SETXATTR_IN_SIZE = 8  # without FUSE_SETXATTR_EXT
 FUSE_COMPAT_INIT_OUT_SIZE = 8  # before 7.5
 FUSE_COMPAT_22_INIT_OUT_SIZE = 24  # before 7.23
 FUSE_COMPAT_INIT_IN_SIZE = 16  # before 7.36 (no flags2)
-
-
-def __getattr__(name: str) -> int:
-    """IN_HEADER_SIZE and OUT_HEADER_SIZE are computed from the header structs
-    (`dissectors.offsets`); the modules still being moved there (tests/dissectors/
-    test_one_source.py's PENDING) get them here meanwhile. Goes once PENDING is empty."""
-    if name in ("IN_HEADER_SIZE", "OUT_HEADER_SIZE"):
-        from . import offsets
-
-        return getattr(offsets, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

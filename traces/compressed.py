@@ -30,7 +30,6 @@ from __future__ import annotations
 import bisect
 import os
 import struct
-import tempfile
 import threading
 from collections import OrderedDict
 from typing import Any, Callable
@@ -215,7 +214,7 @@ def open_compressed(fd: int, where: str,
                     read_header: Callable[[Callable[[int, int], bytes], str], tuple[Any, int]],
                     check: Callable[[Any, str], tuple[dict[str, Any], RecordUpgrade | None]]
                     ) -> CompressedTraceFile:
-    """The trace opener's path for a compressed file (`stream.open_trace` calls it)."""
+    """The trace opener's path for a compressed file (`opening.open_trace` calls it)."""
     frames = FrameTable(fd, where)
     frames.walk()
     if not frames.file_at:
@@ -253,83 +252,3 @@ class FrameWriter:
         data = memoryview(self.framed(plain))
         while data:
             data = data[os.write(self.fd, data):]
-
-
-# --- whole-file conversion ----------------------------------------------------------
-
-def _target(source: str, output: str | None, suffix_from: str, suffix_to: str) -> str:
-    if output:
-        return output
-    if suffix_from:
-        if not source.endswith(suffix_from):
-            raise TraceReadError(f"{source}: does not end in {suffix_from}; say where with -o")
-        out = source[:-len(suffix_from)]
-    else:
-        out = source + suffix_to
-    if os.path.exists(out):
-        raise TraceReadError(f"{out}: exists; name another with -o")
-    return out
-
-
-def _write_atomically(target: str, fill: Callable[[int], None]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(target)),
-                               prefix=f".{os.path.basename(target)}.")
-    try:
-        fill(fd)
-        os.close(fd)
-        fd = -1
-        os.replace(tmp, target)
-    except BaseException:
-        if fd >= 0:
-            os.close(fd)
-        os.unlink(tmp)
-        raise
-
-
-def compress_file(source: str, output: str | None = None, level: int = 3) -> str | None:
-    """Compress a plain trace byte for byte; returns a note for the user, or None."""
-    from .stream import open_trace
-
-    trace = open_trace(source)
-    try:
-        if isinstance(trace, CompressedTraceFile):
-            raise TraceReadError(f"{source}: already compressed")
-        target = _target(source, output, "", ".zst")
-
-        def fill(fd: int) -> None:
-            frames, offset = FrameWriter(fd, level), 0
-            while chunk := trace.pread(FRAME_BYTES, offset):
-                frames.frame(chunk)
-                offset += len(chunk)
-
-        _write_atomically(target, fill)
-    finally:
-        trace.close()
-    return None
-
-
-def decompress_file(source: str, output: str | None = None) -> str | None:
-    """The plain trace inside a compressed one, up to its last whole frame; returns a
-    note when the file ended in a cut or bad frame."""
-    from .stream import open_trace
-
-    trace = open_trace(source)
-    try:
-        if not isinstance(trace, CompressedTraceFile):
-            raise TraceReadError(f"{source}: not compressed")
-        target = _target(source, output, ".zst", "")
-        frames = trace.frames
-
-        def fill(fd: int) -> None:  # the frames, and what a killed writer's spool holds
-            offset = 0
-            while chunk := trace.pread(FRAME_BYTES, offset):
-                view = memoryview(chunk)
-                while view:
-                    view = view[os.write(fd, view):]
-                offset += len(chunk)
-
-        _write_atomically(target, fill)
-        why = frames.damage()
-        return f"{why}; wrote the {len(frames.file_at)} whole frames before it" if why else None
-    finally:
-        trace.close()

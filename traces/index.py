@@ -35,7 +35,8 @@ from dissectors.quick import peek_reply, peek_request
 from . import native
 from .errors import TraceReadError
 from .records import REPLY, REQUEST, TS_LIMIT, Kind, Record, cut_note, decode, problem
-from .stream import LIMITS, Hole, Progress, Scan, TraceFile, gc_paused, open_trace
+from .opening import open_trace
+from .stream import LIMITS, Hole, Progress, Scan, TraceFile, gc_paused
 
 CACHE_MAGIC = "fusetrace-index"
 CACHE_VERSION = 3  # 2: records checked field by field; 3: holes

@@ -14,7 +14,8 @@ from typing import Any, Iterator
 
 from . import native
 from .records import REPLY, REQUEST, TS_LIMIT, Record, cut_note, decode, problem
-from .stream import Hole, Progress, Scan, open_trace
+from .opening import open_trace
+from .stream import Hole, Progress, Scan
 
 
 class TraceReader:

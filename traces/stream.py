@@ -33,14 +33,13 @@ import fcntl
 import gc
 import os
 import re
-import stat
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 import msgpack
 
-from .compat import RecordUpgrade, check_header
+from .compat import RecordUpgrade
 from .errors import TraceReadError
 from .records import problem
 
@@ -114,35 +113,7 @@ class TraceFile:
         return False
 
 
-def open_trace(path: str | os.PathLike[str]) -> TraceFile:
-    """Open `path` (plain or compressed, see `compressed.py`) and check its header; any
-    problem is a `TraceReadError`."""
-    where = os.fspath(path)
-    try:
-        fd = os.open(where, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        raise TraceReadError(f"{where}: no such file") from None
-    except OSError as exc:
-        raise TraceReadError(f"{where}: cannot open: {exc.strerror}") from None
-    try:
-        mode = os.fstat(fd).st_mode
-        if stat.S_ISDIR(mode):
-            raise TraceReadError(f"{where}: is a directory, not a trace")
-        if not stat.S_ISREG(mode):
-            raise TraceReadError(f"{where}: not a regular file")
-        from . import compressed  # it builds on this module
-
-        if compressed.is_compressed(os.pread(fd, 4, 0)):
-            return compressed.open_compressed(fd, where, _read_header, check_header)
-        obj, start = _read_header(lambda size, pos: os.pread(fd, size, pos), where)
-        header, upgrade = check_header(obj, where)
-        return TraceFile(fd, where, header, obj["format"], start, upgrade)
-    except BaseException:
-        os.close(fd)
-        raise
-
-
-def _read_header(pread: Callable[[int, int], bytes], where: str) -> tuple[Any, int]:
+def read_header(pread: Callable[[int, int], bytes], where: str) -> tuple[Any, int]:
     unpacker = msgpack.Unpacker(raw=False, max_buffer_size=MAX_RECORD, **LIMITS)
     pos = 0
     while True:

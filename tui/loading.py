@@ -14,7 +14,8 @@ import os
 from typing import Callable
 
 from traces import TraceIndex
-from traces.stream import Progress, TraceFile, open_trace
+from traces.opening import open_trace
+from traces.stream import Progress, TraceFile
 
 
 def open_early(path: str | os.PathLike[str], on_created: Callable[[TraceIndex], None],

@@ -69,7 +69,7 @@ def _compress(args: argparse.Namespace) -> int:
     over (a trace cut short stays cut in either form)."""
     import os
 
-    from traces.compressed import compress_file, decompress_file
+    from traces.opening import compress_file, decompress_file
 
     from ..ranges import indexed
 

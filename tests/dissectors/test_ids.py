@@ -11,7 +11,8 @@ from typing import Iterator
 
 import pytest
 
-from dissectors.constants import FOPEN_PASSTHROUGH, IN_HEADER_SIZE, Opcode
+from dissectors.constants import FOPEN_PASSTHROUGH, Opcode
+from dissectors.offsets import IN_HEADER_SIZE
 from dissectors.context import DEFAULT_CONTEXT
 from dissectors.ids import (
     ID_FIELDS,

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from traces import TraceIndex, TraceReadError, TraceReader, TraceWriter, compressed
+from traces import TraceIndex, TraceReadError, TraceReader, TraceWriter, compressed, opening
 from trace_helpers import HEADER, in_header, out_header
 
 REPO = Path(__file__).resolve().parents[2]
@@ -159,7 +159,7 @@ def test_a_killed_writer_loses_nothing_it_appended(tmp_path: Path) -> None:
         assert after == list(range(600))
         with TraceIndex.open(path, cache_dir=tmp_path) as idx:
             assert len(idx) == 600 and idx.record(599).meta["n"] == 599
-        compressed.decompress_file(str(path), str(tmp_path / "plain.fzt"))  # the spool too
+        opening.decompress_file(str(path), str(tmp_path / "plain.fzt"))  # the spool too
         with TraceReader(tmp_path / "plain.fzt") as reader:
             assert [r.meta["n"] for r in reader] == list(range(600))
     finally:
