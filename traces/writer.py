@@ -32,7 +32,7 @@ import msgpack
 
 from .compat import FORMAT_VERSION, MAGIC
 from .compressor import Compressor
-from .records import IOCTL_KEYS, TS_LIMIT, Kind
+from .records import IOCTL_KEYS, TS_LIMIT, Kind, Record
 
 _RESERVED = frozenset({"magic", "format"})
 
@@ -176,6 +176,18 @@ class _Recorder(abc.ABC):
         if "event" in data:
             raise ValueError("event data cannot hold a key named 'event'")
         self._emit([Kind.EVENT, self._ts(ts), {"event": name, **data}])
+
+    def copy(self, rec: Record) -> None:
+        """Append a record read from another trace as it was (time and meta kept)."""
+        meta = dict(rec.meta)
+        if rec.kind is Kind.REQUEST:
+            self.request(rec.raw or b"", ts=rec.ts, **meta)
+        elif rec.kind is Kind.REPLY:
+            self.reply(rec.raw or b"", ts=rec.ts, **meta)
+        elif rec.kind is Kind.IOCTL:
+            self.ioctl(ts=rec.ts, **meta)
+        else:
+            self.event(meta.pop("event"), ts=rec.ts, **meta)
 
 
 class TraceWriter(_Recorder):

@@ -30,7 +30,7 @@ import os
 import platform
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.ptrace.restype = ctypes.c_long
@@ -97,27 +97,20 @@ def blocked_readers(pids: set[int], inode: int) -> list[Reader]:
     """Threads of `pids` blocked in a read of a descriptor that is socket `inode`."""
     reads = READ_SYSCALLS.get(platform.machine(), frozenset())
     want = f"socket:[{inode}]"
-    found = []
-    for pid in sorted(pids):
-        try:
-            tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
-        except OSError:
-            continue
-        for tid in tids:
-            call = _blocked_call(pid, tid)
-            if call is None or call[0] not in reads:
-                continue
-            if not _fd_is(pid, tid, call[1], want):
-                continue
-            found.append(Reader(pid, tid, call[1], call[0]))
-    return found
+    return [Reader(pid, tid, call[1], call[0]) for pid, tid, call in _blocked(pids)
+            if call[0] in reads and _fd_is(pid, tid, call[1], want)]
 
 
 def waiting_threads(pids: set[int]) -> list[Reader]:
     """Threads of `pids` blocked in poll/select/epoll (on anything: which descriptors they
     wait for is in their memory, not in /proc)."""
     waits = WAIT_SYSCALLS.get(platform.machine(), frozenset())
-    found = []
+    return [Reader(pid, tid, -1, call[0]) for pid, tid, call in _blocked(pids)
+            if call[0] in waits]
+
+
+def _blocked(pids: set[int]) -> Iterator[tuple[int, int, tuple[int, int]]]:
+    """(pid, tid, (syscall, first argument)) of every thread of `pids` blocked in a call."""
     for pid in sorted(pids):
         try:
             tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
@@ -125,9 +118,8 @@ def waiting_threads(pids: set[int]) -> list[Reader]:
             continue
         for tid in tids:
             call = _blocked_call(pid, tid)
-            if call is not None and call[0] in waits:
-                found.append(Reader(pid, tid, -1, call[0]))
-    return found
+            if call is not None:
+                yield pid, tid, call
 
 
 def _ptrace(request: int, tid: int, addr: int = 0, data: int = 0) -> None:

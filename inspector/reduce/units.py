@@ -70,7 +70,7 @@ class Cut:
         kept = sorted(keep)
         with TraceWriter(path, dict(self.header)) as out:
             for i in kept:
-                _copy(out, self.records[i])
+                out.copy(self.records[i])
         return kept
 
     def unit_of(self, record: int) -> int | None:
@@ -78,17 +78,6 @@ class Cut:
         return self.owner.get(record)
 
 
-def _copy(out: TraceWriter, rec: Record) -> None:
-    meta = dict(rec.meta)
-    if rec.kind is Kind.REQUEST:
-        out.request(rec.raw or b"", ts=rec.ts, **meta)
-    elif rec.kind is Kind.REPLY:
-        out.reply(rec.raw or b"", ts=rec.ts, **meta)
-    elif rec.kind is Kind.IOCTL:
-        out.ioctl(ts=rec.ts, **meta)
-    else:
-        name = meta.pop("event")
-        out.event(name, ts=rec.ts, **meta)
 
 
 def cut(path: str | os.PathLike[str]) -> Cut:

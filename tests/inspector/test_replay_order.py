@@ -37,7 +37,7 @@ from inspector.replay.order import plan
 from inspector.replay.script import EXPECT, SEND, load
 from inspector.testing import decode_trace, fuse_available, recorded_server
 from record_support import MEMFS, PASSTHROUGHFS
-from traces import Kind, Record, TraceReader, TraceWriter
+from traces import Record, TraceReader, TraceWriter
 
 # --- the plan, on hand-built traces ---------------------------------------------------------
 
@@ -108,16 +108,6 @@ def _need_fuse() -> None:
         pytest.skip(f"FUSE mounts unavailable: {reason}")
 
 
-def _copy(out: TraceWriter, rec: Record) -> None:
-    meta = dict(rec.meta)
-    if rec.kind is Kind.REQUEST:
-        out.request(rec.raw or b"", ts=rec.ts, **meta)
-    elif rec.kind is Kind.REPLY:
-        out.reply(rec.raw or b"", ts=rec.ts, **meta)
-    elif rec.kind is Kind.IOCTL:
-        out.ioctl(ts=rec.ts, **meta)
-    else:
-        out.event(meta.pop("event"), ts=rec.ts, **meta)
 
 
 def _messages(trace: Path) -> list[tuple[Record, Message]]:
@@ -166,7 +156,7 @@ def test_a_handle_reused_after_releasedir_replays_without_differences(overlap: b
         at = next(i for i, r in enumerate(order) if r.index == releasedir.index)
         order[at:at] = moved
         for r in order:
-            _copy(out, r)
+            out.copy(r)
     fresh = tmp_path / "fresh"
     fresh.mkdir()
     written = tmp_path / "replayed.fzt"
